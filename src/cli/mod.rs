@@ -1,0 +1,4 @@
+//! TODO
+pub fn main() -> anyhow::Result<()> {
+    Ok(())
+}

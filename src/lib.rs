@@ -1,0 +1,13 @@
+//! msglog: a durable, replicated message store.
+//!
+//! Modules, each ignorant of the ones above it:
+//! - [`storage`]: the synchronous log engine (segments, CRC-framed records, indexes,
+//!   recovery, group commit). No tokio, no sockets.
+//! - [`protocol`]: bytes → typed commands → reply bytes; pure, no I/O.
+//! - [`server`]: the tokio TCP listener, connection handling, limits, shutdown.
+//! - [`cli`]: clap commands for the `msglog` binary.
+
+pub mod cli;
+pub mod protocol;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,31 @@
+use std::io;
+use std::path::PathBuf;
+
+use super::Offset;
+
+/// Everything the storage engine can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("data dir {dir} is locked by another msglog process (lock file {lock})")]
+    Locked { dir: PathBuf, lock: PathBuf },
+    #[error("corrupt log: {segment} at byte {position}: {reason}")]
+    Corruption {
+        segment: PathBuf,
+        position: u64,
+        reason: String,
+    },
+    #[error("log is read-only after an earlier failure: {0}")]
+    Failed(String),
+    #[error("record of {size} bytes exceeds the limit of {max} bytes")]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("invalid record batch at byte {position}: {reason}")]
+    InvalidBatch { position: usize, reason: String },
+    #[error("offset {offset} is out of range (log holds {first}..={last})")]
+    OffsetOutOfRange {
+        offset: Offset,
+        first: Offset,
+        last: Offset,
+    },
+}

@@ -1,0 +1,78 @@
+//! The storage engine: an append-only, segmented log of CRC-framed records.
+//!
+//! The only type the rest of the crate uses is the façade [`Log`]. It is synchronous and
+//! `Send + Sync`; share it with `Arc<Log>`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Position of a record in the log. Strictly increasing, gaps allowed.
+pub type Offset = u64;
+/// Leader epoch stamped on every record.
+pub type Epoch = u32;
+
+/// When an appended record counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// `fdatasync` before `sync_through` returns; concurrent callers share one fsync.
+    Always,
+    /// Written to the OS before `sync_through` returns; fsynced every interval.
+    Interval(Duration),
+    /// Written to the OS before `sync_through` returns; never fsynced by us.
+    Never,
+}
+
+/// What `open` does with damage it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Truncate a torn tail of the last segment; refuse anything else.
+    #[default]
+    Strict,
+    /// Truncate at the first bad record wherever it is (and drop later segments).
+    Repair,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    pub recovery: RecoveryMode,
+    /// Largest record accepted (header + id + message).
+    pub max_record_bytes: u32,
+    /// One sparse offset-index entry per this many bytes of log.
+    pub index_interval_bytes: u32,
+    /// Write buffer size; a full buffer is written to the segment file.
+    pub write_buffer_bytes: usize,
+    /// Test-only fault injection.
+    pub faults: Option<Arc<Faults>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            segment_bytes: 128 * 1024 * 1024,
+            fsync: FsyncPolicy::Always,
+            recovery: RecoveryMode::Strict,
+            max_record_bytes: 16 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            write_buffer_bytes: 256 * 1024,
+            faults: None,
+        }
+    }
+}
+
+mod error;
+mod fault;
+mod log;
+
+pub use error::StorageError;
+pub use fault::Faults;
+pub use log::{Log, LogStats};
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Where a data directory keeps its segments.
+pub fn log_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("log")
+}
