@@ -1,9 +1,23 @@
-//! STUB: in-memory stand-in for the real engine, same API. Replaced by the real log.
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Mutex;
+//! The façade: the one storage type the rest of msglog uses.
+//!
+//! Concurrency: one `RwLock` guards the segments, the ID index and the write buffer.
+//! Appends and flushes take it for writing (a memcpy, or one `pwrite` of the buffer);
+//! reads share it. `fdatasync` runs outside it, so readers and appenders carry on while
+//! a sync is in flight, and the group-commit gate in [`commit`](super::commit) lets one
+//! caller sync for everyone waiting.
 
-use super::{Config, Epoch, Offset, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::commit::{Commit, IntervalSyncer};
+use super::id_index::IdIndex;
+use super::record::{RECORD_OVERHEAD, RecordKind, Records};
+use super::recovery::{self, Recovered};
+use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
+use super::{Config, Epoch, FsyncPolicy, Offset, Result, StorageError, log_dir};
 
 /// Counters for STATS and the periodic stats line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,7 +27,7 @@ pub struct LogStats {
     /// Live IDs.
     pub ids: u64,
     pub segments: u64,
-    /// Bytes of log on disk and in the write buffer.
+    /// Bytes of log, on disk and in the write buffer.
     pub bytes: u64,
     /// Offset the next record will get.
     pub next_offset: Offset,
@@ -22,56 +36,304 @@ pub struct LogStats {
     pub epoch: Epoch,
 }
 
+/// Whole framed records read from the log, for replication and `tail`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chunk {
+    /// Framed records, CRC-checked, in offset order.
+    pub bytes: Vec<u8>,
+    /// The offset to read from next.
+    pub next: Offset,
+}
+
+impl Chunk {
+    pub fn records(&self) -> Records<'_> {
+        Records::new(&self.bytes, usize::MAX)
+    }
+}
+
+pub(super) struct State {
+    pub sealed: Vec<SealedSegment>,
+    pub active: ActiveSegment,
+    pub ids: IdIndex,
+    pub records: u64,
+    pub next_offset: Offset,
+    /// Epoch stamped on new records.
+    pub epoch: Epoch,
+    /// Offset and epoch of the last record.
+    pub last: Option<(Offset, Epoch)>,
+    /// Why writes are refused, once a write or fsync has failed.
+    pub failed: Option<String>,
+}
+
+/// State shared with the interval syncer thread.
+pub(super) struct Shared {
+    pub dir: PathBuf,
+    pub config: Config,
+    pub state: RwLock<State>,
+    pub commit: Commit,
+}
+
+/// An open log. `Send + Sync`: share it with `Arc<Log>`.
 pub struct Log {
-    inner: Mutex<(HashMap<Vec<u8>, Vec<u8>>, u64)>,
+    shared: Arc<Shared>,
+    syncer: Option<IntervalSyncer>,
+    /// Held (flocked) for the log's life.
+    _lock: File,
 }
 
 impl Log {
-    /// Opens (creating if needed) the log under `data_dir`, locking it and recovering.
-    pub fn open(_data_dir: &Path, _config: Config) -> Result<Log> {
+    /// Opens (creating if needed) the log under `data_dir`: takes the directory lock,
+    /// then recovers (see [`recovery`](super::recovery)).
+    pub fn open(data_dir: &Path, config: Config) -> Result<Log> {
+        validate(&config)?;
+        std::fs::create_dir_all(data_dir)?;
+        let lock = super::lock::acquire(data_dir)?;
+        let dir = log_dir(data_dir);
+        let Recovered {
+            sealed,
+            active,
+            ids,
+            records,
+            last,
+        } = recovery::recover(&dir, &config)?;
+        let next_offset = last.map_or(active.base, |(o, _)| o + 1);
+        let epoch = last.map_or(0, |(_, e)| e);
+        tracing::debug!(dir = %dir.display(), records, ids = ids.len(), next_offset, "log recovered");
+        let state = State {
+            sealed,
+            active,
+            ids,
+            records,
+            next_offset,
+            epoch,
+            last,
+            failed: None,
+        };
+        let shared = Arc::new(Shared {
+            dir,
+            commit: Commit::new(next_offset),
+            config,
+            state: RwLock::new(state),
+        });
+        let syncer = match shared.config.fsync {
+            FsyncPolicy::Interval(every) => Some(IntervalSyncer::start(shared.clone(), every)?),
+            _ => None,
+        };
         Ok(Log {
-            inner: Mutex::new((HashMap::new(), 0)),
+            shared,
+            syncer,
+            _lock: lock,
         })
     }
-    /// Appends a SET record; visible to `get` at once, durable after `sync_through`.
+
+    /// Appends a SET record. Visible to `get` at once; durable after `sync_through`.
     pub fn append(&self, id: &[u8], message: &[u8]) -> Result<Offset> {
-        let mut g = self.inner.lock().unwrap();
-        g.0.insert(id.to_vec(), message.to_vec());
-        g.1 += 1;
-        Ok(g.1 - 1)
+        let mut st = self.shared.write();
+        st.append(&self.shared, RecordKind::Set, id, message)
     }
-    /// Appends a tombstone if `id` is live; `None` (nothing written) if it is not.
+
+    /// Appends a tombstone if `id` is live; `None`, writing nothing, if it is not.
     pub fn delete(&self, id: &[u8]) -> Result<Option<Offset>> {
-        let mut g = self.inner.lock().unwrap();
-        if g.0.remove(id).is_none() {
+        let mut st = self.shared.write();
+        if !st.ids.contains(id) {
             return Ok(None);
         }
-        g.1 += 1;
-        Ok(Some(g.1 - 1))
+        st.append(&self.shared, RecordKind::Delete, id, &[])
+            .map(Some)
     }
-    /// The latest message of `id`, CRC-checked.
+
+    /// The latest message of `id`, its CRC checked.
     pub fn get(&self, id: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.inner.lock().unwrap().0.get(id).cloned())
+        let st = self.shared.read();
+        let Some(at) = st.ids.get(id) else {
+            return Ok(None);
+        };
+        let record = st.record_at(&self.shared.config, at)?;
+        if record.id != id {
+            return Err(st.corruption(at, "ID index points at another ID's record"));
+        }
+        Ok(Some(record.message.to_vec()))
     }
-    /// Blocks until every record up to and including `offset` is durable per the policy
-    /// (`Always`: fsynced, sharing the fsync with concurrent callers; otherwise written to
-    /// the OS).
-    pub fn sync_through(&self, _offset: Offset) -> Result<()> {
+
+    pub fn contains(&self, id: &[u8]) -> bool {
+        self.shared.read().ids.contains(id)
+    }
+
+    /// Whole records from the first one at or after `offset`, about `max_bytes` of them
+    /// (at least one record if any is there), never crossing a segment. An empty chunk
+    /// means the log holds nothing from `offset` yet.
+    pub fn read_from(&self, offset: Offset, max_bytes: usize) -> Result<Chunk> {
+        self.shared
+            .read()
+            .read_from(&self.shared.config, offset, max_bytes)
+    }
+
+    /// Appends records received from a leader, verbatim, after checking every CRC and
+    /// that their offsets continue this log. Returns the last offset appended.
+    pub fn append_raw(&self, bytes: &[u8]) -> Result<Option<Offset>> {
+        let mut st = self.shared.write();
+        st.check_writable()?;
+        let max = self.shared.config.max_record_bytes as usize;
+        let mut expected = st.next_offset;
+        for item in Records::new(bytes, max) {
+            let r = item.map_err(|(position, reason)| StorageError::InvalidBatch {
+                position,
+                reason: reason.into(),
+            })?;
+            if r.offset < expected {
+                let reason = format!(
+                    "offset {} is below the log's next offset {expected}",
+                    r.offset
+                );
+                return Err(StorageError::InvalidBatch {
+                    position: 0,
+                    reason,
+                });
+            }
+            expected = r.offset + 1;
+        }
+        let mut last = None;
+        let mut position = 0;
+        for r in Records::new(bytes, max).flatten() {
+            let len = r.framed_len();
+            st.append_framed(&self.shared, &r, &bytes[position..position + len])?;
+            position += len;
+            last = Some(r.offset);
+        }
+        Ok(last)
+    }
+
+    /// Removes every record at or after `offset` (a follower dropping a divergent tail),
+    /// durably, and rebuilds the ID index so older values of those IDs show again.
+    pub fn truncate_to(&self, offset: Offset) -> Result<()> {
+        let mut st = self.shared.write();
+        st.check_writable()?;
+        let result = st.truncate_to(&self.shared, offset);
+        if let Err(e) = &result {
+            st.fail(format!("truncation failed: {e}"));
+        }
+        result?;
+        self.shared.commit.reset(st.next_offset);
         Ok(())
     }
-    pub fn stats(&self) -> LogStats {
-        let g = self.inner.lock().unwrap();
-        LogStats {
-            records: g.1,
-            ids: g.0.len() as u64,
-            segments: 1,
-            next_offset: g.1,
-            durable_offset: g.1,
-            ..Default::default()
+
+    /// Blocks until every record up to `offset` is durable per the policy: fsynced under
+    /// `Always` (concurrent callers share one fsync), written to the OS otherwise.
+    pub fn sync_through(&self, offset: Offset) -> Result<()> {
+        match self.shared.config.fsync {
+            FsyncPolicy::Always => self.shared.commit.sync_through(&self.shared, offset),
+            _ => self.shared.flush_through(offset),
         }
     }
-    /// Flushes, fsyncs, writes indexes and releases the lock.
-    pub fn close(self) -> Result<()> {
-        Ok(())
+
+    /// Writes and fsyncs everything appended so far, whatever the policy.
+    pub fn sync(&self) -> Result<()> {
+        let next = self.shared.read().next_offset;
+        match next.checked_sub(1) {
+            Some(last) => self.shared.commit.sync_through(&self.shared, last),
+            None => Ok(()),
+        }
+    }
+
+    /// Epoch stamped on records this log appends from now on.
+    pub fn set_epoch(&self, epoch: Epoch) {
+        self.shared.write().epoch = epoch;
+    }
+
+    /// Offset and epoch of the last record, if any.
+    pub fn last_record(&self) -> Option<(Offset, Epoch)> {
+        self.shared.read().last
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let st = self.shared.read();
+        let bytes = st.sealed.iter().map(|s| s.map.len() as u64).sum::<u64>() + st.active.len();
+        let durable_offset = match self.shared.config.fsync {
+            FsyncPolicy::Always => self.shared.commit.durable.load(Ordering::Acquire),
+            _ => self.shared.commit.flushed.load(Ordering::Acquire),
+        };
+        LogStats {
+            records: st.records,
+            ids: st.ids.len() as u64,
+            segments: st.sealed.len() as u64 + 1,
+            bytes,
+            next_offset: st.next_offset,
+            durable_offset,
+            epoch: st.epoch,
+        }
+    }
+
+    /// Heap bytes of the ID index's table (IDs excluded), for memory reports.
+    pub fn id_index_table_bytes(&self) -> usize {
+        self.shared.read().ids.table_bytes()
+    }
+
+    /// Writes and fsyncs everything, stops background work and releases the lock.
+    pub fn close(mut self) -> Result<()> {
+        if let Some(s) = self.syncer.take() {
+            s.stop();
+        }
+        if self.shared.read().failed.is_some() {
+            return Ok(());
+        }
+        self.sync()
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Some(s) = self.syncer.take() {
+            s.stop();
+        }
+        // Best effort for a log dropped without `close`: hand buffered bytes to the OS.
+        let mut st = self.shared.write();
+        if st.failed.is_none()
+            && let Err(e) = st.active.flush()
+        {
+            tracing::error!(error = %e, "flushing the log on drop failed");
+        }
+    }
+}
+
+fn validate(config: &Config) -> Result<()> {
+    let invalid = |why: &str| {
+        Err(StorageError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            why.to_string(),
+        )))
+    };
+    if config.segment_bytes < (HEADER_LEN + RECORD_OVERHEAD) as u64 {
+        return invalid("segment size too small");
+    }
+    if config.segment_bytes + config.max_record_bytes as u64 > u32::MAX as u64 {
+        return invalid("segment size plus record limit must stay under 4 GiB");
+    }
+    if (config.max_record_bytes as usize) < RECORD_OVERHEAD + 1 {
+        return invalid("record limit too small");
+    }
+    Ok(())
+}
+
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Shared {
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the buffer to the OS if `offset` is still in it.
+    fn flush_through(&self, offset: Offset) -> Result<()> {
+        if self.commit.flushed.load(Ordering::Acquire) > offset {
+            return Ok(());
+        }
+        self.write().flush(self).map(|_| ())
     }
 }

@@ -62,13 +62,22 @@ impl Default for Config {
     }
 }
 
+mod commit;
 mod error;
 mod fault;
+mod id_index;
+mod lock;
 mod log;
+mod offset_index;
+pub mod record;
+mod recovery;
+mod segment;
+mod state;
 
 pub use error::StorageError;
 pub use fault::Faults;
-pub use log::{Log, LogStats};
+pub use log::{Chunk, Log, LogStats};
+pub use record::{RecordKind, RecordRef};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 

@@ -1,0 +1,275 @@
+//! Recovery: every decision about damaged bytes found at open lives here.
+//!
+//! Segments are scanned in order and every record's CRC is checked while the ID index
+//! and the sparse offset indexes are rebuilt. Damage is handled by one rule:
+//! - a torn or garbage tail of the **last** segment (no valid record after it) is cut off
+//!   and the cut fsynced, with one warning naming file and byte offset: it is what a crash
+//!   mid-write leaves behind, and nothing after it was ever acknowledged;
+//! - anything else (valid records after the damage, damage in a sealed segment, a bad
+//!   header) fails `open` with the file and offset, unless the mode is
+//!   [`RecoveryMode::Repair`], which cuts at the first bad record and drops every later
+//!   segment, saying what it dropped.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use super::id_index::{IdIndex, Position};
+use super::offset_index::{OffsetIndex, relative};
+use super::record::{Decoded, RecordKind, decode};
+use super::segment::{
+    ActiveSegment, HEADER_LEN, SealedSegment, check_header, header, index_path, segment_path,
+};
+use super::{Config, Epoch, Offset, RecoveryMode, Result, StorageError};
+
+pub(super) struct Recovered {
+    pub sealed: Vec<SealedSegment>,
+    pub active: ActiveSegment,
+    pub ids: IdIndex,
+    pub records: u64,
+    /// Offset and epoch of the last record.
+    pub last: Option<(Offset, Epoch)>,
+}
+
+/// What a scan of one segment's bytes found.
+pub(super) struct Scan {
+    /// Position after the last good record.
+    pub end: usize,
+    pub records: u64,
+    pub last_offset: Option<Offset>,
+    pub last_epoch: Option<Epoch>,
+    pub last_indexed: u64,
+    /// First bad bytes: position and reason.
+    pub damage: Option<(usize, &'static str)>,
+}
+
+/// Walks the records of one segment from its header on, applying each to the ID index
+/// and the offset index. `after` is the last offset of the previous segment.
+pub(super) fn scan(
+    bytes: &[u8],
+    base: Offset,
+    segment: u32,
+    after: Option<Offset>,
+    ids: &mut IdIndex,
+    index: &mut OffsetIndex,
+    config: &Config,
+) -> Scan {
+    let max = config.max_record_bytes as usize;
+    let interval = config.index_interval_bytes as u64;
+    let mut scan = Scan {
+        end: HEADER_LEN,
+        records: 0,
+        last_offset: None,
+        last_epoch: None,
+        last_indexed: HEADER_LEN as u64,
+        damage: None,
+    };
+    let mut prev = after;
+    while scan.end < bytes.len() {
+        let (record, len) = match decode(&bytes[scan.end..], max) {
+            Decoded::Record(r, len) => (r, len),
+            Decoded::Incomplete => {
+                scan.damage = Some((scan.end, "truncated record"));
+                break;
+            }
+            Decoded::Invalid(reason) => {
+                scan.damage = Some((scan.end, reason));
+                break;
+            }
+        };
+        if record.offset < base || prev.is_some_and(|p| record.offset <= p) {
+            scan.damage = Some((scan.end, "offset not above the previous record's"));
+            break;
+        }
+        let position = scan.end as u64;
+        if position - scan.last_indexed >= interval {
+            index.push(relative(base, record.offset), position as u32);
+            scan.last_indexed = position;
+        }
+        match record.kind {
+            RecordKind::Set => ids.set(
+                record.id,
+                Position {
+                    segment,
+                    position: position as u32,
+                },
+            ),
+            RecordKind::Delete => {
+                ids.remove(record.id);
+            }
+        }
+        prev = Some(record.offset);
+        scan.last_offset = Some(record.offset);
+        scan.last_epoch = Some(record.epoch);
+        scan.records += 1;
+        scan.end += len;
+    }
+    scan
+}
+
+/// Whether a record with a valid CRC and a plausible offset starts anywhere after `from`:
+/// the difference between a torn tail and damage in the middle of a log.
+fn valid_record_follows(bytes: &[u8], from: usize, after: Option<Offset>, max: usize) -> bool {
+    (from + 1..bytes.len()).any(|p| {
+        matches!(decode(&bytes[p..], max), Decoded::Record(r, _) if after.is_none_or(|a| r.offset > a))
+    })
+}
+
+fn corruption(segment: &Path, position: usize, reason: impl Into<String>) -> StorageError {
+    StorageError::Corruption {
+        segment: segment.to_path_buf(),
+        position: position as u64,
+        reason: reason.into(),
+    }
+}
+
+/// Base offsets of the segment files in `dir`, ascending.
+pub(super) fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
+    let mut bases = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
+            continue;
+        };
+        if stem.len() == 20
+            && stem.bytes().all(|b| b.is_ascii_digit())
+            && let Ok(base) = stem.parse()
+        {
+            bases.push(base);
+        }
+    }
+    bases.sort_unstable();
+    Ok(bases)
+}
+
+/// Size a segment's read mapping is reserved at: it is sealed before growing past it.
+pub(super) fn reserve(config: &Config, len: u64) -> u64 {
+    config.segment_bytes.max(len) + config.max_record_bytes as u64
+}
+
+pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
+    fs::create_dir_all(dir)?;
+    let bases = list_segments(dir)?;
+    let mut ids = IdIndex::default();
+    let mut sealed = Vec::new();
+    let mut records = 0;
+    let mut prev: Option<Offset> = None;
+    let mut last_epoch = 0;
+    let faults = config.faults.clone();
+    for (i, &base) in bases.iter().enumerate() {
+        let path = segment_path(dir, base);
+        let mut is_last = i + 1 == bases.len();
+        if prev.is_some_and(|p| base <= p) {
+            return Err(corruption(
+                &path,
+                0,
+                "base offset not above the previous segment's last offset",
+            ));
+        }
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let len = file.metadata()?.len();
+        if len < HEADER_LEN as u64 && (is_last || config.recovery == RecoveryMode::Repair) {
+            // A crash while creating the segment: it can hold no record yet.
+            tracing::warn!(segment = %path.display(), bytes = len, "rewriting a torn segment header");
+            file.set_len(0)?;
+            file.write_all_at(&header(base), 0)?;
+            file.sync_all()?;
+            if !is_last {
+                drop_segments_after(dir, &bases[i + 1..])?;
+                is_last = true;
+            }
+        }
+        let len = file.metadata()?.len();
+        // SAFETY: the data dir is flocked; nothing else changes the file while mapped.
+        let map = unsafe { Mmap::map(&file)? };
+        if let Err(reason) = check_header(&map, base) {
+            return Err(corruption(&path, 0, reason));
+        }
+        let mut index = OffsetIndex::Building(Vec::new());
+        let scan = scan(&map, base, i as u32, prev, &mut ids, &mut index, config);
+        records += scan.records;
+        let mut end = len;
+        if let Some((position, reason)) = scan.damage {
+            let after = scan.last_offset.or(prev);
+            let torn_tail = is_last
+                && !valid_record_follows(&map, position, after, config.max_record_bytes as usize);
+            if !torn_tail && config.recovery == RecoveryMode::Strict {
+                return Err(corruption(&path, position, reason));
+            }
+            let later = &bases[i + 1..];
+            tracing::warn!(
+                segment = %path.display(), position, reason,
+                dropped_bytes = len - position as u64, dropped_segments = later.len(),
+                "truncating the log at the first bad record"
+            );
+            drop(map);
+            file.set_len(position as u64)?;
+            file.sync_all()?;
+            drop_segments_after(dir, later)?;
+            end = position as u64;
+            is_last = true;
+        }
+        prev = scan.last_offset.or(prev);
+        last_epoch = scan.last_epoch.unwrap_or(last_epoch);
+        if is_last {
+            let mut active = ActiveSegment::open(
+                path,
+                base,
+                end,
+                reserve(config, end),
+                index,
+                scan.last_offset,
+                faults,
+            )?;
+            active.last_indexed = scan.last_indexed;
+            // Bytes a crashed process left in the page cache were never fsynced: make them
+            // durable now, so everything recovered counts as durable.
+            active.sync()?;
+            let last = prev.map(|p| (p, last_epoch));
+            return Ok(Recovered {
+                sealed,
+                active,
+                ids,
+                records,
+                last,
+            });
+        }
+        let index = index.seal(&index_path(dir, base))?;
+        sealed.push(SealedSegment::open(
+            path,
+            base,
+            len,
+            index,
+            scan.last_offset,
+        )?);
+    }
+    let active = ActiveSegment::create(dir, 0, reserve(config, 0), faults)?;
+    Ok(Recovered {
+        sealed,
+        active,
+        ids,
+        records,
+        last: None,
+    })
+}
+
+/// Deletes the segments (and their indexes) with these bases, durably.
+pub(super) fn drop_segments_after(dir: &Path, bases: &[Offset]) -> Result<()> {
+    for &base in bases.iter().rev() {
+        remove_if_present(&index_path(dir, base))?;
+        remove_if_present(&segment_path(dir, base))?;
+    }
+    if !bases.is_empty() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn remove_if_present(path: &PathBuf) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,381 @@
+//! The log's mutable state and the operations that run under its lock.
+
+use std::sync::atomic::Ordering;
+
+use super::id_index::Position;
+use super::log::{Chunk, Shared, State, now_ms};
+use super::offset_index::{OffsetIndex, relative};
+use super::record::{self, Decoded, RecordKind, RecordRef, decode, peek};
+use super::recovery::{self, drop_segments_after, reserve};
+use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
+use super::{Config, Offset, Result, StorageError};
+
+impl State {
+    pub fn check_writable(&self) -> Result<()> {
+        match &self.failed {
+            Some(why) => Err(StorageError::Failed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses writes from now on. The first reason is kept: it is the root cause.
+    pub fn fail(&mut self, why: String) {
+        if self.failed.is_none() {
+            tracing::error!(reason = %why, "storage failed; refusing writes from now on (reads continue)");
+            self.failed = Some(why);
+        }
+    }
+
+    pub fn append(
+        &mut self,
+        shared: &Shared,
+        kind: RecordKind,
+        id: &[u8],
+        message: &[u8],
+    ) -> Result<Offset> {
+        self.check_writable()?;
+        let len = record::framed_len(id, message);
+        let max = shared.config.max_record_bytes as usize;
+        if len > max || id.len() > u16::MAX as usize {
+            return Err(StorageError::RecordTooLarge { size: len, max });
+        }
+        let offset = self.next_offset;
+        self.before_append(shared, offset, len)?;
+        let position = self.active.len();
+        record::encode(
+            &mut self.active.buffer,
+            offset,
+            self.epoch,
+            now_ms(),
+            kind,
+            id,
+            message,
+        );
+        self.after_append(shared, kind, id, offset, self.epoch, position)?;
+        Ok(offset)
+    }
+
+    /// Appends one verified record's bytes verbatim (a follower copying its leader).
+    pub fn append_framed(
+        &mut self,
+        shared: &Shared,
+        r: &RecordRef<'_>,
+        framed: &[u8],
+    ) -> Result<()> {
+        self.before_append(shared, r.offset, framed.len())?;
+        let position = self.active.len();
+        self.active.buffer.extend_from_slice(framed);
+        self.after_append(shared, r.kind, r.id, r.offset, r.epoch, position)
+    }
+
+    /// Rolls to a new segment if this record would overflow the active one.
+    fn before_append(&mut self, shared: &Shared, offset: Offset, len: usize) -> Result<()> {
+        let active = &self.active;
+        let full = active.len() + len as u64 > shared.config.segment_bytes;
+        let too_far = offset - active.base > u32::MAX as u64;
+        if active.last_offset.is_some()
+            && (full || too_far)
+            && let Err(e) = self.roll(shared, offset)
+        {
+            self.fail(format!("rolling to a new segment failed: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn after_append(
+        &mut self,
+        shared: &Shared,
+        kind: RecordKind,
+        id: &[u8],
+        offset: Offset,
+        epoch: super::Epoch,
+        position: u64,
+    ) -> Result<()> {
+        let active = &mut self.active;
+        if position - active.last_indexed >= shared.config.index_interval_bytes as u64 {
+            active
+                .index
+                .push(relative(active.base, offset), position as u32);
+            active.last_indexed = position;
+        }
+        active.last_offset = Some(offset);
+        let at = Position {
+            segment: self.sealed.len() as u32,
+            position: position as u32,
+        };
+        match kind {
+            RecordKind::Set => self.ids.set(id, at),
+            RecordKind::Delete => {
+                self.ids.remove(id);
+            }
+        }
+        self.last = Some((offset, epoch));
+        self.next_offset = offset + 1;
+        self.records += 1;
+        if self.active.buffer.len() >= shared.config.write_buffer_bytes {
+            self.flush(shared)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (flushed, fsynced, index written) and starts a new one
+    /// at `base`. Every fallible step runs before the state changes, so a failure leaves
+    /// the old segment active and readable.
+    fn roll(&mut self, shared: &Shared, base: Offset) -> Result<()> {
+        self.flush(shared)?;
+        self.active.sync()?;
+        let index = std::mem::replace(&mut self.active.index, OffsetIndex::Empty)
+            .seal(&super::segment::index_path(&shared.dir, self.active.base))?;
+        let old = &self.active;
+        let sealed = SealedSegment::open(
+            old.path.clone(),
+            old.base,
+            old.written,
+            index,
+            old.last_offset,
+        )?;
+        let faults = shared.config.faults.clone();
+        let fresh = ActiveSegment::create(&shared.dir, base, reserve(&shared.config, 0), faults)?;
+        self.active = fresh;
+        self.sealed.push(sealed);
+        Ok(())
+    }
+
+    /// Writes the buffer to the OS. Returns the offset below which everything is written.
+    pub fn flush(&mut self, shared: &Shared) -> Result<Offset> {
+        self.check_writable()?;
+        if let Err(e) = self.active.flush() {
+            self.fail(format!(
+                "write to {} failed: {e}",
+                self.active.path.display()
+            ));
+            return Err(e.into());
+        }
+        shared
+            .commit
+            .flushed
+            .fetch_max(self.next_offset, Ordering::AcqRel);
+        Ok(self.next_offset)
+    }
+
+    /// Bytes from `position` to the end of the segment they lie in.
+    fn bytes_at(&self, at: Position, max: usize) -> &[u8] {
+        match self.sealed.get(at.segment as usize) {
+            Some(s) => &s.map[at.position as usize..],
+            None => self.active.slice(at.position as u64, max),
+        }
+    }
+
+    pub fn record_at(&self, config: &Config, at: Position) -> Result<RecordRef<'_>> {
+        let max = config.max_record_bytes as usize;
+        match decode(self.bytes_at(at, max), max) {
+            Decoded::Record(r, _) => Ok(r),
+            Decoded::Incomplete => Err(self.corruption(at, "truncated record")),
+            Decoded::Invalid(reason) => Err(self.corruption(at, reason)),
+        }
+    }
+
+    pub fn corruption(&self, at: Position, reason: &str) -> StorageError {
+        let segment = match self.sealed.get(at.segment as usize) {
+            Some(s) => s.path.clone(),
+            None => self.active.path.clone(),
+        };
+        StorageError::Corruption {
+            segment,
+            position: at.position as u64,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn read_from(&self, config: &Config, offset: Offset, max_bytes: usize) -> Result<Chunk> {
+        let max = config.max_record_bytes as usize;
+        if offset >= self.next_offset {
+            return Ok(Chunk {
+                bytes: Vec::new(),
+                next: offset,
+            });
+        }
+        // The last segment whose base is at or below `offset` (or the first one).
+        let bases = self
+            .sealed
+            .iter()
+            .map(|s| s.base)
+            .chain(std::iter::once(self.active.base));
+        let first = bases
+            .clone()
+            .take_while(|&b| b <= offset)
+            .count()
+            .saturating_sub(1);
+        let count = self.sealed.len() + 1;
+        for segment in first..count {
+            let (parts, base, index) = match self.sealed.get(segment) {
+                Some(s) => ([&s.map[..], &[][..]], s.base, &s.index),
+                None => {
+                    let (file, buffer) = self.active.tail(0);
+                    ([file, buffer], self.active.base, &self.active.index)
+                }
+            };
+            let from = match offset.checked_sub(base) {
+                Some(rel) => index.floor(rel).map_or(HEADER_LEN, |p| p as usize),
+                None => HEADER_LEN,
+            };
+            let chunk =
+                collect(&parts, from, offset, max_bytes, max).map_err(|(position, reason)| {
+                    self.corruption(
+                        Position {
+                            segment: segment as u32,
+                            position: position as u32,
+                        },
+                        reason,
+                    )
+                })?;
+            if let Some(chunk) = chunk {
+                return Ok(chunk);
+            }
+        }
+        Ok(Chunk {
+            bytes: Vec::new(),
+            next: self.next_offset,
+        })
+    }
+
+    pub fn truncate_to(&mut self, shared: &Shared, offset: Offset) -> Result<()> {
+        if offset >= self.next_offset {
+            return Ok(());
+        }
+        self.flush(shared)?;
+        // Segments that start at or after `offset` go, except the first one.
+        let bases: Vec<Offset> = self
+            .sealed
+            .iter()
+            .map(|s| s.base)
+            .chain(std::iter::once(self.active.base))
+            .collect();
+        let keep = bases.iter().take_while(|&&b| b < offset).count().max(1);
+        if keep < bases.len() {
+            let reopen = self
+                .sealed
+                .drain(keep - 1..)
+                .next()
+                .expect("a sealed segment is kept");
+            let len = reopen.map.len() as u64;
+            let (path, base, last) = (reopen.path.clone(), reopen.base, reopen.last_offset);
+            drop(reopen);
+            drop_segments_after(&shared.dir, &bases[keep..])?;
+            let index = OffsetIndex::Building(Vec::new());
+            let faults = shared.config.faults.clone();
+            self.active = ActiveSegment::open(
+                path,
+                base,
+                len,
+                reserve(&shared.config, len),
+                index,
+                last,
+                faults,
+            )?;
+        }
+        // Cut the active segment at the first record at or after `offset`.
+        let (file, _) = self.active.tail(0);
+        let mut cut = HEADER_LEN;
+        while let Some((len, at)) = peek(&file[cut..]) {
+            if at >= offset {
+                break;
+            }
+            cut += len;
+        }
+        self.active.truncate(cut as u64)?;
+        self.rebuild_indexes(shared)
+    }
+
+    /// Rescans every segment to rebuild the ID index and the active offset index.
+    fn rebuild_indexes(&mut self, shared: &Shared) -> Result<()> {
+        self.ids.clear();
+        self.records = 0;
+        let mut prev = None;
+        let mut last = None;
+        for (i, s) in self.sealed.iter().enumerate() {
+            let mut unused = OffsetIndex::Empty;
+            let scan = recovery::scan(
+                &s.map,
+                s.base,
+                i as u32,
+                prev,
+                &mut self.ids,
+                &mut unused,
+                &shared.config,
+            );
+            self.records += scan.records;
+            prev = scan.last_offset.or(prev);
+            last = scan.last_offset.zip(scan.last_epoch).or(last);
+        }
+        let mut index = OffsetIndex::Building(Vec::new());
+        let (file, _) = self.active.tail(0);
+        let segment = self.sealed.len() as u32;
+        let scan = recovery::scan(
+            file,
+            self.active.base,
+            segment,
+            prev,
+            &mut self.ids,
+            &mut index,
+            &shared.config,
+        );
+        if let Some((position, reason)) = scan.damage {
+            return Err(self.corruption(
+                Position {
+                    segment,
+                    position: position as u32,
+                },
+                reason,
+            ));
+        }
+        self.records += scan.records;
+        self.active.index = index;
+        self.active.last_indexed = scan.last_indexed;
+        self.active.last_offset = scan.last_offset;
+        self.last = scan.last_offset.zip(scan.last_epoch).or(last);
+        self.next_offset = self.last.map_or(self.active.base, |(o, _)| o + 1);
+        Ok(())
+    }
+}
+
+/// Copies whole, CRC-checked records starting with the first at or after `offset`, from
+/// a segment given as up to two parts (file bytes, then buffered bytes; records never
+/// straddle them). `None` if the segment holds no such record.
+fn collect(
+    parts: &[&[u8]; 2],
+    from: usize,
+    offset: Offset,
+    max_bytes: usize,
+    max: usize,
+) -> std::result::Result<Option<Chunk>, (usize, &'static str)> {
+    let mut out = Vec::new();
+    let mut next = None;
+    let mut part_start = 0;
+    for part in parts {
+        let mut pos = from.saturating_sub(part_start);
+        while pos < part.len() {
+            let Some((len, at)) = peek(&part[pos..]) else {
+                return Err((part_start + pos, "truncated record"));
+            };
+            if at >= offset {
+                if !out.is_empty() && out.len() + len > max_bytes {
+                    return Ok(Some(Chunk {
+                        bytes: out,
+                        next: next.unwrap_or(offset),
+                    }));
+                }
+                match decode(&part[pos..], max) {
+                    Decoded::Record(r, _) => next = Some(r.offset + 1),
+                    Decoded::Incomplete => return Err((part_start + pos, "truncated record")),
+                    Decoded::Invalid(reason) => return Err((part_start + pos, reason)),
+                }
+                out.extend_from_slice(&part[pos..pos + len]);
+            }
+            pos += len;
+        }
+        part_start += part.len();
+    }
+    Ok(next.map(|next| Chunk { bytes: out, next }))
+}

@@ -1,0 +1,555 @@
+//! Storage engine behaviour through the public façade: restart, recovery of torn and
+//! corrupt logs, segment rolls, replication reads, truncation and injected I/O faults.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use msglog::storage::{Config, Faults, FsyncPolicy, Log, RecordKind, RecoveryMode, StorageError};
+use tempfile::TempDir;
+
+fn config() -> Config {
+    Config {
+        fsync: FsyncPolicy::Never,
+        ..Config::default()
+    }
+}
+
+fn small_segments() -> Config {
+    Config {
+        segment_bytes: 1024,
+        index_interval_bytes: 128,
+        ..config()
+    }
+}
+
+fn segments(data: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn message(i: usize) -> Vec<u8> {
+    format!("message {i} {}", "x".repeat(i % 37)).into_bytes()
+}
+
+fn id(i: usize) -> Vec<u8> {
+    format!("id-{i}").into_bytes()
+}
+
+#[test]
+fn get_after_restart_returns_last_set() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    log.append(b"a", b"one").unwrap();
+    log.append(b"b", b"two").unwrap();
+    log.append(b"a", b"three").unwrap();
+    assert_eq!(log.delete(b"b").unwrap(), Some(3));
+    assert_eq!(log.delete(b"missing").unwrap(), None);
+    log.append(b"c", b"").unwrap();
+    log.close().unwrap();
+
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.get(b"a").unwrap().as_deref(), Some(&b"three"[..]));
+    assert_eq!(log.get(b"b").unwrap(), None);
+    assert_eq!(log.get(b"c").unwrap().as_deref(), Some(&b""[..]));
+    let stats = log.stats();
+    assert_eq!((stats.records, stats.ids, stats.next_offset), (5, 2, 5));
+    assert_eq!(log.append(b"d", b"four").unwrap(), 5);
+}
+
+#[test]
+fn get_sees_records_still_in_the_write_buffer() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    log.append(b"k", b"v1").unwrap();
+    assert_eq!(log.get(b"k").unwrap().as_deref(), Some(&b"v1"[..]));
+    log.sync_through(0).unwrap();
+    log.append(b"k", b"v2").unwrap();
+    assert_eq!(log.get(b"k").unwrap().as_deref(), Some(&b"v2"[..]));
+}
+
+#[test]
+fn dropping_without_close_keeps_synced_records() {
+    let dir = TempDir::new().unwrap();
+    {
+        let log = Log::open(
+            dir.path(),
+            Config {
+                fsync: FsyncPolicy::Always,
+                ..config()
+            },
+        )
+        .unwrap();
+        let last = log.append(b"k", b"v").unwrap();
+        log.sync_through(last).unwrap();
+    }
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn second_open_of_a_data_dir_is_refused_while_the_first_holds_it() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    match Log::open(dir.path(), config()) {
+        Err(StorageError::Locked { lock, .. }) => assert_eq!(lock, dir.path().join("LOCK")),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("second open succeeded"),
+    }
+    log.close().unwrap();
+    Log::open(dir.path(), config()).unwrap();
+}
+
+/// Writes `n` records, closes, and returns the file length after each record.
+fn write_records(dir: &Path, n: usize) -> Vec<u64> {
+    let log = Log::open(dir, config()).unwrap();
+    let mut ends = Vec::new();
+    for i in 0..n {
+        log.append(&id(i), &message(i)).unwrap();
+        ends.push(log.stats().bytes);
+    }
+    log.close().unwrap();
+    ends
+}
+
+#[test]
+fn cutting_the_last_segment_at_every_byte_keeps_exactly_the_complete_records() {
+    let original = TempDir::new().unwrap();
+    let ends = write_records(original.path(), 12);
+    let segment = segments(original.path()).pop().unwrap();
+    let bytes = fs::read(&segment).unwrap();
+    assert_eq!(bytes.len() as u64, *ends.last().unwrap());
+    let from = ends[ends.len() - 5];
+    for cut in from..=bytes.len() as u64 {
+        let dir = TempDir::new().unwrap();
+        fs::create_dir_all(dir.path().join("log")).unwrap();
+        let file = dir.path().join("log").join(segment.file_name().unwrap());
+        fs::write(&file, &bytes[..cut as usize]).unwrap();
+        let complete = ends.iter().filter(|&&e| e <= cut).count();
+
+        let log = Log::open(dir.path(), config()).unwrap();
+        assert_eq!(log.stats().records, complete as u64, "cut at {cut}");
+        assert_eq!(
+            fs::metadata(&file).unwrap().len(),
+            ends[complete - 1],
+            "file cut back to a record boundary"
+        );
+        for i in 0..12 {
+            let expected = (i < complete).then(|| message(i));
+            assert_eq!(
+                log.get(&id(i)).unwrap(),
+                expected,
+                "cut at {cut}, record {i}"
+            );
+        }
+        // The log goes on from there.
+        assert_eq!(log.append(b"after", b"cut").unwrap(), complete as u64);
+    }
+}
+
+#[test]
+fn garbage_after_the_last_record_is_truncated() {
+    let dir = TempDir::new().unwrap();
+    let ends = write_records(dir.path(), 5);
+    let segment = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes.extend_from_slice(&[0xAB; 100]);
+    bytes.extend_from_slice(&[0; 4096]);
+    fs::write(&segment, &bytes).unwrap();
+
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.stats().records, 5);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), ends[4]);
+}
+
+fn flip_byte(path: &Path, at: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    bytes[at as usize] ^= 0xFF;
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn corruption_followed_by_valid_records_fails_open_naming_file_and_offset() {
+    let dir = TempDir::new().unwrap();
+    let ends = write_records(dir.path(), 10);
+    let segment = segments(dir.path()).pop().unwrap();
+    // A byte inside the fourth record's message.
+    flip_byte(&segment, ends[3] - 2);
+
+    match Log::open(dir.path(), config()) {
+        Err(StorageError::Corruption {
+            segment: s,
+            position,
+            reason,
+        }) => {
+            assert_eq!(s, segment);
+            assert_eq!(position, ends[2]);
+            assert_eq!(reason, "CRC mismatch");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a corrupt log"),
+    }
+    assert_eq!(
+        fs::metadata(&segment).unwrap().len(),
+        ends[9],
+        "strict open changes nothing"
+    );
+
+    let repair = Config {
+        recovery: RecoveryMode::Repair,
+        ..config()
+    };
+    let log = Log::open(dir.path(), repair).unwrap();
+    assert_eq!(log.stats().records, 3);
+    for i in 0..3 {
+        assert_eq!(log.get(&id(i)).unwrap(), Some(message(i)));
+    }
+    log.close().unwrap();
+    assert_eq!(Log::open(dir.path(), config()).unwrap().stats().records, 3);
+}
+
+#[test]
+fn corruption_in_a_sealed_segment_fails_open_and_repair_drops_later_segments() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    for i in 0..100 {
+        log.append(&id(i), &message(i)).unwrap();
+    }
+    log.close().unwrap();
+    let files = segments(dir.path());
+    assert!(files.len() > 3, "rolled into {} segments", files.len());
+    let first = &files[0];
+    let len = fs::metadata(first).unwrap().len();
+    flip_byte(first, len - 3);
+
+    let err = Log::open(dir.path(), small_segments())
+        .err()
+        .expect("open must fail");
+    let text = err.to_string();
+    assert!(text.contains(&first.display().to_string()), "{text}");
+    assert!(matches!(err, StorageError::Corruption { .. }));
+
+    let log = Log::open(
+        dir.path(),
+        Config {
+            recovery: RecoveryMode::Repair,
+            ..small_segments()
+        },
+    )
+    .unwrap();
+    let kept = log.stats().records as usize;
+    assert!(kept > 0 && kept < 100);
+    assert_eq!(log.stats().segments, 1);
+    assert_eq!(segments(dir.path()).len(), 1);
+    for i in 0..kept {
+        assert_eq!(log.get(&id(i)).unwrap(), Some(message(i)));
+    }
+}
+
+#[test]
+fn segments_roll_and_reads_cross_their_boundaries() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    for i in 0..200 {
+        log.append(&id(i % 50), &message(i)).unwrap();
+    }
+    assert!(log.stats().segments > 5);
+    for i in 150..200 {
+        assert_eq!(log.get(&id(i % 50)).unwrap(), Some(message(i)));
+    }
+    // Reading from every offset returns that record first.
+    for offset in 0..200 {
+        let chunk = log.read_from(offset, 64).unwrap();
+        let first = chunk.records().next().unwrap().unwrap();
+        assert_eq!(first.offset, offset);
+        assert_eq!(first.message, message(offset as usize));
+        assert!(chunk.next > offset);
+    }
+    // Following `next` walks the whole log once, in order.
+    let (mut next, mut seen) = (0, Vec::new());
+    loop {
+        let chunk = log.read_from(next, 300).unwrap();
+        if chunk.bytes.is_empty() {
+            break;
+        }
+        seen.extend(chunk.records().map(|r| r.unwrap().offset));
+        next = chunk.next;
+    }
+    assert_eq!(seen, (0..200).collect::<Vec<_>>());
+    log.close().unwrap();
+    let reopened = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(reopened.stats().records, 200);
+    for i in 150..200 {
+        assert_eq!(reopened.get(&id(i % 50)).unwrap(), Some(message(i)));
+    }
+}
+
+/// Every record of `log`, as framed bytes, in one buffer.
+fn all_bytes(log: &Log) -> Vec<u8> {
+    let (mut next, mut out) = (0, Vec::new());
+    loop {
+        let chunk = log.read_from(next, 1 << 20).unwrap();
+        if chunk.bytes.is_empty() {
+            return out;
+        }
+        out.extend_from_slice(&chunk.bytes);
+        next = chunk.next;
+    }
+}
+
+#[test]
+fn follower_appending_raw_chunks_gets_a_byte_identical_log() {
+    let (leader_dir, follower_dir) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = Log::open(leader_dir.path(), small_segments()).unwrap();
+    leader.set_epoch(3);
+    for i in 0..120 {
+        leader.append(&id(i % 40), &message(i)).unwrap();
+        if i % 7 == 0 {
+            leader.delete(&id(i % 40)).unwrap();
+        }
+    }
+    let follower = Log::open(follower_dir.path(), small_segments()).unwrap();
+    let mut next = 0;
+    loop {
+        let chunk = leader.read_from(next, 500).unwrap();
+        if chunk.bytes.is_empty() {
+            break;
+        }
+        follower.append_raw(&chunk.bytes).unwrap();
+        next = chunk.next;
+    }
+    assert_eq!(follower.last_record(), leader.last_record());
+    assert_eq!(follower.last_record().unwrap().1, 3);
+    leader.close().unwrap();
+    follower.close().unwrap();
+    let (l, f) = (segments(leader_dir.path()), segments(follower_dir.path()));
+    assert_eq!(l.len(), f.len());
+    for (a, b) in l.iter().zip(&f) {
+        assert_eq!(a.file_name(), b.file_name());
+        assert_eq!(fs::read(a).unwrap(), fs::read(b).unwrap());
+    }
+}
+
+#[test]
+fn append_raw_rejects_bad_crcs_and_offsets_that_do_not_continue_the_log() {
+    let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = Log::open(a.path(), config()).unwrap();
+    for i in 0..3 {
+        leader.append(&id(i), &message(i)).unwrap();
+    }
+    let bytes = all_bytes(&leader);
+    let follower = Log::open(b.path(), config()).unwrap();
+    let mut bad = bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(matches!(
+        follower.append_raw(&bad),
+        Err(StorageError::InvalidBatch { .. })
+    ));
+    assert_eq!(follower.stats().records, 0, "a bad batch appends nothing");
+    follower.append_raw(&bytes).unwrap();
+    assert!(matches!(
+        follower.append_raw(&bytes),
+        Err(StorageError::InvalidBatch { .. })
+    ));
+    assert_eq!(follower.stats().records, 3);
+}
+
+#[test]
+fn read_from_inside_a_gap_starts_at_the_next_record() {
+    let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = Log::open(a.path(), config()).unwrap();
+    for i in 0..10 {
+        leader.append(&id(i), &message(i)).unwrap();
+    }
+    let chunk = leader.read_from(0, 1 << 20).unwrap();
+    // Keep only even offsets: a log with gaps, as compaction leaves.
+    let mut gapped = Vec::new();
+    let mut pos = 0;
+    for r in chunk.records() {
+        let r = r.unwrap();
+        let len = r.framed_len();
+        if r.offset % 2 == 0 {
+            gapped.extend_from_slice(&chunk.bytes[pos..pos + len]);
+        }
+        pos += len;
+    }
+    let log = Log::open(b.path(), config()).unwrap();
+    log.append_raw(&gapped).unwrap();
+    let from_gap = log.read_from(3, 1 << 20).unwrap();
+    let offsets: Vec<u64> = from_gap.records().map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, vec![4, 6, 8]);
+    assert_eq!(from_gap.next, 9);
+    assert!(log.read_from(9, 1 << 20).unwrap().bytes.is_empty());
+}
+
+#[test]
+fn truncate_to_drops_the_tail_restores_older_values_and_appends_again() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    for i in 0..100 {
+        log.append(&id(i % 10), &message(i)).unwrap();
+    }
+    log.delete(&id(3)).unwrap(); // offset 100
+    let segments_before = log.stats().segments;
+    log.truncate_to(35).unwrap();
+    let stats = log.stats();
+    assert_eq!((stats.records, stats.next_offset), (35, 35));
+    assert!(stats.segments < segments_before);
+    for k in 0..10 {
+        let latest = (0..35).filter(|i| i % 10 == k).max().unwrap();
+        assert_eq!(log.get(&id(k)).unwrap(), Some(message(latest)), "id {k}");
+    }
+    assert_eq!(log.append(b"new", b"value").unwrap(), 35);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(log.stats().records, 36);
+    assert_eq!(log.get(b"new").unwrap().as_deref(), Some(&b"value"[..]));
+    assert_eq!(log.get(&id(3)).unwrap(), Some(message(33)));
+}
+
+#[test]
+fn a_failed_write_refuses_later_writes_and_loses_nothing_acknowledged() {
+    let dir = TempDir::new().unwrap();
+    let faults = Arc::new(Faults::default());
+    let cfg = Config {
+        fsync: FsyncPolicy::Always,
+        faults: Some(faults.clone()),
+        ..config()
+    };
+    let log = Log::open(dir.path(), cfg).unwrap();
+    for i in 0..10 {
+        let at = log.append(&id(i), &message(i)).unwrap();
+        log.sync_through(at).unwrap();
+    }
+    faults.fail_write_after(0);
+    let at = log.append(b"doomed", b"write").unwrap();
+    let err = log.sync_through(at).unwrap_err();
+    assert!(err.to_string().contains("injected write failure"), "{err}");
+    assert!(matches!(
+        log.append(b"later", b"x"),
+        Err(StorageError::Failed(_))
+    ));
+    assert_eq!(
+        log.get(&id(4)).unwrap(),
+        Some(message(4)),
+        "reads keep working"
+    );
+    drop(log);
+
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.stats().records, 10, "the torn write was cut back");
+    for i in 0..10 {
+        assert_eq!(log.get(&id(i)).unwrap(), Some(message(i)));
+    }
+}
+
+#[test]
+fn a_failed_fsync_is_not_retried_and_refuses_later_writes() {
+    let dir = TempDir::new().unwrap();
+    let faults = Arc::new(Faults::default());
+    let cfg = Config {
+        fsync: FsyncPolicy::Always,
+        faults: Some(faults.clone()),
+        ..config()
+    };
+    let log = Log::open(dir.path(), cfg).unwrap();
+    let ok = log.append(b"kept", b"1").unwrap();
+    log.sync_through(ok).unwrap();
+    faults.fail_sync_after(0);
+    let at = log.append(b"unsure", b"2").unwrap();
+    assert!(
+        log.sync_through(at)
+            .unwrap_err()
+            .to_string()
+            .contains("injected fsync failure")
+    );
+    assert!(matches!(log.sync_through(at), Err(StorageError::Failed(_))));
+    assert!(matches!(
+        log.append(b"x", b"3"),
+        Err(StorageError::Failed(_))
+    ));
+    assert!(log.stats().durable_offset <= at);
+    drop(log);
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.get(b"kept").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn concurrent_appenders_under_always_all_become_durable() {
+    let dir = TempDir::new().unwrap();
+    let log = Arc::new(
+        Log::open(
+            dir.path(),
+            Config {
+                fsync: FsyncPolicy::Always,
+                ..config()
+            },
+        )
+        .unwrap(),
+    );
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let at = log
+                        .append(format!("t{t}-{i}").as_bytes(), &message(i))
+                        .unwrap();
+                    log.sync_through(at).unwrap();
+                    assert!(log.stats().durable_offset > at);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let log = Arc::into_inner(log).unwrap();
+    assert_eq!(log.stats().records, 800);
+    log.close().unwrap();
+    assert_eq!(Log::open(dir.path(), config()).unwrap().stats().ids, 800);
+}
+
+#[test]
+fn interval_policy_syncs_in_the_background_and_close_makes_all_durable() {
+    let dir = TempDir::new().unwrap();
+    let cfg = Config {
+        fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)),
+        ..config()
+    };
+    let log = Log::open(dir.path(), cfg).unwrap();
+    let at = log.append(b"k", b"v").unwrap();
+    log.sync_through(at).unwrap();
+    assert!(log.stats().durable_offset > at, "written to the OS");
+    log.close().unwrap();
+    assert_eq!(
+        Log::open(dir.path(), config())
+            .unwrap()
+            .get(b"k")
+            .unwrap()
+            .as_deref(),
+        Some(&b"v"[..])
+    );
+}
+
+#[test]
+fn records_carry_kind_and_epoch() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    log.set_epoch(7);
+    log.append(b"a", b"1").unwrap();
+    log.delete(b"a").unwrap();
+    let chunk = log.read_from(0, 1 << 20).unwrap();
+    let kinds: Vec<_> = chunk
+        .records()
+        .map(|r| r.map(|r| (r.kind, r.epoch)).unwrap())
+        .collect();
+    assert_eq!(kinds, vec![(RecordKind::Set, 7), (RecordKind::Delete, 7)]);
+    assert_eq!(log.last_record(), Some((1, 7)));
+}
