@@ -9,18 +9,11 @@ use msglog::storage::{Config, Faults, FsyncPolicy, Log, RecordKind, RecoveryMode
 use tempfile::TempDir;
 
 fn config() -> Config {
-    Config {
-        fsync: FsyncPolicy::Never,
-        ..Config::default()
-    }
+    Config { fsync: FsyncPolicy::Never, ..Config::default() }
 }
 
 fn small_segments() -> Config {
-    Config {
-        segment_bytes: 1024,
-        index_interval_bytes: 128,
-        ..config()
-    }
+    Config { segment_bytes: 1024, index_interval_bytes: 128, ..config() }
 }
 
 fn segments(data: &Path) -> Vec<PathBuf> {
@@ -77,14 +70,7 @@ fn get_sees_records_still_in_the_write_buffer() {
 fn dropping_without_close_keeps_synced_records() {
     let dir = TempDir::new().unwrap();
     {
-        let log = Log::open(
-            dir.path(),
-            Config {
-                fsync: FsyncPolicy::Always,
-                ..config()
-            },
-        )
-        .unwrap();
+        let log = Log::open(dir.path(), Config { fsync: FsyncPolicy::Always, ..config() }).unwrap();
         let last = log.append(b"k", b"v").unwrap();
         log.sync_through(last).unwrap();
     }
@@ -134,18 +120,10 @@ fn cutting_the_last_segment_at_every_byte_keeps_exactly_the_complete_records() {
 
         let log = Log::open(dir.path(), config()).unwrap();
         assert_eq!(log.stats().records, complete as u64, "cut at {cut}");
-        assert_eq!(
-            fs::metadata(&file).unwrap().len(),
-            ends[complete - 1],
-            "file cut back to a record boundary"
-        );
+        assert_eq!(fs::metadata(&file).unwrap().len(), ends[complete - 1], "file cut back to a record boundary");
         for i in 0..12 {
             let expected = (i < complete).then(|| message(i));
-            assert_eq!(
-                log.get(&id(i)).unwrap(),
-                expected,
-                "cut at {cut}, record {i}"
-            );
+            assert_eq!(log.get(&id(i)).unwrap(), expected, "cut at {cut}, record {i}");
         }
         // The log goes on from there.
         assert_eq!(log.append(b"after", b"cut").unwrap(), complete as u64);
@@ -182,11 +160,7 @@ fn corruption_followed_by_valid_records_fails_open_naming_file_and_offset() {
     flip_byte(&segment, ends[3] - 2);
 
     match Log::open(dir.path(), config()) {
-        Err(StorageError::Corruption {
-            segment: s,
-            position,
-            reason,
-        }) => {
+        Err(StorageError::Corruption { segment: s, position, reason }) => {
             assert_eq!(s, segment);
             assert_eq!(position, ends[2]);
             assert_eq!(reason, "CRC mismatch");
@@ -194,16 +168,9 @@ fn corruption_followed_by_valid_records_fails_open_naming_file_and_offset() {
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("opened a corrupt log"),
     }
-    assert_eq!(
-        fs::metadata(&segment).unwrap().len(),
-        ends[9],
-        "strict open changes nothing"
-    );
+    assert_eq!(fs::metadata(&segment).unwrap().len(), ends[9], "strict open changes nothing");
 
-    let repair = Config {
-        recovery: RecoveryMode::Repair,
-        ..config()
-    };
+    let repair = Config { recovery: RecoveryMode::Repair, ..config() };
     let log = Log::open(dir.path(), repair).unwrap();
     assert_eq!(log.stats().records, 3);
     for i in 0..3 {
@@ -227,21 +194,12 @@ fn corruption_in_a_sealed_segment_fails_open_and_repair_drops_later_segments() {
     let len = fs::metadata(first).unwrap().len();
     flip_byte(first, len - 3);
 
-    let err = Log::open(dir.path(), small_segments())
-        .err()
-        .expect("open must fail");
+    let err = Log::open(dir.path(), small_segments()).err().expect("open must fail");
     let text = err.to_string();
     assert!(text.contains(&first.display().to_string()), "{text}");
     assert!(matches!(err, StorageError::Corruption { .. }));
 
-    let log = Log::open(
-        dir.path(),
-        Config {
-            recovery: RecoveryMode::Repair,
-            ..small_segments()
-        },
-    )
-    .unwrap();
+    let log = Log::open(dir.path(), Config { recovery: RecoveryMode::Repair, ..small_segments() }).unwrap();
     let kept = log.stats().records as usize;
     assert!(kept > 0 && kept < 100);
     assert_eq!(log.stats().segments, 1);
@@ -347,16 +305,10 @@ fn append_raw_rejects_bad_crcs_and_offsets_that_do_not_continue_the_log() {
     let mut bad = bytes.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert!(matches!(
-        follower.append_raw(&bad),
-        Err(StorageError::InvalidBatch { .. })
-    ));
+    assert!(matches!(follower.append_raw(&bad), Err(StorageError::InvalidBatch { .. })));
     assert_eq!(follower.stats().records, 0, "a bad batch appends nothing");
     follower.append_raw(&bytes).unwrap();
-    assert!(matches!(
-        follower.append_raw(&bytes),
-        Err(StorageError::InvalidBatch { .. })
-    ));
+    assert!(matches!(follower.append_raw(&bytes), Err(StorageError::InvalidBatch { .. })));
     assert_eq!(follower.stats().records, 3);
 }
 
@@ -417,11 +369,7 @@ fn truncate_to_drops_the_tail_restores_older_values_and_appends_again() {
 fn a_failed_write_refuses_later_writes_and_loses_nothing_acknowledged() {
     let dir = TempDir::new().unwrap();
     let faults = Arc::new(Faults::default());
-    let cfg = Config {
-        fsync: FsyncPolicy::Always,
-        faults: Some(faults.clone()),
-        ..config()
-    };
+    let cfg = Config { fsync: FsyncPolicy::Always, faults: Some(faults.clone()), ..config() };
     let log = Log::open(dir.path(), cfg).unwrap();
     for i in 0..10 {
         let at = log.append(&id(i), &message(i)).unwrap();
@@ -431,15 +379,8 @@ fn a_failed_write_refuses_later_writes_and_loses_nothing_acknowledged() {
     let at = log.append(b"doomed", b"write").unwrap();
     let err = log.sync_through(at).unwrap_err();
     assert!(err.to_string().contains("injected write failure"), "{err}");
-    assert!(matches!(
-        log.append(b"later", b"x"),
-        Err(StorageError::Failed(_))
-    ));
-    assert_eq!(
-        log.get(&id(4)).unwrap(),
-        Some(message(4)),
-        "reads keep working"
-    );
+    assert!(matches!(log.append(b"later", b"x"), Err(StorageError::Failed(_))));
+    assert_eq!(log.get(&id(4)).unwrap(), Some(message(4)), "reads keep working");
     drop(log);
 
     let log = Log::open(dir.path(), config()).unwrap();
@@ -453,27 +394,15 @@ fn a_failed_write_refuses_later_writes_and_loses_nothing_acknowledged() {
 fn a_failed_fsync_is_not_retried_and_refuses_later_writes() {
     let dir = TempDir::new().unwrap();
     let faults = Arc::new(Faults::default());
-    let cfg = Config {
-        fsync: FsyncPolicy::Always,
-        faults: Some(faults.clone()),
-        ..config()
-    };
+    let cfg = Config { fsync: FsyncPolicy::Always, faults: Some(faults.clone()), ..config() };
     let log = Log::open(dir.path(), cfg).unwrap();
     let ok = log.append(b"kept", b"1").unwrap();
     log.sync_through(ok).unwrap();
     faults.fail_sync_after(0);
     let at = log.append(b"unsure", b"2").unwrap();
-    assert!(
-        log.sync_through(at)
-            .unwrap_err()
-            .to_string()
-            .contains("injected fsync failure")
-    );
+    assert!(log.sync_through(at).unwrap_err().to_string().contains("injected fsync failure"));
     assert!(matches!(log.sync_through(at), Err(StorageError::Failed(_))));
-    assert!(matches!(
-        log.append(b"x", b"3"),
-        Err(StorageError::Failed(_))
-    ));
+    assert!(matches!(log.append(b"x", b"3"), Err(StorageError::Failed(_))));
     assert!(log.stats().durable_offset <= at);
     drop(log);
     let log = Log::open(dir.path(), config()).unwrap();
@@ -483,24 +412,13 @@ fn a_failed_fsync_is_not_retried_and_refuses_later_writes() {
 #[test]
 fn concurrent_appenders_under_always_all_become_durable() {
     let dir = TempDir::new().unwrap();
-    let log = Arc::new(
-        Log::open(
-            dir.path(),
-            Config {
-                fsync: FsyncPolicy::Always,
-                ..config()
-            },
-        )
-        .unwrap(),
-    );
+    let log = Arc::new(Log::open(dir.path(), Config { fsync: FsyncPolicy::Always, ..config() }).unwrap());
     let threads: Vec<_> = (0..16)
         .map(|t| {
             let log = log.clone();
             std::thread::spawn(move || {
                 for i in 0..50 {
-                    let at = log
-                        .append(format!("t{t}-{i}").as_bytes(), &message(i))
-                        .unwrap();
+                    let at = log.append(format!("t{t}-{i}").as_bytes(), &message(i)).unwrap();
                     log.sync_through(at).unwrap();
                     assert!(log.stats().durable_offset > at);
                 }
@@ -519,23 +437,13 @@ fn concurrent_appenders_under_always_all_become_durable() {
 #[test]
 fn interval_policy_syncs_in_the_background_and_close_makes_all_durable() {
     let dir = TempDir::new().unwrap();
-    let cfg = Config {
-        fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)),
-        ..config()
-    };
+    let cfg = Config { fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)), ..config() };
     let log = Log::open(dir.path(), cfg).unwrap();
     let at = log.append(b"k", b"v").unwrap();
     log.sync_through(at).unwrap();
     assert!(log.stats().durable_offset > at, "written to the OS");
     log.close().unwrap();
-    assert_eq!(
-        Log::open(dir.path(), config())
-            .unwrap()
-            .get(b"k")
-            .unwrap()
-            .as_deref(),
-        Some(&b"v"[..])
-    );
+    assert_eq!(Log::open(dir.path(), config()).unwrap().get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
 
 #[test]
@@ -546,10 +454,7 @@ fn records_carry_kind_and_epoch() {
     log.append(b"a", b"1").unwrap();
     log.delete(b"a").unwrap();
     let chunk = log.read_from(0, 1 << 20).unwrap();
-    let kinds: Vec<_> = chunk
-        .records()
-        .map(|r| r.map(|r| (r.kind, r.epoch)).unwrap())
-        .collect();
+    let kinds: Vec<_> = chunk.records().map(|r| r.map(|r| (r.kind, r.epoch)).unwrap()).collect();
     assert_eq!(kinds, vec![(RecordKind::Set, 7), (RecordKind::Delete, 7)]);
     assert_eq!(log.last_record(), Some((1, 7)));
 }

@@ -75,8 +75,7 @@ impl Shared {
             (st.active.file.clone(), st.active.path.clone(), target)
         };
         if let Err(e) = sync_file(&file, self.config.faults.as_deref()) {
-            self.write()
-                .fail(format!("fsync of {} failed: {e}", path.display()));
+            self.write().fail(format!("fsync of {} failed: {e}", path.display()));
             return Err(e.into());
         }
         self.commit.durable.fetch_max(target, Ordering::AcqRel);
@@ -93,18 +92,15 @@ pub(super) struct IntervalSyncer {
 impl IntervalSyncer {
     pub fn start(shared: Arc<Shared>, every: Duration) -> std::io::Result<IntervalSyncer> {
         let (stop, stopped) = mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("msglog-fsync".into())
-            .spawn(move || {
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                    let behind =
-                        shared.commit.durable.load(Ordering::Acquire) < shared.read().next_offset;
-                    if behind && shared.sync_now().is_err() {
-                        // `sync_now` marked the log failed and logged why; nothing more to do.
-                        return;
-                    }
+        let thread = std::thread::Builder::new().name("msglog-fsync".into()).spawn(move || {
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let behind = shared.commit.durable.load(Ordering::Acquire) < shared.read().next_offset;
+                if behind && shared.sync_now().is_err() {
+                    // `sync_now` marked the log failed and logged why; nothing more to do.
+                    return;
                 }
-            })?;
+            }
+        })?;
         Ok(IntervalSyncer { stop, thread })
     }
 

@@ -9,19 +9,11 @@ use super::{Result, StorageError};
 
 pub fn acquire(data_dir: &Path) -> Result<File> {
     let path = data_dir.join("LOCK");
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)?;
+    let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            return Err(StorageError::Locked {
-                dir: data_dir.to_path_buf(),
-                lock: path,
-            });
+            return Err(StorageError::Locked { dir: data_dir.to_path_buf(), lock: path });
         }
         Err(TryLockError::Error(e)) => return Err(e.into()),
     }

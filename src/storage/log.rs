@@ -89,41 +89,17 @@ impl Log {
         std::fs::create_dir_all(data_dir)?;
         let lock = super::lock::acquire(data_dir)?;
         let dir = log_dir(data_dir);
-        let Recovered {
-            sealed,
-            active,
-            ids,
-            records,
-            last,
-        } = recovery::recover(&dir, &config)?;
+        let Recovered { sealed, active, ids, records, last } = recovery::recover(&dir, &config)?;
         let next_offset = last.map_or(active.base, |(o, _)| o + 1);
         let epoch = last.map_or(0, |(_, e)| e);
         tracing::debug!(dir = %dir.display(), records, ids = ids.len(), next_offset, "log recovered");
-        let state = State {
-            sealed,
-            active,
-            ids,
-            records,
-            next_offset,
-            epoch,
-            last,
-            failed: None,
-        };
-        let shared = Arc::new(Shared {
-            dir,
-            commit: Commit::new(next_offset),
-            config,
-            state: RwLock::new(state),
-        });
+        let state = State { sealed, active, ids, records, next_offset, epoch, last, failed: None };
+        let shared = Arc::new(Shared { dir, commit: Commit::new(next_offset), config, state: RwLock::new(state) });
         let syncer = match shared.config.fsync {
             FsyncPolicy::Interval(every) => Some(IntervalSyncer::start(shared.clone(), every)?),
             _ => None,
         };
-        Ok(Log {
-            shared,
-            syncer,
-            _lock: lock,
-        })
+        Ok(Log { shared, syncer, _lock: lock })
     }
 
     /// Appends a SET record. Visible to `get` at once; durable after `sync_through`.
@@ -135,17 +111,16 @@ impl Log {
     /// Appends a tombstone if `id` is live; `None`, writing nothing, if it is not.
     pub fn delete(&self, id: &[u8]) -> Result<Option<Offset>> {
         let mut st = self.shared.write();
-        if !st.ids.contains(id) {
+        if st.locate(id).is_none() {
             return Ok(None);
         }
-        st.append(&self.shared, RecordKind::Delete, id, &[])
-            .map(Some)
+        st.append(&self.shared, RecordKind::Delete, id, &[]).map(Some)
     }
 
     /// The latest message of `id`, its CRC checked.
     pub fn get(&self, id: &[u8]) -> Result<Option<Vec<u8>>> {
         let st = self.shared.read();
-        let Some(at) = st.ids.get(id) else {
+        let Some(at) = st.locate(id) else {
             return Ok(None);
         };
         let record = st.record_at(&self.shared.config, at)?;
@@ -156,16 +131,14 @@ impl Log {
     }
 
     pub fn contains(&self, id: &[u8]) -> bool {
-        self.shared.read().ids.contains(id)
+        self.shared.read().locate(id).is_some()
     }
 
     /// Whole records from the first one at or after `offset`, about `max_bytes` of them
     /// (at least one record if any is there), never crossing a segment. An empty chunk
     /// means the log holds nothing from `offset` yet.
     pub fn read_from(&self, offset: Offset, max_bytes: usize) -> Result<Chunk> {
-        self.shared
-            .read()
-            .read_from(&self.shared.config, offset, max_bytes)
+        self.shared.read().read_from(&self.shared.config, offset, max_bytes)
     }
 
     /// Appends records received from a leader, verbatim, after checking every CRC and
@@ -176,19 +149,11 @@ impl Log {
         let max = self.shared.config.max_record_bytes as usize;
         let mut expected = st.next_offset;
         for item in Records::new(bytes, max) {
-            let r = item.map_err(|(position, reason)| StorageError::InvalidBatch {
-                position,
-                reason: reason.into(),
-            })?;
+            let r =
+                item.map_err(|(position, reason)| StorageError::InvalidBatch { position, reason: reason.into() })?;
             if r.offset < expected {
-                let reason = format!(
-                    "offset {} is below the log's next offset {expected}",
-                    r.offset
-                );
-                return Err(StorageError::InvalidBatch {
-                    position: 0,
-                    reason,
-                });
+                let reason = format!("offset {} is below the log's next offset {expected}", r.offset);
+                return Err(StorageError::InvalidBatch { position: 0, reason });
             }
             expected = r.offset + 1;
         }
@@ -263,9 +228,9 @@ impl Log {
         }
     }
 
-    /// Heap bytes of the ID index's table (IDs excluded), for memory reports.
-    pub fn id_index_table_bytes(&self) -> usize {
-        self.shared.read().ids.table_bytes()
+    /// Heap bytes of the ID index, for memory reports.
+    pub fn id_index_bytes(&self) -> usize {
+        self.shared.read().ids.heap_bytes()
     }
 
     /// Writes and fsyncs everything, stops background work and releases the lock.
@@ -296,12 +261,8 @@ impl Drop for Log {
 }
 
 fn validate(config: &Config) -> Result<()> {
-    let invalid = |why: &str| {
-        Err(StorageError::Io(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            why.to_string(),
-        )))
-    };
+    let invalid =
+        |why: &str| Err(StorageError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string())));
     if config.segment_bytes < (HEADER_LEN + RECORD_OVERHEAD) as u64 {
         return invalid("segment size too small");
     }
@@ -315,9 +276,7 @@ fn validate(config: &Config) -> Result<()> {
 }
 
 pub(super) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Shared {

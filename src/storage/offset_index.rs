@@ -54,11 +54,7 @@ impl OffsetIndex {
         let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if entry(mid).0 <= relative_offset {
-                lo = mid + 1
-            } else {
-                hi = mid
-            }
+            if entry(mid).0 <= relative_offset { lo = mid + 1 } else { hi = mid }
         }
         (lo > 0).then(|| entry(lo - 1).1)
     }
@@ -66,10 +62,7 @@ impl OffsetIndex {
     /// Drops entries at or beyond `position` (after a truncation).
     pub fn truncate_positions(&mut self, position: u32) {
         if let OffsetIndex::Building(v) = self {
-            let keep = v
-                .chunks_exact(ENTRY_LEN)
-                .take_while(|e| LE::read_u32(&e[4..8]) < position)
-                .count();
+            let keep = v.chunks_exact(ENTRY_LEN).take_while(|e| LE::read_u32(&e[4..8]) < position).count();
             v.truncate(keep * ENTRY_LEN);
         }
     }

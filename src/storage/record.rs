@@ -166,11 +166,7 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub fn new(buf: &'a [u8], max_record: usize) -> Self {
-        Records {
-            buf,
-            position: 0,
-            max_record,
-        }
+        Records { buf, position: 0, max_record }
     }
 }
 
@@ -259,9 +255,6 @@ mod tests {
     fn oversized_length_is_rejected_before_reading() {
         let mut buf = vec![0u8; 16];
         LE::write_u32(&mut buf[0..4], u32::MAX);
-        assert_eq!(
-            decode(&buf, 1024),
-            Decoded::Invalid("record length over the limit")
-        );
+        assert_eq!(decode(&buf, 1024), Decoded::Invalid("record length over the limit"));
     }
 }

@@ -16,12 +16,10 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
-use super::id_index::{IdIndex, Position};
+use super::id_index::{IdIndex, Position, id_of};
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{Decoded, RecordKind, decode};
-use super::segment::{
-    ActiveSegment, HEADER_LEN, SealedSegment, check_header, header, index_path, segment_path,
-};
+use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment, check_header, header, index_path, segment_path};
 use super::{Config, Epoch, Offset, RecoveryMode, Result, StorageError};
 
 pub(super) struct Recovered {
@@ -55,7 +53,15 @@ pub(super) fn scan(
     ids: &mut IdIndex,
     index: &mut OffsetIndex,
     config: &Config,
+    earlier: &[SealedSegment],
 ) -> Scan {
+    let id_at = |at: Position| {
+        let bytes = match earlier.get(at.segment as usize) {
+            Some(s) if at.segment != segment => &s.map[..],
+            _ => bytes,
+        };
+        id_of(&bytes[at.position as usize..])
+    };
     let max = config.max_record_bytes as usize;
     let interval = config.index_interval_bytes as u64;
     let mut scan = Scan {
@@ -89,15 +95,9 @@ pub(super) fn scan(
             scan.last_indexed = position;
         }
         match record.kind {
-            RecordKind::Set => ids.set(
-                record.id,
-                Position {
-                    segment,
-                    position: position as u32,
-                },
-            ),
+            RecordKind::Set => ids.set(record.id, Position { segment, position: position as u32 }, id_at),
             RecordKind::Delete => {
-                ids.remove(record.id);
+                ids.remove(record.id, id_at);
             }
         }
         prev = Some(record.offset);
@@ -112,17 +112,12 @@ pub(super) fn scan(
 /// Whether a record with a valid CRC and a plausible offset starts anywhere after `from`:
 /// the difference between a torn tail and damage in the middle of a log.
 fn valid_record_follows(bytes: &[u8], from: usize, after: Option<Offset>, max: usize) -> bool {
-    (from + 1..bytes.len()).any(|p| {
-        matches!(decode(&bytes[p..], max), Decoded::Record(r, _) if after.is_none_or(|a| r.offset > a))
-    })
+    (from + 1..bytes.len())
+        .any(|p| matches!(decode(&bytes[p..], max), Decoded::Record(r, _) if after.is_none_or(|a| r.offset > a)))
 }
 
 fn corruption(segment: &Path, position: usize, reason: impl Into<String>) -> StorageError {
-    StorageError::Corruption {
-        segment: segment.to_path_buf(),
-        position: position as u64,
-        reason: reason.into(),
-    }
+    StorageError::Corruption { segment: segment.to_path_buf(), position: position as u64, reason: reason.into() }
 }
 
 /// Base offsets of the segment files in `dir`, ascending.
@@ -162,11 +157,7 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
         let path = segment_path(dir, base);
         let mut is_last = i + 1 == bases.len();
         if prev.is_some_and(|p| base <= p) {
-            return Err(corruption(
-                &path,
-                0,
-                "base offset not above the previous segment's last offset",
-            ));
+            return Err(corruption(&path, 0, "base offset not above the previous segment's last offset"));
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = file.metadata()?.len();
@@ -188,13 +179,12 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
             return Err(corruption(&path, 0, reason));
         }
         let mut index = OffsetIndex::Building(Vec::new());
-        let scan = scan(&map, base, i as u32, prev, &mut ids, &mut index, config);
+        let scan = scan(&map, base, i as u32, prev, &mut ids, &mut index, config, &sealed);
         records += scan.records;
         let mut end = len;
         if let Some((position, reason)) = scan.damage {
             let after = scan.last_offset.or(prev);
-            let torn_tail = is_last
-                && !valid_record_follows(&map, position, after, config.max_record_bytes as usize);
+            let torn_tail = is_last && !valid_record_follows(&map, position, after, config.max_record_bytes as usize);
             if !torn_tail && config.recovery == RecoveryMode::Strict {
                 return Err(corruption(&path, position, reason));
             }
@@ -214,45 +204,20 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
         prev = scan.last_offset.or(prev);
         last_epoch = scan.last_epoch.unwrap_or(last_epoch);
         if is_last {
-            let mut active = ActiveSegment::open(
-                path,
-                base,
-                end,
-                reserve(config, end),
-                index,
-                scan.last_offset,
-                faults,
-            )?;
+            let mut active =
+                ActiveSegment::open(path, base, end, reserve(config, end), index, scan.last_offset, faults)?;
             active.last_indexed = scan.last_indexed;
             // Bytes a crashed process left in the page cache were never fsynced: make them
             // durable now, so everything recovered counts as durable.
             active.sync()?;
             let last = prev.map(|p| (p, last_epoch));
-            return Ok(Recovered {
-                sealed,
-                active,
-                ids,
-                records,
-                last,
-            });
+            return Ok(Recovered { sealed, active, ids, records, last });
         }
         let index = index.seal(&index_path(dir, base))?;
-        sealed.push(SealedSegment::open(
-            path,
-            base,
-            len,
-            index,
-            scan.last_offset,
-        )?);
+        sealed.push(SealedSegment::open(path, base, len, index, scan.last_offset)?);
     }
     let active = ActiveSegment::create(dir, 0, reserve(config, 0), faults)?;
-    Ok(Recovered {
-        sealed,
-        active,
-        ids,
-        records,
-        last: None,
-    })
+    Ok(Recovered { sealed, active, ids, records, last: None })
 }
 
 /// Deletes the segments (and their indexes) with these bases, durably.

@@ -47,9 +47,7 @@ pub fn check_header(bytes: &[u8], base: Offset) -> Result<(), String> {
     }
     let in_header = LE::read_u64(&bytes[16..24]);
     if in_header != base {
-        return Err(format!(
-            "header base offset {in_header} does not match the file name"
-        ));
+        return Err(format!("header base offset {in_header} does not match the file name"));
     }
     Ok(())
 }
@@ -113,31 +111,14 @@ impl ActiveSegment {
     }
 
     /// Creates a new, empty segment file holding only the header.
-    pub fn create(
-        dir: &Path,
-        base: Offset,
-        reserve: u64,
-        faults: Option<Arc<Faults>>,
-    ) -> io::Result<ActiveSegment> {
+    pub fn create(dir: &Path, base: Offset, reserve: u64, faults: Option<Arc<Faults>>) -> io::Result<ActiveSegment> {
         let path = segment_path(dir, base);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         file.write_all_at(&header(base), 0)?;
         file.sync_all()?;
         File::open(dir)?.sync_all()?;
         drop(file);
-        Self::open(
-            path,
-            base,
-            HEADER_LEN as u64,
-            reserve,
-            OffsetIndex::Building(Vec::new()),
-            None,
-            faults,
-        )
+        Self::open(path, base, HEADER_LEN as u64, reserve, OffsetIndex::Building(Vec::new()), None, faults)
     }
 
     /// Logical size: file bytes plus buffered bytes.
@@ -145,15 +126,13 @@ impl ActiveSegment {
         self.written + self.buffer.len() as u64
     }
 
-    /// `len` bytes at `position`, from the file or the buffer. Never spans the two:
-    /// the buffer always starts at a record boundary.
-    pub fn slice(&self, position: u64, len: usize) -> &[u8] {
+    /// Bytes from `position` to the end of the file part or of the buffer, whichever
+    /// holds it: a record never spans the two, as the buffer starts at a record boundary.
+    pub fn slice(&self, position: u64) -> &[u8] {
         if position >= self.written {
-            let at = (position - self.written) as usize;
-            &self.buffer[at..(at + len).min(self.buffer.len())]
+            &self.buffer[(position - self.written) as usize..]
         } else {
-            let end = (position + len as u64).min(self.written);
-            &self.map[position as usize..end as usize]
+            &self.map[position as usize..self.written as usize]
         }
     }
 
@@ -162,10 +141,7 @@ impl ActiveSegment {
         if position >= self.written {
             (&[], &self.buffer[(position - self.written) as usize..])
         } else {
-            (
-                &self.map[position as usize..self.written as usize],
-                &self.buffer,
-            )
+            (&self.map[position as usize..self.written as usize], &self.buffer)
         }
     }
 
@@ -177,10 +153,7 @@ impl ActiveSegment {
         }
         let result = match self.faults.as_ref().map(|f| f.check_write()) {
             // An injected failure tears the write: half the bytes land, as on a full disk.
-            Some(Err(e)) => self
-                .file
-                .write_all_at(&self.buffer[..self.buffer.len() / 2], self.written)
-                .and(Err(e)),
+            Some(Err(e)) => self.file.write_all_at(&self.buffer[..self.buffer.len() / 2], self.written).and(Err(e)),
             _ => self.file.write_all_at(&self.buffer, self.written),
         };
         if let Err(e) = result {
@@ -237,12 +210,6 @@ impl SealedSegment {
         let file = File::open(&path)?;
         // SAFETY: sealed segments are never written again while the flock is held.
         let map = unsafe { MmapOptions::new().len(len as usize).map(&file)? };
-        Ok(SealedSegment {
-            base,
-            path,
-            map,
-            index,
-            last_offset,
-        })
+        Ok(SealedSegment { base, path, map, index, last_offset })
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::id_index::Position;
+use super::id_index::{Position, id_of};
 use super::log::{Chunk, Shared, State, now_ms};
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{self, Decoded, RecordKind, RecordRef, decode, peek};
@@ -26,13 +26,7 @@ impl State {
         }
     }
 
-    pub fn append(
-        &mut self,
-        shared: &Shared,
-        kind: RecordKind,
-        id: &[u8],
-        message: &[u8],
-    ) -> Result<Offset> {
+    pub fn append(&mut self, shared: &Shared, kind: RecordKind, id: &[u8], message: &[u8]) -> Result<Offset> {
         self.check_writable()?;
         let len = record::framed_len(id, message);
         let max = shared.config.max_record_bytes as usize;
@@ -42,26 +36,13 @@ impl State {
         let offset = self.next_offset;
         self.before_append(shared, offset, len)?;
         let position = self.active.len();
-        record::encode(
-            &mut self.active.buffer,
-            offset,
-            self.epoch,
-            now_ms(),
-            kind,
-            id,
-            message,
-        );
+        record::encode(&mut self.active.buffer, offset, self.epoch, now_ms(), kind, id, message);
         self.after_append(shared, kind, id, offset, self.epoch, position)?;
         Ok(offset)
     }
 
     /// Appends one verified record's bytes verbatim (a follower copying its leader).
-    pub fn append_framed(
-        &mut self,
-        shared: &Shared,
-        r: &RecordRef<'_>,
-        framed: &[u8],
-    ) -> Result<()> {
+    pub fn append_framed(&mut self, shared: &Shared, r: &RecordRef<'_>, framed: &[u8]) -> Result<()> {
         self.before_append(shared, r.offset, framed.len())?;
         let position = self.active.len();
         self.active.buffer.extend_from_slice(framed);
@@ -94,20 +75,16 @@ impl State {
     ) -> Result<()> {
         let active = &mut self.active;
         if position - active.last_indexed >= shared.config.index_interval_bytes as u64 {
-            active
-                .index
-                .push(relative(active.base, offset), position as u32);
+            active.index.push(relative(active.base, offset), position as u32);
             active.last_indexed = position;
         }
         active.last_offset = Some(offset);
-        let at = Position {
-            segment: self.sealed.len() as u32,
-            position: position as u32,
-        };
+        let at = Position { segment: self.sealed.len() as u32, position: position as u32 };
+        let id_at = |p| id_of(bytes_at(&self.sealed, &self.active, p));
         match kind {
-            RecordKind::Set => self.ids.set(id, at),
+            RecordKind::Set => self.ids.set(id, at, id_at),
             RecordKind::Delete => {
-                self.ids.remove(id);
+                self.ids.remove(id, id_at);
             }
         }
         self.last = Some((offset, epoch));
@@ -128,13 +105,7 @@ impl State {
         let index = std::mem::replace(&mut self.active.index, OffsetIndex::Empty)
             .seal(&super::segment::index_path(&shared.dir, self.active.base))?;
         let old = &self.active;
-        let sealed = SealedSegment::open(
-            old.path.clone(),
-            old.base,
-            old.written,
-            index,
-            old.last_offset,
-        )?;
+        let sealed = SealedSegment::open(old.path.clone(), old.base, old.written, index, old.last_offset)?;
         let faults = shared.config.faults.clone();
         let fresh = ActiveSegment::create(&shared.dir, base, reserve(&shared.config, 0), faults)?;
         self.active = fresh;
@@ -146,30 +117,21 @@ impl State {
     pub fn flush(&mut self, shared: &Shared) -> Result<Offset> {
         self.check_writable()?;
         if let Err(e) = self.active.flush() {
-            self.fail(format!(
-                "write to {} failed: {e}",
-                self.active.path.display()
-            ));
+            self.fail(format!("write to {} failed: {e}", self.active.path.display()));
             return Err(e.into());
         }
-        shared
-            .commit
-            .flushed
-            .fetch_max(self.next_offset, Ordering::AcqRel);
+        shared.commit.flushed.fetch_max(self.next_offset, Ordering::AcqRel);
         Ok(self.next_offset)
     }
 
-    /// Bytes from `position` to the end of the segment they lie in.
-    fn bytes_at(&self, at: Position, max: usize) -> &[u8] {
-        match self.sealed.get(at.segment as usize) {
-            Some(s) => &s.map[at.position as usize..],
-            None => self.active.slice(at.position as u64, max),
-        }
+    /// Where the latest record of `id` lies, if `id` is live.
+    pub fn locate(&self, id: &[u8]) -> Option<Position> {
+        self.ids.get(id, |p| id_of(bytes_at(&self.sealed, &self.active, p)))
     }
 
     pub fn record_at(&self, config: &Config, at: Position) -> Result<RecordRef<'_>> {
         let max = config.max_record_bytes as usize;
-        match decode(self.bytes_at(at, max), max) {
+        match decode(bytes_at(&self.sealed, &self.active, at), max) {
             Decoded::Record(r, _) => Ok(r),
             Decoded::Incomplete => Err(self.corruption(at, "truncated record")),
             Decoded::Invalid(reason) => Err(self.corruption(at, reason)),
@@ -181,32 +143,17 @@ impl State {
             Some(s) => s.path.clone(),
             None => self.active.path.clone(),
         };
-        StorageError::Corruption {
-            segment,
-            position: at.position as u64,
-            reason: reason.into(),
-        }
+        StorageError::Corruption { segment, position: at.position as u64, reason: reason.into() }
     }
 
     pub fn read_from(&self, config: &Config, offset: Offset, max_bytes: usize) -> Result<Chunk> {
         let max = config.max_record_bytes as usize;
         if offset >= self.next_offset {
-            return Ok(Chunk {
-                bytes: Vec::new(),
-                next: offset,
-            });
+            return Ok(Chunk { bytes: Vec::new(), next: offset });
         }
         // The last segment whose base is at or below `offset` (or the first one).
-        let bases = self
-            .sealed
-            .iter()
-            .map(|s| s.base)
-            .chain(std::iter::once(self.active.base));
-        let first = bases
-            .clone()
-            .take_while(|&b| b <= offset)
-            .count()
-            .saturating_sub(1);
+        let bases = self.sealed.iter().map(|s| s.base).chain(std::iter::once(self.active.base));
+        let first = bases.clone().take_while(|&b| b <= offset).count().saturating_sub(1);
         let count = self.sealed.len() + 1;
         for segment in first..count {
             let (parts, base, index) = match self.sealed.get(segment) {
@@ -220,24 +167,14 @@ impl State {
                 Some(rel) => index.floor(rel).map_or(HEADER_LEN, |p| p as usize),
                 None => HEADER_LEN,
             };
-            let chunk =
-                collect(&parts, from, offset, max_bytes, max).map_err(|(position, reason)| {
-                    self.corruption(
-                        Position {
-                            segment: segment as u32,
-                            position: position as u32,
-                        },
-                        reason,
-                    )
-                })?;
+            let chunk = collect(&parts, from, offset, max_bytes, max).map_err(|(position, reason)| {
+                self.corruption(Position { segment: segment as u32, position: position as u32 }, reason)
+            })?;
             if let Some(chunk) = chunk {
                 return Ok(chunk);
             }
         }
-        Ok(Chunk {
-            bytes: Vec::new(),
-            next: self.next_offset,
-        })
+        Ok(Chunk { bytes: Vec::new(), next: self.next_offset })
     }
 
     pub fn truncate_to(&mut self, shared: &Shared, offset: Offset) -> Result<()> {
@@ -246,34 +183,17 @@ impl State {
         }
         self.flush(shared)?;
         // Segments that start at or after `offset` go, except the first one.
-        let bases: Vec<Offset> = self
-            .sealed
-            .iter()
-            .map(|s| s.base)
-            .chain(std::iter::once(self.active.base))
-            .collect();
+        let bases: Vec<Offset> = self.sealed.iter().map(|s| s.base).chain(std::iter::once(self.active.base)).collect();
         let keep = bases.iter().take_while(|&&b| b < offset).count().max(1);
         if keep < bases.len() {
-            let reopen = self
-                .sealed
-                .drain(keep - 1..)
-                .next()
-                .expect("a sealed segment is kept");
+            let reopen = self.sealed.drain(keep - 1..).next().expect("a sealed segment is kept");
             let len = reopen.map.len() as u64;
             let (path, base, last) = (reopen.path.clone(), reopen.base, reopen.last_offset);
             drop(reopen);
             drop_segments_after(&shared.dir, &bases[keep..])?;
             let index = OffsetIndex::Building(Vec::new());
             let faults = shared.config.faults.clone();
-            self.active = ActiveSegment::open(
-                path,
-                base,
-                len,
-                reserve(&shared.config, len),
-                index,
-                last,
-                faults,
-            )?;
+            self.active = ActiveSegment::open(path, base, len, reserve(&shared.config, len), index, last, faults)?;
         }
         // Cut the active segment at the first record at or after `offset`.
         let (file, _) = self.active.tail(0);
@@ -296,15 +216,8 @@ impl State {
         let mut last = None;
         for (i, s) in self.sealed.iter().enumerate() {
             let mut unused = OffsetIndex::Empty;
-            let scan = recovery::scan(
-                &s.map,
-                s.base,
-                i as u32,
-                prev,
-                &mut self.ids,
-                &mut unused,
-                &shared.config,
-            );
+            let config = &shared.config;
+            let scan = recovery::scan(&s.map, s.base, i as u32, prev, &mut self.ids, &mut unused, config, &self.sealed);
             self.records += scan.records;
             prev = scan.last_offset.or(prev);
             last = scan.last_offset.zip(scan.last_epoch).or(last);
@@ -312,23 +225,11 @@ impl State {
         let mut index = OffsetIndex::Building(Vec::new());
         let (file, _) = self.active.tail(0);
         let segment = self.sealed.len() as u32;
-        let scan = recovery::scan(
-            file,
-            self.active.base,
-            segment,
-            prev,
-            &mut self.ids,
-            &mut index,
-            &shared.config,
-        );
+        let config = &shared.config;
+        let scan =
+            recovery::scan(file, self.active.base, segment, prev, &mut self.ids, &mut index, config, &self.sealed);
         if let Some((position, reason)) = scan.damage {
-            return Err(self.corruption(
-                Position {
-                    segment,
-                    position: position as u32,
-                },
-                reason,
-            ));
+            return Err(self.corruption(Position { segment, position: position as u32 }, reason));
         }
         self.records += scan.records;
         self.active.index = index;
@@ -337,6 +238,14 @@ impl State {
         self.last = scan.last_offset.zip(scan.last_epoch).or(last);
         self.next_offset = self.last.map_or(self.active.base, |(o, _)| o + 1);
         Ok(())
+    }
+}
+
+/// Bytes from a record's position to the end of the segment (or buffer) it lies in.
+fn bytes_at<'a>(sealed: &'a [SealedSegment], active: &'a ActiveSegment, at: Position) -> &'a [u8] {
+    match sealed.get(at.segment as usize) {
+        Some(s) => &s.map[at.position as usize..],
+        None => active.slice(at.position as u64),
     }
 }
 
@@ -361,10 +270,7 @@ fn collect(
             };
             if at >= offset {
                 if !out.is_empty() && out.len() + len > max_bytes {
-                    return Ok(Some(Chunk {
-                        bytes: out,
-                        next: next.unwrap_or(offset),
-                    }));
+                    return Ok(Some(Chunk { bytes: out, next: next.unwrap_or(offset) }));
                 }
                 match decode(&part[pos..], max) {
                     Decoded::Record(r, _) => next = Some(r.offset + 1),
