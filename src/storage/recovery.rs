@@ -43,18 +43,26 @@ pub(super) struct Scan {
     pub damage: Option<(usize, &'static str)>,
 }
 
+/// One segment's bytes as a scan sees them.
+pub(super) struct ScanInput<'a> {
+    pub bytes: &'a [u8],
+    pub base: Offset,
+    /// Its number in the segment list, for ID-index positions.
+    pub segment: u32,
+    /// Last offset of the previous segment.
+    pub after: Option<Offset>,
+}
+
 /// Walks the records of one segment from its header on, applying each to the ID index
-/// and the offset index. `after` is the last offset of the previous segment.
+/// (whose earlier positions lie in `earlier` or this segment) and the offset index.
 pub(super) fn scan(
-    bytes: &[u8],
-    base: Offset,
-    segment: u32,
-    after: Option<Offset>,
+    input: ScanInput<'_>,
     ids: &mut IdIndex,
     index: &mut OffsetIndex,
     config: &Config,
     earlier: &[SealedSegment],
 ) -> Scan {
+    let ScanInput { bytes, base, segment, after } = input;
     let id_at = |at: Position| {
         let bytes = match earlier.get(at.segment as usize) {
             Some(s) if at.segment != segment => &s.map[..],
@@ -179,7 +187,8 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
             return Err(corruption(&path, 0, reason));
         }
         let mut index = OffsetIndex::Building(Vec::new());
-        let scan = scan(&map, base, i as u32, prev, &mut ids, &mut index, config, &sealed);
+        let input = ScanInput { bytes: &map, base, segment: i as u32, after: prev };
+        let scan = scan(input, &mut ids, &mut index, config, &sealed);
         records += scan.records;
         let mut end = len;
         if let Some((position, reason)) = scan.damage {

@@ -6,7 +6,7 @@ use super::id_index::{Position, id_of};
 use super::log::{Chunk, Shared, State, now_ms};
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{self, Decoded, RecordKind, RecordRef, decode, peek};
-use super::recovery::{self, drop_segments_after, reserve};
+use super::recovery::{self, ScanInput, drop_segments_after, reserve};
 use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
 use super::{Config, Offset, Result, StorageError};
 
@@ -217,7 +217,8 @@ impl State {
         for (i, s) in self.sealed.iter().enumerate() {
             let mut unused = OffsetIndex::Empty;
             let config = &shared.config;
-            let scan = recovery::scan(&s.map, s.base, i as u32, prev, &mut self.ids, &mut unused, config, &self.sealed);
+            let input = ScanInput { bytes: &s.map, base: s.base, segment: i as u32, after: prev };
+            let scan = recovery::scan(input, &mut self.ids, &mut unused, config, &self.sealed);
             self.records += scan.records;
             prev = scan.last_offset.or(prev);
             last = scan.last_offset.zip(scan.last_epoch).or(last);
@@ -226,8 +227,10 @@ impl State {
         let (file, _) = self.active.tail(0);
         let segment = self.sealed.len() as u32;
         let config = &shared.config;
-        let scan =
-            recovery::scan(file, self.active.base, segment, prev, &mut self.ids, &mut index, config, &self.sealed);
+        let scan = {
+            let input = ScanInput { bytes: file, base: self.active.base, segment, after: prev };
+            recovery::scan(input, &mut self.ids, &mut index, config, &self.sealed)
+        };
         if let Some((position, reason)) = scan.damage {
             return Err(self.corruption(Position { segment, position: position as u32 }, reason));
         }
