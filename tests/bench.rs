@@ -256,8 +256,12 @@ async fn wrong_replies_count_as_errors_not_successes() {
         assert!(report.errors > 0);
         assert_eq!(report.ok + report.errors, report.requests);
         assert_eq!(report.histogram.len(), report.ok);
-        let first = report.first_error.expect("an example of the first error");
+        let first = report
+            .first_error
+            .as_deref()
+            .expect("an example of the first error");
         assert!(first.contains("unexpected reply"), "{first}");
+        assert!(report.to_string().contains("first error"));
     }
 }
 
@@ -269,6 +273,7 @@ async fn server_hanging_up_stops_each_client_with_an_error() {
     assert_eq!(report.requests, 30);
     assert!(report.errors >= 3);
     assert!(report.first_error.unwrap().contains("connection closed"));
+    assert!(report.latency_us.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use super::workload::{Op, Rng, Workload, key_bytes};
 const READ_CHUNK: usize = 64 * 1024;
 /// Completed requests are added to the shared progress counter in batches this big, so
 /// clients do not contend on it for every reply.
-const PROGRESS_BATCH: u64 = 256;
+const PROGRESS_BATCH: u64 = 64;
 
 /// Settings every client shares.
 pub(super) struct Shared {

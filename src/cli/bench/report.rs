@@ -42,7 +42,8 @@ pub struct BenchReport {
     pub elapsed_secs: f64,
     /// Correct replies per second.
     pub throughput: f64,
-    pub latency_us: Latency,
+    /// `None` when no request was answered correctly.
+    pub latency_us: Option<Latency>,
     /// The merged latency histogram, in nanoseconds.
     #[serde(skip)]
     pub histogram: Histogram<u64>,
@@ -93,14 +94,14 @@ impl BenchReport {
             .min_by_key(|(at, _)| *at)
             .map(|(_, message)| message.clone());
         let us = |nanos: u64| nanos as f64 / 1000.0;
-        let latency_us = Latency {
+        let latency_us = (!histogram.is_empty()).then(|| Latency {
             mean: histogram.mean() / 1000.0,
             p50: us(histogram.value_at_quantile(0.50)),
             p90: us(histogram.value_at_quantile(0.90)),
             p99: us(histogram.value_at_quantile(0.99)),
             p99_9: us(histogram.value_at_quantile(0.999)),
             max: us(histogram.max()),
-        };
+        });
         let elapsed_secs = elapsed.as_secs_f64();
         BenchReport {
             addr: setup.addr,
@@ -166,15 +167,18 @@ impl fmt::Display for BenchReport {
         }
         rows.push(("elapsed", format!("{:.3} s", self.elapsed_secs)));
         rows.push(("throughput", format!("{:.0} req/s", self.throughput)));
-        let l = &self.latency_us;
-        for (name, us) in [
-            ("p50", l.p50),
-            ("p90", l.p90),
-            ("p99", l.p99),
-            ("p99.9", l.p99_9),
-            ("max", l.max),
-        ] {
-            rows.push((name, micros(us)));
+        match &self.latency_us {
+            Some(l) => {
+                let percentiles = [
+                    ("p50", l.p50),
+                    ("p90", l.p90),
+                    ("p99", l.p99),
+                    ("p99.9", l.p99_9),
+                    ("max", l.max),
+                ];
+                rows.extend(percentiles.map(|(name, us)| (name, micros(us))));
+            }
+            None => rows.push(("latency", "n/a (no correct replies)".to_string())),
         }
         let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
         for (name, value) in rows {
@@ -197,4 +201,62 @@ fn serialize_display<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn setup() -> Setup {
+        Setup {
+            addr: "127.0.0.1:1".into(),
+            protocol: Protocol::Resp,
+            workload: Workload::Mixed { set_percent: 10 },
+            clients: 2,
+            pipeline: 1,
+            value_size: 100,
+            keys: 10,
+            preloaded: 0,
+        }
+    }
+
+    #[test]
+    fn clients_merge_into_one_report() {
+        let mut a = ClientStats::new();
+        let mut b = ClientStats::new();
+        a.latency.record(1_000).unwrap();
+        b.latency.record(3_000_000).unwrap();
+        (a.requests, a.ok, a.sets) = (1, 1, 1);
+        (b.requests, b.ok, b.gets, b.get_misses) = (2, 1, 2, 1);
+        b.errors = 1;
+        b.first_error = Some((
+            Instant::now(),
+            "GET key:000000000001: unexpected reply".into(),
+        ));
+        let report = BenchReport::new(setup(), vec![a, b], Duration::from_secs(1));
+        assert_eq!(
+            (report.requests, report.ok, report.errors, report.get_misses),
+            (3, 2, 1, 1)
+        );
+        assert_eq!(report.throughput, 2.0);
+        let latency = report.latency_us.unwrap();
+        assert!(latency.p50 <= 1.001 && latency.max >= 2_990.0);
+        let table = report.to_string();
+        assert!(table.contains("3 (1 SET, 2 GET, 1 not found)"), "{table}");
+        assert!(
+            table.contains("first error  GET key:000000000001"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn report_without_correct_replies_has_no_latency() {
+        let mut stats = ClientStats::new();
+        (stats.requests, stats.errors) = (5, 5);
+        let report = BenchReport::new(setup(), vec![stats], Duration::from_secs(1));
+        assert!(report.latency_us.is_none());
+        assert!(report.to_string().contains("n/a (no correct replies)"));
+        assert!(report.to_json().contains(r#""latency_us":null"#));
+    }
 }
