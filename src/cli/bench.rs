@@ -1,0 +1,330 @@
+//! `msglog bench`: a load generator for a running msglog (or Redis) server.
+//!
+//! One tokio task per client, each on its own TCP connection with up to `--pipeline`
+//! requests in flight. Every reply is checked against its request; wrong replies are
+//! counted and reported, never taken as successes. Latency runs from queueing a request to
+//! parsing its reply, kept in one HDR histogram per client and merged at the end.
+//!
+//! - [`workload`]: the SET/GET mix, keys, values and the PRNG that picks them.
+//! - [`codec`]: request encoding and incremental reply parsing, text and RESP2.
+//! - [`client`]: one connection's send/verify loop.
+//! - [`report`]: merged results, printed as a table or JSON.
+
+mod client;
+mod codec;
+mod report;
+mod workload;
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::builder::RangedU64ValueParser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use client::{Budget, ClientStats, Conn, PreloadRequests, RandomRequests, RequestSource, Shared};
+pub use codec::Protocol;
+use report::Setup;
+pub use report::{BenchReport, Latency};
+pub use workload::Workload;
+use workload::{MAX_KEYS, Rng, value_bytes};
+
+/// Total requests when neither `--requests` nor `--duration` is given.
+pub const DEFAULT_REQUESTS: u64 = 100_000;
+
+/// Flags of `msglog bench`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Server address (host:port).
+    #[arg(long, default_value = "127.0.0.1:6666")]
+    pub addr: String,
+    /// Concurrent connections, one task each.
+    #[arg(long, default_value_t = 50, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    pub clients: usize,
+    /// Total requests over all clients [default: 100000 unless --duration is given].
+    #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
+    pub requests: Option<u64>,
+    /// Send for this long instead of a request count, e.g. 10s, 500ms, 2m.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Bytes in each SET's value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Size of the key space; keys `key:000000000000` .. are picked uniformly at random.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_KEYS))]
+    pub keys: u64,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 1, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub pipeline: usize,
+    /// set, get, or mixed:<percentage of SETs>.
+    #[arg(long, default_value = "set")]
+    pub workload: Workload,
+    /// Wire protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::Text)]
+    pub protocol: Protocol,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// SET every key once before measuring, so GETs hit.
+    #[arg(long)]
+    pub preload: bool,
+}
+
+/// Runs the preload (if asked) and the measured load, and returns the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
+    anyhow::ensure!(args.pipeline > 0, "--pipeline must be at least 1");
+    anyhow::ensure!(
+        (1..=MAX_KEYS).contains(&args.keys),
+        "--keys must be in 1..={MAX_KEYS}"
+    );
+    anyhow::ensure!(
+        args.duration.is_none() || args.requests.is_none(),
+        "give --requests or --duration, not both"
+    );
+
+    let value = value_bytes(args.value_size);
+    let shared = Arc::new(Shared {
+        protocol: args.protocol,
+        encoder: codec::Encoder::new(args.protocol, &value),
+        value,
+        pipeline: args.pipeline,
+        reply_limit: 2 * args.value_size + (1 << 20),
+        progress: AtomicU64::new(0),
+    });
+    let mut conns = connect_all(&args.addr, args.clients, args.pipeline).await?;
+
+    let clients = args.clients as u64;
+    let mut preloaded = 0;
+    if args.preload {
+        let _bar = Progress::show(&shared, "preload", Goal::Requests(args.keys));
+        let source = |i: u64| PreloadRequests {
+            next: i,
+            step: clients,
+            end: args.keys,
+        };
+        let (alive, stats) = run_phase(conns, &shared, source).await?;
+        if let Some(failure) = stats.iter().find_map(|s| s.first_error.as_ref()) {
+            let errors: u64 = stats.iter().map(|s| s.errors).sum();
+            anyhow::bail!("preload failed with {errors} errors; first: {}", failure.1);
+        }
+        conns = alive;
+        preloaded = args.keys;
+    }
+
+    shared.progress.store(0, Ordering::Relaxed);
+    let start = Instant::now();
+    let (budget, goal) = match args.duration {
+        Some(duration) => (Budget::Until(start + duration), Goal::Duration(duration)),
+        None => {
+            let total = args.requests.unwrap_or(DEFAULT_REQUESTS);
+            (
+                Budget::Requests {
+                    issued: Arc::new(AtomicU64::new(0)),
+                    total,
+                },
+                Goal::Requests(total),
+            )
+        }
+    };
+    let bar = Progress::show(&shared, "bench", goal);
+    let mut seeds = Rng::new(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+    );
+    let source = |_| RandomRequests {
+        workload: args.workload,
+        keys: args.keys,
+        rng: Rng::new(seeds.next_u64()),
+        budget: budget.clone(),
+    };
+    let (_, stats) = run_phase(conns, &shared, source).await?;
+    let elapsed = start.elapsed();
+    drop(bar);
+
+    let setup = Setup {
+        addr: args.addr,
+        protocol: args.protocol,
+        workload: args.workload,
+        clients: args.clients,
+        pipeline: args.pipeline,
+        value_size: args.value_size,
+        keys: args.keys,
+        preloaded,
+    };
+    Ok(BenchReport::new(setup, stats, elapsed))
+}
+
+/// `msglog bench`: runs the load on a fresh runtime and prints the report to stdout.
+/// Exits with an error after printing if any request failed.
+pub fn main(args: BenchArgs) -> anyhow::Result<()> {
+    let json = args.json;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(run(args))?;
+    match json {
+        true => println!("{}", report.to_json()),
+        false => print!("{report}"),
+    }
+    anyhow::ensure!(
+        report.errors == 0,
+        "{} errors; first: {}",
+        report.errors,
+        report.first_error.as_deref().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// Opens every connection before the clock starts, so connecting is not measured.
+async fn connect_all(addr: &str, clients: usize, pipeline: usize) -> anyhow::Result<Vec<Conn>> {
+    let target: SocketAddr = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .next()
+        .with_context(|| format!("{addr} resolves to no address"))?;
+    let connecting: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(Conn::connect(target, pipeline)))
+        .collect();
+    let mut conns = Vec::with_capacity(clients);
+    for task in connecting {
+        conns.push(
+            task.await?
+                .with_context(|| format!("cannot connect to {addr}"))?,
+        );
+    }
+    Ok(conns)
+}
+
+/// Runs one task per connection, each with the request source `source(client index)`, and
+/// returns the connections still usable together with every client's stats.
+async fn run_phase<S: RequestSource + Send + 'static>(
+    conns: Vec<Conn>,
+    shared: &Arc<Shared>,
+    mut source: impl FnMut(u64) -> S,
+) -> anyhow::Result<(Vec<Conn>, Vec<ClientStats>)> {
+    let tasks: Vec<_> = (0..)
+        .zip(conns)
+        .map(|(i, conn)| {
+            let (shared, mut source) = (Arc::clone(shared), source(i));
+            tokio::spawn(async move {
+                let mut stats = ClientStats::new();
+                let conn = conn.drive(&mut source, &shared, &mut stats).await;
+                (conn, stats)
+            })
+        })
+        .collect();
+    let (mut alive, mut all_stats) = (
+        Vec::with_capacity(tasks.len()),
+        Vec::with_capacity(tasks.len()),
+    );
+    for task in tasks {
+        let (conn, stats) = task.await.context("bench client panicked")?;
+        alive.extend(conn);
+        all_stats.push(stats);
+    }
+    Ok((alive, all_stats))
+}
+
+/// What a progress bar counts towards.
+#[derive(Clone, Copy)]
+enum Goal {
+    Requests(u64),
+    Duration(Duration),
+}
+
+/// A progress bar on stderr, refreshed from the clients' shared counter; only on a
+/// terminal, so piped output and tests stay quiet. Cleared when dropped.
+struct Progress {
+    bar: ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    fn show(shared: &Arc<Shared>, label: &'static str, goal: Goal) -> Option<Progress> {
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let (len, template) = match goal {
+            Goal::Requests(n) => (
+                n,
+                "{prefix:>7} [{wide_bar}] {human_pos}/{human_len} {per_sec} eta {eta}",
+            ),
+            Goal::Duration(d) => (
+                d.as_millis() as u64,
+                "{prefix:>7} [{wide_bar}] {elapsed}, {msg}",
+            ),
+        };
+        let style = ProgressStyle::with_template(template)
+            .expect("the template is valid")
+            .progress_chars("=> ");
+        let bar = ProgressBar::new(len).with_style(style).with_prefix(label);
+        let (shared, ticking) = (Arc::clone(shared), bar.clone());
+        let ticker = tokio::spawn(async move {
+            let start = Instant::now();
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                interval.tick().await;
+                let done = shared.progress.load(Ordering::Relaxed);
+                match goal {
+                    Goal::Requests(_) => ticking.set_position(done),
+                    Goal::Duration(_) => {
+                        ticking.set_position(start.elapsed().as_millis() as u64);
+                        ticking.set_message(format!("{done} requests"));
+                    }
+                }
+            }
+        });
+        Some(Progress { bar, ticker })
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {s:?}; expected e.g. 10s, 500ms, 2m");
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1e3,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(bad()),
+    };
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        for bad in ["", "0s", "ten", "5x", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}
