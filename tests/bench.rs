@@ -35,16 +35,12 @@ struct Cli {
 
 fn bench_args(addr: SocketAddr, flags: &str) -> BenchArgs {
     let addr = addr.to_string();
-    let argv = ["bench", "--addr", &addr]
-        .into_iter()
-        .chain(flags.split_whitespace());
+    let argv = ["bench", "--addr", &addr].into_iter().chain(flags.split_whitespace());
     Cli::try_parse_from(argv).expect("valid flags").args
 }
 
 async fn bench(addr: SocketAddr, flags: &str) -> BenchReport {
-    bench::run(bench_args(addr, flags))
-        .await
-        .expect("bench runs")
+    bench::run(bench_args(addr, flags)).await.expect("bench runs")
 }
 
 /// Starts a fake server on 127.0.0.1:0 that lives as long as the test's runtime.
@@ -54,12 +50,7 @@ async fn fake_server(wire: Wire, behaviour: Behaviour) -> SocketAddr {
     let store = Store::default();
     tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(serve_connection(
-                socket,
-                wire,
-                behaviour,
-                Arc::clone(&store),
-            ));
+            tokio::spawn(serve_connection(socket, wire, behaviour, Arc::clone(&store)));
         }
     });
     addr
@@ -153,9 +144,7 @@ async fn write_reply<W: AsyncWrite + Unpin>(writer: &mut W, wire: Wire, reply: F
         (Wire::Text, FakeReply::NotFound) => b"NOT_FOUND\r\n".to_vec(),
         (Wire::Text, FakeReply::Err(why)) => format!("ERR {why}\r\n").into_bytes(),
         (Wire::Resp, FakeReply::Ok) => b"+OK\r\n".to_vec(),
-        (Wire::Resp, FakeReply::Value(v)) => {
-            [format!("${}\r\n", v.len()).as_bytes(), &v, b"\r\n"].concat()
-        }
+        (Wire::Resp, FakeReply::Value(v)) => [format!("${}\r\n", v.len()).as_bytes(), &v, b"\r\n"].concat(),
         (Wire::Resp, FakeReply::NotFound) => b"$-1\r\n".to_vec(),
         (Wire::Resp, FakeReply::Err(why)) => format!("-ERR {why}\r\n").into_bytes(),
     };
@@ -172,11 +161,7 @@ fn assert_clean(report: &BenchReport) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_set_run_answers_every_request() {
     let addr = fake_server(Wire::Text, Behaviour::Honest).await;
-    let report = bench(
-        addr,
-        "--requests 2000 --clients 4 --pipeline 8 --value-size 32",
-    )
-    .await;
+    let report = bench(addr, "--requests 2000 --clients 4 --pipeline 8 --value-size 32").await;
     assert_clean(&report);
     assert_eq!(report.requests, 2000);
     assert_eq!(report.sets, 2000);
@@ -185,11 +170,7 @@ async fn text_set_run_answers_every_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp_set_run_answers_every_request() {
     let addr = fake_server(Wire::Resp, Behaviour::Honest).await;
-    let report = bench(
-        addr,
-        "--protocol resp --requests 1500 --clients 3 --pipeline 16",
-    )
-    .await;
+    let report = bench(addr, "--protocol resp --requests 1500 --clients 3 --pipeline 16").await;
     assert_clean(&report);
     assert_eq!(report.requests, 1500);
 }
@@ -198,15 +179,10 @@ async fn resp_set_run_answers_every_request() {
 async fn preloaded_get_run_finds_every_key() {
     for (wire, protocol) in [(Wire::Text, "text"), (Wire::Resp, "resp")] {
         let addr = fake_server(wire, Behaviour::Honest).await;
-        let flags = format!(
-            "--protocol {protocol} --workload get --preload --keys 300 --requests 1000 --clients 5"
-        );
+        let flags = format!("--protocol {protocol} --workload get --preload --keys 300 --requests 1000 --clients 5");
         let report = bench(addr, &flags).await;
         assert_clean(&report);
-        assert_eq!(
-            (report.requests, report.gets, report.get_misses),
-            (1000, 1000, 0)
-        );
+        assert_eq!((report.requests, report.gets, report.get_misses), (1000, 1000, 0));
         assert_eq!(report.preloaded, 300);
     }
 }
@@ -214,11 +190,7 @@ async fn preloaded_get_run_finds_every_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_run_on_an_empty_server_misses_every_key() {
     let addr = fake_server(Wire::Resp, Behaviour::Honest).await;
-    let report = bench(
-        addr,
-        "--protocol resp --workload get --requests 500 --clients 2 --pipeline 4",
-    )
-    .await;
+    let report = bench(addr, "--protocol resp --workload get --requests 500 --clients 2 --pipeline 4").await;
     assert_clean(&report);
     assert_eq!(report.get_misses, 500);
 }
@@ -226,11 +198,7 @@ async fn get_run_on_an_empty_server_misses_every_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_run_sends_both_verbs() {
     let addr = fake_server(Wire::Text, Behaviour::Honest).await;
-    let report = bench(
-        addr,
-        "--workload mixed:50 --keys 10 --requests 1000 --clients 2 --pipeline 3",
-    )
-    .await;
+    let report = bench(addr, "--workload mixed:50 --keys 10 --requests 1000 --clients 2 --pipeline 3").await;
     assert_clean(&report);
     assert_eq!(report.sets + report.gets, 1000);
     assert!(report.sets > 0 && report.gets > 0);
@@ -248,18 +216,13 @@ async fn more_pipeline_than_requests_still_sends_exactly_the_requests() {
 async fn wrong_replies_count_as_errors_not_successes() {
     for (wire, protocol) in [(Wire::Text, "text"), (Wire::Resp, "resp")] {
         let addr = fake_server(wire, Behaviour::Lying).await;
-        let flags = format!(
-            "--protocol {protocol} --workload mixed:50 --keys 20 --requests 600 --clients 2"
-        );
+        let flags = format!("--protocol {protocol} --workload mixed:50 --keys 20 --requests 600 --clients 2");
         let report = bench(addr, &flags).await;
         assert_eq!(report.requests, 600);
         assert!(report.errors > 0);
         assert_eq!(report.ok + report.errors, report.requests);
         assert_eq!(report.histogram.len(), report.ok);
-        let first = report
-            .first_error
-            .as_deref()
-            .expect("an example of the first error");
+        let first = report.first_error.as_deref().expect("an example of the first error");
         assert!(first.contains("unexpected reply"), "{first}");
         assert!(report.to_string().contains("first error"));
     }
@@ -279,11 +242,7 @@ async fn server_hanging_up_stops_each_client_with_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duration_run_terminates() {
     let addr = fake_server(Wire::Resp, Behaviour::Honest).await;
-    let report = bench(
-        addr,
-        "--protocol resp --duration 200ms --clients 2 --pipeline 4",
-    )
-    .await;
+    let report = bench(addr, "--protocol resp --duration 200ms --clients 2 --pipeline 4").await;
     assert_clean(&report);
     assert!(report.requests > 0);
 }
@@ -315,12 +274,6 @@ fn requests_and_duration_are_exclusive() {
     assert!(Cli::try_parse_from(["bench", "--workload", "mixed:200"]).is_err());
     assert!(Cli::try_parse_from(["bench", "--clients", "0"]).is_err());
     let defaults = Cli::try_parse_from(["bench"]).unwrap().args;
-    assert_eq!(
-        (defaults.clients, defaults.pipeline, defaults.value_size),
-        (50, 1, 100)
-    );
-    assert_eq!(
-        (defaults.requests, defaults.duration, defaults.keys),
-        (None, None, 100_000)
-    );
+    assert_eq!((defaults.clients, defaults.pipeline, defaults.value_size), (50, 1, 100));
+    assert_eq!((defaults.requests, defaults.duration, defaults.keys), (None, None, 100_000));
 }

@@ -77,14 +77,8 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.clients > 0, "--clients must be at least 1");
     anyhow::ensure!(args.pipeline > 0, "--pipeline must be at least 1");
-    anyhow::ensure!(
-        (1..=MAX_KEYS).contains(&args.keys),
-        "--keys must be in 1..={MAX_KEYS}"
-    );
-    anyhow::ensure!(
-        args.duration.is_none() || args.requests.is_none(),
-        "give --requests or --duration, not both"
-    );
+    anyhow::ensure!((1..=MAX_KEYS).contains(&args.keys), "--keys must be in 1..={MAX_KEYS}");
+    anyhow::ensure!(args.duration.is_none() || args.requests.is_none(), "give --requests or --duration, not both");
 
     let value = value_bytes(args.value_size);
     let shared = Arc::new(Shared {
@@ -101,11 +95,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     let mut preloaded = 0;
     if args.preload {
         let _bar = Progress::show(&shared, "preload", Goal::Requests(args.keys));
-        let source = |i: u64| PreloadRequests {
-            next: i,
-            step: clients,
-            end: args.keys,
-        };
+        let source = |i: u64| PreloadRequests { next: i, step: clients, end: args.keys };
         let (alive, stats) = run_phase(conns, &shared, source).await?;
         if let Some(failure) = stats.iter().find_map(|s| s.first_error.as_ref()) {
             let errors: u64 = stats.iter().map(|s| s.errors).sum();
@@ -121,22 +111,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         Some(duration) => (Budget::Until(start + duration), Goal::Duration(duration)),
         None => {
             let total = args.requests.unwrap_or(DEFAULT_REQUESTS);
-            (
-                Budget::Requests {
-                    issued: Arc::new(AtomicU64::new(0)),
-                    total,
-                },
-                Goal::Requests(total),
-            )
+            (Budget::Requests { issued: Arc::new(AtomicU64::new(0)), total }, Goal::Requests(total))
         }
     };
     let bar = Progress::show(&shared, "bench", goal);
-    let mut seeds = Rng::new(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos() as u64,
-    );
+    let mut seeds = Rng::new(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64);
     let source = |_| RandomRequests {
         workload: args.workload,
         keys: args.keys,
@@ -164,9 +143,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
 /// Exits with an error after printing if any request failed.
 pub fn main(args: BenchArgs) -> anyhow::Result<()> {
     let json = args.json;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(run(args))?;
     match json {
         true => println!("{}", report.to_json()),
@@ -188,15 +165,10 @@ async fn connect_all(addr: &str, clients: usize, pipeline: usize) -> anyhow::Res
         .with_context(|| format!("cannot resolve {addr}"))?
         .next()
         .with_context(|| format!("{addr} resolves to no address"))?;
-    let connecting: Vec<_> = (0..clients)
-        .map(|_| tokio::spawn(Conn::connect(target, pipeline)))
-        .collect();
+    let connecting: Vec<_> = (0..clients).map(|_| tokio::spawn(Conn::connect(target, pipeline))).collect();
     let mut conns = Vec::with_capacity(clients);
     for task in connecting {
-        conns.push(
-            task.await?
-                .with_context(|| format!("cannot connect to {addr}"))?,
-        );
+        conns.push(task.await?.with_context(|| format!("cannot connect to {addr}"))?);
     }
     Ok(conns)
 }
@@ -219,10 +191,7 @@ async fn run_phase<S: RequestSource + Send + 'static>(
             })
         })
         .collect();
-    let (mut alive, mut all_stats) = (
-        Vec::with_capacity(tasks.len()),
-        Vec::with_capacity(tasks.len()),
-    );
+    let (mut alive, mut all_stats) = (Vec::with_capacity(tasks.len()), Vec::with_capacity(tasks.len()));
     for task in tasks {
         let (conn, stats) = task.await.context("bench client panicked")?;
         alive.extend(conn);
@@ -251,18 +220,10 @@ impl Progress {
             return None;
         }
         let (len, template) = match goal {
-            Goal::Requests(n) => (
-                n,
-                "{prefix:>7} [{wide_bar}] {human_pos}/{human_len} {per_sec} eta {eta}",
-            ),
-            Goal::Duration(d) => (
-                d.as_millis() as u64,
-                "{prefix:>7} [{wide_bar}] {elapsed}, {msg}",
-            ),
+            Goal::Requests(n) => (n, "{prefix:>7} [{wide_bar}] {human_pos}/{human_len} {per_sec} eta {eta}"),
+            Goal::Duration(d) => (d.as_millis() as u64, "{prefix:>7} [{wide_bar}] {elapsed}, {msg}"),
         };
-        let style = ProgressStyle::with_template(template)
-            .expect("the template is valid")
-            .progress_chars("=> ");
+        let style = ProgressStyle::with_template(template).expect("the template is valid").progress_chars("=> ");
         let bar = ProgressBar::new(len).with_style(style).with_prefix(label);
         let (shared, ticking) = (Arc::clone(shared), bar.clone());
         let ticker = tokio::spawn(async move {
@@ -294,9 +255,7 @@ impl Drop for Progress {
 /// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("bad duration {s:?}; expected e.g. 10s, 500ms, 2m");
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let number: f64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit.trim() {

@@ -132,11 +132,7 @@ impl ClientStats {
             }
             Reply::Wrong(bytes) => self.error(1, || {
                 let key = key_bytes(key);
-                format!(
-                    "{op} {}: unexpected reply {}",
-                    key.escape_ascii(),
-                    describe(bytes)
-                )
+                format!("{op} {}: unexpected reply {}", key.escape_ascii(), describe(bytes))
             }),
         }
     }
@@ -235,11 +231,7 @@ impl Conn {
                 true => Interest::READABLE | Interest::WRITABLE,
                 false => Interest::READABLE,
             };
-            let ready = self
-                .stream
-                .ready(interest)
-                .await
-                .map_err(|e| format!("socket failed: {e}"))?;
+            let ready = self.stream.ready(interest).await.map_err(|e| format!("socket failed: {e}"))?;
             if !ready.is_readable() {
                 continue;
             }
@@ -261,16 +253,11 @@ impl Conn {
             }
             *unreported += self.take_replies(shared, stats)?;
             if *unreported >= PROGRESS_BATCH {
-                shared
-                    .progress
-                    .fetch_add(std::mem::take(unreported), Ordering::Relaxed);
+                shared.progress.fetch_add(std::mem::take(unreported), Ordering::Relaxed);
             }
         }
         if !self.rbuf.is_empty() {
-            return Err(format!(
-                "unexpected bytes after the last reply: {}",
-                describe(&self.rbuf)
-            ));
+            return Err(format!("unexpected bytes after the last reply: {}", describe(&self.rbuf)));
         }
         Ok(())
     }
@@ -281,14 +268,8 @@ impl Conn {
         let now = Instant::now();
         let mut taken = 0;
         while let Some(&request) = self.inflight.front() {
-            let parsed = parse_reply(
-                shared.protocol,
-                &self.rbuf,
-                request.op,
-                &shared.value,
-                shared.reply_limit,
-            )
-            .map_err(|Desync(why)| format!("cannot follow the reply stream: {why}"))?;
+            let parsed = parse_reply(shared.protocol, &self.rbuf, request.op, &shared.value, shared.reply_limit)
+                .map_err(|Desync(why)| format!("cannot follow the reply stream: {why}"))?;
             let Some((len, reply)) = parsed else { break };
             let nanos = u64::try_from((now - request.sent).as_nanos()).unwrap_or(u64::MAX);
             stats.record(request.op, request.key, reply, nanos);
@@ -313,14 +294,8 @@ mod tests {
         assert_eq!(stats.latency.len(), 2);
         assert!(stats.latency.equivalent(stats.latency.min(), 20_000));
         assert!(stats.latency.equivalent(stats.latency.max(), 5_000_000_000));
-        assert_eq!(
-            (stats.requests, stats.ok, stats.get_misses, stats.errors),
-            (3, 2, 1, 1)
-        );
+        assert_eq!((stats.requests, stats.ok, stats.get_misses, stats.errors), (3, 2, 1, 1));
         let first = stats.first_error.unwrap().1;
-        assert_eq!(
-            first,
-            r#"GET key:000000000001: unexpected reply "ERR x\r\n""#
-        );
+        assert_eq!(first, r#"GET key:000000000001: unexpected reply "ERR x\r\n""#);
     }
 }

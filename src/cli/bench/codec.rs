@@ -111,12 +111,7 @@ pub(super) fn parse_reply<'a>(
     }
 }
 
-fn parse_text<'a>(
-    buf: &'a [u8],
-    op: Op,
-    value: &[u8],
-    limit: usize,
-) -> Result<Option<(usize, Reply<'a>)>, Desync> {
+fn parse_text<'a>(buf: &'a [u8], op: Op, value: &[u8], limit: usize) -> Result<Option<(usize, Reply<'a>)>, Desync> {
     let Some(lf) = memchr::memchr(b'\n', buf) else {
         return match buf.len() > limit {
             true => Err(Desync(format!("reply line longer than {limit} bytes"))),
@@ -134,12 +129,7 @@ fn parse_text<'a>(
     Ok(Some((lf + 1, reply)))
 }
 
-fn parse_resp<'a>(
-    buf: &'a [u8],
-    op: Op,
-    value: &[u8],
-    limit: usize,
-) -> Result<Option<(usize, Reply<'a>)>, Desync> {
+fn parse_resp<'a>(buf: &'a [u8], op: Op, value: &[u8], limit: usize) -> Result<Option<(usize, Reply<'a>)>, Desync> {
     let Some(len) = resp_frame_len(buf, 0, limit, 0)? else {
         return Ok(None);
     };
@@ -161,12 +151,7 @@ fn bulk_body(frame: &[u8]) -> Option<&[u8]> {
 
 /// Length of the complete RESP value starting at `start`, or `None` if it is incomplete.
 /// Unexpected types are still measured, so one odd reply does not lose the thread.
-fn resp_frame_len(
-    buf: &[u8],
-    start: usize,
-    limit: usize,
-    depth: u32,
-) -> Result<Option<usize>, Desync> {
+fn resp_frame_len(buf: &[u8], start: usize, limit: usize, depth: u32) -> Result<Option<usize>, Desync> {
     let Some(&kind) = buf.get(start) else {
         return Ok(None);
     };
@@ -177,10 +162,7 @@ fn resp_frame_len(
         };
     };
     if lf == start || buf[lf - 1] != b'\r' {
-        return Err(Desync(format!(
-            "RESP line not ended by CRLF: {}",
-            describe(&buf[start..=lf])
-        )));
+        return Err(Desync(format!("RESP line not ended by CRLF: {}", describe(&buf[start..=lf]))));
     }
     let header = &buf[start + 1..lf - 1];
     let after_header = lf + 1;
@@ -188,9 +170,7 @@ fn resp_frame_len(
         b'+' | b'-' | b':' => Ok(Some(after_header - start)),
         b'$' => match parse_int(header)? {
             -1 => Ok(Some(after_header - start)),
-            n if n < 0 || n as u64 > limit as u64 => {
-                Err(Desync(format!("bulk string length {n} out of range")))
-            }
+            n if n < 0 || n as u64 > limit as u64 => Err(Desync(format!("bulk string length {n} out of range"))),
             n => {
                 let end = after_header + n as usize + 2;
                 if buf.len() < end {
@@ -216,10 +196,7 @@ fn resp_frame_len(
             }
             Ok(Some(at - start))
         }
-        other => Err(Desync(format!(
-            "not a RESP reply: starts with {:?}",
-            other as char
-        ))),
+        other => Err(Desync(format!("not a RESP reply: starts with {:?}", other as char))),
     }
 }
 
@@ -276,15 +253,9 @@ mod tests {
         assert_eq!(text(b"OK\r\nabc", Op::Set), Some((4, Reply::Ok)));
         assert_eq!(text(b"abc\r\n", Op::Get), Some((5, Reply::Ok)));
         assert_eq!(text(b"NOT_FOUND\r\n", Op::Get), Some((11, Reply::NotFound)));
-        assert_eq!(
-            text(b"abd\r\n", Op::Get),
-            Some((5, Reply::Wrong(b"abd\r\n")))
-        );
+        assert_eq!(text(b"abd\r\n", Op::Get), Some((5, Reply::Wrong(b"abd\r\n"))));
         assert_eq!(text(b"OK\r\n", Op::Get), Some((4, Reply::Wrong(b"OK\r\n"))));
-        assert_eq!(
-            text(b"ERR x\r\n", Op::Set),
-            Some((7, Reply::Wrong(b"ERR x\r\n")))
-        );
+        assert_eq!(text(b"ERR x\r\n", Op::Set), Some((7, Reply::Wrong(b"ERR x\r\n"))));
         assert_eq!(text(b"OK\n", Op::Set), Some((3, Reply::Wrong(b"OK\n"))));
         assert_eq!(text(b"OK\r", Op::Set), None);
     }
@@ -294,18 +265,9 @@ mod tests {
         assert_eq!(resp(b"+OK\r\n", Op::Set), Ok(Some((5, Reply::Ok))));
         assert_eq!(resp(b"$3\r\nabc\r\n", Op::Get), Ok(Some((9, Reply::Ok))));
         assert_eq!(resp(b"$-1\r\n", Op::Get), Ok(Some((5, Reply::NotFound))));
-        assert_eq!(
-            resp(b"$3\r\nabd\r\n", Op::Get),
-            Ok(Some((9, Reply::Wrong(b"$3\r\nabd\r\n"))))
-        );
-        assert_eq!(
-            resp(b"-ERR no\r\n", Op::Set),
-            Ok(Some((9, Reply::Wrong(b"-ERR no\r\n"))))
-        );
-        assert_eq!(
-            resp(b"*2\r\n:1\r\n$-1\r\n", Op::Get).unwrap().unwrap().0,
-            13
-        );
+        assert_eq!(resp(b"$3\r\nabd\r\n", Op::Get), Ok(Some((9, Reply::Wrong(b"$3\r\nabd\r\n")))));
+        assert_eq!(resp(b"-ERR no\r\n", Op::Set), Ok(Some((9, Reply::Wrong(b"-ERR no\r\n")))));
+        assert_eq!(resp(b"*2\r\n:1\r\n$-1\r\n", Op::Get).unwrap().unwrap().0, 13);
         assert_eq!(resp(b"$3\r\nabc\r", Op::Get), Ok(None));
         assert_eq!(resp(b"*2\r\n:1\r\n", Op::Get), Ok(None));
     }
@@ -332,9 +294,6 @@ mod tests {
     fn unterminated_reply_over_the_limit_is_a_desync() {
         let long = vec![b'a'; 100];
         assert!(parse_reply(Protocol::Text, &long, Op::Get, b"", 10).is_err());
-        assert_eq!(
-            parse_reply(Protocol::Text, &long, Op::Get, b"", 1000),
-            Ok(None)
-        );
+        assert_eq!(parse_reply(Protocol::Text, &long, Op::Get, b"", 1000), Ok(None));
     }
 }

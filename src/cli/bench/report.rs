@@ -76,17 +76,10 @@ impl BenchReport {
     pub(super) fn new(setup: Setup, stats: Vec<ClientStats>, elapsed: Duration) -> Self {
         let mut histogram = Histogram::new(3).expect("3 significant figures is a valid precision");
         let sum = |f: fn(&ClientStats) -> u64| stats.iter().map(f).sum::<u64>();
-        let (requests, ok, sets, gets) = (
-            sum(|s| s.requests),
-            sum(|s| s.ok),
-            sum(|s| s.sets),
-            sum(|s| s.gets),
-        );
+        let (requests, ok, sets, gets) = (sum(|s| s.requests), sum(|s| s.ok), sum(|s| s.sets), sum(|s| s.gets));
         let (get_misses, errors) = (sum(|s| s.get_misses), sum(|s| s.errors));
         for s in &stats {
-            histogram
-                .add(&s.latency)
-                .expect("auto-resizing histograms always merge");
+            histogram.add(&s.latency).expect("auto-resizing histograms always merge");
         }
         let first_error = stats
             .iter()
@@ -121,11 +114,7 @@ impl BenchReport {
             first_error,
             failed_clients: stats.iter().filter(|s| s.failed).count(),
             elapsed_secs,
-            throughput: if elapsed_secs > 0.0 {
-                ok as f64 / elapsed_secs
-            } else {
-                0.0
-            },
+            throughput: if elapsed_secs > 0.0 { ok as f64 / elapsed_secs } else { 0.0 },
             latency_us,
             histogram,
         }
@@ -151,11 +140,7 @@ impl fmt::Display for BenchReport {
         }
         let mut requests = self.requests.to_string();
         if self.workload.has_gets() {
-            write!(
-                requests,
-                " ({} SET, {} GET, {} not found)",
-                self.sets, self.gets, self.get_misses
-            )?;
+            write!(requests, " ({} SET, {} GET, {} not found)", self.sets, self.gets, self.get_misses)?;
         }
         rows.push(("requests", requests));
         rows.push(("errors", self.errors.to_string()));
@@ -169,13 +154,7 @@ impl fmt::Display for BenchReport {
         rows.push(("throughput", format!("{:.0} req/s", self.throughput)));
         match &self.latency_us {
             Some(l) => {
-                let percentiles = [
-                    ("p50", l.p50),
-                    ("p90", l.p90),
-                    ("p99", l.p99),
-                    ("p99.9", l.p99_9),
-                    ("max", l.max),
-                ];
+                let percentiles = [("p50", l.p50), ("p90", l.p90), ("p99", l.p99), ("p99.9", l.p99_9), ("max", l.max)];
                 rows.extend(percentiles.map(|(name, us)| (name, micros(us))));
             }
             None => rows.push(("latency", "n/a (no correct replies)".to_string())),
@@ -196,10 +175,7 @@ fn micros(us: f64) -> String {
     }
 }
 
-fn serialize_display<S: serde::Serializer>(
-    value: &impl fmt::Display,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn serialize_display<S: serde::Serializer>(value: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
 }
 
@@ -230,24 +206,15 @@ mod tests {
         (a.requests, a.ok, a.sets) = (1, 1, 1);
         (b.requests, b.ok, b.gets, b.get_misses) = (2, 1, 2, 1);
         b.errors = 1;
-        b.first_error = Some((
-            Instant::now(),
-            "GET key:000000000001: unexpected reply".into(),
-        ));
+        b.first_error = Some((Instant::now(), "GET key:000000000001: unexpected reply".into()));
         let report = BenchReport::new(setup(), vec![a, b], Duration::from_secs(1));
-        assert_eq!(
-            (report.requests, report.ok, report.errors, report.get_misses),
-            (3, 2, 1, 1)
-        );
+        assert_eq!((report.requests, report.ok, report.errors, report.get_misses), (3, 2, 1, 1));
         assert_eq!(report.throughput, 2.0);
         let latency = report.latency_us.unwrap();
         assert!(latency.p50 <= 1.001 && latency.max >= 2_990.0);
         let table = report.to_string();
         assert!(table.contains("3 (1 SET, 2 GET, 1 not found)"), "{table}");
-        assert!(
-            table.contains("first error  GET key:000000000001"),
-            "{table}"
-        );
+        assert!(table.contains("first error  GET key:000000000001"), "{table}");
     }
 
     #[test]

@@ -43,9 +43,9 @@ impl FromStr for Workload {
             "set" => Ok(Workload::Set),
             "get" => Ok(Workload::Get),
             other => {
-                let percent = other.strip_prefix("mixed:").ok_or_else(|| {
-                    format!("unknown workload {s:?}; expected set, get or mixed:<set%>")
-                })?;
+                let percent = other
+                    .strip_prefix("mixed:")
+                    .ok_or_else(|| format!("unknown workload {s:?}; expected set, get or mixed:<set%>"))?;
                 match percent.trim_end_matches('%').parse::<u8>() {
                     Ok(set_percent) if set_percent <= 100 => Ok(Workload::Mixed { set_percent }),
                     _ => Err(format!("bad SET percentage in {s:?}; expected 0..=100")),
