@@ -121,26 +121,27 @@ fn group_commit(c: &mut Criterion) {
 }
 
 fn get(c: &mut Criterion) {
-    const IDS: u64 = 1_000_000;
-    let dir = TempDir::new().unwrap();
-    let log = open(&dir, FsyncPolicy::Never);
-    let value = vec![b'v'; 100];
-    for i in 0..IDS {
-        log.append(&key(i), &value).unwrap();
-    }
-    log.sync().unwrap();
-    let mut group = c.benchmark_group("get");
+    let mut group = c.benchmark_group("get_random_hot");
     group.throughput(Throughput::Elements(1)).measurement_time(Duration::from_secs(3));
-    group.bench_function("random_hot_1M_ids", |b| {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        b.iter(|| {
-            // xorshift: a cheap uniform pick, so the bench measures the lookup.
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            black_box(log.get(&key(x % IDS)).unwrap().unwrap())
+    for ids in [100_000u64, 1_000_000] {
+        let dir = TempDir::new().unwrap();
+        let log = open(&dir, FsyncPolicy::Never);
+        let value = vec![b'v'; 100];
+        for i in 0..ids {
+            log.append(&key(i), &value).unwrap();
+        }
+        log.sync().unwrap();
+        group.bench_function(BenchmarkId::from_parameter(ids), |b| {
+            let mut x = 0x9E37_79B9_7F4A_7C15u64;
+            b.iter(|| {
+                // xorshift: a cheap uniform pick, so the bench measures the lookup.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                black_box(log.get(&key(x % ids)).unwrap().unwrap())
+            });
         });
-    });
+    }
     group.finish();
 }
 
