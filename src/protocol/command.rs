@@ -25,10 +25,7 @@ impl<'a> Command<'a> {
     ///
     /// Fields are separated by exactly one space: the verb ends at the first space, the ID
     /// at the next one, and a SET's message is every byte after that, kept verbatim.
-    pub fn parse_line(
-        line: &'a [u8],
-        max_message_bytes: usize,
-    ) -> Result<Command<'a>, ProtocolError> {
+    pub fn parse_line(line: &'a [u8], max_message_bytes: usize) -> Result<Command<'a>, ProtocolError> {
         if line.is_empty() {
             return Err(ProtocolError::EmptyLine);
         }
@@ -41,13 +38,9 @@ impl<'a> Command<'a> {
             check_message(message, max_message_bytes)?;
             Command::Set { id, message }
         } else if verb.eq_ignore_ascii_case(b"GET") {
-            Command::Get {
-                id: single_id(args, GET_USAGE)?,
-            }
+            Command::Get { id: single_id(args, GET_USAGE)? }
         } else if verb.eq_ignore_ascii_case(b"DEL") {
-            Command::Del {
-                id: single_id(args, DEL_USAGE)?,
-            }
+            Command::Del { id: single_id(args, DEL_USAGE)? }
         } else if verb.eq_ignore_ascii_case(b"PING") {
             no_args(args, "PING", Command::Ping)?
         } else if verb.eq_ignore_ascii_case(b"STATS") {
@@ -77,10 +70,7 @@ pub fn validate_id(id: &[u8]) -> Result<(), IdError> {
     if id.len() > MAX_ID_BYTES {
         return Err(IdError::TooLong);
     }
-    if id
-        .iter()
-        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    {
+    if id.iter().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
         return Err(IdError::ForbiddenByte);
     }
     Ok(())
@@ -89,9 +79,7 @@ pub fn validate_id(id: &[u8]) -> Result<(), IdError> {
 /// Checks a message against the configured size limit.
 pub fn check_message(message: &[u8], max_message_bytes: usize) -> Result<(), ProtocolError> {
     if message.len() > max_message_bytes {
-        return Err(ProtocolError::MessageTooLarge {
-            max: max_message_bytes,
-        });
+        return Err(ProtocolError::MessageTooLarge { max: max_message_bytes });
     }
     Ok(())
 }
@@ -113,11 +101,7 @@ fn single_id<'a>(args: Option<&'a [u8]>, usage: &'static str) -> Result<&'a [u8]
     Ok(id)
 }
 
-fn no_args<'a>(
-    args: Option<&[u8]>,
-    usage: &'static str,
-    command: Command<'a>,
-) -> Result<Command<'a>, ProtocolError> {
+fn no_args<'a>(args: Option<&[u8]>, usage: &'static str, command: Command<'a>) -> Result<Command<'a>, ProtocolError> {
     match args {
         None => Ok(command),
         Some(_) => Err(ProtocolError::WrongArguments { usage }),
@@ -144,29 +128,14 @@ mod tests {
 
     #[test]
     fn set_message_is_everything_after_the_space_following_the_id() {
-        assert_eq!(
-            parse(b"SET a  two  spaces  "),
-            Ok(Command::Set {
-                id: b"a",
-                message: b" two  spaces  "
-            })
-        );
-        assert_eq!(
-            parse(b"set a "),
-            Ok(Command::Set {
-                id: b"a",
-                message: b""
-            })
-        );
+        assert_eq!(parse(b"SET a  two  spaces  "), Ok(Command::Set { id: b"a", message: b" two  spaces  " }));
+        assert_eq!(parse(b"set a "), Ok(Command::Set { id: b"a", message: b"" }));
     }
 
     #[test]
     fn set_without_message_or_id_is_an_error() {
         assert_eq!(parse(b"SET a"), Err(ProtocolError::MissingMessage));
-        assert_eq!(
-            parse(b"SET"),
-            Err(ProtocolError::WrongArguments { usage: SET_USAGE })
-        );
+        assert_eq!(parse(b"SET"), Err(ProtocolError::WrongArguments { usage: SET_USAGE }));
         assert_eq!(parse(b"SET "), Err(IdError::Empty.into()));
         assert_eq!(parse(b"SET  x"), Err(IdError::Empty.into()));
     }
@@ -189,38 +158,21 @@ mod tests {
         assert_eq!(parse(&too_long), Err(IdError::TooLong.into()));
         assert_eq!(parse(b"GET a\tb"), Err(IdError::ForbiddenByte.into()));
         assert_eq!(parse(b"GET a\x7f"), Err(IdError::ForbiddenByte.into()));
-        assert_eq!(
-            parse(b"GET \xc3\xa9t\xc3\xa9"),
-            Ok(Command::Get {
-                id: "été".as_bytes()
-            })
-        );
+        assert_eq!(parse(b"GET \xc3\xa9t\xc3\xa9"), Ok(Command::Get { id: "été".as_bytes() }));
         assert_eq!(parse(b"GET "), Err(IdError::Empty.into()));
-        assert_eq!(
-            parse(b"GET a b"),
-            Err(ProtocolError::WrongArguments { usage: GET_USAGE })
-        );
+        assert_eq!(parse(b"GET a b"), Err(ProtocolError::WrongArguments { usage: GET_USAGE }));
     }
 
     #[test]
     fn oversized_message_is_refused() {
-        assert_eq!(
-            parse(b"SET a 0123456789abcdefX"),
-            Err(ProtocolError::MessageTooLarge { max: 16 })
-        );
+        assert_eq!(parse(b"SET a 0123456789abcdefX"), Err(ProtocolError::MessageTooLarge { max: 16 }));
         assert!(parse(b"SET a 0123456789abcdef").is_ok());
     }
 
     #[test]
     fn unknown_verbs_and_stray_arguments_are_errors() {
-        assert_eq!(
-            parse(b"FLY\r\x00 me"),
-            Err(ProtocolError::UnknownCommand("FLY\\r\\x00".into()))
-        );
-        assert_eq!(
-            parse(b"PING extra"),
-            Err(ProtocolError::WrongArguments { usage: "PING" })
-        );
+        assert_eq!(parse(b"FLY\r\x00 me"), Err(ProtocolError::UnknownCommand("FLY\\r\\x00".into())));
+        assert_eq!(parse(b"PING extra"), Err(ProtocolError::WrongArguments { usage: "PING" }));
         assert_eq!(parse(b""), Err(ProtocolError::EmptyLine));
     }
 }

@@ -29,11 +29,7 @@ pub struct LineFramer {
 
 impl LineFramer {
     pub fn new(max_line_bytes: usize) -> LineFramer {
-        LineFramer {
-            max_line_bytes,
-            scanned: 0,
-            discarding: false,
-        }
+        LineFramer { max_line_bytes, scanned: 0, discarding: false }
     }
 
     pub fn max_line_bytes(&self) -> usize {
@@ -97,16 +93,10 @@ mod tests {
     fn splits_lines_and_drops_the_carriage_return_before_newline() {
         let mut framer = LineFramer::new(100);
         let mut buf = BytesMut::from(&b"PING\r\nGET a\nSET a b\r\rpart"[..]);
-        assert_eq!(
-            frames(&mut framer, &mut buf),
-            vec![line(b"PING"), line(b"GET a")]
-        );
+        assert_eq!(frames(&mut framer, &mut buf), vec![line(b"PING"), line(b"GET a")]);
         assert_eq!(&buf[..], b"SET a b\r\rpart");
         buf.extend_from_slice(b"\n");
-        assert_eq!(
-            frames(&mut framer, &mut buf),
-            vec![line(b"SET a b\r\rpart")]
-        );
+        assert_eq!(frames(&mut framer, &mut buf), vec![line(b"SET a b\r\rpart")]);
         assert!(buf.is_empty());
     }
 
@@ -126,10 +116,7 @@ mod tests {
     fn line_at_the_limit_is_accepted_and_one_over_is_too_long() {
         let mut framer = LineFramer::new(4);
         let mut buf = BytesMut::from(&b"abcd\r\nabcde\nok\n"[..]);
-        assert_eq!(
-            frames(&mut framer, &mut buf),
-            vec![line(b"abcd"), Frame::TooLong, line(b"ok")]
-        );
+        assert_eq!(frames(&mut framer, &mut buf), vec![line(b"abcd"), Frame::TooLong, line(b"ok")]);
     }
 
     #[test]

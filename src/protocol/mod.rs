@@ -26,11 +26,8 @@ pub const LINE_OVERHEAD_BYTES: usize = 64;
 /// longest ID and a maximal message must fit, so a slightly larger one is told
 /// "message too large" rather than "line too long".
 pub fn max_line_bytes(max_message_bytes: usize) -> usize {
-    max_message_bytes
-        .saturating_add(MAX_ID_BYTES)
-        .saturating_add(LINE_OVERHEAD_BYTES)
+    max_message_bytes.saturating_add(MAX_ID_BYTES).saturating_add(LINE_OVERHEAD_BYTES)
 }
 
 /// The one-line answer to `HELP`.
-pub const HELP: &str =
-    "commands: SET <id> <message> | GET <id> | DEL <id> | PING | STATS | HELP | QUIT";
+pub const HELP: &str = "commands: SET <id> <message> | GET <id> | DEL <id> | PING | STATS | HELP | QUIT";

@@ -12,10 +12,7 @@ fn id() -> impl Strategy<Value = Vec<u8>> {
 
 /// Any message a text line can carry: every byte but CR and LF.
 fn message() -> impl Strategy<Value = Vec<u8>> {
-    prop::collection::vec(
-        any::<u8>().prop_filter("no line break", |b| *b != b'\r' && *b != b'\n'),
-        0..512,
-    )
+    prop::collection::vec(any::<u8>().prop_filter("no line break", |b| *b != b'\r' && *b != b'\n'), 0..512)
 }
 
 proptest! {

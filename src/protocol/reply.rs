@@ -75,11 +75,7 @@ fn put_error(dst: &mut BytesMut, reason: &str) {
 fn put_single_line(dst: &mut BytesMut, text: &str) {
     dst.reserve(text.len());
     for &byte in text.as_bytes() {
-        dst.put_u8(if byte == b'\r' || byte == b'\n' {
-            b' '
-        } else {
-            byte
-        });
+        dst.put_u8(if byte == b'\r' || byte == b'\n' { b' ' } else { byte });
     }
 }
 
@@ -106,9 +102,6 @@ mod tests {
 
     #[test]
     fn value_with_a_line_break_is_refused_in_text() {
-        assert_eq!(
-            text(Reply::Value(b"a\rb".to_vec())),
-            b"ERR message holds a line break; use RESP\r\n"
-        );
+        assert_eq!(text(Reply::Value(b"a\rb".to_vec())), b"ERR message holds a line break; use RESP\r\n");
     }
 }

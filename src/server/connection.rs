@@ -124,12 +124,9 @@ impl Connection {
                     Ok(command) => execute(&self.shared, command),
                     Err(err) => Outcome::reply(err.into()),
                 },
-                Frame::TooLong => Outcome::reply(
-                    ProtocolError::LineTooLong {
-                        max: self.framer.max_line_bytes(),
-                    }
-                    .into(),
-                ),
+                Frame::TooLong => {
+                    Outcome::reply(ProtocolError::LineTooLong { max: self.framer.max_line_bytes() }.into())
+                }
             };
             let close = outcome.close;
             self.push(outcome);
@@ -150,10 +147,7 @@ impl Connection {
             self.unsynced = Some(self.unsynced.map_or(offset, |o| o.max(offset)));
         }
         self.pending_bytes += outcome.reply.encoded_len_hint();
-        self.pending.push(Pending {
-            reply: outcome.reply,
-            acknowledges_write: outcome.written.is_some(),
-        });
+        self.pending.push(Pending { reply: outcome.reply, acknowledges_write: outcome.written.is_some() });
     }
 
     /// Makes the batch's writes durable, then writes every pending reply.
@@ -168,9 +162,7 @@ impl Connection {
         .map(|err| storage_failure(&err));
         for pending in self.pending.drain(..) {
             match &failure {
-                Some(failure) if pending.acknowledges_write => {
-                    failure.encode_text(&mut self.output)
-                }
+                Some(failure) if pending.acknowledges_write => failure.encode_text(&mut self.output),
                 _ => pending.reply.encode_text(&mut self.output),
             }
         }
@@ -213,9 +205,6 @@ impl Connection {
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.shared
-            .metrics
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

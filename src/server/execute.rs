@@ -20,19 +20,11 @@ pub(crate) struct Outcome {
 
 impl Outcome {
     pub(crate) fn reply(reply: Reply) -> Outcome {
-        Outcome {
-            reply,
-            written: None,
-            close: false,
-        }
+        Outcome { reply, written: None, close: false }
     }
 
     fn written(reply: Reply, offset: Offset) -> Outcome {
-        Outcome {
-            reply,
-            written: Some(offset),
-            close: false,
-        }
+        Outcome { reply, written: Some(offset), close: false }
     }
 }
 
@@ -66,11 +58,7 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
         Command::Ping => Outcome::reply(Reply::Pong),
         Command::Help => Outcome::reply(Reply::Info(HELP.to_string())),
         Command::Stats => Outcome::reply(Reply::Info(Snapshot::take(shared, false).to_string())),
-        Command::Quit => Outcome {
-            reply: Reply::Bye,
-            written: None,
-            close: true,
-        },
+        Command::Quit => Outcome { reply: Reply::Bye, written: None, close: true },
     }
 }
 

@@ -68,23 +68,14 @@ pub(crate) struct Shared {
 ///
 /// When it returns, the server holds no reference to `log`, so the caller can
 /// `Arc::try_unwrap` it and close it.
-pub async fn run(
-    listener: TcpListener,
-    log: Arc<Log>,
-    config: ServerConfig,
-    shutdown: impl Future,
-) {
+pub async fn run(listener: TcpListener, log: Arc<Log>, config: ServerConfig, shutdown: impl Future) {
     let (notify_shutdown, _) = broadcast::channel(1);
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
     let stats_interval = config.stats_interval.filter(|every| !every.is_zero());
     let mut server = Listener {
         listener,
         limit: Arc::new(Semaphore::new(config.max_connections)),
-        shared: Arc::new(Shared {
-            log,
-            config,
-            metrics: Metrics::default(),
-        }),
+        shared: Arc::new(Shared { log, config, metrics: Metrics::default() }),
         notify_shutdown,
         shutdown_complete_tx,
     };
@@ -104,13 +95,7 @@ pub async fn run(
 
     // Dropping the broadcast sender tells every connection; dropping our completion sender
     // leaves only theirs, so `recv` returns `None` once the last connection is gone.
-    let Listener {
-        listener,
-        shared,
-        notify_shutdown,
-        shutdown_complete_tx,
-        ..
-    } = server;
+    let Listener { listener, shared, notify_shutdown, shutdown_complete_tx, .. } = server;
     drop(listener);
     drop(shared);
     drop(notify_shutdown);

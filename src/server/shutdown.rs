@@ -12,10 +12,7 @@ pub(crate) struct Shutdown {
 
 impl Shutdown {
     pub(crate) fn new(notify: broadcast::Receiver<()>) -> Shutdown {
-        Shutdown {
-            is_shutdown: false,
-            notify,
-        }
+        Shutdown { is_shutdown: false, notify }
     }
 
     pub(crate) fn is_shutdown(&self) -> bool {

@@ -38,11 +38,7 @@ impl Default for Metrics {
             gets: AtomicU64::new(0),
             dels: AtomicU64::new(0),
             connections: AtomicU64::new(0),
-            window: Mutex::new(Window {
-                started: Instant::now(),
-                sets: 0,
-                gets: 0,
-            }),
+            window: Mutex::new(Window { started: Instant::now(), sets: 0, gets: 0 }),
         }
     }
 }
@@ -77,19 +73,11 @@ impl Snapshot {
         let mut window = metrics.window.lock().unwrap_or_else(|e| e.into_inner());
         let seconds = now.duration_since(window.started).as_secs_f64();
         let rate = |now: u64, then: u64| {
-            if seconds > 0.0 {
-                now.saturating_sub(then) as f64 / seconds
-            } else {
-                0.0
-            }
+            if seconds > 0.0 { now.saturating_sub(then) as f64 / seconds } else { 0.0 }
         };
         let (set_per_sec, get_per_sec) = (rate(sets, window.sets), rate(gets, window.gets));
         if roll {
-            *window = Window {
-                started: now,
-                sets,
-                gets,
-            };
+            *window = Window { started: now, sets, gets };
         }
         drop(window);
         Snapshot {
