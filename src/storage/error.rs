@@ -11,7 +11,11 @@ pub enum StorageError {
     #[error("data dir {dir} is locked by another msglog process (lock file {lock})")]
     Locked { dir: PathBuf, lock: PathBuf },
     #[error("corrupt log: {segment} at byte {position}: {reason}")]
-    Corruption { segment: PathBuf, position: u64, reason: String },
+    Corruption {
+        segment: PathBuf,
+        position: u64,
+        reason: String,
+    },
     #[error("log is read-only after an earlier failure: {0}")]
     Failed(String),
     #[error("record of {size} bytes exceeds the limit of {max} bytes")]
@@ -19,5 +23,9 @@ pub enum StorageError {
     #[error("invalid record batch at byte {position}: {reason}")]
     InvalidBatch { position: usize, reason: String },
     #[error("offset {offset} is out of range (log holds {first}..={last})")]
-    OffsetOutOfRange { offset: Offset, first: Offset, last: Offset },
+    OffsetOutOfRange {
+        offset: Offset,
+        first: Offset,
+        last: Offset,
+    },
 }

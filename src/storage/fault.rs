@@ -11,7 +11,10 @@ pub struct Faults {
 
 impl Default for Faults {
     fn default() -> Self {
-        Faults { writes_until_failure: AtomicI64::new(-1), syncs_until_failure: AtomicI64::new(-1) }
+        Faults {
+            writes_until_failure: AtomicI64::new(-1),
+            syncs_until_failure: AtomicI64::new(-1),
+        }
     }
 }
 
@@ -33,7 +36,9 @@ impl Faults {
 }
 
 fn tick(counter: &AtomicI64, what: &str) -> io::Result<()> {
-    let before = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > 0).then(|| n - 1).or(Some(n)));
+    let before = counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        (n > 0).then(|| n - 1).or(Some(n))
+    });
     match before {
         Ok(0) => Err(io::Error::other(what.to_string())),
         _ => Ok(()),

@@ -29,7 +29,9 @@ pub struct Log {
 impl Log {
     /// Opens (creating if needed) the log under `data_dir`, locking it and recovering.
     pub fn open(_data_dir: &Path, _config: Config) -> Result<Log> {
-        Ok(Log { inner: Mutex::new((HashMap::new(), 0)) })
+        Ok(Log {
+            inner: Mutex::new((HashMap::new(), 0)),
+        })
     }
     /// Appends a SET record; visible to `get` at once, durable after `sync_through`.
     pub fn append(&self, id: &[u8], message: &[u8]) -> Result<Offset> {
