@@ -1,1 +1,33 @@
-//! TODO
+//! The text protocol of DESIGN §3: bytes → lines → [`Command`]s, and [`Reply`]s → bytes.
+//!
+//! Pure: no I/O and no storage. Framing ([`LineFramer`]) is kept apart from commands so a
+//! second framing (RESP2, a connection whose first byte is `*`) can produce the same
+//! [`Command`] values and answer with the same [`Reply`] values.
+
+mod command;
+mod error;
+mod line;
+#[cfg(test)]
+mod proptests;
+mod reply;
+
+pub use command::{Command, check_message, validate_id};
+pub use error::{IdError, ProtocolError};
+pub use line::{Frame, LineFramer};
+pub use reply::Reply;
+
+/// Longest ID a client may use, in bytes.
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Room in a line for the verb and the spaces around the ID (`SET`, two spaces, `\r`).
+pub const LINE_OVERHEAD_BYTES: usize = 64;
+
+/// Longest text-protocol line the server accepts for a given message limit: a SET with the
+/// longest ID and a maximal message must fit, so a slightly larger one is told
+/// "message too large" rather than "line too long".
+pub fn max_line_bytes(max_message_bytes: usize) -> usize {
+    max_message_bytes.saturating_add(MAX_ID_BYTES).saturating_add(LINE_OVERHEAD_BYTES)
+}
+
+/// The one-line answer to `HELP`.
+pub const HELP: &str = "commands: SET <id> <message> | GET <id> | DEL <id> | PING | STATS | HELP | QUIT";

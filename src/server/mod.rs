@@ -1,1 +1,168 @@
-//! TODO
+//! The TCP server, in the shape of mini-redis: [`run`] accepts connections until the
+//! `shutdown` future completes, bounds them with a semaphore, and then waits for every
+//! connection to finish what it has read.
+
+mod connection;
+mod execute;
+mod shutdown;
+mod stats;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, broadcast, mpsc};
+
+use crate::protocol::{self, Reply};
+use crate::storage::{FsyncPolicy, Log};
+
+use connection::Connection;
+use shutdown::Shutdown;
+use stats::Metrics;
+
+/// What the server needs to know beyond the log itself.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Names this node in STATS and the stats line.
+    pub node_id: String,
+    /// Must match the log's policy: it decides how a connection waits for durability.
+    pub fsync: FsyncPolicy,
+    /// Clients served at once; one more is told `ERR too many connections` and closed.
+    pub max_connections: usize,
+    /// Largest SET message; the line limit follows from it.
+    pub max_message_bytes: usize,
+    /// How often to log a stats line; `None` logs none.
+    pub stats_interval: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            node_id: "msglog".to_string(),
+            fsync: FsyncPolicy::Always,
+            max_connections: 10_000,
+            max_message_bytes: 1024 * 1024,
+            stats_interval: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Longest request line accepted.
+    pub fn max_line_bytes(&self) -> usize {
+        protocol::max_line_bytes(self.max_message_bytes)
+    }
+}
+
+/// State every connection shares.
+pub(crate) struct Shared {
+    pub(crate) log: Arc<Log>,
+    pub(crate) config: ServerConfig,
+    pub(crate) metrics: Metrics,
+}
+
+/// Serves clients on `listener` until `shutdown` completes, then stops accepting, lets every
+/// connection answer the requests it has read, and returns once all of them are done.
+///
+/// When it returns, the server holds no reference to `log`, so the caller can
+/// `Arc::try_unwrap` it and close it.
+pub async fn run(listener: TcpListener, log: Arc<Log>, config: ServerConfig, shutdown: impl Future) {
+    let (notify_shutdown, _) = broadcast::channel(1);
+    let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
+    let stats_interval = config.stats_interval.filter(|every| !every.is_zero());
+    let mut server = Listener {
+        listener,
+        limit: Arc::new(Semaphore::new(config.max_connections)),
+        shared: Arc::new(Shared { log, config, metrics: Metrics::default() }),
+        notify_shutdown,
+        shutdown_complete_tx,
+    };
+    if let Some(every) = stats_interval {
+        tokio::spawn(stats::report_every(
+            Arc::clone(&server.shared),
+            every,
+            Shutdown::new(server.notify_shutdown.subscribe()),
+            server.shutdown_complete_tx.clone(),
+        ));
+    }
+
+    tokio::select! {
+        () = server.accept_forever() => {}
+        _ = shutdown => tracing::info!("shutting down: no longer accepting connections"),
+    }
+
+    // Dropping the broadcast sender tells every connection; dropping our completion sender
+    // leaves only theirs, so `recv` returns `None` once the last connection is gone.
+    let Listener { listener, shared, notify_shutdown, shutdown_complete_tx, .. } = server;
+    drop(listener);
+    drop(shared);
+    drop(notify_shutdown);
+    drop(shutdown_complete_tx);
+    let _ = shutdown_complete_rx.recv().await;
+}
+
+struct Listener {
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    notify_shutdown: broadcast::Sender<()>,
+    shutdown_complete_tx: mpsc::Sender<()>,
+}
+
+impl Listener {
+    async fn accept_forever(&mut self) {
+        loop {
+            let stream = self.accept().await;
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(%err, "could not set TCP_NODELAY");
+            }
+            let Ok(permit) = Arc::clone(&self.limit).try_acquire_owned() else {
+                tokio::spawn(refuse(stream));
+                continue;
+            };
+            let connection = Connection::new(
+                Arc::clone(&self.shared),
+                stream,
+                permit,
+                Shutdown::new(self.notify_shutdown.subscribe()),
+                self.shutdown_complete_tx.clone(),
+            );
+            tokio::spawn(connection.run());
+        }
+    }
+
+    /// Accepts one connection. Errors (out of file descriptors, say) back off, doubling up
+    /// to a second, rather than spin or stop serving.
+    async fn accept(&mut self) -> TcpStream {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match self.listener.accept().await {
+                Ok((stream, _)) => return stream,
+                Err(err) => {
+                    tracing::warn!(%err, ?backoff, "accept failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// Tells a client over the connection limit why it is closed. Whatever it already sent is
+/// read and dropped first, since closing a socket with unread input resets the connection and
+/// could destroy the reply before the client reads it.
+async fn refuse(mut stream: TcpStream) {
+    const LINGER: Duration = Duration::from_secs(2);
+    let mut reply = bytes::BytesMut::new();
+    Reply::error("too many connections").encode_text(&mut reply);
+    let _ = tokio::time::timeout(LINGER, async {
+        stream.write_all(&reply).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}

@@ -1,0 +1,129 @@
+//! `msglog serve`: open the log, serve clients, and on SIGINT/SIGTERM shut down cleanly.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
+use crate::server::{self, ServerConfig};
+use crate::storage::{Config, FsyncPolicy, Log};
+
+use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Directory holding the log and its lock file.
+    #[arg(long, env = "MSGLOG_DATA_DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Address to accept clients on.
+    #[arg(long, env = "MSGLOG_LISTEN", default_value = "127.0.0.1:6666")]
+    listen: String,
+    /// When a write counts as durable: always (fsync before OK), interval=<ms>, or never.
+    #[arg(long, env = "MSGLOG_FSYNC", default_value = "always", value_parser = parse_fsync)]
+    fsync: FsyncPolicy,
+    /// Size at which a log segment is sealed and a new one started (e.g. 134217728, 128M).
+    #[arg(long, env = "MSGLOG_SEGMENT_BYTES", default_value = "128M", value_parser = parse_bytes)]
+    segment_bytes: u64,
+    /// Largest message a SET may carry (e.g. 1048576, 1M).
+    #[arg(long, env = "MSGLOG_MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = parse_bytes)]
+    max_message_bytes: u64,
+    /// Clients served at once; more are refused with `ERR too many connections`.
+    #[arg(long, env = "MSGLOG_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// This node's name in STATS and logs [default: the listen address].
+    #[arg(long, env = "MSGLOG_NODE_ID", value_parser = parse_node_id)]
+    node_id: Option<String>,
+    /// How often to log a line of counts (e.g. 500ms, 10s, 1m; 0s for never).
+    #[arg(long, env = "MSGLOG_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    stats_interval: Duration,
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let max_message_bytes =
+        usize::try_from(args.max_message_bytes).context("--max-message-bytes does not fit in memory")?;
+    let log_config = Config {
+        segment_bytes: args.segment_bytes,
+        fsync: args.fsync,
+        max_record_bytes: max_record_bytes(max_message_bytes)?,
+        ..Config::default()
+    };
+    // Open (and lock) the log first, so a second server on the same directory fails on the
+    // lock, naming it, whatever its listen address.
+    let log = Log::open(&args.data_dir, log_config)
+        .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
+    let log = Arc::new(log);
+
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let served = runtime.block_on(serve(&args, max_message_bytes, Arc::clone(&log)));
+    drop(runtime);
+
+    // Every connection has finished, so this is the last reference; closing fsyncs what
+    // is buffered and releases the lock.
+    let closed = match Arc::try_unwrap(log) {
+        Ok(log) => log.close().context("closing the log"),
+        Err(_) => Err(anyhow::anyhow!("log still in use after shutdown; not closed cleanly")),
+    };
+    served?;
+    closed?;
+    tracing::info!("shut down cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: &ServeArgs, max_message_bytes: usize, log: Arc<Log>) -> anyhow::Result<()> {
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let listener =
+        TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr().context("reading the listen address")?;
+    let config = ServerConfig {
+        node_id: args.node_id.clone().unwrap_or_else(|| local.to_string()),
+        fsync: args.fsync,
+        max_connections: args.max_connections as usize,
+        max_message_bytes,
+        stats_interval: Some(args.stats_interval),
+    };
+    tracing::info!(
+        addr = %local,
+        data_dir = %args.data_dir.display(),
+        fsync = ?args.fsync,
+        node_id = %config.node_id,
+        "msglog listening"
+    );
+    let shutdown = async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "received shutdown signal");
+    };
+    server::run(listener, log, config, shutdown).await;
+    Ok(())
+}
+
+/// The engine's record limit must admit the largest SET the server accepts (the record
+/// header is well under the line overhead).
+fn max_record_bytes(max_message_bytes: usize) -> anyhow::Result<u32> {
+    let needed = max_message_bytes + MAX_ID_BYTES + LINE_OVERHEAD_BYTES;
+    let needed = u32::try_from(needed).context("--max-message-bytes is above 4 GiB")?;
+    Ok(needed.max(Config::default().max_record_bytes))
+}
+
+/// Logs go to stderr (stdout is for command output); `RUST_LOG` overrides the `info` default.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

@@ -1,0 +1,210 @@
+//! One client connection: read lines, execute them, and answer in order.
+//!
+//! Replies are collected per read ("batch") and written together. Before a batch holding
+//! writes is answered, the connection waits once for `sync_through` the batch's highest
+//! offset, so `OK` means durable under the fsync policy. With `--fsync always` many
+//! connections wait at once and the engine serves them with one shared fsync (group commit).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
+use crate::storage::{FsyncPolicy, Offset, StorageError};
+
+use super::Shared;
+use super::execute::{Outcome, execute, storage_failure};
+use super::shutdown::Shutdown;
+
+/// Bytes requested from the socket per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Replies buffered beyond this are written out mid-batch, so pipelined GETs of large
+/// messages do not pile up in memory.
+const FLUSH_AT_BYTES: usize = 1024 * 1024;
+/// Buffers that grew past this (a large message) are given back once empty.
+const KEEP_CAPACITY: usize = 1024 * 1024;
+/// During shutdown, how long a client may take to accept the replies it is owed.
+const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+
+/// A reply whose request is done, waiting to be written.
+struct Pending {
+    reply: Reply,
+    /// It acknowledges a write, so it becomes a storage failure if the sync fails.
+    acknowledges_write: bool,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    input: BytesMut,
+    output: BytesMut,
+    framer: LineFramer,
+    pending: Vec<Pending>,
+    pending_bytes: usize,
+    /// Highest offset appended by this batch and not yet synced.
+    unsynced: Option<Offset>,
+    shutdown: Shutdown,
+    _permit: OwnedSemaphorePermit,
+    /// Last, so that it is dropped after `shared`: the server treats the channel closing as
+    /// "every connection is gone", and then closes the log.
+    _shutdown_complete: mpsc::Sender<()>,
+}
+
+impl Connection {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        stream: TcpStream,
+        permit: OwnedSemaphorePermit,
+        shutdown: Shutdown,
+        shutdown_complete: mpsc::Sender<()>,
+    ) -> Connection {
+        shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let framer = LineFramer::new(shared.config.max_line_bytes());
+        Connection {
+            shared,
+            stream,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            framer,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            unsynced: None,
+            shutdown,
+            _permit: permit,
+            _shutdown_complete: shutdown_complete,
+        }
+    }
+
+    /// Serves the client until it leaves, sends QUIT, or the server shuts down.
+    pub(crate) async fn run(mut self) {
+        if let Err(err) = self.serve().await {
+            tracing::debug!(%err, "connection ended with an error");
+        }
+    }
+
+    async fn serve(&mut self) -> io::Result<()> {
+        while !self.shutdown.is_shutdown() {
+            self.input.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                read = self.stream.read_buf(&mut self.input) => read?,
+                _ = self.shutdown.recv() => break,
+            };
+            // A clean EOF; bytes of an unfinished last line are dropped, as it never ended.
+            if read == 0 {
+                break;
+            }
+            if let Flow::Close = self.handle_buffered_lines().await? {
+                self.stream.shutdown().await?;
+                break;
+            }
+            if self.input.is_empty() && self.input.capacity() > KEEP_CAPACITY {
+                self.input = BytesMut::new();
+            }
+        }
+        Ok(())
+    }
+
+    /// Executes every complete line in the input buffer and writes their replies.
+    async fn handle_buffered_lines(&mut self) -> io::Result<Flow> {
+        let max_message_bytes = self.shared.config.max_message_bytes;
+        while let Some(frame) = self.framer.next_frame(&mut self.input) {
+            let outcome = match frame {
+                Frame::Line(line) => match Command::parse_line(&line, max_message_bytes) {
+                    Ok(command) => execute(&self.shared, command),
+                    Err(err) => Outcome::reply(err.into()),
+                },
+                Frame::TooLong => {
+                    Outcome::reply(ProtocolError::LineTooLong { max: self.framer.max_line_bytes() }.into())
+                }
+            };
+            let close = outcome.close;
+            self.push(outcome);
+            if close {
+                self.flush().await?;
+                return Ok(Flow::Close);
+            }
+            if self.pending_bytes >= FLUSH_AT_BYTES {
+                self.flush().await?;
+            }
+        }
+        self.flush().await?;
+        Ok(Flow::Continue)
+    }
+
+    fn push(&mut self, outcome: Outcome) {
+        if let Some(offset) = outcome.written {
+            self.unsynced = Some(self.unsynced.map_or(offset, |o| o.max(offset)));
+        }
+        self.pending_bytes += outcome.reply.encoded_len_hint();
+        self.pending.push(Pending { reply: outcome.reply, acknowledges_write: outcome.written.is_some() });
+    }
+
+    /// Makes the batch's writes durable, then writes every pending reply.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let failure = match self.unsynced.take() {
+            Some(offset) => self.sync_through(offset).await.err(),
+            None => None,
+        }
+        .map(|err| storage_failure(&err));
+        for pending in self.pending.drain(..) {
+            match &failure {
+                Some(failure) if pending.acknowledges_write => failure.encode_text(&mut self.output),
+                _ => pending.reply.encode_text(&mut self.output),
+            }
+        }
+        self.pending_bytes = 0;
+        self.write_output().await
+    }
+
+    async fn sync_through(&self, offset: Offset) -> Result<(), StorageError> {
+        match self.shared.config.fsync {
+            // Blocks on fdatasync (shared with other connections' waits): off the runtime.
+            FsyncPolicy::Always => {
+                let log = Arc::clone(&self.shared.log);
+                tokio::task::spawn_blocking(move || log.sync_through(offset))
+                    .await
+                    .unwrap_or_else(|err| Err(StorageError::Failed(format!("sync task: {err}"))))
+            }
+            // Only hands the write buffer to the OS: cheap enough to do inline.
+            FsyncPolicy::Interval(_) | FsyncPolicy::Never => self.shared.log.sync_through(offset),
+        }
+    }
+
+    async fn write_output(&mut self) -> io::Result<()> {
+        let write = self.stream.write_all_buf(&mut self.output);
+        tokio::pin!(write);
+        let written = tokio::select! {
+            written = &mut write => written,
+            // Shutting down: still deliver what is owed, but do not wait forever for a
+            // client that stopped reading.
+            _ = self.shutdown.recv() => match tokio::time::timeout(SHUTDOWN_WRITE_GRACE, write).await {
+                Ok(written) => written,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading during shutdown")),
+            },
+        };
+        if self.output.capacity() > KEEP_CAPACITY {
+            self.output = BytesMut::new();
+        }
+        written
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,68 @@
+//! Applies a [`Command`] to the log. Framing-neutral, so a RESP connection can share it.
+
+use std::sync::atomic::Ordering;
+
+use crate::protocol::{Command, HELP, Reply};
+use crate::storage::{Offset, StorageError};
+
+use super::Shared;
+use super::stats::Snapshot;
+
+/// The result of one command, before its write (if any) is durable.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) reply: Reply,
+    /// Offset of the record the command appended; its reply waits until it is durable.
+    pub(crate) written: Option<Offset>,
+    /// The connection closes after this reply.
+    pub(crate) close: bool,
+}
+
+impl Outcome {
+    pub(crate) fn reply(reply: Reply) -> Outcome {
+        Outcome { reply, written: None, close: false }
+    }
+
+    fn written(reply: Reply, offset: Offset) -> Outcome {
+        Outcome { reply, written: Some(offset), close: false }
+    }
+}
+
+pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
+    let log = &shared.log;
+    let metrics = &shared.metrics;
+    match command {
+        Command::Set { id, message } => {
+            metrics.sets.fetch_add(1, Ordering::Relaxed);
+            match log.append(id, message) {
+                Ok(offset) => Outcome::written(Reply::Ok, offset),
+                Err(err) => Outcome::reply(storage_failure(&err)),
+            }
+        }
+        Command::Get { id } => {
+            metrics.gets.fetch_add(1, Ordering::Relaxed);
+            match log.get(id) {
+                Ok(Some(message)) => Outcome::reply(Reply::Value(message)),
+                Ok(None) => Outcome::reply(Reply::NotFound),
+                Err(err) => Outcome::reply(storage_failure(&err)),
+            }
+        }
+        Command::Del { id } => {
+            metrics.dels.fetch_add(1, Ordering::Relaxed);
+            match log.delete(id) {
+                Ok(Some(offset)) => Outcome::written(Reply::Ok, offset),
+                Ok(None) => Outcome::reply(Reply::NotFound),
+                Err(err) => Outcome::reply(storage_failure(&err)),
+            }
+        }
+        Command::Ping => Outcome::reply(Reply::Pong),
+        Command::Help => Outcome::reply(Reply::Info(HELP.to_string())),
+        Command::Stats => Outcome::reply(Reply::Info(Snapshot::take(shared, false).to_string())),
+        Command::Quit => Outcome { reply: Reply::Bye, written: None, close: true },
+    }
+}
+
+/// The one place a storage error becomes a wire reply.
+pub(crate) fn storage_failure(err: &StorageError) -> Reply {
+    Reply::error(format_args!("storage failure: {err}"))
+}

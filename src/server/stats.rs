@@ -1,0 +1,167 @@
+//! Counters for `STATS` and the periodic stats line.
+//!
+//! Request counters are atomics bumped by every connection; rates are computed against a
+//! window that the periodic stats line rolls forward, so `set_per_sec` means "since the last
+//! stats line".
+
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use super::shutdown::Shutdown;
+
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    pub(crate) sets: AtomicU64,
+    pub(crate) gets: AtomicU64,
+    pub(crate) dels: AtomicU64,
+    /// Connections being served now (refused ones are not counted).
+    pub(crate) connections: AtomicU64,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    started: Instant,
+    sets: u64,
+    gets: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            sets: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+            dels: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            window: Mutex::new(Window { started: Instant::now(), sets: 0, gets: 0 }),
+        }
+    }
+}
+
+/// Everything one stats line reports.
+#[derive(Debug, Clone)]
+pub(crate) struct Snapshot {
+    pub(crate) node_id: String,
+    pub(crate) records: u64,
+    pub(crate) ids: u64,
+    pub(crate) segments: u64,
+    pub(crate) bytes: u64,
+    /// Offset of the newest record, if any.
+    pub(crate) last_offset: Option<u64>,
+    /// Offset of the newest durable record, if any.
+    pub(crate) durable_offset: Option<u64>,
+    pub(crate) connections: u64,
+    pub(crate) sets: u64,
+    pub(crate) gets: u64,
+    pub(crate) set_per_sec: f64,
+    pub(crate) get_per_sec: f64,
+}
+
+impl Snapshot {
+    /// Takes the numbers; with `roll`, also starts a new rate window (the periodic line does).
+    pub(crate) fn take(shared: &Shared, roll: bool) -> Snapshot {
+        let log = shared.log.stats();
+        let metrics = &shared.metrics;
+        let sets = metrics.sets.load(Ordering::Relaxed);
+        let gets = metrics.gets.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let mut window = metrics.window.lock().unwrap_or_else(|e| e.into_inner());
+        let seconds = now.duration_since(window.started).as_secs_f64();
+        let rate = |now: u64, then: u64| {
+            if seconds > 0.0 { now.saturating_sub(then) as f64 / seconds } else { 0.0 }
+        };
+        let (set_per_sec, get_per_sec) = (rate(sets, window.sets), rate(gets, window.gets));
+        if roll {
+            *window = Window { started: now, sets, gets };
+        }
+        drop(window);
+        Snapshot {
+            node_id: shared.config.node_id.clone(),
+            records: log.records,
+            ids: log.ids,
+            segments: log.segments,
+            bytes: log.bytes,
+            last_offset: log.next_offset.checked_sub(1),
+            durable_offset: log.durable_offset.checked_sub(1),
+            connections: metrics.connections.load(Ordering::Relaxed),
+            sets,
+            gets,
+            set_per_sec,
+            get_per_sec,
+        }
+    }
+}
+
+/// The `STATS` reply: `key=value` pairs separated by single spaces.
+impl fmt::Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "role=leader node_id={} records={} ids={} segments={} bytes={} last_offset={} \
+             durable_offset={} followers=0 connections={} sets={} gets={} set_per_sec={:.0} \
+             get_per_sec={:.0}",
+            self.node_id,
+            self.records,
+            self.ids,
+            self.segments,
+            self.bytes,
+            OrNone(self.last_offset),
+            OrNone(self.durable_offset),
+            self.connections,
+            self.sets,
+            self.gets,
+            self.set_per_sec,
+            self.get_per_sec,
+        )
+    }
+}
+
+struct OrNone(Option<u64>);
+
+impl fmt::Display for OrNone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(offset) => write!(f, "{offset}"),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// Logs one stats line every `every` until shutdown.
+pub(crate) async fn report_every(
+    shared: std::sync::Arc<Shared>,
+    every: Duration,
+    mut shutdown: Shutdown,
+    shutdown_complete: mpsc::Sender<()>,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = shutdown.recv() => break,
+        }
+        let s = Snapshot::take(&shared, true);
+        tracing::info!(
+            node_id = %s.node_id,
+            records = s.records,
+            ids = s.ids,
+            segments = s.segments,
+            bytes = s.bytes,
+            last_offset = %OrNone(s.last_offset),
+            durable_offset = %OrNone(s.durable_offset),
+            connections = s.connections,
+            set_per_sec = format_args!("{:.0}", s.set_per_sec),
+            get_per_sec = format_args!("{:.0}", s.get_per_sec),
+            "stats"
+        );
+    }
+    // The log must be free to close once the server reports completion.
+    drop(shared);
+    drop(shutdown_complete);
+}

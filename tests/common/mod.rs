@@ -1,0 +1,284 @@
+//! Helpers shared by the integration tests: an in-process server with raw-socket clients,
+//! and real `msglog` processes with blocking line clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use msglog::server::{self, ServerConfig};
+use msglog::storage::{Config, Log};
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::TcpListener;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Generous bound on any single wait: it only turns a hang into a failure.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------
+// In-process server
+// ---------------------------------------------------------------------------------------
+
+/// A server running on this test's runtime, on a loopback port chosen by the OS.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(ServerConfig { stats_interval: None, ..ServerConfig::default() }, Config::default())
+            .await
+    }
+
+    pub async fn start_with(config: ServerConfig, log_config: Config) -> TestServer {
+        let dir = TempDir::new().expect("temp dir");
+        let log = Arc::new(Log::open(dir.path(), log_config).expect("open log"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, log, config, async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, dir, shutdown: Some(shutdown), task: Some(task) }
+    }
+
+    pub async fn connect(&self) -> TestClient {
+        TestClient::connect(self.addr).await
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(DEADLINE, task).await.expect("server did not stop").expect("server task");
+        }
+    }
+}
+
+/// A raw-socket client: sends bytes, reads `\r\n`-terminated reply lines.
+pub struct TestClient {
+    reader: AsyncBufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl TestClient {
+    pub async fn connect(addr: SocketAddr) -> TestClient {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (reader, writer) = stream.into_split();
+        TestClient { reader: AsyncBufReader::new(reader), writer }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.expect("send");
+    }
+
+    /// The next reply line, without its `\r\n`. Panics on EOF or a reply not ending in `\r\n`.
+    pub async fn read_reply(&mut self) -> Vec<u8> {
+        let mut line = Vec::new();
+        let n = tokio::time::timeout(DEADLINE, self.reader.read_until(b'\n', &mut line))
+            .await
+            .expect("no reply before the deadline")
+            .expect("read");
+        assert!(n > 0, "connection closed while a reply was expected");
+        assert!(line.ends_with(b"\r\n"), "reply not ended by CRLF: {:?}", line.escape_ascii().to_string());
+        line.truncate(line.len() - 2);
+        line
+    }
+
+    /// Sends `line` plus `\n` and returns the reply.
+    pub async fn request(&mut self, line: &[u8]) -> Vec<u8> {
+        self.send(&[line, b"\n"].concat()).await;
+        self.read_reply().await
+    }
+
+    /// Sends `bytes` while reading `replies` reply lines, concurrently, so neither side can
+    /// block the other on full socket buffers.
+    pub async fn pipeline(&mut self, bytes: &[u8], replies: usize) -> Vec<Vec<u8>> {
+        let writer = &mut self.writer;
+        let reader = &mut self.reader;
+        let send = async move { writer.write_all(bytes).await.expect("send") };
+        let receive = async move {
+            let mut got = Vec::with_capacity(replies);
+            for _ in 0..replies {
+                let mut line = Vec::new();
+                let n = reader.read_until(b'\n', &mut line).await.expect("read");
+                assert!(n > 0, "connection closed after {} of {replies} replies", got.len());
+                assert!(line.ends_with(b"\r\n"));
+                line.truncate(line.len() - 2);
+                got.push(line);
+            }
+            got
+        };
+        let ((), got) = tokio::time::timeout(DEADLINE, async { tokio::join!(send, receive) })
+            .await
+            .expect("pipelined replies before the deadline");
+        got
+    }
+
+    /// True if the server closed the connection (EOF, or a reset) with nothing more to read.
+    pub async fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        match tokio::time::timeout(DEADLINE, self.reader.read_to_end(&mut rest)).await {
+            Ok(Ok(_)) => rest.is_empty(),
+            Ok(Err(_)) => true,
+            Err(_) => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Real processes
+// ---------------------------------------------------------------------------------------
+
+pub fn msglog() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_msglog"))
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// Calls `ready` until it returns `Some`, pausing briefly between tries, or panics with
+/// `what` at the deadline. Polling is the only way to learn that another process is ready.
+pub fn poll_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = ready() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A `msglog serve` process, SIGKILLed by PID when dropped if still running.
+pub struct ServerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `msglog serve` on `data_dir` and a free port, and waits until it accepts
+    /// connections. Its stderr goes to a file beside `data_dir`, so `data_dir` should be a
+    /// subdirectory of the test's temporary directory.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
+        let mut server = ServerProcess::spawn(data_dir, extra_args);
+        server.wait_until_ready();
+        server
+    }
+
+    /// Starts the process without waiting for it.
+    pub fn spawn(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let parent = data_dir.parent().expect("data dir inside a temporary directory");
+        let stderr_path = parent.join(format!("serve-{}.stderr", addr.port()));
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let child = msglog()
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn msglog serve");
+        ServerProcess { child, addr, data_dir: data_dir.to_path_buf(), stderr_path }
+    }
+
+    fn wait_until_ready(&mut self) {
+        let addr = self.addr;
+        poll_until("the server to accept connections", || {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("server exited early with {status}:\n{}", self.stderr());
+            }
+            StdStream::connect(addr).ok()
+        });
+    }
+
+    pub fn pid(&self) -> libc::pid_t {
+        self.child.id() as libc::pid_t
+    }
+
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's PID; the child has not been reaped yet, so the
+        // PID cannot have been reused.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.child.wait().expect("wait after SIGKILL");
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        poll_until("the server to exit", || self.child.try_wait().expect("try_wait"))
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: as in `signal`; the child is still unreaped.
+            unsafe { libc::kill(self.pid(), libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A blocking text-protocol client for process tests.
+pub struct LineClient {
+    reader: BufReader<StdStream>,
+    writer: StdStream,
+}
+
+impl LineClient {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<LineClient> {
+        let stream = StdStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(DEADLINE))?;
+        Ok(LineClient { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
+    /// Sends one line and returns its reply without `\r\n`; an error if the connection fails
+    /// or closes first.
+    pub fn request(&mut self, line: &[u8]) -> std::io::Result<Vec<u8>> {
+        self.writer.write_all(&[line, b"\n"].concat())?;
+        let mut reply = Vec::new();
+        if self.reader.read_until(b'\n', &mut reply)? == 0 || !reply.ends_with(b"\r\n") {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        reply.truncate(reply.len() - 2);
+        Ok(reply)
+    }
+
+    /// True once the server has closed this connection.
+    pub fn is_closed(&mut self) -> bool {
+        let mut rest = Vec::new();
+        matches!(std::io::Read::read_to_end(&mut self.reader, &mut rest), Ok(0) | Err(_))
+    }
+}
