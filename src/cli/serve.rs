@@ -105,8 +105,7 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, log: Arc<Log>) -> any
         };
         tracing::info!(signal = name, "received shutdown signal");
     };
-    server::run(listener, log, config, shutdown).await;
-    Ok(())
+    server::run(listener, log, config, shutdown).await.context("cannot start the commit thread")
 }
 
 /// The engine's record limit must admit the largest SET the server accepts (the record

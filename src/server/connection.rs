@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
-use crate::storage::{FsyncPolicy, Offset, StorageError};
+use crate::storage::{Offset, StorageError};
 
 use super::Shared;
 use super::execute::{Outcome, execute, storage_failure};
@@ -171,16 +171,11 @@ impl Connection {
     }
 
     async fn sync_through(&self, offset: Offset) -> Result<(), StorageError> {
-        match self.shared.config.fsync {
-            // Blocks on fdatasync (shared with other connections' waits): off the runtime.
-            FsyncPolicy::Always => {
-                let log = Arc::clone(&self.shared.log);
-                tokio::task::spawn_blocking(move || log.sync_through(offset))
-                    .await
-                    .unwrap_or_else(|err| Err(StorageError::Failed(format!("sync task: {err}"))))
-            }
+        match &self.shared.commits {
+            // `--fsync always`: the commit thread fsyncs for every waiting connection.
+            Some(commits) => commits.wait(offset).await,
             // Only hands the write buffer to the OS: cheap enough to do inline.
-            FsyncPolicy::Interval(_) | FsyncPolicy::Never => self.shared.log.sync_through(offset),
+            None => self.shared.log.sync_through(offset),
         }
     }
 

@@ -2,6 +2,7 @@
 //! `shutdown` future completes, bounds them with a semaphore, and then waits for every
 //! connection to finish what it has read.
 
+mod committer;
 mod connection;
 mod execute;
 mod shutdown;
@@ -61,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) log: Arc<Log>,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Metrics,
+    /// Present under `--fsync always`: where connections wait for group commits.
+    pub(crate) commits: Option<committer::CommitHandle>,
 }
 
 /// Serves clients on `listener` until `shutdown` completes, then stops accepting, lets every
@@ -68,14 +71,26 @@ pub(crate) struct Shared {
 ///
 /// When it returns, the server holds no reference to `log`, so the caller can
 /// `Arc::try_unwrap` it and close it.
-pub async fn run(listener: TcpListener, log: Arc<Log>, config: ServerConfig, shutdown: impl Future) {
+pub async fn run(
+    listener: TcpListener,
+    log: Arc<Log>,
+    config: ServerConfig,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let (committer, commits) = match config.fsync {
+        FsyncPolicy::Always => {
+            let (committer, handle) = committer::start(Arc::clone(&log))?;
+            (Some(committer), Some(handle))
+        }
+        _ => (None, None),
+    };
     let (notify_shutdown, _) = broadcast::channel(1);
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
     let stats_interval = config.stats_interval.filter(|every| !every.is_zero());
     let mut server = Listener {
         listener,
         limit: Arc::new(Semaphore::new(config.max_connections)),
-        shared: Arc::new(Shared { log, config, metrics: Metrics::default() }),
+        shared: Arc::new(Shared { log, config, metrics: Metrics::default(), commits }),
         notify_shutdown,
         shutdown_complete_tx,
     };
@@ -101,6 +116,10 @@ pub async fn run(listener: TcpListener, log: Arc<Log>, config: ServerConfig, shu
     drop(notify_shutdown);
     drop(shutdown_complete_tx);
     let _ = shutdown_complete_rx.recv().await;
+    if let Some(committer) = committer {
+        committer.stop();
+    }
+    Ok(())
 }
 
 struct Listener {

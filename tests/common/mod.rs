@@ -30,7 +30,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl TestServer {
@@ -61,7 +61,11 @@ impl TestServer {
             let _ = shutdown.send(());
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(DEADLINE, task).await.expect("server did not stop").expect("server task");
+            tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("server did not stop")
+                .expect("server task")
+                .expect("server run");
         }
     }
 }
