@@ -48,7 +48,7 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
     /// Send for this long instead of a request count, e.g. 10s, 500ms, 2m.
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_run_time)]
     pub duration: Option<Duration>,
     /// Bytes in each SET's value.
     #[arg(long, default_value_t = 100)]
@@ -252,22 +252,11 @@ impl Drop for Progress {
     }
 }
 
-/// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("bad duration {s:?}; expected e.g. 10s, 500ms, 2m");
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "ms" => number / 1e3,
-        "m" | "min" => number * 60.0,
-        "h" => number * 3600.0,
-        _ => return Err(bad()),
-    };
-    match Duration::try_from_secs_f64(seconds) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(bad()),
+/// A run time: a duration with a unit, above zero.
+fn parse_run_time(text: &str) -> Result<Duration, String> {
+    match super::units::parse_duration(text)? {
+        Duration::ZERO => Err(format!("bad duration '{text}': a run needs a time above zero")),
+        d => Ok(d),
     }
 }
 
@@ -276,14 +265,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        for bad in ["", "0s", "ten", "5x", "-1s"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+    fn run_times_need_a_unit_and_a_nonzero_value() {
+        assert_eq!(parse_run_time("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_run_time("500ms"), Ok(Duration::from_millis(500)));
+        for bad in ["", "0s", "ten", "5x", "-1s", "3"] {
+            assert!(parse_run_time(bad).is_err(), "{bad:?}");
         }
     }
 }
