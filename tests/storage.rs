@@ -435,6 +435,23 @@ fn concurrent_appenders_under_always_all_become_durable() {
 }
 
 #[test]
+fn many_appends_share_one_fsync() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), Config { fsync: FsyncPolicy::Always, ..config() }).unwrap();
+    let mut last = 0;
+    for i in 0..100 {
+        last = log.append(&id(i), &message(i)).unwrap();
+    }
+    assert_eq!(log.stats().fsyncs, 0);
+    log.sync_through(last).unwrap();
+    assert_eq!(log.stats().fsyncs, 1);
+    for offset in 0..=last {
+        log.sync_through(offset).unwrap();
+    }
+    assert_eq!(log.stats().fsyncs, 1, "already durable: no more fsyncs");
+}
+
+#[test]
 fn interval_policy_syncs_in_the_background_and_close_makes_all_durable() {
     let dir = TempDir::new().unwrap();
     let cfg = Config { fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)), ..config() };

@@ -55,6 +55,7 @@ pub(crate) struct Snapshot {
     pub(crate) last_offset: Option<u64>,
     /// Offset of the newest durable record, if any.
     pub(crate) durable_offset: Option<u64>,
+    pub(crate) fsyncs: u64,
     pub(crate) connections: u64,
     pub(crate) sets: u64,
     pub(crate) gets: u64,
@@ -88,6 +89,7 @@ impl Snapshot {
             bytes: log.bytes,
             last_offset: log.next_offset.checked_sub(1),
             durable_offset: log.durable_offset.checked_sub(1),
+            fsyncs: log.fsyncs,
             connections: metrics.connections.load(Ordering::Relaxed),
             sets,
             gets,
@@ -103,7 +105,7 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             "role=leader node_id={} records={} ids={} segments={} bytes={} last_offset={} \
-             durable_offset={} followers=0 connections={} sets={} gets={} set_per_sec={:.0} \
+             durable_offset={} fsyncs={} followers=0 connections={} sets={} gets={} set_per_sec={:.0} \
              get_per_sec={:.0}",
             self.node_id,
             self.records,
@@ -112,6 +114,7 @@ impl fmt::Display for Snapshot {
             self.bytes,
             OrNone(self.last_offset),
             OrNone(self.durable_offset),
+            self.fsyncs,
             self.connections,
             self.sets,
             self.gets,
@@ -155,6 +158,7 @@ pub(crate) async fn report_every(
             bytes = s.bytes,
             last_offset = %OrNone(s.last_offset),
             durable_offset = %OrNone(s.durable_offset),
+            fsyncs = s.fsyncs,
             connections = s.connections,
             set_per_sec = format_args!("{:.0}", s.set_per_sec),
             get_per_sec = format_args!("{:.0}", s.get_per_sec),

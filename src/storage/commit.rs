@@ -25,6 +25,8 @@ pub(super) struct Commit {
     pub durable: AtomicU64,
     /// Every offset below this is written to the OS.
     pub flushed: AtomicU64,
+    /// Group-commit fsyncs done, for stats: writes per fsync shows the batching.
+    pub fsyncs: AtomicU64,
 }
 
 impl Commit {
@@ -35,6 +37,7 @@ impl Commit {
             done: Condvar::new(),
             durable: AtomicU64::new(next_offset),
             flushed: AtomicU64::new(next_offset),
+            fsyncs: AtomicU64::new(0),
         }
     }
 
@@ -79,6 +82,7 @@ impl Shared {
             return Err(e.into());
         }
         self.commit.durable.fetch_max(target, Ordering::AcqRel);
+        self.commit.fsyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

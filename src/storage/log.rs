@@ -34,6 +34,8 @@ pub struct LogStats {
     /// Every record below this offset is durable per the fsync policy.
     pub durable_offset: Offset,
     pub epoch: Epoch,
+    /// Group-commit fsyncs since open.
+    pub fsyncs: u64,
 }
 
 /// Whole framed records read from the log, for replication and `tail`.
@@ -225,6 +227,7 @@ impl Log {
             next_offset: st.next_offset,
             durable_offset,
             epoch: st.epoch,
+            fsyncs: self.shared.commit.fsyncs.load(Ordering::Relaxed),
         }
     }
 
