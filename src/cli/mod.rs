@@ -1,7 +1,11 @@
 //! The `msglog` command line: argv in, exit code out. One file per subcommand.
 
 pub mod bench;
+mod check;
 mod client;
+mod export;
+mod import;
+mod msg_files;
 mod serve;
 mod units;
 
@@ -25,8 +29,13 @@ enum Command {
     Client(client::ClientArgs),
     /// Generate load against a running server and report throughput and latency.
     Bench(bench::BenchArgs),
-    // Further subcommands (tail, export, import, check) go here, each in its own file
-    // under src/cli/.
+    /// Write the latest message of every ID to a folder of <id>.msg files.
+    Export(export::ExportArgs),
+    /// Load a folder of <id>.msg files into the log.
+    Import(import::ImportArgs),
+    /// Verify every record of a data dir; print counts and a digest; optionally repair.
+    Check(check::CheckArgs),
+    // Further subcommands (tail) go here, each in its own file under src/cli/.
 }
 
 /// Runs the subcommand named on the command line. Errors are printed as one line.
@@ -35,6 +44,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Client(args) => client::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Import(args) => import::run(args),
+        Command::Check(args) => check::run(args),
         Command::Bench(args) => bench::main(args).map(|()| ExitCode::SUCCESS),
     };
     match result {

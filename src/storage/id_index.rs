@@ -68,6 +68,11 @@ impl IdIndex {
         self.table.clear();
     }
 
+    /// Positions of every live ID's latest record (order unspecified).
+    pub fn positions(&self) -> impl Iterator<Item = Position> + '_ {
+        self.table.iter().map(|e| e.at)
+    }
+
     /// Heap bytes held by the index.
     pub fn heap_bytes(&self) -> usize {
         self.table.allocation_size()

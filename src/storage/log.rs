@@ -132,6 +132,20 @@ impl Log {
         Ok(Some(record.message.to_vec()))
     }
 
+    /// Calls `f` with every live ID and its latest message, CRC-checked, in no particular
+    /// order, holding the read lock throughout (writers wait).
+    pub fn for_each_live<E: From<StorageError>>(
+        &self,
+        mut f: impl FnMut(&[u8], &[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let st = self.shared.read();
+        for at in st.ids.positions() {
+            let record = st.record_at(&self.shared.config, at)?;
+            f(record.id, record.message)?;
+        }
+        Ok(())
+    }
+
     pub fn contains(&self, id: &[u8]) -> bool {
         self.shared.read().locate(id).is_some()
     }

@@ -62,6 +62,7 @@ impl Default for Config {
     }
 }
 
+pub mod check;
 mod commit;
 mod error;
 mod fault;

@@ -18,7 +18,7 @@ use memmap2::Mmap;
 
 use super::id_index::{IdIndex, Position, id_of};
 use super::offset_index::{OffsetIndex, relative};
-use super::record::{Decoded, RecordKind, decode};
+use super::record::{Decoded, RecordKind, RecordRef, decode};
 use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment, check_header, header, index_path, segment_path};
 use super::{Config, Epoch, Offset, RecoveryMode, Result, StorageError};
 
@@ -51,7 +51,12 @@ pub(super) struct ScanInput<'a> {
     pub segment: u32,
     /// Last offset of the previous segment.
     pub after: Option<Offset>,
+    /// Called with every good record and its framed bytes (`msglog check` digests them).
+    pub visit: Option<Visitor<'a>>,
 }
+
+/// Sees every good record a scan passes, with its framed bytes.
+pub(super) type Visitor<'a> = &'a mut dyn FnMut(&RecordRef<'_>, &[u8]);
 
 /// Walks the records of one segment from its header on, applying each to the ID index
 /// (whose earlier positions lie in `earlier` or this segment) and the offset index.
@@ -62,7 +67,7 @@ pub(super) fn scan(
     config: &Config,
     earlier: &[SealedSegment],
 ) -> Scan {
-    let ScanInput { bytes, base, segment, after } = input;
+    let ScanInput { bytes, base, segment, after, mut visit } = input;
     let id_at = |at: Position| {
         let bytes = match earlier.get(at.segment as usize) {
             Some(s) if at.segment != segment => &s.map[..],
@@ -98,6 +103,9 @@ pub(super) fn scan(
             break;
         }
         let position = scan.end as u64;
+        if let Some(visit) = visit.as_mut() {
+            visit(&record, &bytes[scan.end..scan.end + len]);
+        }
         if position - scan.last_indexed >= interval {
             index.push(relative(base, record.offset), position as u32);
             scan.last_indexed = position;
@@ -169,9 +177,17 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
         }
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let len = file.metadata()?.len();
-        if len < HEADER_LEN as u64 && (is_last || config.recovery == RecoveryMode::Repair) {
-            // A crash while creating the segment: it can hold no record yet.
-            tracing::warn!(segment = %path.display(), bytes = len, "rewriting a torn segment header");
+        let mut head = [0u8; HEADER_LEN];
+        let head = match file.read_exact_at(&mut head, 0) {
+            Ok(()) => &head[..],
+            Err(_) => &[][..],
+        };
+        let torn = len < HEADER_LEN as u64 && is_last;
+        let repair = config.recovery == RecoveryMode::Repair && check_header(head, base).is_err();
+        if torn || repair {
+            // A crash while creating the segment leaves a short header and no record yet;
+            // repair mode rewrites any bad header, dropping what the segment held.
+            tracing::warn!(segment = %path.display(), bytes = len, "rewriting a torn or bad segment header");
             file.set_len(0)?;
             file.write_all_at(&header(base), 0)?;
             file.sync_all()?;
@@ -187,7 +203,7 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
             return Err(corruption(&path, 0, reason));
         }
         let mut index = OffsetIndex::Building(Vec::new());
-        let input = ScanInput { bytes: &map, base, segment: i as u32, after: prev };
+        let input = ScanInput { bytes: &map, base, segment: i as u32, after: prev, visit: None };
         let scan = scan(input, &mut ids, &mut index, config, &sealed);
         records += scan.records;
         let mut end = len;

@@ -1,0 +1,241 @@
+//! `msglog export`, `import` and `check` run as real processes against data dirs the tests
+//! build through the storage façade.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::{Mutex, MutexGuard};
+
+use common::msglog;
+use msglog::storage::{Config, FsyncPolicy, Log};
+use tempfile::TempDir;
+
+fn run(args: &[&str]) -> Output {
+    msglog().args(args).output().expect("run msglog")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn open(dir: &Path) -> Log {
+    Log::open(dir, Config { fsync: FsyncPolicy::Never, segment_bytes: 4096, ..Config::default() }).unwrap()
+}
+
+/// Held by every test here. A child process forked by one test thread inherits the lock
+/// file of a log another thread has open, and keeps that flock until it execs; run one at
+/// a time, a test's own children never race its locks.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every file in `dir`, name → bytes.
+fn folder(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().into_string().unwrap(), fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+const AWKWARD: [&[u8]; 6] = [b"a/b", b"..", b".", b"%41", "naïve-ü".as_bytes(), b"plain_1.x"];
+
+#[test]
+fn export_writes_exactly_the_live_ids_and_import_restores_them() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, out, copy) = (tmp.path().join("data"), tmp.path().join("messages"), tmp.path().join("copy"));
+    {
+        let log = open(&data);
+        for (i, id) in AWKWARD.iter().enumerate() {
+            log.append(id, format!("first {i}").as_bytes()).unwrap();
+            log.append(id, &latest(i)).unwrap();
+        }
+        log.append(b"gone", b"soon deleted").unwrap();
+        log.delete(b"gone").unwrap();
+        log.close().unwrap();
+    }
+    let exported = run(&["export", "--data-dir", path(&data), "--out", path(&out)]);
+    assert!(exported.status.success(), "{exported:?}");
+    let files = folder(&out);
+    let expected: BTreeMap<String, Vec<u8>> = [
+        ("a%2Fb.msg", 0),
+        ("%2E%2E.msg", 1),
+        ("%2E.msg", 2),
+        ("%2541.msg", 3),
+        ("na%C3%AFve-%C3%BC.msg", 4),
+        ("plain_1.x.msg", 5),
+    ]
+    .into_iter()
+    .map(|(name, i)| (name.to_string(), latest(i)))
+    .collect();
+    assert_eq!(files, expected);
+
+    let imported = run(&["import", "--data-dir", path(&copy), "--from", path(&out)]);
+    assert!(imported.status.success(), "{imported:?}");
+    assert!(stdout(&imported).contains("imported 6 file(s), skipped 0"), "{}", stdout(&imported));
+    let (original, restored) = (open(&data), open(&copy));
+    assert_eq!(restored.stats().ids, original.stats().ids);
+    for id in AWKWARD {
+        let value = original.get(id).unwrap();
+        assert!(value.is_some());
+        assert_eq!(restored.get(id).unwrap(), value, "{}", String::from_utf8_lossy(id));
+        assert_eq!(files[&msglog_file_name(id)], value.unwrap(), "the file holds the latest bytes");
+    }
+    assert_eq!(restored.get(b"gone").unwrap(), None);
+}
+
+/// The latest value of the `i`th awkward ID: not UTF-8, with a NUL and edge spaces.
+fn latest(i: usize) -> Vec<u8> {
+    [&b" latest "[..], i.to_string().as_bytes(), b" \x00\xff "].concat()
+}
+
+fn msglog_file_name(id: &[u8]) -> String {
+    let whole = id == b"." || id == b"..";
+    let mut name = String::new();
+    for &b in id {
+        if !whole && (b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            name.push(b as char);
+        } else {
+            name.push_str(&format!("%{b:02X}"));
+        }
+    }
+    name + ".msg"
+}
+
+#[test]
+fn import_skips_files_that_are_not_ids_and_says_why() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, from) = (tmp.path().join("data"), tmp.path().join("in"));
+    fs::create_dir_all(&from).unwrap();
+    fs::write(from.join("good.msg"), b"yes").unwrap();
+    fs::write(from.join("notes.txt"), b"no").unwrap();
+    fs::write(from.join("bad%zz.msg"), b"no").unwrap();
+    fs::write(from.join("%20.msg"), b"space id").unwrap();
+    let out = run(&["import", "--data-dir", path(&data), "--from", path(&from)]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("imported 1 file(s), skipped 3"), "{text}");
+    assert!(text.contains("skipped notes.txt: not a .msg file"), "{text}");
+    assert_eq!(open(&data).get(b"good").unwrap().as_deref(), Some(&b"yes"[..]));
+}
+
+#[test]
+fn export_since_rewrites_changed_ids_and_removes_deleted_ones() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("messages"));
+    {
+        let log = open(&data);
+        for id in [&b"keep"[..], b"change", b"drop"] {
+            log.append(id, b"v1").unwrap();
+        }
+        log.close().unwrap();
+    }
+    assert!(run(&["export", "--data-dir", path(&data), "--out", path(&out)]).status.success());
+    let next = open(&data).stats().next_offset;
+    fs::write(out.join("keep.msg"), b"untouched marker").unwrap();
+    {
+        let log = open(&data);
+        log.append(b"change", b"v2").unwrap();
+        log.delete(b"drop").unwrap();
+        log.append(b"new", b"v1").unwrap();
+        log.close().unwrap();
+    }
+    let refreshed = run(&["export", "--data-dir", path(&data), "--out", path(&out), "--since", &next.to_string()]);
+    assert!(refreshed.status.success(), "{refreshed:?}");
+    let files = folder(&out);
+    let names: Vec<&str> = files.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["change.msg", "keep.msg", "new.msg"]);
+    assert_eq!(files["change.msg"], b"v2");
+    assert_eq!(files["keep.msg"], b"untouched marker", "IDs unchanged since the offset are not rewritten");
+}
+
+fn segments(data: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn digest(output: &Output) -> String {
+    stdout(output).lines().find_map(|l| l.strip_prefix("digest: ")).expect("a digest line").to_string()
+}
+
+#[test]
+fn check_passes_a_clean_log_flags_a_flipped_byte_and_repair_keeps_the_prefix() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let mut ends = Vec::new();
+    {
+        let log = open(&data);
+        for i in 0..300 {
+            log.append(format!("id-{}", i % 50).as_bytes(), format!("message {i}").as_bytes()).unwrap();
+            ends.push(log.stats().bytes);
+        }
+        log.delete(b"id-7").unwrap();
+        log.close().unwrap();
+    }
+    let clean = run(&["check", "--data-dir", path(&data)]);
+    assert!(clean.status.success(), "{clean:?}");
+    let text = stdout(&clean);
+    assert!(text.contains("records=301 live_ids=49 tombstones=1"), "{text}");
+    assert!(text.contains("first_offset=0 last_offset=300"), "{text}");
+    assert_eq!(digest(&clean).len(), 64);
+    assert_eq!(digest(&run(&["check", "--data-dir", path(&data)])), digest(&clean), "the digest is stable");
+
+    // Flip a byte in the middle of the second segment.
+    let second = segments(&data)[1].clone();
+    let mut bytes = fs::read(&second).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    fs::write(&second, &bytes).unwrap();
+    let damaged = run(&["check", "--data-dir", path(&data)]);
+    assert_eq!(damaged.status.code(), Some(1));
+    let text = stdout(&damaged);
+    assert!(text.contains(&format!("problem: {} at byte", second.display())), "{text}");
+
+    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
+    assert!(repaired.status.success(), "{repaired:?}");
+    assert!(stdout(&repaired).contains("repair: dropping"), "{}", stdout(&repaired));
+    let after = run(&["check", "--data-dir", path(&data)]);
+    assert!(after.status.success(), "{after:?}");
+    let log = open(&data);
+    let kept = log.stats().records;
+    assert!(kept > 0 && kept < 301, "kept {kept}");
+    // Every record before the damage survives, with its value.
+    let (mut next, mut offsets) = (0, Vec::new());
+    loop {
+        let chunk = log.read_from(next, 1 << 20).unwrap();
+        if chunk.bytes.is_empty() {
+            break;
+        }
+        offsets.extend(chunk.records().map(|r| r.unwrap().offset));
+        next = chunk.next;
+    }
+    assert_eq!(offsets, (0..kept).collect::<Vec<_>>());
+}
+
+#[test]
+fn check_refuses_a_data_dir_a_server_holds() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let _held = open(tmp.path());
+    let out = run(&["check", "--data-dir", path(tmp.path())]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("locked"), "{out:?}");
+}
