@@ -239,3 +239,39 @@ fn check_refuses_a_data_dir_a_server_holds() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("locked"), "{out:?}");
 }
+
+#[test]
+fn replicas_with_the_same_records_print_the_same_digest_whatever_their_segments() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (leader_dir, follower_dir, other_dir) = (tmp.path().join("l"), tmp.path().join("f"), tmp.path().join("o"));
+    {
+        let leader = open(&leader_dir);
+        let other = open(&other_dir);
+        for i in 0..200 {
+            leader.append(format!("k{}", i % 30).as_bytes(), format!("v{i}").as_bytes()).unwrap();
+            other.append(format!("k{}", i % 30).as_bytes(), format!("w{i}").as_bytes()).unwrap();
+        }
+        // A follower with one big segment, fed the leader's bytes.
+        let follower = Log::open(&follower_dir, Config { fsync: FsyncPolicy::Never, ..Config::default() }).unwrap();
+        let mut next = 0;
+        loop {
+            let chunk = leader.read_from(next, 1000).unwrap();
+            if chunk.bytes.is_empty() {
+                break;
+            }
+            follower.append_raw(&chunk.bytes).unwrap();
+            next = chunk.next;
+        }
+        assert!(leader.stats().segments > 1 && follower.stats().segments == 1);
+        for log in [leader, follower, other] {
+            log.close().unwrap();
+        }
+    }
+    let digests: Vec<String> = [&leader_dir, &follower_dir, &other_dir]
+        .iter()
+        .map(|d| digest(&run(&["check", "--data-dir", path(d)])))
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+    assert_ne!(digests[0], digests[2]);
+}
