@@ -5,7 +5,7 @@ use super::{Args, CommandError, RespReply};
 use crate::protocol::{Command, ProtocolError, check_message, printable, validate_id};
 
 /// One RESP request the server will carry out.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum RespCommand<'a> {
     /// `SET` and `GET`: exactly the framing-neutral command, its reply converted.
     Single(Command<'a>),
