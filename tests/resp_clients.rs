@@ -26,7 +26,10 @@ async fn the_redis_crate_works_unchanged() {
         assert_eq!(con.get::<_, Vec<u8>>(b"bin\xff")?, binary);
 
         let () = con.mset(&[("a", "1"), ("b", "2")])?;
-        assert_eq!(con.mget::<_, Vec<Option<String>>>(&["a", "nope", "b"])?, [Some("1".into()), None, Some("2".into())]);
+        assert_eq!(
+            con.mget::<_, Vec<Option<String>>>(&["a", "nope", "b"])?,
+            [Some("1".into()), None, Some("2".into())]
+        );
         assert_eq!(con.exists::<_, usize>(&["a", "b", "nope"])?, 2);
         assert_eq!(con.del::<_, usize>(&["a", "nope"])?, 1);
         assert!(!con.exists::<_, bool>("a")?);

@@ -4,13 +4,13 @@ use super::{IdError, MAX_ID_BYTES, ProtocolError};
 
 /// One client request. Framing-neutral: the text protocol builds it with
 /// [`Command::parse_line`]; another framing builds the variants itself after checking IDs
-/// with [`validate_id`] and messages with [`check_message`].
+/// with [`validate_id`] and messages with [`check_message`]. `Exists` (does the ID hold a
+/// message?) is RESP's `EXISTS`; the text protocol has no verb for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
     Set { id: &'a [u8], message: &'a [u8] },
     Get { id: &'a [u8] },
     Del { id: &'a [u8] },
-    /// Whether the ID holds a message (RESP `EXISTS`; the text protocol has no verb for it).
     Exists { id: &'a [u8] },
     Ping,
     Stats,

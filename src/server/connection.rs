@@ -191,7 +191,9 @@ impl Connection {
                         Ok(command) => execute(shared, command),
                         Err(err) => Outcome::reply(err.into()),
                     },
-                    Frame::TooLong => Outcome::reply(ProtocolError::LineTooLong { max: framer.max_line_bytes() }.into()),
+                    Frame::TooLong => {
+                        Outcome::reply(ProtocolError::LineTooLong { max: framer.max_line_bytes() }.into())
+                    }
                 };
                 Some(outcome.map(Answer::Text))
             }

@@ -210,7 +210,8 @@ mod tests {
         assert!(glob_matches(b"s?ve", b"save"));
         assert!(!glob_matches(b"save", b"saves"));
         assert!(!glob_matches(b"x*", b"save"));
-        assert!(glob_matches(b"*e*e*", b"appendonly") == false && glob_matches(b"*p*n*", b"appendonly"));
+        assert!(!glob_matches(b"*e*e*", b"appendonly"));
+        assert!(glob_matches(b"*p*n*", b"appendonly"));
         assert!(!glob_matches(&[b'*'; 10_000].iter().chain(b"x").copied().collect::<Vec<u8>>(), b"appendfsync"));
     }
 }

@@ -200,7 +200,7 @@ fn keys<'a>(rest: Args<'a>, command: &'static str) -> Result<Keys<'a>, CommandEr
 }
 
 fn pairs(rest: Args<'_>, max_message_bytes: usize) -> Result<Pairs<'_>, CommandError> {
-    if rest.is_empty() || rest.len() % 2 != 0 {
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
         return Err(CommandError::WrongArity("mset"));
     }
     let pairs = Pairs(rest);

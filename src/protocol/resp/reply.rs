@@ -13,7 +13,10 @@ pub enum RespReply {
     /// `+OK`, `+PONG`: fixed words only, so they can never hold a line break.
     Simple(&'static str),
     /// `-<code> <reason>`; a line break in `reason` is sent as a space.
-    Error { code: &'static str, reason: String },
+    Error {
+        code: &'static str,
+        reason: String,
+    },
     Integer(i64),
     Bulk(Vec<u8>),
     /// The null bulk string `$-1`: a key that does not exist.
@@ -135,7 +138,10 @@ mod tests {
     fn every_kind_encodes_as_redis_does() {
         assert_eq!(wire(RespReply::Simple("OK")), b"+OK\r\n");
         assert_eq!(wire(RespReply::error("bad\r\nthing")), b"-ERR bad  thing\r\n");
-        assert_eq!(wire(CommandError::NoProto.into()), b"-NOPROTO unsupported protocol version; msglog speaks RESP2\r\n");
+        assert_eq!(
+            wire(CommandError::NoProto.into()),
+            b"-NOPROTO unsupported protocol version; msglog speaks RESP2\r\n"
+        );
         assert_eq!(wire(RespReply::Integer(0)), b":0\r\n");
         assert_eq!(wire(RespReply::Integer(-42)), b":-42\r\n");
         assert_eq!(wire(RespReply::Integer(i64::MIN)), b":-9223372036854775808\r\n");
