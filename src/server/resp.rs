@@ -146,14 +146,7 @@ fn config_get(shared: &Shared, patterns: Args<'_>) -> RespReply {
         FsyncPolicy::Interval(_) => "everysec",
         FsyncPolicy::Never => "no",
     };
-    let max_message = shared.config.max_message_bytes.to_string();
-    let settings = [
-        ("appendfsync", appendfsync),
-        ("appendonly", "yes"),
-        ("databases", "1"),
-        ("proto-max-bulk-len", max_message.as_str()),
-        ("save", ""),
-    ];
+    let settings = [("appendfsync", appendfsync), ("appendonly", "yes"), ("databases", "1"), ("save", "")];
     let mut pairs = Vec::new();
     for (name, value) in settings {
         if patterns.iter().any(|pattern| glob_matches(pattern, name.as_bytes())) {

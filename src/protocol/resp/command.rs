@@ -100,15 +100,6 @@ impl<'a> RespCommand<'a> {
         };
         Ok(Some(command))
     }
-
-    /// Whether the command appends to the log.
-    pub fn is_write(&self) -> bool {
-        match self {
-            RespCommand::Single(command) => command.is_write(),
-            RespCommand::Del(_) | RespCommand::MSet(_) => true,
-            _ => false,
-        }
-    }
 }
 
 fn parse_set<'a>(rest: Args<'a>, max_message_bytes: usize) -> Result<RespCommand<'a>, CommandError> {
