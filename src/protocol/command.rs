@@ -4,12 +4,14 @@ use super::{IdError, MAX_ID_BYTES, ProtocolError};
 
 /// One client request. Framing-neutral: the text protocol builds it with
 /// [`Command::parse_line`]; another framing builds the variants itself after checking IDs
-/// with [`validate_id`] and messages with [`check_message`].
+/// with [`validate_id`] and messages with [`check_message`]. `Exists` (does the ID hold a
+/// message?) is RESP's `EXISTS`; the text protocol has no verb for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
     Set { id: &'a [u8], message: &'a [u8] },
     Get { id: &'a [u8] },
     Del { id: &'a [u8] },
+    Exists { id: &'a [u8] },
     Ping,
     Stats,
     Help,
@@ -109,7 +111,7 @@ fn no_args<'a>(args: Option<&[u8]>, usage: &'static str, command: Command<'a>) -
 }
 
 /// A short, single-line, printable rendering of client bytes for an error reply.
-fn printable(bytes: &[u8]) -> String {
+pub(crate) fn printable(bytes: &[u8]) -> String {
     const SHOWN: usize = 32;
     let mut shown = bytes[..bytes.len().min(SHOWN)].escape_ascii().to_string();
     if bytes.len() > SHOWN {

@@ -1,8 +1,9 @@
-//! The text protocol of DESIGN §3: bytes → lines → [`Command`]s, and [`Reply`]s → bytes.
+//! The client protocols of DESIGN §3: bytes → frames → [`Command`]s, and [`Reply`]s → bytes.
 //!
-//! Pure: no I/O and no storage. Framing ([`LineFramer`]) is kept apart from commands so a
-//! second framing (RESP2, a connection whose first byte is `*`) can produce the same
-//! [`Command`] values and answer with the same [`Reply`] values.
+//! Pure: no I/O and no storage. Framing ([`LineFramer`] for the text protocol) is kept
+//! apart from commands so the second framing, RESP2 in [`resp`] (a connection whose first
+//! byte is `*`), produces the same [`Command`] values and answers with the same [`Reply`]
+//! values where they fit.
 
 mod command;
 mod error;
@@ -10,7 +11,9 @@ mod line;
 #[cfg(test)]
 mod proptests;
 mod reply;
+pub mod resp;
 
+pub(crate) use command::printable;
 pub use command::{Command, check_message, validate_id};
 pub use error::{IdError, ProtocolError};
 pub use line::{Frame, LineFramer};

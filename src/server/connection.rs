@@ -1,4 +1,8 @@
-//! One client connection: read lines, execute them, and answer in order.
+//! One client connection: read requests, execute them, and answer in order.
+//!
+//! The first byte decides the protocol for the connection's whole life: `*` is RESP2 (what
+//! every Redis client sends first), anything else the text protocol. Both share everything
+//! below the framing: [`execute`], batching, durability and error mapping.
 //!
 //! Replies are collected per read ("batch") and written together. Before a batch holding
 //! writes is answered, the connection waits once for `sync_through` the batch's highest
@@ -10,16 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use crate::protocol::resp::{RespCommand, RespLimits, RespParser, RespReply};
 use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::{Offset, StorageError};
 
 use super::Shared;
 use super::execute::{Outcome, execute, storage_failure};
+use super::resp::execute_resp;
 use super::shutdown::Shutdown;
 
 /// Bytes requested from the socket per read.
@@ -31,10 +37,42 @@ const FLUSH_AT_BYTES: usize = 1024 * 1024;
 const KEEP_CAPACITY: usize = 1024 * 1024;
 /// During shutdown, how long a client may take to accept the replies it is owed.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
+/// After a RESP protocol error, how long to read and drop what the client still sends, so
+/// the close is a FIN after our error reply rather than a reset that could destroy it.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// How this connection frames requests, decided by its first byte.
+enum Dialect {
+    Undecided,
+    Text(LineFramer),
+    Resp(RespParser),
+}
+
+/// A reply in the connection's protocol.
+enum Answer {
+    Text(Reply),
+    Resp(RespReply),
+}
+
+impl Answer {
+    fn encode(&self, dst: &mut BytesMut) {
+        match self {
+            Answer::Text(reply) => reply.encode_text(dst),
+            Answer::Resp(reply) => reply.encode(dst),
+        }
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        match self {
+            Answer::Text(reply) => reply.encoded_len_hint(),
+            Answer::Resp(reply) => reply.encoded_len_hint(),
+        }
+    }
+}
 
 /// A reply whose request is done, waiting to be written.
 struct Pending {
-    reply: Reply,
+    answer: Answer,
     /// It acknowledges a write, so it becomes a storage failure if the sync fails.
     acknowledges_write: bool,
 }
@@ -49,7 +87,7 @@ pub(crate) struct Connection {
     stream: TcpStream,
     input: BytesMut,
     output: BytesMut,
-    framer: LineFramer,
+    dialect: Dialect,
     pending: Vec<Pending>,
     pending_bytes: usize,
     /// Highest offset appended by this batch and not yet synced.
@@ -70,13 +108,12 @@ impl Connection {
         shutdown_complete: mpsc::Sender<()>,
     ) -> Connection {
         shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        let framer = LineFramer::new(shared.config.max_line_bytes());
         Connection {
             shared,
             stream,
             input: BytesMut::new(),
             output: BytesMut::new(),
-            framer,
+            dialect: Dialect::Undecided,
             pending: Vec::new(),
             pending_bytes: 0,
             unsynced: None,
@@ -104,8 +141,11 @@ impl Connection {
             if read == 0 {
                 break;
             }
-            if let Flow::Close = self.handle_buffered_lines().await? {
+            if let Flow::Close = self.handle_buffered_requests().await? {
                 self.stream.shutdown().await?;
+                if let Dialect::Resp(_) = self.dialect {
+                    self.linger().await;
+                }
                 break;
             }
             if self.input.is_empty() && self.input.capacity() > KEEP_CAPACITY {
@@ -115,19 +155,16 @@ impl Connection {
         Ok(())
     }
 
-    /// Executes every complete line in the input buffer and writes their replies.
-    async fn handle_buffered_lines(&mut self) -> io::Result<Flow> {
-        let max_message_bytes = self.shared.config.max_message_bytes;
-        while let Some(frame) = self.framer.next_frame(&mut self.input) {
-            let outcome = match frame {
-                Frame::Line(line) => match Command::parse_line(&line, max_message_bytes) {
-                    Ok(command) => execute(&self.shared, command),
-                    Err(err) => Outcome::reply(err.into()),
-                },
-                Frame::TooLong => {
-                    Outcome::reply(ProtocolError::LineTooLong { max: self.framer.max_line_bytes() }.into())
-                }
+    /// Executes every complete request in the input buffer and writes their replies.
+    async fn handle_buffered_requests(&mut self) -> io::Result<Flow> {
+        if let (Dialect::Undecided, Some(&first)) = (&self.dialect, self.input.first()) {
+            let max_message_bytes = self.shared.config.max_message_bytes;
+            self.dialect = match first {
+                b'*' => Dialect::Resp(RespParser::new(RespLimits::for_max_message(max_message_bytes))),
+                _ => Dialect::Text(LineFramer::new(self.shared.config.max_line_bytes())),
             };
+        }
+        while let Some(outcome) = self.next_outcome() {
             let close = outcome.close;
             self.push(outcome);
             if close {
@@ -142,12 +179,55 @@ impl Connection {
         Ok(Flow::Continue)
     }
 
-    fn push(&mut self, outcome: Outcome) {
+    /// Frames and executes the next complete request in the input buffer, if there is one.
+    fn next_outcome(&mut self) -> Option<Outcome<Answer>> {
+        let shared = &self.shared;
+        let max_message_bytes = shared.config.max_message_bytes;
+        match &mut self.dialect {
+            Dialect::Undecided => None,
+            Dialect::Text(framer) => {
+                let outcome = match framer.next_frame(&mut self.input)? {
+                    Frame::Line(line) => match Command::parse_line(&line, max_message_bytes) {
+                        Ok(command) => execute(shared, command),
+                        Err(err) => Outcome::reply(err.into()),
+                    },
+                    Frame::TooLong => {
+                        Outcome::reply(ProtocolError::LineTooLong { max: framer.max_line_bytes() }.into())
+                    }
+                };
+                Some(outcome.map(Answer::Text))
+            }
+            // Arguments are borrowed from the input buffer while the command runs; the
+            // request's bytes are dropped only once its outcome no longer needs them.
+            Dialect::Resp(parser) => loop {
+                let request = match parser.next_request(&self.input) {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return None,
+                    Err(err) => {
+                        let reply = Answer::Resp(RespReply::protocol_error(&err));
+                        return Some(Outcome { reply, written: None, close: true });
+                    }
+                };
+                let len = request.len;
+                let outcome = match RespCommand::parse(request.args, max_message_bytes) {
+                    Ok(Some(command)) => Some(execute_resp(shared, command)),
+                    Ok(None) => None,
+                    Err(err) => Some(Outcome::reply(err.into())),
+                };
+                self.input.advance(len);
+                if let Some(outcome) = outcome {
+                    return Some(outcome.map(Answer::Resp));
+                }
+            },
+        }
+    }
+
+    fn push(&mut self, outcome: Outcome<Answer>) {
         if let Some(offset) = outcome.written {
             self.unsynced = Some(self.unsynced.map_or(offset, |o| o.max(offset)));
         }
         self.pending_bytes += outcome.reply.encoded_len_hint();
-        self.pending.push(Pending { reply: outcome.reply, acknowledges_write: outcome.written.is_some() });
+        self.pending.push(Pending { answer: outcome.reply, acknowledges_write: outcome.written.is_some() });
     }
 
     /// Makes the batch's writes durable, then writes every pending reply.
@@ -159,11 +239,14 @@ impl Connection {
             Some(offset) => self.sync_through(offset).await.err(),
             None => None,
         }
-        .map(|err| storage_failure(&err));
+        .map(|err| match self.dialect {
+            Dialect::Resp(_) => Answer::Resp(storage_failure(&err).into()),
+            _ => Answer::Text(storage_failure(&err)),
+        });
         for pending in self.pending.drain(..) {
             match &failure {
-                Some(failure) if pending.acknowledges_write => failure.encode_text(&mut self.output),
-                _ => pending.reply.encode_text(&mut self.output),
+                Some(failure) if pending.acknowledges_write => failure.encode(&mut self.output),
+                _ => pending.answer.encode(&mut self.output),
             }
         }
         self.pending_bytes = 0;
@@ -195,6 +278,20 @@ impl Connection {
             self.output = BytesMut::new();
         }
         written
+    }
+
+    /// Reads and drops whatever the client still sends, until it closes, the linger time
+    /// is up, or the server shuts down.
+    async fn linger(&mut self) {
+        let stream = &mut self.stream;
+        let drain = async move {
+            let mut sink = [0u8; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(CLOSE_LINGER, drain) => {}
+            _ = self.shutdown.recv() => {}
+        }
     }
 }
 

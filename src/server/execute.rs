@@ -1,4 +1,5 @@
-//! Applies a [`Command`] to the log. Framing-neutral, so a RESP connection can share it.
+//! Applies a [`Command`] to the log. Framing-neutral: the text and RESP connections share
+//! it, and this is the only place either touches the log's data.
 
 use std::sync::atomic::Ordering;
 
@@ -8,23 +9,28 @@ use crate::storage::{Offset, StorageError};
 use super::Shared;
 use super::stats::Snapshot;
 
-/// The result of one command, before its write (if any) is durable.
+/// The result of one command, before its write (if any) is durable. `R` is the reply type:
+/// the neutral [`Reply`] here, a RESP reply where RESP commands combine several of these.
 #[derive(Debug)]
-pub(crate) struct Outcome {
-    pub(crate) reply: Reply,
+pub(crate) struct Outcome<R = Reply> {
+    pub(crate) reply: R,
     /// Offset of the record the command appended; its reply waits until it is durable.
     pub(crate) written: Option<Offset>,
     /// The connection closes after this reply.
     pub(crate) close: bool,
 }
 
-impl Outcome {
-    pub(crate) fn reply(reply: Reply) -> Outcome {
+impl<R> Outcome<R> {
+    pub(crate) fn reply(reply: R) -> Outcome<R> {
         Outcome { reply, written: None, close: false }
     }
 
-    fn written(reply: Reply, offset: Offset) -> Outcome {
+    fn written(reply: R, offset: Offset) -> Outcome<R> {
         Outcome { reply, written: Some(offset), close: false }
+    }
+
+    pub(crate) fn map<S>(self, f: impl FnOnce(R) -> S) -> Outcome<S> {
+        Outcome { reply: f(self.reply), written: self.written, close: self.close }
     }
 }
 
@@ -55,6 +61,7 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
+        Command::Exists { id } => Outcome::reply(if log.contains(id) { Reply::Ok } else { Reply::NotFound }),
         Command::Ping => Outcome::reply(Reply::Pong),
         Command::Help => Outcome::reply(Reply::Info(HELP.to_string())),
         Command::Stats => Outcome::reply(Reply::Info(Snapshot::take(shared, false).to_string())),

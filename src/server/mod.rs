@@ -5,6 +5,7 @@
 mod committer;
 mod connection;
 mod execute;
+mod resp;
 mod shutdown;
 mod stats;
 

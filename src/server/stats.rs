@@ -21,6 +21,8 @@ pub(crate) struct Metrics {
     pub(crate) dels: AtomicU64,
     /// Connections being served now (refused ones are not counted).
     pub(crate) connections: AtomicU64,
+    /// When the server started (INFO's uptime).
+    pub(crate) started: Instant,
     window: Mutex<Window>,
 }
 
@@ -38,6 +40,7 @@ impl Default for Metrics {
             gets: AtomicU64::new(0),
             dels: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            started: Instant::now(),
             window: Mutex::new(Window { started: Instant::now(), sets: 0, gets: 0 }),
         }
     }

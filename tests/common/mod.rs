@@ -79,6 +79,8 @@ pub struct TestClient {
 impl TestClient {
     pub async fn connect(addr: SocketAddr) -> TestClient {
         let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        // Small writes go out as sent, so a test that splits a request really splits it.
+        stream.set_nodelay(true).expect("nodelay");
         let (reader, writer) = stream.into_split();
         TestClient { reader: AsyncBufReader::new(reader), writer }
     }
@@ -98,6 +100,38 @@ impl TestClient {
         assert!(line.ends_with(b"\r\n"), "reply not ended by CRLF: {:?}", line.escape_ascii().to_string());
         line.truncate(line.len() - 2);
         line
+    }
+
+    /// Reads exactly `n` bytes.
+    pub async fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        let mut bytes = vec![0; n];
+        tokio::time::timeout(DEADLINE, self.reader.read_exact(&mut bytes))
+            .await
+            .expect("no reply before the deadline")
+            .expect("read");
+        bytes
+    }
+
+    /// Reads as many bytes as `expected` holds and checks they are exactly those.
+    pub async fn expect(&mut self, expected: &[u8]) {
+        let got = self.read_bytes(expected.len()).await;
+        assert_eq!(got.escape_ascii().to_string(), expected.escape_ascii().to_string());
+    }
+
+    /// Sends `bytes` while reading `reply_bytes` bytes of replies, concurrently.
+    pub async fn exchange(&mut self, bytes: &[u8], reply_bytes: usize) -> Vec<u8> {
+        let writer = &mut self.writer;
+        let reader = &mut self.reader;
+        let send = async move { writer.write_all(bytes).await.expect("send") };
+        let receive = async move {
+            let mut got = vec![0; reply_bytes];
+            reader.read_exact(&mut got).await.expect("read");
+            got
+        };
+        let ((), got) = tokio::time::timeout(DEADLINE, async { tokio::join!(send, receive) })
+            .await
+            .expect("replies before the deadline");
+        got
     }
 
     /// Sends `line` plus `\n` and returns the reply.

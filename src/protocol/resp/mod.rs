@@ -1,0 +1,21 @@
+//! RESP2, the Redis protocol: what a connection whose first byte is `*` speaks (DESIGN §3).
+//!
+//! Three layers, as for the text protocol: [`RespParser`] frames requests (arrays of bulk
+//! strings) out of the read buffer without copying them; [`RespCommand::parse`] turns a
+//! request's arguments into a typed command, checking IDs and messages with the same
+//! [`validate_id`](super::validate_id) and [`check_message`](super::check_message) as the
+//! text protocol; [`RespReply`] encodes answers. Single-key commands map onto the
+//! framing-neutral [`Command`](super::Command) and their [`Reply`](super::Reply) converts
+//! into a [`RespReply`], so both protocols share one executor.
+
+mod command;
+mod error;
+mod frame;
+#[cfg(test)]
+mod proptests;
+mod reply;
+
+pub use command::{Keys, Pairs, RespCommand};
+pub use error::{CommandError, RespError};
+pub use frame::{Args, MAX_ARRAY_ELEMENTS, Request, RespLimits, RespParser};
+pub use reply::RespReply;

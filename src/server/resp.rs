@@ -1,0 +1,210 @@
+//! Carries out RESP commands. Every key-level operation goes through the shared
+//! [`execute`], one key at a time; this file only combines their outcomes into Redis's
+//! reply shapes (counts, arrays) and answers the server-level commands (INFO, DBSIZE,
+//! CONFIG GET) from the same numbers as STATS.
+
+use std::fmt::Write as _;
+
+use crate::protocol::resp::{Args, Keys, Pairs, RespCommand, RespReply};
+use crate::protocol::{Command, Reply};
+use crate::storage::FsyncPolicy;
+
+use super::Shared;
+use super::execute::{Outcome, execute};
+use super::stats::Snapshot;
+
+pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespReply> {
+    match command {
+        RespCommand::Single(command) => execute(shared, command).map(RespReply::from),
+        RespCommand::Del(keys) => count_found(shared, keys, |id| Command::Del { id }),
+        RespCommand::Exists(keys) => count_found(shared, keys, |id| Command::Exists { id }),
+        RespCommand::MGet(keys) => mget(shared, keys),
+        RespCommand::MSet(pairs) => mset(shared, pairs),
+        RespCommand::Quit => Outcome { reply: RespReply::Simple("OK"), written: None, close: true },
+        RespCommand::DbSize => Outcome::reply(RespReply::Integer(saturating_i64(shared.log.stats().ids))),
+        RespCommand::Info(sections) => Outcome::reply(RespReply::Bulk(info(shared, sections).into_bytes())),
+        RespCommand::ConfigGet(patterns) => Outcome::reply(config_get(shared, patterns)),
+        RespCommand::Immediate(reply) => Outcome::reply(reply),
+    }
+}
+
+/// Runs `command` for every key; the reply counts the keys it found. The first error is
+/// the reply instead. The highest offset written is kept either way, so everything this
+/// request appended is made durable before its reply.
+fn count_found<'a>(shared: &Shared, keys: Keys<'a>, command: impl Fn(&'a [u8]) -> Command<'a>) -> Outcome<RespReply> {
+    let mut found = 0;
+    let mut written = None;
+    for id in keys.iter() {
+        let outcome = execute(shared, command(id));
+        written = written.max(outcome.written);
+        match outcome.reply {
+            Reply::Ok => found += 1,
+            Reply::NotFound => {}
+            other => return Outcome { reply: other.into(), written, close: false },
+        }
+    }
+    Outcome { reply: RespReply::Integer(found), written, close: false }
+}
+
+fn mget(shared: &Shared, keys: Keys<'_>) -> Outcome<RespReply> {
+    let mut values = Vec::with_capacity(keys.iter().len());
+    for id in keys.iter() {
+        match execute(shared, Command::Get { id }).reply {
+            reply @ (Reply::Value(_) | Reply::NotFound) => values.push(reply.into()),
+            error => return Outcome::reply(error.into()),
+        }
+    }
+    Outcome::reply(RespReply::Array(values))
+}
+
+/// Appends every pair; the one `+OK` waits, like any write, for the batch's sync.
+fn mset(shared: &Shared, pairs: Pairs<'_>) -> Outcome<RespReply> {
+    let mut written = None;
+    for (id, message) in pairs.iter() {
+        let outcome = execute(shared, Command::Set { id, message });
+        written = written.max(outcome.written);
+        if let Reply::Error(_) = outcome.reply {
+            return Outcome { reply: outcome.reply.into(), written, close: false };
+        }
+    }
+    Outcome { reply: RespReply::Simple("OK"), written, close: false }
+}
+
+/// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the
+/// numbers STATS reports. `role:master` is Redis's word for a leader; clients look for it.
+fn info(shared: &Shared, sections: Args<'_>) -> String {
+    let s = Snapshot::take(shared, false);
+    let wanted = |name: &str| {
+        sections.is_empty()
+            || sections.iter().any(|asked| {
+                [name, "all", "everything", "default"].iter().any(|known| asked.eq_ignore_ascii_case(known.as_bytes()))
+            })
+    };
+    let opt = |offset: Option<u64>| offset.map_or_else(|| "none".to_string(), |o| o.to_string());
+    let mut text = String::new();
+    let mut section = |name: &str, lines: &[(&str, String)]| {
+        if wanted(name) {
+            if !text.is_empty() {
+                text.push_str("\r\n");
+            }
+            let _ = write!(text, "# {}{}\r\n", name[..1].to_uppercase(), &name[1..]);
+            for (key, value) in lines {
+                let _ = write!(text, "{key}:{value}\r\n");
+            }
+        }
+    };
+    section(
+        "server",
+        &[
+            ("msglog_version", env!("CARGO_PKG_VERSION").to_string()),
+            ("redis_mode", "standalone".to_string()),
+            ("node_id", s.node_id.clone()),
+            ("process_id", std::process::id().to_string()),
+            ("uptime_in_seconds", shared.metrics.started.elapsed().as_secs().to_string()),
+            ("fsync", fsync_name(shared.config.fsync)),
+        ],
+    );
+    section("clients", &[("connected_clients", s.connections.to_string())]);
+    section(
+        "stats",
+        &[
+            ("records", s.records.to_string()),
+            ("ids", s.ids.to_string()),
+            ("segments", s.segments.to_string()),
+            ("bytes", s.bytes.to_string()),
+            ("last_offset", opt(s.last_offset)),
+            ("durable_offset", opt(s.durable_offset)),
+            ("fsyncs", s.fsyncs.to_string()),
+            ("sets", s.sets.to_string()),
+            ("gets", s.gets.to_string()),
+            ("set_per_sec", format!("{:.0}", s.set_per_sec)),
+            ("get_per_sec", format!("{:.0}", s.get_per_sec)),
+        ],
+    );
+    section(
+        "replication",
+        &[("role", "master".to_string()), ("msglog_role", "leader".to_string()), ("connected_slaves", "0".to_string())],
+    );
+    section("keyspace", &[("db0", format!("keys={},expires=0,avg_ttl=0", s.ids))]);
+    text
+}
+
+fn fsync_name(policy: FsyncPolicy) -> String {
+    match policy {
+        FsyncPolicy::Always => "always".to_string(),
+        FsyncPolicy::Interval(every) => format!("interval={}", every.as_millis()),
+        FsyncPolicy::Never => "never".to_string(),
+    }
+}
+
+/// `CONFIG GET`: the Redis settings that describe msglog, for tools that check them
+/// (redis-benchmark asks for `save` and `appendonly`). Every write goes to the log, so
+/// `appendonly` is always `yes`; `appendfsync` is the nearest Redis word for `--fsync`.
+fn config_get(shared: &Shared, patterns: Args<'_>) -> RespReply {
+    let appendfsync = match shared.config.fsync {
+        FsyncPolicy::Always => "always",
+        FsyncPolicy::Interval(_) => "everysec",
+        FsyncPolicy::Never => "no",
+    };
+    let settings = [("appendfsync", appendfsync), ("appendonly", "yes"), ("databases", "1"), ("save", "")];
+    let mut pairs = Vec::new();
+    for (name, value) in settings {
+        if patterns.iter().any(|pattern| glob_matches(pattern, name.as_bytes())) {
+            pairs.push(RespReply::Bulk(name.as_bytes().to_vec()));
+            pairs.push(RespReply::Bulk(value.as_bytes().to_vec()));
+        }
+    }
+    RespReply::Array(pairs)
+}
+
+/// Case-insensitive glob with `*` and `?`, as CONFIG GET takes. Backtracks only to the
+/// last `*`, so a hostile pattern costs at most pattern × name steps.
+fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    // After the last `*` seen: where the pattern resumes, and how much of the name it took.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c.eq_ignore_ascii_case(&name[n]) => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((after, taken)) => {
+                    star = Some((after, taken + 1));
+                    p = after;
+                    n = taken + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+fn saturating_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn config_patterns_are_case_insensitive_globs() {
+        assert!(glob_matches(b"save", b"save"));
+        assert!(glob_matches(b"SAVE", b"save"));
+        assert!(glob_matches(b"*", b"appendonly"));
+        assert!(glob_matches(b"append*", b"appendfsync"));
+        assert!(glob_matches(b"s?ve", b"save"));
+        assert!(!glob_matches(b"save", b"saves"));
+        assert!(!glob_matches(b"x*", b"save"));
+        assert!(!glob_matches(b"*e*e*", b"appendonly"));
+        assert!(glob_matches(b"*p*n*", b"appendonly"));
+        assert!(!glob_matches(&[b'*'; 10_000].iter().chain(b"x").copied().collect::<Vec<u8>>(), b"appendfsync"));
+    }
+}

@@ -1,0 +1,319 @@
+//! RESP2 as raw bytes over a real socket, against an in-process server (DESIGN §3): a
+//! connection whose first byte is `*` speaks the Redis protocol for its whole life.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{TestClient, TestServer};
+use msglog::server::ServerConfig;
+use msglog::storage::{Config, Faults};
+
+/// One request as RESP: an array of bulk strings.
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut wire = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        wire.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        wire.extend_from_slice(arg);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire
+}
+
+fn bulk(value: &[u8]) -> Vec<u8> {
+    [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
+}
+
+/// Sends one request and checks its reply, byte for byte.
+async fn check(client: &mut TestClient, args: &[&[u8]], reply: &[u8]) {
+    client.send(&resp(args)).await;
+    client.expect(reply).await;
+}
+
+/// Sends one request and returns its reply line (an error or a status), without CRLF.
+async fn line(client: &mut TestClient, args: &[&[u8]]) -> String {
+    client.send(&resp(args)).await;
+    String::from_utf8(client.read_reply().await).expect("UTF-8 reply")
+}
+
+/// Sends one request whose reply is a bulk string, and returns its text.
+async fn bulk_text(client: &mut TestClient, args: &[&[u8]]) -> String {
+    let header = line(client, args).await;
+    let len: usize = header.strip_prefix('$').and_then(|n| n.parse().ok()).expect("bulk reply");
+    let body = client.read_bytes(len + 2).await;
+    assert!(body.ends_with(b"\r\n"));
+    String::from_utf8(body[..len].to_vec()).expect("UTF-8 bulk")
+}
+
+/// The `key:value` fields of an INFO text.
+fn info_field<'a>(info: &'a str, key: &str) -> &'a str {
+    info.split("\r\n")
+        .find_map(|l| l.strip_prefix(key).and_then(|rest| rest.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("INFO lacks {key}: {info}"))
+}
+
+#[tokio::test]
+async fn set_get_and_del_answer_as_redis_does() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    check(&mut client, &[b"GET", b"k"], b"$-1\r\n").await;
+    check(&mut client, &[b"SET", b"k", b"hello world"], b"+OK\r\n").await;
+    check(&mut client, &[b"GET", b"k"], b"$11\r\nhello world\r\n").await;
+    check(&mut client, &[b"SET", b"k", b""], b"+OK\r\n").await;
+    check(&mut client, &[b"GET", b"k"], b"$0\r\n\r\n").await;
+    check(&mut client, &[b"SET", b"other", b"x"], b"+OK\r\n").await;
+    check(&mut client, &[b"DEL", b"k", b"missing", b"other"], b":2\r\n").await;
+    check(&mut client, &[b"DEL", b"k"], b":0\r\n").await;
+    check(&mut client, &[b"GET", b"k"], b"$-1\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn exists_mget_and_mset_cover_several_keys() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    check(&mut client, &[b"MSET", b"a", b"1", b"b", b"2", b"a", b"3"], b"+OK\r\n").await;
+    check(&mut client, &[b"EXISTS", b"a", b"nope", b"a", b"b"], b":3\r\n").await;
+    check(&mut client, &[b"EXISTS", b"nope"], b":0\r\n").await;
+    check(&mut client, &[b"MGET", b"a", b"nope", b"b"], b"*3\r\n$1\r\n3\r\n$-1\r\n$1\r\n2\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn values_are_binary_safe() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    let value: Vec<u8> = (0u8..=255).chain(*b"\r\n\r\n").collect();
+    check(&mut client, &[b"SET", b"bin", &value], b"+OK\r\n").await;
+    check(&mut client, &[b"GET", b"bin"], &bulk(&value)).await;
+    check(&mut client, &[b"SET", "clé".as_bytes(), b"\r\n"], b"+OK\r\n").await;
+    check(&mut client, &[b"MGET", "clé".as_bytes()], b"*1\r\n$2\r\n\r\n\r\n").await;
+    // The text protocol reads the same store, and says when it cannot carry a value.
+    let mut text = server.connect().await;
+    assert_eq!(text.request(b"GET bin").await, b"ERR message holds a line break; use RESP");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn ping_echo_select_and_quit() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    check(&mut client, &[b"PING"], b"+PONG\r\n").await;
+    check(&mut client, &[b"PING", b"hi there"], b"$8\r\nhi there\r\n").await;
+    check(&mut client, &[b"ECHO", b"a\r\nb"], b"$4\r\na\r\nb\r\n").await;
+    check(&mut client, &[b"SELECT", b"0"], b"+OK\r\n").await;
+    check(&mut client, &[b"QUIT"], b"+OK\r\n").await;
+    assert!(client.is_closed().await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn commands_are_case_insensitive_and_keys_are_not() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    check(&mut client, &[b"sEt", b"Key", b"v"], b"+OK\r\n").await;
+    check(&mut client, &[b"get", b"Key"], b"$1\r\nv\r\n").await;
+    check(&mut client, &[b"gEt", b"key"], b"$-1\r\n").await;
+    check(&mut client, &[b"ping"], b"+PONG\r\n").await;
+    check(&mut client, &[b"dBsIzE"], b":1\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn dbsize_and_info_report_the_stats_numbers() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    check(&mut client, &[b"DBSIZE"], b":0\r\n").await;
+    check(&mut client, &[b"MSET", b"a", b"1", b"b", b"2"], b"+OK\r\n").await;
+    check(&mut client, &[b"DEL", b"b"], b":1\r\n").await;
+    check(&mut client, &[b"GET", b"a"], b"$1\r\n1\r\n").await;
+    check(&mut client, &[b"DBSIZE"], b":1\r\n").await;
+    let info = bulk_text(&mut client, &[b"INFO"]).await;
+    for section in ["# Server\r\n", "# Stats\r\n", "# Replication\r\n"] {
+        assert!(info.contains(section), "{info}");
+    }
+    assert!(info.ends_with("\r\n") && !info.contains("\n\n") && !info.replace("\r\n", "").contains('\n'));
+    assert_eq!(info_field(&info, "records"), "3");
+    assert_eq!(info_field(&info, "ids"), "1");
+    assert_eq!(info_field(&info, "sets"), "2");
+    assert_eq!(info_field(&info, "gets"), "1");
+    assert_eq!(info_field(&info, "role"), "master");
+    assert_eq!(info_field(&info, "last_offset"), info_field(&info, "durable_offset"), "+OK means durable");
+    let stats = bulk_text(&mut client, &[b"info", b"STATS"]).await;
+    assert!(stats.starts_with("# Stats\r\n") && !stats.contains("# Server"), "{stats}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn what_redis_cli_and_redis_benchmark_send_on_connect_is_answered() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    check(&mut client, &[b"COMMAND"], b"*0\r\n").await;
+    check(&mut client, &[b"COMMAND", b"DOCS"], b"*0\r\n").await;
+    check(&mut client, &[b"CONFIG", b"GET", b"save"], b"*2\r\n$4\r\nsave\r\n$0\r\n\r\n").await;
+    check(&mut client, &[b"CONFIG", b"GET", b"appendonly"], b"*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n").await;
+    check(&mut client, &[b"CONFIG", b"GET", b"appendfsync"], b"*2\r\n$11\r\nappendfsync\r\n$6\r\nalways\r\n").await;
+    check(&mut client, &[b"CONFIG", b"GET", b"maxmemory"], b"*0\r\n").await;
+    check(&mut client, &[b"CLIENT", b"SETNAME", b"me"], b"+OK\r\n").await;
+    check(&mut client, &[b"CLIENT", b"SETINFO", b"LIB-NAME", b"redis-rs"], b"+OK\r\n").await;
+    assert!(line(&mut client, &[b"HELLO", b"3"]).await.starts_with("-NOPROTO "));
+    check(&mut client, &[b"PING"], b"+PONG\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_requests_get_one_error_and_the_connection_stays_usable() {
+    let config = ServerConfig { max_message_bytes: 100, stats_interval: None, ..ServerConfig::default() };
+    let server = TestServer::start_with(config, Config::default()).await;
+    let mut client = server.connect().await;
+    assert_eq!(line(&mut client, &[b"FLUSHALL"]).await, "-ERR unknown command 'FLUSHALL'");
+    assert_eq!(line(&mut client, &[b"GET"]).await, "-ERR wrong number of arguments for 'get' command");
+    assert_eq!(line(&mut client, &[b"SET", b"k"]).await, "-ERR wrong number of arguments for 'set' command");
+    assert_eq!(line(&mut client, &[b"MSET", b"a"]).await, "-ERR wrong number of arguments for 'mset' command");
+    for option in [&b"EX"[..], b"px", b"NX", b"XX", b"KEEPTTL", b"GET"] {
+        let reply = line(&mut client, &[b"SET", b"k", b"v", option, b"10"]).await;
+        assert!(reply.starts_with("-ERR SET option '") && reply.contains("not supported"), "{reply}");
+    }
+    assert_eq!(line(&mut client, &[b"SET", b"", b"v"]).await, "-ERR invalid id: empty");
+    assert!(line(&mut client, &[b"GET", b"a b"]).await.starts_with("-ERR invalid id: contains whitespace"));
+    assert!(line(&mut client, &[b"EXISTS", b"ok", &[b'i'; 1025]]).await.starts_with("-ERR invalid id: longer"));
+    let over = [b'm'; 101];
+    assert_eq!(line(&mut client, &[b"SET", b"k", &over]).await, "-ERR message too large (max 100 bytes)");
+    assert_eq!(line(&mut client, &[b"MSET", b"a", b"1", b"k", &over]).await, "-ERR message too large (max 100 bytes)");
+    assert!(line(&mut client, &[b"SELECT", b"1"]).await.starts_with("-ERR DB index is out of range"));
+    // Nothing refused was applied, not even the valid half of the MSET.
+    check(&mut client, &[b"MGET", b"k", b"a"], b"*2\r\n$-1\r\n$-1\r\n").await;
+    check(&mut client, &[b"SET", b"k", &[b'm'; 100]], b"+OK\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_pipelined_burst_is_answered_in_order() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..5_000 {
+        let key = format!("key-{}", i % 100);
+        let value = format!("value {i}\r\n");
+        burst.extend_from_slice(&resp(&[b"SET", key.as_bytes(), value.as_bytes()]));
+        expected.extend_from_slice(b"+OK\r\n");
+        burst.extend_from_slice(&resp(&[b"GET", key.as_bytes()]));
+        expected.extend_from_slice(&bulk(value.as_bytes()));
+    }
+    burst.extend_from_slice(&resp(&[b"DBSIZE"]));
+    expected.extend_from_slice(b":100\r\n");
+    let replies = client.exchange(&burst, expected.len()).await;
+    assert!(replies == expected, "pipelined replies differ");
+    server.stop().await;
+}
+
+const REQUESTS: [&[&[u8]]; 3] = [&[b"SET", b"split", b"a\r\nb"], &[b"GET", b"split"], &[b"DEL", b"split", b"x"]];
+const REPLIES: &[u8] = b"+OK\r\n$4\r\na\r\nb\r\n:1\r\n";
+
+#[tokio::test]
+async fn requests_sent_one_byte_at_a_time_are_answered() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    let stream: Vec<u8> = REQUESTS.iter().flat_map(|args| resp(args)).collect();
+    for byte in stream {
+        client.send(&[byte]).await;
+    }
+    client.expect(REPLIES).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn requests_split_at_every_byte_are_answered() {
+    let server = TestServer::start().await;
+    let stream: Vec<u8> = REQUESTS.iter().flat_map(|args| resp(args)).collect();
+    for cut in 1..stream.len() {
+        let mut client = server.connect().await;
+        client.send(&stream[..cut]).await;
+        client.send(&stream[cut..]).await;
+        client.expect(REPLIES).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_get_a_protocol_error_and_the_connection_closes() {
+    let server = TestServer::start().await;
+    let cases: [(&[u8], &str); 11] = [
+        (b"*1\r\n:5\r\n", "expected '$', got ':'"),
+        (b"*2\r\n$4\r\nPING\r\n+x\r\n", "expected '$', got '+'"),
+        (b"*x\r\n", "invalid multibulk length"),
+        (b"*-2\r\n", "invalid multibulk length"),
+        (b"*1048577\r\n", "invalid multibulk length"),
+        (b"*99999999999999999\r\n", "invalid multibulk length"),
+        (b"*1\r\n$-1\r\n", "invalid bulk length"),
+        (b"*1\r\n$-5\r\n", "invalid bulk length"),
+        (b"*1\r\n$2147483648\r\n", "invalid bulk length"),
+        (b"*1\r\n$4\r\nPINGxx", "expected CRLF"),
+        (b"*1\r\n$123456789012345678901234567890\r\n", "length line too long"),
+    ];
+    for (frame, reason) in cases {
+        let mut client = server.connect().await;
+        // A good request first: the error ends a working RESP connection.
+        client.send(&resp(&[b"PING"])).await;
+        client.expect(b"+PONG\r\n").await;
+        client.send(frame).await;
+        let reply = String::from_utf8(client.read_reply().await).unwrap();
+        assert_eq!(reply, format!("-ERR Protocol error: {reason}"), "{}", frame.escape_ascii());
+        assert!(client.is_closed().await, "{}", frame.escape_ascii());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bulk_over_the_bound_is_refused_on_its_length_alone() {
+    // A bulk may exceed the message limit by the text protocol's line slack (1088 bytes):
+    // such a SET is merely "too large". One byte more is refused before any of it is sent.
+    let config = ServerConfig { max_message_bytes: 100, stats_interval: None, ..ServerConfig::default() };
+    let server = TestServer::start_with(config, Config::default()).await;
+    let mut client = server.connect().await;
+    let slack = vec![b'x'; 100 + 1088];
+    assert_eq!(line(&mut client, &[b"SET", b"k", &slack]).await, "-ERR message too large (max 100 bytes)");
+    client.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1189\r\n").await;
+    assert_eq!(String::from_utf8(client.read_reply().await).unwrap(), "-ERR Protocol error: invalid bulk length");
+    assert!(client.is_closed().await);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn empty_requests_get_no_reply() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    client.send(b"*0\r\n*-1\r\n").await;
+    check(&mut client, &[b"PING"], b"+PONG\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_fsync_answers_writes_with_a_storage_failure() {
+    let faults = Arc::new(Faults::default());
+    faults.fail_sync_after(0);
+    let log_config = Config { faults: Some(Arc::clone(&faults)), ..Config::default() };
+    let config = ServerConfig { stats_interval: None, ..ServerConfig::default() };
+    let server = TestServer::start_with(config, log_config).await;
+    let mut client = server.connect().await;
+    assert!(line(&mut client, &[b"SET", b"a", b"1"]).await.starts_with("-ERR storage failure: "));
+    assert!(line(&mut client, &[b"MSET", b"b", b"2"]).await.starts_with("-ERR storage failure: "));
+    assert!(line(&mut client, &[b"DEL", b"a"]).await.starts_with("-ERR storage failure: "));
+    check(&mut client, &[b"PING"], b"+PONG\r\n").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn text_and_resp_clients_share_one_port_and_one_store() {
+    let server = TestServer::start().await;
+    let mut text = server.connect().await;
+    let mut redis = server.connect().await;
+    assert_eq!(text.request(b"SET shared from text").await, b"OK");
+    check(&mut redis, &[b"GET", b"shared"], b"$9\r\nfrom text\r\n").await;
+    check(&mut redis, &[b"SET", b"shared", b"from resp"], b"+OK\r\n").await;
+    assert_eq!(text.request(b"GET shared").await, b"from resp");
+    // A text connection stays text even if a later line starts with `*`.
+    assert!(text.request(b"*1").await.starts_with(b"ERR unknown command"));
+    server.stop().await;
+}

@@ -1,0 +1,97 @@
+//! Real Redis clients against an in-process msglog: the `redis` crate always, and
+//! `redis-cli` / `redis-benchmark` when they are installed (skipped, and said so, if not).
+
+mod common;
+
+use std::process::Output;
+
+use common::{DEADLINE, TestServer};
+use redis::Commands;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_crate_works_unchanged() {
+    let server = TestServer::start().await;
+    let url = format!("redis://{}/", server.addr);
+    let client = tokio::task::spawn_blocking(move || -> redis::RedisResult<()> {
+        let mut con = redis::Client::open(url)?.get_connection_with_timeout(DEADLINE)?;
+        con.set_read_timeout(Some(DEADLINE))?;
+        assert_eq!(redis::cmd("PING").query::<String>(&mut con)?, "PONG");
+
+        let () = con.set("greeting", "hello world")?;
+        assert_eq!(con.get::<_, String>("greeting")?, "hello world");
+        assert_eq!(con.get::<_, Option<String>>("missing")?, None);
+
+        let binary: Vec<u8> = (0u8..=255).chain(*b"\r\n").collect();
+        let () = con.set(b"bin\xff", &binary)?;
+        assert_eq!(con.get::<_, Vec<u8>>(b"bin\xff")?, binary);
+
+        let () = con.mset(&[("a", "1"), ("b", "2")])?;
+        assert_eq!(
+            con.mget::<_, Vec<Option<String>>>(&["a", "nope", "b"])?,
+            [Some("1".into()), None, Some("2".into())]
+        );
+        assert_eq!(con.exists::<_, usize>(&["a", "b", "nope"])?, 2);
+        assert_eq!(con.del::<_, usize>(&["a", "nope"])?, 1);
+        assert!(!con.exists::<_, bool>("a")?);
+
+        // A refused request is an error reply, and the connection carries on.
+        let refused = redis::cmd("SET").arg("k").arg("v").arg("EX").arg(10).query::<()>(&mut con).unwrap_err();
+        assert!(refused.to_string().contains("not supported"), "{refused}");
+        let bad_id = con.set::<_, _, ()>("has space", "v").unwrap_err();
+        assert!(bad_id.to_string().contains("invalid id"), "{bad_id}");
+        assert_eq!(con.get::<_, String>("b")?, "2");
+        Ok(())
+    });
+    tokio::time::timeout(DEADLINE, client).await.expect("client finished").expect("client thread").expect("redis");
+    server.stop().await;
+}
+
+/// Runs an installed tool to completion, or `None` if it is not installed.
+async fn run(tool: &str, args: &[&str]) -> Option<Output> {
+    let child = tokio::process::Command::new(tool).args(args).kill_on_drop(true).output();
+    match tokio::time::timeout(DEADLINE, child).await.expect("tool finished before the deadline") {
+        Ok(output) => Some(output),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => panic!("could not run {tool}: {err}"),
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "{:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_benchmark_work_with_no_flags() {
+    let server = TestServer::start().await;
+    let port = server.addr.port().to_string();
+    let cli = |args: &'static [&'static str]| {
+        let mut full = vec!["-h", "127.0.0.1", "-p", port.as_str()];
+        full.extend_from_slice(args);
+        let full: Vec<String> = full.into_iter().map(str::to_string).collect();
+        async move { run("redis-cli", &full.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let Some(set) = cli(&["SET", "a", "b c"]).await else {
+        eprintln!("skipped: redis-cli is not installed");
+        server.stop().await;
+        return;
+    };
+    assert_eq!(stdout(&set), "OK\n");
+    assert_eq!(stdout(&cli(&["GET", "a"]).await.expect("redis-cli")), "b c\n");
+    assert_eq!(stdout(&cli(&["EXISTS", "a", "nope"]).await.expect("redis-cli")), "1\n");
+    assert_eq!(stdout(&cli(&["DBSIZE"]).await.expect("redis-cli")), "1\n");
+    assert_eq!(stdout(&cli(&["DEL", "a"]).await.expect("redis-cli")), "1\n");
+    assert_eq!(stdout(&cli(&["GET", "a"]).await.expect("redis-cli")), "\n");
+
+    let bench = ["-h", "127.0.0.1", "-p", port.as_str(), "-t", "set,get", "-n", "2000", "-q"];
+    match run("redis-benchmark", &bench).await {
+        None => eprintln!("skipped: redis-benchmark is not installed"),
+        Some(output) => {
+            let report = stdout(&output);
+            assert!(report.contains("SET: ") && report.contains("GET: "), "{report}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!stderr.contains("ERR") && !stderr.contains("rror"), "{stderr}");
+        }
+    }
+    server.stop().await;
+}
