@@ -218,14 +218,9 @@ fn check_passes_a_clean_log_flags_a_flipped_byte_and_repair_keeps_the_prefix() {
     let kept = log.stats().records;
     assert!(kept > 0 && kept < 301, "kept {kept}");
     // Every record before the damage survives, with its value.
-    let (mut next, mut offsets) = (0, Vec::new());
-    loop {
-        let chunk = log.read_from(next, 1 << 20).unwrap();
-        if chunk.bytes.is_empty() {
-            break;
-        }
-        offsets.extend(chunk.records().map(|r| r.unwrap().offset));
-        next = chunk.next;
+    let mut offsets = Vec::new();
+    for chunk in log.chunks_from(0, 1 << 20) {
+        offsets.extend(chunk.unwrap().records().map(|r| r.unwrap().offset));
     }
     assert_eq!(offsets, (0..kept).collect::<Vec<_>>());
 }
@@ -254,14 +249,8 @@ fn replicas_with_the_same_records_print_the_same_digest_whatever_their_segments(
         }
         // A follower with one big segment, fed the leader's bytes.
         let follower = Log::open(&follower_dir, Config { fsync: FsyncPolicy::Never, ..Config::default() }).unwrap();
-        let mut next = 0;
-        loop {
-            let chunk = leader.read_from(next, 1000).unwrap();
-            if chunk.bytes.is_empty() {
-                break;
-            }
-            follower.append_raw(&chunk.bytes).unwrap();
-            next = chunk.next;
+        for chunk in leader.chunks_from(0, 1000) {
+            follower.append_raw(&chunk.unwrap().bytes).unwrap();
         }
         assert!(leader.stats().segments > 1 && follower.stats().segments == 1);
         for log in [leader, follower, other] {

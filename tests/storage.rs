@@ -229,14 +229,9 @@ fn segments_roll_and_reads_cross_their_boundaries() {
         assert!(chunk.next > offset);
     }
     // Following `next` walks the whole log once, in order.
-    let (mut next, mut seen) = (0, Vec::new());
-    loop {
-        let chunk = log.read_from(next, 300).unwrap();
-        if chunk.bytes.is_empty() {
-            break;
-        }
-        seen.extend(chunk.records().map(|r| r.unwrap().offset));
-        next = chunk.next;
+    let mut seen = Vec::new();
+    for chunk in log.chunks_from(0, 300) {
+        seen.extend(chunk.unwrap().records().map(|r| r.unwrap().offset));
     }
     assert_eq!(seen, (0..200).collect::<Vec<_>>());
     log.close().unwrap();
@@ -249,15 +244,7 @@ fn segments_roll_and_reads_cross_their_boundaries() {
 
 /// Every record of `log`, as framed bytes, in one buffer.
 fn all_bytes(log: &Log) -> Vec<u8> {
-    let (mut next, mut out) = (0, Vec::new());
-    loop {
-        let chunk = log.read_from(next, 1 << 20).unwrap();
-        if chunk.bytes.is_empty() {
-            return out;
-        }
-        out.extend_from_slice(&chunk.bytes);
-        next = chunk.next;
-    }
+    log.chunks_from(0, 1 << 20).flat_map(|chunk| chunk.unwrap().bytes).collect()
 }
 
 #[test]
@@ -272,14 +259,8 @@ fn follower_appending_raw_chunks_gets_a_byte_identical_log() {
         }
     }
     let follower = Log::open(follower_dir.path(), small_segments()).unwrap();
-    let mut next = 0;
-    loop {
-        let chunk = leader.read_from(next, 500).unwrap();
-        if chunk.bytes.is_empty() {
-            break;
-        }
-        follower.append_raw(&chunk.bytes).unwrap();
-        next = chunk.next;
+    for chunk in leader.chunks_from(0, 500) {
+        follower.append_raw(&chunk.unwrap().bytes).unwrap();
     }
     assert_eq!(follower.last_record(), leader.last_record());
     assert_eq!(follower.last_record().unwrap().1, 3);

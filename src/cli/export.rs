@@ -65,17 +65,12 @@ fn export_all(log: &Log, out: &Path) -> anyhow::Result<u64> {
 /// Rewrites the IDs touched by records at or after `since`; removes the deleted ones.
 fn refresh(log: &Log, out: &Path, since: Offset) -> anyhow::Result<(u64, u64)> {
     let mut touched: HashSet<Vec<u8>> = HashSet::new();
-    let mut next = since;
-    loop {
-        let chunk = log.read_from(next, 1 << 20)?;
-        if chunk.bytes.is_empty() {
-            break;
-        }
+    for chunk in log.chunks_from(since, 1 << 20) {
+        let chunk = chunk?;
         for record in chunk.records() {
             let record = record.map_err(|(at, why)| anyhow::anyhow!("bad record in chunk at byte {at}: {why}"))?;
             touched.insert(record.id.to_vec());
         }
-        next = chunk.next;
     }
     let (mut written, mut removed) = (0, 0);
     for id in touched {

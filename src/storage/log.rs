@@ -157,31 +157,49 @@ impl Log {
         self.shared.read().read_from(&self.shared.config, offset, max_bytes)
     }
 
+    /// Every chunk from `offset` to the log's current end, as `read_from` returns them
+    /// (each about `max_bytes`, never crossing a segment); stops after the first error.
+    pub fn chunks_from(&self, offset: Offset, max_bytes: usize) -> impl Iterator<Item = Result<Chunk>> + '_ {
+        let mut next = Some(offset);
+        std::iter::from_fn(move || {
+            let chunk = self.read_from(next?, max_bytes);
+            next = match &chunk {
+                Ok(c) if !c.bytes.is_empty() => Some(c.next),
+                _ => None,
+            };
+            chunk.map_or_else(|e| Some(Err(e)), |c| (!c.bytes.is_empty()).then_some(Ok(c)))
+        })
+    }
+
     /// Appends records received from a leader, verbatim, after checking every CRC and
     /// that their offsets continue this log. Returns the last offset appended.
     pub fn append_raw(&self, bytes: &[u8]) -> Result<Option<Offset>> {
         let mut st = self.shared.write();
         st.check_writable()?;
         let max = self.shared.config.max_record_bytes as usize;
+        // Check the whole batch before appending any of it, decoding (and CRC-checking)
+        // each record once.
         let mut expected = st.next_offset;
+        let mut records = Vec::new();
+        let mut position = 0;
         for item in Records::new(bytes, max) {
             let r =
                 item.map_err(|(position, reason)| StorageError::InvalidBatch { position, reason: reason.into() })?;
             if r.offset < expected {
                 let reason = format!("offset {} is below the log's next offset {expected}", r.offset);
-                return Err(StorageError::InvalidBatch { position: 0, reason });
+                return Err(StorageError::InvalidBatch { position, reason });
             }
             expected = r.offset + 1;
+            position += r.framed_len();
+            records.push(r);
         }
-        let mut last = None;
         let mut position = 0;
-        for r in Records::new(bytes, max).flatten() {
+        for r in &records {
             let len = r.framed_len();
-            st.append_framed(&self.shared, &r, &bytes[position..position + len])?;
+            st.append_framed(&self.shared, r, &bytes[position..position + len])?;
             position += len;
-            last = Some(r.offset);
         }
-        Ok(last)
+        Ok(records.last().map(|r| r.offset))
     }
 
     /// Removes every record at or after `offset` (a follower dropping a divergent tail),
