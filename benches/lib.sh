@@ -24,7 +24,8 @@ wait_ready() { # port
 
 start_msglog() { # port fsync-policy
   rm -rf "$work/msglog"
-  "$msglog" serve --data-dir "$work/msglog" --listen "127.0.0.1:$1" --fsync "$2" 2>"$work/msglog.err" &
+  "$msglog" serve --data-dir "$work/msglog" --listen "127.0.0.1:$1" --grpc-listen "127.0.0.1:$(free_port)" \
+    --fsync "$2" 2>"$work/msglog.err" &
   pid=$!; wait_ready "$1"
 }
 

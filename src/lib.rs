@@ -5,9 +5,12 @@
 //!   recovery, group commit). No tokio, no sockets.
 //! - [`protocol`]: bytes → typed commands → reply bytes; pure, no I/O.
 //! - [`server`]: the tokio TCP listener, connection handling, limits, shutdown.
+//! - [`replication`]: the gRPC log stream from leader to followers, acknowledgements,
+//!   epochs and divergence; `msglog tail`'s client.
 //! - [`cli`]: clap commands for the `msglog` binary.
 
 pub mod cli;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod storage;

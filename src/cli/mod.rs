@@ -7,6 +7,8 @@ mod export;
 mod import;
 mod msg_files;
 mod serve;
+mod tail;
+mod tolerance;
 mod units;
 
 use std::process::ExitCode;
@@ -35,7 +37,8 @@ enum Command {
     Import(import::ImportArgs),
     /// Verify every record of a data dir; print counts and a digest; optionally repair.
     Check(check::CheckArgs),
-    // Further subcommands (tail) go here, each in its own file under src/cli/.
+    /// Print a node's log records from an offset, and keep following new ones.
+    Tail(tail::TailArgs),
 }
 
 /// Runs the subcommand named on the command line. Errors are printed as one line.
@@ -47,6 +50,7 @@ pub fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
         Command::Check(args) => check::run(args),
+        Command::Tail(args) => tail::run(args),
         Command::Bench(args) => bench::main(args).map(|()| ExitCode::SUCCESS),
     };
     match result {

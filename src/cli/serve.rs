@@ -1,4 +1,5 @@
-//! `msglog serve`: open the log, serve clients, and on SIGINT/SIGTERM shut down cleanly.
+//! `msglog serve`: open the log, serve clients and replication, and on SIGINT/SIGTERM shut
+//! down cleanly.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -10,10 +11,14 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
+use tokio::sync::watch;
+
 use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
-use crate::server::{self, ServerConfig};
+use crate::replication::{Node, NodeConfig, Role};
+use crate::server::{self, Cluster, ServerConfig};
 use crate::storage::{Config, FsyncPolicy, Log};
 
+use super::tolerance::read_tolerance_file;
 use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
 
 #[derive(Debug, clap::Args)]
@@ -43,10 +48,32 @@ pub(crate) struct ServeArgs {
     /// How often to log a line of counts (e.g. 500ms, 10s, 1m; 0s for never).
     #[arg(long, env = "MSGLOG_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     stats_interval: Duration,
+    /// Address to serve replication on: followers and `msglog tail` connect here.
+    #[arg(long, env = "MSGLOG_GRPC_LISTEN", default_value = "127.0.0.1:6667")]
+    grpc_listen: String,
+    /// Run as a read-only follower of the leader at this gRPC address (host:port). Without
+    /// it, the node is a leader and starts a new leader epoch.
+    #[arg(long, env = "MSGLOG_FOLLOW", value_name = "LEADER_GRPC_ADDR")]
+    follow: Option<String>,
+    /// Followers that must hold a SET/DEL durably before the leader answers OK [default: 0].
+    #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file")]
+    tolerance: Option<u32>,
+    /// Read the tolerance from a file holding `TOLERANCE=N`, `tolerance=N` or `N` (`#`
+    /// comments allowed); a malformed file stops the server, naming the line.
+    #[arg(long, env = "MSGLOG_TOLERANCE_FILE", value_name = "PATH")]
+    tolerance_file: Option<PathBuf>,
+    /// How long a write waits for followers' acknowledgements before it is answered
+    /// `ERR replication timeout` (e.g. 500ms, 5s).
+    #[arg(long, env = "MSGLOG_ACK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    ack_timeout: Duration,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
+    let tolerance = match (&args.tolerance_file, args.tolerance) {
+        (Some(path), _) => read_tolerance_file(path)?,
+        (None, tolerance) => tolerance.unwrap_or(0),
+    };
     let max_message_bytes =
         usize::try_from(args.max_message_bytes).context("--max-message-bytes does not fit in memory")?;
     let log_config = Config {
@@ -59,11 +86,21 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // lock, naming it, whatever its listen address.
     let log = Log::open(&args.data_dir, log_config)
         .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
+    let role = match &args.follow {
+        Some(leader) => Role::Follower { leader: leader.clone() },
+        None => {
+            // Records this node appends from now on carry an epoch no earlier leader used,
+            // so a follower can tell our log from a previous leader's.
+            let epoch = log.begin_leader_epoch().context("cannot persist the new leader epoch")?;
+            tracing::info!(epoch, tolerance, "leading");
+            Role::Leader { tolerance: tolerance as usize, ack_timeout: args.ack_timeout }
+        }
+    };
     let log = Arc::new(log);
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(&args, max_message_bytes, Arc::clone(&log)));
+    let served = runtime.block_on(serve(&args, max_message_bytes, role, Arc::clone(&log)));
     drop(runtime);
 
     // Every connection has finished, so this is the last reference; closing fsyncs what
@@ -78,12 +115,16 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: &ServeArgs, max_message_bytes: usize, log: Arc<Log>) -> anyhow::Result<()> {
+async fn serve(args: &ServeArgs, max_message_bytes: usize, role: Role, log: Arc<Log>) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let listener =
         TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr().context("reading the listen address")?;
+    let grpc_listener = TcpListener::bind(&args.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen for replication on {}", args.grpc_listen))?;
+    let grpc_local = grpc_listener.local_addr().context("reading the replication listen address")?;
     let config = ServerConfig {
         node_id: args.node_id.clone().unwrap_or_else(|| local.to_string()),
         fsync: args.fsync,
@@ -91,21 +132,40 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, log: Arc<Log>) -> any
         max_message_bytes,
         stats_interval: Some(args.stats_interval),
     };
+    let (stop, stopping) = watch::channel(false);
+    let node_config = NodeConfig {
+        node_id: config.node_id.clone(),
+        client_addr: local.to_string(),
+        role,
+        max_record_bytes: max_record_bytes(max_message_bytes)? as usize,
+    };
+    let node = Node::new(Arc::clone(&log), node_config, stopping.clone());
     tracing::info!(
         addr = %local,
+        grpc_addr = %grpc_local,
         data_dir = %args.data_dir.display(),
         fsync = ?args.fsync,
         node_id = %config.node_id,
+        role = node.role(),
+        following = args.follow.as_deref().unwrap_or("-"),
         "msglog listening"
     );
-    let shutdown = async move {
+    let replication = tokio::spawn(Arc::clone(&node).run(grpc_listener));
+    let mut stopped = stopping.clone();
+    let clients = server::run_node(listener, log, config, Some(node), async move {
+        let _ = stopped.wait_for(|&stop| stop).await;
+    });
+    let signals = async move {
         let name = tokio::select! {
             _ = terminate.recv() => "SIGTERM",
             _ = interrupt.recv() => "SIGINT",
         };
         tracing::info!(signal = name, "received shutdown signal");
+        let _ = stop.send(true);
     };
-    server::run(listener, log, config, shutdown).await.context("cannot start the commit thread")
+    let (served, ()) = tokio::join!(clients, signals);
+    served.context("cannot start the commit thread")?;
+    replication.await.context("the replication task failed")?.context("the replication server failed")
 }
 
 /// The engine's record limit must admit the largest SET the server accepts (the record

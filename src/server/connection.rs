@@ -236,12 +236,12 @@ impl Connection {
             return Ok(());
         }
         let failure = match self.unsynced.take() {
-            Some(offset) => self.sync_through(offset).await.err(),
+            Some(offset) => self.commit(offset).await.err(),
             None => None,
         }
-        .map(|err| match self.dialect {
-            Dialect::Resp(_) => Answer::Resp(storage_failure(&err).into()),
-            _ => Answer::Text(storage_failure(&err)),
+        .map(|reply| match self.dialect {
+            Dialect::Resp(_) => Answer::Resp(reply.into()),
+            _ => Answer::Text(reply),
         });
         for pending in self.pending.drain(..) {
             match &failure {
@@ -251,6 +251,24 @@ impl Connection {
         }
         self.pending_bytes = 0;
         self.write_output().await
+    }
+
+    /// Waits until everything up to `offset` is durable here and on the followers the
+    /// tolerance asks for (both at once: followers receive records before the local fsync).
+    /// The error is the reply every write of the batch gets instead of `OK`.
+    async fn commit(&self, offset: Offset) -> Result<(), Reply> {
+        let Some(cluster) = &self.shared.cluster else {
+            return self.sync_through(offset).await.map_err(|e| storage_failure(&e));
+        };
+        cluster.appended(offset + 1);
+        match cluster.replicated(offset) {
+            None => self.sync_through(offset).await.map_err(|e| storage_failure(&e)),
+            Some(replicated) => {
+                let (local, replicated) = tokio::join!(self.sync_through(offset), replicated);
+                local.map_err(|e| storage_failure(&e))?;
+                replicated.map_err(Reply::error)
+            }
+        }
     }
 
     async fn sync_through(&self, offset: Offset) -> Result<(), StorageError> {

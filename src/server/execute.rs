@@ -40,6 +40,9 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
     match command {
         Command::Set { id, message } => {
             metrics.sets.fetch_add(1, Ordering::Relaxed);
+            if let Err(refusal) = shared.admit_write() {
+                return Outcome::reply(Reply::error(refusal));
+            }
             match log.append(id, message) {
                 Ok(offset) => Outcome::written(Reply::Ok, offset),
                 Err(err) => Outcome::reply(storage_failure(&err)),
@@ -55,6 +58,9 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
         }
         Command::Del { id } => {
             metrics.dels.fetch_add(1, Ordering::Relaxed);
+            if let Err(refusal) = shared.admit_write() {
+                return Outcome::reply(Reply::error(refusal));
+            }
             match log.delete(id) {
                 Ok(Some(offset)) => Outcome::written(Reply::Ok, offset),
                 Ok(None) => Outcome::reply(Reply::NotFound),

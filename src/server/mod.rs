@@ -2,6 +2,7 @@
 //! `shutdown` future completes, bounds them with a semaphore, and then waits for every
 //! connection to finish what it has read.
 
+mod cluster;
 mod committer;
 mod connection;
 mod execute;
@@ -20,6 +21,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
+pub use cluster::{Cluster, Refusal, Replicated};
 use connection::Connection;
 use shutdown::Shutdown;
 use stats::Metrics;
@@ -65,6 +67,18 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Present under `--fsync always`: where connections wait for group commits.
     pub(crate) commits: Option<committer::CommitHandle>,
+    /// Replication; `None` is a lone leader.
+    pub(crate) cluster: Option<Arc<dyn Cluster>>,
+}
+
+impl Shared {
+    pub(crate) fn admit_write(&self) -> Result<(), Refusal> {
+        self.cluster.as_ref().map_or(Ok(()), |c| c.admit_write())
+    }
+
+    pub(crate) fn role(&self) -> &'static str {
+        self.cluster.as_ref().map_or("leader", |c| c.role())
+    }
 }
 
 /// Serves clients on `listener` until `shutdown` completes, then stops accepting, lets every
@@ -76,6 +90,18 @@ pub async fn run(
     listener: TcpListener,
     log: Arc<Log>,
     config: ServerConfig,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    run_node(listener, log, config, None, shutdown).await
+}
+
+/// [`run`] for a node in a cluster: writes are admitted, and acknowledged once replicated,
+/// as `cluster` says.
+pub async fn run_node(
+    listener: TcpListener,
+    log: Arc<Log>,
+    config: ServerConfig,
+    cluster: Option<Arc<dyn Cluster>>,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
     let (committer, commits) = match config.fsync {
@@ -91,7 +117,7 @@ pub async fn run(
     let mut server = Listener {
         listener,
         limit: Arc::new(Semaphore::new(config.max_connections)),
-        shared: Arc::new(Shared { log, config, metrics: Metrics::default(), commits }),
+        shared: Arc::new(Shared { log, config, metrics: Metrics::default(), commits, cluster }),
         notify_shutdown,
         shutdown_complete_tx,
     };

@@ -121,10 +121,14 @@ fn info(shared: &Shared, sections: Args<'_>) -> String {
             ("get_per_sec", format!("{:.0}", s.get_per_sec)),
         ],
     );
-    section(
-        "replication",
-        &[("role", "master".to_string()), ("msglog_role", "leader".to_string()), ("connected_slaves", "0".to_string())],
-    );
+    let redis_role = if s.role == "leader" { "master" } else { "slave" };
+    let mut replication = vec![("role", redis_role.to_string()), ("msglog_role", s.role.to_string())];
+    if s.role == "leader" {
+        let followers = s.replication.iter().find(|(k, _)| k == "followers").map_or("0", |(_, v)| v.as_str());
+        replication.push(("connected_slaves", followers.to_string()));
+    }
+    replication.extend(s.replication.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    section("replication", &replication);
     section("keyspace", &[("db0", format!("keys={},expires=0,avg_ttl=0", s.ids))]);
     text
 }

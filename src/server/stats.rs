@@ -49,6 +49,7 @@ impl Default for Metrics {
 /// Everything one stats line reports.
 #[derive(Debug, Clone)]
 pub(crate) struct Snapshot {
+    pub(crate) role: &'static str,
     pub(crate) node_id: String,
     pub(crate) records: u64,
     pub(crate) ids: u64,
@@ -64,6 +65,8 @@ pub(crate) struct Snapshot {
     pub(crate) gets: u64,
     pub(crate) set_per_sec: f64,
     pub(crate) get_per_sec: f64,
+    /// Replication's pairs: followers and their lag, or the leader and this node's lag.
+    pub(crate) replication: Vec<(String, String)>,
 }
 
 impl Snapshot {
@@ -85,6 +88,7 @@ impl Snapshot {
         }
         drop(window);
         Snapshot {
+            role: shared.role(),
             node_id: shared.config.node_id.clone(),
             records: log.records,
             ids: log.ids,
@@ -98,6 +102,10 @@ impl Snapshot {
             gets,
             set_per_sec,
             get_per_sec,
+            replication: shared
+                .cluster
+                .as_ref()
+                .map_or_else(|| vec![("followers".to_string(), "0".to_string())], |c| c.stats()),
         }
     }
 }
@@ -107,9 +115,9 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "role=leader node_id={} records={} ids={} segments={} bytes={} last_offset={} \
-             durable_offset={} fsyncs={} followers=0 connections={} sets={} gets={} set_per_sec={:.0} \
-             get_per_sec={:.0}",
+            "role={} node_id={} records={} ids={} segments={} bytes={} last_offset={} durable_offset={} fsyncs={} \
+             connections={} sets={} gets={} set_per_sec={:.0} get_per_sec={:.0}",
+            self.role,
             self.node_id,
             self.records,
             self.ids,
@@ -123,7 +131,11 @@ impl fmt::Display for Snapshot {
             self.gets,
             self.set_per_sec,
             self.get_per_sec,
-        )
+        )?;
+        for (key, value) in &self.replication {
+            write!(f, " {key}={value}")?;
+        }
+        Ok(())
     }
 }
 
@@ -153,7 +165,9 @@ pub(crate) async fn report_every(
             _ = shutdown.recv() => break,
         }
         let s = Snapshot::take(&shared, true);
+        let replication = s.replication.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         tracing::info!(
+            role = s.role,
             node_id = %s.node_id,
             records = s.records,
             ids = s.ids,
@@ -165,6 +179,7 @@ pub(crate) async fn report_every(
             connections = s.connections,
             set_per_sec = format_args!("{:.0}", s.set_per_sec),
             get_per_sec = format_args!("{:.0}", s.get_per_sec),
+            replication = %replication,
             "stats"
         );
     }

@@ -65,10 +65,15 @@ pub(super) struct State {
     pub last: Option<(Offset, Epoch)>,
     /// Why writes are refused, once a write or fsync has failed.
     pub failed: Option<String>,
+    /// The epoch in `<data_dir>/epoch`: the highest this node has begun or seen.
+    pub persisted_epoch: Epoch,
 }
 
 /// State shared with the interval syncer thread.
 pub(super) struct Shared {
+    /// The data dir (which holds the lock and epoch files).
+    pub data_dir: PathBuf,
+    /// Its `log/` subdirectory, holding the segments.
     pub dir: PathBuf,
     pub config: Config,
     pub state: RwLock<State>,
@@ -94,9 +99,16 @@ impl Log {
         let Recovered { sealed, active, ids, records, last } = recovery::recover(&dir, &config)?;
         let next_offset = last.map_or(active.base, |(o, _)| o + 1);
         let epoch = last.map_or(0, |(_, e)| e);
+        let persisted_epoch = super::epoch::read(data_dir)?;
         tracing::debug!(dir = %dir.display(), records, ids = ids.len(), next_offset, "log recovered");
-        let state = State { sealed, active, ids, records, next_offset, epoch, last, failed: None };
-        let shared = Arc::new(Shared { dir, commit: Commit::new(next_offset), config, state: RwLock::new(state) });
+        let state = State { sealed, active, ids, records, next_offset, epoch, last, failed: None, persisted_epoch };
+        let shared = Arc::new(Shared {
+            data_dir: data_dir.to_path_buf(),
+            dir,
+            commit: Commit::new(next_offset),
+            config,
+            state: RwLock::new(state),
+        });
         let syncer = match shared.config.fsync {
             FsyncPolicy::Interval(every) => Some(IntervalSyncer::start(shared.clone(), every)?),
             _ => None,
@@ -239,6 +251,51 @@ impl Log {
         self.shared.write().epoch = epoch;
     }
 
+    /// Begins a new leader epoch, above every epoch this node has begun, seen or holds
+    /// records of; persists it durably before stamping it on appends. Returns it.
+    pub fn begin_leader_epoch(&self) -> Result<Epoch> {
+        let mut st = self.shared.write();
+        let epoch = st.persisted_epoch.max(st.epoch).max(st.last.map_or(0, |(_, e)| e)) + 1;
+        super::epoch::write(&self.shared.data_dir, epoch)?;
+        st.persisted_epoch = epoch;
+        st.epoch = epoch;
+        Ok(epoch)
+    }
+
+    /// A follower learned of a leader at `epoch`: remember it durably, so that if this node
+    /// is promoted later its epoch is higher still.
+    pub fn observe_epoch(&self, epoch: Epoch) -> Result<()> {
+        let mut st = self.shared.write();
+        if epoch > st.persisted_epoch {
+            super::epoch::write(&self.shared.data_dir, epoch)?;
+            st.persisted_epoch = epoch;
+        }
+        Ok(())
+    }
+
+    /// Epoch of the record at exactly `offset`, if the log holds one there.
+    pub fn epoch_at(&self, offset: Offset) -> Result<Option<Epoch>> {
+        super::epoch::epoch_at(&self.shared.read(), &self.shared.config, offset)
+    }
+
+    /// Where the log stops agreeing with a peer whose last record has `epoch` (KIP-279):
+    /// the largest epoch ≤ `epoch` this log holds records of (`None` if none), and the
+    /// offset where that epoch ends here (the first record of a later epoch, or the next
+    /// offset). With `None`, the offset is where this log starts.
+    pub fn epoch_end(&self, epoch: Epoch) -> Result<(Option<Epoch>, Offset)> {
+        super::epoch::epoch_end(&self.shared.read(), &self.shared.config, epoch)
+    }
+
+    /// Offset the next appended record gets.
+    pub fn next_offset(&self) -> Offset {
+        self.shared.read().next_offset
+    }
+
+    /// Offset of the log's first record (the next offset when it is empty).
+    pub fn start_offset(&self) -> Result<Offset> {
+        super::epoch::start_offset(&self.shared.read(), &self.shared.config)
+    }
+
     /// Offset and epoch of the last record, if any.
     pub fn last_record(&self) -> Option<(Offset, Epoch)> {
         self.shared.read().last
@@ -258,7 +315,7 @@ impl Log {
             bytes,
             next_offset: st.next_offset,
             durable_offset,
-            epoch: st.epoch,
+            epoch: st.epoch.max(st.persisted_epoch),
             fsyncs: self.shared.commit.fsyncs.load(Ordering::Relaxed),
         }
     }

@@ -64,6 +64,7 @@ impl Default for Config {
 
 pub mod check;
 mod commit;
+mod epoch;
 mod error;
 mod fault;
 mod id_index;

@@ -205,6 +205,8 @@ pub fn poll_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
 pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// Its `--grpc-listen` address (replication and `msglog tail`).
+    pub grpc: SocketAddr,
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
 }
@@ -219,18 +221,32 @@ impl ServerProcess {
         server
     }
 
-    /// Starts the process without waiting for it.
+    /// Starts the process without waiting for it, on free client and gRPC ports.
     pub fn spawn(data_dir: &Path, extra_args: &[&str]) -> ServerProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        ServerProcess::spawn_on(data_dir, addr, grpc, extra_args)
+    }
+
+    /// Starts `msglog serve` on the given ports and waits until it accepts clients.
+    pub fn start_on(data_dir: &Path, addr: SocketAddr, grpc: SocketAddr, extra_args: &[&str]) -> ServerProcess {
+        let mut server = ServerProcess::spawn_on(data_dir, addr, grpc, extra_args);
+        server.wait_until_ready();
+        server
+    }
+
+    pub fn spawn_on(data_dir: &Path, addr: SocketAddr, grpc: SocketAddr, extra_args: &[&str]) -> ServerProcess {
         let parent = data_dir.parent().expect("data dir inside a temporary directory");
         let stderr_path = parent.join(format!("serve-{}.stderr", addr.port()));
-        let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+        let stderr = std::fs::File::options().create(true).append(true).open(&stderr_path).expect("stderr file");
         let child = msglog()
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
             .arg(addr.to_string())
+            .arg("--grpc-listen")
+            .arg(grpc.to_string())
             .args(extra_args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -238,7 +254,7 @@ impl ServerProcess {
             .stderr(stderr)
             .spawn()
             .expect("spawn msglog serve");
-        ServerProcess { child, addr, data_dir: data_dir.to_path_buf(), stderr_path }
+        ServerProcess { child, addr, grpc, data_dir: data_dir.to_path_buf(), stderr_path }
     }
 
     fn wait_until_ready(&mut self) {

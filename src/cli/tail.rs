@@ -1,0 +1,156 @@
+//! `msglog tail`: print a node's log records from an offset and keep following.
+
+use std::io::{BufWriter, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::replication::tail::{TailRequest, tail};
+use crate::storage::{RecordKind, RecordRef};
+
+/// Print the records of a node's log, from an offset on, as they are appended.
+///
+/// Each SET prints as one line `<offset> <epoch> <id> <message>`; a DEL as
+/// `<offset> <epoch> <id>` (no space after the ID). Bytes of the message that would break
+/// the line (CR, LF, other control bytes, backslash) are printed as `\n`, `\r`, `\xNN`,
+/// `\\`. `--json` prints one JSON object per record instead. Works against any node,
+/// leader or follower; records are shown as soon as they are in that node's log, before
+/// they are durable or replicated.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TailArgs {
+    /// gRPC address of the node to read (its --grpc-listen).
+    #[arg(long, env = "MSGLOG_TAIL_FROM", default_value = "127.0.0.1:6667", value_name = "GRPC_ADDR")]
+    from: String,
+    /// First offset to print (0 is the start of the log).
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Stop once the records that were in the log when tail started are printed.
+    #[arg(long)]
+    no_follow: bool,
+    /// One JSON object per line: offset, epoch, timestamp_ms, kind, id, message (a message
+    /// or ID that is not UTF-8 is given as `message_hex` / `id_hex` instead).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct JsonRecord<'a> {
+    offset: u64,
+    epoch: u32,
+    timestamp_ms: i64,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id_hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_hex: Option<String>,
+}
+
+pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let request = TailRequest {
+        addr: args.from.clone(),
+        offset: args.offset,
+        follow: !args.no_follow,
+        max_record_bytes: super::check::offline_config().max_record_bytes as usize,
+    };
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let json = args.json;
+    // A follower flushes per record so `tail | grep` sees lines as they come; a one-shot
+    // read lets the buffer batch them.
+    let flush_each = request.follow;
+    let result = runtime.block_on(tail(&request, |record| {
+        if json { write_json(&mut out, record) } else { write_text(&mut out, record) }?;
+        if flush_each { out.flush() } else { Ok(()) }
+    }));
+    match result {
+        Ok(()) => {}
+        // `msglog tail | head` closing the pipe is a normal way to stop.
+        Err(crate::replication::tail::TailError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e).with_context(|| format!("tailing {}", args.from)),
+    }
+    out.flush().context("writing to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_text(out: &mut impl Write, record: &RecordRef<'_>) -> std::io::Result<()> {
+    write!(out, "{} {} ", record.offset, record.epoch)?;
+    write_escaped(out, record.id)?;
+    if record.kind == RecordKind::Set {
+        out.write_all(b" ")?;
+        write_escaped(out, record.message)?;
+    }
+    out.write_all(b"\n")
+}
+
+fn write_escaped(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: Option<&[u8]> = match b {
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\\' => Some(b"\\\\"),
+            _ if b.is_ascii_control() => None,
+            _ => continue,
+        };
+        out.write_all(&bytes[start..i])?;
+        match escape {
+            Some(escape) => out.write_all(escape)?,
+            None => write!(out, "\\x{b:02x}")?,
+        }
+        start = i + 1;
+    }
+    out.write_all(&bytes[start..])
+}
+
+/// The text if it is UTF-8, else the bytes in hex.
+fn text_or_hex(bytes: &[u8]) -> (Option<&str>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text), None),
+        Err(_) => (None, Some(bytes.iter().map(|b| format!("{b:02x}")).collect())),
+    }
+}
+
+fn write_json(out: &mut impl Write, record: &RecordRef<'_>) -> std::io::Result<()> {
+    let (id, id_hex) = text_or_hex(record.id);
+    let (message, message_hex) = match record.kind {
+        RecordKind::Set => text_or_hex(record.message),
+        RecordKind::Delete => (None, None),
+    };
+    let kind = match record.kind {
+        RecordKind::Set => "set",
+        RecordKind::Delete => "del",
+    };
+    let json = JsonRecord {
+        offset: record.offset,
+        epoch: record.epoch,
+        timestamp_ms: record.timestamp_ms,
+        kind,
+        id,
+        id_hex,
+        message,
+        message_hex,
+    };
+    serde_json::to_writer(&mut *out, &json).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_escaped;
+
+    #[test]
+    fn escapes_bytes_that_would_break_the_line() {
+        let mut out = Vec::new();
+        write_escaped(&mut out, b"a b\r\n\\\x00\xffz").unwrap();
+        assert_eq!(out, b"a b\\r\\n\\\\\\x00\xffz");
+    }
+}

@@ -1,0 +1,193 @@
+//! A follower's loop: fetch the leader's log, append it verbatim, fsync per this node's
+//! policy, acknowledge. Reconnects with backoff, forever, until shutdown.
+//!
+//! A session starts with the divergence check: the fetch request carries this log's last
+//! (offset, epoch). If the leader does not hold that record, it answers where the largest
+//! epoch it shares with us ends (KIP-279); we cut our log to the lower of that and our own
+//! end of that epoch, and ask again. Each round removes at least one record, so it ends.
+//!
+//! Appending and fsyncing overlap: chunks are appended as they arrive while a separate
+//! task fsyncs whatever has been appended and acknowledges it, one fsync per round.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::storage::{Log, Offset, StorageError};
+
+use super::proto::replication_client::ReplicationClient;
+use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
+use super::{CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot reach the leader: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the leader refused or broke the stream: {0}")]
+    Stream(#[from] tonic::Status),
+    #[error("the leader closed the stream")]
+    Closed,
+    #[error("the leader sent something unexpected: {0}")]
+    Protocol(&'static str),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the fsync task stopped: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// How a session that did not fail ended.
+enum SessionEnd {
+    /// Our tail was cut; fetch again at once.
+    Truncated,
+    Shutdown,
+}
+
+pub(super) async fn follow(node: Arc<Node>, leader: String) {
+    let mut shutdown = node.shutdown.clone();
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let streamed_before = node.log.next_offset();
+        let ended = tokio::select! {
+            ended = session(&node, &leader) => ended,
+            _ = shutdown.wait_for(|&stop| stop) => Ok(SessionEnd::Shutdown),
+        };
+        node.upstream.connected.store(false, Ordering::Relaxed);
+        match ended {
+            Ok(SessionEnd::Shutdown) => return,
+            Ok(SessionEnd::Truncated) => continue,
+            Err(err) => {
+                // A session that got somewhere earns a fast retry.
+                if node.log.next_offset() != streamed_before {
+                    backoff = FIRST_BACKOFF;
+                }
+                tracing::warn!(%leader, %err, retry_in = ?backoff, "replication session ended");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|&stop| stop) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn session(node: &Arc<Node>, leader: &str) -> Result<SessionEnd, SessionError> {
+    let channel = Endpoint::from_shared(format!("http://{leader}"))
+        .map_err(SessionError::Connect)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
+    let mut client = client(channel, node.config.max_record_bytes);
+    let log = &node.log;
+    let last = log.last_record();
+    let request = FetchRequest {
+        follower_id: node.config.node_id.clone(),
+        next_offset: log.next_offset(),
+        last: last.map(|(offset, epoch)| LastRecord { offset, epoch }),
+        follow: true,
+    };
+    let mut stream = client.fetch(request).await?.into_inner();
+    let hello = match stream.message().await?.and_then(|m| m.kind) {
+        Some(fetch_response::Kind::Hello(hello)) => hello,
+        Some(fetch_response::Kind::Diverged(diverged)) => {
+            let (last_offset, _) = last.ok_or(SessionError::Protocol("divergence reported for an empty log"))?;
+            truncate_divergent_tail(log, &diverged, last_offset)?;
+            return Ok(SessionEnd::Truncated);
+        }
+        Some(fetch_response::Kind::Records(_)) => return Err(SessionError::Protocol("records before hello")),
+        None => return Err(SessionError::Closed),
+    };
+    log.observe_epoch(hello.epoch)?;
+    tracing::info!(
+        %leader, leader_id = %hello.leader_id, epoch = hello.epoch, from = log.next_offset(),
+        leader_next = hello.next_offset, "following"
+    );
+    *node.upstream.leader.lock().unwrap_or_else(|e| e.into_inner()) = Some((hello.client_addr, hello.leader_id));
+    node.upstream.leader_next.store(hello.next_offset, Ordering::Relaxed);
+    node.upstream.connected.store(true, Ordering::Relaxed);
+
+    // Acknowledgements go up their own client-streaming call on the same connection.
+    let (acks, ack_stream) = mpsc::channel(16);
+    let mut ack_client = client.clone();
+    let acknowledging = tokio::spawn(async move { ack_client.acknowledge(ReceiverStream::new(ack_stream)).await });
+    let (appended_tx, appended_rx) = watch::channel(log.next_offset());
+    let mut syncing = tokio::spawn(sync_and_acknowledge(Arc::clone(node), appended_rx, acks));
+
+    let result = loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            synced = &mut syncing => break synced.map_err(SessionError::from).and_then(|r| r),
+        };
+        let records = match message?.and_then(|m| m.kind) {
+            Some(fetch_response::Kind::Records(records)) => records,
+            Some(_) => break Err(SessionError::Protocol("a second hello or divergence mid-stream")),
+            None => break Err(SessionError::Closed),
+        };
+        // CRCs and offsets are checked for the whole chunk before any of it is appended.
+        if let Err(err) = log.append_raw(&records.frames) {
+            break Err(err.into());
+        }
+        let next = log.next_offset();
+        node.upstream.leader_next.store(records.leader_next_offset, Ordering::Relaxed);
+        node.announce(next);
+        let _ = appended_tx.send(next);
+    };
+    syncing.abort();
+    acknowledging.abort();
+    result
+}
+
+fn client(channel: Channel, max_record_bytes: usize) -> ReplicationClient<Channel> {
+    ReplicationClient::new(channel).max_decoding_message_size(max_record_bytes + CHUNK_BYTES)
+}
+
+/// Makes whatever has been appended durable per this node's policy and tells the leader,
+/// one sync per round: chunks appended during a sync go into the next one.
+async fn sync_and_acknowledge(
+    node: Arc<Node>,
+    mut appended: watch::Receiver<Offset>,
+    acks: mpsc::Sender<Ack>,
+) -> Result<SessionEnd, SessionError> {
+    // The first round acknowledges what this log already held when the session began.
+    appended.mark_changed();
+    while appended.changed().await.is_ok() {
+        let next = *appended.borrow_and_update();
+        if let Some(last) = next.checked_sub(1) {
+            let log = Arc::clone(&node.log);
+            tokio::task::spawn_blocking(move || log.sync_through(last)).await??;
+        }
+        let ack = Ack { follower_id: node.config.node_id.clone(), durable_offset: next };
+        if acks.send(ack).await.is_err() {
+            return Err(SessionError::Closed);
+        }
+    }
+    Ok(SessionEnd::Shutdown)
+}
+
+/// Cuts our log where the leader says it diverges: at the lower of the leader's end of the
+/// largest epoch we share and our own end of it, and always below our last record.
+fn truncate_divergent_tail(log: &Log, diverged: &Diverged, last_offset: Offset) -> Result<(), StorageError> {
+    let ours = match diverged.epoch {
+        Some(epoch) => log.epoch_end(epoch)?.1,
+        None => log.start_offset()?,
+    };
+    let target = diverged.end_offset.min(ours).min(last_offset);
+    let next = log.next_offset();
+    tracing::warn!(
+        truncate_to = target, dropped = next - target, leader_epoch = ?diverged.epoch,
+        leader_end_offset = diverged.end_offset, "our log holds records the leader does not; truncating them"
+    );
+    log.truncate_to(target)
+}

@@ -1,0 +1,196 @@
+//! Replication: a leader streams its log to followers over a gRPC server-stream; followers
+//! append the bytes verbatim and report how far their copy is durable.
+//!
+//! - [`service`]: the gRPC service every node runs. `Fetch` checks the caller's last
+//!   record against this log (KIP-101/KIP-279 divergence), then streams whole framed
+//!   records, woken by appends; `Acknowledge` takes a follower's durable offsets.
+//! - [`followers`]: the leader's table of followers and the quorum writes wait for.
+//! - [`follower`]: a follower's loop: connect with backoff, truncate a divergent tail,
+//!   append, fsync per its own policy, acknowledge.
+//! - [`tail`]: the client `msglog tail` uses.
+//!
+//! The generated protobuf types stay in this module; the server sees only
+//! [`Cluster`](crate::server::Cluster), which [`Node`] implements.
+
+mod follower;
+mod followers;
+mod service;
+pub mod tail;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::server::{Cluster, Refusal, Replicated};
+use crate::storage::{Log, Offset};
+
+use followers::Followers;
+
+#[allow(clippy::all, clippy::pedantic)]
+mod proto {
+    tonic::include_proto!("msglog.v1");
+}
+
+/// Largest chunk of records a fetch stream sends (a single larger record goes alone).
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// HTTP/2 pings on an idle connection notice a dead peer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How this node takes part.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// Takes writes; each waits for `tolerance` followers to hold it durably.
+    Leader { tolerance: usize, ack_timeout: Duration },
+    /// Copies the log of the leader at this gRPC address and refuses writes.
+    Follower { leader: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: String,
+    /// Where clients reach this node (the text/RESP listen address).
+    pub client_addr: String,
+    pub role: Role,
+    /// Largest record the log accepts: a fetch message may hold one such record.
+    pub max_record_bytes: usize,
+}
+
+/// One node's replication state, shared by the gRPC service, the follower loop and the
+/// client connections (as their [`Cluster`]).
+pub struct Node {
+    log: Arc<Log>,
+    config: NodeConfig,
+    /// The log's end as last announced; fetch streams sleep on it when caught up.
+    appended: watch::Sender<Offset>,
+    shutdown: watch::Receiver<bool>,
+    followers: Followers,
+    /// Follower side: what it knows of its leader.
+    upstream: Upstream,
+}
+
+/// A follower's view of its leader.
+#[derive(Default)]
+struct Upstream {
+    /// Client address and node id of the leader, once a `Hello` told us.
+    leader: Mutex<Option<(String, String)>>,
+    /// The leader's next offset as of the last chunk received.
+    leader_next: AtomicU64,
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl Node {
+    /// `shutdown` turning `true` ends the fetch streams and the follower loop.
+    pub fn new(log: Arc<Log>, config: NodeConfig, shutdown: watch::Receiver<bool>) -> Arc<Node> {
+        let tolerance = match config.role {
+            Role::Leader { tolerance, .. } => tolerance,
+            Role::Follower { .. } => 0,
+        };
+        let (appended, _) = watch::channel(log.next_offset());
+        Arc::new(Node {
+            log,
+            config,
+            appended,
+            shutdown,
+            followers: Followers::new(tolerance),
+            upstream: Upstream::default(),
+        })
+    }
+
+    fn is_leader(&self) -> bool {
+        matches!(self.config.role, Role::Leader { .. })
+    }
+
+    /// Serves the replication service on `listener` and, on a follower, follows the leader,
+    /// until shutdown.
+    pub async fn run(self: Arc<Node>, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+        let following = match &self.config.role {
+            Role::Follower { leader } => Some(tokio::spawn(follower::follow(Arc::clone(&self), leader.clone()))),
+            Role::Leader { .. } => None,
+        };
+        let mut shutdown = self.shutdown.clone();
+        let served = service::serve(Arc::clone(&self), listener, async move {
+            let _ = shutdown.wait_for(|&stop| stop).await;
+        })
+        .await;
+        if let Some(following) = following {
+            let _ = following.await;
+        }
+        served
+    }
+
+    fn announce(&self, next_offset: Offset) {
+        self.appended.send_if_modified(|announced| {
+            let newer = next_offset > *announced;
+            if newer {
+                *announced = next_offset;
+            }
+            newer
+        });
+    }
+}
+
+impl Cluster for Node {
+    fn admit_write(&self) -> Result<(), Refusal> {
+        match &self.config.role {
+            Role::Leader { .. } => self.followers.admit(),
+            Role::Follower { leader } => {
+                let known = self.upstream.leader.lock().unwrap_or_else(|e| e.into_inner());
+                let leader = known.as_ref().map_or(leader.as_str(), |(client_addr, _)| client_addr.as_str());
+                Err(Refusal(format!("read-only follower; leader is {leader}")))
+            }
+        }
+    }
+
+    fn appended(&self, next_offset: Offset) {
+        self.announce(next_offset);
+    }
+
+    fn replicated(&self, offset: Offset) -> Option<Replicated<'_>> {
+        match self.config.role {
+            Role::Leader { tolerance, ack_timeout } if tolerance > 0 => {
+                Some(Box::pin(self.followers.wait(offset, ack_timeout)))
+            }
+            _ => None,
+        }
+    }
+
+    fn role(&self) -> &'static str {
+        if self.is_leader() { "leader" } else { "follower" }
+    }
+
+    fn stats(&self) -> Vec<(String, String)> {
+        let next = self.log.next_offset();
+        match &self.config.role {
+            Role::Leader { tolerance, .. } => {
+                let followers = self.followers.snapshot();
+                let mut pairs = vec![
+                    ("followers".to_string(), followers.iter().filter(|f| f.connected).count().to_string()),
+                    ("tolerance".to_string(), tolerance.to_string()),
+                ];
+                // `follower.<id>=<durable offset>/<lag>`: one pair per follower ever seen.
+                for f in followers {
+                    let state = if f.connected { "" } else { ",disconnected" };
+                    let lag = next.saturating_sub(f.durable);
+                    pairs.push((format!("follower.{}", f.id), format!("acked:{},lag:{lag}{state}", f.durable)));
+                }
+                pairs
+            }
+            Role::Follower { leader } => {
+                let known = self.upstream.leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let connected = self.upstream.connected.load(Ordering::Relaxed);
+                let leader_next = self.upstream.leader_next.load(Ordering::Relaxed);
+                vec![
+                    ("leader".to_string(), leader.clone()),
+                    ("leader_id".to_string(), known.map_or_else(|| "unknown".to_string(), |(_, id)| id)),
+                    ("leader_connected".to_string(), connected.to_string()),
+                    ("lag".to_string(), leader_next.saturating_sub(next).to_string()),
+                ]
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The gRPC service every node runs: `Fetch` streams the log, `Acknowledge` takes a
+//! follower's durable offsets.
+//!
+//! A fetch stream is one task feeding a bounded channel: at most `STREAM_DEPTH` chunks
+//! (each ≤ 1 MiB) wait for a slow reader, beyond that the task waits too, so a slow
+//! follower costs the leader a few MiB, never an unbounded queue. Caught up, the task
+//! sleeps on the node's `appended` watch: it is woken by appends, never by a timer.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::storage::{Offset, StorageError};
+
+use super::proto::replication_server::{Replication, ReplicationServer};
+use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
+use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node};
+
+/// Chunks queued per fetch stream before its task waits for the reader.
+const STREAM_DEPTH: usize = 4;
+
+pub(super) async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let max_message = node.config.max_record_bytes + CHUNK_BYTES;
+    let service = ReplicationServer::new(Service { node })
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_nodelay(true)
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+struct Service {
+    node: Arc<Node>,
+}
+
+type Sender = mpsc::Sender<Result<FetchResponse, Status>>;
+
+#[tonic::async_trait]
+impl Replication for Service {
+    type FetchStream = ReceiverStream<Result<FetchResponse, Status>>;
+
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        let request = request.into_inner();
+        let node = &self.node;
+        let replica = !request.follower_id.is_empty();
+        if replica && !node.is_leader() {
+            return Err(Status::failed_precondition(format!(
+                "{} is a follower and does not serve replicas; follow its leader",
+                node.config.node_id
+            )));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_DEPTH);
+        if let Some(last) = &request.last
+            && node.log.epoch_at(last.offset).map_err(internal)? != Some(last.epoch)
+        {
+            let (epoch, end_offset) = node.log.epoch_end(last.epoch).map_err(internal)?;
+            tracing::info!(
+                follower = %request.follower_id, last_offset = last.offset, last_epoch = last.epoch,
+                ?epoch, end_offset, "caller's log diverges from ours; telling it where to truncate"
+            );
+            let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset });
+            let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        let hello = Hello {
+            leader_id: node.config.node_id.clone(),
+            client_addr: node.config.client_addr.clone(),
+            epoch: node.log.stats().epoch,
+            next_offset: node.log.next_offset(),
+        };
+        let _ = tx.try_send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Hello(hello)) }));
+        if replica {
+            tracing::info!(follower = %request.follower_id, from = request.next_offset, "follower connected");
+        }
+        tokio::spawn(stream_log(Arc::clone(node), request, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn acknowledge(&self, request: Request<Streaming<Ack>>) -> Result<Response<AckSummary>, Status> {
+        let mut acks = request.into_inner();
+        let mut shutdown = self.node.shutdown.clone();
+        loop {
+            let ack = tokio::select! {
+                ack = acks.message() => ack?,
+                // The follower never ends this call itself; shutdown must not wait for it.
+                _ = shutdown.wait_for(|&stop| stop) => None,
+            };
+            let Some(ack) = ack else { break };
+            self.node.followers.acknowledge(&ack.follower_id, ack.durable_offset);
+        }
+        Ok(Response::new(AckSummary {}))
+    }
+}
+
+/// Sends the log from `request.next_offset` until the caller goes away or the node shuts
+/// down; without `follow`, only up to the log's end as of the request.
+async fn stream_log(node: Arc<Node>, request: FetchRequest, tx: Sender) {
+    let _registration = (!request.follower_id.is_empty()).then(|| node.followers.connect(&request.follower_id));
+    let until = if request.follow { Offset::MAX } else { node.log.next_offset() };
+    let mut appended = node.appended.subscribe();
+    let mut shutdown = node.shutdown.clone();
+    let mut next = request.next_offset;
+    while next < until {
+        // Marked seen before reading, so an append after the read wakes the wait below.
+        appended.borrow_and_update();
+        let chunk = match node.log.read_from(next, CHUNK_BYTES) {
+            Ok(chunk) => chunk,
+            Err(err) => {
+                tracing::error!(%err, offset = next, "reading the log for a fetch stream failed");
+                let _ = tx.send(Err(internal(err))).await;
+                return;
+            }
+        };
+        if chunk.bytes.is_empty() {
+            if !request.follow {
+                return;
+            }
+            tokio::select! {
+                changed = appended.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+                _ = shutdown.wait_for(|&stop| stop) => return,
+            }
+            continue;
+        }
+        next = chunk.next;
+        let records = Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset() };
+        let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
+        tokio::select! {
+            sent = tx.send(Ok(response)) => if sent.is_err() { return },
+            _ = shutdown.wait_for(|&stop| stop) => return,
+        }
+    }
+}
+
+fn internal(err: StorageError) -> Status {
+    Status::internal(format!("storage failure: {err}"))
+}

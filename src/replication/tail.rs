@@ -1,0 +1,80 @@
+//! The client side of `msglog tail`: fetch a node's log from an offset as a consumer (not
+//! a replica: it is not counted as a follower and acknowledges nothing).
+
+use tonic::transport::Endpoint;
+
+use crate::storage::record::Records;
+use crate::storage::{Offset, RecordRef};
+
+use super::proto::replication_client::ReplicationClient;
+use super::proto::{FetchRequest, fetch_response};
+use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TailError {
+    #[error("cannot reach {addr}: {source}")]
+    Connect { addr: String, source: tonic::transport::Error },
+    #[error("{0}")]
+    Stream(#[from] tonic::Status),
+    #[error("a record from the server failed its check at byte {position} of a chunk: {reason}")]
+    Corrupt { position: usize, reason: String },
+    #[error("the server ended the stream (shutting down?)")]
+    Ended,
+    #[error("the server sent an unexpected message: {0}")]
+    Protocol(&'static str),
+    #[error(transparent)]
+    Output(#[from] std::io::Error),
+}
+
+/// What to fetch.
+#[derive(Debug, Clone)]
+pub struct TailRequest {
+    /// gRPC address (`host:port`) of any node.
+    pub addr: String,
+    pub offset: Offset,
+    /// Keep following once caught up; otherwise stop at the log's end as of the request.
+    pub follow: bool,
+    /// Largest record expected (a chunk may hold one such record).
+    pub max_record_bytes: usize,
+}
+
+/// Calls `each` with every record from `request.offset` on, CRC-checked, in order. Returns
+/// when caught up (without `follow`), when the server ends the stream, or on `each`'s error.
+pub async fn tail(
+    request: &TailRequest,
+    mut each: impl FnMut(&RecordRef<'_>) -> std::io::Result<()>,
+) -> Result<(), TailError> {
+    let connect = |source| TailError::Connect { addr: request.addr.clone(), source };
+    let channel = Endpoint::from_shared(format!("http://{}", request.addr))
+        .map_err(connect)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(connect)?;
+    let mut client = ReplicationClient::new(channel)
+        .max_decoding_message_size(request.max_record_bytes.saturating_add(super::CHUNK_BYTES));
+    let fetch =
+        FetchRequest { follower_id: String::new(), next_offset: request.offset, last: None, follow: request.follow };
+    let mut stream = client.fetch(fetch).await?.into_inner();
+    while let Some(message) = stream.message().await? {
+        match message.kind {
+            Some(fetch_response::Kind::Hello(_)) => {}
+            Some(fetch_response::Kind::Records(records)) => {
+                for record in Records::new(&records.frames, usize::MAX) {
+                    let record = record
+                        .map_err(|(position, reason)| TailError::Corrupt { position, reason: reason.to_string() })?;
+                    if record.offset >= request.offset {
+                        each(&record)?;
+                    }
+                }
+            }
+            Some(fetch_response::Kind::Diverged(_)) => return Err(TailError::Protocol("divergence without a claim")),
+            None => return Err(TailError::Protocol("empty message")),
+        }
+    }
+    // A followed stream only ends when the server goes away.
+    if request.follow { Err(TailError::Ended) } else { Ok(()) }
+}

@@ -1,0 +1,92 @@
+//! Leader epochs: the persisted epoch file, and the lookups replication's divergence check
+//! makes (Kafka's KIP-101 / KIP-279 "end offset for epoch").
+//!
+//! `<data_dir>/epoch` holds the highest leader epoch this node has begun or seen, as
+//! decimal ASCII and a newline. It is replaced atomically (temp file, fsync, rename, fsync
+//! of the directory) before a new epoch is used, so a node promoted after a crash never
+//! reuses an epoch another leader may have written records under.
+//!
+//! The lookups use no per-epoch state: epochs never decrease along a log (a leader stamps
+//! an epoch above every one in its log; a follower appends the leader's records after
+//! cutting back to a common prefix), so a binary search over offsets, reading one record
+//! per probe through the sparse offset index, finds where an epoch ends.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::log::State;
+use super::{Config, Epoch, Offset, Result, StorageError};
+
+const EPOCH_FILE: &str = "epoch";
+
+pub(super) fn epoch_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(EPOCH_FILE)
+}
+
+/// The persisted epoch; 0 when there is no file yet.
+pub(super) fn read(data_dir: &Path) -> Result<Epoch> {
+    let path = epoch_path(data_dir);
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e.into()),
+    };
+    text.trim_end_matches('\n').parse().map_err(|_| StorageError::Corruption {
+        segment: path,
+        position: 0,
+        reason: format!("epoch file holds {:?}, not a number", text.chars().take(32).collect::<String>()),
+    })
+}
+
+/// Replaces the epoch file durably.
+pub(super) fn write(data_dir: &Path, epoch: Epoch) -> Result<()> {
+    let path = epoch_path(data_dir);
+    let temp = data_dir.join(format!("{EPOCH_FILE}.tmp"));
+    let mut file = File::create(&temp)?;
+    writeln!(file, "{epoch}")?;
+    file.sync_all()?;
+    fs::rename(&temp, &path)?;
+    File::open(data_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Offset and epoch of the first record at or after `offset`.
+fn first_at_or_after(st: &State, config: &Config, offset: Offset) -> Result<Option<(Offset, Epoch)>> {
+    let chunk = st.read_from(config, offset, 1)?;
+    Ok(chunk.records().next().and_then(|r| r.ok()).map(|r| (r.offset, r.epoch)))
+}
+
+pub(super) fn epoch_at(st: &State, config: &Config, offset: Offset) -> Result<Option<Epoch>> {
+    Ok(first_at_or_after(st, config, offset)?.filter(|&(at, _)| at == offset).map(|(_, epoch)| epoch))
+}
+
+pub(super) fn start_offset(st: &State, config: &Config) -> Result<Offset> {
+    Ok(first_at_or_after(st, config, 0)?.map_or(st.next_offset, |(offset, _)| offset))
+}
+
+/// The largest epoch ≤ `epoch` in the log (if any) and the offset where it ends: that of
+/// the first record with a larger epoch, or the log's next offset.
+pub(super) fn epoch_end(st: &State, config: &Config, epoch: Epoch) -> Result<(Option<Epoch>, Offset)> {
+    let start = start_offset(st, config)?;
+    let next = st.next_offset;
+    // The smallest probe whose first record at or after it has a larger epoch (or none).
+    let later =
+        |probe: Offset| -> Result<bool> { Ok(first_at_or_after(st, config, probe)?.is_none_or(|(_, e)| e > epoch)) };
+    let (mut low, mut high) = (start, next);
+    while low < high {
+        let mid = low + (high - low) / 2;
+        if later(mid)? {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+    }
+    let end = first_at_or_after(st, config, low)?.map_or(next, |(offset, _)| offset);
+    if low == start {
+        return Ok((None, end));
+    }
+    // The probe just below `low` lands on the last record of the shared epochs.
+    let shared = first_at_or_after(st, config, low - 1)?.map(|(_, e)| e).filter(|&e| e <= epoch);
+    Ok((shared, end))
+}

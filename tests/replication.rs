@@ -1,0 +1,370 @@
+//! Replication with real `msglog serve` processes on loopback ports chosen at run time:
+//! a leader and followers, kill -9 under load, failover, divergence, and the errors a
+//! write gets when followers are missing or slow.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use common::{LineClient, ServerProcess, msglog, poll_until};
+use tempfile::TempDir;
+
+/// STATS of the server at `addr` as a map.
+fn stats(addr: SocketAddr) -> HashMap<String, String> {
+    let mut client = LineClient::connect(addr).expect("connect for STATS");
+    let line = client.request(b"STATS").expect("STATS");
+    String::from_utf8(line)
+        .expect("STATS is text")
+        .split(' ')
+        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+fn last_offset(addr: SocketAddr) -> String {
+    stats(addr)["last_offset"].clone()
+}
+
+fn start_leader(data: &Path, tolerance: u32) -> ServerProcess {
+    let tolerance = tolerance.to_string();
+    ServerProcess::start(data, &["--tolerance", &tolerance, "--ack-timeout", "30s", "--stats-interval", "0s"])
+}
+
+fn start_follower(data: &Path, leader: &ServerProcess) -> ServerProcess {
+    let leader = leader.grpc.to_string();
+    ServerProcess::start(data, &["--follow", &leader, "--stats-interval", "0s"])
+}
+
+fn wait_for_followers(leader: &ServerProcess, count: usize) {
+    poll_until(&format!("{count} followers to connect"), || {
+        (stats(leader.addr)["followers"] == count.to_string()).then_some(())
+    });
+}
+
+/// Waits until every follower's log ends where the leader's does.
+fn wait_caught_up(leader: &ServerProcess, followers: &[&ServerProcess]) {
+    let end = last_offset(leader.addr);
+    for follower in followers {
+        poll_until("a follower to catch up", || (last_offset(follower.addr) == end).then_some(()));
+    }
+}
+
+/// Stops the server with SIGTERM and returns `msglog check`'s digest of its data dir.
+fn stop_and_digest(mut server: ServerProcess) -> String {
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_for_exit().success(), "server did not exit cleanly:\n{}", server.stderr());
+    digest(&server.data_dir)
+}
+
+fn digest(data: &Path) -> String {
+    let out = msglog().arg("check").arg("--data-dir").arg(data).output().expect("run msglog check");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "check failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().find_map(|l| l.strip_prefix("digest: ")).expect("a digest line").to_string()
+}
+
+fn get(addr: SocketAddr, id: &str) -> String {
+    let mut client = LineClient::connect(addr).expect("connect");
+    String::from_utf8(client.request(format!("GET {id}").as_bytes()).expect("GET")).expect("utf-8")
+}
+
+/// Runs `clients` threads, each SETting `per_client` keys `c<client>-<n>` until done or
+/// `stop` is raised; returns the (key, value) pairs answered OK and every other reply.
+fn load(
+    addr: SocketAddr,
+    clients: usize,
+    per_client: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (acked, errors, stop) = (Arc::clone(&acked), Arc::clone(&errors), Arc::clone(&stop));
+            thread::spawn(move || {
+                let Ok(mut client) = LineClient::connect(addr) else { return };
+                for n in 0..per_client {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let (key, value) = (format!("c{c}-{n}"), format!("value {c} {n}"));
+                    match client.request(format!("SET {key} {value}").as_bytes()) {
+                        Ok(reply) if reply == b"OK" => acked.lock().unwrap().push((key, value)),
+                        Ok(reply) => errors.lock().unwrap().push(String::from_utf8_lossy(&reply).to_string()),
+                        // The server died under us: what was not answered was not acknowledged.
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("load thread");
+    }
+    let acked = Arc::try_unwrap(acked).unwrap().into_inner().unwrap();
+    let errors = Arc::try_unwrap(errors).unwrap().into_inner().unwrap();
+    (acked, errors)
+}
+
+#[test]
+fn every_acknowledged_set_is_on_a_follower_and_digests_converge() {
+    let tmp = TempDir::new().unwrap();
+    let leader = start_leader(&tmp.path().join("leader"), 1);
+    let a = start_follower(&tmp.path().join("a"), &leader);
+    let b = start_follower(&tmp.path().join("b"), &leader);
+    wait_for_followers(&leader, 2);
+
+    let (acked, errors) = load(leader.addr, 8, 2_500, Arc::new(AtomicBool::new(false)));
+    assert!(errors.is_empty(), "errors under load: {:?}", &errors[..errors.len().min(5)]);
+    assert_eq!(acked.len(), 20_000);
+
+    let mut on_leader = LineClient::connect(leader.addr).unwrap();
+    let mut on_a = LineClient::connect(a.addr).unwrap();
+    let mut on_b = LineClient::connect(b.addr).unwrap();
+    for (key, value) in &acked {
+        let get = format!("GET {key}");
+        assert_eq!(on_leader.request(get.as_bytes()).unwrap(), value.as_bytes());
+        let a_has = on_a.request(get.as_bytes()).unwrap() == value.as_bytes();
+        let b_has = on_b.request(get.as_bytes()).unwrap() == value.as_bytes();
+        assert!(a_has || b_has, "{key} was acknowledged but is on no follower");
+    }
+
+    wait_caught_up(&leader, &[&a, &b]);
+    let digests = [stop_and_digest(leader), stop_and_digest(a), stop_and_digest(b)];
+    assert_eq!(digests[0], digests[1]);
+    assert_eq!(digests[0], digests[2]);
+}
+
+#[test]
+fn a_killed_follower_restarts_from_its_own_log_and_converges() {
+    let tmp = TempDir::new().unwrap();
+    let leader = start_leader(&tmp.path().join("leader"), 1);
+    let mut a = start_follower(&tmp.path().join("a"), &leader);
+    let b = start_follower(&tmp.path().join("b"), &leader);
+    wait_for_followers(&leader, 2);
+
+    let (first, errors) = load(leader.addr, 4, 1_000, Arc::new(AtomicBool::new(false)));
+    assert!(errors.is_empty() && first.len() == 4_000, "{errors:?}");
+    // Once everything it holds is durable, a kill -9 cannot take any of it away.
+    wait_caught_up(&leader, &[&a]);
+    let a_had = poll_until("the follower's log to be durable", || {
+        let s = stats(a.addr);
+        (s["durable_offset"] == s["last_offset"]).then(|| s["last_offset"].clone())
+    });
+    let (a_addr, a_grpc) = (a.addr, a.grpc);
+    a.kill9();
+
+    // Tolerance 1 with one follower left: writes go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (second, errors) = load(leader.addr, 4, 1_000, stop);
+    assert!(errors.is_empty(), "writes failed with a follower down: {:?}", &errors[..errors.len().min(5)]);
+    assert_eq!(second.len(), 4_000);
+
+    let leader_arg = leader.grpc.to_string();
+    let a = ServerProcess::start_on(
+        &tmp.path().join("a"),
+        a_addr,
+        a_grpc,
+        &["--follow", &leader_arg, "--stats-interval", "0s"],
+    );
+    wait_caught_up(&leader, &[&a, &b]);
+    // It fetched from where its log ended, not from the start.
+    let resumed = a.stderr();
+    assert!(
+        resumed.contains(&format!("from={}", a_had.parse::<u64>().unwrap() + 1)),
+        "the restarted follower did not resume from its log end ({a_had}):\n{resumed}"
+    );
+    for (key, value) in first.iter().chain(&second).step_by(97) {
+        assert_eq!(get(a.addr, key), *value);
+    }
+    let digests = [stop_and_digest(leader), stop_and_digest(a), stop_and_digest(b)];
+    assert_eq!(digests[0], digests[1]);
+    assert_eq!(digests[0], digests[2]);
+}
+
+#[test]
+fn after_the_leader_is_killed_a_promoted_follower_has_every_acknowledged_set() {
+    let tmp = TempDir::new().unwrap();
+    let (leader_data, follower_data) = (tmp.path().join("leader"), tmp.path().join("follower"));
+    let mut leader = start_leader(&leader_data, 1);
+    let follower = start_follower(&follower_data, &leader);
+    wait_for_followers(&leader, 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let loading = {
+        let (addr, stop) = (leader.addr, Arc::clone(&stop));
+        thread::spawn(move || load(addr, 8, 1_000_000, stop))
+    };
+    poll_until("some writes to be acknowledged", || {
+        (last_offset(follower.addr).parse::<u64>().unwrap_or(0) > 2_000).then_some(())
+    });
+    leader.kill9();
+    stop.store(true, Ordering::Relaxed);
+    let (acked, _) = loading.join().unwrap();
+    assert!(acked.len() > 2_000);
+    let mut on_follower = LineClient::connect(follower.addr).unwrap();
+    for (key, value) in &acked {
+        assert_eq!(on_follower.request(format!("GET {key}").as_bytes()).unwrap(), value.as_bytes(), "{key} lost");
+    }
+
+    // Promote: restart the follower without --follow; the old leader rejoins as follower.
+    let (new_addr, new_grpc) = (follower.addr, follower.grpc);
+    let follower_digest = stop_and_digest(follower);
+    assert_eq!(follower_digest.len(), 64);
+    let new_leader = ServerProcess::start_on(&follower_data, new_addr, new_grpc, &["--stats-interval", "0s"]);
+    assert_eq!(stats(new_leader.addr)["role"], "leader");
+    let mut client = LineClient::connect(new_leader.addr).unwrap();
+    assert_eq!(client.request(b"SET after-failover yes").unwrap(), b"OK");
+    let old_leader = start_follower(&leader_data, &new_leader);
+    wait_caught_up(&new_leader, &[&old_leader]);
+    assert_eq!(get(old_leader.addr, "after-failover"), "yes");
+    for (key, value) in acked.iter().step_by(101) {
+        assert_eq!(get(old_leader.addr, key), *value);
+    }
+    assert_eq!(stop_and_digest(new_leader), stop_and_digest(old_leader));
+}
+
+#[test]
+fn a_follower_holding_records_the_new_leader_never_had_truncates_them() {
+    let tmp = TempDir::new().unwrap();
+    let (a_data, b_data) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = start_leader(&a_data, 0);
+    let b = start_follower(&b_data, &a);
+    let mut client = LineClient::connect(a.addr).unwrap();
+    for n in 0..10 {
+        assert_eq!(client.request(format!("SET shared-{n} v{n}").as_bytes()).unwrap(), b"OK");
+    }
+    wait_caught_up(&a, &[&b]);
+    let (b_addr, b_grpc) = (b.addr, b.grpc);
+    stop_and_digest(b);
+    // Records only `a` holds (tolerance 0 acknowledged them without a follower).
+    for n in 0..5 {
+        assert_eq!(client.request(format!("SET only-a-{n} lost").as_bytes()).unwrap(), b"OK");
+    }
+    drop(client);
+    let (a_addr, a_grpc) = (a.addr, a.grpc);
+    stop_and_digest(a);
+
+    // `b` becomes leader with a new epoch and writes records of its own at the same offsets.
+    let b = ServerProcess::start_on(&b_data, b_addr, b_grpc, &["--stats-interval", "0s"]);
+    let mut client = LineClient::connect(b.addr).unwrap();
+    for n in 0..3 {
+        assert_eq!(client.request(format!("SET only-b-{n} kept").as_bytes()).unwrap(), b"OK");
+    }
+    let b_arg = b.grpc.to_string();
+    let a = ServerProcess::start_on(&a_data, a_addr, a_grpc, &["--follow", &b_arg, "--stats-interval", "0s"]);
+    wait_caught_up(&b, &[&a]);
+    for n in 0..5 {
+        assert_eq!(get(a.addr, &format!("only-a-{n}")), "NOT_FOUND");
+    }
+    for n in 0..3 {
+        assert_eq!(get(a.addr, &format!("only-b-{n}")), "kept");
+    }
+    assert_eq!(get(a.addr, "shared-9"), "v9");
+    assert!(a.stderr().contains("truncating"), "no truncation logged:\n{}", a.stderr());
+    assert_eq!(stop_and_digest(b), stop_and_digest(a));
+}
+
+#[test]
+fn writes_fail_as_specified_without_enough_followers_or_acks() {
+    let tmp = TempDir::new().unwrap();
+    let leader = ServerProcess::start(&tmp.path().join("leader"), &["--tolerance", "1", "--ack-timeout", "300ms"]);
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    assert_eq!(client.request(b"SET k v").unwrap(), b"ERR not enough replicas (have 0, need 1)");
+    assert_eq!(client.request(b"DEL k").unwrap(), b"ERR not enough replicas (have 0, need 1)");
+    assert_eq!(client.request(b"GET k").unwrap(), b"NOT_FOUND");
+
+    let follower = start_follower(&tmp.path().join("follower"), &leader);
+    wait_for_followers(&leader, 1);
+    assert_eq!(client.request(b"SET k v").unwrap(), b"OK");
+    let mut on_follower = LineClient::connect(follower.addr).unwrap();
+    assert_eq!(on_follower.request(b"GET k").unwrap(), b"v");
+    let refusal = format!("ERR read-only follower; leader is {}", leader.addr);
+    assert_eq!(on_follower.request(b"SET k w").unwrap(), refusal.as_bytes());
+    assert_eq!(on_follower.request(b"DEL k").unwrap(), refusal.as_bytes());
+
+    // A stopped (not dead) follower stays connected but acknowledges nothing.
+    follower.signal(libc::SIGSTOP);
+    assert_eq!(client.request(b"SET k w").unwrap(), b"ERR replication timeout (acked 0 of 1)");
+    follower.signal(libc::SIGCONT);
+    poll_until("the follower to apply the timed-out write", || (get(follower.addr, "k") == "w").then_some(()));
+}
+
+#[test]
+fn tolerance_two_with_one_follower_is_refused_and_a_bad_tolerance_file_stops_startup() {
+    let tmp = TempDir::new().unwrap();
+    let conf = tmp.path().join("tolerance.conf");
+    std::fs::write(&conf, "# replicas that must hold a write\nTOLERANCE=2\n").unwrap();
+    let leader = ServerProcess::start(&tmp.path().join("leader"), &["--tolerance-file", conf.to_str().unwrap()]);
+    let _follower = start_follower(&tmp.path().join("follower"), &leader);
+    wait_for_followers(&leader, 1);
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    assert_eq!(client.request(b"SET k v").unwrap(), b"ERR not enough replicas (have 1, need 2)");
+
+    std::fs::write(&conf, "TOLERANCE=2\ntolerance = x\n").unwrap();
+    let mut bad = ServerProcess::spawn(&tmp.path().join("other"), &["--tolerance-file", conf.to_str().unwrap()]);
+    assert!(!bad.wait_for_exit().success());
+    let stderr = bad.stderr();
+    assert!(stderr.contains("tolerance.conf") && stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn tail_prints_records_from_an_offset_and_follows_new_ones() {
+    let tmp = TempDir::new().unwrap();
+    let leader = ServerProcess::start(&tmp.path().join("leader"), &["--stats-interval", "0s"]);
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    assert_eq!(client.request(b"SET a first").unwrap(), b"OK");
+    assert_eq!(client.request(b"SET b two  words ").unwrap(), b"OK");
+    assert_eq!(client.request(b"DEL a").unwrap(), b"OK");
+    let grpc = leader.grpc.to_string();
+
+    let out = msglog().args(["tail", "--from", &grpc, "--no-follow"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let epoch = lines[0].split(' ').nth(1).unwrap();
+    assert_eq!(lines[0], format!("0 {epoch} a first"));
+    assert_eq!(lines[1], format!("1 {epoch} b two  words "));
+    assert_eq!(lines[2], format!("2 {epoch} a"));
+
+    let out = msglog().args(["tail", "--from", &grpc, "--no-follow", "--json", "--offset", "1"]).output().unwrap();
+    let json: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(json.len(), 2);
+    assert_eq!(json[0]["id"], "b");
+    assert_eq!(json[0]["message"], "two  words ");
+    assert_eq!(json[1]["kind"], "del");
+
+    // Following: a record appended after tail started is printed.
+    let mut child = msglog()
+        .args(["tail", "--from", &grpc, "--offset", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as libc::pid_t;
+    // Bounds the blocking read below: the watchdog kills tail if no line comes in time.
+    let (done, watched) = std::sync::mpsc::channel::<()>();
+    let watchdog = thread::spawn(move || {
+        if watched.recv_timeout(common::DEADLINE).is_err() {
+            // SAFETY: our own child, reaped only after this thread is joined.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    assert_eq!(client.request(b"SET c later").unwrap(), b"OK");
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    done.send(()).unwrap();
+    watchdog.join().unwrap();
+    // SAFETY: our own unreaped child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = child.wait();
+    assert_eq!(line.trim_end(), format!("3 {epoch} c later"));
+}
