@@ -172,11 +172,13 @@ impl Cluster for Node {
                     ("followers".to_string(), followers.iter().filter(|f| f.connected).count().to_string()),
                     ("tolerance".to_string(), tolerance.to_string()),
                 ];
-                // `follower.<id>=<durable offset>/<lag>`: one pair per follower ever seen.
+                // `follower.<id>=acked:<last durable offset>,lag:<records>`, like the node's own
+                // `durable_offset`; one pair per follower seen since the start.
                 for f in followers {
                     let state = if f.connected { "" } else { ",disconnected" };
+                    let acked = f.durable.checked_sub(1).map_or_else(|| "none".to_string(), |o| o.to_string());
                     let lag = next.saturating_sub(f.durable);
-                    pairs.push((format!("follower.{}", f.id), format!("acked:{},lag:{lag}{state}", f.durable)));
+                    pairs.push((format!("follower.{}", f.id), format!("acked:{acked},lag:{lag}{state}")));
                 }
                 pairs
             }
