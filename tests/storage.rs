@@ -456,3 +456,228 @@ fn records_carry_kind_and_epoch() {
     assert_eq!(kinds, vec![(RecordKind::Set, 7), (RecordKind::Delete, 7)]);
     assert_eq!(log.last_record(), Some((1, 7)));
 }
+
+/// A log whose records carry `epochs[i]`, one record per entry, offsets from 0.
+fn log_with_epochs(dir: &Path, config: Config, epochs: &[u32]) -> Log {
+    let log = Log::open(dir, config).unwrap();
+    for (i, &epoch) in epochs.iter().enumerate() {
+        log.set_epoch(epoch);
+        log.append(&id(i), &message(i)).unwrap();
+    }
+    log
+}
+
+#[test]
+fn epoch_at_answers_for_present_offsets_only() {
+    let dir = TempDir::new().unwrap();
+    let log = log_with_epochs(dir.path(), config(), &[1, 1, 2, 4]);
+    let at: Vec<_> = (0..6).map(|o| log.epoch_at(o).unwrap()).collect();
+    assert_eq!(at, vec![Some(1), Some(1), Some(2), Some(4), None, None]);
+    log.truncate_to(2).unwrap();
+    assert_eq!((log.epoch_at(1).unwrap(), log.epoch_at(2).unwrap()), (Some(1), None));
+    log.set_epoch(5);
+    log.append(b"k", b"v").unwrap();
+    assert_eq!(log.epoch_at(2).unwrap(), Some(5));
+}
+
+#[test]
+fn epoch_at_is_none_inside_a_gap() {
+    let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = log_with_epochs(a.path(), config(), &[1, 1, 2, 2, 3]);
+    let chunk = leader.read_from(0, 1 << 20).unwrap();
+    // Drop offsets 1 and 3: a log with gaps, as compaction leaves.
+    let mut gapped = Vec::new();
+    let mut pos = 0;
+    for r in chunk.records() {
+        let r = r.unwrap();
+        if r.offset % 2 == 0 {
+            gapped.extend_from_slice(&chunk.bytes[pos..pos + r.framed_len()]);
+        }
+        pos += r.framed_len();
+    }
+    let log = Log::open(b.path(), config()).unwrap();
+    log.append_raw(&gapped).unwrap();
+    let at: Vec<_> = (0..5).map(|o| log.epoch_at(o).unwrap()).collect();
+    assert_eq!(at, vec![Some(1), None, Some(2), None, Some(3)]);
+    assert_eq!(log.epoch_end(1).unwrap(), (Some(1), 2));
+    assert_eq!(log.epoch_end(2).unwrap(), (Some(2), 4));
+}
+
+#[test]
+fn epoch_at_and_epoch_end_work_across_segment_rolls_and_restarts() {
+    let dir = TempDir::new().unwrap();
+    let epochs: Vec<u32> = (0..200).map(|i| 1 + i / 50 * 2).collect(); // 1, 3, 5, 7
+    let log = log_with_epochs(dir.path(), small_segments(), &epochs);
+    assert!(log.stats().segments > 4, "rolled");
+    for round in 0..2 {
+        for (o, &e) in epochs.iter().enumerate() {
+            assert_eq!(log.epoch_at(o as u64).unwrap(), Some(e), "offset {o}, round {round}");
+        }
+        assert_eq!(log.epoch_end(3).unwrap(), (Some(3), 100));
+        assert_eq!(log.epoch_end(4).unwrap(), (Some(3), 100));
+        assert_eq!(log.epoch_end(7).unwrap(), (Some(7), 200));
+        log.truncate_to(150).unwrap();
+        assert_eq!(log.epoch_at(150).unwrap(), None);
+        assert_eq!(log.epoch_end(7).unwrap(), (Some(5), 150));
+        for (i, &epoch) in epochs.iter().enumerate().skip(150) {
+            log.set_epoch(epoch);
+            log.append(&id(i), &message(i)).unwrap();
+        }
+    }
+    log.close().unwrap();
+    let log = Log::open(dir.path(), small_segments()).unwrap();
+    assert_eq!((log.epoch_at(0).unwrap(), log.epoch_at(199).unwrap()), (Some(1), Some(7)));
+    assert_eq!(log.epoch_end(5).unwrap(), (Some(5), 150));
+}
+
+#[test]
+fn epoch_end_of_a_middle_epoch_is_where_the_next_higher_epoch_starts() {
+    let dir = TempDir::new().unwrap();
+    let log = log_with_epochs(dir.path(), config(), &[1, 1, 1, 3, 3, 5, 5, 5, 5]);
+    assert_eq!(log.epoch_end(1).unwrap(), (Some(1), 3));
+    assert_eq!(log.epoch_end(3).unwrap(), (Some(3), 5));
+}
+
+#[test]
+fn epoch_end_of_the_last_epoch_or_above_is_the_next_offset() {
+    let dir = TempDir::new().unwrap();
+    let log = log_with_epochs(dir.path(), config(), &[1, 1, 3, 5, 5]);
+    assert_eq!(log.next_offset(), 5);
+    assert_eq!(log.epoch_end(5).unwrap(), (Some(5), 5));
+    assert_eq!(log.epoch_end(9).unwrap(), (Some(5), 5));
+}
+
+#[test]
+fn epoch_end_of_an_absent_epoch_gives_the_epoch_below_and_the_start_of_the_one_above() {
+    let dir = TempDir::new().unwrap();
+    let log = log_with_epochs(dir.path(), config(), &[1, 1, 3, 3, 3, 6]);
+    assert_eq!(log.epoch_end(2).unwrap(), (Some(1), 2));
+    assert_eq!(log.epoch_end(4).unwrap(), (Some(3), 5));
+    assert_eq!(log.epoch_end(5).unwrap(), (Some(3), 5));
+}
+
+#[test]
+fn epoch_end_below_every_epoch_is_the_start_of_the_log() {
+    let dir = TempDir::new().unwrap();
+    let log = log_with_epochs(dir.path(), config(), &[2, 2, 4]);
+    assert_eq!(log.start_offset().unwrap(), 0);
+    assert_eq!(log.epoch_end(1).unwrap(), (None, 0));
+    assert_eq!(log.epoch_end(0).unwrap(), (None, 0));
+}
+
+#[test]
+fn epoch_end_on_an_empty_log_is_the_next_offset() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!((log.start_offset().unwrap(), log.next_offset()), (0, 0));
+    assert_eq!(log.epoch_end(0).unwrap(), (None, 0));
+    assert_eq!(log.epoch_end(7).unwrap(), (None, 0));
+    assert_eq!(log.epoch_at(0).unwrap(), None);
+}
+
+#[test]
+fn start_offset_is_the_first_record_even_after_a_gap() {
+    let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let leader = log_with_epochs(a.path(), config(), &[1, 1, 1, 2]);
+    let chunk = leader.read_from(2, 1 << 20).unwrap();
+    let log = Log::open(b.path(), config()).unwrap();
+    log.append_raw(&chunk.bytes).unwrap();
+    assert_eq!((log.start_offset().unwrap(), log.next_offset()), (2, 4));
+    assert_eq!(log.epoch_end(0).unwrap(), (None, 2));
+    assert_eq!(log.epoch_end(1).unwrap(), (Some(1), 3));
+    assert_eq!(log.epoch_at(0).unwrap(), None);
+}
+
+#[test]
+fn begin_leader_epoch_is_above_the_last_record_and_stamps_appends() {
+    let dir = TempDir::new().unwrap();
+    let log = log_with_epochs(dir.path(), config(), &[1, 4]);
+    assert_eq!(log.begin_leader_epoch().unwrap(), 5);
+    let at = log.append(b"k", b"v").unwrap();
+    assert_eq!(log.epoch_at(at).unwrap(), Some(5));
+    assert_eq!(log.stats().epoch, 5);
+    assert_eq!(fs::read_to_string(dir.path().join("epoch")).unwrap(), "5\n");
+}
+
+#[test]
+fn begin_leader_epoch_persists_across_restarts() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.begin_leader_epoch().unwrap(), 1);
+    assert_eq!(log.begin_leader_epoch().unwrap(), 2);
+    log.close().unwrap();
+    // No record carries epoch 2: only the epoch file remembers it.
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.stats().epoch, 2);
+    assert_eq!(log.begin_leader_epoch().unwrap(), 3);
+}
+
+#[test]
+fn observed_epochs_persist_and_never_lower_the_next_leader_epoch() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    log.observe_epoch(10).unwrap();
+    log.observe_epoch(4).unwrap();
+    assert_eq!(log.stats().epoch, 10);
+    log.close().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    log.observe_epoch(3).unwrap();
+    assert_eq!(fs::read_to_string(dir.path().join("epoch")).unwrap(), "10\n");
+    assert_eq!(log.begin_leader_epoch().unwrap(), 11);
+}
+
+#[test]
+fn a_malformed_epoch_file_fails_open_naming_the_file() {
+    for content in ["", "twelve\n", "-1\n", "99999999999\n", "12 13\n"] {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("epoch");
+        fs::write(&path, content).unwrap();
+        let Err(e) = Log::open(dir.path(), config()) else {
+            panic!("open accepted the epoch file {content:?}");
+        };
+        assert!(e.to_string().contains(&path.display().to_string()), "{content:?}: {e}");
+    }
+}
+
+#[test]
+fn epoch_end_agrees_with_a_scan_of_the_whole_log() {
+    let mut seed = 0x2545_f491_u64;
+    let mut random = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for round in 0..8 {
+        let (a, b) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+        let mut epoch = random(3) as u32;
+        let epochs: Vec<u32> = (0..random(120))
+            .map(|_| {
+                epoch += (random(4) == 0) as u32 * (1 + random(3) as u32);
+                epoch
+            })
+            .collect();
+        let leader = log_with_epochs(a.path(), small_segments(), &epochs);
+        // The follower keeps a random half of the records: gaps, as compaction leaves.
+        let log = Log::open(b.path(), small_segments()).unwrap();
+        for chunk in leader.chunks_from(0, 1) {
+            let chunk = chunk.unwrap();
+            if random(2) == 0 {
+                log.append_raw(&chunk.bytes).unwrap();
+            }
+        }
+        let kept: Vec<(u64, u32)> = log
+            .chunks_from(0, 1 << 20)
+            .flat_map(|c| c.unwrap().records().map(|r| r.map(|r| (r.offset, r.epoch)).unwrap()).collect::<Vec<_>>())
+            .collect();
+        let next = log.next_offset();
+        assert_eq!(log.start_offset().unwrap(), kept.first().map_or(next, |&(o, _)| o));
+        for asked in 0..epoch + 2 {
+            let end = kept.iter().find(|&&(_, e)| e > asked).map_or(next, |&(o, _)| o);
+            let below = kept.iter().rev().find(|&&(o, _)| o < end).map(|&(_, e)| e);
+            assert_eq!(log.epoch_end(asked).unwrap(), (below, end), "round {round}, epoch {asked}, log {kept:?}");
+        }
+        for offset in 0..next + 1 {
+            let expected = kept.iter().find(|&&(o, _)| o == offset).map(|&(_, e)| e);
+            assert_eq!(log.epoch_at(offset).unwrap(), expected, "round {round}, offset {offset}");
+        }
+    }
+}
