@@ -71,7 +71,15 @@ impl Followers {
 
     /// A follower's fetch stream passed the divergence check and is about to stream.
     pub fn connect(&self, id: &str) -> Registration<'_> {
-        self.update(|table| table.entry(id.to_string()).or_default().streams += 1);
+        self.update(|table| {
+            let entry = table.entry(id.to_string()).or_default();
+            if entry.streams > 0 {
+                // Either a reconnect racing its old stream's end, or two followers sharing
+                // an ID, which the tolerance would count as one.
+                tracing::warn!(follower = %id, "a second stream for this follower ID; give each follower its own --node-id");
+            }
+            entry.streams += 1;
+        });
         Registration { followers: self, id: id.to_string() }
     }
 
