@@ -132,6 +132,9 @@ async fn stream_log(node: Arc<Node>, request: FetchRequest, tx: Sender) {
                 () = tx.closed() => return,
                 _ = shutdown.wait_for(|&stop| stop) => return,
             }
+            // Lets the connections that are appending right now finish first, so one
+            // chunk carries their records instead of one message each.
+            tokio::task::yield_now().await;
             continue;
         }
         next = chunk.next;
