@@ -368,3 +368,36 @@ fn tail_prints_records_from_an_offset_and_follows_new_ones() {
     let _ = child.wait();
     assert_eq!(line.trim_end(), format!("3 {epoch} c later"));
 }
+
+#[test]
+fn followers_reconnect_to_a_restarted_leader_and_resume_from_their_log_end() {
+    let tmp = TempDir::new().unwrap();
+    let leader_data = tmp.path().join("leader");
+    let mut leader = start_leader(&leader_data, 1);
+    let follower = start_follower(&tmp.path().join("follower"), &leader);
+    wait_for_followers(&leader, 1);
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    for n in 0..100 {
+        assert_eq!(client.request(format!("SET before-{n} v").as_bytes()).unwrap(), b"OK");
+    }
+    drop(client);
+    let (addr, grpc) = (leader.addr, leader.grpc);
+    leader.signal(libc::SIGTERM);
+    assert!(leader.wait_for_exit().success());
+    drop(leader);
+
+    // Same ports: the follower's backoff loop finds the leader again, in a new epoch.
+    let leader = ServerProcess::start_on(
+        &leader_data,
+        addr,
+        grpc,
+        &["--tolerance", "1", "--ack-timeout", "30s", "--stats-interval", "0s"],
+    );
+    wait_for_followers(&leader, 1);
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    assert_eq!(client.request(b"SET after-restart v").unwrap(), b"OK");
+    assert_eq!(get(follower.addr, "after-restart"), "v");
+    assert_eq!(stats(follower.addr)["last_offset"], "100");
+    assert!(follower.stderr().contains("from=100"), "did not resume at 100:\n{}", follower.stderr());
+    assert_eq!(stop_and_digest(leader), stop_and_digest(follower));
+}
