@@ -54,20 +54,18 @@ pub(super) async fn follow(node: Arc<Node>, leader: String) {
     let mut shutdown = node.shutdown.clone();
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let streamed_before = node.log.next_offset();
         let ended = tokio::select! {
             ended = session(&node, &leader) => ended,
             _ = shutdown.wait_for(|&stop| stop) => Ok(SessionEnd::Shutdown),
         };
-        node.upstream.connected.store(false, Ordering::Relaxed);
+        // A session that was established earns a fast retry.
+        if node.upstream.connected.swap(false, Ordering::Relaxed) {
+            backoff = FIRST_BACKOFF;
+        }
         match ended {
             Ok(SessionEnd::Shutdown) => return,
             Ok(SessionEnd::Truncated) => continue,
             Err(err) => {
-                // A session that got somewhere earns a fast retry.
-                if node.log.next_offset() != streamed_before {
-                    backoff = FIRST_BACKOFF;
-                }
                 tracing::warn!(%leader, %err, retry_in = ?backoff, "replication session ended");
             }
         }
@@ -104,6 +102,7 @@ async fn session(node: &Arc<Node>, leader: &str) -> Result<SessionEnd, SessionEr
         Some(fetch_response::Kind::Diverged(diverged)) => {
             let (last_offset, _) = last.ok_or(SessionError::Protocol("divergence reported for an empty log"))?;
             truncate_divergent_tail(log, &diverged, last_offset)?;
+            node.truncated(log.next_offset());
             return Ok(SessionEnd::Truncated);
         }
         Some(fetch_response::Kind::Records(_)) => return Err(SessionError::Protocol("records before hello")),

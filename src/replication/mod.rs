@@ -67,6 +67,9 @@ pub struct Node {
     config: NodeConfig,
     /// The log's end as last announced; fetch streams sleep on it when caught up.
     appended: watch::Sender<Offset>,
+    /// Where the log was last cut back (a follower dropping a divergent tail): fetch
+    /// streams from this node past that point end, as what they sent is gone.
+    truncations: watch::Sender<Option<Offset>>,
     shutdown: watch::Receiver<bool>,
     followers: Followers,
     /// Follower side: what it knows of its leader.
@@ -91,10 +94,12 @@ impl Node {
             Role::Follower { .. } => 0,
         };
         let (appended, _) = watch::channel(log.next_offset());
+        let (truncations, _) = watch::channel(None);
         Arc::new(Node {
             log,
             config,
             appended,
+            truncations,
             shutdown,
             followers: Followers::new(tolerance),
             upstream: Upstream::default(),
@@ -121,6 +126,12 @@ impl Node {
             let _ = following.await;
         }
         served
+    }
+
+    /// The log was cut back to end before `next_offset`.
+    fn truncated(&self, next_offset: Offset) {
+        self.appended.send_replace(next_offset);
+        self.truncations.send_replace(Some(next_offset));
     }
 
     fn announce(&self, next_offset: Offset) {

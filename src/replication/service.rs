@@ -110,11 +110,24 @@ async fn stream_log(node: Arc<Node>, request: FetchRequest, tx: Sender) {
     let _registration = (!request.follower_id.is_empty()).then(|| node.followers.connect(&request.follower_id));
     let until = if request.follow { Offset::MAX } else { node.log.next_offset() };
     let mut appended = node.appended.subscribe();
+    let mut truncations = node.truncations.subscribe();
+    // Only cuts made from now on concern this stream.
+    truncations.borrow_and_update();
+    let mut woken_by_cut = false;
     let mut shutdown = node.shutdown.clone();
     let mut next = request.next_offset;
     while next < until {
         // Marked seen before reading, so an append after the read wakes the wait below.
         appended.borrow_and_update();
+        let cut_now = truncations.has_changed().unwrap_or(false) || std::mem::take(&mut woken_by_cut);
+        let cut = if cut_now { *truncations.borrow_and_update() } else { None };
+        if let Some(end) = cut
+            && end < next
+        {
+            let why = format!("this node's log was cut back to end at offset {end}; fetch again from there");
+            let _ = tx.send(Err(Status::aborted(why))).await;
+            return;
+        }
         let chunk = match node.log.read_from(next, CHUNK_BYTES) {
             Ok(chunk) => chunk,
             Err(err) => {
@@ -129,6 +142,7 @@ async fn stream_log(node: Arc<Node>, request: FetchRequest, tx: Sender) {
             }
             tokio::select! {
                 changed = appended.changed() => if changed.is_err() { return },
+                _ = truncations.changed() => woken_by_cut = true,
                 () = tx.closed() => return,
                 _ = shutdown.wait_for(|&stop| stop) => return,
             }
