@@ -401,3 +401,20 @@ fn followers_reconnect_to_a_restarted_leader_and_resume_from_their_log_end() {
     assert!(follower.stderr().contains("from=100"), "did not resume at 100:\n{}", follower.stderr());
     assert_eq!(stop_and_digest(leader), stop_and_digest(follower));
 }
+
+#[test]
+fn http2_keepalive_notices_a_frozen_follower_on_an_idle_log_and_it_reconnects() {
+    let tmp = TempDir::new().unwrap();
+    let leader = start_leader(&tmp.path().join("leader"), 0);
+    let follower = start_follower(&tmp.path().join("follower"), &leader);
+    wait_for_followers(&leader, 1);
+    // A stopped process's kernel still ACKs TCP, so only the leader's HTTP/2 pings (every
+    // 5 s, 10 s to answer) can tell that nobody is reading the stream.
+    follower.signal(libc::SIGSTOP);
+    wait_for_followers(&leader, 0);
+    follower.signal(libc::SIGCONT);
+    wait_for_followers(&leader, 1);
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    assert_eq!(client.request(b"SET after-thaw v").unwrap(), b"OK");
+    poll_until("the thawed follower to replicate", || (get(follower.addr, "after-thaw") == "v").then_some(()));
+}
