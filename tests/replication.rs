@@ -418,3 +418,29 @@ fn http2_keepalive_notices_a_frozen_follower_on_an_idle_log_and_it_reconnects() 
     assert_eq!(client.request(b"SET after-thaw v").unwrap(), b"OK");
     poll_until("the thawed follower to replicate", || (get(follower.addr, "after-thaw") == "v").then_some(()));
 }
+
+#[test]
+fn a_follower_that_accepts_smaller_records_than_its_leader_refuses_to_follow_and_says_why() {
+    let tmp = TempDir::new().unwrap();
+    let leader =
+        ServerProcess::start(&tmp.path().join("leader"), &["--max-message-bytes", "20M", "--stats-interval", "0s"]);
+    let grpc = leader.grpc.to_string();
+    // The default 1 MiB message limit gives a 16 MiB record limit: too small for this leader.
+    let small = start_follower(&tmp.path().join("small"), &leader);
+    let large = ServerProcess::start(
+        &tmp.path().join("large"),
+        &["--follow", &grpc, "--max-message-bytes", "20M", "--stats-interval", "0s"],
+    );
+    let big = "x".repeat(17_000_000);
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    assert_eq!(client.request(format!("SET big {big}").as_bytes()).unwrap(), b"OK");
+    poll_until("the large follower to hold the 17 MB message", || (get(large.addr, "big") == big).then_some(()));
+
+    poll_until("the small follower to say why it does not follow", || {
+        small.stderr().contains("restart this follower with a --max-message-bytes").then_some(())
+    });
+    // It backs off rather than retrying at the first-retry pace forever.
+    poll_until("the small follower's retries to back off", || small.stderr().contains("retry_in=800ms").then_some(()));
+    assert_eq!(last_offset(small.addr), "none", "the small follower appended something");
+    assert_eq!(stats(small.addr)["leader_connected"], "false");
+}

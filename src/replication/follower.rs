@@ -37,10 +37,21 @@ enum SessionError {
     Closed,
     #[error("the leader sent something unexpected: {0}")]
     Protocol(&'static str),
+    #[error(
+        "leader {leader_id} writes records of up to {leader} bytes but this node accepts only {ours}; \
+         restart this follower with a --max-message-bytes at least as large as the leader's"
+    )]
+    RecordLimit { leader_id: String, leader: u64, ours: usize },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("the fsync task stopped: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl SessionError {
+    fn is_connection_loss(&self) -> bool {
+        matches!(self, SessionError::Connect(_) | SessionError::Stream(_) | SessionError::Closed)
+    }
 }
 
 /// How a session that did not fail ended.
@@ -58,14 +69,17 @@ pub(super) async fn follow(node: Arc<Node>, leader: String) {
             ended = session(&node, &leader) => ended,
             _ = shutdown.wait_for(|&stop| stop) => Ok(SessionEnd::Shutdown),
         };
-        // A session that was established earns a fast retry.
-        if node.upstream.connected.swap(false, Ordering::Relaxed) {
-            backoff = FIRST_BACKOFF;
-        }
+        let established = node.upstream.connected.swap(false, Ordering::Relaxed);
         match ended {
             Ok(SessionEnd::Shutdown) => return,
             Ok(SessionEnd::Truncated) => continue,
             Err(err) => {
+                // A session that was established and then lost its leader earns a fast
+                // retry; one that failed on what it received or on our own log does not,
+                // as trying again at once would fail the same way.
+                if established && err.is_connection_loss() {
+                    backoff = FIRST_BACKOFF;
+                }
                 tracing::warn!(%leader, %err, retry_in = ?backoff, "replication session ended");
             }
         }
@@ -108,6 +122,13 @@ async fn session(node: &Arc<Node>, leader: &str) -> Result<SessionEnd, SessionEr
         Some(fetch_response::Kind::Records(_)) => return Err(SessionError::Protocol("records before hello")),
         None => return Err(SessionError::Closed),
     };
+    if hello.max_record_bytes > node.config.max_record_bytes as u64 {
+        return Err(SessionError::RecordLimit {
+            leader_id: hello.leader_id,
+            leader: hello.max_record_bytes,
+            ours: node.config.max_record_bytes,
+        });
+    }
     log.observe_epoch(hello.epoch)?;
     tracing::info!(
         %leader, leader_id = %hello.leader_id, epoch = hello.epoch, from = log.next_offset(),

@@ -79,6 +79,7 @@ impl Replication for Service {
             client_addr: node.config.client_addr.clone(),
             epoch: node.log.stats().epoch,
             next_offset: node.log.next_offset(),
+            max_record_bytes: node.config.max_record_bytes as u64,
         };
         let _ = tx.try_send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Hello(hello)) }));
         if replica {
