@@ -444,3 +444,19 @@ fn a_follower_that_accepts_smaller_records_than_its_leader_refuses_to_follow_and
     assert_eq!(last_offset(small.addr), "none", "the small follower appended something");
     assert_eq!(stats(small.addr)["leader_connected"], "false");
 }
+
+#[test]
+fn tail_explains_a_wrong_address() {
+    let tmp = TempDir::new().unwrap();
+    let leader = start_leader(&tmp.path().join("leader"), 0);
+    let tail_error = |addr: String| {
+        let out = msglog().args(["tail", "--no-follow", "--from", &addr]).output().expect("run msglog tail");
+        assert!(!out.status.success(), "tail of {addr} succeeded");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let client_port = tail_error(leader.addr.to_string());
+    assert!(client_port.contains("not its client port"), "{client_port}");
+    let closed = tail_error(format!("127.0.0.1:{}", common::free_port()));
+    assert!(closed.contains("cannot reach") && closed.contains("refused"), "{closed}");
+    assert!(!closed.contains("transport error"), "layers of wrapping in: {closed}");
+}

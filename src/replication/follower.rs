@@ -21,7 +21,7 @@ use crate::storage::{Log, Offset, StorageError};
 
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
-use super::{CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node};
+use super::{CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node, describe_status, root_cause};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -29,9 +29,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("cannot reach the leader: {0}")]
+    #[error("cannot reach the leader: {}", root_cause(.0))]
     Connect(#[from] tonic::transport::Error),
-    #[error("the leader refused or broke the stream: {0}")]
+    #[error("the leader refused or broke the stream: {}", describe_status(.0))]
     Stream(#[from] tonic::Status),
     #[error("the leader closed the stream")]
     Closed,

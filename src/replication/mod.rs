@@ -41,6 +41,29 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The innermost cause of an error, without the "transport error: " layers around it:
+/// what an operator can act on ("Connection refused (os error 111)").
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A failed gRPC call in words. A status that wraps a connection error says what broke, and
+/// a peer that does not speak HTTP/2 (the client port, say) gets a hint.
+fn describe_status(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) if status.message().starts_with("h2 protocol error") => format!(
+            "the peer does not speak gRPC ({}); give the node's --grpc-listen address, not its client port",
+            root_cause(source)
+        ),
+        Some(source) => root_cause(source),
+        None => format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
 /// How this node takes part.
 #[derive(Debug, Clone)]
 pub enum Role {

@@ -8,22 +8,36 @@ use crate::storage::{Offset, RecordRef};
 
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{FetchRequest, fetch_response};
-use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, describe_status, root_cause};
 
+/// Each message is complete in itself (the innermost cause included), so the variants keep
+/// no `source`: printing the chain as well would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
-    #[error("cannot reach {addr}: {source}")]
-    Connect { addr: String, source: tonic::transport::Error },
-    #[error("{0}")]
-    Stream(#[from] tonic::Status),
+    #[error("cannot reach {addr}: {}", root_cause(.error))]
+    Connect { addr: String, error: tonic::transport::Error },
+    #[error("{}", describe_status(.0))]
+    Stream(tonic::Status),
     #[error("a record from the server failed its check at byte {position} of a chunk: {reason}")]
     Corrupt { position: usize, reason: String },
     #[error("the server ended the stream (shutting down?)")]
     Ended,
     #[error("the server sent an unexpected message: {0}")]
     Protocol(&'static str),
-    #[error(transparent)]
-    Output(#[from] std::io::Error),
+    #[error("{0}")]
+    Output(std::io::Error),
+}
+
+impl From<tonic::Status> for TailError {
+    fn from(status: tonic::Status) -> TailError {
+        TailError::Stream(status)
+    }
+}
+
+impl From<std::io::Error> for TailError {
+    fn from(error: std::io::Error) -> TailError {
+        TailError::Output(error)
+    }
 }
 
 /// What to fetch.
@@ -44,7 +58,7 @@ pub async fn tail(
     request: &TailRequest,
     mut each: impl FnMut(&RecordRef<'_>) -> std::io::Result<()>,
 ) -> Result<(), TailError> {
-    let connect = |source| TailError::Connect { addr: request.addr.clone(), source };
+    let connect = |error| TailError::Connect { addr: request.addr.clone(), error };
     let channel = Endpoint::from_shared(format!("http://{}", request.addr))
         .map_err(connect)?
         .connect_timeout(CONNECT_TIMEOUT)
