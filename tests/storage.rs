@@ -681,3 +681,49 @@ fn epoch_end_agrees_with_a_scan_of_the_whole_log() {
         }
     }
 }
+
+#[test]
+fn an_fsync_in_flight_across_a_truncation_does_not_mark_later_records_durable() {
+    let dir = TempDir::new().unwrap();
+    let faults = Arc::new(Faults::default());
+    let cfg = Config { fsync: FsyncPolicy::Always, faults: Some(faults.clone()), ..config() };
+    let log = Arc::new(Log::open(dir.path(), cfg).unwrap());
+    let first = log.append(b"kept", b"0").unwrap();
+    log.sync_through(first).unwrap();
+    for i in 1..4 {
+        log.append(&id(i), b"cut").unwrap();
+    }
+    // A sync of offsets 0..4 starts, then stalls inside its fsync (the lock is free).
+    let held = faults.hold_next_sync();
+    let syncing = {
+        let log = log.clone();
+        std::thread::spawn(move || log.sync_through(3))
+    };
+    held.started.recv().unwrap();
+    // Meanwhile a follower's divergence cut drops 1..4 and new records take those offsets;
+    // they sit in the write buffer, not on disk.
+    log.truncate_to(1).unwrap();
+    assert_eq!(log.stats().durable_offset, 1);
+    for i in 1..4 {
+        assert_eq!(log.append(&id(i), b"new").unwrap(), i as u64);
+    }
+    drop(held.release);
+    // The caller wanted offset 3 durable: the stale fsync must not count, so it syncs again.
+    syncing.join().unwrap().unwrap();
+    assert_eq!(log.stats().durable_offset, 4);
+    let on_disk = segment_bytes(dir.path());
+    Arc::into_inner(log).expect("the syncing thread is done").close().unwrap();
+    assert_eq!(on_disk, segment_bytes(dir.path()), "records counted durable were still in the write buffer");
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.get(&id(2)).unwrap().as_deref(), Some(&b"new"[..]));
+}
+
+/// Bytes in the data dir's segment files.
+fn segment_bytes(data: &Path) -> u64 {
+    fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| fs::metadata(p).unwrap().len())
+        .sum()
+}

@@ -109,18 +109,26 @@ mod futex {
 impl Shared {
     /// Writes the buffer, then fsyncs the active segment outside the state lock.
     /// (Sealed segments were fsynced when they were sealed.)
+    /// A truncation during the fsync voids it: the records it covered may be gone and
+    /// others appended at their offsets, so the durable mark is left where the cut set it
+    /// and the caller syncs again.
     pub(super) fn sync_now(&self) -> Result<()> {
-        let (file, path, target) = {
+        let (file, path, target, truncations) = {
             let mut st = self.write();
             let target = st.flush(self)?;
-            (st.active.file.clone(), st.active.path.clone(), target)
+            (st.active.file.clone(), st.active.path.clone(), target, st.truncations)
         };
         if let Err(e) = sync_file(&file, self.config.faults.as_deref()) {
             self.write().fail(format!("fsync of {} failed: {e}", path.display()));
             return Err(e.into());
         }
-        self.commit.durable.fetch_max(target, Ordering::AcqRel);
         self.commit.fsyncs.fetch_add(1, Ordering::Relaxed);
+        // Under the lock, so that no truncation (which takes it for writing) slips in
+        // between the check and the raise.
+        let st = self.read();
+        if st.truncations == truncations {
+            self.commit.durable.fetch_max(target, Ordering::AcqRel);
+        }
         Ok(())
     }
 }

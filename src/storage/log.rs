@@ -67,6 +67,9 @@ pub(super) struct State {
     pub failed: Option<String>,
     /// The epoch in `<data_dir>/epoch`: the highest this node has begun or seen.
     pub persisted_epoch: Epoch,
+    /// Bumped by every truncation that cut something: an fsync that started before the
+    /// cut must not raise the durable mark over records appended after it.
+    pub truncations: u64,
 }
 
 /// State shared with the interval syncer thread.
@@ -101,7 +104,18 @@ impl Log {
         let epoch = last.map_or(0, |(_, e)| e);
         let persisted_epoch = super::epoch::read(data_dir)?;
         tracing::debug!(dir = %dir.display(), records, ids = ids.len(), next_offset, "log recovered");
-        let state = State { sealed, active, ids, records, next_offset, epoch, last, failed: None, persisted_epoch };
+        let state = State {
+            sealed,
+            active,
+            ids,
+            records,
+            next_offset,
+            epoch,
+            last,
+            failed: None,
+            persisted_epoch,
+            truncations: 0,
+        };
         let shared = Arc::new(Shared {
             data_dir: data_dir.to_path_buf(),
             dir,
@@ -219,6 +233,10 @@ impl Log {
     pub fn truncate_to(&self, offset: Offset) -> Result<()> {
         let mut st = self.shared.write();
         st.check_writable()?;
+        if offset >= st.next_offset {
+            return Ok(());
+        }
+        st.truncations += 1;
         let result = st.truncate_to(&self.shared, offset);
         if let Err(e) = &result {
             st.fail(format!("truncation failed: {e}"));

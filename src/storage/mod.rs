@@ -77,7 +77,7 @@ mod segment;
 mod state;
 
 pub use error::StorageError;
-pub use fault::Faults;
+pub use fault::{Faults, HeldSync};
 pub use log::{Chunk, Log, LogStats};
 pub use record::{RecordKind, RecordRef};
 
