@@ -460,3 +460,57 @@ fn tail_explains_a_wrong_address() {
     assert!(closed.contains("cannot reach") && closed.contains("refused"), "{closed}");
     assert!(!closed.contains("transport error"), "layers of wrapping in: {closed}");
 }
+
+#[test]
+fn a_stale_leader_is_refused_and_the_follower_keeps_its_log() {
+    let tmp = TempDir::new().unwrap();
+    // The current leader is in its second epoch, and the follower has seen it.
+    let current_dir = tmp.path().join("current");
+    let mut first_run = start_leader(&current_dir, 0);
+    first_run.signal(libc::SIGTERM);
+    assert!(first_run.wait_for_exit().success());
+    drop(first_run);
+    let current = start_leader(&current_dir, 0);
+    let follower_dir = tmp.path().join("follower");
+    let mut follower = start_follower(&follower_dir, &current);
+    wait_for_followers(&current, 1);
+    let mut client = LineClient::connect(current.addr).unwrap();
+    for n in 0..10 {
+        assert_eq!(client.request(format!("SET current-{n} v").as_bytes()).unwrap(), b"OK");
+    }
+    wait_caught_up(&current, &[&follower]);
+    follower.signal(libc::SIGTERM);
+    assert!(follower.wait_for_exit().success());
+    drop(follower);
+
+    // A leader still in epoch 1 with a log of its own: following it would mean truncating.
+    let stale = start_leader(&tmp.path().join("stale"), 0);
+    let mut client = LineClient::connect(stale.addr).unwrap();
+    assert_eq!(client.request(b"SET stale v").unwrap(), b"OK");
+    let follower = start_follower(&follower_dir, &stale);
+    poll_until("the follower to refuse the stale leader", || {
+        follower.stderr().contains("this is a stale leader").then_some(())
+    });
+    assert_eq!(last_offset(follower.addr), "9", "the follower cut its log for a stale leader");
+    assert_eq!(get(follower.addr, "current-9"), "v");
+    assert_eq!(stats(stale.addr)["followers"], "0");
+}
+
+#[test]
+fn bad_replication_flags_stop_the_start_and_failed_starts_use_no_epoch() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let refused = |args: &[&str]| {
+        let out = msglog().args(["serve", "--data-dir", data_arg]).args(args).output().expect("run msglog serve");
+        assert!(!out.status.success(), "serve {args:?} started");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(refused(&["--follow", "leader-without-port"]).contains("--follow"));
+    assert!(refused(&["--ack-timeout", "0s"]).contains("--ack-timeout"));
+    for _ in 0..2 {
+        assert!(refused(&["--listen", "not-an-address"]).contains("cannot listen on not-an-address"));
+    }
+    let leader = start_leader(&data, 0);
+    assert!(leader.stderr().contains("leading epoch=1 "), "{}", leader.stderr());
+}

@@ -53,7 +53,7 @@ pub(crate) struct ServeArgs {
     grpc_listen: String,
     /// Run as a read-only follower of the leader at this gRPC address (host:port). Without
     /// it, the node is a leader and starts a new leader epoch.
-    #[arg(long, env = "MSGLOG_FOLLOW", value_name = "LEADER_GRPC_ADDR")]
+    #[arg(long, env = "MSGLOG_FOLLOW", value_name = "LEADER_GRPC_ADDR", value_parser = parse_host_port)]
     follow: Option<String>,
     /// Followers that must hold a SET/DEL durably before the leader answers OK [default: 0].
     #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file")]
@@ -64,7 +64,7 @@ pub(crate) struct ServeArgs {
     tolerance_file: Option<PathBuf>,
     /// How long a write waits for followers' acknowledgements before it is answered
     /// `ERR replication timeout` (e.g. 500ms, 5s).
-    #[arg(long, env = "MSGLOG_ACK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "MSGLOG_ACK_TIMEOUT", default_value = "5s", value_parser = parse_ack_timeout)]
     ack_timeout: Duration,
 }
 
@@ -86,21 +86,11 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // lock, naming it, whatever its listen address.
     let log = Log::open(&args.data_dir, log_config)
         .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
-    let role = match &args.follow {
-        Some(leader) => Role::Follower { leader: leader.clone() },
-        None => {
-            // Records this node appends from now on carry an epoch no earlier leader used,
-            // so a follower can tell our log from a previous leader's.
-            let epoch = log.begin_leader_epoch().context("cannot persist the new leader epoch")?;
-            tracing::info!(epoch, tolerance, "leading");
-            Role::Leader { tolerance: tolerance as usize, ack_timeout: args.ack_timeout }
-        }
-    };
     let log = Arc::new(log);
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(&args, max_message_bytes, role, Arc::clone(&log)));
+    let served = runtime.block_on(serve(&args, max_message_bytes, tolerance, Arc::clone(&log)));
     drop(runtime);
 
     // Every connection has finished, so this is the last reference; closing fsyncs what
@@ -115,7 +105,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: &ServeArgs, max_message_bytes: usize, role: Role, log: Arc<Log>) -> anyhow::Result<()> {
+async fn serve(args: &ServeArgs, max_message_bytes: usize, tolerance: u32, log: Arc<Log>) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let listener =
@@ -125,6 +115,17 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, role: Role, log: Arc<
         .await
         .with_context(|| format!("cannot listen for replication on {}", args.grpc_listen))?;
     let grpc_local = grpc_listener.local_addr().context("reading the replication listen address")?;
+    // Only once nothing else can stop the start, so failed starts do not use up epochs.
+    let role = match &args.follow {
+        Some(leader) => Role::Follower { leader: leader.clone() },
+        None => {
+            // Records this node appends from now on carry an epoch no earlier leader used,
+            // so a follower can tell our log from a previous leader's.
+            let epoch = log.begin_leader_epoch().context("cannot persist the new leader epoch")?;
+            tracing::info!(epoch, tolerance, "leading");
+            Role::Leader { tolerance: tolerance as usize, ack_timeout: args.ack_timeout }
+        }
+    };
     let config = ServerConfig {
         node_id: args.node_id.clone().unwrap_or_else(|| local.to_string()),
         fsync: args.fsync,
@@ -166,6 +167,22 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, role: Role, log: Arc<
     let (served, ()) = tokio::join!(clients, signals);
     served.context("cannot start the commit thread")?;
     replication.await.context("the replication task failed")?.context("the replication server failed")
+}
+
+fn parse_ack_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be more than 0: a write cannot be acknowledged by followers in no time".into()),
+        d => Ok(d),
+    }
+}
+
+/// `--follow` takes the leader's gRPC address, `host:port`; checked at start rather than
+/// found out by a follower that retries forever.
+fn parse_host_port(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(text.to_string()),
+        _ => Err(format!("expected the leader's gRPC address as host:port (its --grpc-listen), not '{text}'")),
+    }
 }
 
 /// The engine's record limit must admit the largest SET the server accepts (the record

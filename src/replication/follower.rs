@@ -109,6 +109,7 @@ async fn session(node: &Arc<Node>, leader: &str) -> Result<SessionEnd, SessionEr
         next_offset: log.next_offset(),
         last: last.map(|(offset, epoch)| LastRecord { offset, epoch }),
         follow: true,
+        known_epoch: log.stats().epoch,
     };
     let mut stream = client.fetch(request).await?.into_inner();
     let hello = match stream.message().await?.and_then(|m| m.kind) {

@@ -8,7 +8,7 @@
 //! records are on its disk.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -47,12 +47,12 @@ pub(super) struct FollowerView {
 }
 
 /// Held by a follower's fetch stream; dropping it marks the follower disconnected.
-pub(super) struct Registration<'a> {
-    followers: &'a Followers,
+pub(super) struct Registration {
+    followers: Arc<Followers>,
     id: String,
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         self.followers.update(|table| {
             if let Some(entry) = table.get_mut(&self.id) {
@@ -70,7 +70,7 @@ impl Followers {
     }
 
     /// A follower's fetch stream passed the divergence check and is about to stream.
-    pub fn connect(&self, id: &str) -> Registration<'_> {
+    pub fn connect(self: &Arc<Self>, id: &str) -> Registration {
         self.update(|table| {
             let entry = table.entry(id.to_string()).or_default();
             if entry.streams > 0 {
@@ -80,7 +80,7 @@ impl Followers {
             }
             entry.streams += 1;
         });
-        Registration { followers: self, id: id.to_string() }
+        Registration { followers: Arc::clone(self), id: id.to_string() }
     }
 
     /// `id` holds every record below `durable` durably. Ignored for an unknown follower.
@@ -169,7 +169,7 @@ mod tests {
 
     #[test]
     fn admit_counts_connected_followers_only() {
-        let followers = Followers::new(2);
+        let followers = Arc::new(Followers::new(2));
         assert_eq!(followers.admit().unwrap_err().0, "not enough replicas (have 0, need 2)");
         let a = followers.connect("a");
         let _b = followers.connect("b");
@@ -180,7 +180,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_waits_for_tolerance_acks_and_times_out_naming_the_count() {
-        let followers = Followers::new(2);
+        let followers = Arc::new(Followers::new(2));
         let _a = followers.connect("a");
         let _b = followers.connect("b");
         followers.acknowledge("a", 11);

@@ -52,14 +52,14 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// A failed gRPC call in words. A status that wraps a connection error says what broke, and
-/// a peer that does not speak HTTP/2 (the client port, say) gets a hint.
+/// a peer that does not speak HTTP/2 gets a hint: our text/RESP port answers the HTTP/2
+/// preface with an `ERR` line, which h2 reads as a frame of impossible size.
 fn describe_status(status: &tonic::Status) -> String {
-    match std::error::Error::source(status) {
-        Some(source) if status.message().starts_with("h2 protocol error") => format!(
-            "the peer does not speak gRPC ({}); give the node's --grpc-listen address, not its client port",
-            root_cause(source)
+    match std::error::Error::source(status).map(root_cause) {
+        Some(cause) if cause.contains("frame with invalid size") => format!(
+            "the peer does not speak gRPC ({cause}); give the node's --grpc-listen address, not its client port"
         ),
-        Some(source) => root_cause(source),
+        Some(cause) => format!("connection lost: {cause}"),
         None => format!("{:?}: {}", status.code(), status.message()),
     }
 }
@@ -94,7 +94,7 @@ pub struct Node {
     /// streams from this node past that point end, as what they sent is gone.
     truncations: watch::Sender<Option<Offset>>,
     shutdown: watch::Receiver<bool>,
-    followers: Followers,
+    followers: Arc<Followers>,
     /// Follower side: what it knows of its leader.
     upstream: Upstream,
 }
@@ -124,7 +124,7 @@ impl Node {
             appended,
             truncations,
             shutdown,
-            followers: Followers::new(tolerance),
+            followers: Arc::new(Followers::new(tolerance)),
             upstream: Upstream::default(),
         })
     }

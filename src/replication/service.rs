@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::storage::{Offset, StorageError};
 
+use super::followers::Registration;
 use super::proto::replication_server::{Replication, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
 use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node};
@@ -61,6 +62,18 @@ impl Replication for Service {
                 node.config.node_id
             )));
         }
+        let epoch = node.log.stats().epoch;
+        if request.known_epoch > epoch {
+            tracing::warn!(
+                caller = %request.follower_id, caller_epoch = request.known_epoch, epoch,
+                "a caller has seen a newer leader epoch than ours: this node is a stale leader"
+            );
+            return Err(Status::failed_precondition(format!(
+                "{} leads epoch {epoch} but the caller has seen epoch {}: this is a stale leader; \
+                 follow the current one",
+                node.config.node_id, request.known_epoch
+            )));
+        }
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         if let Some(last) = &request.last
             && node.log.epoch_at(last.offset).map_err(internal)? != Some(last.epoch)
@@ -77,15 +90,18 @@ impl Replication for Service {
         let hello = Hello {
             leader_id: node.config.node_id.clone(),
             client_addr: node.config.client_addr.clone(),
-            epoch: node.log.stats().epoch,
+            epoch,
             next_offset: node.log.next_offset(),
             max_record_bytes: node.config.max_record_bytes as u64,
         };
+        // Registered before the hello goes out: the follower's first ack (on its own call)
+        // may arrive before the stream task runs, and acks of unknown followers are ignored.
+        let registration = replica.then(|| node.followers.connect(&request.follower_id));
         let _ = tx.try_send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Hello(hello)) }));
         if replica {
             tracing::info!(follower = %request.follower_id, from = request.next_offset, "follower connected");
         }
-        tokio::spawn(stream_log(Arc::clone(node), request, tx));
+        tokio::spawn(stream_log(Arc::clone(node), request, tx, registration));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -107,8 +123,9 @@ impl Replication for Service {
 
 /// Sends the log from `request.next_offset` until the caller goes away or the node shuts
 /// down; without `follow`, only up to the log's end as of the request.
-async fn stream_log(node: Arc<Node>, request: FetchRequest, tx: Sender) {
-    let _registration = (!request.follower_id.is_empty()).then(|| node.followers.connect(&request.follower_id));
+async fn stream_log(node: Arc<Node>, request: FetchRequest, tx: Sender, registration: Option<Registration>) {
+    // Held for the stream's life: the follower counts as connected until it ends.
+    let _registration = registration;
     let until = if request.follow { Offset::MAX } else { node.log.next_offset() };
     let mut appended = node.appended.subscribe();
     let mut truncations = node.truncations.subscribe();

@@ -70,8 +70,13 @@ pub async fn tail(
         .map_err(connect)?;
     let mut client = ReplicationClient::new(channel)
         .max_decoding_message_size(request.max_record_bytes.saturating_add(super::CHUNK_BYTES));
-    let fetch =
-        FetchRequest { follower_id: String::new(), next_offset: request.offset, last: None, follow: request.follow };
+    let fetch = FetchRequest {
+        follower_id: String::new(),
+        next_offset: request.offset,
+        last: None,
+        follow: request.follow,
+        known_epoch: 0,
+    };
     let mut stream = client.fetch(fetch).await?.into_inner();
     while let Some(message) = stream.message().await? {
         match message.kind {
