@@ -195,3 +195,45 @@ fn client_with_piped_stdin_sends_every_line_and_prints_every_reply() {
     assert_eq!(with_error.stdout, b"PONG\nERR unknown command 'NOPE'; try HELP\nPONG\n");
     assert_eq!(with_error.status.code(), Some(1), "an ERR reply makes piped mode fail");
 }
+
+#[test]
+fn a_log_damaged_in_the_middle_stops_the_start_with_one_line_pointing_at_check() {
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = ServerProcess::start(&data, &[]);
+    let mut client = LineClient::connect(server.addr).unwrap();
+    for n in 0..20 {
+        assert_eq!(client.request(format!("SET k{n} value-{n}").as_bytes()).unwrap(), b"OK");
+    }
+    drop(client);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_for_exit().success());
+    drop(server);
+    // Flip a byte in the middle of the only segment: valid records follow the damage.
+    let segment = std::fs::read_dir(data.join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("a segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+
+    let mut damaged = ServerProcess::spawn(&data, &[]);
+    assert!(!damaged.wait_for_exit().success(), "a damaged log must not be served");
+    let stderr = damaged.stderr();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("msglog:")).collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
+    assert!(errors[0].contains("corrupt log"), "{}", errors[0]);
+    assert!(errors[0].contains(&format!("msglog check --data-dir {}", data.display())), "{}", errors[0]);
+    assert!(errors[0].contains("--repair"), "{}", errors[0]);
+}
+
+#[test]
+fn a_segment_size_below_the_minimum_is_refused_naming_the_flag() {
+    let out = msglog().args(["serve", "--segment-bytes", "0"]).output().expect("run msglog serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--segment-bytes") && stderr.contains("at least 65536"), "{stderr}");
+}

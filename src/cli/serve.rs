@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
 use crate::replication::{Node, NodeConfig, Role};
 use crate::server::{self, Cluster, ServerConfig};
-use crate::storage::{Config, FsyncPolicy, Log};
+use crate::storage::{Config, FsyncPolicy, Log, StorageError};
 
 use super::tolerance::read_tolerance_file;
 use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
@@ -33,7 +33,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_FSYNC", default_value = "always", value_parser = parse_fsync)]
     fsync: FsyncPolicy,
     /// Size at which a log segment is sealed and a new one started (e.g. 134217728, 128M).
-    #[arg(long, env = "MSGLOG_SEGMENT_BYTES", default_value = "128M", value_parser = parse_bytes)]
+    #[arg(long, env = "MSGLOG_SEGMENT_BYTES", default_value = "128M", value_parser = parse_segment_bytes)]
     segment_bytes: u64,
     /// Largest message a SET may carry (e.g. 1048576, 1M).
     #[arg(long, env = "MSGLOG_MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = parse_bytes)]
@@ -84,8 +84,17 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     // Open (and lock) the log first, so a second server on the same directory fails on the
     // lock, naming it, whatever its listen address.
-    let log = Log::open(&args.data_dir, log_config)
-        .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
+    let log = Log::open(&args.data_dir, log_config).map_err(|err| {
+        let dir = args.data_dir.display();
+        let hint = match err {
+            StorageError::Corruption { .. } => format!(
+                " (`msglog check --data-dir {dir}` shows the damage; adding `--repair` cuts the log back \
+                 to before it, dropping what follows)"
+            ),
+            _ => String::new(),
+        };
+        anyhow::anyhow!("cannot open the log in {dir}: {err}{hint}")
+    })?;
     let log = Arc::new(log);
 
     let runtime =
@@ -167,6 +176,16 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, tolerance: u32, log: 
     let (served, ()) = tokio::join!(clients, signals);
     served.context("cannot start the commit thread")?;
     replication.await.context("the replication task failed")?.context("the replication server failed")
+}
+
+/// Below this a segment holds only a few records and every roll costs two fsyncs.
+const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+
+fn parse_segment_bytes(text: &str) -> Result<u64, String> {
+    match parse_bytes(text)? {
+        n if n < MIN_SEGMENT_BYTES => Err(format!("must be at least {MIN_SEGMENT_BYTES} bytes (64K)")),
+        n => Ok(n),
+    }
 }
 
 fn parse_ack_timeout(text: &str) -> Result<Duration, String> {

@@ -92,23 +92,32 @@ fn write_text(out: &mut impl Write, record: &RecordRef<'_>) -> std::io::Result<(
 }
 
 fn write_escaped(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: Option<&[u8]> = match b {
-            b'\n' => Some(b"\\n"),
-            b'\r' => Some(b"\\r"),
-            b'\\' => Some(b"\\\\"),
-            _ if b.is_ascii_control() => None,
-            _ => continue,
-        };
-        out.write_all(&bytes[start..i])?;
-        match escape {
-            Some(escape) => out.write_all(escape)?,
-            None => write!(out, "\\x{b:02x}")?,
+    // UTF-8 text passes through; control bytes and bytes that are not UTF-8 are escaped, so
+    // a line is always valid UTF-8 and one record stays on one line.
+    for chunk in bytes.utf8_chunks() {
+        let valid = chunk.valid().as_bytes();
+        let mut start = 0;
+        for (i, &b) in valid.iter().enumerate() {
+            let escape: Option<&[u8]> = match b {
+                b'\n' => Some(b"\\n"),
+                b'\r' => Some(b"\\r"),
+                b'\\' => Some(b"\\\\"),
+                _ if b.is_ascii_control() => None,
+                _ => continue,
+            };
+            out.write_all(&valid[start..i])?;
+            match escape {
+                Some(escape) => out.write_all(escape)?,
+                None => write!(out, "\\x{b:02x}")?,
+            }
+            start = i + 1;
         }
-        start = i + 1;
+        out.write_all(&valid[start..])?;
+        for b in chunk.invalid() {
+            write!(out, "\\x{b:02x}")?;
+        }
     }
-    out.write_all(&bytes[start..])
+    Ok(())
 }
 
 /// The text if it is UTF-8, else the bytes in hex.
@@ -148,9 +157,10 @@ mod tests {
     use super::write_escaped;
 
     #[test]
-    fn escapes_bytes_that_would_break_the_line() {
+    fn escapes_bytes_that_would_break_the_line_or_are_not_utf8() {
         let mut out = Vec::new();
-        write_escaped(&mut out, b"a b\r\n\\\x00\xffz").unwrap();
-        assert_eq!(out, b"a b\\r\\n\\\\\\x00\xffz");
+        write_escaped(&mut out, "a b\r\n\\\x00é\u{7f}".as_bytes()).unwrap();
+        write_escaped(&mut out, b"\xffz\xc3").unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "a b\\r\\n\\\\\\x00é\\x7f\\xffz\\xc3");
     }
 }

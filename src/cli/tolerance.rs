@@ -16,6 +16,8 @@ pub(crate) fn read_tolerance_file(path: &Path) -> anyhow::Result<u32> {
 
 fn parse_tolerance(text: &str) -> anyhow::Result<u32> {
     let mut found: Option<(u32, usize)> = None;
+    // Editors on some systems start a UTF-8 file with a byte-order mark; it is not a typo.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (index, line) in text.lines().enumerate() {
         let number = index + 1;
         let content = line.split('#').next().unwrap_or("").trim();
@@ -27,9 +29,13 @@ fn parse_tolerance(text: &str) -> anyhow::Result<u32> {
             Some((key, _)) => anyhow::bail!("line {number}: unknown setting '{}' (expected TOLERANCE=N)", key.trim()),
             None => content,
         };
-        let tolerance = value
-            .parse::<u32>()
-            .map_err(|_| anyhow::anyhow!("line {number}: '{value}' is not a whole number of followers"))?;
+        let tolerance = match value.parse::<u32>() {
+            Ok(tolerance) => tolerance,
+            Err(_) if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                anyhow::bail!("line {number}: {value} followers is more than a cluster can have")
+            }
+            Err(_) => anyhow::bail!("line {number}: '{value}' is not a whole number of followers"),
+        };
         if let Some((_, first)) = found {
             anyhow::bail!("line {number}: a second tolerance (the first is on line {first})");
         }
@@ -48,6 +54,7 @@ mod tests {
         assert_eq!(parse_tolerance("# replicas\n\n tolerance = 1  # one follower\n").unwrap(), 1);
         assert_eq!(parse_tolerance("3").unwrap(), 3);
         assert_eq!(parse_tolerance("Tolerance=0\r\n").unwrap(), 0);
+        assert_eq!(parse_tolerance("\u{feff}TOLERANCE=1\n").unwrap(), 1, "a byte-order mark is not a setting");
     }
 
     #[test]
@@ -58,5 +65,6 @@ mod tests {
         assert_eq!(err("1\n2\n"), "line 2: a second tolerance (the first is on line 1)");
         assert_eq!(err("-1"), "line 1: '-1' is not a whole number of followers");
         assert_eq!(err("# nothing\n"), "no tolerance in it (expected TOLERANCE=N)");
+        assert_eq!(err("TOLERANCE=99999999999"), "line 1: 99999999999 followers is more than a cluster can have");
     }
 }

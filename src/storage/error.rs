@@ -6,7 +6,9 @@ use super::Offset;
 /// Everything the storage engine can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("I/O error: {0}")]
+    /// Shown as the I/O error itself: its text is the whole story, and a prefix plus the
+    /// error as `source` made anyhow print it twice.
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("data dir {dir} is locked by another msglog process (lock file {lock})")]
     Locked { dir: PathBuf, lock: PathBuf },
