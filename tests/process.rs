@@ -139,7 +139,7 @@ fn sigterm_with_clients_connected_exits_zero_and_releases_the_lock() {
 fn second_server_on_the_same_data_dir_exits_naming_the_lock() {
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
-    let _first = ServerProcess::start(&data, &[]);
+    let first = ServerProcess::start(&data, &[]);
     let mut second = ServerProcess::spawn(&data, &[]);
     let status = second.wait_for_exit();
     assert!(!status.success(), "second server must fail");
@@ -148,6 +148,7 @@ fn second_server_on_the_same_data_dir_exits_naming_the_lock() {
     assert_eq!(errors.len(), 1, "one error line expected:\n{stderr}");
     assert!(errors[0].contains("lock"), "error does not mention the lock: {}", errors[0]);
     assert!(errors[0].contains(&data.display().to_string()), "error does not name the data dir: {}", errors[0]);
+    assert!(errors[0].contains(&format!("PID {}", first.pid())), "error does not name the holder: {}", errors[0]);
 }
 
 #[test]

@@ -10,8 +10,8 @@ pub enum StorageError {
     /// error as `source` made anyhow print it twice.
     #[error(transparent)]
     Io(#[from] io::Error),
-    #[error("data dir {dir} is locked by another msglog process (lock file {lock})")]
-    Locked { dir: PathBuf, lock: PathBuf },
+    #[error("data dir {dir} is locked by another msglog process (lock file {lock}{holder})")]
+    Locked { dir: PathBuf, lock: PathBuf, holder: String },
     #[error("corrupt log: {segment} at byte {position}: {reason}")]
     Corruption { segment: PathBuf, position: u64, reason: String },
     #[error("log is read-only after an earlier failure: {0}")]

@@ -13,7 +13,13 @@ pub fn acquire(data_dir: &Path) -> Result<File> {
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {
-            return Err(StorageError::Locked { dir: data_dir.to_path_buf(), lock: path });
+            // The holder wrote its PID once it had the lock; unreadable or not yet written
+            // is no reason to hide the real error.
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .map_or_else(String::new, |pid| format!(", PID {pid}"));
+            return Err(StorageError::Locked { dir: data_dir.to_path_buf(), lock: path, holder });
         }
         Err(TryLockError::Error(e)) => return Err(e.into()),
     }
