@@ -317,3 +317,17 @@ async fn text_and_resp_clients_share_one_port_and_one_store() {
     assert!(text.request(b"*1").await.starts_with(b"ERR unknown command"));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_resp_client_over_max_connections_gets_a_resp_error() {
+    let config = ServerConfig { max_connections: 1, stats_interval: None, ..ServerConfig::default() };
+    let server = TestServer::start_with(config, Config::default()).await;
+    let mut first = server.connect().await;
+    check(&mut first, &[b"PING"], b"+PONG\r\n").await;
+    let mut refused = server.connect().await;
+    let refusal = b"-ERR too many connections\r\n";
+    refused.send(b"*1\r\n$4\r\nPING\r\n").await;
+    assert_eq!(refused.read_bytes(refusal.len()).await, refusal);
+    assert!(refused.is_closed().await);
+    server.stop().await;
+}

@@ -18,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
+use crate::protocol::resp::RespReply;
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
@@ -196,14 +197,27 @@ impl Listener {
     }
 }
 
-/// Tells a client over the connection limit why it is closed. Whatever it already sent is
-/// read and dropped first, since closing a socket with unread input resets the connection and
-/// could destroy the reply before the client reads it.
+/// Tells a client over the connection limit why it is closed, in its protocol: a client
+/// that sends at once (as Redis clients do) and starts with `*` gets a RESP error; one that
+/// is silent for a second gets the text line. Whatever it sent is read and dropped before
+/// closing, since closing a socket with unread input resets the connection and could
+/// destroy the reply before the client reads it.
 async fn refuse(mut stream: TcpStream) {
     const LINGER: Duration = Duration::from_secs(2);
+    const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+    let refusal = Reply::error("too many connections");
     let mut reply = bytes::BytesMut::new();
-    Reply::error("too many connections").encode_text(&mut reply);
     let _ = tokio::time::timeout(LINGER, async {
+        let mut first = [0u8; 1024];
+        let resp = match tokio::time::timeout(FIRST_BYTE_WAIT, stream.read(&mut first)).await {
+            Ok(Ok(n)) => n > 0 && first[0] == b'*',
+            Ok(Err(e)) => return Err(e),
+            Err(_) => false,
+        };
+        match resp {
+            true => RespReply::from(refusal).encode(&mut reply),
+            false => refusal.encode_text(&mut reply),
+        }
         stream.write_all(&reply).await?;
         stream.shutdown().await?;
         let mut sink = [0u8; 1024];
