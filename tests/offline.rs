@@ -264,3 +264,153 @@ fn replicas_with_the_same_records_print_the_same_digest_whatever_their_segments(
     assert_eq!(digests[0], digests[1]);
     assert_ne!(digests[0], digests[2]);
 }
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn export_skips_ids_whose_file_name_would_be_too_long_and_exports_the_rest() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("messages"));
+    // 251 plain bytes + ".msg" is exactly 255; one more byte, or %-encoding, is too long.
+    let longest = vec![b'a'; 251];
+    let (one_over, encoded, huge) = (vec![b'b'; 252], b"/".repeat(84), [&b"c"[..], &[b'd'; 1022], b"e"].concat());
+    {
+        let log = open(&data);
+        for id in [&b"before"[..], &longest, &one_over, &encoded, &huge, b"after"] {
+            log.append(id, b"v1").unwrap();
+        }
+        log.close().unwrap();
+    }
+    let exported = run(&["export", "--data-dir", path(&data), "--out", path(&out)]);
+    assert_eq!(exported.status.code(), Some(1), "{exported:?}");
+    let names: Vec<String> = folder(&out).into_keys().collect();
+    assert_eq!(names, ["a".repeat(251) + ".msg", "after.msg".into(), "before.msg".into()], "and no temporary file");
+    assert!(
+        stdout(&exported).contains("exported 3 file(s), removed 0, skipped 3 ID(s) whose file name would be too long"),
+        "{}",
+        stdout(&exported)
+    );
+    let warnings = stderr(&exported);
+    assert_eq!(warnings.lines().count(), 3, "one warning per skipped ID: {warnings}");
+    for (shown, name_bytes) in [
+        (format!("{}...{} (252 bytes)", "b".repeat(40), "b".repeat(16)), 256),
+        (format!("{}...{} (84 bytes)", "/".repeat(40), "/".repeat(16)), 256),
+        (format!("c{}...{}e (1024 bytes)", "d".repeat(39), "d".repeat(15)), 1028),
+    ] {
+        let warning = format!(
+            "msglog: warning: skipped ID {shown}: its file name would be {name_bytes} bytes, over the 255-byte limit"
+        );
+        assert!(warnings.lines().any(|l| l == warning), "{warning} in {warnings}");
+    }
+
+    // A refresh skips them the same way; deleting one is not an error.
+    let next = open(&data).stats().next_offset;
+    {
+        let log = open(&data);
+        log.append(&one_over, b"v2").unwrap();
+        log.delete(&huge).unwrap();
+        log.append(b"after", b"v2").unwrap();
+        log.close().unwrap();
+    }
+    let refreshed = run(&["export", "--data-dir", path(&data), "--out", path(&out), "--since", &next.to_string()]);
+    assert_eq!(refreshed.status.code(), Some(1), "{refreshed:?}");
+    assert!(stdout(&refreshed).contains("exported 1 file(s), removed 0, skipped 1 ID(s)"), "{}", stdout(&refreshed));
+    assert_eq!(stderr(&refreshed).lines().count(), 1, "{}", stderr(&refreshed));
+    assert_eq!(folder(&out)["after.msg"], b"v2");
+}
+
+#[test]
+fn export_and_check_refuse_a_data_dir_that_does_not_exist() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (missing, out) = (tmp.path().join("missing"), tmp.path().join("messages"));
+    let exported = run(&["export", "--data-dir", path(&missing), "--out", path(&out)]);
+    let checked = run(&["check", "--data-dir", path(&missing)]);
+    for output in [&exported, &checked] {
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert_eq!(stderr(output).trim_end(), format!("msglog: data dir {} does not exist", missing.display()));
+    }
+    assert!(!missing.exists(), "nothing is created");
+    assert!(!out.exists(), "nothing is created");
+}
+
+#[test]
+fn check_names_an_io_failure_once() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    fs::create_dir(tmp.path().join("LOCK")).unwrap();
+    let out = run(&["check", "--data-dir", path(tmp.path())]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = stderr(&out);
+    assert!(text.contains(&format!("cannot check {}", tmp.path().display())), "{text}");
+    assert_eq!(text.matches("os error").count(), 1, "{text}");
+}
+
+#[test]
+fn import_skips_entries_that_are_not_regular_files() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, from) = (tmp.path().join("data"), tmp.path().join("in"));
+    fs::create_dir_all(from.join("sub.msg")).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(from.join("socket.msg")).unwrap();
+    fs::write(from.join("a.msg"), b"first").unwrap();
+    fs::write(from.join("z.msg"), b"last").unwrap();
+    let out = run(&["import", "--data-dir", path(&data), "--from", path(&from)]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("skipped sub.msg: not a regular file"), "{text}");
+    assert!(text.contains("skipped socket.msg: not a regular file"), "{text}");
+    assert!(text.contains("imported 2 file(s), skipped 2"), "{text}");
+    let log = open(&data);
+    assert_eq!(log.get(b"z").unwrap().as_deref(), Some(&b"last"[..]));
+}
+
+#[test]
+fn an_import_that_fails_keeps_none_of_its_records() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, from) = (tmp.path().join("data"), tmp.path().join("in"));
+    {
+        let log = open(&data);
+        log.append(b"a", b"before the import").unwrap();
+        log.close().unwrap();
+    }
+    fs::create_dir_all(&from).unwrap();
+    fs::write(from.join("a.msg"), b"imported").unwrap();
+    fs::write(from.join("b.msg"), b"imported").unwrap();
+    // Sorted after a.msg and b.msg, so it fails once they are appended.
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), from.join("c.msg")).unwrap();
+    let out = run(&["import", "--data-dir", path(&data), "--from", path(&from)]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = stderr(&out);
+    assert!(text.contains("nothing was imported"), "{text}");
+    assert!(text.contains(&format!("cannot read {}", from.join("c.msg").display())), "{text}");
+    let log = open(&data);
+    assert_eq!(log.stats().records, 1);
+    assert_eq!(log.get(b"a").unwrap().as_deref(), Some(&b"before the import"[..]));
+    assert_eq!(log.get(b"b").unwrap(), None);
+}
+
+#[test]
+fn export_since_past_the_end_of_the_log_says_so() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("messages"));
+    {
+        let log = open(&data);
+        for id in [&b"x"[..], b"y", b"z"] {
+            log.append(id, b"v").unwrap();
+        }
+        log.close().unwrap();
+    }
+    let past = run(&["export", "--data-dir", path(&data), "--out", path(&out), "--since", "100"]);
+    assert!(past.status.success(), "{past:?}");
+    assert_eq!(stderr(&past).trim_end(), "msglog: note: nothing since offset 100: the log ends at 3");
+    assert!(stdout(&past).contains("exported 0 file(s), removed 0"), "{}", stdout(&past));
+    let at_end = run(&["export", "--data-dir", path(&data), "--out", path(&out), "--since", "3"]);
+    assert!(at_end.status.success(), "{at_end:?}");
+    assert_eq!(stderr(&at_end), "", "the next offset an export printed is no surprise");
+}

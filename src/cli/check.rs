@@ -1,7 +1,8 @@
 //! `msglog check`: verify every record and print counts and a digest; `--repair` cuts the
 //! log at the first bad record.
 
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -33,7 +34,19 @@ pub(crate) fn offline_config() -> Config {
     Config { max_record_bytes: 1 << 30, ..Config::default() }
 }
 
+/// Offline tools that read a log refuse a data dir that is not there: `Log::open` would
+/// create it (its LOCK and log/ too), so a mistyped path would pass as an empty log.
+pub(crate) fn existing_data_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => anyhow::bail!("data dir {} is not a directory", dir.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => anyhow::bail!("data dir {} does not exist", dir.display()),
+        Err(e) => Err(e).with_context(|| format!("cannot read data dir {}", dir.display())),
+    }
+}
+
 pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    existing_data_dir(&args.data_dir)?;
     let config = offline_config();
     let report = verify(&args, &config)?;
     print(&report);

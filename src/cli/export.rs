@@ -2,23 +2,26 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 
 use crate::storage::{Log, Offset, StorageError};
 
-use super::check::offline_config;
-use super::msg_files::{file_name, progress};
+use super::check::{existing_data_dir, offline_config};
+use super::msg_files::{NAME_MAX, file_name, progress, shown_id};
 
 /// Write the latest message of every live ID to `OUT/<id>.msg` (exact bytes).
 ///
 /// ID bytes outside [A-Za-z0-9._-] (and the IDs `.` and `..`) are %-encoded in file names,
 /// so nothing escapes OUT. Each file is written to a temporary name and renamed, so a
-/// reader never sees half a file. Takes the data-dir lock: it refuses to run while a
-/// server owns the directory (stop the server, or export from a follower's copy).
+/// reader never sees half a file. An ID whose file name would be over 255 bytes is skipped
+/// with a warning, and the export, otherwise complete, exits 1. Takes the data-dir lock: it
+/// refuses to run while a server owns the directory (stop the server, or export from a
+/// follower's copy).
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExportArgs {
     /// Directory holding the log.
@@ -35,35 +38,70 @@ pub(crate) struct ExportArgs {
 }
 
 pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    existing_data_dir(&args.data_dir)?;
     let log = Log::open(&args.data_dir, offline_config())
         .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
     fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
     let next = log.stats().next_offset;
-    let (written, removed) = match args.since {
-        None => (export_all(&log, &args.out)?, 0),
-        Some(since) => refresh(&log, &args.out, since)?,
-    };
+    let mut tally = Tally::default();
+    match args.since {
+        None => export_all(&log, &args.out, &mut tally)?,
+        Some(since) => {
+            if since > next {
+                eprintln!("msglog: note: nothing since offset {since}: the log ends at {next}");
+            }
+            refresh(&log, &args.out, since, &mut tally)?;
+        }
+    }
     sync_dir(&args.out)?;
     log.close().context("closing the log")?;
-    println!("exported {written} file(s), removed {removed}, to {}; next offset {next}", args.out.display());
-    Ok(ExitCode::SUCCESS)
+    let Tally { written, removed, too_long } = tally;
+    let skipped = match too_long {
+        0 => String::new(),
+        n => format!(", skipped {n} ID(s) whose file name would be too long"),
+    };
+    println!("exported {written} file(s), removed {removed}{skipped}, to {}; next offset {next}", args.out.display());
+    // An export missing live IDs is not a copy of the log: scripts must notice, though
+    // every other file is written.
+    Ok(if too_long == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn export_all(log: &Log, out: &Path) -> anyhow::Result<u64> {
+/// What an export did, for its summary line.
+#[derive(Debug, Default)]
+struct Tally {
+    written: u64,
+    removed: u64,
+    too_long: u64,
+}
+
+impl Tally {
+    fn add(&mut self, id: &[u8], outcome: Outcome, bar: &ProgressBar) {
+        match outcome {
+            Outcome::Written => self.written += 1,
+            Outcome::NameTooLong(why) => {
+                self.too_long += 1;
+                bar.suspend(|| eprintln!("msglog: warning: skipped ID {}: {why}", shown_id(id)));
+            }
+        }
+    }
+}
+
+fn export_all(log: &Log, out: &Path, tally: &mut Tally) -> anyhow::Result<()> {
     let bar = progress(log.stats().ids, "exporting");
-    let mut written = 0u64;
     log.for_each_live(|id, message| {
-        write_atomically(&out.join(file_name(id)), message).map_err(Failure::Io)?;
-        written += 1;
+        let name = file_name(id);
+        let outcome =
+            write_message(out, &name, message).map_err(|error| Failure::Io { path: out.join(&name), error })?;
+        tally.add(id, outcome, &bar);
         bar.inc(1);
         Ok::<_, Failure>(())
     })?;
     bar.finish_and_clear();
-    Ok(written)
+    Ok(())
 }
 
 /// Rewrites the IDs touched by records at or after `since`; removes the deleted ones.
-fn refresh(log: &Log, out: &Path, since: Offset) -> anyhow::Result<(u64, u64)> {
+fn refresh(log: &Log, out: &Path, since: Offset, tally: &mut Tally) -> anyhow::Result<()> {
     let mut touched: HashSet<Vec<u8>> = HashSet::new();
     for chunk in log.chunks_from(since, 1 << 20) {
         let chunk = chunk?;
@@ -72,22 +110,26 @@ fn refresh(log: &Log, out: &Path, since: Offset) -> anyhow::Result<(u64, u64)> {
             touched.insert(record.id.to_vec());
         }
     }
-    let (mut written, mut removed) = (0, 0);
+    let bar = ProgressBar::hidden();
     for id in touched {
-        let path = out.join(file_name(&id));
+        let name = file_name(&id);
+        let path = out.join(&name);
         match log.get(&id)? {
             Some(message) => {
-                write_atomically(&path, &message).with_context(|| format!("cannot write {}", path.display()))?;
-                written += 1;
+                let outcome =
+                    write_message(out, &name, &message).with_context(|| format!("cannot write {}", path.display()))?;
+                tally.add(&id, outcome, &bar);
             }
+            // No file can have a name that long, so there is nothing to remove.
+            None if name.len() > NAME_MAX => {}
             None => match fs::remove_file(&path) {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(()) => tally.removed += 1,
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::InvalidFilename) => {}
                 Err(e) => return Err(e).with_context(|| format!("cannot remove {}", path.display())),
             },
         }
     }
-    Ok((written, removed))
+    Ok(())
 }
 
 /// Either side of `for_each_live`'s callback can fail.
@@ -95,19 +137,47 @@ fn refresh(log: &Log, out: &Path, since: Offset) -> anyhow::Result<(u64, u64)> {
 enum Failure {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("cannot write a message file: {0}")]
-    Io(io::Error),
+    #[error("cannot write {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
 }
 
-/// Writes `bytes` to a temporary sibling, then renames it over `path`. The temporary name
-/// ends in `~tmp`, which no exported name can (`~` is always %-encoded).
+/// What became of one ID's message.
+#[derive(Debug)]
+enum Outcome {
+    Written,
+    /// Not written: the file name is too long for the file system (why, for the warning).
+    NameTooLong(String),
+}
+
+/// Writes `OUT/name`, unless the name is too long: checked against Linux's limit before
+/// anything is created, and, for a file system with a lower one, by the OS's answer.
+fn write_message(out: &Path, name: &str, bytes: &[u8]) -> io::Result<Outcome> {
+    if name.len() > NAME_MAX {
+        let why = format!("its file name would be {} bytes, over the {NAME_MAX}-byte limit", name.len());
+        return Ok(Outcome::NameTooLong(why));
+    }
+    match write_atomically(&out.join(name), bytes) {
+        Ok(()) => Ok(Outcome::Written),
+        Err(e) if e.kind() == io::ErrorKind::InvalidFilename => {
+            let why =
+                format!("its file name ({} bytes) is too long for the file system of {}", name.len(), out.display());
+            Ok(Outcome::NameTooLong(why))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`. The
+/// temporary name starts with `~`, which no exported name can (`~` is always %-encoded);
+/// it is one per process, which writes one file at a time; and it is short, so an exported
+/// name may take all of `NAME_MAX`.
 fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".~tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    drop(file);
-    fs::rename(&tmp, path)
+    let tmp = path.with_file_name(format!("~export-{}.tmp", std::process::id()));
+    let written = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {

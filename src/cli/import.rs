@@ -1,19 +1,24 @@
 //! `msglog import`: load a folder of `<id>.msg` files as SETs, in one durable batch.
 
+use std::ffi::OsString;
 use std::fs;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use indicatif::ProgressBar;
 
 use crate::protocol::validate_id;
-use crate::storage::{Config, FsyncPolicy, Log};
+use crate::storage::{Config, FsyncPolicy, Log, Offset};
 
 use super::msg_files::{EXTENSION, decode_file_name, progress};
 
 /// Append every `DIR/*.msg` file as a SET (ID from the decoded file name, message = the
 /// file's exact bytes), then fsync once. Takes the data-dir lock: refuses to run while a
-/// server owns the directory. Prints how many files were imported and skipped, and why.
+/// server owns the directory. Prints how many files were imported and skipped, and why:
+/// entries that are not regular `<id>.msg` files of at most `--max-message-bytes` are
+/// skipped. A file that cannot be read stops the import, and what it had appended is
+/// removed: a failed import changes nothing.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ImportArgs {
     /// Directory holding the log (created if missing).
@@ -37,7 +42,32 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let config = Config { fsync: FsyncPolicy::Never, ..super::check::offline_config() };
     let log = Log::open(&args.data_dir, config)
         .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
+    let start = log.next_offset();
     let bar = progress(names.len() as u64, "importing");
+    let appended = append_all(&log, &args, names, &bar);
+    bar.finish_and_clear();
+    let (imported, skipped) = match appended {
+        Ok(done) => done,
+        Err(e) => return Err(roll_back(log, start, e)),
+    };
+    // One fsync makes the whole batch durable; nothing is reported imported before it.
+    log.sync().context("making the import durable")?;
+    log.close().context("closing the log")?;
+    for (name, why) in &skipped {
+        println!("skipped {name}: {why}");
+    }
+    println!("imported {imported} file(s), skipped {}, into {}", skipped.len(), args.data_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Appends every good file as a SET, in `names` order, and lists the entries skipped and
+/// why; fails on the first file it cannot read or append.
+fn append_all(
+    log: &Log,
+    args: &ImportArgs,
+    names: Vec<OsString>,
+    bar: &ProgressBar,
+) -> anyhow::Result<(u64, Vec<(String, String)>)> {
     let (mut imported, mut skipped) = (0u64, Vec::new());
     for name in names {
         bar.inc(1);
@@ -54,22 +84,31 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let path = args.from.join(&name);
-        let size = fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.len();
-        if size > args.max_message_bytes {
-            skipped.push((shown, format!("{size} bytes, over --max-message-bytes")));
+        // Follows symlinks: a link to a regular file is imported like the file.
+        let meta = fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if !meta.is_file() {
+            skipped.push((shown, "not a regular file".to_string()));
+            continue;
+        }
+        if meta.len() > args.max_message_bytes {
+            skipped.push((shown, format!("{} bytes, over --max-message-bytes", meta.len())));
             continue;
         }
         let message = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        log.append(&id, &message)?;
+        log.append(&id, &message).with_context(|| format!("cannot append {}", path.display()))?;
         imported += 1;
     }
-    bar.finish_and_clear();
-    // One fsync makes the whole batch durable; nothing is reported imported before it.
-    log.sync().context("making the import durable")?;
-    log.close().context("closing the log")?;
-    for (name, why) in &skipped {
-        println!("skipped {name}: {why}");
+    Ok((imported, skipped))
+}
+
+/// Cuts the log back to `start`, where the import began: the records appended so far are
+/// not synced, but they are in the OS's hands and a later open would find them.
+fn roll_back(log: Log, start: Offset, failure: anyhow::Error) -> anyhow::Error {
+    match log.truncate_to(start).and_then(|()| log.close()) {
+        Ok(()) => failure.context("import failed; nothing was imported"),
+        Err(e) => failure.context(format!(
+            "import failed, and removing the records it had appended (from offset {start}) failed too: {e}; \
+             run `msglog check` on the data dir"
+        )),
     }
-    println!("imported {imported} file(s), skipped {}, into {}", skipped.len(), args.data_dir.display());
-    Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 pub(crate) const EXTENSION: &str = ".msg";
 
+/// The longest file name, in bytes, that Linux file systems (ext4, xfs, btrfs, tmpfs) take.
+/// An ID of up to 1024 bytes can need a longer one (and %-encoding triples a byte).
+pub(crate) const NAME_MAX: usize = 255;
+
 fn plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')
 }
@@ -52,6 +56,18 @@ pub(crate) fn decode_file_name(name: &str) -> Result<Vec<u8>, String> {
     Ok(id)
 }
 
+/// `id` for a one-line message: escaped, and cut in the middle when long (an ID may be 1024
+/// bytes), keeping both ends so IDs sharing a long prefix stay apart.
+pub(crate) fn shown_id(id: &[u8]) -> String {
+    const HEAD: usize = 40;
+    const TAIL: usize = 16;
+    if id.len() <= HEAD + TAIL {
+        return id.escape_ascii().to_string();
+    }
+    let (head, tail) = (&id[..HEAD], &id[id.len() - TAIL..]);
+    format!("{}...{} ({} bytes)", head.escape_ascii(), tail.escape_ascii(), id.len())
+}
+
 /// A progress bar on stderr when it is a terminal; hidden otherwise, so scripts stay quiet.
 pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
@@ -76,6 +92,13 @@ mod tests {
         assert_eq!(file_name(b".."), "%2E%2E.msg");
         assert_eq!(file_name(b"%41"), "%2541.msg");
         assert_eq!(file_name("é".as_bytes()), "%C3%A9.msg");
+    }
+
+    #[test]
+    fn long_ids_are_shown_by_both_ends() {
+        assert_eq!(shown_id(b"short/id"), "short/id");
+        let long = [vec![b'a'; 40], vec![b'b'; 100], b"\xff--end-of-the-id".to_vec()].concat();
+        assert_eq!(shown_id(&long), format!("{}...\\xff--end-of-the-id (156 bytes)", "a".repeat(40)));
     }
 
     proptest! {
