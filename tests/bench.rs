@@ -1,12 +1,19 @@
 //! `msglog bench` against small fake servers started inside the test: honest ones for the
-//! text protocol and RESP, and dishonest ones whose wrong replies must show up as errors.
+//! text protocol and RESP, and dishonest ones whose wrong replies must show up as errors;
+//! against a real msglog server where its replies matter (empty values, size limits); and
+//! as the `msglog` binary for flags that must be refused.
+
+mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use msglog::cli::bench::{self, BenchArgs, BenchReport};
+use common::TestServer;
+use msglog::cli::bench::{self, BenchArgs, BenchReport, MAX_VALUE_SIZE};
+use msglog::server::ServerConfig;
+use msglog::storage::Config;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -276,4 +283,88 @@ fn requests_and_duration_are_exclusive() {
     let defaults = Cli::try_parse_from(["bench"]).unwrap().args;
     assert_eq!((defaults.clients, defaults.pipeline, defaults.value_size), (50, 1, 100));
     assert_eq!((defaults.requests, defaults.duration, defaults.keys), (None, None, 100_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_values_from_an_earlier_run_are_right_get_replies() {
+    for protocol in ["text", "resp"] {
+        let server = TestServer::start().await;
+        let flags = format!("--protocol {protocol} --value-size 0 --preload --keys 50 --requests 1 --clients 2");
+        assert_clean(&bench(server.addr, &flags).await);
+        // This run's own value is 100 bytes; the empty ones stored above are right too.
+        let flags = format!("--protocol {protocol} --workload get --keys 50 --requests 500 --clients 2 --pipeline 4");
+        let report = bench(server.addr, &flags).await;
+        assert_clean(&report);
+        assert_eq!((report.gets, report.get_misses), (500, 0));
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_over_the_servers_limit_are_sent_and_counted_as_errors() {
+    let config = ServerConfig { max_message_bytes: 1000, stats_interval: None, ..ServerConfig::default() };
+    let server = TestServer::start_with(config, Config::default()).await;
+    for protocol in ["text", "resp"] {
+        let at_limit = bench(server.addr, &format!("--protocol {protocol} --value-size 1000 --requests 20")).await;
+        assert_clean(&at_limit);
+        let over = bench(server.addr, &format!("--protocol {protocol} --value-size 1001 --requests 20")).await;
+        assert_eq!((over.requests, over.ok, over.errors), (20, 0, 20));
+        let first = over.first_error.expect("an example of the first error");
+        assert!(first.contains("message too large"), "{first}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_value_reaches_the_server_and_is_refused_there() {
+    let server = TestServer::start().await;
+    let flags = format!("--value-size {MAX_VALUE_SIZE} --requests 1 --clients 1");
+    let report = bench(server.addr, &flags).await;
+    assert_eq!((report.requests, report.errors), (1, 1));
+    let first = report.first_error.expect("an example of the first error");
+    assert!(first.contains("line too long"), "{first}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn runs_that_would_exhaust_the_generators_memory_are_refused_before_connecting() {
+    // Nobody listens: a run that got past its checks would fail to connect instead.
+    let addr: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
+    for flags in
+        ["--clients 50 --pipeline 1000000 --duration 10s", &format!("--clients 50 --value-size {MAX_VALUE_SIZE}")]
+    {
+        let err = bench::run(bench_args(addr, flags)).await.expect_err(flags).to_string();
+        assert!(err.contains("would buffer") && err.contains("--pipeline"), "{flags}: {err}");
+    }
+}
+
+#[test]
+fn zero_and_absurd_numeric_flags_are_refused_naming_the_flag() {
+    // Nobody listens: a flag that slipped through would fail to connect, not load anything.
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let refused = [
+        ("--clients", "0"),
+        ("--clients", "100001"),
+        ("--requests", "0"),
+        ("--requests", "18446744073709551616"),
+        ("--duration", "0s"),
+        ("--duration", "721h"),
+        ("--duration", "18446744073709551615h"),
+        ("--value-size", "-1"),
+        ("--value-size", &(MAX_VALUE_SIZE + 1).to_string()),
+        ("--value-size", "99999999999"),
+        ("--keys", "0"),
+        ("--keys", "1000000000001"),
+        ("--pipeline", "0"),
+        ("--pipeline", "1000001"),
+    ];
+    for (flag, value) in refused {
+        let out = common::msglog()
+            .args(["bench", "--addr", &addr, &format!("{flag}={value}")])
+            .output()
+            .expect("run msglog bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.starts_with("error:") && stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
 }

@@ -35,6 +35,27 @@ use workload::{MAX_KEYS, Rng, value_bytes};
 /// Total requests when neither `--requests` nor `--duration` is given.
 pub const DEFAULT_REQUESTS: u64 = 100_000;
 
+/// Largest `--value-size`: 256 MiB, 256 times the server's default `--max-message-bytes`
+/// and 16 times its default record limit, so values over any usual server limit can still
+/// be sent and show up as errors. A server can be configured for messages up to nearly
+/// 4 GiB, but the generator holds a value about four times over (the value, its encoded
+/// SET, a client's write buffer, a GET reply being read), so above this one client alone
+/// would need several GiB.
+pub const MAX_VALUE_SIZE: usize = 256 << 20;
+
+/// Longest `--duration`, 30 days: a soak test fits in it; anything longer is surely a
+/// typo, and unbounded ones overflow the deadline.
+const MAX_RUN_HOURS: u64 = 720;
+const MAX_RUN_TIME: Duration = Duration::from_secs(MAX_RUN_HOURS * 3600);
+
+/// The most the clients may buffer at once, by [`peak_buffered_bytes`]: past it a run
+/// would exhaust the generator's memory rather than load the server.
+const MAX_BUFFERED_BYTES: u128 = 2 << 30;
+
+/// Bytes of a SET beyond its value, rounded up: RESP framing, the key, and its entry in
+/// the in-flight queue.
+const REQUEST_OVERHEAD: u128 = 64;
+
 /// Flags of `msglog bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -47,11 +68,13 @@ pub struct BenchArgs {
     /// Total requests over all clients [default: 100000 unless --duration is given].
     #[arg(long, conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
     pub requests: Option<u64>,
-    /// Send for this long instead of a request count, e.g. 10s, 500ms, 2m.
+    /// Send for this long instead of a request count, e.g. 10s, 500ms, 2m; at most 720h.
     #[arg(long, value_parser = parse_run_time)]
     pub duration: Option<Duration>,
-    /// Bytes in each SET's value.
-    #[arg(long, default_value_t = 100)]
+    /// Bytes in each SET's value, at most 268435456 (256 MiB). Values over the server's
+    /// --max-message-bytes are still sent, and their replies counted as errors.
+    #[arg(long, default_value_t = 100,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=MAX_VALUE_SIZE as u64))]
     pub value_size: usize,
     /// Size of the key space; keys `key:000000000000` .. are picked uniformly at random.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=MAX_KEYS))]
@@ -79,6 +102,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.pipeline > 0, "--pipeline must be at least 1");
     anyhow::ensure!((1..=MAX_KEYS).contains(&args.keys), "--keys must be in 1..={MAX_KEYS}");
     anyhow::ensure!(args.duration.is_none() || args.requests.is_none(), "give --requests or --duration, not both");
+    anyhow::ensure!(args.value_size <= MAX_VALUE_SIZE, "--value-size must be at most {MAX_VALUE_SIZE}");
+    anyhow::ensure!(args.duration.is_none_or(|d| d <= MAX_RUN_TIME), "--duration must be at most {MAX_RUN_HOURS}h");
+    let buffered = peak_buffered_bytes(&args);
+    anyhow::ensure!(
+        buffered <= MAX_BUFFERED_BYTES,
+        "--clients {} × --pipeline {} requests of --value-size {} would buffer about {} MiB in \
+         this generator, over its limit of {} MiB; lower one of them",
+        args.clients,
+        args.pipeline,
+        args.value_size,
+        buffered >> 20,
+        MAX_BUFFERED_BYTES >> 20,
+    );
 
     let value = value_bytes(args.value_size);
     let shared = Arc::new(Shared {
@@ -156,6 +192,21 @@ pub fn main(args: BenchArgs) -> anyhow::Result<()> {
         report.first_error.as_deref().unwrap_or("?")
     );
     Ok(())
+}
+
+/// Bytes the run holds at its peak, about: every request in flight, encoded in a write
+/// buffer; one value-sized reply being read per client; the value and its encoded SET that
+/// all clients share. In flight are `--clients` × `--pipeline` requests, or fewer when the
+/// run (or its preload) has fewer requests than that in all.
+fn peak_buffered_bytes(args: &BenchArgs) -> u128 {
+    let slots = args.clients as u128 * args.pipeline as u128;
+    let measured = match args.duration {
+        Some(_) => slots,
+        None => slots.min(args.requests.unwrap_or(DEFAULT_REQUESTS).into()),
+    };
+    let preload = if args.preload { slots.min(args.keys.into()) } else { 0 };
+    let per_request = args.value_size as u128 + REQUEST_OVERHEAD;
+    (measured.max(preload) + args.clients as u128 + 2) * per_request
 }
 
 /// Opens every connection before the clock starts, so connecting is not measured.
@@ -252,10 +303,11 @@ impl Drop for Progress {
     }
 }
 
-/// A run time: a duration with a unit, above zero.
+/// A run time: a duration with a unit, above zero and at most [`MAX_RUN_TIME`].
 fn parse_run_time(text: &str) -> Result<Duration, String> {
     match super::units::parse_duration(text)? {
         Duration::ZERO => Err(format!("bad duration '{text}': a run needs a time above zero")),
+        d if d > MAX_RUN_TIME => Err(format!("bad duration '{text}': a run lasts at most {MAX_RUN_HOURS}h")),
         d => Ok(d),
     }
 }
@@ -268,8 +320,33 @@ mod tests {
     fn run_times_need_a_unit_and_a_nonzero_value() {
         assert_eq!(parse_run_time("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_run_time("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["", "0s", "ten", "5x", "-1s", "3"] {
+        assert_eq!(parse_run_time("720h"), Ok(MAX_RUN_TIME));
+        for bad in ["", "0s", "ten", "5x", "-1s", "3", "721h", "18446744073709551615h"] {
             assert!(parse_run_time(bad).is_err(), "{bad:?}");
         }
+    }
+
+    fn args(flags: &str) -> BenchArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: BenchArgs,
+        }
+        clap::Parser::try_parse_from(["bench"].into_iter().chain(flags.split_whitespace()))
+            .map(|c: Cli| c.args)
+            .unwrap()
+    }
+
+    #[test]
+    fn only_runs_that_would_exhaust_memory_buffer_too_much() {
+        let fits = |flags| peak_buffered_bytes(&args(flags)) <= MAX_BUFFERED_BYTES;
+        assert!(fits(""));
+        assert!(fits("--clients 100000"));
+        assert!(fits("--clients 16 --pipeline 16 --value-size 4065 --duration 10s"));
+        assert!(fits("--clients 1 --value-size 268435456"));
+        assert!(fits("--clients 50 --pipeline 1000000"), "100000 requests in all");
+        assert!(!fits("--clients 50 --pipeline 1000000 --duration 10s"));
+        assert!(!fits("--clients 50 --value-size 268435456"));
+        assert!(!fits("--clients 1000 --pipeline 1000 --value-size 4096 --preload --keys 1000000 --requests 1"));
     }
 }

@@ -83,7 +83,7 @@ impl Encoder {
 /// How one complete reply answered its request.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Reply<'a> {
-    /// `OK` to a SET, or the expected value to a GET.
+    /// `OK` to a SET, or to a GET the expected value or an empty one.
     Ok,
     /// `NOT_FOUND` / `$-1` to a GET: a correct answer for a key nobody set.
     NotFound,
@@ -123,7 +123,7 @@ fn parse_text<'a>(buf: &'a [u8], op: Op, value: &[u8], limit: usize) -> Result<O
     let reply = match (line.strip_suffix(b"\r"), op) {
         (Some(b"OK"), Op::Set) => Reply::Ok,
         (Some(b"NOT_FOUND"), Op::Get) => Reply::NotFound,
-        (Some(body), Op::Get) if body == value => Reply::Ok,
+        (Some(body), Op::Get) if is_expected_value(body, value) => Reply::Ok,
         _ => Reply::Wrong(&buf[..=lf]),
     };
     Ok(Some((lf + 1, reply)))
@@ -137,10 +137,18 @@ fn parse_resp<'a>(buf: &'a [u8], op: Op, value: &[u8], limit: usize) -> Result<O
     let reply = match (frame, op) {
         (b"+OK\r\n", Op::Set) => Reply::Ok,
         (b"$-1\r\n", Op::Get) => Reply::NotFound,
-        ([b'$', ..], Op::Get) if bulk_body(frame) == Some(value) => Reply::Ok,
+        ([b'$', ..], Op::Get) if bulk_body(frame).is_some_and(|body| is_expected_value(body, value)) => Reply::Ok,
         _ => Reply::Wrong(frame),
     };
     Ok(Some((len, reply)))
+}
+
+/// Whether a GET's value is right: this run's value, or the empty message. An empty
+/// message is a valid stored value (`SET <id> ` in text, `$0` in RESP, `--value-size 0`
+/// in an earlier run), like a missing key; any other value must be exactly this run's, so
+/// a server that truncates or corrupts values still shows errors.
+fn is_expected_value(body: &[u8], value: &[u8]) -> bool {
+    body == value || body.is_empty()
 }
 
 /// The body of a complete, non-null bulk string frame.
@@ -270,6 +278,20 @@ mod tests {
         assert_eq!(resp(b"*2\r\n:1\r\n$-1\r\n", Op::Get).unwrap().unwrap().0, 13);
         assert_eq!(resp(b"$3\r\nabc\r", Op::Get), Ok(None));
         assert_eq!(resp(b"*2\r\n:1\r\n", Op::Get), Ok(None));
+    }
+
+    #[test]
+    fn empty_value_is_a_right_get_reply_in_both_protocols() {
+        assert_eq!(text(b"\r\n", Op::Get), Some((2, Reply::Ok)));
+        assert_eq!(resp(b"$0\r\n\r\n", Op::Get), Ok(Some((6, Reply::Ok))));
+        // Still wrong: an empty reply to a SET, a bare LF, an empty error or status.
+        assert_eq!(text(b"\r\n", Op::Set), Some((2, Reply::Wrong(b"\r\n"))));
+        assert_eq!(text(b"\n", Op::Get), Some((1, Reply::Wrong(b"\n"))));
+        assert_eq!(text(b"ERR x\r\n", Op::Get), Some((7, Reply::Wrong(b"ERR x\r\n"))));
+        assert_eq!(resp(b"$0\r\n\r\n", Op::Set), Ok(Some((6, Reply::Wrong(b"$0\r\n\r\n")))));
+        assert_eq!(resp(b"+\r\n", Op::Get), Ok(Some((3, Reply::Wrong(b"+\r\n")))));
+        assert_eq!(resp(b"-\r\n", Op::Get), Ok(Some((3, Reply::Wrong(b"-\r\n")))));
+        assert!(resp(b"$0\r\nxx", Op::Get).is_err());
     }
 
     #[test]
