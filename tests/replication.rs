@@ -206,7 +206,9 @@ fn after_the_leader_is_killed_a_promoted_follower_has_every_acknowledged_set() {
     leader.kill9();
     stop.store(true, Ordering::Relaxed);
     let (acked, _) = loading.join().unwrap();
-    assert!(acked.len() > 2_000);
+    // The follower had appended 2,000 records; each of the 8 clients may have had one more
+    // in flight whose OK the kill cut off, so compare with a margin, not with 2,000 itself.
+    assert!(acked.len() > 1_900, "only {} writes acknowledged", acked.len());
     let mut on_follower = LineClient::connect(follower.addr).unwrap();
     for (key, value) in &acked {
         assert_eq!(on_follower.request(format!("GET {key}").as_bytes()).unwrap(), value.as_bytes(), "{key} lost");
