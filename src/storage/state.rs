@@ -271,6 +271,12 @@ fn collect(
             let Some((len, at)) = peek(&part[pos..]) else {
                 return Err((part_start + pos, "truncated record"));
             };
+            // Records skipped on the way to `offset` are not CRC-checked, so a damaged
+            // length must at least not carry the scan past the segment's end: that would
+            // quietly skip the rest of it.
+            if len > part.len() - pos {
+                return Err((part_start + pos, "record length runs past the end of the segment"));
+            }
             if at >= offset {
                 if !out.is_empty() && out.len() + len > max_bytes {
                     return Ok(Some(Chunk { bytes: out, next: next.unwrap_or(offset) }));
@@ -287,4 +293,24 @@ fn collect(
         part_start += part.len();
     }
     Ok(next.map(|next| Chunk { bytes: out, next }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::collect;
+    use crate::storage::record::{RecordKind, encode};
+
+    #[test]
+    fn a_skipped_record_whose_length_runs_past_the_segment_is_an_error_not_an_empty_read() {
+        let mut segment = Vec::new();
+        for offset in 0..3 {
+            encode(&mut segment, offset, 1, 0, RecordKind::Set, b"id", b"message");
+        }
+        let whole = collect(&[&segment, &[]], 0, 2, 1 << 20, 1 << 20).unwrap().expect("record 2");
+        assert_eq!(whole.next, 3);
+        // Record 0 is only skipped on the way to offset 2, so its CRC is never checked.
+        segment[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let err = collect(&[&segment, &[]], 0, 2, 1 << 20, 1 << 20).unwrap_err();
+        assert_eq!(err, (0, "record length runs past the end of the segment"));
+    }
 }
