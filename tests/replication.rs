@@ -289,6 +289,9 @@ fn writes_fail_as_specified_without_enough_followers_or_acks() {
     let refusal = format!("ERR read-only follower; leader is {}", leader.addr);
     assert_eq!(on_follower.request(b"SET k w").unwrap(), refusal.as_bytes());
     assert_eq!(on_follower.request(b"DEL k").unwrap(), refusal.as_bytes());
+    // Refused writes are not counted as SETs, on the follower or on the leader.
+    assert_eq!(stats(follower.addr)["sets"], "0");
+    assert_eq!(stats(leader.addr)["sets"], "1");
 
     // A stopped (not dead) follower stays connected but acknowledges nothing.
     follower.signal(libc::SIGSTOP);

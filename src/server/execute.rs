@@ -39,10 +39,11 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
     let metrics = &shared.metrics;
     match command {
         Command::Set { id, message } => {
-            metrics.sets.fetch_add(1, Ordering::Relaxed);
+            // Refused writes (a follower's, or too few replicas) are not counted as SETs.
             if let Err(refusal) = shared.admit_write() {
                 return Outcome::reply(Reply::error(refusal));
             }
+            metrics.sets.fetch_add(1, Ordering::Relaxed);
             match log.append(id, message) {
                 Ok(offset) => Outcome::written(Reply::Ok, offset),
                 Err(err) => Outcome::reply(storage_failure(&err)),
@@ -57,10 +58,10 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
             }
         }
         Command::Del { id } => {
-            metrics.dels.fetch_add(1, Ordering::Relaxed);
             if let Err(refusal) = shared.admit_write() {
                 return Outcome::reply(Reply::error(refusal));
             }
+            metrics.dels.fetch_add(1, Ordering::Relaxed);
             match log.delete(id) {
                 Ok(Some(offset)) => Outcome::written(Reply::Ok, offset),
                 Ok(None) => Outcome::reply(Reply::NotFound),
