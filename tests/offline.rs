@@ -29,6 +29,15 @@ fn open(dir: &Path) -> Log {
     Log::open(dir, Config { fsync: FsyncPolicy::Never, segment_bytes: 4096, ..Config::default() }).unwrap()
 }
 
+/// Opens the log in `data`, sets every ID in `ids` to `message`, and closes it.
+fn set_all(data: &Path, ids: &[&[u8]], message: &[u8]) {
+    let log = open(data);
+    for id in ids {
+        log.append(id, message).unwrap();
+    }
+    log.close().unwrap();
+}
+
 /// Held by every test here. A child process forked by one test thread inherits the lock
 /// file of a log another thread has open, and keeps that flock until it execs; run one at
 /// a time, a test's own children never race its locks.
@@ -135,13 +144,7 @@ fn export_since_rewrites_changed_ids_and_removes_deleted_ones() {
     let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let (data, out) = (tmp.path().join("data"), tmp.path().join("messages"));
-    {
-        let log = open(&data);
-        for id in [&b"keep"[..], b"change", b"drop"] {
-            log.append(id, b"v1").unwrap();
-        }
-        log.close().unwrap();
-    }
+    set_all(&data, &[b"keep", b"change", b"drop"], b"v1");
     assert!(run(&["export", "--data-dir", path(&data), "--out", path(&out)]).status.success());
     let next = open(&data).stats().next_offset;
     fs::write(out.join("keep.msg"), b"untouched marker").unwrap();
@@ -277,13 +280,7 @@ fn export_skips_ids_whose_file_name_would_be_too_long_and_exports_the_rest() {
     // 251 plain bytes + ".msg" is exactly 255; one more byte, or %-encoding, is too long.
     let longest = vec![b'a'; 251];
     let (one_over, encoded, huge) = (vec![b'b'; 252], b"/".repeat(84), [&b"c"[..], &[b'd'; 1022], b"e"].concat());
-    {
-        let log = open(&data);
-        for id in [&b"before"[..], &longest, &one_over, &encoded, &huge, b"after"] {
-            log.append(id, b"v1").unwrap();
-        }
-        log.close().unwrap();
-    }
+    set_all(&data, &[b"before", &longest, &one_over, &encoded, &huge, b"after"], b"v1");
     let exported = run(&["export", "--data-dir", path(&data), "--out", path(&out)]);
     assert_eq!(exported.status.code(), Some(1), "{exported:?}");
     let names: Vec<String> = folder(&out).into_keys().collect();
@@ -373,11 +370,7 @@ fn an_import_that_fails_keeps_none_of_its_records() {
     let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let (data, from) = (tmp.path().join("data"), tmp.path().join("in"));
-    {
-        let log = open(&data);
-        log.append(b"a", b"before the import").unwrap();
-        log.close().unwrap();
-    }
+    set_all(&data, &[b"a"], b"before the import");
     fs::create_dir_all(&from).unwrap();
     fs::write(from.join("a.msg"), b"imported").unwrap();
     fs::write(from.join("b.msg"), b"imported").unwrap();
@@ -399,13 +392,7 @@ fn export_since_past_the_end_of_the_log_says_so() {
     let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let (data, out) = (tmp.path().join("data"), tmp.path().join("messages"));
-    {
-        let log = open(&data);
-        for id in [&b"x"[..], b"y", b"z"] {
-            log.append(id, b"v").unwrap();
-        }
-        log.close().unwrap();
-    }
+    set_all(&data, &[b"x", b"y", b"z"], b"v");
     let past = run(&["export", "--data-dir", path(&data), "--out", path(&out), "--since", "100"]);
     assert!(past.status.success(), "{past:?}");
     assert_eq!(stderr(&past).trim_end(), "msglog: note: nothing since offset 100: the log ends at 3");
