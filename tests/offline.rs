@@ -29,6 +29,13 @@ fn open(dir: &Path) -> Log {
     Log::open(dir, Config { fsync: FsyncPolicy::Never, segment_bytes: 4096, ..Config::default() }).unwrap()
 }
 
+/// Runs `msglog import` of `from` into `data`, which must succeed; returns its stdout.
+fn import_ok(data: &Path, from: &Path) -> String {
+    let out = run(&["import", "--data-dir", path(data), "--from", path(from)]);
+    assert!(out.status.success(), "{out:?}");
+    stdout(&out)
+}
+
 /// Opens the log in `data`, sets every ID in `ids` to `message`, and closes it.
 fn set_all(data: &Path, ids: &[&[u8]], message: &[u8]) {
     let log = open(data);
@@ -89,9 +96,8 @@ fn export_writes_exactly_the_live_ids_and_import_restores_them() {
     .collect();
     assert_eq!(files, expected);
 
-    let imported = run(&["import", "--data-dir", path(&copy), "--from", path(&out)]);
-    assert!(imported.status.success(), "{imported:?}");
-    assert!(stdout(&imported).contains("imported 6 file(s), skipped 0"), "{}", stdout(&imported));
+    let imported = import_ok(&copy, &out);
+    assert!(imported.contains("imported 6 file(s), skipped 0"), "{imported}");
     let (original, restored) = (open(&data), open(&copy));
     assert_eq!(restored.stats().ids, original.stats().ids);
     for id in AWKWARD {
@@ -131,9 +137,7 @@ fn import_skips_files_that_are_not_ids_and_says_why() {
     fs::write(from.join("notes.txt"), b"no").unwrap();
     fs::write(from.join("bad%zz.msg"), b"no").unwrap();
     fs::write(from.join("%20.msg"), b"space id").unwrap();
-    let out = run(&["import", "--data-dir", path(&data), "--from", path(&from)]);
-    assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
+    let text = import_ok(&data, &from);
     assert!(text.contains("imported 1 file(s), skipped 3"), "{text}");
     assert!(text.contains("skipped notes.txt: not a .msg file"), "{text}");
     assert_eq!(open(&data).get(b"good").unwrap().as_deref(), Some(&b"yes"[..]));
@@ -355,9 +359,7 @@ fn import_skips_entries_that_are_not_regular_files() {
     let _socket = std::os::unix::net::UnixListener::bind(from.join("socket.msg")).unwrap();
     fs::write(from.join("a.msg"), b"first").unwrap();
     fs::write(from.join("z.msg"), b"last").unwrap();
-    let out = run(&["import", "--data-dir", path(&data), "--from", path(&from)]);
-    assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
+    let text = import_ok(&data, &from);
     assert!(text.contains("skipped sub.msg: not a regular file"), "{text}");
     assert!(text.contains("skipped socket.msg: not a regular file"), "{text}");
     assert!(text.contains("imported 2 file(s), skipped 2"), "{text}");
