@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::protocol::resp::{RespCommand, RespLimits, RespParser, RespReply};
+use crate::protocol::resp::{RespCommand, RespLimits, RespParser, RespReply, opens_resp};
 use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::{Offset, StorageError};
 
@@ -159,9 +159,9 @@ impl Connection {
     async fn handle_buffered_requests(&mut self) -> io::Result<Flow> {
         if let (Dialect::Undecided, Some(&first)) = (&self.dialect, self.input.first()) {
             let max_message_bytes = self.shared.config.max_message_bytes;
-            self.dialect = match first {
-                b'*' => Dialect::Resp(RespParser::new(RespLimits::for_max_message(max_message_bytes))),
-                _ => Dialect::Text(LineFramer::new(self.shared.config.max_line_bytes())),
+            self.dialect = match opens_resp(first) {
+                true => Dialect::Resp(RespParser::new(RespLimits::for_max_message(max_message_bytes))),
+                false => Dialect::Text(LineFramer::new(self.shared.config.max_line_bytes())),
             };
         }
         while let Some(outcome) = self.next_outcome() {

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use crate::protocol::resp::RespReply;
+use crate::protocol::resp::{RespReply, opens_resp};
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
@@ -210,7 +210,7 @@ async fn refuse(mut stream: TcpStream) {
     let _ = tokio::time::timeout(LINGER, async {
         let mut first = [0u8; 1024];
         let resp = match tokio::time::timeout(FIRST_BYTE_WAIT, stream.read(&mut first)).await {
-            Ok(Ok(n)) => n > 0 && first[0] == b'*',
+            Ok(Ok(n)) => n > 0 && opens_resp(first[0]),
             Ok(Err(e)) => return Err(e),
             Err(_) => false,
         };

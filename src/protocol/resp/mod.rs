@@ -19,3 +19,9 @@ pub use command::{Keys, Pairs, RespCommand};
 pub use error::{CommandError, RespError};
 pub use frame::{Args, MAX_ARRAY_ELEMENTS, Request, RespLimits, RespParser};
 pub use reply::RespReply;
+
+/// Whether a connection whose first byte is `first` speaks RESP (every Redis client opens
+/// with an array, `*`) rather than the text protocol; decided once, for its whole life.
+pub fn opens_resp(first: u8) -> bool {
+    first == b'*'
+}
