@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
 use crate::replication::{Node, NodeConfig, Role};
-use crate::server::{self, Cluster, ServerConfig};
+use crate::server::{self, Cluster, DescriptorError, ServerConfig};
 use crate::storage::{Config, FsyncPolicy, Log, StorageError};
 
 use super::tolerance::read_tolerance_file;
@@ -38,10 +38,25 @@ pub(crate) struct ServeArgs {
     /// Largest message a SET may carry (e.g. 1048576, 1M).
     #[arg(long, env = "MSGLOG_MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = parse_bytes)]
     max_message_bytes: u64,
-    /// Clients served at once; more are refused with `ERR too many connections`.
-    #[arg(long, env = "MSGLOG_MAX_CONNECTIONS", default_value_t = 10_000,
+    /// Clients served at once; more are refused with `ERR too many connections`. Each
+    /// holds a file descriptor: at start the server checks that this many connections,
+    /// --max-replication-streams and 128 more descriptors fit under RLIMIT_NOFILE, raising
+    /// the soft limit if that is enough and refusing to start otherwise. Left unset, it is
+    /// lowered to what the limit allows, with a warning [default: 10000].
+    #[arg(long, env = "MSGLOG_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Memory all client connections together may use to buffer requests still arriving
+    /// and replies not yet read (e.g. 1G, 512M). Each connection holds 64 KiB without
+    /// counting; beyond that it reserves from this budget, and the client whose request
+    /// would pass it is told `ERR server is out of memory for buffered requests; closing`
+    /// and disconnected, while the others are served.
+    #[arg(long, env = "MSGLOG_MAX_BUFFER_BYTES", default_value = "1G", value_parser = parse_bytes)]
+    max_buffer_bytes: u64,
+    /// Replication streams (followers and `msglog tail`) served at once; one more is refused
+    /// with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MSGLOG_MAX_REPLICATION_STREAMS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
-    max_connections: u32,
+    max_replication_streams: u32,
     /// This node's name in STATS and logs [default: the listen address].
     #[arg(long, env = "MSGLOG_NODE_ID", value_parser = parse_node_id)]
     node_id: Option<String>,
@@ -76,6 +91,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let max_message_bytes =
         usize::try_from(args.max_message_bytes).context("--max-message-bytes does not fit in memory")?;
+    let max_connections = max_connections(&args)?;
     let log_config = Config {
         segment_bytes: args.segment_bytes,
         fsync: args.fsync,
@@ -99,7 +115,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(&args, max_message_bytes, tolerance, Arc::clone(&log)));
+    let served = runtime.block_on(serve(&args, max_message_bytes, max_connections, tolerance, Arc::clone(&log)));
     drop(runtime);
 
     // Every connection has finished, so this is the last reference; closing fsyncs what
@@ -114,7 +130,13 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: &ServeArgs, max_message_bytes: usize, tolerance: u32, log: Arc<Log>) -> anyhow::Result<()> {
+async fn serve(
+    args: &ServeArgs,
+    max_message_bytes: usize,
+    max_connections: usize,
+    tolerance: u32,
+    log: Arc<Log>,
+) -> anyhow::Result<()> {
     let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let listener =
@@ -138,8 +160,9 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, tolerance: u32, log: 
     let config = ServerConfig {
         node_id: args.node_id.clone().unwrap_or_else(|| local.to_string()),
         fsync: args.fsync,
-        max_connections: args.max_connections as usize,
+        max_connections,
         max_message_bytes,
+        max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
         stats_interval: Some(args.stats_interval),
     };
     let (stop, stopping) = watch::channel(false);
@@ -148,6 +171,7 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, tolerance: u32, log: 
         client_addr: local.to_string(),
         role,
         max_record_bytes: max_record_bytes(max_message_bytes)? as usize,
+        max_fetch_streams: args.max_replication_streams as usize,
     };
     let node = Node::new(Arc::clone(&log), node_config, stopping.clone());
     tracing::info!(
@@ -176,6 +200,29 @@ async fn serve(args: &ServeArgs, max_message_bytes: usize, tolerance: u32, log: 
     let (served, ()) = tokio::join!(clients, signals);
     served.context("cannot start the commit thread")?;
     replication.await.context("the replication task failed")?.context("the replication server failed")
+}
+
+/// `--max-connections`, checked against the file descriptor limit before anything is
+/// opened: explicit and too many is an error naming the numbers; the default is lowered to
+/// what fits.
+fn max_connections(args: &ServeArgs) -> anyhow::Result<usize> {
+    const DEFAULT: u32 = 10_000;
+    let streams = u64::from(args.max_replication_streams);
+    let wanted = args.max_connections.unwrap_or(DEFAULT);
+    match server::ensure_descriptors(u64::from(wanted), streams) {
+        Ok(_) => Ok(wanted as usize),
+        Err(DescriptorError::TooFew { fits, hard, .. }) if args.max_connections.is_none() && fits > 0 => {
+            tracing::warn!(
+                max_connections = fits,
+                rlimit_nofile = hard,
+                "the file descriptor limit is too low for the default of {DEFAULT} connections; serving fewer \
+                 (raise `ulimit -n` or set --max-connections to silence this)"
+            );
+            server::ensure_descriptors(fits, streams)?;
+            Ok(fits as usize)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Below this a segment holds only a few records and every roll costs two fsyncs.

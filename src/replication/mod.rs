@@ -81,6 +81,8 @@ pub struct NodeConfig {
     pub role: Role,
     /// Largest record the log accepts: a fetch message may hold one such record.
     pub max_record_bytes: usize,
+    /// Fetch streams (followers and tails) served at once.
+    pub max_fetch_streams: usize,
 }
 
 /// One node's replication state, shared by the gRPC service, the follower loop and the

@@ -2,15 +2,17 @@
 //! follower's durable offsets.
 //!
 //! A fetch stream is one task feeding a bounded channel: at most `STREAM_DEPTH` chunks
-//! (each ≤ 1 MiB) wait for a slow reader, beyond that the task waits too, so a slow
-//! follower costs the leader a few MiB, never an unbounded queue. Caught up, the task
-//! sleeps on the node's `appended` watch: it is woken by appends, never by a timer.
+//! (each ≤ 1 MiB) wait for a slow reader, beyond that the task waits too; with HTTP/2
+//! windows set explicitly, a reader that stops costs the leader about two chunks, never an
+//! unbounded queue. At most `max_fetch_streams` streams are served at once; one more is
+//! refused with RESOURCE_EXHAUSTED. Caught up, the task sleeps on the node's `appended`
+//! watch: it is woken by appends, never by a timer.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -21,8 +23,14 @@ use super::proto::replication_server::{Replication, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
 use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node};
 
-/// Chunks queued per fetch stream before its task waits for the reader.
-const STREAM_DEPTH: usize = 4;
+/// Chunks queued per fetch stream before its task waits for the reader: one queued, one
+/// in flight in HTTP/2 is enough to keep a reading follower busy.
+const STREAM_DEPTH: usize = 1;
+/// HTTP/2 flow-control windows, per stream and per connection: what a peer may have sent
+/// us and not yet consumed. Fixed rather than left to defaults (adaptive windows can grow
+/// to megabytes per stream).
+const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
 pub(super) async fn serve(
     node: Arc<Node>,
@@ -30,13 +38,19 @@ pub(super) async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let max_message = node.config.max_record_bytes + CHUNK_BYTES;
-    let service = ReplicationServer::new(Service { node })
+    let streams = Arc::new(Semaphore::new(node.config.max_fetch_streams));
+    let max_streams = u32::try_from(node.config.max_fetch_streams).unwrap_or(u32::MAX);
+    let service = ReplicationServer::new(Service { node, streams })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        // Each follower also holds an Acknowledge call; the permits bound Fetch streams.
+        .max_concurrent_streams(Some(max_streams.saturating_mul(2).max(8)))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
@@ -44,6 +58,8 @@ pub(super) async fn serve(
 
 struct Service {
     node: Arc<Node>,
+    /// One permit per fetch stream being served.
+    streams: Arc<Semaphore>,
 }
 
 type Sender = mpsc::Sender<Result<FetchResponse, Status>>;
@@ -62,6 +78,12 @@ impl Replication for Service {
                 node.config.node_id
             )));
         }
+        let Ok(permit) = Arc::clone(&self.streams).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{} already serves {} replication streams (its --max-replication-streams); try again once one ends",
+                node.config.node_id, node.config.max_fetch_streams
+            )));
+        };
         let epoch = node.log.stats().epoch;
         if request.known_epoch > epoch {
             tracing::warn!(
@@ -101,7 +123,7 @@ impl Replication for Service {
         if replica {
             tracing::info!(follower = %request.follower_id, from = request.next_offset, "follower connected");
         }
-        tokio::spawn(stream_log(Arc::clone(node), request, tx, registration));
+        tokio::spawn(stream_log(Arc::clone(node), request, tx, registration, permit));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -123,9 +145,17 @@ impl Replication for Service {
 
 /// Sends the log from `request.next_offset` until the caller goes away or the node shuts
 /// down; without `follow`, only up to the log's end as of the request.
-async fn stream_log(node: Arc<Node>, request: FetchRequest, tx: Sender, registration: Option<Registration>) {
-    // Held for the stream's life: the follower counts as connected until it ends.
+async fn stream_log(
+    node: Arc<Node>,
+    request: FetchRequest,
+    tx: Sender,
+    registration: Option<Registration>,
+    permit: OwnedSemaphorePermit,
+) {
+    // Held for the stream's life: the follower counts as connected, and the stream takes
+    // one of the node's slots, until it ends.
     let _registration = registration;
+    let _permit = permit;
     let until = if request.follow { Offset::MAX } else { node.log.next_offset() };
     let mut appended = node.appended.subscribe();
     let mut truncations = node.truncations.subscribe();

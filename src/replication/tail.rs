@@ -65,6 +65,9 @@ pub async fn tail(
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
+        // What the server may send before we read it: one chunk, not adaptive megabytes.
+        .initial_stream_window_size(u32::try_from(super::CHUNK_BYTES).ok())
+        .initial_connection_window_size(u32::try_from(2 * super::CHUNK_BYTES).ok())
         .connect()
         .await
         .map_err(connect)?;

@@ -8,6 +8,13 @@
 //! writes is answered, the connection waits once for `sync_through` the batch's highest
 //! offset, so `OK` means durable under the fsync policy. With `--fsync always` many
 //! connections wait at once and the engine serves them with one shared fsync (group commit).
+//! A batch holding GETs waits the same way (without the followers) for the newest record it
+//! shows, so a client never reads a message that a crash could take back.
+//!
+//! Memory: a request is bounded by the framing limits, replies are written out every
+//! `FLUSH_AT_BYTES` (and a client that does not read stops the connection from reading
+//! more), and what the buffers hold beyond a small allowance is reserved from the budget
+//! all connections share; the connection that would pass it is told so and closed.
 
 use std::io;
 use std::sync::Arc;
@@ -24,6 +31,7 @@ use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::{Offset, StorageError};
 
 use super::Shared;
+use super::budget::Reservation;
 use super::execute::{Outcome, execute, storage_failure};
 use super::resp::execute_resp;
 use super::shutdown::Shutdown;
@@ -33,8 +41,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Replies buffered beyond this are written out mid-batch, so pipelined GETs of large
 /// messages do not pile up in memory.
 const FLUSH_AT_BYTES: usize = 1024 * 1024;
-/// Buffers that grew past this (a large message) are given back once empty.
-const KEEP_CAPACITY: usize = 1024 * 1024;
+/// Buffers that grew past this (a large message) are given back once empty, so an idle
+/// connection stays within its free allowance of the buffer budget.
+const KEEP_CAPACITY: usize = super::budget::FREE_ALLOWANCE / 2;
 /// During shutdown, how long a client may take to accept the replies it is owed.
 const SHUTDOWN_WRITE_GRACE: Duration = Duration::from_secs(5);
 /// After a RESP protocol error, how long to read and drop what the client still sends, so
@@ -73,14 +82,20 @@ impl Answer {
 /// A reply whose request is done, waiting to be written.
 struct Pending {
     answer: Answer,
-    /// It acknowledges a write, so it becomes a storage failure if the sync fails.
+    /// It acknowledges a write, so it becomes the commit's error if the commit fails.
     acknowledges_write: bool,
+    /// It shows a record, so it becomes a storage failure if that record cannot be synced.
+    shows_record: bool,
 }
 
 enum Flow {
     Continue,
     Close,
+    /// The buffers would pass the shared budget.
+    OverBudget,
 }
+
+const OUT_OF_MEMORY: &str = "server is out of memory for buffered requests; closing";
 
 pub(crate) struct Connection {
     shared: Arc<Shared>,
@@ -92,6 +107,9 @@ pub(crate) struct Connection {
     pending_bytes: usize,
     /// Highest offset appended by this batch and not yet synced.
     unsynced: Option<Offset>,
+    /// Highest offset this batch's replies show (GET, MGET), to be durable before them.
+    unsynced_read: Option<Offset>,
+    reservation: Reservation,
     shutdown: Shutdown,
     _permit: OwnedSemaphorePermit,
     /// Last, so that it is dropped after `shared`: the server treats the channel closing as
@@ -108,6 +126,7 @@ impl Connection {
         shutdown_complete: mpsc::Sender<()>,
     ) -> Connection {
         shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let reservation = Reservation::new(Arc::clone(&shared.budget));
         Connection {
             shared,
             stream,
@@ -117,6 +136,8 @@ impl Connection {
             pending: Vec::new(),
             pending_bytes: 0,
             unsynced: None,
+            unsynced_read: None,
+            reservation,
             shutdown,
             _permit: permit,
             _shutdown_complete: shutdown_complete,
@@ -133,6 +154,9 @@ impl Connection {
     async fn serve(&mut self) -> io::Result<()> {
         while !self.shutdown.is_shutdown() {
             self.input.reserve(READ_CHUNK);
+            if !self.within_budget() {
+                return self.close_over_budget().await;
+            }
             let read = tokio::select! {
                 read = self.stream.read_buf(&mut self.input) => read?,
                 _ = self.shutdown.recv() => break,
@@ -141,17 +165,60 @@ impl Connection {
             if read == 0 {
                 break;
             }
-            if let Flow::Close = self.handle_buffered_requests().await? {
-                self.stream.shutdown().await?;
-                if let Dialect::Resp(_) = self.dialect {
-                    self.linger().await;
+            match self.handle_buffered_requests().await? {
+                Flow::Continue => {}
+                Flow::Close => {
+                    self.stream.shutdown().await?;
+                    if let Dialect::Resp(_) = self.dialect {
+                        self.linger().await;
+                    }
+                    break;
                 }
-                break;
+                Flow::OverBudget => return self.close_over_budget().await,
             }
             if self.input.is_empty() && self.input.capacity() > KEEP_CAPACITY {
                 self.input = BytesMut::new();
             }
+            // Giving back never fails.
+            self.within_budget();
         }
+        Ok(())
+    }
+
+    /// Bytes this connection's buffers hold: `capacity`, not `len`, as that is the memory.
+    fn buffered(&self) -> usize {
+        self.input.capacity() + self.output.capacity() + self.pending_bytes
+    }
+
+    /// Sizes the reservation to the buffers; false if the shared budget cannot cover them.
+    fn within_budget(&mut self) -> bool {
+        let buffered = self.buffered();
+        self.reservation.cover(buffered).is_ok()
+    }
+
+    /// Drops everything buffered (replies not yet sent included: their requests are
+    /// answered by the close, as after a network failure), tells the client why, and ends
+    /// the connection.
+    async fn close_over_budget(&mut self) -> io::Result<()> {
+        tracing::warn!(
+            buffered = self.buffered(),
+            limit = self.shared.config.max_buffer_bytes,
+            "closing a connection whose buffers would pass the server's memory budget"
+        );
+        self.input = BytesMut::new();
+        self.output = BytesMut::new();
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.unsynced = None;
+        self.unsynced_read = None;
+        self.within_budget();
+        match self.dialect {
+            Dialect::Resp(_) => RespReply::from(Reply::error(OUT_OF_MEMORY)).encode(&mut self.output),
+            _ => Reply::error(OUT_OF_MEMORY).encode_text(&mut self.output),
+        }
+        self.write_output().await?;
+        self.stream.shutdown().await?;
+        self.linger().await;
         Ok(())
     }
 
@@ -167,16 +234,22 @@ impl Connection {
         while let Some(outcome) = self.next_outcome() {
             let close = outcome.close;
             self.push(outcome);
-            if close {
-                self.flush().await?;
-                return Ok(Flow::Close);
+            if !self.within_budget() {
+                return Ok(Flow::OverBudget);
             }
-            if self.pending_bytes >= FLUSH_AT_BYTES {
-                self.flush().await?;
+            if close {
+                return Ok(match self.flush().await? {
+                    Flow::Continue => Flow::Close,
+                    over => over,
+                });
+            }
+            if self.pending_bytes >= FLUSH_AT_BYTES
+                && let Flow::OverBudget = self.flush().await?
+            {
+                return Ok(Flow::OverBudget);
             }
         }
-        self.flush().await?;
-        Ok(Flow::Continue)
+        self.flush().await
     }
 
     /// Frames and executes the next complete request in the input buffer, if there is one.
@@ -205,7 +278,7 @@ impl Connection {
                     Ok(None) => return None,
                     Err(err) => {
                         let reply = Answer::Resp(RespReply::protocol_error(&err));
-                        return Some(Outcome { reply, written: None, close: true });
+                        return Some(Outcome::closing(reply));
                     }
                 };
                 let len = request.len;
@@ -223,34 +296,52 @@ impl Connection {
     }
 
     fn push(&mut self, outcome: Outcome<Answer>) {
-        if let Some(offset) = outcome.written {
-            self.unsynced = Some(self.unsynced.map_or(offset, |o| o.max(offset)));
-        }
+        self.unsynced = self.unsynced.max(outcome.written);
+        self.unsynced_read = self.unsynced_read.max(outcome.read);
         self.pending_bytes += outcome.reply.encoded_len_hint();
-        self.pending.push(Pending { answer: outcome.reply, acknowledges_write: outcome.written.is_some() });
+        self.pending.push(Pending {
+            answer: outcome.reply,
+            acknowledges_write: outcome.written.is_some(),
+            shows_record: outcome.read.is_some(),
+        });
     }
 
-    /// Makes the batch's writes durable, then writes every pending reply.
-    async fn flush(&mut self) -> io::Result<()> {
+    /// Makes the batch's writes, and the records its replies show, durable; then writes
+    /// every pending reply. The encoded replies are reserved before the write, which may
+    /// wait long for a client that does not read.
+    async fn flush(&mut self) -> io::Result<Flow> {
         if self.pending.is_empty() {
-            return Ok(());
+            return Ok(Flow::Continue);
         }
-        let failure = match self.unsynced.take() {
+        let write_failure = match self.unsynced.take() {
             Some(offset) => self.commit(offset).await.err(),
             None => None,
-        }
-        .map(|reply| match self.dialect {
+        };
+        // Usually already durable by now (an fsync of older writes, or the commit above),
+        // and then this costs an atomic load.
+        let read_failure = match self.unsynced_read.take() {
+            Some(offset) => self.sync_through(offset).await.err().map(|e| storage_failure(&e)),
+            None => None,
+        };
+        let in_dialect = |reply: Reply| match self.dialect {
             Dialect::Resp(_) => Answer::Resp(reply.into()),
             _ => Answer::Text(reply),
-        });
+        };
+        let (write_failure, read_failure) = (write_failure.map(in_dialect), read_failure.map(in_dialect));
         for pending in self.pending.drain(..) {
-            match &failure {
-                Some(failure) if pending.acknowledges_write => failure.encode(&mut self.output),
-                _ => pending.answer.encode(&mut self.output),
-            }
+            let failure = match (&write_failure, &read_failure) {
+                (Some(failure), _) if pending.acknowledges_write => Some(failure),
+                (_, Some(failure)) if pending.shows_record => Some(failure),
+                _ => None,
+            };
+            failure.unwrap_or(&pending.answer).encode(&mut self.output);
         }
         self.pending_bytes = 0;
-        self.write_output().await
+        if !self.within_budget() {
+            return Ok(Flow::OverBudget);
+        }
+        self.write_output().await?;
+        Ok(Flow::Continue)
     }
 
     /// Waits until everything up to `offset` is durable here and on the followers the

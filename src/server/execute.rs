@@ -16,21 +16,34 @@ pub(crate) struct Outcome<R = Reply> {
     pub(crate) reply: R,
     /// Offset of the record the command appended; its reply waits until it is durable.
     pub(crate) written: Option<Offset>,
+    /// Offset of the newest record the reply shows (a GET's): the reply waits until it is
+    /// durable too, so no client sees a message that a crash could still take back. Only
+    /// the local sync is awaited, not the followers.
+    pub(crate) read: Option<Offset>,
     /// The connection closes after this reply.
     pub(crate) close: bool,
 }
 
 impl<R> Outcome<R> {
     pub(crate) fn reply(reply: R) -> Outcome<R> {
-        Outcome { reply, written: None, close: false }
+        Outcome { reply, written: None, read: None, close: false }
     }
 
     fn written(reply: R, offset: Offset) -> Outcome<R> {
-        Outcome { reply, written: Some(offset), close: false }
+        Outcome { reply, written: Some(offset), read: None, close: false }
+    }
+
+    fn read(reply: R, offset: Offset) -> Outcome<R> {
+        Outcome { reply, written: None, read: Some(offset), close: false }
+    }
+
+    /// A reply after which the connection closes.
+    pub(crate) fn closing(reply: R) -> Outcome<R> {
+        Outcome { reply, written: None, read: None, close: true }
     }
 
     pub(crate) fn map<S>(self, f: impl FnOnce(R) -> S) -> Outcome<S> {
-        Outcome { reply: f(self.reply), written: self.written, close: self.close }
+        Outcome { reply: f(self.reply), written: self.written, read: self.read, close: self.close }
     }
 }
 
@@ -51,8 +64,8 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
         }
         Command::Get { id } => {
             metrics.gets.fetch_add(1, Ordering::Relaxed);
-            match log.get(id) {
-                Ok(Some(message)) => Outcome::reply(Reply::Value(message)),
+            match log.get_with_offset(id) {
+                Ok(Some((offset, message))) => Outcome::read(Reply::Value(message), offset),
                 Ok(None) => Outcome::reply(Reply::NotFound),
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
@@ -72,7 +85,7 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
         Command::Ping => Outcome::reply(Reply::Pong),
         Command::Help => Outcome::reply(Reply::Info(HELP.to_string())),
         Command::Stats => Outcome::reply(Reply::Info(Snapshot::take(shared, false).to_string())),
-        Command::Quit => Outcome { reply: Reply::Bye, written: None, close: true },
+        Command::Quit => Outcome::closing(Reply::Bye),
     }
 }
 

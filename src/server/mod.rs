@@ -2,9 +2,11 @@
 //! `shutdown` future completes, bounds them with a semaphore, and then waits for every
 //! connection to finish what it has read.
 
+mod budget;
 mod cluster;
 mod committer;
 mod connection;
+mod descriptors;
 mod execute;
 mod resp;
 mod shutdown;
@@ -18,12 +20,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use crate::protocol::resp::{RespReply, opens_resp};
+use crate::protocol::resp::{RespLimits, RespReply, opens_resp};
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
 pub use cluster::{Cluster, Refusal, Replicated};
 use connection::Connection;
+pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
 use shutdown::Shutdown;
 use stats::Metrics;
 
@@ -38,6 +41,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Largest SET message; the line limit follows from it.
     pub max_message_bytes: usize,
+    /// Bytes all connections together may buffer in requests still arriving and replies
+    /// not yet written (beyond a small free allowance each). The client that would pass it
+    /// is told `ERR server is out of memory for buffered requests; closing` and closed.
+    pub max_buffer_bytes: usize,
     /// How often to log a stats line; `None` logs none.
     pub stats_interval: Option<Duration>,
 }
@@ -49,6 +56,7 @@ impl Default for ServerConfig {
             fsync: FsyncPolicy::Always,
             max_connections: 10_000,
             max_message_bytes: 1024 * 1024,
+            max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             stats_interval: Some(Duration::from_secs(10)),
         }
     }
@@ -59,7 +67,20 @@ impl ServerConfig {
     pub fn max_line_bytes(&self) -> usize {
         protocol::max_line_bytes(self.max_message_bytes)
     }
+
+    /// Largest request a RESP client may send, and largest reply one request may get
+    /// (an MGET): the same bound both ways.
+    pub fn max_reply_bytes(&self) -> usize {
+        RespLimits::for_max_message(self.max_message_bytes).max_request_bytes
+    }
 }
+
+/// Default for [`ServerConfig::max_buffer_bytes`].
+pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Over-limit connections being told so at once; beyond this they are closed unanswered,
+/// so refusals cannot hold more than a fixed number of descriptors.
+pub const MAX_REFUSALS_IN_FLIGHT: usize = 16;
 
 /// State every connection shares.
 pub(crate) struct Shared {
@@ -70,6 +91,8 @@ pub(crate) struct Shared {
     pub(crate) commits: Option<committer::CommitHandle>,
     /// Replication; `None` is a lone leader.
     pub(crate) cluster: Option<Arc<dyn Cluster>>,
+    /// What every connection's buffers reserve from.
+    pub(crate) budget: Arc<budget::Budget>,
 }
 
 impl Shared {
@@ -115,10 +138,12 @@ pub async fn run_node(
     let (notify_shutdown, _) = broadcast::channel(1);
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
     let stats_interval = config.stats_interval.filter(|every| !every.is_zero());
+    let budget = budget::Budget::new(config.max_buffer_bytes);
     let mut server = Listener {
         listener,
         limit: Arc::new(Semaphore::new(config.max_connections)),
-        shared: Arc::new(Shared { log, config, metrics: Metrics::default(), commits, cluster }),
+        refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
+        shared: Arc::new(Shared { log, config, metrics: Metrics::default(), commits, cluster, budget }),
         notify_shutdown,
         shutdown_complete_tx,
     };
@@ -153,6 +178,7 @@ pub async fn run_node(
 struct Listener {
     listener: TcpListener,
     limit: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
     shared: Arc<Shared>,
     notify_shutdown: broadcast::Sender<()>,
     shutdown_complete_tx: mpsc::Sender<()>,
@@ -166,7 +192,13 @@ impl Listener {
                 tracing::debug!(%err, "could not set TCP_NODELAY");
             }
             let Ok(permit) = Arc::clone(&self.limit).try_acquire_owned() else {
-                tokio::spawn(refuse(stream));
+                // Dropping the stream closes it: the client sees the connection end.
+                if let Ok(refusing) = Arc::clone(&self.refusals).try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream).await;
+                        drop(refusing);
+                    });
+                }
                 continue;
             };
             let connection = Connection::new(
@@ -199,12 +231,13 @@ impl Listener {
 
 /// Tells a client over the connection limit why it is closed, in its protocol: a client
 /// that sends at once (as Redis clients do) and starts with `*` gets a RESP error; one that
-/// is silent for a second gets the text line. Whatever it sent is read and dropped before
+/// is silent for a moment gets the text line. Whatever it sent is read and dropped before
 /// closing, since closing a socket with unread input resets the connection and could
-/// destroy the reply before the client reads it.
+/// destroy the reply before the client reads it. Both waits are short: a refusal holds a
+/// descriptor, and at most [`MAX_REFUSALS_IN_FLIGHT`] are held at once.
 async fn refuse(mut stream: TcpStream) {
-    const LINGER: Duration = Duration::from_secs(2);
-    const FIRST_BYTE_WAIT: Duration = Duration::from_secs(1);
+    const LINGER: Duration = Duration::from_millis(500);
+    const FIRST_BYTE_WAIT: Duration = Duration::from_millis(100);
     let refusal = Reply::error("too many connections");
     let mut reply = bytes::BytesMut::new();
     let _ = tokio::time::timeout(LINGER, async {

@@ -20,7 +20,7 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
         RespCommand::Exists(keys) => count_found(shared, keys, |id| Command::Exists { id }),
         RespCommand::MGet(keys) => mget(shared, keys),
         RespCommand::MSet(pairs) => mset(shared, pairs),
-        RespCommand::Quit => Outcome { reply: RespReply::Simple("OK"), written: None, close: true },
+        RespCommand::Quit => Outcome::closing(RespReply::Simple("OK")),
         RespCommand::DbSize => Outcome::reply(RespReply::Integer(saturating_i64(shared.log.stats().ids))),
         RespCommand::Info(sections) => Outcome::reply(RespReply::Bulk(info(shared, sections).into_bytes())),
         RespCommand::ConfigGet(patterns) => Outcome::reply(config_get(shared, patterns)),
@@ -40,21 +40,35 @@ fn count_found<'a>(shared: &Shared, keys: Keys<'a>, command: impl Fn(&'a [u8]) -
         match outcome.reply {
             Reply::Ok => found += 1,
             Reply::NotFound => {}
-            other => return Outcome { reply: other.into(), written, close: false },
+            other => return Outcome { written, ..Outcome::reply(other.into()) },
         }
     }
-    Outcome { reply: RespReply::Integer(found), written, close: false }
+    Outcome { written, ..Outcome::reply(RespReply::Integer(found)) }
 }
 
+/// The values of `keys`, in one reply that waits once, for the newest record it shows.
+/// The reply is refused, not built, once it would pass the per-reply bound: repeating a
+/// large key is a cheap request that would otherwise cost gigabytes to answer.
 fn mget(shared: &Shared, keys: Keys<'_>) -> Outcome<RespReply> {
-    let mut values = Vec::with_capacity(keys.iter().len());
+    let limit = shared.config.max_reply_bytes();
+    let mut values = Vec::with_capacity(keys.iter().len().min(1024));
+    let (mut bytes, mut read) = (0usize, None);
     for id in keys.iter() {
-        match execute(shared, Command::Get { id }).reply {
-            reply @ (Reply::Value(_) | Reply::NotFound) => values.push(reply.into()),
+        let outcome = execute(shared, Command::Get { id });
+        read = read.max(outcome.read);
+        let reply: RespReply = match outcome.reply {
+            reply @ (Reply::Value(_) | Reply::NotFound) => reply.into(),
             error => return Outcome::reply(error.into()),
+        };
+        bytes = bytes.saturating_add(reply.encoded_len_hint());
+        if bytes > limit {
+            let at_least = bytes.saturating_add(keys.iter().len().saturating_sub(values.len() + 1) * 5);
+            let why = format!("reply too large (at least {at_least} bytes, limit {limit})");
+            return Outcome::reply(RespReply::from(Reply::error(why)));
         }
+        values.push(reply);
     }
-    Outcome::reply(RespReply::Array(values))
+    Outcome { read, ..Outcome::reply(RespReply::Array(values)) }
 }
 
 /// Appends every pair; the one `+OK` waits, like any write, for the batch's sync.
@@ -64,10 +78,10 @@ fn mset(shared: &Shared, pairs: Pairs<'_>) -> Outcome<RespReply> {
         let outcome = execute(shared, Command::Set { id, message });
         written = written.max(outcome.written);
         if let Reply::Error(_) = outcome.reply {
-            return Outcome { reply: outcome.reply.into(), written, close: false };
+            return Outcome { written, ..Outcome::reply(outcome.reply.into()) };
         }
     }
-    Outcome { reply: RespReply::Simple("OK"), written, close: false }
+    Outcome { written, ..Outcome::reply(RespReply::Simple("OK")) }
 }
 
 /// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the

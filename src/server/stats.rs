@@ -61,6 +61,8 @@ pub(crate) struct Snapshot {
     pub(crate) durable_offset: Option<u64>,
     pub(crate) fsyncs: u64,
     pub(crate) connections: u64,
+    /// Bytes of the buffer budget that connections hold now.
+    pub(crate) buffered_bytes: u64,
     pub(crate) sets: u64,
     pub(crate) gets: u64,
     pub(crate) set_per_sec: f64,
@@ -98,6 +100,7 @@ impl Snapshot {
             durable_offset: log.durable_offset.checked_sub(1),
             fsyncs: log.fsyncs,
             connections: metrics.connections.load(Ordering::Relaxed),
+            buffered_bytes: shared.budget.used() as u64,
             sets,
             gets,
             set_per_sec,
@@ -116,7 +119,7 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             "role={} node_id={} records={} ids={} segments={} bytes={} last_offset={} durable_offset={} fsyncs={} \
-             connections={} sets={} gets={} set_per_sec={:.0} get_per_sec={:.0}",
+             connections={} buffered_bytes={} sets={} gets={} set_per_sec={:.0} get_per_sec={:.0}",
             self.role,
             self.node_id,
             self.records,
@@ -127,6 +130,7 @@ impl fmt::Display for Snapshot {
             OrNone(self.durable_offset),
             self.fsyncs,
             self.connections,
+            self.buffered_bytes,
             self.sets,
             self.gets,
             self.set_per_sec,
@@ -177,6 +181,7 @@ pub(crate) async fn report_every(
             durable_offset = %OrNone(s.durable_offset),
             fsyncs = s.fsyncs,
             connections = s.connections,
+            buffered_bytes = s.buffered_bytes,
             set_per_sec = format_args!("{:.0}", s.set_per_sec),
             get_per_sec = format_args!("{:.0}", s.get_per_sec),
             replication = %replication,

@@ -147,6 +147,13 @@ impl Log {
 
     /// The latest message of `id`, its CRC checked.
     pub fn get(&self, id: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.get_with_offset(id)?.map(|(_, message)| message))
+    }
+
+    /// [`get`](Log::get) with the record's offset, so a server can wait until that record
+    /// is durable (`sync_through`) before it shows the message to anyone: what a reader saw
+    /// must not vanish in a crash.
+    pub fn get_with_offset(&self, id: &[u8]) -> Result<Option<(Offset, Vec<u8>)>> {
         let st = self.shared.read();
         let Some(at) = st.locate(id) else {
             return Ok(None);
@@ -155,7 +162,7 @@ impl Log {
         if record.id != id {
             return Err(st.corruption(at, "ID index points at another ID's record"));
         }
-        Ok(Some(record.message.to_vec()))
+        Ok(Some((record.offset, record.message.to_vec())))
     }
 
     /// Calls `f` with every live ID and its latest message, CRC-checked, in no particular

@@ -29,6 +29,8 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: TempDir,
+    /// The server's log, for tests that look beneath the protocol (its durable mark).
+    pub log: Arc<Log>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -45,10 +47,10 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, log, config, async move {
+        let task = tokio::spawn(server::run(listener, Arc::clone(&log), config, async move {
             let _ = stopped.await;
         }));
-        TestServer { addr, dir, shutdown: Some(shutdown), task: Some(task) }
+        TestServer { addr, dir, log, shutdown: Some(shutdown), task: Some(task) }
     }
 
     pub async fn connect(&self) -> TestClient {
@@ -236,10 +238,46 @@ impl ServerProcess {
     }
 
     pub fn spawn_on(data_dir: &Path, addr: SocketAddr, grpc: SocketAddr, extra_args: &[&str]) -> ServerProcess {
+        ServerProcess::spawn_configured(data_dir, addr, grpc, extra_args, |_| {})
+    }
+
+    /// Starts the process on free ports with `RLIMIT_NOFILE` set to `nofile` (soft and
+    /// hard), without waiting for it.
+    pub fn spawn_with_nofile(data_dir: &Path, nofile: u64, extra_args: &[&str]) -> ServerProcess {
+        use std::os::unix::process::CommandExt;
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        ServerProcess::spawn_configured(data_dir, addr, grpc, extra_args, |command| {
+            let limit = libc::rlimit { rlim_cur: nofile as libc::rlim_t, rlim_max: nofile as libc::rlim_t };
+            // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe
+            // and touches only the struct, which is copied into the closure.
+            unsafe {
+                command.pre_exec(move || match libc::setrlimit(libc::RLIMIT_NOFILE, &limit) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                });
+            }
+        })
+    }
+
+    /// Waits until the server accepts connections (it panics if the server exits first).
+    pub fn wait_until_accepting(&mut self) {
+        self.wait_until_ready();
+    }
+
+    fn spawn_configured(
+        data_dir: &Path,
+        addr: SocketAddr,
+        grpc: SocketAddr,
+        extra_args: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> ServerProcess {
         let parent = data_dir.parent().expect("data dir inside a temporary directory");
         let stderr_path = parent.join(format!("serve-{}.stderr", addr.port()));
         let stderr = std::fs::File::options().create(true).append(true).open(&stderr_path).expect("stderr file");
-        let child = msglog()
+        let mut command = msglog();
+        configure(&mut command);
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
