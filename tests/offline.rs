@@ -368,6 +368,48 @@ fn import_skips_entries_that_are_not_regular_files() {
 }
 
 #[test]
+fn import_skips_symbolic_links_even_to_regular_files() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, from) = (tmp.path().join("data"), tmp.path().join("in"));
+    fs::create_dir_all(&from).unwrap();
+    let outside = tmp.path().join("secret");
+    fs::write(&outside, b"not for the log").unwrap();
+    std::os::unix::fs::symlink(&outside, from.join("passwd.msg")).unwrap();
+    fs::write(from.join("a.msg"), b"in the folder").unwrap();
+    let text = import_ok(&data, &from);
+    assert!(text.contains("skipped passwd.msg: a symbolic link, not a regular file"), "{text}");
+    assert!(text.contains("imported 1 file(s), skipped 1"), "{text}");
+    let log = open(&data);
+    assert_eq!(log.get(b"passwd").unwrap(), None);
+    assert_eq!(log.get(b"a").unwrap().as_deref(), Some(&b"in the folder"[..]));
+}
+
+/// Moves `dir` down a chain of new, long-named parent directories until its path is at
+/// least `min_len` bytes, and returns the new path. Each rename names only short paths, so
+/// it works where the final path would be too long to create directly.
+fn lengthen_path(dir: &Path, min_len: usize) -> PathBuf {
+    let (parent, name) = (dir.parent().unwrap(), dir.file_name().unwrap());
+    let levels = (min_len.saturating_sub(dir.as_os_str().len())).div_ceil(61);
+    // Nest under short names first, then lengthen them from the deepest up.
+    let mut short = parent.to_path_buf();
+    for _ in 0..levels {
+        short.push("d");
+    }
+    fs::create_dir_all(&short).unwrap();
+    fs::rename(dir, short.join(name)).unwrap();
+    for depth in (1..=levels).rev() {
+        let level: PathBuf = std::iter::once(parent.to_path_buf()).chain((0..depth).map(|_| "d".into())).collect();
+        fs::rename(&level, level.with_file_name("l".repeat(60))).unwrap();
+    }
+    let mut long = parent.to_path_buf();
+    for _ in 0..levels {
+        long.push("l".repeat(60));
+    }
+    long.join(name)
+}
+
+#[test]
 fn an_import_that_fails_keeps_none_of_its_records() {
     let _serial = serial();
     let tmp = TempDir::new().unwrap();
@@ -376,13 +418,16 @@ fn an_import_that_fails_keeps_none_of_its_records() {
     fs::create_dir_all(&from).unwrap();
     fs::write(from.join("a.msg"), b"imported").unwrap();
     fs::write(from.join("b.msg"), b"imported").unwrap();
-    // Sorted after a.msg and b.msg, so it fails once they are appended.
-    std::os::unix::fs::symlink(tmp.path().join("nowhere"), from.join("c.msg")).unwrap();
+    // Sorted after a.msg and b.msg, so it fails once they are appended: its path is
+    // longer than the OS allows (PATH_MAX), which no privilege gets around.
+    let unreadable = format!("c{}.msg", "x".repeat(240));
+    fs::write(from.join(&unreadable), b"never read").unwrap();
+    let from = lengthen_path(&from, 4096 - unreadable.len());
     let out = run(&["import", "--data-dir", path(&data), "--from", path(&from)]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let text = stderr(&out);
     assert!(text.contains("nothing was imported"), "{text}");
-    assert!(text.contains(&format!("cannot read {}", from.join("c.msg").display())), "{text}");
+    assert!(text.contains(&format!("cannot read {}", from.join(&unreadable).display())), "{text}");
     let log = open(&data);
     assert_eq!(log.stats().records, 1);
     assert_eq!(log.get(b"a").unwrap().as_deref(), Some(&b"before the import"[..]));

@@ -2,7 +2,9 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::path::PathBuf;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -84,21 +86,54 @@ fn append_all(
             }
         };
         let path = args.from.join(&name);
-        // Follows symlinks: a link to a regular file is imported like the file.
-        let meta = fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        if !meta.is_file() {
-            skipped.push((shown, "not a regular file".to_string()));
-            continue;
-        }
-        if meta.len() > args.max_message_bytes {
-            skipped.push((shown, format!("{} bytes, over --max-message-bytes", meta.len())));
-            continue;
-        }
-        let message = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let message = match read_regular_file(&path, args.max_message_bytes)? {
+            Ok(message) => message,
+            Err(why) => {
+                skipped.push((shown, why));
+                continue;
+            }
+        };
         log.append(&id, &message).with_context(|| format!("cannot append {}", path.display()))?;
         imported += 1;
     }
     Ok((imported, skipped))
+}
+
+/// The bytes of `path` if it is a regular file of at most `max_bytes`, or why it is
+/// skipped. Never follows a symbolic link, even one swapped in after the directory was
+/// listed (`O_NOFOLLOW`): `passwd.msg -> /etc/passwd` must not be imported.
+fn read_regular_file(path: &Path, max_bytes: u64) -> anyhow::Result<Result<Vec<u8>, String>> {
+    let cannot_read = || format!("cannot read {}", path.display());
+    let entry = fs::symlink_metadata(path).with_context(cannot_read)?;
+    if entry.file_type().is_symlink() {
+        return Ok(Err("a symbolic link, not a regular file".to_string()));
+    }
+    if !entry.is_file() {
+        return Ok(Err("not a regular file".to_string()));
+    }
+    // Non-blocking, so a FIFO swapped in since the check above cannot hang the open.
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let file = match fs::OpenOptions::new().read(true).custom_flags(flags).open(path) {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Ok(Err("a symbolic link, not a regular file".to_string()));
+        }
+        Err(e) => return Err(e).with_context(cannot_read),
+    };
+    let meta = file.metadata().with_context(cannot_read)?;
+    if !meta.is_file() {
+        return Ok(Err("not a regular file".to_string()));
+    }
+    if meta.len() > max_bytes {
+        return Ok(Err(format!("{} bytes, over --max-message-bytes", meta.len())));
+    }
+    let mut message = Vec::with_capacity(meta.len() as usize);
+    // One byte past the limit tells a file that grew since its size was read.
+    file.take(max_bytes + 1).read_to_end(&mut message).with_context(cannot_read)?;
+    if message.len() as u64 > max_bytes {
+        return Ok(Err("over --max-message-bytes (it grew while being read)".to_string()));
+    }
+    Ok(Ok(message))
 }
 
 /// Cuts the log back to `start`, where the import began: the records appended so far are
