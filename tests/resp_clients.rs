@@ -1,5 +1,6 @@
 //! Real Redis clients against an in-process msglog: the `redis` crate always, and
-//! `redis-cli` / `redis-benchmark` when they are installed (skipped, and said so, if not).
+//! `redis-cli` / `redis-benchmark` when they are installed (skipped, and said so, if not;
+//! with `MSGLOG_REQUIRE_TOOLS=1`, as `.ci/run` sets, a missing tool fails instead).
 
 mod common;
 
@@ -46,12 +47,17 @@ async fn the_redis_crate_works_unchanged() {
     server.stop().await;
 }
 
-/// Runs an installed tool to completion, or `None` if it is not installed.
+/// Runs an installed tool to completion, or `None` if it is not installed (a failure when
+/// `MSGLOG_REQUIRE_TOOLS=1`: a test that passes without its tool tests nothing).
 async fn run(tool: &str, args: &[&str]) -> Option<Output> {
     let child = tokio::process::Command::new(tool).args(args).kill_on_drop(true).output();
     match tokio::time::timeout(DEADLINE, child).await.expect("tool finished before the deadline") {
         Ok(output) => Some(output),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let required = std::env::var("MSGLOG_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
+            assert!(!required, "{tool} is not installed and MSGLOG_REQUIRE_TOOLS=1 (install redis-tools)");
+            None
+        }
         Err(err) => panic!("could not run {tool}: {err}"),
     }
 }
