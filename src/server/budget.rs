@@ -69,9 +69,10 @@ impl Reservation {
     /// reservation is unchanged and the caller must shrink its buffers (or close).
     pub(crate) fn cover(&mut self, buffered: usize) -> Result<(), OverBudget> {
         let needed = buffered.saturating_sub(FREE_ALLOWANCE);
+        // Unchanged (nearly always 0 = 0) touches no shared cache line.
         if needed > self.held {
             self.budget.take(needed - self.held)?;
-        } else {
+        } else if needed < self.held {
             self.budget.give_back(self.held - needed);
         }
         self.held = needed;
