@@ -12,9 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::batch::Batch;
 use super::commit::{Commit, IntervalSyncer};
 use super::id_index::IdIndex;
-use super::record::{RECORD_OVERHEAD, RecordKind, Records};
+use super::record::{RECORD_OVERHEAD, RecordKind, RecordRef, Records};
 use super::recovery::{self, Recovered};
 use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
 use super::{Config, Epoch, FsyncPolicy, Offset, Result, StorageError, log_dir};
@@ -197,8 +198,20 @@ impl Log {
         })
     }
 
+    /// Runs `f` on an atomic batch: its reads see the log plus the batch's own writes,
+    /// and its writes are appended together when `f` returns, all under the write lock, so
+    /// a concurrent reader sees all of them or none. Returns `f`'s result and the batch's
+    /// last offset (`None` if it wrote nothing); nothing is appended if that fails.
+    pub fn transaction<R>(&self, f: impl FnOnce(&mut Batch<'_>) -> R) -> Result<(R, Option<Offset>)> {
+        let mut st = self.shared.write();
+        st.check_writable()?;
+        super::batch::run(&mut st, &self.shared, f)
+    }
+
     /// Appends records received from a leader, verbatim, after checking every CRC and
-    /// that their offsets continue this log. Returns the last offset appended.
+    /// that their offsets continue this log. Returns the last offset appended. `bytes` must
+    /// hold whole atomic batches (as `read_from` returns them): its last record must end
+    /// one, and each batch is kept in one segment.
     pub fn append_raw(&self, bytes: &[u8]) -> Result<Option<Offset>> {
         let mut st = self.shared.write();
         st.check_writable()?;
@@ -219,10 +232,19 @@ impl Log {
             position += r.framed_len();
             records.push(r);
         }
+        if records.last().is_some_and(|r| r.continues) {
+            let reason = "the last record does not end its atomic batch".to_string();
+            return Err(StorageError::InvalidBatch { position, reason });
+        }
         let mut position = 0;
-        for r in &records {
+        for (i, r) in records.iter().enumerate() {
             let len = r.framed_len();
-            st.append_framed(&self.shared, r, &bytes[position..position + len])?;
+            let starts_batch = i == 0 || !records[i - 1].continues;
+            let batch_bytes = starts_batch.then(|| {
+                let end = records[i..].iter().position(|r| !r.continues).map_or(records.len(), |e| i + e + 1);
+                records[i..end].iter().map(RecordRef::framed_len).sum()
+            });
+            st.append_framed(&self.shared, r, &bytes[position..position + len], batch_bytes)?;
             position += len;
         }
         Ok(records.last().map(|r| r.offset))

@@ -1,0 +1,91 @@
+//! Atomic batches: several writes that become visible, durable and replicated together
+//! (MULTI/EXEC and MSET). See [`Log::transaction`](super::Log::transaction).
+//!
+//! A [`Batch`] lives while the log's write lock is held. Its writes are staged in memory
+//! and appended in one go when the transaction's closure returns; its reads look at the
+//! staged writes first, so a GET after a SET in the same batch sees the new message, as
+//! in Redis.
+
+use std::collections::HashMap;
+
+use super::log::{Shared, State};
+use super::record::{self, RecordKind};
+use super::{Offset, Result, StorageError};
+
+/// The writes of one transaction, and the log as it will be after them.
+pub struct Batch<'s> {
+    state: &'s State,
+    shared: &'s Shared,
+    writes: Vec<(RecordKind, Vec<u8>, Vec<u8>)>,
+    /// ID → index in `writes` of its latest staged write.
+    latest: HashMap<Vec<u8>, usize>,
+    bytes: usize,
+}
+
+impl Batch<'_> {
+    /// The message `id` will hold after the writes staged so far, its CRC checked.
+    pub fn get(&self, id: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(&i) = self.latest.get(id) {
+            let (kind, _, message) = &self.writes[i];
+            return Ok((*kind == RecordKind::Set).then(|| message.clone()));
+        }
+        let Some(at) = self.state.locate(id) else { return Ok(None) };
+        let record = self.state.record_at(&self.shared.config, at)?;
+        if record.id != id {
+            return Err(self.state.corruption(at, "ID index points at another ID's record"));
+        }
+        Ok(Some(record.message.to_vec()))
+    }
+
+    pub fn contains(&self, id: &[u8]) -> bool {
+        match self.latest.get(id) {
+            Some(&i) => self.writes[i].0 == RecordKind::Set,
+            None => self.state.locate(id).is_some(),
+        }
+    }
+
+    /// Stages a SET. Refused, staging nothing, if the batch would outgrow the record limit.
+    pub fn set(&mut self, id: &[u8], message: &[u8]) -> Result<()> {
+        self.stage(RecordKind::Set, id, message)
+    }
+
+    /// Stages a tombstone if `id` is live (after the staged writes); `false` if it is not.
+    pub fn delete(&mut self, id: &[u8]) -> Result<bool> {
+        if !self.contains(id) {
+            return Ok(false);
+        }
+        self.stage(RecordKind::Delete, id, &[])?;
+        Ok(true)
+    }
+
+    fn stage(&mut self, kind: RecordKind, id: &[u8], message: &[u8]) -> Result<()> {
+        let max = self.shared.config.max_record_bytes as usize;
+        let bytes = self.bytes + record::framed_len(id, message);
+        if bytes > max {
+            return Err(StorageError::BatchTooLarge { size: bytes, max });
+        }
+        self.bytes = bytes;
+        self.latest.insert(id.to_vec(), self.writes.len());
+        self.writes.push((kind, id.to_vec(), message.to_vec()));
+        Ok(())
+    }
+}
+
+/// Runs `f` on a batch over `state`, then appends what it staged as one atomic batch.
+pub(super) fn run<R>(
+    state: &mut State,
+    shared: &Shared,
+    f: impl FnOnce(&mut Batch<'_>) -> R,
+) -> Result<(R, Option<Offset>)> {
+    let (result, writes) = {
+        let mut batch = Batch { state, shared, writes: Vec::new(), latest: HashMap::new(), bytes: 0 };
+        let result = f(&mut batch);
+        (result, batch.writes)
+    };
+    let writes: Vec<_> = writes.iter().map(|(kind, id, message)| (*kind, &id[..], &message[..])).collect();
+    let last = state.append_batch(shared, &writes)?;
+    Ok((result, last))
+}
+
+#[cfg(test)]
+mod tests;
