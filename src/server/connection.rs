@@ -1,7 +1,8 @@
 //! One client connection: read requests, execute them, and answer in order.
 //!
-//! The first byte decides the protocol for the connection's whole life: `*` is RESP2 (what
-//! every Redis client sends first), anything else the text protocol. Both share everything
+//! The first byte decides the protocol for the connection's whole life: `*` is RESP (what
+//! every Redis client sends first; its per-connection state is a [`Session`]), anything
+//! else the text protocol. Both share everything
 //! below the framing: [`execute`], batching, durability and error mapping.
 //!
 //! Replies are collected per read ("batch") and written together. Before a batch holding
@@ -19,13 +20,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::protocol::resp::{RespCommand, RespLimits, RespParser, RespReply, opens_resp};
+use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply, opens_resp};
 use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::{Offset, StorageError};
 
 use super::Shared;
 use super::execute::{Outcome, execute, storage_failure};
-use super::resp::execute_resp;
+use super::session::Session;
 use super::shutdown::Shutdown;
 
 /// Bytes requested from the socket per read.
@@ -45,27 +46,28 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 enum Dialect {
     Undecided,
     Text(LineFramer),
-    Resp(RespParser),
+    Resp(RespParser, Box<Session>),
 }
 
-/// A reply in the connection's protocol.
+/// A reply in the connection's protocol (for RESP, the version it was negotiated at when
+/// the request was handled: HELLO may change it mid-batch).
 enum Answer {
     Text(Reply),
-    Resp(RespReply),
+    Resp(RespReply, Protocol),
 }
 
 impl Answer {
     fn encode(&self, dst: &mut BytesMut) {
         match self {
             Answer::Text(reply) => reply.encode_text(dst),
-            Answer::Resp(reply) => reply.encode(dst),
+            Answer::Resp(reply, protocol) => reply.encode(dst, *protocol),
         }
     }
 
     fn encoded_len_hint(&self) -> usize {
         match self {
             Answer::Text(reply) => reply.encoded_len_hint(),
-            Answer::Resp(reply) => reply.encoded_len_hint(),
+            Answer::Resp(reply, _) => reply.encoded_len_hint(),
         }
     }
 }
@@ -143,7 +145,7 @@ impl Connection {
             }
             if let Flow::Close = self.handle_buffered_requests().await? {
                 self.stream.shutdown().await?;
-                if let Dialect::Resp(_) = self.dialect {
+                if let Dialect::Resp(..) = self.dialect {
                     self.linger().await;
                 }
                 break;
@@ -160,7 +162,11 @@ impl Connection {
         if let (Dialect::Undecided, Some(&first)) = (&self.dialect, self.input.first()) {
             let max_message_bytes = self.shared.config.max_message_bytes;
             self.dialect = match opens_resp(first) {
-                true => Dialect::Resp(RespParser::new(RespLimits::for_max_message(max_message_bytes))),
+                true => {
+                    let (peer, local) = (self.stream.peer_addr().ok(), self.stream.local_addr().ok());
+                    let session = Session::new(self.shared.clone(), peer, local);
+                    Dialect::Resp(RespParser::new(RespLimits::for_max_message(max_message_bytes)), Box::new(session))
+                }
                 false => Dialect::Text(LineFramer::new(self.shared.config.max_line_bytes())),
             };
         }
@@ -199,24 +205,21 @@ impl Connection {
             }
             // Arguments are borrowed from the input buffer while the command runs; the
             // request's bytes are dropped only once its outcome no longer needs them.
-            Dialect::Resp(parser) => loop {
+            Dialect::Resp(parser, session) => loop {
                 let request = match parser.next_request(&self.input) {
                     Ok(Some(request)) => request,
                     Ok(None) => return None,
                     Err(err) => {
-                        let reply = Answer::Resp(RespReply::protocol_error(&err));
+                        let reply = Answer::Resp(RespReply::protocol_error(&err), session.protocol());
                         return Some(Outcome { reply, written: None, close: true });
                     }
                 };
                 let len = request.len;
-                let outcome = match RespCommand::parse(request.args, max_message_bytes) {
-                    Ok(Some(command)) => Some(execute_resp(shared, command)),
-                    Ok(None) => None,
-                    Err(err) => Some(Outcome::reply(err.into())),
-                };
+                let outcome = session.handle(shared, request.args, &self.input[..len]);
                 self.input.advance(len);
                 if let Some(outcome) = outcome {
-                    return Some(outcome.map(Answer::Resp));
+                    let protocol = session.protocol();
+                    return Some(outcome.map(|reply| Answer::Resp(reply, protocol)));
                 }
             },
         }
@@ -240,7 +243,7 @@ impl Connection {
             None => None,
         }
         .map(|reply| match self.dialect {
-            Dialect::Resp(_) => Answer::Resp(reply.into()),
+            Dialect::Resp(_, ref session) => Answer::Resp(reply.into(), session.protocol()),
             _ => Answer::Text(reply),
         });
         for pending in self.pending.drain(..) {

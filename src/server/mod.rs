@@ -2,13 +2,16 @@
 //! `shutdown` future completes, bounds them with a semaphore, and then waits for every
 //! connection to finish what it has read.
 
+mod clients;
 mod cluster;
 mod committer;
 mod connection;
 mod execute;
 mod resp;
+mod session;
 mod shutdown;
 mod stats;
+mod transaction;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use crate::protocol::resp::{RespReply, opens_resp};
+use crate::protocol::resp::{Protocol, RespReply, opens_resp};
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
@@ -215,7 +218,7 @@ async fn refuse(mut stream: TcpStream) {
             Err(_) => false,
         };
         match resp {
-            true => RespReply::from(refusal).encode(&mut reply),
+            true => RespReply::from(refusal).encode(&mut reply, Protocol::Resp2),
             false => refusal.encode_text(&mut reply),
         }
         stream.write_all(&reply).await?;

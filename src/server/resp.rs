@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::protocol::resp::{Args, Keys, Pairs, RespCommand, RespReply};
+use crate::protocol::resp::{Args, Keys, RespCommand, RespReply};
 use crate::protocol::{Command, Reply};
 use crate::storage::FsyncPolicy;
 
@@ -16,21 +16,19 @@ use super::stats::Snapshot;
 pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespReply> {
     match command {
         RespCommand::Single(command) => execute(shared, command).map(RespReply::from),
-        RespCommand::Del(keys) => count_found(shared, keys, |id| Command::Del { id }),
+        RespCommand::Del(_) | RespCommand::MSet(_) => super::transaction::atomic(shared, command),
         RespCommand::Exists(keys) => count_found(shared, keys, |id| Command::Exists { id }),
         RespCommand::MGet(keys) => mget(shared, keys),
-        RespCommand::MSet(pairs) => mset(shared, pairs),
         RespCommand::Quit => Outcome { reply: RespReply::Simple("OK"), written: None, close: true },
         RespCommand::DbSize => Outcome::reply(RespReply::Integer(saturating_i64(shared.log.stats().ids))),
-        RespCommand::Info(sections) => Outcome::reply(RespReply::Bulk(info(shared, sections).into_bytes())),
+        RespCommand::Info(sections) => Outcome::reply(RespReply::Verbatim(info(shared, sections))),
         RespCommand::ConfigGet(patterns) => Outcome::reply(config_get(shared, patterns)),
         RespCommand::Immediate(reply) => Outcome::reply(reply),
     }
 }
 
 /// Runs `command` for every key; the reply counts the keys it found. The first error is
-/// the reply instead. The highest offset written is kept either way, so everything this
-/// request appended is made durable before its reply.
+/// the reply instead.
 fn count_found<'a>(shared: &Shared, keys: Keys<'a>, command: impl Fn(&'a [u8]) -> Command<'a>) -> Outcome<RespReply> {
     let mut found = 0;
     let mut written = None;
@@ -55,19 +53,6 @@ fn mget(shared: &Shared, keys: Keys<'_>) -> Outcome<RespReply> {
         }
     }
     Outcome::reply(RespReply::Array(values))
-}
-
-/// Appends every pair; the one `+OK` waits, like any write, for the batch's sync.
-fn mset(shared: &Shared, pairs: Pairs<'_>) -> Outcome<RespReply> {
-    let mut written = None;
-    for (id, message) in pairs.iter() {
-        let outcome = execute(shared, Command::Set { id, message });
-        written = written.max(outcome.written);
-        if let Reply::Error(_) = outcome.reply {
-            return Outcome { reply: outcome.reply.into(), written, close: false };
-        }
-    }
-    Outcome { reply: RespReply::Simple("OK"), written, close: false }
 }
 
 /// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the

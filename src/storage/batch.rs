@@ -58,6 +58,13 @@ impl Batch<'_> {
         Ok(true)
     }
 
+    /// Forgets every write staged so far: the transaction appends nothing.
+    pub fn discard(&mut self) {
+        self.writes.clear();
+        self.latest.clear();
+        self.bytes = 0;
+    }
+
     fn stage(&mut self, kind: RecordKind, id: &[u8], message: &[u8]) -> Result<()> {
         let max = self.shared.config.max_record_bytes as usize;
         let bytes = self.bytes + record::framed_len(id, message);

@@ -208,6 +208,11 @@ impl Log {
         super::batch::run(&mut st, &self.shared, f)
     }
 
+    /// Most bytes one atomic batch may take (framed): the record limit.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.shared.config.max_record_bytes as usize
+    }
+
     /// Appends records received from a leader, verbatim, after checking every CRC and
     /// that their offsets continue this log. Returns the last offset appended. `bytes` must
     /// hold whole atomic batches (as `read_from` returns them): its last record must end
