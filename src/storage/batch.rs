@@ -9,8 +9,25 @@
 use std::collections::HashMap;
 
 use super::log::{Shared, State};
-use super::record::{self, RecordKind};
-use super::{Offset, Result, StorageError};
+use super::record::{self, RecordKind, RecordRef};
+use super::{Log, Offset, Result, StorageError};
+
+impl Log {
+    /// Runs `f` on an atomic batch: its reads see the log plus the batch's own writes,
+    /// and its writes are appended together when `f` returns, all under the write lock, so
+    /// a concurrent reader sees all of them or none. Returns `f`'s result and the batch's
+    /// last offset (`None` if it wrote nothing); nothing is appended if that fails.
+    pub fn transaction<R>(&self, f: impl FnOnce(&mut Batch<'_>) -> R) -> Result<(R, Option<Offset>)> {
+        let mut st = self.shared.write();
+        st.check_writable()?;
+        run(&mut st, &self.shared, f)
+    }
+
+    /// Most bytes one atomic batch may take (framed): the record limit.
+    pub fn max_batch_bytes(&self) -> usize {
+        self.shared.config.max_record_bytes as usize
+    }
+}
 
 /// The writes of one transaction, and the log as it will be after them.
 pub struct Batch<'s> {
@@ -92,6 +109,16 @@ pub(super) fn run<R>(
     let writes: Vec<_> = writes.iter().map(|(kind, id, message)| (*kind, &id[..], &message[..])).collect();
     let last = state.append_batch(shared, &writes)?;
     Ok((result, last))
+}
+
+/// For a follower appending `records`: the framed length of the batch that starts at
+/// `records[i]`, or `None` if `records[i]` continues a batch.
+pub(super) fn bytes_of_batch_starting_at(records: &[RecordRef<'_>], i: usize) -> Option<usize> {
+    if i > 0 && records[i - 1].continues {
+        return None;
+    }
+    let end = records[i..].iter().position(|r| !r.continues).map_or(records.len(), |e| i + e + 1);
+    Some(records[i..end].iter().map(RecordRef::framed_len).sum())
 }
 
 #[cfg(test)]

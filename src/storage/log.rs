@@ -12,10 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::batch::Batch;
 use super::commit::{Commit, IntervalSyncer};
 use super::id_index::IdIndex;
-use super::record::{RECORD_OVERHEAD, RecordKind, RecordRef, Records};
+use super::record::{RECORD_OVERHEAD, RecordKind, Records};
 use super::recovery::{self, Recovered};
 use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
 use super::{Config, Epoch, FsyncPolicy, Offset, Result, StorageError, log_dir};
@@ -86,7 +85,8 @@ pub(super) struct Shared {
 
 /// An open log. `Send + Sync`: share it with `Arc<Log>`.
 pub struct Log {
-    shared: Arc<Shared>,
+    /// `pub(super)` for the atomic-batch API, which lives in `batch`.
+    pub(super) shared: Arc<Shared>,
     syncer: Option<IntervalSyncer>,
     /// Held (flocked) for the log's life.
     _lock: File,
@@ -198,21 +198,6 @@ impl Log {
         })
     }
 
-    /// Runs `f` on an atomic batch: its reads see the log plus the batch's own writes,
-    /// and its writes are appended together when `f` returns, all under the write lock, so
-    /// a concurrent reader sees all of them or none. Returns `f`'s result and the batch's
-    /// last offset (`None` if it wrote nothing); nothing is appended if that fails.
-    pub fn transaction<R>(&self, f: impl FnOnce(&mut Batch<'_>) -> R) -> Result<(R, Option<Offset>)> {
-        let mut st = self.shared.write();
-        st.check_writable()?;
-        super::batch::run(&mut st, &self.shared, f)
-    }
-
-    /// Most bytes one atomic batch may take (framed): the record limit.
-    pub fn max_batch_bytes(&self) -> usize {
-        self.shared.config.max_record_bytes as usize
-    }
-
     /// Appends records received from a leader, verbatim, after checking every CRC and
     /// that their offsets continue this log. Returns the last offset appended. `bytes` must
     /// hold whole atomic batches (as `read_from` returns them): its last record must end
@@ -244,11 +229,7 @@ impl Log {
         let mut position = 0;
         for (i, r) in records.iter().enumerate() {
             let len = r.framed_len();
-            let starts_batch = i == 0 || !records[i - 1].continues;
-            let batch_bytes = starts_batch.then(|| {
-                let end = records[i..].iter().position(|r| !r.continues).map_or(records.len(), |e| i + e + 1);
-                records[i..end].iter().map(RecordRef::framed_len).sum()
-            });
+            let batch_bytes = super::batch::bytes_of_batch_starting_at(&records, i);
             st.append_framed(&self.shared, r, &bytes[position..position + len], batch_bytes)?;
             position += len;
         }
