@@ -191,6 +191,8 @@ async fn transaction_misuse_gets_redis_errors() {
     check(&mut client, &[b"MULTI"], b"+OK\r\n").await;
     check(&mut client, &[b"MULTI"], b"-ERR MULTI calls can not be nested\r\n").await;
     check(&mut client, &[b"SET", b"k", b"v"], b"+QUEUED\r\n").await;
+    let refused = line(&mut client, &[b"CLIENT", b"SETNAME", b"x"]).await;
+    assert_eq!(refused, "-ERR 'client|setname' is not allowed inside a transaction in msglog");
     check(&mut client, &[b"DISCARD"], b"+OK\r\n").await;
     check(&mut client, &[b"GET", b"k"], b"$-1\r\n").await;
     server.stop().await;

@@ -1,24 +1,25 @@
-//! Carries out RESP commands. Every key-level operation goes through the shared
-//! [`execute`], one key at a time; this file only combines their outcomes into Redis's
-//! reply shapes (counts, arrays) and answers the server-level commands (INFO, DBSIZE,
-//! CONFIG GET) from the same numbers as STATS.
+//! Carries out RESP commands. Single-key SET and GET go through the shared [`execute`];
+//! multi-key commands are atomic as in Redis (MSET and DEL as one batch, see
+//! [`transaction`](super::transaction); MGET and EXISTS read at one instant); this file
+//! also answers the server-level commands (INFO, DBSIZE, CONFIG GET) from the same
+//! numbers as STATS.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use crate::protocol::resp::{Args, Keys, RespCommand, RespReply};
-use crate::protocol::{Command, Reply};
 use crate::storage::FsyncPolicy;
 
 use super::Shared;
-use super::execute::{Outcome, execute};
+use super::execute::{Outcome, execute, storage_failure};
 use super::stats::Snapshot;
 
 pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespReply> {
     match command {
         RespCommand::Single(command) => execute(shared, command).map(RespReply::from),
         RespCommand::Del(_) | RespCommand::MSet(_) => super::transaction::atomic(shared, command),
-        RespCommand::Exists(keys) => count_found(shared, keys, |id| Command::Exists { id }),
-        RespCommand::MGet(keys) => mget(shared, keys),
+        RespCommand::Exists(keys) => read_keys(shared, keys, true),
+        RespCommand::MGet(keys) => read_keys(shared, keys, false),
         RespCommand::Quit => Outcome { reply: RespReply::Simple("OK"), written: None, close: true },
         RespCommand::DbSize => Outcome::reply(RespReply::Integer(saturating_i64(shared.log.stats().ids))),
         RespCommand::Info(sections) => Outcome::reply(RespReply::Verbatim(info(shared, sections))),
@@ -27,32 +28,24 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
     }
 }
 
-/// Runs `command` for every key; the reply counts the keys it found. The first error is
-/// the reply instead.
-fn count_found<'a>(shared: &Shared, keys: Keys<'a>, command: impl Fn(&'a [u8]) -> Command<'a>) -> Outcome<RespReply> {
-    let mut found = 0;
-    let mut written = None;
-    for id in keys.iter() {
-        let outcome = execute(shared, command(id));
-        written = written.max(outcome.written);
-        match outcome.reply {
-            Reply::Ok => found += 1,
-            Reply::NotFound => {}
-            other => return Outcome { reply: other.into(), written, close: false },
+/// MGET and EXISTS read every key at one instant, as in Redis: never half of a
+/// transaction or MSET that lands meanwhile.
+fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply> {
+    let reply = shared.log.read_at_once(|log| {
+        if exists {
+            return RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64);
         }
-    }
-    Outcome { reply: RespReply::Integer(found), written, close: false }
-}
-
-fn mget(shared: &Shared, keys: Keys<'_>) -> Outcome<RespReply> {
-    let mut values = Vec::with_capacity(keys.iter().len());
-    for id in keys.iter() {
-        match execute(shared, Command::Get { id }).reply {
-            reply @ (Reply::Value(_) | Reply::NotFound) => values.push(reply.into()),
-            error => return Outcome::reply(error.into()),
+        let mut values = Vec::with_capacity(keys.iter().len());
+        for id in keys.iter() {
+            shared.metrics.gets.fetch_add(1, Ordering::Relaxed);
+            match log.get(id) {
+                Ok(message) => values.push(message.map_or(RespReply::Nil, RespReply::Bulk)),
+                Err(err) => return storage_failure(&err).into(),
+            }
         }
-    }
-    Outcome::reply(RespReply::Array(values))
+        RespReply::Array(values)
+    });
+    Outcome::reply(reply)
 }
 
 /// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the

@@ -101,7 +101,7 @@ impl Session {
                 Outcome::reply(RespReply::Simple("RESET"))
             }
             // The rest concern the connection, not the data: not part of a transaction.
-            _ if in_transaction => self.refuse(CommandError::NotInTransaction(command_name(&command).into())),
+            _ if in_transaction => self.refuse(CommandError::NotInTransaction(command.name().into())),
             SessionCommand::Hello(hello) => self.hello(shared, hello),
             SessionCommand::Auth { user, .. } => Outcome::reply(match user {
                 None => CommandError::AuthWithoutPassword.into(),
@@ -184,16 +184,5 @@ impl Session {
 
     fn id(&self) -> i64 {
         i64::try_from(self.registration.client().id).unwrap_or(i64::MAX)
-    }
-}
-
-fn command_name(command: &SessionCommand<'_>) -> &'static str {
-    match command {
-        SessionCommand::Hello(_) => "hello",
-        SessionCommand::Auth { .. } => "auth",
-        SessionCommand::Unwatch => "unwatch",
-        SessionCommand::Multi | SessionCommand::Exec | SessionCommand::Discard => "multi",
-        SessionCommand::Watch | SessionCommand::Reset => "reset",
-        _ => "client",
     }
 }

@@ -23,6 +23,14 @@ impl Log {
         run(&mut st, &self.shared, f)
     }
 
+    /// Runs `f` on a read-only view of the log at one instant (under the read lock), so
+    /// reads of several IDs (MGET) never see part of a batch appended meanwhile.
+    pub fn read_at_once<R>(&self, f: impl FnOnce(&Batch<'_>) -> R) -> R {
+        let st = self.shared.read();
+        let view = Batch { state: &st, shared: &self.shared, writes: Vec::new(), latest: HashMap::new(), bytes: 0 };
+        f(&view)
+    }
+
     /// Most bytes one atomic batch may take (framed): the record limit.
     pub fn max_batch_bytes(&self) -> usize {
         self.shared.config.max_record_bytes as usize

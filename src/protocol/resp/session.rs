@@ -89,6 +89,28 @@ impl<'a> SessionCommand<'a> {
     }
 }
 
+impl SessionCommand<'_> {
+    /// The command's name, lowercase, as Redis names it in errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SessionCommand::Hello(_) => "hello",
+            SessionCommand::Auth { .. } => "auth",
+            SessionCommand::Multi => "multi",
+            SessionCommand::Exec => "exec",
+            SessionCommand::Discard => "discard",
+            SessionCommand::Watch => "watch",
+            SessionCommand::Unwatch => "unwatch",
+            SessionCommand::Reset => "reset",
+            SessionCommand::ClientId => "client|id",
+            SessionCommand::ClientInfo => "client|info",
+            SessionCommand::ClientList => "client|list",
+            SessionCommand::ClientSetName(_) => "client|setname",
+            SessionCommand::ClientGetName => "client|getname",
+            SessionCommand::ClientSetInfo(..) => "client|setinfo",
+        }
+    }
+}
+
 fn parse_hello(rest: Args<'_>) -> Result<Hello<'_>, CommandError> {
     let mut hello = Hello::default();
     let mut options = rest;
