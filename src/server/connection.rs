@@ -1,7 +1,8 @@
 //! One client connection: read requests, execute them, and answer in order.
 //!
-//! The first byte decides the protocol for the connection's whole life: `*` is RESP2 (what
-//! every Redis client sends first), anything else the text protocol. Both share everything
+//! The first byte decides the protocol for the connection's whole life: `*` is RESP (what
+//! every Redis client sends first; its per-connection state is a [`Session`]), anything
+//! else the text protocol. Both share everything
 //! below the framing: [`execute`], batching, durability and error mapping.
 //!
 //! Replies are collected per read ("batch") and written together. Before a batch holding
@@ -26,14 +27,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use crate::protocol::resp::{RespCommand, RespLimits, RespParser, RespReply, opens_resp};
+use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply, opens_resp};
 use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::{Offset, StorageError};
 
 use super::Shared;
 use super::budget::Reservation;
 use super::execute::{Outcome, execute, storage_failure};
-use super::resp::execute_resp;
+use super::session::Session;
 use super::shutdown::Shutdown;
 
 /// Bytes requested from the socket per read.
@@ -54,27 +55,28 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 enum Dialect {
     Undecided,
     Text(LineFramer),
-    Resp(RespParser),
+    Resp(RespParser, Box<Session>),
 }
 
-/// A reply in the connection's protocol.
+/// A reply in the connection's protocol (for RESP, the version it was negotiated at when
+/// the request was handled: HELLO may change it mid-batch).
 enum Answer {
     Text(Reply),
-    Resp(RespReply),
+    Resp(RespReply, Protocol),
 }
 
 impl Answer {
     fn encode(&self, dst: &mut BytesMut) {
         match self {
             Answer::Text(reply) => reply.encode_text(dst),
-            Answer::Resp(reply) => reply.encode(dst),
+            Answer::Resp(reply, protocol) => reply.encode(dst, *protocol),
         }
     }
 
     fn encoded_len_hint(&self) -> usize {
         match self {
             Answer::Text(reply) => reply.encoded_len_hint(),
-            Answer::Resp(reply) => reply.encoded_len_hint(),
+            Answer::Resp(reply, _) => reply.encoded_len_hint(),
         }
     }
 }
@@ -169,7 +171,7 @@ impl Connection {
                 Flow::Continue => {}
                 Flow::Close => {
                     self.stream.shutdown().await?;
-                    if let Dialect::Resp(_) = self.dialect {
+                    if let Dialect::Resp(..) = self.dialect {
                         self.linger().await;
                     }
                     break;
@@ -213,7 +215,9 @@ impl Connection {
         self.unsynced_read = None;
         self.within_budget();
         match self.dialect {
-            Dialect::Resp(_) => RespReply::from(Reply::error(OUT_OF_MEMORY)).encode(&mut self.output),
+            Dialect::Resp(_, ref session) => {
+                RespReply::from(Reply::error(OUT_OF_MEMORY)).encode(&mut self.output, session.protocol())
+            }
             _ => Reply::error(OUT_OF_MEMORY).encode_text(&mut self.output),
         }
         self.write_output().await?;
@@ -227,7 +231,11 @@ impl Connection {
         if let (Dialect::Undecided, Some(&first)) = (&self.dialect, self.input.first()) {
             let max_message_bytes = self.shared.config.max_message_bytes;
             self.dialect = match opens_resp(first) {
-                true => Dialect::Resp(RespParser::new(RespLimits::for_max_message(max_message_bytes))),
+                true => {
+                    let (peer, local) = (self.stream.peer_addr().ok(), self.stream.local_addr().ok());
+                    let session = Session::new(self.shared.clone(), peer, local);
+                    Dialect::Resp(RespParser::new(RespLimits::for_max_message(max_message_bytes)), Box::new(session))
+                }
                 false => Dialect::Text(LineFramer::new(self.shared.config.max_line_bytes())),
             };
         }
@@ -272,24 +280,21 @@ impl Connection {
             }
             // Arguments are borrowed from the input buffer while the command runs; the
             // request's bytes are dropped only once its outcome no longer needs them.
-            Dialect::Resp(parser) => loop {
+            Dialect::Resp(parser, session) => loop {
                 let request = match parser.next_request(&self.input) {
                     Ok(Some(request)) => request,
                     Ok(None) => return None,
                     Err(err) => {
-                        let reply = Answer::Resp(RespReply::protocol_error(&err));
+                        let reply = Answer::Resp(RespReply::protocol_error(&err), session.protocol());
                         return Some(Outcome::closing(reply));
                     }
                 };
                 let len = request.len;
-                let outcome = match RespCommand::parse(request.args, max_message_bytes) {
-                    Ok(Some(command)) => Some(execute_resp(shared, command)),
-                    Ok(None) => None,
-                    Err(err) => Some(Outcome::reply(err.into())),
-                };
+                let outcome = session.handle(shared, request.args, &self.input[..len]);
                 self.input.advance(len);
                 if let Some(outcome) = outcome {
-                    return Some(outcome.map(Answer::Resp));
+                    let protocol = session.protocol();
+                    return Some(outcome.map(|reply| Answer::Resp(reply, protocol)));
                 }
             },
         }
@@ -324,7 +329,7 @@ impl Connection {
             None => None,
         };
         let in_dialect = |reply: Reply| match self.dialect {
-            Dialect::Resp(_) => Answer::Resp(reply.into()),
+            Dialect::Resp(_, ref session) => Answer::Resp(reply.into(), session.protocol()),
             _ => Answer::Text(reply),
         };
         let (write_failure, read_failure) = (write_failure.map(in_dialect), read_failure.map(in_dialect));

@@ -3,14 +3,17 @@
 //! connection to finish what it has read.
 
 mod budget;
+mod clients;
 mod cluster;
 mod committer;
 mod connection;
 mod descriptors;
 mod execute;
 mod resp;
+mod session;
 mod shutdown;
 mod stats;
+mod transaction;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, broadcast, mpsc};
 
-use crate::protocol::resp::{RespLimits, RespReply, opens_resp};
+use crate::protocol::resp::{Protocol, RespLimits, RespReply, opens_resp};
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
@@ -248,7 +251,7 @@ async fn refuse(mut stream: TcpStream) {
             Err(_) => false,
         };
         match resp {
-            true => RespReply::from(refusal).encode(&mut reply),
+            true => RespReply::from(refusal).encode(&mut reply, Protocol::Resp2),
             false => refusal.encode_text(&mut reply),
         }
         stream.write_all(&reply).await?;

@@ -1,87 +1,62 @@
-//! Carries out RESP commands. Every key-level operation goes through the shared
-//! [`execute`], one key at a time; this file only combines their outcomes into Redis's
-//! reply shapes (counts, arrays) and answers the server-level commands (INFO, DBSIZE,
-//! CONFIG GET) from the same numbers as STATS.
+//! Carries out RESP commands. Single-key SET and GET go through the shared [`execute`];
+//! multi-key commands are atomic as in Redis (MSET and DEL as one batch, see
+//! [`transaction`](super::transaction); MGET and EXISTS read at one instant); this file
+//! also answers the server-level commands (INFO, DBSIZE, CONFIG GET) from the same
+//! numbers as STATS.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
-use crate::protocol::resp::{Args, Keys, Pairs, RespCommand, RespReply};
-use crate::protocol::{Command, Reply};
+use crate::protocol::resp::{Args, Keys, RespCommand, RespReply};
 use crate::storage::FsyncPolicy;
 
 use super::Shared;
-use super::execute::{Outcome, execute};
+use super::execute::{Outcome, execute, storage_failure};
 use super::stats::Snapshot;
 
 pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespReply> {
     match command {
         RespCommand::Single(command) => execute(shared, command).map(RespReply::from),
-        RespCommand::Del(keys) => count_found(shared, keys, |id| Command::Del { id }),
-        RespCommand::Exists(keys) => count_found(shared, keys, |id| Command::Exists { id }),
-        RespCommand::MGet(keys) => mget(shared, keys),
-        RespCommand::MSet(pairs) => mset(shared, pairs),
+        RespCommand::Del(_) | RespCommand::MSet(_) => super::transaction::atomic(shared, command),
+        RespCommand::Exists(keys) => read_keys(shared, keys, true),
+        RespCommand::MGet(keys) => read_keys(shared, keys, false),
         RespCommand::Quit => Outcome::closing(RespReply::Simple("OK")),
         RespCommand::DbSize => Outcome::reply(RespReply::Integer(saturating_i64(shared.log.stats().ids))),
-        RespCommand::Info(sections) => Outcome::reply(RespReply::Bulk(info(shared, sections).into_bytes())),
+        RespCommand::Info(sections) => Outcome::reply(RespReply::Verbatim(info(shared, sections))),
         RespCommand::ConfigGet(patterns) => Outcome::reply(config_get(shared, patterns)),
         RespCommand::Immediate(reply) => Outcome::reply(reply),
     }
 }
 
-/// Runs `command` for every key; the reply counts the keys it found. The first error is
-/// the reply instead. The highest offset written is kept either way, so everything this
-/// request appended is made durable before its reply.
-fn count_found<'a>(shared: &Shared, keys: Keys<'a>, command: impl Fn(&'a [u8]) -> Command<'a>) -> Outcome<RespReply> {
-    let mut found = 0;
-    let mut written = None;
-    for id in keys.iter() {
-        let outcome = execute(shared, command(id));
-        written = written.max(outcome.written);
-        match outcome.reply {
-            Reply::Ok => found += 1,
-            Reply::NotFound => {}
-            other => return Outcome { written, ..Outcome::reply(other.into()) },
-        }
-    }
-    Outcome { written, ..Outcome::reply(RespReply::Integer(found)) }
-}
-
-/// The values of `keys`, in one reply that waits once, for the newest record it shows.
-/// The reply is refused, not built, once it would pass the per-reply bound: repeating a
+/// MGET and EXISTS read every key at one instant, as in Redis: never half of a
+/// transaction or MSET that lands meanwhile. The reply waits once, for the newest record it
+/// shows, and is refused, not built, once it would pass the per-reply bound: repeating a
 /// large key is a cheap request that would otherwise cost gigabytes to answer.
-fn mget(shared: &Shared, keys: Keys<'_>) -> Outcome<RespReply> {
-    let limit = shared.config.max_reply_bytes();
-    let mut values = Vec::with_capacity(keys.iter().len().min(1024));
-    let (mut bytes, mut read) = (0usize, None);
-    for id in keys.iter() {
-        let outcome = execute(shared, Command::Get { id });
-        read = read.max(outcome.read);
-        let reply: RespReply = match outcome.reply {
-            reply @ (Reply::Value(_) | Reply::NotFound) => reply.into(),
-            error => return Outcome::reply(error.into()),
-        };
-        bytes = bytes.saturating_add(reply.encoded_len_hint());
-        if bytes > limit {
-            let at_least = bytes.saturating_add(keys.iter().len().saturating_sub(values.len() + 1) * 5);
-            let why = format!("reply too large (at least {at_least} bytes, limit {limit})");
-            return Outcome::reply(RespReply::from(Reply::error(why)));
+fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply> {
+    let (reply, read) = shared.log.read_at_once(|log| {
+        if exists {
+            return (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), None);
         }
-        values.push(reply);
-    }
-    Outcome { read, ..Outcome::reply(RespReply::Array(values)) }
-}
-
-/// Appends every pair; the one `+OK` waits, like any write, for the batch's sync.
-fn mset(shared: &Shared, pairs: Pairs<'_>) -> Outcome<RespReply> {
-    let mut written = None;
-    for (id, message) in pairs.iter() {
-        let outcome = execute(shared, Command::Set { id, message });
-        written = written.max(outcome.written);
-        if let Reply::Error(_) = outcome.reply {
-            return Outcome { written, ..Outcome::reply(outcome.reply.into()) };
+        let limit = shared.config.max_reply_bytes();
+        let mut values = Vec::with_capacity(keys.iter().len().min(1024));
+        let mut bytes = 0usize;
+        for id in keys.iter() {
+            shared.metrics.gets.fetch_add(1, Ordering::Relaxed);
+            let value = match log.get(id) {
+                Ok(message) => message.map_or(RespReply::Nil, RespReply::Bulk),
+                Err(err) => return (storage_failure(&err).into(), None),
+            };
+            bytes = bytes.saturating_add(value.encoded_len_hint());
+            if bytes > limit {
+                let at_least = bytes.saturating_add(keys.iter().len().saturating_sub(values.len() + 1) * 5);
+                let why = format!("reply too large (at least {at_least} bytes, limit {limit})");
+                return (RespReply::error(why), None);
+            }
+            values.push(value);
         }
-    }
-    Outcome { written, ..Outcome::reply(RespReply::Simple("OK")) }
+        (RespReply::Array(values), log.newest_read())
+    });
+    Outcome { read, ..Outcome::reply(reply) }
 }
 
 /// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::Shared;
+use super::clients::Clients;
 use super::shutdown::Shutdown;
 
 #[derive(Debug)]
@@ -23,6 +24,8 @@ pub(crate) struct Metrics {
     pub(crate) connections: AtomicU64,
     /// When the server started (INFO's uptime).
     pub(crate) started: Instant,
+    /// The Redis-protocol connections, for CLIENT LIST.
+    pub(crate) clients: Clients,
     window: Mutex<Window>,
 }
 
@@ -41,6 +44,7 @@ impl Default for Metrics {
             dels: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             started: Instant::now(),
+            clients: Clients::default(),
             window: Mutex::new(Window { started: Instant::now(), sets: 0, gets: 0 }),
         }
     }

@@ -18,6 +18,10 @@ pub enum StorageError {
     Failed(String),
     #[error("record of {size} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge { size: usize, max: usize },
+    /// An atomic batch (MULTI/EXEC, MSET) must fit in one record limit: it stays in one
+    /// segment, whose read mapping has that much room past `--segment-bytes`.
+    #[error("atomic batch of {size} bytes exceeds the limit of {max} bytes")]
+    BatchTooLarge { size: usize, max: usize },
     #[error("invalid record batch at byte {position}: {reason}")]
     InvalidBatch { position: usize, reason: String },
     #[error("offset {offset} is out of range (log holds {first}..={last})")]

@@ -85,7 +85,8 @@ pub(super) struct Shared {
 
 /// An open log. `Send + Sync`: share it with `Arc<Log>`.
 pub struct Log {
-    shared: Arc<Shared>,
+    /// `pub(super)` for the atomic-batch API, which lives in `batch`.
+    pub(super) shared: Arc<Shared>,
     syncer: Option<IntervalSyncer>,
     /// Held (flocked) for the log's life.
     _lock: File,
@@ -205,7 +206,9 @@ impl Log {
     }
 
     /// Appends records received from a leader, verbatim, after checking every CRC and
-    /// that their offsets continue this log. Returns the last offset appended.
+    /// that their offsets continue this log. Returns the last offset appended. `bytes` must
+    /// hold whole atomic batches (as `read_from` returns them): its last record must end
+    /// one, and each batch is kept in one segment.
     pub fn append_raw(&self, bytes: &[u8]) -> Result<Option<Offset>> {
         let mut st = self.shared.write();
         st.check_writable()?;
@@ -226,10 +229,15 @@ impl Log {
             position += r.framed_len();
             records.push(r);
         }
+        if records.last().is_some_and(|r| r.continues) {
+            let reason = "the last record does not end its atomic batch".to_string();
+            return Err(StorageError::InvalidBatch { position, reason });
+        }
         let mut position = 0;
-        for r in &records {
+        for (i, r) in records.iter().enumerate() {
             let len = r.framed_len();
-            st.append_framed(&self.shared, r, &bytes[position..position + len])?;
+            let batch_bytes = super::batch::bytes_of_batch_starting_at(&records, i);
+            st.append_framed(&self.shared, r, &bytes[position..position + len], batch_bytes)?;
             position += len;
         }
         Ok(records.last().map(|r| r.offset))

@@ -62,6 +62,7 @@ impl Default for Config {
     }
 }
 
+mod batch;
 pub mod check;
 mod commit;
 mod epoch;
@@ -76,6 +77,7 @@ mod recovery;
 mod segment;
 mod state;
 
+pub use batch::Batch;
 pub use error::StorageError;
 pub use fault::{Faults, HeldSync};
 pub use log::{Chunk, Log, LogStats};

@@ -8,11 +8,18 @@
 //! 8   u64  offset     strictly increasing within a log, gaps allowed
 //! 16  u32  epoch      leader epoch that wrote the record
 //! 20  i64  timestamp  milliseconds since the Unix epoch
-//! 28  u8   kind       1 = SET, 2 = DEL (tombstone, empty message)
+//! 28  u8   kind       1 = SET, 2 = DEL (tombstone, empty message); bit 0x80 set means
+//!                     "the atomic batch continues with the next record" (see below)
 //! 29  u16  id_len     1..=65535
 //! 31  [u8] id
 //! ..  [u8] message    the rest of the body
 //! ```
+//!
+//! Atomic batches (MULTI/EXEC, MSET): every record of a batch but the last carries the
+//! [`BATCH_CONTINUES`] bit; a record without it ends its batch (a lone record is a batch
+//! of one). Recovery cuts a batch that never ended as a torn tail, `read_from` never ends
+//! a chunk inside one, and a follower appends only whole batches, so a batch is applied
+//! whole or not at all everywhere.
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 
@@ -24,6 +31,9 @@ pub const FRAME_HEADER: usize = 8;
 pub const BODY_HEADER: usize = 23;
 /// Bytes a record costs on top of its ID and message.
 pub const RECORD_OVERHEAD: usize = FRAME_HEADER + BODY_HEADER;
+
+/// Kind-byte flag: the record's atomic batch continues with the next record.
+pub const BATCH_CONTINUES: u8 = 0x80;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordKind {
@@ -50,6 +60,8 @@ pub struct RecordRef<'a> {
     pub kind: RecordKind,
     pub id: &'a [u8],
     pub message: &'a [u8],
+    /// The next record belongs to the same atomic batch ([`BATCH_CONTINUES`]).
+    pub continues: bool,
 }
 
 impl RecordRef<'_> {
@@ -75,7 +87,7 @@ pub fn framed_len(id: &[u8], message: &[u8]) -> usize {
     RECORD_OVERHEAD + id.len() + message.len()
 }
 
-/// Appends one framed record to `out`.
+/// Appends one framed record to `out`, a batch of its own.
 ///
 /// The caller checks `id.len()` is 1..=65535 and the size limits.
 pub fn encode(
@@ -87,6 +99,21 @@ pub fn encode(
     id: &[u8],
     message: &[u8],
 ) {
+    encode_in_batch(out, offset, epoch, timestamp_ms, kind, id, message, false);
+}
+
+/// Appends one framed record to `out`; `continues` marks it as not the last of its batch.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_in_batch(
+    out: &mut Vec<u8>,
+    offset: Offset,
+    epoch: Epoch,
+    timestamp_ms: i64,
+    kind: RecordKind,
+    id: &[u8],
+    message: &[u8],
+    continues: bool,
+) {
     debug_assert!(!id.is_empty() && id.len() <= u16::MAX as usize);
     let start = out.len();
     let body_len = BODY_HEADER + id.len() + message.len();
@@ -95,7 +122,7 @@ pub fn encode(
     LE::write_u64(&mut head[8..16], offset);
     LE::write_u32(&mut head[16..20], epoch);
     LE::write_i64(&mut head[20..28], timestamp_ms);
-    head[28] = kind as u8;
+    head[28] = kind as u8 | if continues { BATCH_CONTINUES } else { 0 };
     LE::write_u16(&mut head[29..31], id.len() as u16);
     out.reserve(RECORD_OVERHEAD + id.len() + message.len());
     out.extend_from_slice(&head);
@@ -128,7 +155,7 @@ pub fn decode(buf: &[u8], max_record: usize) -> Decoded<'_> {
     if crc32fast::hash(body) != LE::read_u32(&buf[4..8]) {
         return Decoded::Invalid("CRC mismatch");
     }
-    let Some(kind) = RecordKind::from_byte(body[20]) else {
+    let Some(kind) = RecordKind::from_byte(body[20] & !BATCH_CONTINUES) else {
         return Decoded::Invalid("unknown record kind");
     };
     let id_len = LE::read_u16(&body[21..23]) as usize;
@@ -142,6 +169,7 @@ pub fn decode(buf: &[u8], max_record: usize) -> Decoded<'_> {
         kind,
         id: &body[BODY_HEADER..BODY_HEADER + id_len],
         message: &body[BODY_HEADER + id_len..],
+        continues: body[20] & BATCH_CONTINUES != 0,
     };
     Decoded::Record(record, total)
 }
@@ -221,7 +249,7 @@ mod tests {
             match decode(&buf[prefix.len()..], usize::MAX) {
                 Decoded::Record(r, len) => {
                     prop_assert_eq!(len, expected_len);
-                    prop_assert_eq!(r, RecordRef { offset, epoch, timestamp_ms: ts, kind, id: &id, message: &message });
+                    prop_assert_eq!(r, RecordRef { offset, epoch, timestamp_ms: ts, kind, id: &id, message: &message, continues: false });
                 }
                 other => prop_assert!(false, "decoded {:?}", other),
             }
@@ -249,6 +277,16 @@ mod tests {
             buf[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(!matches!(decode(&buf, 1 << 20), Decoded::Record(r, _) if r.id == &id[..] && r.message == &message[..] && r.offset == 7));
         }
+    }
+
+    #[test]
+    fn the_batch_flag_round_trips_beside_the_kind() {
+        let mut buf = Vec::new();
+        encode_in_batch(&mut buf, 1, 1, 0, RecordKind::Delete, b"id", b"", true);
+        encode_in_batch(&mut buf, 2, 1, 0, RecordKind::Set, b"id", b"m", false);
+        let records: Vec<_> = Records::new(&buf, 1 << 20).map(Result::unwrap).collect();
+        assert_eq!((records[0].kind, records[0].continues), (RecordKind::Delete, true));
+        assert_eq!((records[1].kind, records[1].continues), (RecordKind::Set, false));
     }
 
     #[test]

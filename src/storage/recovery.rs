@@ -33,7 +33,7 @@ pub(super) struct Recovered {
 
 /// What a scan of one segment's bytes found.
 pub(super) struct Scan {
-    /// Position after the last good record.
+    /// Position after the last good record that ends an atomic batch: where a cut goes.
     pub end: usize,
     pub records: u64,
     pub last_offset: Option<Offset>,
@@ -86,41 +86,58 @@ pub(super) fn scan(
         damage: None,
     };
     let mut prev = after;
-    while scan.end < bytes.len() {
-        let (record, len) = match decode(&bytes[scan.end..], max) {
+    // Records of an atomic batch whose last record has not been seen yet: applied only
+    // once it ends, so a batch cut by a crash leaves no trace (see `record`).
+    let mut open_batch: Vec<(RecordRef<'_>, usize)> = Vec::new();
+    let mut at = scan.end;
+    while at < bytes.len() {
+        let (record, len) = match decode(&bytes[at..], max) {
             Decoded::Record(r, len) => (r, len),
             Decoded::Incomplete => {
-                scan.damage = Some((scan.end, "truncated record"));
+                scan.damage = Some((at, "truncated record"));
                 break;
             }
             Decoded::Invalid(reason) => {
-                scan.damage = Some((scan.end, reason));
+                scan.damage = Some((at, reason));
                 break;
             }
         };
         if record.offset < base || prev.is_some_and(|p| record.offset <= p) {
-            scan.damage = Some((scan.end, "offset not above the previous record's"));
+            scan.damage = Some((at, "offset not above the previous record's"));
             break;
         }
-        let position = scan.end as u64;
         if let Some(visit) = visit.as_mut() {
-            visit(&record, &bytes[scan.end..scan.end + len]);
-        }
-        if position - scan.last_indexed >= interval {
-            index.push(relative(base, record.offset), position as u32);
-            scan.last_indexed = position;
-        }
-        match record.kind {
-            RecordKind::Set => ids.set(record.id, Position { segment, position: position as u32 }, id_at),
-            RecordKind::Delete => {
-                ids.remove(record.id, id_at);
-            }
+            visit(&record, &bytes[at..at + len]);
         }
         prev = Some(record.offset);
-        scan.last_offset = Some(record.offset);
-        scan.last_epoch = Some(record.epoch);
-        scan.records += 1;
-        scan.end += len;
+        open_batch.push((record, at));
+        at += len;
+        if record.continues {
+            continue;
+        }
+        for (record, position) in open_batch.drain(..) {
+            let position = position as u64;
+            if position - scan.last_indexed >= interval {
+                index.push(relative(base, record.offset), position as u32);
+                scan.last_indexed = position;
+            }
+            match record.kind {
+                RecordKind::Set => ids.set(record.id, Position { segment, position: position as u32 }, id_at),
+                RecordKind::Delete => {
+                    ids.remove(record.id, id_at);
+                }
+            }
+            scan.last_offset = Some(record.offset);
+            scan.last_epoch = Some(record.epoch);
+            scan.records += 1;
+        }
+        scan.end = at;
+    }
+    // `end` stays before an unfinished batch, so a cut drops all of it. The damage is
+    // placed where the scan stopped: nothing valid follows there, which makes it a torn
+    // tail when this is the last segment.
+    if scan.damage.is_none() && !open_batch.is_empty() {
+        scan.damage = Some((at, "atomic batch without its last record"));
     }
     scan
 }
@@ -216,14 +233,15 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
             let later = &bases[i + 1..];
             tracing::warn!(
                 segment = %path.display(), position, reason,
-                dropped_bytes = len - position as u64, dropped_segments = later.len(),
+                dropped_bytes = len - scan.end as u64, dropped_segments = later.len(),
                 "truncating the log at the first bad record"
             );
             drop(map);
-            file.set_len(position as u64)?;
+            // At `scan.end`, not `position`: damage inside an atomic batch drops the batch.
+            file.set_len(scan.end as u64)?;
             file.sync_all()?;
             drop_segments_after(dir, later)?;
-            end = position as u64;
+            end = scan.end as u64;
             is_last = true;
         }
         prev = scan.last_offset.or(prev);

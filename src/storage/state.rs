@@ -38,15 +38,62 @@ impl State {
         let position = self.active.len();
         record::encode(&mut self.active.buffer, offset, self.epoch, now_ms(), kind, id, message);
         self.after_append(shared, kind, id, offset, self.epoch, position)?;
+        self.flush_if_full(shared)?;
         Ok(offset)
     }
 
+    /// Appends `writes` as one atomic batch (see `record`'s batch flag): all of them or,
+    /// on an error, none. The batch is kept in one segment (it rolls first if needed) and
+    /// the write buffer is not flushed inside it, so nothing can fail half-way. Returns
+    /// the last offset, `None` for an empty batch.
+    pub fn append_batch(&mut self, shared: &Shared, writes: &[(RecordKind, &[u8], &[u8])]) -> Result<Option<Offset>> {
+        self.check_writable()?;
+        let max = shared.config.max_record_bytes as usize;
+        let total: usize = writes.iter().map(|(_, id, message)| record::framed_len(id, message)).sum();
+        // The active segment's read mapping has room for one record limit past
+        // `--segment-bytes`, so that is also the most one batch may take.
+        if total > max {
+            return Err(StorageError::BatchTooLarge { size: total, max });
+        }
+        debug_assert!(writes.iter().all(|(_, id, _)| !id.is_empty() && id.len() <= u16::MAX as usize));
+        let Some(last) = writes.len().checked_sub(1) else { return Ok(None) };
+        self.before_append(shared, self.next_offset, total)?;
+        let (epoch, timestamp) = (self.epoch, now_ms());
+        for (i, &(kind, id, message)) in writes.iter().enumerate() {
+            let offset = self.next_offset;
+            let position = self.active.len();
+            record::encode_in_batch(&mut self.active.buffer, offset, epoch, timestamp, kind, id, message, i < last);
+            self.after_append(shared, kind, id, offset, epoch, position)?;
+        }
+        let last_offset = self.next_offset - 1;
+        self.flush_if_full(shared)?;
+        Ok(Some(last_offset))
+    }
+
     /// Appends one verified record's bytes verbatim (a follower copying its leader).
-    pub fn append_framed(&mut self, shared: &Shared, r: &RecordRef<'_>, framed: &[u8]) -> Result<()> {
-        self.before_append(shared, r.offset, framed.len())?;
+    /// `batch_bytes` is given for the first record of a batch: the whole batch's length,
+    /// so that a roll happens before the batch, never inside it.
+    pub fn append_framed(
+        &mut self,
+        shared: &Shared,
+        r: &RecordRef<'_>,
+        framed: &[u8],
+        batch_bytes: Option<usize>,
+    ) -> Result<()> {
+        if let Some(batch_bytes) = batch_bytes {
+            self.before_append(shared, r.offset, batch_bytes)?;
+        }
         let position = self.active.len();
         self.active.buffer.extend_from_slice(framed);
-        self.after_append(shared, r.kind, r.id, r.offset, r.epoch, position)
+        self.after_append(shared, r.kind, r.id, r.offset, r.epoch, position)?;
+        self.flush_if_full(shared)
+    }
+
+    fn flush_if_full(&mut self, shared: &Shared) -> Result<()> {
+        if self.active.buffer.len() >= shared.config.write_buffer_bytes {
+            self.flush(shared)?;
+        }
+        Ok(())
     }
 
     /// Rolls to a new segment if this record would overflow the active one.
@@ -90,9 +137,6 @@ impl State {
         self.last = Some((offset, epoch));
         self.next_offset = offset + 1;
         self.records += 1;
-        if self.active.buffer.len() >= shared.config.write_buffer_bytes {
-            self.flush(shared)?;
-        }
         Ok(())
     }
 
@@ -254,7 +298,9 @@ fn bytes_at<'a>(sealed: &'a [SealedSegment], active: &'a ActiveSegment, at: Posi
 
 /// Copies whole, CRC-checked records starting with the first at or after `offset`, from
 /// a segment given as up to two parts (file bytes, then buffered bytes; records never
-/// straddle them). `None` if the segment holds no such record.
+/// straddle them). `None` if the segment holds no such record. The chunk ends only
+/// between atomic batches (a batch may carry it past `max_bytes`), so a follower that
+/// appends chunks always appends whole batches.
 fn collect(
     parts: &[&[u8]; 2],
     from: usize,
@@ -264,6 +310,7 @@ fn collect(
 ) -> std::result::Result<Option<Chunk>, (usize, &'static str)> {
     let mut out = Vec::new();
     let mut next = None;
+    let mut inside_batch = false;
     let mut part_start = 0;
     for part in parts {
         let mut pos = from.saturating_sub(part_start);
@@ -278,11 +325,14 @@ fn collect(
                 return Err((part_start + pos, "record length runs past the end of the segment"));
             }
             if at >= offset {
-                if !out.is_empty() && out.len() + len > max_bytes {
+                if !out.is_empty() && !inside_batch && out.len() + len > max_bytes {
                     return Ok(Some(Chunk { bytes: out, next: next.unwrap_or(offset) }));
                 }
                 match decode(&part[pos..], max) {
-                    Decoded::Record(r, _) => next = Some(r.offset + 1),
+                    Decoded::Record(r, _) => {
+                        next = Some(r.offset + 1);
+                        inside_batch = r.continues;
+                    }
                     Decoded::Incomplete => return Err((part_start + pos, "truncated record")),
                     Decoded::Invalid(reason) => return Err((part_start + pos, reason)),
                 }

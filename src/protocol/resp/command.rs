@@ -23,7 +23,7 @@ pub enum RespCommand<'a> {
     Info(Args<'a>),
     /// Glob patterns over the few settings msglog reports.
     ConfigGet(Args<'a>),
-    /// Needs nothing from the server: PING, ECHO, SELECT 0, COMMAND, CLIENT SETNAME ...
+    /// Needs nothing from the server: PING, ECHO, SELECT 0, COMMAND ...
     Immediate(RespReply),
 }
 
@@ -91,10 +91,6 @@ impl<'a> RespCommand<'a> {
             parse_command(rest)?
         } else if is("CONFIG") {
             parse_config(rest)?
-        } else if is("CLIENT") {
-            parse_client(rest)?
-        } else if is("HELLO") {
-            return Err(CommandError::NoProto);
         } else {
             return Err(CommandError::UnknownCommand(printable(name)));
         };
@@ -147,24 +143,6 @@ fn parse_config(rest: Args<'_>) -> Result<RespCommand<'_>, CommandError> {
     match rest.len() {
         1 => Err(CommandError::WrongArity("config|get")),
         _ => Ok(RespCommand::ConfigGet(rest.skip(1))),
-    }
-}
-
-/// Client libraries name themselves on connect; there is nothing to remember.
-fn parse_client(rest: Args<'_>) -> Result<RespCommand<'static>, CommandError> {
-    let Some(sub) = rest.get(0) else { return Err(CommandError::WrongArity("client")) };
-    let (arity, reply) = if sub.eq_ignore_ascii_case(b"SETNAME") {
-        (2, RespReply::Simple("OK"))
-    } else if sub.eq_ignore_ascii_case(b"SETINFO") {
-        (3, RespReply::Simple("OK"))
-    } else if sub.eq_ignore_ascii_case(b"GETNAME") {
-        (1, RespReply::Nil)
-    } else {
-        return Err(CommandError::UnknownSubcommand { command: "CLIENT", subcommand: printable(sub) });
-    };
-    match rest.len() == arity {
-        true => Ok(RespCommand::Immediate(reply)),
-        false => Err(CommandError::WrongArity("client")),
     }
 }
 

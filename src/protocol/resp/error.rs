@@ -39,9 +39,43 @@ pub enum CommandError {
     NoSuchDb,
     #[error("value is not an integer or out of range")]
     NotAnInteger,
-    /// `HELLO`: clients that try RESP3 first fall back to RESP2 on this error.
-    #[error("unsupported protocol version; msglog speaks RESP2")]
+    /// `HELLO` with a version other than 2 or 3.
+    #[error("unsupported protocol version")]
     NoProto,
+    #[error("Protocol version is not an integer or out of range")]
+    ProtocolNotAnInteger,
+    #[error("Syntax error in HELLO option '{0}'")]
+    HelloOption(String),
+    /// `AUTH` naming a user other than `default` (msglog has no users or passwords).
+    #[error("invalid username-password pair or user is disabled.")]
+    WrongPass,
+    /// Redis's words for `AUTH <password>` on a server without a password.
+    #[error(
+        "AUTH <password> called without any password configured for the default user. \
+         Are you sure your configuration is correct?"
+    )]
+    AuthWithoutPassword,
+    #[error("Client names cannot contain spaces, newlines or special characters.")]
+    BadClientName,
+    #[error("{0} cannot contain spaces, newlines or special characters.")]
+    BadClientAttribute(&'static str),
+    #[error("Unrecognized option '{0}'")]
+    UnknownClientAttribute(String),
+    #[error("MULTI calls can not be nested")]
+    NestedMulti,
+    #[error("EXEC without MULTI")]
+    ExecWithoutMulti,
+    #[error("DISCARD without MULTI")]
+    DiscardWithoutMulti,
+    /// EXEC after a command failed to queue: nothing of the transaction is applied.
+    #[error("Transaction discarded because of previous errors.")]
+    ExecAbort,
+    #[error("WATCH is not supported: msglog transactions are WATCH-free (EXEC applies them atomically)")]
+    WatchUnsupported,
+    #[error("'{0}' is not allowed inside a transaction in msglog")]
+    NotInTransaction(String),
+    #[error("transaction too large: at most {max_commands} commands and {max_bytes} bytes may be queued")]
+    TransactionTooLarge { max_commands: usize, max_bytes: usize },
     /// Bad ID or oversized message: the same rules, and words, as the text protocol.
     #[error(transparent)]
     Invalid(#[from] ProtocolError),
@@ -52,6 +86,8 @@ impl CommandError {
     pub fn code(&self) -> &'static str {
         match self {
             CommandError::NoProto => "NOPROTO",
+            CommandError::WrongPass => "WRONGPASS",
+            CommandError::ExecAbort => "EXECABORT",
             _ => "ERR",
         }
     }

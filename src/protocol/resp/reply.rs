@@ -1,4 +1,8 @@
-//! RESP2 replies as values, and their encoding.
+//! RESP replies as values, and their encoding in RESP2 or RESP3.
+//!
+//! One value, two encodings: a connection speaks RESP2 until it sends `HELLO 3`, and the
+//! few shapes RESP3 adds (null, map, verbatim string) fall back to their RESP2 forms
+//! (`$-1`, a flat array of keys and values, a bulk string), exactly as Redis sends them.
 
 use std::fmt;
 
@@ -7,7 +11,25 @@ use bytes::{BufMut, BytesMut};
 use super::{CommandError, RespError};
 use crate::protocol::Reply;
 
-/// One RESP2 reply.
+/// The protocol version a connection negotiated with `HELLO` (RESP2 until then).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+impl Protocol {
+    /// The number `HELLO` takes and reports.
+    pub fn version(self) -> i64 {
+        match self {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        }
+    }
+}
+
+/// One RESP reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RespReply {
     /// `+OK`, `+PONG`: fixed words only, so they can never hold a line break.
@@ -19,9 +41,14 @@ pub enum RespReply {
     },
     Integer(i64),
     Bulk(Vec<u8>),
-    /// The null bulk string `$-1`: a key that does not exist.
+    /// A key that does not exist: `$-1` in RESP2, `_` in RESP3.
     Nil,
     Array(Vec<RespReply>),
+    /// Key-value pairs (HELLO): `%` in RESP3, a flat array in RESP2.
+    Map(Vec<(RespReply, RespReply)>),
+    /// Text meant for people (INFO, CLIENT INFO): `=<len>\r\ntxt:...` in RESP3, a bulk
+    /// string in RESP2.
+    Verbatim(String),
 }
 
 impl RespReply {
@@ -35,7 +62,8 @@ impl RespReply {
         RespReply::error(format_args!("Protocol error: {err}"))
     }
 
-    pub fn encode(&self, dst: &mut BytesMut) {
+    pub fn encode(&self, dst: &mut BytesMut, protocol: Protocol) {
+        let resp3 = protocol == Protocol::Resp3;
         match self {
             RespReply::Simple(word) => {
                 dst.put_u8(b'+');
@@ -53,17 +81,25 @@ impl RespReply {
                 dst.put_slice(b"\r\n");
             }
             RespReply::Integer(n) => put_header(dst, b':', *n),
-            RespReply::Bulk(bytes) => {
-                dst.reserve(bytes.len() + 16);
-                put_header(dst, b'$', bytes.len() as i64);
-                dst.put_slice(bytes);
-                dst.put_slice(b"\r\n");
-            }
+            RespReply::Bulk(bytes) => put_bulk(dst, b'$', b"", bytes),
+            RespReply::Verbatim(text) if resp3 => put_bulk(dst, b'=', b"txt:", text.as_bytes()),
+            RespReply::Verbatim(text) => put_bulk(dst, b'$', b"", text.as_bytes()),
+            RespReply::Nil if resp3 => dst.put_slice(b"_\r\n"),
             RespReply::Nil => dst.put_slice(b"$-1\r\n"),
             RespReply::Array(items) => {
                 put_header(dst, b'*', items.len() as i64);
                 for item in items {
-                    item.encode(dst);
+                    item.encode(dst, protocol);
+                }
+            }
+            RespReply::Map(pairs) => {
+                match resp3 {
+                    true => put_header(dst, b'%', pairs.len() as i64),
+                    false => put_header(dst, b'*', 2 * pairs.len() as i64),
+                }
+                for (key, value) in pairs {
+                    key.encode(dst, protocol);
+                    value.encode(dst, protocol);
                 }
             }
         }
@@ -74,7 +110,11 @@ impl RespReply {
         match self {
             RespReply::Bulk(bytes) => bytes.len() + 16,
             RespReply::Error { reason, .. } => reason.len() + 16,
+            RespReply::Verbatim(text) => text.len() + 20,
             RespReply::Array(items) => items.iter().map(RespReply::encoded_len_hint).sum::<usize>() + 16,
+            RespReply::Map(pairs) => {
+                pairs.iter().map(|(k, v)| k.encoded_len_hint() + v.encoded_len_hint()).sum::<usize>() + 16
+            }
             _ => 16,
         }
     }
@@ -100,6 +140,15 @@ impl From<CommandError> for RespReply {
     fn from(err: CommandError) -> RespReply {
         RespReply::Error { code: err.code(), reason: err.to_string() }
     }
+}
+
+/// `<kind><len>\r\n<prefix><bytes>\r\n`, the length counting the prefix.
+fn put_bulk(dst: &mut BytesMut, kind: u8, prefix: &[u8], bytes: &[u8]) {
+    dst.reserve(prefix.len() + bytes.len() + 16);
+    put_header(dst, kind, (prefix.len() + bytes.len()) as i64);
+    dst.put_slice(prefix);
+    dst.put_slice(bytes);
+    dst.put_slice(b"\r\n");
 }
 
 /// `<kind><decimal>\r\n`, without going through `fmt`.
@@ -129,8 +178,12 @@ mod tests {
     use super::*;
 
     fn wire(reply: RespReply) -> Vec<u8> {
+        wire_in(Protocol::Resp2, reply)
+    }
+
+    fn wire_in(protocol: Protocol, reply: RespReply) -> Vec<u8> {
         let mut dst = BytesMut::new();
-        reply.encode(&mut dst);
+        reply.encode(&mut dst, protocol);
         dst.to_vec()
     }
 
@@ -138,10 +191,7 @@ mod tests {
     fn every_kind_encodes_as_redis_does() {
         assert_eq!(wire(RespReply::Simple("OK")), b"+OK\r\n");
         assert_eq!(wire(RespReply::error("bad\r\nthing")), b"-ERR bad  thing\r\n");
-        assert_eq!(
-            wire(CommandError::NoProto.into()),
-            b"-NOPROTO unsupported protocol version; msglog speaks RESP2\r\n"
-        );
+        assert_eq!(wire(CommandError::NoProto.into()), b"-NOPROTO unsupported protocol version\r\n");
         assert_eq!(wire(RespReply::Integer(0)), b":0\r\n");
         assert_eq!(wire(RespReply::Integer(-42)), b":-42\r\n");
         assert_eq!(wire(RespReply::Integer(i64::MIN)), b":-9223372036854775808\r\n");
@@ -153,6 +203,19 @@ mod tests {
             wire(RespReply::Array(vec![RespReply::Bulk(b"x".to_vec()), RespReply::Nil])),
             b"*2\r\n$1\r\nx\r\n$-1\r\n"
         );
+    }
+
+    #[test]
+    fn resp3_shapes_encode_as_redis_7_does_and_fall_back_in_resp2() {
+        let map = RespReply::Map(vec![(RespReply::Bulk(b"proto".to_vec()), RespReply::Integer(3))]);
+        assert_eq!(wire_in(Protocol::Resp3, map.clone()), b"%1\r\n$5\r\nproto\r\n:3\r\n");
+        assert_eq!(wire(map), b"*2\r\n$5\r\nproto\r\n:3\r\n");
+        assert_eq!(wire_in(Protocol::Resp3, RespReply::Nil), b"_\r\n");
+        let holes = RespReply::Array(vec![RespReply::Nil]);
+        assert_eq!(wire_in(Protocol::Resp3, holes), b"*1\r\n_\r\n");
+        let text = RespReply::Verbatim("# Keyspace\r\n".to_string());
+        assert_eq!(wire_in(Protocol::Resp3, text.clone()), b"=16\r\ntxt:# Keyspace\r\n\r\n");
+        assert_eq!(wire(text), b"$12\r\n# Keyspace\r\n\r\n");
     }
 
     #[test]

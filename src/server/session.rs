@@ -1,0 +1,188 @@
+//! A Redis-protocol connection's own state: the protocol version it negotiated, the name
+//! it gave itself, and its open transaction. Every RESP request passes through
+//! [`Session::handle`], which answers session commands (HELLO, CLIENT, MULTI, EXEC,
+//! DISCARD, RESET) itself, queues data commands while a transaction is open, and runs
+//! them otherwise.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::protocol::resp::{
+    Args, ClientAttribute, CommandError, Hello, Protocol, RespCommand, RespReply, SessionCommand, is_valid_client_name,
+};
+
+use super::Shared;
+use super::clients::Registration;
+use super::execute::Outcome;
+use super::resp::execute_resp;
+use super::transaction::{self, Transaction};
+
+/// What HELLO reports as the server's version: a Redis 7 number, so that client
+/// libraries that gate features on it treat msglog as a current Redis (README).
+const REDIS_VERSION: &str = "7.2.0";
+
+pub(crate) struct Session {
+    registration: Registration,
+    protocol: Protocol,
+    transaction: Option<Transaction>,
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Session {
+        Session { registration: Registration::new(shared, peer, local), protocol: Protocol::Resp2, transaction: None }
+    }
+
+    /// The protocol replies are encoded in from now on.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// Carries out one framed request whose bytes are `raw`; `None` for an empty request,
+    /// which gets no reply.
+    pub(crate) fn handle(&mut self, shared: &Shared, args: Args<'_>, raw: &[u8]) -> Option<Outcome<RespReply>> {
+        self.registration.client().touch();
+        match SessionCommand::parse(args) {
+            Ok(Some(command)) => return Some(self.session_command(shared, command)),
+            Ok(None) => {}
+            Err(err) => return Some(self.refuse(err)),
+        }
+        let command = match RespCommand::parse(args, shared.config.max_message_bytes) {
+            Ok(Some(command)) => command,
+            Ok(None) => return None,
+            Err(err) => return Some(self.refuse(err)),
+        };
+        let Some(open) = self.transaction.as_mut().filter(|_| transaction::is_queueable(&command)) else {
+            return Some(execute_resp(shared, command));
+        };
+        let queued = open.queue(shared, &command, raw);
+        let count = open.queued();
+        Some(match queued {
+            Ok(()) => {
+                self.registration.client().details().queued = Some(count);
+                Outcome::reply(RespReply::Simple("QUEUED"))
+            }
+            Err(err) => self.refuse(err),
+        })
+    }
+
+    /// An error answering a request; inside a transaction it also dooms EXEC.
+    fn refuse(&mut self, err: CommandError) -> Outcome<RespReply> {
+        if let Some(open) = &mut self.transaction {
+            open.dirty = true;
+        }
+        Outcome::reply(err.into())
+    }
+
+    fn session_command(&mut self, shared: &Shared, command: SessionCommand<'_>) -> Outcome<RespReply> {
+        let in_transaction = self.transaction.is_some();
+        let ok = || Outcome::reply(RespReply::Simple("OK"));
+        match command {
+            SessionCommand::Multi if in_transaction => Outcome::reply(CommandError::NestedMulti.into()),
+            SessionCommand::Multi => {
+                self.transaction = Some(Transaction::default());
+                self.registration.client().details().queued = Some(0);
+                ok()
+            }
+            SessionCommand::Exec => match self.end_transaction() {
+                Some(open) => transaction::exec(shared, open),
+                None => Outcome::reply(CommandError::ExecWithoutMulti.into()),
+            },
+            SessionCommand::Discard => match self.end_transaction() {
+                Some(_) => ok(),
+                None => Outcome::reply(CommandError::DiscardWithoutMulti.into()),
+            },
+            SessionCommand::Watch => Outcome::reply(CommandError::WatchUnsupported.into()),
+            SessionCommand::Reset => {
+                self.end_transaction();
+                self.protocol = Protocol::Resp2;
+                let mut details = self.registration.client().details();
+                details.name.clear();
+                details.protocol = Protocol::Resp2;
+                Outcome::reply(RespReply::Simple("RESET"))
+            }
+            // The rest concern the connection, not the data: not part of a transaction.
+            _ if in_transaction => self.refuse(CommandError::NotInTransaction(command.name().into())),
+            SessionCommand::Hello(hello) => self.hello(shared, hello),
+            SessionCommand::Auth { user, .. } => Outcome::reply(match user {
+                None => CommandError::AuthWithoutPassword.into(),
+                Some(b"default") => RespReply::Simple("OK"),
+                Some(_) => CommandError::WrongPass.into(),
+            }),
+            SessionCommand::Unwatch => ok(),
+            SessionCommand::ClientId => Outcome::reply(RespReply::Integer(self.id())),
+            SessionCommand::ClientInfo => Outcome::reply(RespReply::Verbatim(self.registration.client().line() + "\n")),
+            SessionCommand::ClientList => Outcome::reply(RespReply::Verbatim(shared.metrics.clients.list())),
+            SessionCommand::ClientSetName(name) => match self.set_name(name) {
+                Ok(()) => ok(),
+                Err(err) => Outcome::reply(err.into()),
+            },
+            SessionCommand::ClientGetName => {
+                let name = self.registration.client().details().name.clone();
+                Outcome::reply(if name.is_empty() { RespReply::Nil } else { RespReply::Bulk(name.into_bytes()) })
+            }
+            SessionCommand::ClientSetInfo(attribute, value) => {
+                let word = match attribute {
+                    ClientAttribute::LibName => "lib-name",
+                    ClientAttribute::LibVersion => "lib-ver",
+                };
+                if !is_valid_client_name(value) {
+                    return Outcome::reply(CommandError::BadClientAttribute(word).into());
+                }
+                let value = String::from_utf8_lossy(value).into_owned();
+                let mut details = self.registration.client().details();
+                match attribute {
+                    ClientAttribute::LibName => details.lib_name = value,
+                    ClientAttribute::LibVersion => details.lib_version = value,
+                }
+                ok()
+            }
+        }
+    }
+
+    /// `HELLO`: checks AUTH and SETNAME before changing anything, then switches protocol
+    /// and answers with the server's description, in the new protocol (as Redis does).
+    fn hello(&mut self, shared: &Shared, hello: Hello<'_>) -> Outcome<RespReply> {
+        if let Some((user, _)) = hello.auth
+            && user != b"default"
+        {
+            return Outcome::reply(CommandError::WrongPass.into());
+        }
+        if let Some(name) = hello.name
+            && let Err(err) = self.set_name(name)
+        {
+            return Outcome::reply(err.into());
+        }
+        if let Some(protocol) = hello.protocol {
+            self.protocol = protocol;
+            self.registration.client().details().protocol = protocol;
+        }
+        let role = if shared.role() == "leader" { "master" } else { "replica" };
+        let text = |s: &str| RespReply::Bulk(s.as_bytes().to_vec());
+        Outcome::reply(RespReply::Map(vec![
+            (text("server"), text("redis")),
+            (text("version"), text(REDIS_VERSION)),
+            (text("proto"), RespReply::Integer(self.protocol.version())),
+            (text("id"), RespReply::Integer(self.id())),
+            (text("mode"), text("standalone")),
+            (text("role"), text(role)),
+            (text("modules"), RespReply::Array(Vec::new())),
+        ]))
+    }
+
+    fn set_name(&mut self, name: &[u8]) -> Result<(), CommandError> {
+        if !is_valid_client_name(name) {
+            return Err(CommandError::BadClientName);
+        }
+        self.registration.client().details().name = String::from_utf8_lossy(name).into_owned();
+        Ok(())
+    }
+
+    fn end_transaction(&mut self) -> Option<Transaction> {
+        self.registration.client().details().queued = None;
+        self.transaction.take()
+    }
+
+    fn id(&self) -> i64 {
+        i64::try_from(self.registration.client().id).unwrap_or(i64::MAX)
+    }
+}
