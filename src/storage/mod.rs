@@ -4,7 +4,6 @@
 //! `Send + Sync`; share it with `Arc<Log>`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Position of a record in the log. Strictly increasing, gaps allowed.
@@ -44,8 +43,6 @@ pub struct Config {
     pub index_interval_bytes: u32,
     /// Write buffer size; a full buffer is written to the segment file.
     pub write_buffer_bytes: usize,
-    /// Test-only fault injection.
-    pub faults: Option<Arc<Faults>>,
 }
 
 impl Default for Config {
@@ -57,7 +54,6 @@ impl Default for Config {
             max_record_bytes: 16 * 1024 * 1024,
             index_interval_bytes: 4096,
             write_buffer_bytes: 256 * 1024,
-            faults: None,
         }
     }
 }
@@ -66,18 +62,20 @@ pub mod check;
 mod commit;
 mod epoch;
 mod error;
-mod fault;
+pub mod fs;
 mod id_index;
 mod lock;
 mod log;
+mod manifest;
 mod offset_index;
 pub mod record;
 mod recovery;
 mod segment;
 mod state;
+mod tail;
 
 pub use error::StorageError;
-pub use fault::{Faults, HeldSync};
+pub use fs::{FileSystem, RealFs};
 pub use log::{Chunk, Log, LogStats};
 pub use record::{RecordKind, RecordRef};
 
