@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use common::{TestClient, TestServer};
 use msglog::server::ServerConfig;
-use msglog::storage::{Config, Faults};
+use common::fs::FaultFs;
+use msglog::storage::Config;
 
 fn config() -> ServerConfig {
     ServerConfig { stats_interval: None, ..ServerConfig::default() }
@@ -251,10 +252,9 @@ async fn stats_reports_counts_as_key_value_pairs() {
 
 #[tokio::test]
 async fn a_failed_fsync_answers_storage_failure_and_later_writes_fail_fast() {
-    let faults = Arc::new(Faults::default());
+    let faults = Arc::new(FaultFs::default());
     faults.fail_sync_after(0);
-    let log_config = Config { faults: Some(Arc::clone(&faults)), ..Config::default() };
-    let server = TestServer::start_with(config(), log_config).await;
+    let server = TestServer::start_with_fs(config(), Config::default(), faults).await;
     let mut client = server.connect().await;
     let reply = client.request(b"SET a 1").await;
     assert!(reply.starts_with(b"ERR storage failure: "), "{:?}", String::from_utf8_lossy(&reply));
