@@ -21,7 +21,7 @@ use common::fs::PowerCutFs;
 use msglog::storage::{Config, FsyncPolicy, Log, RecoveryMode};
 use tempfile::TempDir;
 
-const DEFAULT_SEEDS: u64 = 1500;
+const DEFAULT_SEEDS: u64 = 3000;
 const WRITERS: u64 = 3;
 const WRITES_PER_WRITER: u64 = 40;
 const IDS_PER_WRITER: u64 = 4;
@@ -73,41 +73,63 @@ impl History {
     }
 }
 
+/// Writes batches of one to four records (as a pipelining client does), waiting for each
+/// batch to be durable, until the writes run out or fail.
 fn write_until_the_power_goes(log: &Log, writer: u64, seed: u64) -> HashMap<Vec<u8>, History> {
     let mut rng = Rng(seed.wrapping_mul(31).wrapping_add(writer) | 1);
     let mut histories: HashMap<Vec<u8>, History> = HashMap::new();
-    for j in 0..WRITES_PER_WRITER {
-        let id = format!("w{writer}-{}", rng.below(IDS_PER_WRITER)).into_bytes();
-        let history = histories.entry(id.clone()).or_default();
-        let offset = if rng.below(8) == 0 {
-            // Recorded before the call: once it is made, the record may reach the disk.
-            let was_live = history.writes.last().is_some_and(|w| w.is_some());
-            if was_live {
-                history.writes.push(None);
+    let mut j = 0;
+    'batches: while j < WRITES_PER_WRITER {
+        let mut batch = Vec::new();
+        let mut last = None;
+        for _ in 0..1 + rng.below(4) {
+            j += 1;
+            let id = format!("w{writer}-{}", rng.below(IDS_PER_WRITER)).into_bytes();
+            let history = histories.entry(id.clone()).or_default();
+            let written = if rng.below(8) == 0 {
+                // Recorded before the call: once it is made, the record may reach the disk.
+                if history.writes.last().is_some_and(|w| w.is_some()) {
+                    history.writes.push(None);
+                }
+                log.delete(&id)
+            } else {
+                let value = format!("seed {seed} writer {writer} write {j} {}", "x".repeat(j as usize % 23));
+                history.writes.push(Some(value.clone().into_bytes()));
+                log.append(&id, value.as_bytes()).map(Some)
+            };
+            match written {
+                Ok(Some(offset)) => {
+                    last = Some(offset);
+                    batch.push((id, history.writes.len()));
+                }
+                Ok(None) => {}
+                Err(_) => break 'batches,
             }
-            match log.delete(&id) {
-                Ok(Some(offset)) => offset,
-                Ok(None) => continue,
-                Err(_) => break,
-            }
-        } else {
-            let value = format!("seed {seed} writer {writer} write {j} {}", "x".repeat(j as usize % 23));
-            history.writes.push(Some(value.clone().into_bytes()));
-            match log.append(&id, value.as_bytes()) {
-                Ok(offset) => offset,
-                Err(_) => break,
-            }
-        };
-        match log.sync_through(offset) {
-            Ok(()) => history.acked = history.writes.len(),
-            Err(_) => break,
+        }
+        let Some(last) = last else { continue };
+        if log.sync_through(last).is_err() {
+            break;
+        }
+        for (id, acked) in batch {
+            let history = histories.get_mut(&id).expect("written above");
+            history.acked = history.acked.max(acked);
         }
     }
     histories
 }
 
+/// A temporary data dir, in memory where there is one: the model, not the disk, decides
+/// what is durable, so real fsyncs (recovery's, on reopen) would only cost time.
+fn temp_dir() -> TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    match shm.is_dir() {
+        true => tempfile::Builder::new().prefix("msglog-power-cut").tempdir_in(shm).unwrap(),
+        false => TempDir::new().unwrap(),
+    }
+}
+
 fn run(seed: u64) {
-    let dir = TempDir::new().unwrap();
+    let dir = temp_dir();
     let mut pick = Rng(seed.wrapping_mul(0x9e37_79b9) | 1);
     let fs = Arc::new(PowerCutFs::new(seed, Some(1 + pick.below(MAX_OPS_BEFORE_CUT))));
     let mut histories = HashMap::new();

@@ -4,9 +4,9 @@ mod common;
 
 use std::sync::Arc;
 
+use common::fs::FaultFs;
 use common::{TestClient, TestServer};
 use msglog::server::ServerConfig;
-use common::fs::FaultFs;
 use msglog::storage::Config;
 
 fn config() -> ServerConfig {

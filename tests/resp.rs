@@ -5,9 +5,9 @@ mod common;
 
 use std::sync::Arc;
 
+use common::fs::FaultFs;
 use common::{TestClient, TestServer};
 use msglog::server::ServerConfig;
-use common::fs::FaultFs;
 use msglog::storage::Config;
 
 /// One request as RESP: an array of bulk strings.

@@ -12,10 +12,10 @@ use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
 use super::id_index::IdIndex;
+use super::manifest;
 use super::offset_index::OffsetIndex;
 use super::record::{RecordKind, RecordRef, Records};
 use super::recovery::{ScanInput, list_segments, scan};
-use super::manifest;
 use super::segment::{HEADER_LEN, SealedSegment, check_header, durable_len, segment_path};
 use super::{Config, Offset, Result, log_dir};
 
@@ -181,7 +181,9 @@ fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)
         kind,
     };
     let damage = match (found.missing.first(), found.unlisted.first()) {
-        (Some(&base), _) => Some(hole(base, DamageKind::MissingSegment, "segment missing: the manifest lists it but the file is gone")),
+        (Some(&base), _) => {
+            Some(hole(base, DamageKind::MissingSegment, "segment missing: the manifest lists it but the file is gone"))
+        }
         (None, Some(&base)) => Some(hole(base, DamageKind::UnlistedSegment, "segment not in the manifest")),
         (None, None) => None,
     };

@@ -13,11 +13,11 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::commit::{Commit, IntervalSyncer};
+use super::fs::{FileSystem, RealFs};
 use super::id_index::IdIndex;
 use super::record::{RECORD_OVERHEAD, RecordKind, Records};
 use super::recovery::{self, Recovered};
 use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
-use super::fs::{FileSystem, RealFs};
 use super::{Config, Epoch, FsyncPolicy, Offset, Result, StorageError, log_dir};
 
 /// Counters for STATS and the periodic stats line.

@@ -76,7 +76,8 @@ pub(super) struct Reconciled {
 
 pub(super) fn reconcile(listed: &[Offset], files: &[Offset]) -> Reconciled {
     let last = listed.last().copied();
-    let mut r = Reconciled { missing: listed.iter().filter(|b| !files.contains(b)).copied().collect(), ..Default::default() };
+    let mut r =
+        Reconciled { missing: listed.iter().filter(|b| !files.contains(b)).copied().collect(), ..Default::default() };
     for &base in files.iter().filter(|b| !listed.contains(b)) {
         // An empty list explains nothing: every file is unlisted.
         match last {

@@ -22,11 +22,11 @@ use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use super::fs::{FileSystem, remove_if_present};
 use super::id_index::{IdIndex, Position, id_of};
+use super::manifest;
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{Decoded, RecordKind, RecordRef, decode};
-use super::fs::{FileSystem, remove_if_present};
-use super::manifest;
 use super::segment::{
     ActiveSegment, HEADER_LEN, SealedSegment, check_header, durable_len, header, index_path, segment_path, write_mark,
 };

@@ -17,7 +17,13 @@ const WORK_ALLOWANCE: u64 = 1 << 20;
 
 /// Whether the damage at `position` of the last segment is a torn tail (`Err` when that
 /// cannot be told within the work bound). `mark` is the segment's durable length.
-pub(super) fn is_torn(bytes: &[u8], position: usize, mark: u64, after: Option<Offset>, max: usize) -> Result<bool, String> {
+pub(super) fn is_torn(
+    bytes: &[u8],
+    position: usize,
+    mark: u64,
+    after: Option<Offset>,
+    max: usize,
+) -> Result<bool, String> {
     if mark > 0 {
         return Ok(position as u64 >= mark);
     }
