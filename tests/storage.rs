@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::fs::FaultFs;
+use common::fs::{FaultFs, PowerCutFs};
 use msglog::storage::{Config, FsyncPolicy, Log, RecordKind, RecoveryMode, StorageError};
 use tempfile::TempDir;
 
@@ -72,11 +72,15 @@ fn get_sees_records_still_in_the_write_buffer() {
 #[test]
 fn dropping_without_close_keeps_synced_records() {
     let dir = TempDir::new().unwrap();
+    // The power goes after the drop: only what was really fsynced is left.
+    let power = Arc::new(PowerCutFs::new(7, None));
     {
-        let log = Log::open(dir.path(), Config { fsync: FsyncPolicy::Always, ..config() }).unwrap();
+        let log = Log::open_with(dir.path(), Config { fsync: FsyncPolicy::Always, ..config() }, power.clone()).unwrap();
         let last = log.append(b"k", b"v").unwrap();
         log.sync_through(last).unwrap();
+        log.append(b"unsynced", b"maybe").unwrap();
     }
+    power.restore();
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(log.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
@@ -444,11 +448,19 @@ fn many_appends_share_one_fsync() {
 #[test]
 fn interval_policy_syncs_in_the_background_and_close_makes_all_durable() {
     let dir = TempDir::new().unwrap();
+    let faults = Arc::new(FaultFs::default());
     let cfg = Config { fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)), ..config() };
-    let log = Log::open(dir.path(), cfg).unwrap();
+    let log = Log::open_with(dir.path(), cfg, faults.clone()).unwrap();
     let at = log.append(b"k", b"v").unwrap();
     log.sync_through(at).unwrap();
     assert!(log.stats().durable_offset > at, "written to the OS");
+    // No call asks for an fsync from here: the interval thread must run one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while log.stats().fsyncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "no background fsync within 30 s");
+        std::thread::yield_now();
+    }
+    assert!(faults.data_syncs.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     log.close().unwrap();
     assert_eq!(Log::open(dir.path(), config()).unwrap().get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
