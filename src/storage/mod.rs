@@ -2,6 +2,13 @@
 //!
 //! The only type the rest of the crate uses is the façade [`Log`]. It is synchronous and
 //! `Send + Sync`; share it with `Arc<Log>`.
+//!
+//! Every write, truncation, fsync, rename and removal goes through a [`FileSystem`]
+//! ([`fs`]): [`RealFs`] in production, test file systems that inject faults or simulate
+//! power cuts through [`Log::open_with`]. Integrity rests on two records kept on disk: each
+//! segment header's durable length (damage below it is corruption, never a torn tail; see
+//! `segment`) and the segment manifest (a missing segment is a hole, never silently
+//! skipped; see `manifest`). The on-disk format is in `docs/FORMAT.md`.
 
 use std::path::PathBuf;
 use std::time::Duration;
