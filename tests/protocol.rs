@@ -4,9 +4,10 @@ mod common;
 
 use std::sync::Arc;
 
+use common::fs::FaultFs;
 use common::{TestClient, TestServer};
 use msglog::server::ServerConfig;
-use msglog::storage::{Config, Faults};
+use msglog::storage::Config;
 
 fn config() -> ServerConfig {
     ServerConfig { stats_interval: None, ..ServerConfig::default() }
@@ -251,15 +252,32 @@ async fn stats_reports_counts_as_key_value_pairs() {
 
 #[tokio::test]
 async fn a_failed_fsync_answers_storage_failure_and_later_writes_fail_fast() {
-    let faults = Arc::new(Faults::default());
+    let faults = Arc::new(FaultFs::default());
     faults.fail_sync_after(0);
-    let log_config = Config { faults: Some(Arc::clone(&faults)), ..Config::default() };
-    let server = TestServer::start_with(config(), log_config).await;
+    let server = TestServer::start_with_fs(config(), Config::default(), faults).await;
     let mut client = server.connect().await;
     let reply = client.request(b"SET a 1").await;
     assert!(reply.starts_with(b"ERR storage failure: "), "{:?}", String::from_utf8_lossy(&reply));
     assert!(client.request(b"SET b 2").await.starts_with(b"ERR storage failure: "));
     assert_eq!(client.request(b"PING").await, b"PONG");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_write_that_hits_a_full_disk_names_it_and_later_writes_say_read_only() {
+    let faults = Arc::new(FaultFs::default());
+    let server = TestServer::start_with_fs(config(), Config::default(), faults.clone()).await;
+    // The next segment write fails with ENOSPC; under `--fsync always` that is the group
+    // commit's flush, run by the commit thread for the waiting SET.
+    faults.fail_write_after_with(0, libc::ENOSPC);
+    let mut client = server.connect().await;
+    let first = String::from_utf8(client.request(b"SET a 1").await).unwrap();
+    assert!(first.starts_with("ERR storage failure: write to "), "{first}");
+    assert!(first.contains("No space left on device"), "{first}");
+    assert!(!first.contains("read-only"), "the first failure names itself: {first}");
+    let later = String::from_utf8(client.request(b"SET b 2").await).unwrap();
+    assert!(later.contains("read-only after an earlier failure"), "{later}");
+    assert!(later.contains("No space left on device"), "{later}");
     server.stop().await;
 }
 

@@ -5,9 +5,10 @@ mod common;
 
 use std::sync::Arc;
 
+use common::fs::FaultFs;
 use common::{TestClient, TestServer};
 use msglog::server::ServerConfig;
-use msglog::storage::{Config, Faults};
+use msglog::storage::Config;
 
 /// One request as RESP: an array of bulk strings.
 fn resp(args: &[&[u8]]) -> Vec<u8> {
@@ -291,11 +292,10 @@ async fn empty_requests_get_no_reply() {
 
 #[tokio::test]
 async fn a_failed_fsync_answers_writes_with_a_storage_failure() {
-    let faults = Arc::new(Faults::default());
+    let faults = Arc::new(FaultFs::default());
     faults.fail_sync_after(0);
-    let log_config = Config { faults: Some(Arc::clone(&faults)), ..Config::default() };
     let config = ServerConfig { stats_interval: None, ..ServerConfig::default() };
-    let server = TestServer::start_with(config, log_config).await;
+    let server = TestServer::start_with_fs(config, Config::default(), faults).await;
     let mut client = server.connect().await;
     assert!(line(&mut client, &[b"SET", b"a", b"1"]).await.starts_with("-ERR storage failure: "));
     assert!(line(&mut client, &[b"MSET", b"b", b"2"]).await.starts_with("-ERR storage failure: "));

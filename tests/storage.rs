@@ -1,11 +1,14 @@
 //! Storage engine behaviour through the public façade: restart, recovery of torn and
 //! corrupt logs, segment rolls, replication reads, truncation and injected I/O faults.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use msglog::storage::{Config, Faults, FsyncPolicy, Log, RecordKind, RecoveryMode, StorageError};
+use common::fs::{FaultFs, PowerCutFs};
+use msglog::storage::{Config, FsyncPolicy, Log, RecordKind, RecoveryMode, StorageError};
 use tempfile::TempDir;
 
 fn config() -> Config {
@@ -69,11 +72,15 @@ fn get_sees_records_still_in_the_write_buffer() {
 #[test]
 fn dropping_without_close_keeps_synced_records() {
     let dir = TempDir::new().unwrap();
+    // The power goes after the drop: only what was really fsynced is left.
+    let power = Arc::new(PowerCutFs::new(7, None));
     {
-        let log = Log::open(dir.path(), Config { fsync: FsyncPolicy::Always, ..config() }).unwrap();
+        let log = Log::open_with(dir.path(), Config { fsync: FsyncPolicy::Always, ..config() }, power.clone()).unwrap();
         let last = log.append(b"k", b"v").unwrap();
         log.sync_through(last).unwrap();
+        log.append(b"unsynced", b"maybe").unwrap();
     }
+    power.restore();
     let log = Log::open(dir.path(), config()).unwrap();
     assert_eq!(log.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
@@ -111,11 +118,15 @@ fn cutting_the_last_segment_at_every_byte_keeps_exactly_the_complete_records() {
     let bytes = fs::read(&segment).unwrap();
     assert_eq!(bytes.len() as u64, *ends.last().unwrap());
     let from = ends[ends.len() - 5];
-    for cut in from..=bytes.len() as u64 {
+    // The last five records were never fsynced: the header's durable length stops before
+    // them (or reads 0, as in a segment written before it existed).
+    for (mark, cut) in [0, from].into_iter().flat_map(|m| (from..=bytes.len() as u64).map(move |c| (m, c))) {
         let dir = TempDir::new().unwrap();
         fs::create_dir_all(dir.path().join("log")).unwrap();
         let file = dir.path().join("log").join(segment.file_name().unwrap());
-        fs::write(&file, &bytes[..cut as usize]).unwrap();
+        let mut bytes = bytes[..cut as usize].to_vec();
+        bytes[12..16].copy_from_slice(&(mark as u32).to_le_bytes());
+        fs::write(&file, &bytes).unwrap();
         let complete = ends.iter().filter(|&&e| e <= cut).count();
 
         let log = Log::open(dir.path(), config()).unwrap();
@@ -349,9 +360,9 @@ fn truncate_to_drops_the_tail_restores_older_values_and_appends_again() {
 #[test]
 fn a_failed_write_refuses_later_writes_and_loses_nothing_acknowledged() {
     let dir = TempDir::new().unwrap();
-    let faults = Arc::new(Faults::default());
-    let cfg = Config { fsync: FsyncPolicy::Always, faults: Some(faults.clone()), ..config() };
-    let log = Log::open(dir.path(), cfg).unwrap();
+    let faults = Arc::new(FaultFs::default());
+    let cfg = Config { fsync: FsyncPolicy::Always, ..config() };
+    let log = Log::open_with(dir.path(), cfg, faults.clone()).unwrap();
     for i in 0..10 {
         let at = log.append(&id(i), &message(i)).unwrap();
         log.sync_through(at).unwrap();
@@ -374,15 +385,17 @@ fn a_failed_write_refuses_later_writes_and_loses_nothing_acknowledged() {
 #[test]
 fn a_failed_fsync_is_not_retried_and_refuses_later_writes() {
     let dir = TempDir::new().unwrap();
-    let faults = Arc::new(Faults::default());
-    let cfg = Config { fsync: FsyncPolicy::Always, faults: Some(faults.clone()), ..config() };
-    let log = Log::open(dir.path(), cfg).unwrap();
+    let faults = Arc::new(FaultFs::default());
+    let cfg = Config { fsync: FsyncPolicy::Always, ..config() };
+    let log = Log::open_with(dir.path(), cfg, faults.clone()).unwrap();
     let ok = log.append(b"kept", b"1").unwrap();
     log.sync_through(ok).unwrap();
     faults.fail_sync_after(0);
     let at = log.append(b"unsure", b"2").unwrap();
     assert!(log.sync_through(at).unwrap_err().to_string().contains("injected fsync failure"));
-    assert!(matches!(log.sync_through(at), Err(StorageError::Failed(_))));
+    // Asked again, the same record still hears what failed; not retried.
+    assert!(matches!(log.sync_through(at), Err(StorageError::Failure(_))));
+    assert_eq!(faults.data_syncs.load(std::sync::atomic::Ordering::SeqCst), 1, "only the first fsync succeeded");
     assert!(matches!(log.append(b"x", b"3"), Err(StorageError::Failed(_))));
     assert!(log.stats().durable_offset <= at);
     drop(log);
@@ -435,11 +448,19 @@ fn many_appends_share_one_fsync() {
 #[test]
 fn interval_policy_syncs_in_the_background_and_close_makes_all_durable() {
     let dir = TempDir::new().unwrap();
+    let faults = Arc::new(FaultFs::default());
     let cfg = Config { fsync: FsyncPolicy::Interval(std::time::Duration::from_millis(5)), ..config() };
-    let log = Log::open(dir.path(), cfg).unwrap();
+    let log = Log::open_with(dir.path(), cfg, faults.clone()).unwrap();
     let at = log.append(b"k", b"v").unwrap();
     log.sync_through(at).unwrap();
     assert!(log.stats().durable_offset > at, "written to the OS");
+    // No call asks for an fsync from here: the interval thread must run one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while log.stats().fsyncs == 0 {
+        assert!(std::time::Instant::now() < deadline, "no background fsync within 30 s");
+        std::thread::yield_now();
+    }
+    assert!(faults.data_syncs.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     log.close().unwrap();
     assert_eq!(Log::open(dir.path(), config()).unwrap().get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
 }
@@ -685,9 +706,9 @@ fn epoch_end_agrees_with_a_scan_of_the_whole_log() {
 #[test]
 fn an_fsync_in_flight_across_a_truncation_does_not_mark_later_records_durable() {
     let dir = TempDir::new().unwrap();
-    let faults = Arc::new(Faults::default());
-    let cfg = Config { fsync: FsyncPolicy::Always, faults: Some(faults.clone()), ..config() };
-    let log = Arc::new(Log::open(dir.path(), cfg).unwrap());
+    let faults = Arc::new(FaultFs::default());
+    let cfg = Config { fsync: FsyncPolicy::Always, ..config() };
+    let log = Arc::new(Log::open_with(dir.path(), cfg, faults.clone()).unwrap());
     let first = log.append(b"kept", b"0").unwrap();
     log.sync_through(first).unwrap();
     for i in 1..4 {

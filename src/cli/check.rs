@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::storage::check::{CheckReport, check};
+use crate::storage::check::{CheckReport, DamageKind, check};
 use crate::storage::{Config, Log, RecoveryMode};
 
 use super::msg_files::progress;
@@ -55,14 +55,26 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if !args.repair {
         return Ok(ExitCode::FAILURE);
     }
-    println!(
-        "repair: dropping {} bytes from byte {} of {}, and {} later segment(s) holding {} good record(s)",
-        damage.lost_bytes,
-        damage.position,
-        damage.segment.display(),
-        damage.lost_segments,
-        damage.lost_records
-    );
+    match damage.kind {
+        DamageKind::Bytes => println!(
+            "repair: dropping {} bytes from byte {} of {}, and {} later segment(s) holding {} good record(s)",
+            damage.lost_bytes,
+            damage.position,
+            damage.segment.display(),
+            damage.lost_segments,
+            damage.lost_records
+        ),
+        DamageKind::MissingSegment => println!(
+            "repair: forgetting every missing segment (first {}): their records are lost, and older values of \
+             their IDs may show again; the segments still present are kept",
+            damage.segment.display()
+        ),
+        DamageKind::UnlistedSegment => println!(
+            "repair: renaming every segment the manifest does not list (first {}) to <name>.log.unlisted, out of \
+             the log",
+            damage.segment.display()
+        ),
+    }
     let log = Log::open(&args.data_dir, Config { recovery: RecoveryMode::Repair, ..config.clone() })
         .with_context(|| format!("cannot repair {}", args.data_dir.display()))?;
     log.close().context("closing the repaired log")?;

@@ -20,7 +20,17 @@ struct Durable {
     /// Every offset below this is durable.
     next: Offset,
     /// Why the log stopped syncing, once it has.
-    failed: Option<Arc<str>>,
+    failed: Option<Stopped>,
+}
+
+/// Why syncing stopped, kept apart so that each waiter hears the right words: every record
+/// a waiter holds was appended before the failure (a failed log takes no appends), so a
+/// sync that failed itself was writing that record and names the root cause; a sync
+/// refused because the log had failed earlier says it is read-only.
+#[derive(Debug, Clone)]
+enum Stopped {
+    Failure(Arc<str>),
+    ReadOnly(Arc<str>),
 }
 
 struct Requests {
@@ -67,7 +77,13 @@ fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>)
         match log.sync_through(wanted - 1) {
             Ok(()) => publish.send_modify(|d| d.next = d.next.max(wanted)),
             // The log refuses writes from now on; every waiter hears why.
-            Err(err) => publish.send_modify(|d| d.failed = Some(err.to_string().into())),
+            Err(err) => {
+                let stopped = match err {
+                    StorageError::Failed(why) => Stopped::ReadOnly(why.into()),
+                    err => Stopped::Failure(err.to_string().into()),
+                };
+                publish.send_modify(|d| d.failed = Some(stopped));
+            }
         }
         synced = wanted;
     }
@@ -84,7 +100,8 @@ impl CommitHandle {
             .await
             .map_err(|_| StorageError::Failed("the commit thread stopped".into()))?;
         match &state.failed {
-            Some(why) if state.next <= offset => Err(StorageError::Failed(why.to_string())),
+            Some(Stopped::Failure(why)) if state.next <= offset => Err(StorageError::Failure(why.to_string())),
+            Some(Stopped::ReadOnly(why)) if state.next <= offset => Err(StorageError::Failed(why.to_string())),
             _ => Ok(()),
         }
     }

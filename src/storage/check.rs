@@ -12,10 +12,11 @@ use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 
 use super::id_index::IdIndex;
+use super::manifest;
 use super::offset_index::OffsetIndex;
 use super::record::{RecordKind, RecordRef, Records};
 use super::recovery::{ScanInput, list_segments, scan};
-use super::segment::{HEADER_LEN, SealedSegment, check_header, segment_path};
+use super::segment::{HEADER_LEN, SealedSegment, check_header, durable_len, segment_path};
 use super::{Config, Offset, Result, log_dir};
 
 /// Counts for one segment (up to its first bad record).
@@ -41,6 +42,21 @@ pub struct Damage {
     pub lost_segments: u64,
     /// Records in those later segments that still check out (all lost to a repair).
     pub lost_records: u64,
+    /// What is wrong: bad bytes, or a hole in the segment chain.
+    pub kind: DamageKind,
+}
+
+/// What a check found wrong, which decides what a repair does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageKind {
+    /// Bad bytes: a repair cuts the log there.
+    Bytes,
+    /// The manifest lists a segment whose file is gone: a repair forgets it (its records
+    /// are lost, and older values of their IDs may show again).
+    MissingSegment,
+    /// A segment file the manifest does not list, before its last segment: a repair
+    /// renames it to `….log.unlisted`, out of the log.
+    UnlistedSegment,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +95,8 @@ impl CheckReport {
 pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) -> Result<CheckReport> {
     let _lock = super::lock::acquire(data_dir)?;
     let dir = log_dir(data_dir);
-    let bases = if dir.exists() { list_segments(&dir)? } else { Vec::new() };
+    let files = if dir.exists() { list_segments(&dir)? } else { Vec::new() };
+    let (bases, hole) = chain(&dir, files)?;
     let mut hasher = Sha256::new();
     let mut ids = IdIndex::default();
     let mut sealed: Vec<SealedSegment> = Vec::new();
@@ -105,6 +122,7 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         };
         let found = match check_header(bytes, base) {
             Err(reason) => Some((0, reason)),
+            Ok(()) if durable_len(bytes) > len => Some((len as usize, "file shorter than its durable length".into())),
             Ok(()) => {
                 let mut visit = |r: &RecordRef<'_>, _: &[u8]| {
                     report.first_offset.get_or_insert(r.offset);
@@ -144,7 +162,32 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         reports.push(report);
         sealed.push(SealedSegment::open(path, base, len, OffsetIndex::Empty, prev)?);
     }
+    let damage = hole.or(damage);
     Ok(CheckReport { segments: reports, live_ids: ids.len() as u64, digest: hasher.finalize().into(), damage })
+}
+
+/// The segments to check (files after the manifest's last segment are leftovers recovery
+/// deletes), and the first hole in the chain, if any.
+fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)> {
+    let Some(listed) = manifest::read(dir)? else { return Ok((files, None)) };
+    let found = manifest::reconcile(&listed, &files);
+    let hole = |base, kind, reason: &str| Damage {
+        segment: segment_path(dir, base),
+        position: 0,
+        reason: reason.into(),
+        lost_bytes: 0,
+        lost_segments: 0,
+        lost_records: 0,
+        kind,
+    };
+    let damage = match (found.missing.first(), found.unlisted.first()) {
+        (Some(&base), _) => {
+            Some(hole(base, DamageKind::MissingSegment, "segment missing: the manifest lists it but the file is gone"))
+        }
+        (None, Some(&base)) => Some(hole(base, DamageKind::UnlistedSegment, "segment not in the manifest")),
+        (None, None) => None,
+    };
+    Ok((files.into_iter().filter(|b| !found.leftover.contains(b)).collect(), damage))
 }
 
 /// What a repair at `position` of `segment` drops: the rest of it and every later segment.
@@ -164,6 +207,7 @@ fn lost_after(
         lost_bytes: len - position,
         lost_segments: later.len() as u64,
         lost_records: 0,
+        kind: DamageKind::Bytes,
     };
     for &base in later {
         let bytes = std::fs::read(segment_path(dir, base))?;

@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::log::Shared;
-use super::segment::sync_file;
 use super::{Offset, Result};
 
 pub(super) struct Commit {
@@ -59,7 +58,9 @@ impl Commit {
             if self.syncing.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 let result = match self.durable.load(Ordering::Acquire) > offset {
                     true => Ok(()),
-                    false => shared.sync_now(),
+                    // Every error here has failed the log: say what failed to the callers
+                    // whose records were in flight, and "read-only" only to later ones.
+                    false => shared.sync_now().map_err(|e| shared.read().failure_for(offset).err().unwrap_or(e)),
                 };
                 self.syncing.store(false, Ordering::Release);
                 self.generation.fetch_add(1, Ordering::Release);
@@ -112,22 +113,31 @@ impl Shared {
     /// A truncation during the fsync voids it: the records it covered may be gone and
     /// others appended at their offsets, so the durable mark is left where the cut set it
     /// and the caller syncs again.
+    /// After the fsync the segment header's watermark is raised to the bytes it covered,
+    /// without another fsync: the value is true already, and the next fsync persists it.
     pub(super) fn sync_now(&self) -> Result<()> {
-        let (file, path, target, truncations) = {
+        let (fs, file, path, base, target, synced_len, truncations) = {
             let mut st = self.write();
             let target = st.flush(self)?;
-            (st.active.file.clone(), st.active.path.clone(), target, st.truncations)
+            let a = &st.active;
+            (a.fs(), a.file.clone(), a.path.clone(), a.base, target, a.written, st.truncations)
         };
-        if let Err(e) = sync_file(&file, self.config.faults.as_deref()) {
-            self.write().fail(format!("fsync of {} failed: {e}", path.display()));
-            return Err(e.into());
+        if let Err(e) = fs.sync_data(&file, &path) {
+            return Err(self.write().fail(format!("fsync of {} failed: {e}", path.display())));
         }
         self.commit.fsyncs.fetch_add(1, Ordering::Relaxed);
         // Under the lock, so that no truncation (which takes it for writing) slips in
-        // between the check and the raise.
-        let st = self.read();
+        // between the check and the raise, and no roll between the check and the mark.
+        let mut st = self.write();
         if st.truncations == truncations {
             self.commit.durable.fetch_max(target, Ordering::AcqRel);
+            if st.failed.is_none()
+                && st.active.base == base
+                && st.active.marked < synced_len
+                && let Err(e) = st.active.mark(synced_len)
+            {
+                return Err(st.fail(format!("write to {} failed: {e}", path.display())));
+            }
         }
         Ok(())
     }

@@ -11,10 +11,10 @@
 //! cutting back to a common prefix), so a binary search over offsets, reading one record
 //! per probe through the sparse offset index, finds where an epoch ends.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::fs::{FileSystem, replace_file};
 use super::log::State;
 use super::{Config, Epoch, Offset, Result, StorageError};
 
@@ -40,14 +40,8 @@ pub(super) fn read(data_dir: &Path) -> Result<Epoch> {
 }
 
 /// Replaces the epoch file durably.
-pub(super) fn write(data_dir: &Path, epoch: Epoch) -> Result<()> {
-    let path = epoch_path(data_dir);
-    let temp = data_dir.join(format!("{EPOCH_FILE}.tmp"));
-    let mut file = File::create(&temp)?;
-    writeln!(file, "{epoch}")?;
-    file.sync_all()?;
-    fs::rename(&temp, &path)?;
-    File::open(data_dir)?.sync_all()?;
+pub(super) fn write(fs: &dyn FileSystem, data_dir: &Path, epoch: Epoch) -> Result<()> {
+    replace_file(fs, &epoch_path(data_dir), format!("{epoch}\n").as_bytes())?;
     Ok(())
 }
 

@@ -14,8 +14,20 @@ pub enum StorageError {
     Locked { dir: PathBuf, lock: PathBuf, holder: String },
     #[error("corrupt log: {segment} at byte {position}: {reason}")]
     Corruption { segment: PathBuf, position: u64, reason: String },
+    /// A write or fsync failed under this request: the reason names the operation and
+    /// the file, e.g. `write to …/00000000000000000000.log failed: No space left on device`.
+    /// The log refuses writes from now on.
+    #[error("{0}")]
+    Failure(String),
+    /// A write refused because an earlier one failed (the reason is that failure).
     #[error("log is read-only after an earlier failure: {0}")]
     Failed(String),
+    /// A roll ran out of file descriptors: this append is refused, the log stays writable
+    /// and the next append retries the roll.
+    #[error("rolling to a new segment failed, will retry on the next write: {0}")]
+    RollRefused(std::io::Error),
+    #[error("{what} would overflow: {value} is the largest there is")]
+    Overflow { what: &'static str, value: u64 },
     #[error("record of {size} bytes exceeds the limit of {max} bytes")]
     RecordTooLarge { size: usize, max: usize },
     /// An atomic batch (MULTI/EXEC, MSET) must fit in one record limit: it stays in one

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::commit::{Commit, IntervalSyncer};
+use super::fs::{FileSystem, RealFs};
 use super::id_index::IdIndex;
 use super::record::{RECORD_OVERHEAD, RecordKind, Records};
 use super::recovery::{self, Recovered};
@@ -64,12 +65,20 @@ pub(super) struct State {
     /// Offset and epoch of the last record.
     pub last: Option<(Offset, Epoch)>,
     /// Why writes are refused, once a write or fsync has failed.
-    pub failed: Option<String>,
+    pub failed: Option<Failure>,
     /// The epoch in `<data_dir>/epoch`: the highest this node has begun or seen.
     pub persisted_epoch: Epoch,
     /// Bumped by every truncation that cut something: an fsync that started before the
     /// cut must not raise the durable mark over records appended after it.
     pub truncations: u64,
+}
+
+/// The first write or fsync that failed.
+pub(super) struct Failure {
+    pub why: String,
+    /// The log's next offset when it failed: records below it were appended before, so
+    /// their durability failed with it; writes from here on are refused because of it.
+    pub at: Offset,
 }
 
 /// State shared with the interval syncer thread.
@@ -79,6 +88,7 @@ pub(super) struct Shared {
     /// Its `log/` subdirectory, holding the segments.
     pub dir: PathBuf,
     pub config: Config,
+    pub fs: Arc<dyn FileSystem>,
     pub state: RwLock<State>,
     pub commit: Commit,
 }
@@ -96,12 +106,21 @@ impl Log {
     /// Opens (creating if needed) the log under `data_dir`: takes the directory lock,
     /// then recovers (see [`recovery`](super::recovery)).
     pub fn open(data_dir: &Path, config: Config) -> Result<Log> {
+        Log::open_with(data_dir, config, Arc::new(RealFs))
+    }
+
+    /// `open`, doing every file write, truncation, fsync, rename and removal through
+    /// `fs` (tests pass one that injects faults or simulates power cuts).
+    pub fn open_with(data_dir: &Path, config: Config, fs: Arc<dyn FileSystem>) -> Result<Log> {
         validate(&config)?;
         std::fs::create_dir_all(data_dir)?;
         let lock = super::lock::acquire(data_dir)?;
         let dir = log_dir(data_dir);
-        let Recovered { sealed, active, ids, records, last } = recovery::recover(&dir, &config)?;
-        let next_offset = last.map_or(active.base, |(o, _)| o + 1);
+        let Recovered { sealed, active, ids, records, last } = recovery::recover(&fs, &dir, &config)?;
+        let next_offset = match last {
+            Some((o, _)) => next_after(o)?,
+            None => active.base,
+        };
         let epoch = last.map_or(0, |(_, e)| e);
         let persisted_epoch = super::epoch::read(data_dir)?;
         tracing::debug!(dir = %dir.display(), records, ids = ids.len(), next_offset, "log recovered");
@@ -122,6 +141,7 @@ impl Log {
             dir,
             commit: Commit::new(next_offset),
             config,
+            fs,
             state: RwLock::new(state),
         });
         let syncer = match shared.config.fsync {
@@ -225,7 +245,7 @@ impl Log {
                 let reason = format!("offset {} is below the log's next offset {expected}", r.offset);
                 return Err(StorageError::InvalidBatch { position, reason });
             }
-            expected = r.offset + 1;
+            expected = next_after(r.offset)?;
             position += r.framed_len();
             records.push(r);
         }
@@ -252,11 +272,9 @@ impl Log {
             return Ok(());
         }
         st.truncations += 1;
-        let result = st.truncate_to(&self.shared, offset);
-        if let Err(e) = &result {
-            st.fail(format!("truncation failed: {e}"));
+        if let Err(e) = st.truncate_to(&self.shared, offset) {
+            return Err(st.fail(format!("truncation failed: {e}")));
         }
-        result?;
         self.shared.commit.reset(st.next_offset);
         Ok(())
     }
@@ -288,8 +306,10 @@ impl Log {
     /// records of; persists it durably before stamping it on appends. Returns it.
     pub fn begin_leader_epoch(&self) -> Result<Epoch> {
         let mut st = self.shared.write();
-        let epoch = st.persisted_epoch.max(st.epoch).max(st.last.map_or(0, |(_, e)| e)) + 1;
-        super::epoch::write(&self.shared.data_dir, epoch)?;
+        let highest = st.persisted_epoch.max(st.epoch).max(st.last.map_or(0, |(_, e)| e));
+        let epoch =
+            highest.checked_add(1).ok_or(StorageError::Overflow { what: "leader epoch", value: highest as u64 })?;
+        super::epoch::write(self.shared.fs.as_ref(), &self.shared.data_dir, epoch)?;
         st.persisted_epoch = epoch;
         st.epoch = epoch;
         Ok(epoch)
@@ -300,7 +320,7 @@ impl Log {
     pub fn observe_epoch(&self, epoch: Epoch) -> Result<()> {
         let mut st = self.shared.write();
         if epoch > st.persisted_epoch {
-            super::epoch::write(&self.shared.data_dir, epoch)?;
+            super::epoch::write(self.shared.fs.as_ref(), &self.shared.data_dir, epoch)?;
             st.persisted_epoch = epoch;
         }
         Ok(())
@@ -366,7 +386,14 @@ impl Log {
         if self.shared.read().failed.is_some() {
             return Ok(());
         }
-        self.sync()
+        self.sync()?;
+        // Leave the watermark exact, so the next open checks every byte against it.
+        let mut st = self.shared.write();
+        if let Err(e) = st.active.sync_exact() {
+            let why = format!("closing {} failed: {e}", st.active.path.display());
+            return Err(st.fail(why));
+        }
+        Ok(())
     }
 }
 
@@ -400,6 +427,11 @@ fn validate(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// The offset after `offset`, refusing to wrap.
+pub(super) fn next_after(offset: Offset) -> Result<Offset> {
+    offset.checked_add(1).ok_or(StorageError::Overflow { what: "record offset", value: offset })
+}
+
 pub(super) fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -418,6 +450,8 @@ impl Shared {
         if self.commit.flushed.load(Ordering::Acquire) > offset {
             return Ok(());
         }
-        self.write().flush(self).map(|_| ())
+        let mut st = self.write();
+        st.failure_for(offset)?;
+        st.flush(self).map(|_| ())
     }
 }

@@ -2,9 +2,15 @@
 //!
 //! The only type the rest of the crate uses is the façade [`Log`]. It is synchronous and
 //! `Send + Sync`; share it with `Arc<Log>`.
+//!
+//! Every write, truncation, fsync, rename and removal goes through a [`FileSystem`]
+//! ([`fs`]): [`RealFs`] in production, test file systems that inject faults or simulate
+//! power cuts through [`Log::open_with`]. Integrity rests on two records kept on disk: each
+//! segment header's durable length (damage below it is corruption, never a torn tail; see
+//! `segment`) and the segment manifest (a missing segment is a hole, never silently
+//! skipped; see `manifest`). The on-disk format is in `docs/FORMAT.md`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Position of a record in the log. Strictly increasing, gaps allowed.
@@ -44,8 +50,6 @@ pub struct Config {
     pub index_interval_bytes: u32,
     /// Write buffer size; a full buffer is written to the segment file.
     pub write_buffer_bytes: usize,
-    /// Test-only fault injection.
-    pub faults: Option<Arc<Faults>>,
 }
 
 impl Default for Config {
@@ -57,7 +61,6 @@ impl Default for Config {
             max_record_bytes: 16 * 1024 * 1024,
             index_interval_bytes: 4096,
             write_buffer_bytes: 256 * 1024,
-            faults: None,
         }
     }
 }
@@ -67,19 +70,21 @@ pub mod check;
 mod commit;
 mod epoch;
 mod error;
-mod fault;
+pub mod fs;
 mod id_index;
 mod lock;
 mod log;
+mod manifest;
 mod offset_index;
 pub mod record;
 mod recovery;
 mod segment;
 mod state;
+mod tail;
 
 pub use batch::Batch;
 pub use error::StorageError;
-pub use fault::{Faults, HeldSync};
+pub use fs::{FileSystem, RealFs};
 pub use log::{Chunk, Log, LogStats};
 pub use record::{RecordKind, RecordRef};
 

@@ -6,13 +6,13 @@
 //! disagrees with the segment, so it is never a source of truth.
 
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::Path;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 use memmap2::Mmap;
 
 use super::Offset;
+use super::fs::{FileSystem, replace_file};
 
 pub const ENTRY_LEN: usize = 8;
 
@@ -68,18 +68,14 @@ impl OffsetIndex {
     }
 
     /// Writes the entries to `path` (temp file + rename + fsync) and maps them.
-    pub fn seal(self, path: &Path) -> std::io::Result<OffsetIndex> {
+    pub fn seal(self, fs: &dyn FileSystem, path: &Path) -> std::io::Result<OffsetIndex> {
         let bytes = match &self {
             OffsetIndex::Building(v) => v.as_slice(),
             _ => return Ok(self),
         };
         let existing = fs::read(path).ok();
         if existing.as_deref() != Some(bytes) {
-            let tmp = path.with_extension("index.tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, path)?;
+            replace_file(fs, path, bytes)?;
         }
         if bytes.is_empty() {
             return Ok(OffsetIndex::Empty);

@@ -1,25 +1,36 @@
 //! Recovery: every decision about damaged bytes found at open lives here.
 //!
-//! Segments are scanned in order and every record's CRC is checked while the ID index
-//! and the sparse offset indexes are rebuilt. Damage is handled by one rule:
-//! - a torn or garbage tail of the **last** segment (no valid record after it) is cut off
-//!   and the cut fsynced, with one warning naming file and byte offset: it is what a crash
-//!   mid-write leaves behind, and nothing after it was ever acknowledged;
-//! - anything else (valid records after the damage, damage in a sealed segment, a bad
-//!   header) fails `open` with the file and offset, unless the mode is
-//!   [`RecoveryMode::Repair`], which cuts at the first bad record and drops every later
-//!   segment, saying what it dropped.
+//! First the segment files found are checked against the manifest (see
+//! [`manifest`](super::manifest)): a hole in the chain fails `open`. Then segments are
+//! scanned in order and every record's CRC is checked while the ID index and the sparse
+//! offset indexes are rebuilt. Damage is handled by one rule:
+//! - damage at or after the **last** segment's durable length (the watermark in its
+//!   header) is a torn tail: what a crash leaves of writes that were never fsynced, so
+//!   never acknowledged under `--fsync always`. It is cut off and the cut fsynced, with
+//!   one warning naming file and byte offset, even if valid-looking records follow (the
+//!   kernel may write unsynced pages back in any order). Segments from before the
+//!   watermark existed (it reads 0) keep the older rule: a torn tail is one with no valid
+//!   record after it, searched for with bounded work (see [`tail`](super::tail));
+//! - anything else (damage below the watermark, in a sealed segment, a bad header) fails
+//!   `open` with the file and offset, unless the mode is [`RecoveryMode::Repair`], which
+//!   cuts at the first bad record and drops every later segment, saying what it dropped.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
+use super::fs::{FileSystem, remove_if_present};
 use super::id_index::{IdIndex, Position, id_of};
+use super::manifest;
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{Decoded, RecordKind, RecordRef, decode};
-use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment, check_header, header, index_path, segment_path};
+use super::segment::{
+    ActiveSegment, HEADER_LEN, SealedSegment, check_header, durable_len, header, index_path, segment_path, write_mark,
+};
+use super::tail;
 use super::{Config, Epoch, Offset, RecoveryMode, Result, StorageError};
 
 pub(super) struct Recovered {
@@ -142,14 +153,7 @@ pub(super) fn scan(
     scan
 }
 
-/// Whether a record with a valid CRC and a plausible offset starts anywhere after `from`:
-/// the difference between a torn tail and damage in the middle of a log.
-fn valid_record_follows(bytes: &[u8], from: usize, after: Option<Offset>, max: usize) -> bool {
-    (from + 1..bytes.len())
-        .any(|p| matches!(decode(&bytes[p..], max), Decoded::Record(r, _) if after.is_none_or(|a| r.offset > a)))
-}
-
-fn corruption(segment: &Path, position: usize, reason: impl Into<String>) -> StorageError {
+pub(super) fn corruption(segment: &Path, position: usize, reason: impl Into<String>) -> StorageError {
     StorageError::Corruption { segment: segment.to_path_buf(), position: position as u64, reason: reason.into() }
 }
 
@@ -177,22 +181,23 @@ pub(super) fn reserve(config: &Config, len: u64) -> u64 {
     config.segment_bytes.max(len) + config.max_record_bytes as u64
 }
 
-pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
-    fs::create_dir_all(dir)?;
-    let bases = list_segments(dir)?;
+pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> Result<Recovered> {
+    std::fs::create_dir_all(dir)?;
+    let files = list_segments(dir)?;
+    let (bases, listed) = manifest::chain(fs.as_ref(), dir, &files, config.recovery)?;
     let mut ids = IdIndex::default();
     let mut sealed = Vec::new();
     let mut records = 0;
     let mut prev: Option<Offset> = None;
     let mut last_epoch = 0;
-    let faults = config.faults.clone();
+    let mut kept = bases.len();
     for (i, &base) in bases.iter().enumerate() {
         let path = segment_path(dir, base);
-        let mut is_last = i + 1 == bases.len();
+        let mut is_last = i + 1 == kept;
         if prev.is_some_and(|p| base <= p) {
             return Err(corruption(&path, 0, "base offset not above the previous segment's last offset"));
         }
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let file = fs.open(&path)?;
         let len = file.metadata()?.len();
         let mut head = [0u8; HEADER_LEN];
         let head = match file.read_exact_at(&mut head, 0) {
@@ -205,12 +210,12 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
             // A crash while creating the segment leaves a short header and no record yet;
             // repair mode rewrites any bad header, dropping what the segment held.
             tracing::warn!(segment = %path.display(), bytes = len, "rewriting a torn or bad segment header");
-            file.set_len(0)?;
-            file.write_all_at(&header(base), 0)?;
-            file.sync_all()?;
+            fs.set_len(&file, &path, 0)?;
+            fs.write_at(&file, &path, &header(base, HEADER_LEN as u32), 0)?;
+            fs.sync_all(&file, &path)?;
             if !is_last {
-                drop_segments_after(dir, &bases[i + 1..])?;
-                is_last = true;
+                drop_segments(fs.as_ref(), dir, &bases[..=i], &bases[i + 1..])?;
+                (kept, is_last) = (i + 1, true);
             }
         }
         let len = file.metadata()?.len();
@@ -219,65 +224,99 @@ pub(super) fn recover(dir: &Path, config: &Config) -> Result<Recovered> {
         if let Err(reason) = check_header(&map, base) {
             return Err(corruption(&path, 0, reason));
         }
+        let mut mark = durable_len(&map);
         let mut index = OffsetIndex::Building(Vec::new());
         let input = ScanInput { bytes: &map, base, segment: i as u32, after: prev, visit: None };
         let scan = scan(input, &mut ids, &mut index, config, &sealed);
         records += scan.records;
         let mut end = len;
-        if let Some((position, reason)) = scan.damage {
+        let damage = match (scan.damage, mark > len) {
+            (Some(damage), _) => Some(damage),
+            (None, true) => Some((len as usize, "file shorter than its durable length")),
+            (None, false) => None,
+        };
+        if let Some((position, reason)) = damage {
             let after = scan.last_offset.or(prev);
-            let torn_tail = is_last && !valid_record_follows(&map, position, after, config.max_record_bytes as usize);
-            if !torn_tail && config.recovery == RecoveryMode::Strict {
-                return Err(corruption(&path, position, reason));
+            let max = config.max_record_bytes as usize;
+            let torn = match is_last {
+                true => tail::is_torn(&map, position, mark, after, max),
+                false => Ok(false),
+            };
+            if config.recovery == RecoveryMode::Strict {
+                match torn {
+                    Ok(true) => {}
+                    Ok(false) => return Err(corruption(&path, position, reason)),
+                    Err(why) => return Err(corruption(&path, position, format!("{reason}; {why}"))),
+                }
+                if mark > scan.end as u64 {
+                    let why = "an atomic batch that began below the durable length never ended";
+                    return Err(corruption(&path, scan.end, why));
+                }
             }
-            let later = &bases[i + 1..];
+            let later = &bases[i + 1..kept];
             tracing::warn!(
                 segment = %path.display(), position, reason,
-                dropped_bytes = len - scan.end as u64, dropped_segments = later.len(),
+                dropped_bytes = len.saturating_sub(scan.end as u64), dropped_segments = later.len(),
                 "truncating the log at the first bad record"
             );
             drop(map);
-            // At `scan.end`, not `position`: damage inside an atomic batch drops the batch.
-            file.set_len(scan.end as u64)?;
-            file.sync_all()?;
-            drop_segments_after(dir, later)?;
-            end = scan.end as u64;
-            is_last = true;
+            // At `scan.end`, not `position`: damage inside an atomic batch drops the whole
+            // batch. A durable mark always lies on a batch boundary (a batch is appended
+            // and flushed under one lock), so a torn tail never cuts below it.
+            let cut = scan.end as u64;
+            if mark > cut {
+                // Lowered durably before the cut, as every truncation does.
+                mark = cut;
+                write_mark(fs.as_ref(), &file, &path, mark)?;
+                fs.sync_all(&file, &path)?;
+            }
+            fs.set_len(&file, &path, cut)?;
+            fs.sync_all(&file, &path)?;
+            drop_segments(fs.as_ref(), dir, &bases[..=i], later)?;
+            end = cut;
+            (kept, is_last) = (i + 1, true);
         }
         prev = scan.last_offset.or(prev);
         last_epoch = scan.last_epoch.unwrap_or(last_epoch);
         if is_last {
+            let (path, index, last_offset) = (path, index, scan.last_offset);
             let mut active =
-                ActiveSegment::open(path, base, end, reserve(config, end), index, scan.last_offset, faults)?;
+                ActiveSegment::open(fs.clone(), path, base, end, mark, reserve(config, end), index, last_offset)?;
             active.last_indexed = scan.last_indexed;
             // Bytes a crashed process left in the page cache were never fsynced: make them
-            // durable now, so everything recovered counts as durable.
-            active.sync()?;
+            // durable now (and the watermark exact), so everything recovered is durable.
+            active.sync_exact()?;
+            let bases = &bases[..kept];
+            if listed.as_deref() != Some(bases) {
+                manifest::write(fs.as_ref(), dir, bases)?;
+            }
             let last = prev.map(|p| (p, last_epoch));
             return Ok(Recovered { sealed, active, ids, records, last });
         }
-        let index = index.seal(&index_path(dir, base))?;
+        let index = index.seal(fs.as_ref(), &index_path(dir, base))?;
         sealed.push(SealedSegment::open(path, base, len, index, scan.last_offset)?);
     }
-    let active = ActiveSegment::create(dir, 0, reserve(config, 0), faults)?;
+    let active = ActiveSegment::create(fs.clone(), dir, 0, reserve(config, 0))?;
+    manifest::write(fs.as_ref(), dir, &[0])?;
     Ok(Recovered { sealed, active, ids, records, last: None })
 }
 
-/// Deletes the segments (and their indexes) with these bases, durably.
-pub(super) fn drop_segments_after(dir: &Path, bases: &[Offset]) -> Result<()> {
-    for &base in bases.iter().rev() {
-        remove_if_present(&index_path(dir, base))?;
-        remove_if_present(&segment_path(dir, base))?;
+/// Drops the segments `dropped` (and their indexes), durably: the manifest lists only
+/// `kept` first, so a crash part way leaves files recovery knows to delete.
+pub(super) fn drop_segments(fs: &dyn FileSystem, dir: &Path, kept: &[Offset], dropped: &[Offset]) -> Result<()> {
+    if dropped.is_empty() {
+        return Ok(());
     }
-    if !bases.is_empty() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    manifest::write(fs, dir, kept)?;
+    remove_segment_files(fs, dir, dropped)
 }
 
-fn remove_if_present(path: &PathBuf) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
+/// Deletes segment files (and their indexes), then fsyncs the directory.
+pub(super) fn remove_segment_files(fs: &dyn FileSystem, dir: &Path, bases: &[Offset]) -> Result<()> {
+    for &base in bases.iter().rev() {
+        remove_if_present(fs, &index_path(dir, base))?;
+        remove_if_present(fs, &segment_path(dir, base))?;
     }
+    fs.sync_dir(dir)?;
+    Ok(())
 }

@@ -1,16 +1,23 @@
 //! Segment files: `<base_offset:020>.log`, a 24-byte header then framed records.
 //!
 //! Header (little-endian): `b"MSGLOGSG"` magic, `u16` format version (1), `u16` flags
-//! (0), `u32` reserved (0), `u64` base offset (equal to the file name's number).
+//! (0), `u32` durable length, `u64` base offset (equal to the file name's number).
+//!
+//! The durable length is a watermark: every byte of the segment below it was fsynced
+//! (0 means unknown: files written before it existed). It is only ever written with a
+//! value that is already durable: after a group-commit fsync the new mark is written to
+//! the header without another fsync (the next fsync of the file persists it), and
+//! sealing, closing and truncating write the exact value and fsync. A truncation lowers
+//! it durably before cutting. Recovery treats damage below it as corruption, never as a
+//! torn tail.
 //!
 //! The active segment is written through a buffer with positioned writes and read
 //! through a mapping reserved at its maximum size, so the bytes already written are
 //! read from the page cache and the rest from the buffer. Sealed segments are read-only
 //! mappings of their exact length.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,19 +25,28 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use memmap2::{Mmap, MmapOptions};
 
 use super::Offset;
-use super::fault::Faults;
+use super::fs::FileSystem;
 use super::offset_index::OffsetIndex;
 
 pub const MAGIC: &[u8; 8] = b"MSGLOGSG";
 pub const VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 24;
 
-pub fn header(base: Offset) -> [u8; HEADER_LEN] {
+/// Where the durable length lies in the header.
+const MARK_AT: usize = 12;
+
+pub fn header(base: Offset, durable_len: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(MAGIC);
     LE::write_u16(&mut h[8..10], VERSION);
+    LE::write_u32(&mut h[MARK_AT..MARK_AT + 4], durable_len);
     LE::write_u64(&mut h[16..24], base);
     h
+}
+
+/// The durable length recorded in a (checked) header; 0 when unknown.
+pub fn durable_len(header: &[u8]) -> u64 {
+    LE::read_u32(&header[MARK_AT..MARK_AT + 4]) as u64
 }
 
 /// Why a header is not ours, if it is not.
@@ -75,22 +91,27 @@ pub struct ActiveSegment {
     pub last_indexed: u64,
     /// Offset of the last record, if the segment holds any.
     pub last_offset: Option<Offset>,
-    faults: Option<Arc<Faults>>,
+    /// The durable length last written to the header.
+    pub marked: u64,
+    fs: Arc<dyn FileSystem>,
 }
 
 impl ActiveSegment {
-    /// Opens `path` for appending; its first `written` bytes are valid. `reserve` is the
-    /// size the segment may reach before it is sealed.
+    /// Opens `path` for appending; its first `written` bytes are valid and the header's
+    /// durable length is `marked`. `reserve` is the size the segment may reach before it
+    /// is sealed.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
+        fs: Arc<dyn FileSystem>,
         path: PathBuf,
         base: Offset,
         written: u64,
+        marked: u64,
         reserve: u64,
         index: OffsetIndex,
         last_offset: Option<Offset>,
-        faults: Option<Arc<Faults>>,
     ) -> io::Result<ActiveSegment> {
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let file = fs.open(&path)?;
         let reserve = reserve.max(written).max(HEADER_LEN as u64);
         // SAFETY: the data dir is flocked, so only this process changes the file, and it
         // only reads `[0, written)`, which the file always holds (truncation lowers
@@ -106,19 +127,31 @@ impl ActiveSegment {
             index,
             last_indexed: 0,
             last_offset,
-            faults,
+            marked,
+            fs,
         })
     }
 
-    /// Creates a new, empty segment file holding only the header.
-    pub fn create(dir: &Path, base: Offset, reserve: u64, faults: Option<Arc<Faults>>) -> io::Result<ActiveSegment> {
+    /// Creates a new, empty segment file holding only the header, durably. A file left
+    /// at that name by an earlier attempt that failed (a roll is retried after running
+    /// out of file descriptors) never held a record, and is reused.
+    pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, base: Offset, reserve: u64) -> io::Result<ActiveSegment> {
         let path = segment_path(dir, base);
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-        file.write_all_at(&header(base), 0)?;
-        file.sync_all()?;
-        File::open(dir)?.sync_all()?;
+        let file = match fs.create_new(&path) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                tracing::warn!(segment = %path.display(), "reusing a segment file a failed roll left behind");
+                let file = fs.open(&path)?;
+                fs.set_len(&file, &path, 0)?;
+                file
+            }
+            other => other?,
+        };
+        let len = HEADER_LEN as u64;
+        fs.write_at(&file, &path, &header(base, len as u32), 0)?;
+        fs.sync_all(&file, &path)?;
+        fs.sync_dir(dir)?;
         drop(file);
-        Self::open(path, base, HEADER_LEN as u64, reserve, OffsetIndex::Building(Vec::new()), None, faults)
+        Self::open(fs, path, base, len, len, reserve, OffsetIndex::Building(Vec::new()), None)
     }
 
     /// Logical size: file bytes plus buffered bytes.
@@ -151,13 +184,8 @@ impl ActiveSegment {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let result = match self.faults.as_ref().map(|f| f.check_write()) {
-            // An injected failure tears the write: half the bytes land, as on a full disk.
-            Some(Err(e)) => self.file.write_all_at(&self.buffer[..self.buffer.len() / 2], self.written).and(Err(e)),
-            _ => self.file.write_all_at(&self.buffer, self.written),
-        };
-        if let Err(e) = result {
-            if let Err(cut) = self.file.set_len(self.written) {
+        if let Err(e) = self.fs.write_at(&self.file, &self.path, &self.buffer, self.written) {
+            if let Err(cut) = self.fs.set_len(&self.file, &self.path, self.written) {
                 tracing::error!(segment = %self.path.display(), error = %cut, "could not cut back a failed write");
             }
             return Err(e);
@@ -168,14 +196,45 @@ impl ActiveSegment {
     }
 
     pub fn sync(&self) -> io::Result<()> {
-        sync_file(&self.file, self.faults.as_deref())
+        self.fs.sync_data(&self.file, &self.path)
     }
 
-    /// Cuts the segment back to `position` (a record boundary), durably.
+    /// The file system this segment is written through (for an fsync outside the lock).
+    pub fn fs(&self) -> Arc<dyn FileSystem> {
+        self.fs.clone()
+    }
+
+    /// Writes `len` as the header's durable length, without an fsync: the caller knows
+    /// the first `len` bytes are durable, and the next fsync of the file persists it.
+    pub fn mark(&mut self, len: u64) -> io::Result<()> {
+        write_mark(self.fs.as_ref(), &self.file, &self.path, len)?;
+        self.marked = len;
+        Ok(())
+    }
+
+    /// Writes the buffer and makes the whole segment durable, its header's durable length
+    /// exact (for sealing and closing).
+    pub fn sync_exact(&mut self) -> io::Result<()> {
+        self.flush()?;
+        self.sync()?;
+        if self.marked != self.written {
+            self.mark(self.written)?;
+            self.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the segment back to `position` (a record boundary), durably. The durable
+    /// length is lowered (and that made durable) before the cut, so a crash in between
+    /// never leaves a mark above the end.
     pub fn truncate(&mut self, position: u64) -> io::Result<()> {
         self.flush()?;
+        if self.marked > position {
+            self.mark(position)?;
+            self.sync()?;
+        }
         self.written = position;
-        self.file.set_len(position)?;
+        self.fs.set_len(&self.file, &self.path, position)?;
         self.sync()?;
         self.index.truncate_positions(position as u32);
         self.last_indexed = self.last_indexed.min(position);
@@ -183,11 +242,10 @@ impl ActiveSegment {
     }
 }
 
-pub fn sync_file(file: &File, faults: Option<&Faults>) -> io::Result<()> {
-    if let Some(f) = faults {
-        f.check_sync()?;
-    }
-    file.sync_data()
+/// Writes `len` as a segment's durable length (no fsync). Segments stay under 4 GiB
+/// (the config is validated so), so it fits the u32.
+pub fn write_mark(fs: &dyn FileSystem, file: &File, path: &Path, len: u64) -> io::Result<()> {
+    fs.write_at(file, path, &(len as u32).to_le_bytes(), MARK_AT as u64)
 }
 
 /// A full, read-only segment.

@@ -3,26 +3,41 @@
 use std::sync::atomic::Ordering;
 
 use super::id_index::{Position, id_of};
-use super::log::{Chunk, Shared, State, now_ms};
+use super::log::{Chunk, Failure, Shared, State, now_ms};
+use super::manifest;
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{self, Decoded, RecordKind, RecordRef, decode, peek};
-use super::recovery::{self, ScanInput, drop_segments_after, reserve};
+use super::recovery::{self, ScanInput, drop_segments, reserve};
 use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
 use super::{Config, Offset, Result, StorageError};
 
 impl State {
     pub fn check_writable(&self) -> Result<()> {
         match &self.failed {
-            Some(why) => Err(StorageError::Failed(why.clone())),
+            Some(failure) => Err(StorageError::Failed(failure.why.clone())),
             None => Ok(()),
         }
     }
 
-    /// Refuses writes from now on. The first reason is kept: it is the root cause.
-    pub fn fail(&mut self, why: String) {
+    /// Refuses writes from now on, and returns the error for the write that hit the
+    /// failure. The first reason is kept: it is the root cause.
+    pub fn fail(&mut self, why: String) -> StorageError {
         if self.failed.is_none() {
             tracing::error!(reason = %why, "storage failed; refusing writes from now on (reads continue)");
-            self.failed = Some(why);
+            self.failed = Some(Failure { why: why.clone(), at: self.next_offset });
+            return StorageError::Failure(why);
+        }
+        self.check_writable().expect_err("the log has failed")
+    }
+
+    /// The error for a caller waiting on `offset` once the log has failed: the failure
+    /// itself for a record appended before it (its write is what failed), "read-only"
+    /// for later ones. `Ok` if the log has not failed.
+    pub fn failure_for(&self, offset: Offset) -> Result<()> {
+        match &self.failed {
+            Some(failure) if offset < failure.at => Err(StorageError::Failure(failure.why.clone())),
+            Some(failure) => Err(StorageError::Failed(failure.why.clone())),
+            None => Ok(()),
         }
     }
 
@@ -97,6 +112,10 @@ impl State {
     }
 
     /// Rolls to a new segment if this record would overflow the active one.
+    ///
+    /// Running out of file descriptors (EMFILE, ENFILE) refuses only this append: the
+    /// roll changes nothing it cannot redo, so the next append retries it. Any other
+    /// roll error fails the log.
     fn before_append(&mut self, shared: &Shared, offset: Offset, len: usize) -> Result<()> {
         let active = &self.active;
         let full = active.len() + len as u64 > shared.config.segment_bytes;
@@ -105,8 +124,16 @@ impl State {
             && (full || too_far)
             && let Err(e) = self.roll(shared, offset)
         {
-            self.fail(format!("rolling to a new segment failed: {e}"));
-            return Err(e);
+            let e = match e {
+                StorageError::Io(io)
+                    if self.failed.is_none() && matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) =>
+                {
+                    tracing::warn!(error = %io, "rolling to a new segment failed; the next append retries");
+                    return Err(StorageError::RollRefused(io));
+                }
+                e => e,
+            };
+            return Err(self.fail(format!("rolling to a new segment failed: {e}")));
         }
         Ok(())
     }
@@ -135,7 +162,7 @@ impl State {
             }
         }
         self.last = Some((offset, epoch));
-        self.next_offset = offset + 1;
+        self.next_offset = super::log::next_after(offset)?;
         self.records += 1;
         Ok(())
     }
@@ -143,15 +170,27 @@ impl State {
     /// Seals the active segment (flushed, fsynced, index written) and starts a new one
     /// at `base`. Every fallible step runs before the state changes, so a failure leaves
     /// the old segment active and readable.
+    ///
+    /// Order matters for a crash part way: the old segment is made whole (its watermark
+    /// exact) and the new file created durably before the manifest lists it, so recovery
+    /// finds either the old chain plus a leftover file holding no record, or the new one.
+    /// Every step can be redone, so a roll refused for want of file descriptors is
+    /// retried by the next append.
     fn roll(&mut self, shared: &Shared, base: Offset) -> Result<()> {
         self.flush(shared)?;
-        self.active.sync()?;
-        let index = std::mem::replace(&mut self.active.index, OffsetIndex::Empty)
-            .seal(&super::segment::index_path(&shared.dir, self.active.base))?;
+        self.active.sync_exact()?;
+        let fs = shared.fs.as_ref();
+        let index_path = super::segment::index_path(&shared.dir, self.active.base);
+        // Sealed from a copy, so a failure leaves the active segment's index intact.
+        let index = match &self.active.index {
+            OffsetIndex::Building(entries) => OffsetIndex::Building(entries.clone()).seal(fs, &index_path)?,
+            _ => OffsetIndex::Empty,
+        };
         let old = &self.active;
         let sealed = SealedSegment::open(old.path.clone(), old.base, old.written, index, old.last_offset)?;
-        let faults = shared.config.faults.clone();
-        let fresh = ActiveSegment::create(&shared.dir, base, reserve(&shared.config, 0), faults)?;
+        let fresh = ActiveSegment::create(shared.fs.clone(), &shared.dir, base, reserve(&shared.config, 0))?;
+        let bases: Vec<Offset> = self.sealed.iter().map(|s| s.base).chain([old.base, base]).collect();
+        manifest::write(fs, &shared.dir, &bases)?;
         self.active = fresh;
         self.sealed.push(sealed);
         Ok(())
@@ -161,8 +200,7 @@ impl State {
     pub fn flush(&mut self, shared: &Shared) -> Result<Offset> {
         self.check_writable()?;
         if let Err(e) = self.active.flush() {
-            self.fail(format!("write to {} failed: {e}", self.active.path.display()));
-            return Err(e.into());
+            return Err(self.fail(format!("write to {} failed: {e}", self.active.path.display())));
         }
         shared.commit.flushed.fetch_max(self.next_offset, Ordering::AcqRel);
         Ok(self.next_offset)
@@ -234,10 +272,11 @@ impl State {
             let len = reopen.map.len() as u64;
             let (path, base, last) = (reopen.path.clone(), reopen.base, reopen.last_offset);
             drop(reopen);
-            drop_segments_after(&shared.dir, &bases[keep..])?;
+            drop_segments(shared.fs.as_ref(), &shared.dir, &bases[..keep], &bases[keep..])?;
             let index = OffsetIndex::Building(Vec::new());
-            let faults = shared.config.faults.clone();
-            self.active = ActiveSegment::open(path, base, len, reserve(&shared.config, len), index, last, faults)?;
+            let reserve = reserve(&shared.config, len);
+            // A sealed segment's watermark is its exact length.
+            self.active = ActiveSegment::open(shared.fs.clone(), path, base, len, len, reserve, index, last)?;
         }
         // Cut the active segment at the first record at or after `offset`.
         let (file, _) = self.active.tail(0);

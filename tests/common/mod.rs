@@ -2,6 +2,8 @@
 //! and real `msglog` processes with blocking line clients.
 #![allow(dead_code)]
 
+pub mod fs;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
 use std::path::{Path, PathBuf};
@@ -42,8 +44,17 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServerConfig, log_config: Config) -> TestServer {
+        TestServer::start_with_fs(config, log_config, Arc::new(msglog::storage::RealFs)).await
+    }
+
+    /// A server whose log does its file I/O through `fs` (fault injection).
+    pub async fn start_with_fs(
+        config: ServerConfig,
+        log_config: Config,
+        fs: Arc<dyn msglog::storage::FileSystem>,
+    ) -> TestServer {
         let dir = TempDir::new().expect("temp dir");
-        let log = Arc::new(Log::open(dir.path(), log_config).expect("open log"));
+        let log = Arc::new(Log::open_with(dir.path(), log_config, fs).expect("open log"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, stopped) = oneshot::channel::<()>();

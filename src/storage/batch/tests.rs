@@ -1,9 +1,11 @@
 use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use tempfile::TempDir;
 
 use crate::storage::record::{RecordKind, encode_in_batch};
+use crate::storage::segment::HEADER_LEN;
 use crate::storage::{Config, Log, StorageError};
 
 fn open(dir: &Path) -> Log {
@@ -59,11 +61,15 @@ fn recovery_cuts_a_batch_that_lost_its_last_record() {
     log.append(b"before", b"kept").unwrap();
     log.transaction(|batch| (0..3).for_each(|i| batch.set(format!("k{i}").as_bytes(), b"v").unwrap())).unwrap();
     log.close().unwrap();
-    // Tear off the batch's last record, as a crash between two writes could.
+    // Tear off the batch's last record, as a crash between two writes could, before the
+    // batch was fsynced: the durable mark in the header still ends before it.
     let path = segment(dir.path());
     let len = std::fs::metadata(&path).unwrap().len();
     let last_record = crate::storage::record::framed_len(b"k2", b"v") as u64;
-    OpenOptions::new().write(true).open(&path).unwrap().set_len(len - last_record).unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(len - last_record).unwrap();
+    let before_batch = (HEADER_LEN + crate::storage::record::framed_len(b"before", b"kept")) as u32;
+    file.write_all_at(&before_batch.to_le_bytes(), 12).unwrap();
 
     let log = open(dir.path());
     assert_eq!(log.get(b"before").unwrap(), Some(b"kept".to_vec()));

@@ -1,0 +1,144 @@
+//! The segment manifest `log/MANIFEST`: the chain of segments the log is made of, so a
+//! segment file that goes missing (first, middle or last) is noticed instead of its
+//! records silently vanishing, or older values of their IDs coming back.
+//!
+//! Text: a first line `msglog-manifest 1`, then the base offset of every segment in
+//! ascending order, one decimal number per line. It is replaced atomically (temp file,
+//! fsync, rename, directory fsync) whenever the chain changes:
+//! - a roll creates the new segment file durably, then lists it;
+//! - a truncation (follower divergence, repair) lists only the kept segments, then
+//!   deletes the others.
+//!
+//! So a crash leaves at most segment files *after* the last listed one that the manifest
+//! does not list: either a roll's new file, which never held a record (appends to it
+//! begin only after the manifest lists it), or files a truncation had already decided to
+//! drop. Recovery deletes both. A listed file that is missing, or an unlisted one before
+//! the last listed, is corruption nothing explains.
+
+use std::path::{Path, PathBuf};
+
+use super::fs::{FileSystem, replace_file};
+use super::recovery::remove_segment_files;
+use super::segment::segment_path;
+use super::{Offset, RecoveryMode, Result, StorageError};
+
+const FIRST_LINE: &str = "msglog-manifest 1";
+
+pub(super) fn manifest_path(dir: &Path) -> PathBuf {
+    dir.join("MANIFEST")
+}
+
+/// The listed bases; `None` for a log written before manifests existed.
+pub(super) fn read(dir: &Path) -> Result<Option<Vec<Offset>>> {
+    let path = manifest_path(dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let bad = |reason: String| StorageError::Corruption { segment: path.clone(), position: 0, reason };
+    let mut lines = text.lines();
+    if lines.next() != Some(FIRST_LINE) {
+        return Err(bad(format!("manifest does not start with {FIRST_LINE:?}")));
+    }
+    let mut bases: Vec<Offset> = Vec::new();
+    for line in lines {
+        let base = line.parse().map_err(|_| bad(format!("manifest line {line:?} is not a base offset")))?;
+        if bases.last().is_some_and(|&b| b >= base) {
+            return Err(bad(format!("manifest bases are not ascending at {base}")));
+        }
+        bases.push(base);
+    }
+    Ok(Some(bases))
+}
+
+/// Replaces the manifest with `bases`, durably.
+pub(super) fn write(fs: &dyn FileSystem, dir: &Path, bases: &[Offset]) -> Result<()> {
+    let mut text = format!("{FIRST_LINE}\n");
+    for base in bases {
+        text.push_str(&format!("{base}\n"));
+    }
+    replace_file(fs, &manifest_path(dir), text.as_bytes())?;
+    Ok(())
+}
+
+/// How the files found compare with the manifest.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Reconciled {
+    /// Listed segments whose file is gone.
+    pub missing: Vec<Offset>,
+    /// Unlisted files before the last listed segment.
+    pub unlisted: Vec<Offset>,
+    /// Unlisted files after the last listed segment: left by a crash in a roll or a
+    /// truncation, never holding an acknowledged record the manifest still counts.
+    pub leftover: Vec<Offset>,
+}
+
+pub(super) fn reconcile(listed: &[Offset], files: &[Offset]) -> Reconciled {
+    let last = listed.last().copied();
+    let mut r =
+        Reconciled { missing: listed.iter().filter(|b| !files.contains(b)).copied().collect(), ..Default::default() };
+    for &base in files.iter().filter(|b| !listed.contains(b)) {
+        // An empty list explains nothing: every file is unlisted.
+        match last {
+            Some(last) if base > last => r.leftover.push(base),
+            _ => r.unlisted.push(base),
+        }
+    }
+    r
+}
+
+/// The segments recovery scans, in order, and the manifest as read (`None` if absent):
+/// refuses a hole in the chain (or, in repair mode, forgets the missing segments and
+/// sets unlisted ones aside), and deletes leftovers of an interrupted roll or truncation.
+pub(super) fn chain(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    files: &[Offset],
+    mode: RecoveryMode,
+) -> Result<(Vec<Offset>, Option<Vec<Offset>>)> {
+    let Some(listed) = read(dir)? else {
+        if !files.is_empty() {
+            tracing::info!(dir = %dir.display(), segments = files.len(), "no segment manifest (a log from an older msglog): writing one listing the segments found");
+        }
+        return Ok((files.to_vec(), None));
+    };
+    let found = reconcile(&listed, files);
+    let strict = mode == RecoveryMode::Strict;
+    if let (true, Some(&base)) = (strict, found.missing.first()) {
+        let reason = "segment missing: the manifest lists it but the file is gone (a hole in the log; `msglog check --repair` drops it from the chain)";
+        return Err(StorageError::Corruption { segment: segment_path(dir, base), position: 0, reason: reason.into() });
+    }
+    if let (true, Some(&base)) = (strict, found.unlisted.first()) {
+        let reason = "segment not in the manifest: nothing explains it (`msglog check --repair` sets it aside)";
+        return Err(StorageError::Corruption { segment: segment_path(dir, base), position: 0, reason: reason.into() });
+    }
+    for &base in &found.missing {
+        tracing::warn!(segment = %segment_path(dir, base).display(), "repair: forgetting a missing segment; its records are lost");
+    }
+    for &base in &found.unlisted {
+        let path = segment_path(dir, base);
+        let aside = path.with_extension("log.unlisted");
+        tracing::warn!(segment = %path.display(), to = %aside.display(), "repair: setting aside a segment the manifest does not list");
+        fs.rename(&path, &aside)?;
+    }
+    if !found.leftover.is_empty() {
+        tracing::warn!(dir = %dir.display(), segments = ?found.leftover, "deleting segments an interrupted roll or truncation left after the last listed one");
+        remove_segment_files(fs, dir, &found.leftover)?;
+    } else if !found.unlisted.is_empty() {
+        fs.sync_dir(dir)?;
+    }
+    let bases = listed.iter().filter(|b| !found.missing.contains(b)).copied().collect();
+    Ok((bases, Some(listed)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_after_the_last_listed_segment_are_leftovers_and_gaps_are_missing() {
+        let r = reconcile(&[0, 10, 20], &[0, 5, 20, 30]);
+        assert_eq!(r, Reconciled { missing: vec![10], unlisted: vec![5], leftover: vec![30] });
+    }
+}
