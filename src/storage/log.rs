@@ -297,48 +297,6 @@ impl Log {
         }
     }
 
-    /// Epoch stamped on records this log appends from now on.
-    pub fn set_epoch(&self, epoch: Epoch) {
-        self.shared.write().epoch = epoch;
-    }
-
-    /// Begins a new leader epoch, above every epoch this node has begun, seen or holds
-    /// records of; persists it durably before stamping it on appends. Returns it.
-    pub fn begin_leader_epoch(&self) -> Result<Epoch> {
-        let mut st = self.shared.write();
-        let highest = st.persisted_epoch.max(st.epoch).max(st.last.map_or(0, |(_, e)| e));
-        let epoch =
-            highest.checked_add(1).ok_or(StorageError::Overflow { what: "leader epoch", value: highest as u64 })?;
-        super::epoch::write(self.shared.fs.as_ref(), &self.shared.data_dir, epoch)?;
-        st.persisted_epoch = epoch;
-        st.epoch = epoch;
-        Ok(epoch)
-    }
-
-    /// A follower learned of a leader at `epoch`: remember it durably, so that if this node
-    /// is promoted later its epoch is higher still.
-    pub fn observe_epoch(&self, epoch: Epoch) -> Result<()> {
-        let mut st = self.shared.write();
-        if epoch > st.persisted_epoch {
-            super::epoch::write(self.shared.fs.as_ref(), &self.shared.data_dir, epoch)?;
-            st.persisted_epoch = epoch;
-        }
-        Ok(())
-    }
-
-    /// Epoch of the record at exactly `offset`, if the log holds one there.
-    pub fn epoch_at(&self, offset: Offset) -> Result<Option<Epoch>> {
-        super::epoch::epoch_at(&self.shared.read(), &self.shared.config, offset)
-    }
-
-    /// Where the log stops agreeing with a peer whose last record has `epoch` (KIP-279):
-    /// the largest epoch ≤ `epoch` this log holds records of (`None` if none), and the
-    /// offset where that epoch ends here (the first record of a later epoch, or the next
-    /// offset). With `None`, the offset is where this log starts.
-    pub fn epoch_end(&self, epoch: Epoch) -> Result<(Option<Epoch>, Offset)> {
-        super::epoch::epoch_end(&self.shared.read(), &self.shared.config, epoch)
-    }
-
     /// Offset the next appended record gets.
     pub fn next_offset(&self) -> Offset {
         self.shared.read().next_offset
