@@ -236,6 +236,35 @@ async fn get_returns_a_record_only_once_it_is_durable_under_every_fsync_policy()
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_and_an_exec_wait_for_durability_also_after_a_truncation_lowered_the_mark() {
+    let config = ServerConfig { stats_interval: None, ..ServerConfig::default() };
+    let server = TestServer::start_with(config, Config::default()).await;
+    let mut client = server.connect().await;
+    // Sync a long log through the server's commit thread, then cut most of it away (as a
+    // follower does on divergence) and write at the cut offsets again without syncing.
+    for i in 0..20 {
+        assert_eq!(client.request(format!("SET k{i} old").as_bytes()).await, b"OK");
+    }
+    server.log.truncate_to(5).expect("truncate");
+    let offset = server.log.append(b"k6", b"new").expect("append");
+    assert_eq!(offset, 5);
+    assert!(server.log.durable_offset() <= offset, "the re-appended record is not durable yet");
+    assert_eq!(client.request(b"GET k6").await, b"new");
+    assert!(server.log.durable_offset() > offset, "GET showed a record that is not durable");
+
+    let offset = server.log.append(b"k7", b"newer").expect("append");
+    let mut redis = server.connect().await;
+    redis.send(&resp(&[b"MULTI"])).await;
+    redis.expect(b"+OK\r\n").await;
+    redis.send(&resp(&[b"GET", b"k7"])).await;
+    redis.expect(b"+QUEUED\r\n").await;
+    redis.send(&resp(&[b"EXEC"])).await;
+    redis.expect(b"*1\r\n$5\r\nnewer\r\n").await;
+    assert!(server.log.durable_offset() > offset, "EXEC showed a record that is not durable");
+    server.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // File descriptors (real processes with a lowered RLIMIT_NOFILE)
 // ---------------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 //!
 //! A connection that needs offset `o` durable raises the requested watermark and wakes
 //! the committer thread, then awaits a `watch` channel. The committer syncs everything
-//! appended so far in one `sync_through`, publishes the new durable watermark and wakes
-//! every waiting task at once; whatever arrived during that fsync goes into the next.
+//! appended so far in one `sync_through` and wakes every waiting task at once, which then
+//! read the log's durable mark; whatever arrived during that fsync goes into the next.
 //! Waiting costs a task wake-up, not an OS thread per connection, so the runtime's two
 //! cores keep parsing and appending while an fsync is in flight.
 
@@ -17,8 +17,8 @@ use crate::storage::{Log, Offset, StorageError};
 
 #[derive(Debug, Clone, Default)]
 struct Durable {
-    /// Every offset below this is durable.
-    next: Offset,
+    /// Syncs done: bumped to wake waiters, which read the log's durable mark.
+    syncs: u64,
     /// Why the log stopped syncing, once it has.
     failed: Option<Stopped>,
 }
@@ -44,6 +44,7 @@ pub(crate) struct CommitHandle {
     requests: Arc<Requests>,
     thread: Thread,
     durable: watch::Receiver<Durable>,
+    log: Arc<Log>,
 }
 
 /// The committer thread; stop it once no connection is left.
@@ -56,17 +57,21 @@ pub(crate) fn start(log: Arc<Log>) -> std::io::Result<(Committer, CommitHandle)>
     let requests = Arc::new(Requests { wanted: AtomicU64::new(0), stop: AtomicBool::new(false) });
     let (publish, durable) = watch::channel(Durable::default());
     let theirs = Arc::clone(&requests);
+    let theirs_log = Arc::clone(&log);
     let join =
         std::thread::Builder::new().name("msglog-commit".into()).spawn(move || commit_loop(&log, &theirs, &publish))?;
-    let handle = CommitHandle { requests: Arc::clone(&requests), thread: join.thread().clone(), durable };
+    let handle =
+        CommitHandle { requests: Arc::clone(&requests), thread: join.thread().clone(), durable, log: theirs_log };
     Ok((Committer { requests, join }, handle))
 }
 
 fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>) {
-    let mut synced = 0;
     loop {
-        let wanted = requests.wanted.load(Ordering::Acquire);
-        if wanted <= synced {
+        // Clamped to the log's end: after a truncation (a follower cutting a divergent
+        // tail) a waiter may want an offset the log no longer holds; it waits until records
+        // are appended there again and someone's sync covers them.
+        let wanted = requests.wanted.load(Ordering::Acquire).min(log.next_offset());
+        if wanted <= log.durable_offset() {
             if requests.stop.load(Ordering::Acquire) {
                 return;
             }
@@ -75,7 +80,7 @@ fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>)
             continue;
         }
         match log.sync_through(wanted - 1) {
-            Ok(()) => publish.send_modify(|d| d.next = d.next.max(wanted)),
+            Ok(()) => publish.send_modify(|d| d.syncs += 1),
             // The log refuses writes from now on; every waiter hears why.
             Err(err) => {
                 let stopped = match err {
@@ -83,26 +88,35 @@ fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>)
                     err => Stopped::Failure(err.to_string().into()),
                 };
                 publish.send_modify(|d| d.failed = Some(stopped));
+                return;
             }
         }
-        synced = wanted;
     }
 }
 
 impl CommitHandle {
-    /// Resolves once every record up to `offset` is durable.
+    /// Resolves once every record up to `offset` is durable. The log's own durable mark is
+    /// the authority (it goes down when a truncation cuts records away, so a record
+    /// appended again at a cut offset waits for its own fsync); the channel only wakes.
     pub(crate) async fn wait(&self, offset: Offset) -> Result<(), StorageError> {
+        if self.log.durable_offset() > offset {
+            return Ok(());
+        }
         self.requests.wanted.fetch_max(offset + 1, Ordering::AcqRel);
         self.thread.unpark();
         let mut durable = self.durable.clone();
+        let log = &self.log;
         let state = durable
-            .wait_for(|d| d.next > offset || d.failed.is_some())
+            .wait_for(|d| log.durable_offset() > offset || d.failed.is_some())
             .await
             .map_err(|_| StorageError::Failed("the commit thread stopped".into()))?;
+        if log.durable_offset() > offset {
+            return Ok(());
+        }
         match &state.failed {
-            Some(Stopped::Failure(why)) if state.next <= offset => Err(StorageError::Failure(why.to_string())),
-            Some(Stopped::ReadOnly(why)) if state.next <= offset => Err(StorageError::Failed(why.to_string())),
-            _ => Ok(()),
+            Some(Stopped::Failure(why)) => Err(StorageError::Failure(why.to_string())),
+            Some(Stopped::ReadOnly(why)) => Err(StorageError::Failed(why.to_string())),
+            None => Ok(()),
         }
     }
 }

@@ -178,9 +178,7 @@ impl Connection {
                 }
                 Flow::OverBudget => return self.close_over_budget().await,
             }
-            if self.input.is_empty() && self.input.capacity() > KEEP_CAPACITY {
-                self.input = BytesMut::new();
-            }
+            release_if_large(&mut self.input);
             // Giving back never fails.
             self.within_budget();
         }
@@ -189,7 +187,11 @@ impl Connection {
 
     /// Bytes this connection's buffers hold: `capacity`, not `len`, as that is the memory.
     fn buffered(&self) -> usize {
-        self.input.capacity() + self.output.capacity() + self.pending_bytes
+        let queued = match &self.dialect {
+            Dialect::Resp(_, session) => session.queued_bytes(),
+            _ => 0,
+        };
+        self.input.capacity() + self.output.capacity() + self.pending_bytes + queued
     }
 
     /// Sizes the reservation to the buffers; false if the shared budget cannot cover them.
@@ -388,9 +390,7 @@ impl Connection {
                 Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading during shutdown")),
             },
         };
-        if self.output.capacity() > KEEP_CAPACITY {
-            self.output = BytesMut::new();
-        }
+        release_if_large(&mut self.output);
         written
     }
 
@@ -406,6 +406,16 @@ impl Connection {
             _ = tokio::time::timeout(CLOSE_LINGER, drain) => {}
             _ = self.shutdown.recv() => {}
         }
+    }
+}
+
+/// Gives back an empty buffer's allocation if it grew past [`KEEP_CAPACITY`]. Once a
+/// `BytesMut` has been advanced (a request consumed, replies written), `capacity()` counts
+/// only the room after its view, not the allocation: `try_reclaim` asks the allocation, so
+/// a large buffer is not kept while the budget counts next to nothing for it.
+fn release_if_large(buf: &mut BytesMut) {
+    if buf.is_empty() && (buf.capacity() > KEEP_CAPACITY || buf.try_reclaim(KEEP_CAPACITY + 1)) {
+        *buf = BytesMut::new();
     }
 }
 

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::protocol::resp::{Args, Keys, RespCommand, RespReply};
-use crate::storage::FsyncPolicy;
+use crate::storage::{Batch, FsyncPolicy};
 
 use super::Shared;
 use super::execute::{Outcome, execute, storage_failure};
@@ -30,33 +30,36 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
 
 /// MGET and EXISTS read every key at one instant, as in Redis: never half of a
 /// transaction or MSET that lands meanwhile. The reply waits once, for the newest record it
-/// shows, and is refused, not built, once it would pass the per-reply bound: repeating a
-/// large key is a cheap request that would otherwise cost gigabytes to answer.
+/// shows.
 fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply> {
-    let (reply, read) = shared.log.read_at_once(|log| {
-        if exists {
-            return (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), None);
-        }
-        let limit = shared.config.max_reply_bytes();
-        let mut values = Vec::with_capacity(keys.iter().len().min(1024));
-        let mut bytes = 0usize;
-        for id in keys.iter() {
-            shared.metrics.gets.fetch_add(1, Ordering::Relaxed);
-            let value = match log.get(id) {
-                Ok(message) => message.map_or(RespReply::Nil, RespReply::Bulk),
-                Err(err) => return (storage_failure(&err).into(), None),
-            };
-            bytes = bytes.saturating_add(value.encoded_len_hint());
-            if bytes > limit {
-                let at_least = bytes.saturating_add(keys.iter().len().saturating_sub(values.len() + 1) * 5);
-                let why = format!("reply too large (at least {at_least} bytes, limit {limit})");
-                return (RespReply::error(why), None);
-            }
-            values.push(value);
-        }
-        (RespReply::Array(values), log.newest_read())
+    let (reply, read) = shared.log.read_at_once(|log| match exists {
+        true => (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), None),
+        false => (mget(shared, log, keys), log.newest_read()),
     });
     Outcome { read, ..Outcome::reply(reply) }
+}
+
+/// The values of `keys` as `view` (the log at one instant, or a transaction) holds them.
+/// Refused, not built, once the reply would pass the per-reply bound: repeating a large
+/// key is a cheap request that would otherwise cost gigabytes to answer.
+pub(crate) fn mget(shared: &Shared, view: &Batch<'_>, keys: Keys<'_>) -> RespReply {
+    let limit = shared.config.max_reply_bytes();
+    let mut values = Vec::with_capacity(keys.iter().len().min(1024));
+    let mut bytes = 0usize;
+    for id in keys.iter() {
+        shared.metrics.gets.fetch_add(1, Ordering::Relaxed);
+        let value = match view.get(id) {
+            Ok(message) => message.map_or(RespReply::Nil, RespReply::Bulk),
+            Err(err) => return storage_failure(&err).into(),
+        };
+        bytes = bytes.saturating_add(value.encoded_len_hint());
+        if bytes > limit {
+            let at_least = bytes.saturating_add(keys.iter().len().saturating_sub(values.len() + 1) * 5);
+            return RespReply::error(format_args!("reply too large (at least {at_least} bytes, limit {limit})"));
+        }
+        values.push(value);
+    }
+    RespReply::Array(values)
 }
 
 /// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the

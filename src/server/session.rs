@@ -33,6 +33,11 @@ impl Session {
     }
 
     /// The protocol replies are encoded in from now on.
+    /// Memory held by an open transaction's queue.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.transaction.as_ref().map_or(0, Transaction::queued_bytes)
+    }
+
     pub(crate) fn protocol(&self) -> Protocol {
         self.protocol
     }

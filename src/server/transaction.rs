@@ -41,6 +41,11 @@ impl Transaction {
         self.count
     }
 
+    /// Memory the queued requests hold, charged to the server's buffer budget.
+    pub(crate) fn queued_bytes(&self) -> usize {
+        self.requests.capacity()
+    }
+
     /// Queues `command`, whose request bytes are `raw`. Queued bytes are capped at the
     /// record limit: the transaction's writes must fit in one atomic batch.
     pub(crate) fn queue(&mut self, shared: &Shared, command: &RespCommand<'_>, raw: &[u8]) -> Result<(), CommandError> {
@@ -166,17 +171,7 @@ fn apply(shared: &Shared, batch: &mut Batch<'_>, command: &RespCommand<'_>) -> O
                 Err(err) => failure(err),
             }
         }
-        RespCommand::MGet(keys) => {
-            let mut values = Vec::with_capacity(keys.iter().len());
-            for id in keys.iter() {
-                metrics.gets.fetch_add(1, Ordering::Relaxed);
-                match batch.get(id) {
-                    Ok(message) => values.push(message.map_or(RespReply::Nil, RespReply::Bulk)),
-                    Err(err) => return failure(err),
-                }
-            }
-            Some(RespReply::Array(values))
-        }
+        RespCommand::MGet(keys) => Some(super::resp::mget(shared, batch, *keys)),
         RespCommand::MSet(pairs) => {
             for (id, message) in pairs.iter() {
                 metrics.sets.fetch_add(1, Ordering::Relaxed);

@@ -312,13 +312,19 @@ impl Log {
         self.shared.read().last
     }
 
+    /// Every record below this offset is durable per the fsync policy (fsynced under
+    /// `Always`, written to the OS otherwise). It goes down when a truncation cuts the log.
+    pub fn durable_offset(&self) -> Offset {
+        match self.shared.config.fsync {
+            FsyncPolicy::Always => self.shared.commit.durable.load(Ordering::Acquire),
+            _ => self.shared.commit.flushed.load(Ordering::Acquire),
+        }
+    }
+
     pub fn stats(&self) -> LogStats {
         let st = self.shared.read();
         let bytes = st.sealed.iter().map(|s| s.map.len() as u64).sum::<u64>() + st.active.len();
-        let durable_offset = match self.shared.config.fsync {
-            FsyncPolicy::Always => self.shared.commit.durable.load(Ordering::Acquire),
-            _ => self.shared.commit.flushed.load(Ordering::Acquire),
-        };
+        let durable_offset = self.durable_offset();
         LogStats {
             records: st.records,
             ids: st.ids.len() as u64,
