@@ -172,11 +172,30 @@ fn a_missing_segment_first_middle_or_last_refuses_to_start_naming_it() {
 }
 
 #[test]
+fn a_deleted_manifest_with_a_deleted_segment_is_refused_not_taken_for_an_old_log() {
+    let dir = TempDir::new().unwrap();
+    write_rounds(dir.path(), 20, 3);
+    let files = segments(dir.path());
+    fs::remove_file(dir.path().join("log/MANIFEST")).unwrap();
+    fs::remove_file(&files[files.len() / 2]).unwrap();
+    let (path, _, reason) = corruption(Log::open(dir.path(), small_segments()));
+    assert_eq!(path, dir.path().join("log/MANIFEST"));
+    assert!(reason.contains("manifest is missing"), "{reason}");
+    let report = check(dir.path(), &small_segments(), |_| {}).unwrap();
+    assert!(report.damage.expect("check reports it").reason.contains("manifest is missing"));
+}
+
+#[test]
 fn an_old_data_dir_without_a_manifest_opens_and_gets_one() {
     let dir = TempDir::new().unwrap();
     write_rounds(dir.path(), 20, 2);
     let manifest = dir.path().join("log/MANIFEST");
     fs::remove_file(&manifest).unwrap();
+    // As an older msglog left it: version 1 headers, no durable length.
+    for segment in segments(dir.path()) {
+        let file = fs::OpenOptions::new().write(true).open(segment).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[1, 0, 0, 0, 0, 0, 0, 0], 8).unwrap();
+    }
     let log = Log::open(dir.path(), small_segments()).unwrap();
     assert_eq!(log.get(&id(7)).unwrap(), Some(value(7, 1)));
     drop(log);

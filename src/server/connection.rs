@@ -188,7 +188,7 @@ impl Connection {
     /// Bytes this connection's buffers hold: `capacity`, not `len`, as that is the memory.
     fn buffered(&self) -> usize {
         let queued = match &self.dialect {
-            Dialect::Resp(_, session) => session.queued_bytes(),
+            Dialect::Resp(parser, session) => parser.held_bytes() + session.queued_bytes(),
             _ => 0,
         };
         self.input.capacity() + self.output.capacity() + self.pending_bytes + queued

@@ -169,10 +169,8 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
 /// The segments to check (files after the manifest's last segment are leftovers recovery
 /// deletes), and the first hole in the chain, if any.
 fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)> {
-    let Some(listed) = manifest::read(dir)? else { return Ok((files, None)) };
-    let found = manifest::reconcile(&listed, &files);
-    let hole = |base, kind, reason: &str| Damage {
-        segment: segment_path(dir, base),
+    let hole = |segment, kind, reason: &str| Damage {
+        segment,
         position: 0,
         reason: reason.into(),
         lost_bytes: 0,
@@ -180,11 +178,18 @@ fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)
         lost_records: 0,
         kind,
     };
+    let Some(listed) = manifest::read(dir)? else {
+        let damage = manifest::written_with_manifest(dir, &files)
+            .map(|_| hole(manifest::manifest_path(dir), DamageKind::MissingSegment, manifest::MISSING_MANIFEST));
+        return Ok((files, damage));
+    };
+    let found = manifest::reconcile(&listed, &files);
+    let missing = "segment missing: the manifest lists it but the file is gone";
     let damage = match (found.missing.first(), found.unlisted.first()) {
-        (Some(&base), _) => {
-            Some(hole(base, DamageKind::MissingSegment, "segment missing: the manifest lists it but the file is gone"))
+        (Some(&base), _) => Some(hole(segment_path(dir, base), DamageKind::MissingSegment, missing)),
+        (None, Some(&base)) => {
+            Some(hole(segment_path(dir, base), DamageKind::UnlistedSegment, "segment not in the manifest"))
         }
-        (None, Some(&base)) => Some(hole(base, DamageKind::UnlistedSegment, "segment not in the manifest")),
         (None, None) => None,
     };
     Ok((files.into_iter().filter(|b| !found.leftover.contains(b)).collect(), damage))

@@ -253,6 +253,18 @@ impl Log {
             let reason = "the last record does not end its atomic batch".to_string();
             return Err(StorageError::InvalidBatch { position, reason });
         }
+        // A batch is bounded like one written here: the active segment's mapping has room
+        // for one record limit past `--segment-bytes`, and a batch never spans two segments.
+        let mut position = 0;
+        for i in 0..records.len() {
+            match super::batch::bytes_of_batch_starting_at(&records, i) {
+                Some(size) if size > max => {
+                    let reason = format!("an atomic batch of {size} bytes exceeds this log's limit of {max} bytes");
+                    return Err(StorageError::InvalidBatch { position, reason });
+                }
+                _ => position += records[i].framed_len(),
+            }
+        }
         let mut position = 0;
         for (i, r) in records.iter().enumerate() {
             let len = r.framed_len();

@@ -88,6 +88,25 @@ pub(super) fn reconcile(listed: &[Offset], files: &[Offset]) -> Reconciled {
     r
 }
 
+/// Why a missing manifest is damage rather than an older log's layout.
+pub(super) const MISSING_MANIFEST: &str = "the segment manifest is missing, but the log holds segments written by a msglog that keeps one, so a missing segment could go unseen";
+
+/// A segment in `files` whose header version is 2 or later, if any: such a log was written
+/// by a msglog that keeps a manifest, so without one a deleted segment would go unseen.
+/// A lone segment is let pass: a new log's first segment is created just before its first
+/// manifest, so a crash between the two leaves exactly that.
+pub(super) fn written_with_manifest(dir: &Path, files: &[Offset]) -> Option<Offset> {
+    if files.len() < 2 {
+        return None;
+    }
+    files.iter().copied().find(|&base| {
+        let mut head = [0u8; 10];
+        std::fs::File::open(segment_path(dir, base))
+            .and_then(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0))
+            .is_ok_and(|()| u16::from_le_bytes([head[8], head[9]]) >= 2)
+    })
+}
+
 /// The segments recovery scans, in order, and the manifest as read (`None` if absent):
 /// refuses a hole in the chain (or, in repair mode, forgets the missing segments and
 /// sets unlisted ones aside), and deletes leftovers of an interrupted roll or truncation.
@@ -98,6 +117,15 @@ pub(super) fn chain(
     mode: RecoveryMode,
 ) -> Result<(Vec<Offset>, Option<Vec<Offset>>)> {
     let Some(listed) = read(dir)? else {
+        if let (true, Some(base)) = (mode == RecoveryMode::Strict, written_with_manifest(dir, files)) {
+            return Err(StorageError::Corruption {
+                segment: manifest_path(dir),
+                position: 0,
+                reason: format!(
+                    "{MISSING_MANIFEST} (segment {base} is one) (`msglog check --repair` writes one from the segments found)"
+                ),
+            });
+        }
         if !files.is_empty() {
             tracing::info!(dir = %dir.display(), segments = files.len(), "no segment manifest (a log from an older msglog): writing one listing the segments found");
         }

@@ -29,7 +29,11 @@ use super::fs::FileSystem;
 use super::offset_index::OffsetIndex;
 
 pub const MAGIC: &[u8; 8] = b"MSGLOGSG";
-pub const VERSION: u16 = 1;
+/// Written in new segments. Version 2 added the durable length in the header and the
+/// batch flag in the record kind byte; version 1 segments (mark 0, no flags) still open.
+pub const VERSION: u16 = 2;
+/// Oldest version this build reads.
+const OLDEST_VERSION: u16 = 1;
 pub const HEADER_LEN: usize = 24;
 
 /// Where the durable length lies in the header.
@@ -58,7 +62,7 @@ pub fn check_header(bytes: &[u8], base: Offset) -> Result<(), String> {
         return Err("bad segment magic".into());
     }
     let version = LE::read_u16(&bytes[8..10]);
-    if version != VERSION {
+    if !(OLDEST_VERSION..=VERSION).contains(&version) {
         return Err(format!("unsupported segment format version {version}"));
     }
     let in_header = LE::read_u64(&bytes[16..24]);

@@ -101,7 +101,12 @@ impl State {
         let position = self.active.len();
         self.active.buffer.extend_from_slice(framed);
         self.after_append(shared, r.kind, r.id, r.offset, r.epoch, position)?;
-        self.flush_if_full(shared)
+        // Only between batches: a write that failed mid-batch would leave half of it in
+        // the ID index of a log that keeps serving reads.
+        match r.continues {
+            true => Ok(()),
+            false => self.flush_if_full(shared),
+        }
     }
 
     fn flush_if_full(&mut self, shared: &Shared) -> Result<()> {

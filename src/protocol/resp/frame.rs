@@ -98,6 +98,13 @@ pub struct RespParser {
 }
 
 impl RespParser {
+    /// Memory the parser holds for the request being framed (its argument ranges), for
+    /// the server's buffer budget: a request of many tiny arguments costs more here than
+    /// the bytes it sent.
+    pub fn held_bytes(&self) -> usize {
+        self.args.capacity() * std::mem::size_of::<Range<usize>>()
+    }
+
     pub fn new(limits: RespLimits) -> RespParser {
         RespParser { limits, expected: 0, pos: 0, args: Vec::with_capacity(PREALLOCATED_ARGS) }
     }
@@ -107,6 +114,12 @@ impl RespParser {
     pub fn next_request<'a>(&'a mut self, buf: &'a [u8]) -> Result<Option<Request<'a>>, RespError> {
         if self.expected == 0 {
             let Some(&first) = buf.first() else { return Ok(None) };
+            // Empty lines between requests are skipped, as Redis skips an empty inline
+            // command (`redis-cli --pipe` sends one before its closing ECHO).
+            if first == b'\r' || first == b'\n' {
+                let len = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                return Ok(Some(Request { args: Args { buf, ranges: &[] }, len }));
+            }
             if first != b'*' {
                 return Err(unexpected('*', first));
             }
@@ -244,6 +257,13 @@ mod tests {
         }
         let every_byte: Vec<usize> = (0..TWO.len()).collect();
         assert_eq!(frame_in_pieces(TWO, &every_byte), Ok(whole));
+    }
+
+    #[test]
+    fn empty_lines_between_requests_are_skipped_as_redis_skips_them() {
+        let stream = b"\r\n*1\r\n$4\r\nPING\r\n\n\r\n*1\r\n$4\r\nECHO\r\n";
+        let framed: Vec<_> = frame(stream).unwrap().into_iter().filter(|r| !r.is_empty()).collect();
+        assert_eq!(framed, vec![args(&[b"PING"]), args(&[b"ECHO"])]);
     }
 
     #[test]
