@@ -104,7 +104,7 @@ fn a_follower_refuses_records_that_end_inside_a_batch() {
 }
 
 #[test]
-fn a_batch_over_the_record_limit_is_refused_whole() {
+fn a_write_that_would_take_a_batch_past_the_record_limit_is_refused_and_the_rest_applies() {
     let dir = TempDir::new().unwrap();
     let config = Config { max_record_bytes: 4096, ..Config::default() };
     let log = Log::open(dir.path(), config).unwrap();
