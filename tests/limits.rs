@@ -237,6 +237,37 @@ async fn get_returns_a_record_only_once_it_is_durable_under_every_fsync_policy()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absence_shown_by_get_exists_or_mget_is_durable_first() {
+    let config = ServerConfig { stats_interval: None, ..ServerConfig::default() };
+    let server = TestServer::start_with(config, Config::default()).await;
+    let mut text = server.connect().await;
+    let mut redis = server.connect().await;
+    let deleted = |id: &[u8]| {
+        server.log.append(id, b"v").expect("append");
+        server.log.sync().expect("sync");
+        let tombstone = server.log.delete(id).expect("delete").expect("was live");
+        assert!(server.log.durable_offset() <= tombstone, "the tombstone is not durable yet");
+        tombstone
+    };
+    let durable = |offset| server.log.durable_offset() > offset;
+
+    let tombstone = deleted(b"a");
+    assert_eq!(text.request(b"GET a").await, b"NOT_FOUND");
+    assert!(durable(tombstone), "GET reported a deletion that is not durable");
+
+    let tombstone = deleted(b"b");
+    redis.send(&resp(&[b"EXISTS", b"b"])).await;
+    redis.expect(b":0\r\n").await;
+    assert!(durable(tombstone), "EXISTS reported a deletion that is not durable");
+
+    let tombstone = deleted(b"c");
+    redis.send(&resp(&[b"MGET", b"c"])).await;
+    redis.expect(b"*1\r\n$-1\r\n").await;
+    assert!(durable(tombstone), "MGET reported a deletion that is not durable");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_and_an_exec_wait_for_durability_also_after_a_truncation_lowered_the_mark() {
     let config = ServerConfig { stats_interval: None, ..ServerConfig::default() };
     let server = TestServer::start_with(config, Config::default()).await;

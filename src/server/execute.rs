@@ -66,7 +66,7 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
             metrics.gets.fetch_add(1, Ordering::Relaxed);
             match log.get_with_offset(id) {
                 Ok(Some((offset, message))) => Outcome::read(Reply::Value(message), offset),
-                Ok(None) => Outcome::reply(Reply::NotFound),
+                Ok(None) => shows_absence(log, Reply::NotFound),
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
@@ -81,11 +81,21 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
-        Command::Exists { id } => Outcome::reply(if log.contains(id) { Reply::Ok } else { Reply::NotFound }),
+        Command::Exists { id } => shows_absence(log, if log.contains(id) { Reply::Ok } else { Reply::NotFound }),
         Command::Ping => Outcome::reply(Reply::Pong),
         Command::Help => Outcome::reply(Reply::Info(HELP.to_string())),
         Command::Stats => Outcome::reply(Reply::Info(Snapshot::take(shared, false).to_string())),
         Command::Quit => Outcome::closing(Reply::Bye),
+    }
+}
+
+/// A reply that says whether IDs are present, without naming the record that decides it
+/// (an absent ID may be absent because of a tombstone not yet durable): it waits until
+/// everything appended so far is durable, which is usually the case already.
+fn shows_absence(log: &crate::storage::Log, reply: Reply) -> Outcome {
+    match log.next_offset().checked_sub(1) {
+        Some(last) => Outcome { read: Some(last), ..Outcome::reply(reply) },
+        None => Outcome::reply(reply),
     }
 }
 

@@ -33,7 +33,7 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
 /// shows.
 fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply> {
     let (reply, read) = shared.log.read_at_once(|log| match exists {
-        true => (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), None),
+        true => (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), log.newest_read()),
         false => (mget(shared, log, keys), log.newest_read()),
     });
     Outcome { read, ..Outcome::reply(reply) }

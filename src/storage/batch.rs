@@ -55,7 +55,8 @@ impl<'s> Batch<'s> {
         Batch { state, shared, writes: Vec::new(), latest: HashMap::new(), bytes: 0, newest_read: Cell::new(None) }
     }
 
-    /// Offset of the newest record (already in the log, not staged) any read returned.
+    /// Offset of the newest record (already in the log, not staged) any read returned, or
+    /// the log's last offset once a read reported an ID absent or asked whether it exists.
     pub fn newest_read(&self) -> Option<Offset> {
         self.newest_read.get()
     }
@@ -66,7 +67,10 @@ impl<'s> Batch<'s> {
             let (kind, _, message) = &self.writes[i];
             return Ok((*kind == RecordKind::Set).then(|| message.clone()));
         }
-        let Some(at) = self.state.locate(id) else { return Ok(None) };
+        let Some(at) = self.state.locate(id) else {
+            self.saw_absence();
+            return Ok(None);
+        };
         let record = self.state.record_at(&self.shared.config, at)?;
         if record.id != id {
             return Err(self.state.corruption(at, "ID index points at another ID's record"));
@@ -78,8 +82,18 @@ impl<'s> Batch<'s> {
     pub fn contains(&self, id: &[u8]) -> bool {
         match self.latest.get(id) {
             Some(&i) => self.writes[i].0 == RecordKind::Set,
-            None => self.state.locate(id).is_some(),
+            None => {
+                self.saw_absence();
+                self.state.locate(id).is_some()
+            }
         }
+    }
+
+    /// A read that tells whether an ID is there names no record (the tombstone that makes
+    /// it absent is gone from the index): it counts as having read everything in the log.
+    fn saw_absence(&self) {
+        let last = self.state.next_offset.checked_sub(1);
+        self.newest_read.set(self.newest_read.get().max(last));
     }
 
     /// Stages a SET. Refused, staging nothing, if the batch would outgrow the record limit.
