@@ -66,12 +66,20 @@ pub(crate) fn start(log: Arc<Log>) -> std::io::Result<(Committer, CommitHandle)>
 }
 
 fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>) {
+    let mut announced = None;
     loop {
         // Clamped to the log's end: after a truncation (a follower cutting a divergent
         // tail) a waiter may want an offset the log no longer holds; it waits until records
         // are appended there again and someone's sync covers them.
         let wanted = requests.wanted.load(Ordering::Acquire).min(log.next_offset());
-        if wanted <= log.durable_offset() {
+        // Others sync too (a follower's replication loop, `Log::sync`): progress they made
+        // is announced here, since a waiter woke this thread and waits for a wake-up.
+        let durable = log.durable_offset();
+        if announced != Some(durable) {
+            publish.send_modify(|d| d.syncs += 1);
+            announced = Some(durable);
+        }
+        if wanted <= durable {
             if requests.stop.load(Ordering::Acquire) {
                 return;
             }
