@@ -120,7 +120,7 @@ async fn read_text_request<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Option
         return None;
     }
     let line = line.strip_suffix(b"\n")?;
-    // SET's message is everything after the ID's space (DESIGN §3), so split at most twice.
+    // SET's message is everything after the ID's space (README, "The protocol"), so split at most twice.
     Some(line.splitn(3, |&b| b == b' ').map(<[u8]>::to_vec).collect())
 }
 

@@ -1,4 +1,4 @@
-//! The text protocol over a real socket, against an in-process server (DESIGN §3).
+//! The text protocol over a real socket, against an in-process server (README, "The protocol").
 
 mod common;
 

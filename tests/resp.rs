@@ -1,4 +1,4 @@
-//! RESP2 as raw bytes over a real socket, against an in-process server (DESIGN §3): a
+//! RESP2 as raw bytes over a real socket, against an in-process server (README, "The protocol"): a
 //! connection whose first byte is `*` speaks the Redis protocol for its whole life.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The client protocols of DESIGN §3: bytes → frames → [`Command`]s, and [`Reply`]s → bytes.
+//! The client protocols of the README ("The protocol", "Redis protocol"): bytes → frames → [`Command`]s, and [`Reply`]s → bytes.
 //!
 //! Pure: no I/O and no storage. Framing ([`LineFramer`] for the text protocol) is kept
 //! apart from commands so the second framing, RESP2 in [`resp`] (a connection whose first

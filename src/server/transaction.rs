@@ -78,7 +78,7 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
     if transaction.writes
         && let Err(refusal) = shared.admit_write()
     {
-        return Outcome::reply(RespReply::from(crate::protocol::Reply::error(refusal)));
+        return Outcome::reply(RespReply::error(refusal));
     }
     let limits = RespLimits::for_max_message(shared.config.max_message_bytes);
     let max_message_bytes = shared.config.max_message_bytes;
@@ -134,7 +134,7 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
 /// MSET and DEL outside a transaction: all keys in one atomic batch.
 pub(crate) fn atomic(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespReply> {
     if let Err(refusal) = shared.admit_write() {
-        return Outcome::reply(RespReply::from(crate::protocol::Reply::error(refusal)));
+        return Outcome::reply(RespReply::error(refusal));
     }
     let all_or_nothing = matches!(command, RespCommand::MSet(_));
     let applied = shared.log.transaction(|batch| {

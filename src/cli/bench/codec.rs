@@ -6,7 +6,7 @@
 
 use super::workload::{KEY_LEN, Op, key_bytes};
 
-/// The wire protocol to speak (DESIGN §3).
+/// The wire protocol to speak (README, "The protocol").
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -119,7 +119,7 @@ fn parse_text<'a>(buf: &'a [u8], op: Op, value: &[u8], limit: usize) -> Result<O
         };
     };
     let line = &buf[..lf];
-    // Replies end with "\r\n" (DESIGN §3); a bare "\n" is a wrong reply, not a lenient one.
+    // Replies end with "\r\n" (README, "The protocol"); a bare "\n" is a wrong reply, not a lenient one.
     let reply = match (line.strip_suffix(b"\r"), op) {
         (Some(b"OK"), Op::Set) => Reply::Ok,
         (Some(b"NOT_FOUND"), Op::Get) => Reply::NotFound,
