@@ -7,9 +7,12 @@
 //! - [`server`]: the tokio TCP listener, connection handling, limits, shutdown.
 //! - [`replication`]: the gRPC log stream from leader to followers, acknowledgements,
 //!   epochs and divergence; `msglog tail`'s client.
+//! - [`node`]: a running node as a library value: opens the log, binds, wires the server
+//!   and replication, shuts down; tests start whole clusters in-process.
 //! - [`cli`]: clap commands for the `msglog` binary.
 
 pub mod cli;
+pub mod node;
 pub mod protocol;
 pub mod replication;
 pub mod server;

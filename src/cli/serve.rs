@@ -1,22 +1,18 @@
-//! `msglog serve`: open the log, serve clients and replication, and on SIGINT/SIGTERM shut
-//! down cleanly.
+//! `msglog serve`: flags and signals around a [`Node`](crate::node::Node): start it, and on
+//! SIGINT/SIGTERM shut it down cleanly.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 
-use tokio::sync::watch;
-
-use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
-use crate::replication::{Node, NodeConfig, Role};
-use crate::server::{self, Cluster, DescriptorError, ServerConfig};
-use crate::storage::{Config, FsyncPolicy, Log, StorageError};
+use crate::node::{Node, NodeConfig};
+use crate::replication::Role;
+use crate::server::{self, DescriptorError};
+use crate::storage::FsyncPolicy;
 
 use super::tolerance::read_tolerance_file;
 use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
@@ -81,6 +77,11 @@ pub(crate) struct ServeArgs {
     /// `ERR replication timeout` (e.g. 500ms, 5s).
     #[arg(long, env = "MSGLOG_ACK_TIMEOUT", default_value = "5s", value_parser = parse_ack_timeout)]
     ack_timeout: Duration,
+    /// Local IP address this node's outgoing replication connections (a follower's to its
+    /// leader) leave from, as Redis's `bind-source-addr`: lets firewalls, and network fault
+    /// tests, tell nodes apart on one host [default: chosen by the OS].
+    #[arg(long, env = "MSGLOG_BIND_SOURCE_ADDR", value_name = "IP")]
+    bind_source_addr: Option<std::net::IpAddr>,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -92,114 +93,42 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let max_message_bytes =
         usize::try_from(args.max_message_bytes).context("--max-message-bytes does not fit in memory")?;
     let max_connections = max_connections(&args)?;
-    let log_config = Config {
-        segment_bytes: args.segment_bytes,
-        fsync: args.fsync,
-        max_record_bytes: max_record_bytes(max_message_bytes)?,
-        ..Config::default()
-    };
-    // Open (and lock) the log first, so a second server on the same directory fails on the
-    // lock, naming it, whatever its listen address.
-    let log = Log::open(&args.data_dir, log_config).map_err(|err| {
-        let dir = args.data_dir.display();
-        let hint = match err {
-            StorageError::Corruption { .. } => format!(
-                " (`msglog check --data-dir {dir}` shows the damage; adding `--repair` cuts the log back \
-                 to before it, dropping what follows)"
-            ),
-            _ => String::new(),
-        };
-        anyhow::anyhow!("cannot open the log in {dir}: {err}{hint}")
-    })?;
-    let log = Arc::new(log);
-
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let served = runtime.block_on(serve(&args, max_message_bytes, max_connections, tolerance, Arc::clone(&log)));
-    drop(runtime);
-
-    // Every connection has finished, so this is the last reference; closing fsyncs what
-    // is buffered and releases the lock.
-    let closed = match Arc::try_unwrap(log) {
-        Ok(log) => log.close().context("closing the log"),
-        Err(_) => Err(anyhow::anyhow!("log still in use after shutdown; not closed cleanly")),
-    };
-    served?;
-    closed?;
-    tracing::info!("shut down cleanly");
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn serve(
-    args: &ServeArgs,
-    max_message_bytes: usize,
-    max_connections: usize,
-    tolerance: u32,
-    log: Arc<Log>,
-) -> anyhow::Result<()> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let listener =
-        TcpListener::bind(&args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
-    let local = listener.local_addr().context("reading the listen address")?;
-    let grpc_listener = TcpListener::bind(&args.grpc_listen)
-        .await
-        .with_context(|| format!("cannot listen for replication on {}", args.grpc_listen))?;
-    let grpc_local = grpc_listener.local_addr().context("reading the replication listen address")?;
-    // Only once nothing else can stop the start, so failed starts do not use up epochs.
     let role = match &args.follow {
         Some(leader) => Role::Follower { leader: leader.clone() },
-        None => {
-            // Records this node appends from now on carry an epoch no earlier leader used,
-            // so a follower can tell our log from a previous leader's.
-            let epoch = log.begin_leader_epoch().context("cannot persist the new leader epoch")?;
-            tracing::info!(epoch, tolerance, "leading");
-            Role::Leader { tolerance: tolerance as usize, ack_timeout: args.ack_timeout }
-        }
+        None => Role::Leader { tolerance: tolerance as usize, ack_timeout: args.ack_timeout },
     };
-    let config = ServerConfig {
-        node_id: args.node_id.clone().unwrap_or_else(|| local.to_string()),
+    let config = NodeConfig {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen.clone(),
+        grpc_listen: args.grpc_listen.clone(),
+        node_id: args.node_id.clone(),
         fsync: args.fsync,
-        max_connections,
+        segment_bytes: args.segment_bytes,
         max_message_bytes,
+        max_connections,
         max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
+        max_replication_streams: args.max_replication_streams as usize,
         stats_interval: Some(args.stats_interval),
-    };
-    let (stop, stopping) = watch::channel(false);
-    let node_config = NodeConfig {
-        node_id: config.node_id.clone(),
-        client_addr: local.to_string(),
         role,
-        max_record_bytes: max_record_bytes(max_message_bytes)? as usize,
-        max_fetch_streams: args.max_replication_streams as usize,
+        bind_source_addr: args.bind_source_addr,
     };
-    let node = Node::new(Arc::clone(&log), node_config, stopping.clone());
-    tracing::info!(
-        addr = %local,
-        grpc_addr = %grpc_local,
-        data_dir = %args.data_dir.display(),
-        fsync = ?args.fsync,
-        node_id = %config.node_id,
-        role = node.role(),
-        following = args.follow.as_deref().unwrap_or("-"),
-        "msglog listening"
-    );
-    let replication = tokio::spawn(Arc::clone(&node).run(grpc_listener));
-    let mut stopped = stopping.clone();
-    let clients = server::run_node(listener, log, config, Some(node), async move {
-        let _ = stopped.wait_for(|&stop| stop).await;
-    });
-    let signals = async move {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let node = Node::start(config).await?;
+        let signals = async move {
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            tracing::info!(signal = name, "received shutdown signal");
         };
-        tracing::info!(signal = name, "received shutdown signal");
-        let _ = stop.send(true);
-    };
-    let (served, ()) = tokio::join!(clients, signals);
-    served.context("cannot start the commit thread")?;
-    replication.await.context("the replication task failed")?.context("the replication server failed")
+        node.run_until(signals).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--max-connections`, checked against the file descriptor limit before anything is
@@ -249,14 +178,6 @@ fn parse_host_port(text: &str) -> Result<String, String> {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(text.to_string()),
         _ => Err(format!("expected the leader's gRPC address as host:port (its --grpc-listen), not '{text}'")),
     }
-}
-
-/// The engine's record limit must admit the largest SET the server accepts (the record
-/// header is well under the line overhead).
-fn max_record_bytes(max_message_bytes: usize) -> anyhow::Result<u32> {
-    let needed = max_message_bytes + MAX_ID_BYTES + LINE_OVERHEAD_BYTES;
-    let needed = u32::try_from(needed).context("--max-message-bytes is above 4 GiB")?;
-    Ok(needed.max(Config::default().max_record_bytes))
 }
 
 /// Logs go to stderr (stdout is for command output); `RUST_LOG` overrides the `info` default.

@@ -21,7 +21,10 @@ use crate::storage::{Log, Offset, StorageError};
 
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
-use super::{CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node, describe_status, root_cause};
+use super::rules::divergence_cut;
+use super::{
+    CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication, describe_status, root_cause,
+};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -61,7 +64,7 @@ enum SessionEnd {
     Shutdown,
 }
 
-pub(super) async fn follow(node: Arc<Node>, leader: String) {
+pub(super) async fn follow(node: Arc<Replication>, leader: String) {
     let mut shutdown = node.shutdown.clone();
     let mut backoff = FIRST_BACKOFF;
     loop {
@@ -91,7 +94,7 @@ pub(super) async fn follow(node: Arc<Node>, leader: String) {
     }
 }
 
-async fn session(node: &Arc<Node>, leader: &str) -> Result<SessionEnd, SessionError> {
+async fn session(node: &Arc<Replication>, leader: &str) -> Result<SessionEnd, SessionError> {
     let channel = Endpoint::from_shared(format!("http://{leader}"))
         .map_err(SessionError::Connect)?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -99,6 +102,7 @@ async fn session(node: &Arc<Node>, leader: &str) -> Result<SessionEnd, SessionEr
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
+        .local_address(node.config.bind_source_addr)
         .connect()
         .await?;
     let mut client = client(channel, node.config.max_record_bytes);
@@ -177,7 +181,7 @@ fn client(channel: Channel, max_record_bytes: usize) -> ReplicationClient<Channe
 /// Makes whatever has been appended durable per this node's policy and tells the leader,
 /// one sync per round: chunks appended during a sync go into the next one.
 async fn sync_and_acknowledge(
-    node: Arc<Node>,
+    node: Arc<Replication>,
     mut appended: watch::Receiver<Offset>,
     acks: mpsc::Sender<Ack>,
 ) -> Result<SessionEnd, SessionError> {
@@ -206,7 +210,7 @@ fn truncate_divergent_tail(log: &Log, diverged: &Diverged, last_offset: Offset) 
         Some(epoch) => log.epoch_end(epoch)?.1,
         None => log.start_offset()?,
     };
-    let target = diverged.end_offset.min(ours).min(last_offset);
+    let target = divergence_cut(diverged.end_offset, ours, last_offset);
     let next = log.next_offset();
     tracing::warn!(
         truncate_to = target, dropped = next - target, leader_epoch = ?diverged.epoch,

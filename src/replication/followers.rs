@@ -16,6 +16,8 @@ use tokio::sync::watch;
 use crate::server::Refusal;
 use crate::storage::Offset;
 
+use super::rules::replicated_watermark;
+
 pub(super) struct Followers {
     tolerance: usize,
     table: Mutex<HashMap<String, Entry>>,
@@ -143,29 +145,9 @@ impl Followers {
     }
 }
 
-/// The `tolerance`-th highest durable offset: every record below it is on `tolerance`
-/// followers. Zero when fewer followers than that have acknowledged anything.
-fn replicated_watermark(durable: impl Iterator<Item = Offset>, tolerance: usize) -> Offset {
-    if tolerance == 0 {
-        return Offset::MAX;
-    }
-    let mut durable: Vec<Offset> = durable.collect();
-    durable.sort_unstable_by(|a, b| b.cmp(a));
-    durable.get(tolerance - 1).copied().unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn watermark_is_the_tolerance_th_highest_durable_offset() {
-        assert_eq!(replicated_watermark([5, 9, 7].into_iter(), 1), 9);
-        assert_eq!(replicated_watermark([5, 9, 7].into_iter(), 2), 7);
-        assert_eq!(replicated_watermark([5, 9, 7].into_iter(), 3), 5);
-        assert_eq!(replicated_watermark([5, 9].into_iter(), 3), 0);
-        assert_eq!(replicated_watermark(std::iter::empty(), 0), Offset::MAX);
-    }
 
     #[test]
     fn admit_counts_connected_followers_only() {

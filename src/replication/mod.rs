@@ -10,14 +10,17 @@
 //! - [`tail`]: the client `msglog tail` uses.
 //!
 //! The generated protobuf types stay in this module; the server sees only
-//! [`Cluster`](crate::server::Cluster), which [`Node`] implements.
+//! [`Cluster`](crate::server::Cluster), which [`Replication`] implements.
 
 mod follower;
 mod followers;
+mod rules;
 mod service;
+mod status;
 pub mod tail;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +31,7 @@ use crate::server::{Cluster, Refusal, Replicated};
 use crate::storage::{Log, Offset};
 
 use followers::Followers;
+pub use status::{FollowerStatus, KnownLeader, ReplicationStatus};
 
 #[allow(clippy::all, clippy::pedantic)]
 mod proto {
@@ -74,7 +78,7 @@ pub enum Role {
 }
 
 #[derive(Debug, Clone)]
-pub struct NodeConfig {
+pub struct ReplicationConfig {
     pub node_id: String,
     /// Where clients reach this node (the text/RESP listen address).
     pub client_addr: String,
@@ -83,13 +87,17 @@ pub struct NodeConfig {
     pub max_record_bytes: usize,
     /// Fetch streams (followers and tails) served at once.
     pub max_fetch_streams: usize,
+    /// Local address a follower's connections to its leader leave from (`None`: the OS
+    /// picks), so that a node's traffic can be told apart by address, by firewalls and by
+    /// network fault tests alike.
+    pub bind_source_addr: Option<IpAddr>,
 }
 
 /// One node's replication state, shared by the gRPC service, the follower loop and the
 /// client connections (as their [`Cluster`]).
-pub struct Node {
+pub struct Replication {
     log: Arc<Log>,
-    config: NodeConfig,
+    config: ReplicationConfig,
     /// The log's end as last announced; fetch streams sleep on it when caught up.
     appended: watch::Sender<Offset>,
     /// Where the log was last cut back (a follower dropping a divergent tail): fetch
@@ -111,16 +119,16 @@ struct Upstream {
     connected: std::sync::atomic::AtomicBool,
 }
 
-impl Node {
+impl Replication {
     /// `shutdown` turning `true` ends the fetch streams and the follower loop.
-    pub fn new(log: Arc<Log>, config: NodeConfig, shutdown: watch::Receiver<bool>) -> Arc<Node> {
+    pub fn new(log: Arc<Log>, config: ReplicationConfig, shutdown: watch::Receiver<bool>) -> Arc<Replication> {
         let tolerance = match config.role {
             Role::Leader { tolerance, .. } => tolerance,
             Role::Follower { .. } => 0,
         };
         let (appended, _) = watch::channel(log.next_offset());
         let (truncations, _) = watch::channel(None);
-        Arc::new(Node {
+        Arc::new(Replication {
             log,
             config,
             appended,
@@ -137,7 +145,7 @@ impl Node {
 
     /// Serves the replication service on `listener` and, on a follower, follows the leader,
     /// until shutdown.
-    pub async fn run(self: Arc<Node>, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+    pub async fn run(self: Arc<Replication>, listener: TcpListener) -> Result<(), tonic::transport::Error> {
         let following = match &self.config.role {
             Role::Follower { leader } => Some(tokio::spawn(follower::follow(Arc::clone(&self), leader.clone()))),
             Role::Leader { .. } => None,
@@ -170,7 +178,7 @@ impl Node {
     }
 }
 
-impl Cluster for Node {
+impl Cluster for Replication {
     fn admit_write(&self) -> Result<(), Refusal> {
         match &self.config.role {
             Role::Leader { .. } => self.followers.admit(),
@@ -200,35 +208,6 @@ impl Cluster for Node {
     }
 
     fn stats(&self) -> Vec<(String, String)> {
-        let next = self.log.next_offset();
-        match &self.config.role {
-            Role::Leader { tolerance, .. } => {
-                let followers = self.followers.snapshot();
-                let mut pairs = vec![
-                    ("followers".to_string(), followers.iter().filter(|f| f.connected).count().to_string()),
-                    ("tolerance".to_string(), tolerance.to_string()),
-                ];
-                // `follower.<id>=acked:<last durable offset>,lag:<records>`, like the node's own
-                // `durable_offset`; one pair per follower seen since the start.
-                for f in followers {
-                    let state = if f.connected { "" } else { ",disconnected" };
-                    let acked = f.durable.checked_sub(1).map_or_else(|| "none".to_string(), |o| o.to_string());
-                    let lag = next.saturating_sub(f.durable);
-                    pairs.push((format!("follower.{}", f.id), format!("acked:{acked},lag:{lag}{state}")));
-                }
-                pairs
-            }
-            Role::Follower { leader } => {
-                let known = self.upstream.leader.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                let connected = self.upstream.connected.load(Ordering::Relaxed);
-                let leader_next = self.upstream.leader_next.load(Ordering::Relaxed);
-                vec![
-                    ("leader".to_string(), leader.clone()),
-                    ("leader_id".to_string(), known.map_or_else(|| "unknown".to_string(), |(_, id)| id)),
-                    ("leader_connected".to_string(), connected.to_string()),
-                    ("lag".to_string(), leader_next.saturating_sub(next).to_string()),
-                ]
-            }
-        }
+        self.status().to_pairs()
     }
 }

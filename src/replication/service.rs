@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::storage::{Offset, StorageError};
 
 use super::followers::Registration;
-use super::proto::replication_server::{Replication, ReplicationServer};
+use super::proto::replication_server::{Replication as ReplicationRpc, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
-use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Node};
+use super::rules::{FetchDecision, FetchFacts, LastRecordCheck, cut_passes_cursor, decide_fetch};
+use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication};
 
 /// Chunks queued per fetch stream before its task waits for the reader: one queued, one
 /// in flight in HTTP/2 is enough to keep a reading follower busy.
@@ -33,7 +34,7 @@ const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
 pub(super) async fn serve(
-    node: Arc<Node>,
+    node: Arc<Replication>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
@@ -57,7 +58,7 @@ pub(super) async fn serve(
 }
 
 struct Service {
-    node: Arc<Node>,
+    node: Arc<Replication>,
     /// One permit per fetch stream being served.
     streams: Arc<Semaphore>,
 }
@@ -65,18 +66,44 @@ struct Service {
 type Sender = mpsc::Sender<Result<FetchResponse, Status>>;
 
 #[tonic::async_trait]
-impl Replication for Service {
+impl ReplicationRpc for Service {
     type FetchStream = ReceiverStream<Result<FetchResponse, Status>>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         let request = request.into_inner();
         let node = &self.node;
         let replica = !request.follower_id.is_empty();
-        if replica && !node.is_leader() {
-            return Err(Status::failed_precondition(format!(
-                "{} is a follower and does not serve replicas; follow its leader",
-                node.config.node_id
-            )));
+        let epoch = node.log.stats().epoch;
+        let caller_last = match &request.last {
+            Some(last) => Some(LastRecordCheck {
+                offset: last.offset,
+                caller_epoch: last.epoch,
+                epoch_here: node.log.epoch_at(last.offset).map_err(internal)?,
+            }),
+            None => None,
+        };
+        let facts =
+            FetchFacts { replica, leading: node.is_leader(), epoch, caller_epoch: request.known_epoch, caller_last };
+        let decision = decide_fetch(facts);
+        match decision {
+            FetchDecision::NotLeader => {
+                return Err(Status::failed_precondition(format!(
+                    "{} is a follower and does not serve replicas; follow its leader",
+                    node.config.node_id
+                )));
+            }
+            FetchDecision::StaleLeader { ours, callers } => {
+                tracing::warn!(
+                    caller = %request.follower_id, caller_epoch = callers, epoch = ours,
+                    "a caller has seen a newer leader epoch than ours: this node is a stale leader"
+                );
+                return Err(Status::failed_precondition(format!(
+                    "{} leads epoch {ours} but the caller has seen epoch {callers}: this is a stale leader; \
+                     follow the current one",
+                    node.config.node_id
+                )));
+            }
+            FetchDecision::Diverged { .. } | FetchDecision::Stream => {}
         }
         let Ok(permit) = Arc::clone(&self.streams).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
@@ -84,29 +111,16 @@ impl Replication for Service {
                 node.config.node_id, node.config.max_fetch_streams
             )));
         };
-        let epoch = node.log.stats().epoch;
-        if request.known_epoch > epoch {
-            tracing::warn!(
-                caller = %request.follower_id, caller_epoch = request.known_epoch, epoch,
-                "a caller has seen a newer leader epoch than ours: this node is a stale leader"
-            );
-            return Err(Status::failed_precondition(format!(
-                "{} leads epoch {epoch} but the caller has seen epoch {}: this is a stale leader; \
-                 follow the current one",
-                node.config.node_id, request.known_epoch
-            )));
-        }
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-        if let Some(last) = &request.last
-            && node.log.epoch_at(last.offset).map_err(internal)? != Some(last.epoch)
-        {
-            let (epoch, end_offset) = node.log.epoch_end(last.epoch).map_err(internal)?;
+        if let (FetchDecision::Diverged { last_epoch }, Some(last)) = (decision, caller_last) {
+            let (epoch, end_offset) = node.log.epoch_end(last_epoch).map_err(internal)?;
             tracing::info!(
-                follower = %request.follower_id, last_offset = last.offset, last_epoch = last.epoch,
+                follower = %request.follower_id, last_offset = last.offset, last_epoch,
                 ?epoch, end_offset, "caller's log diverges from ours; telling it where to truncate"
             );
             let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset });
             let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
+            drop(permit);
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
         let hello = Hello {
@@ -146,7 +160,7 @@ impl Replication for Service {
 /// Sends the log from `request.next_offset` until the caller goes away or the node shuts
 /// down; without `follow`, only up to the log's end as of the request.
 async fn stream_log(
-    node: Arc<Node>,
+    node: Arc<Replication>,
     request: FetchRequest,
     tx: Sender,
     registration: Option<Registration>,
@@ -170,7 +184,7 @@ async fn stream_log(
         let cut_now = truncations.has_changed().unwrap_or(false) || std::mem::take(&mut woken_by_cut);
         let cut = if cut_now { *truncations.borrow_and_update() } else { None };
         if let Some(end) = cut
-            && end < next
+            && cut_passes_cursor(cut, next)
         {
             let why = format!("this node's log was cut back to end at offset {end}; fetch again from there");
             let _ = tx.send(Err(Status::aborted(why))).await;

@@ -1,5 +1,5 @@
 //! What the server needs from replication, as a trait so that the server stays ignorant of
-//! gRPC and followers: `replication::Node` implements it, and a server without one is a
+//! gRPC and followers: `replication::Replication` implements it, and a server without one is a
 //! lone leader.
 
 use std::future::Future;

@@ -1,0 +1,267 @@
+//! A running msglog node as a library value: [`Node::start`] opens the log, binds the client
+//! and replication ports, decides the leader epoch, and serves until
+//! [`RunningNode::shutdown`], which lets connections finish, stops replication and closes
+//! the log. `msglog serve` is this plus flags and signals; tests start whole clusters
+//! in-process and read each node's state as typed values ([`NodeStatus`]).
+
+mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::replication::{Replication, ReplicationConfig, ReplicationStatus, Role};
+use crate::server::{self, Cluster, ServerConfig};
+use crate::storage::{Epoch, FileSystem, Log, LogStats, RealFs, StorageError};
+
+pub use config::{NodeConfig, max_record_bytes};
+
+/// Why a node could not start or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot open the log in {}: {source}{}", .dir.display(), open_hint(.dir, .source))]
+    OpenLog { dir: PathBuf, source: StorageError },
+    #[error("cannot listen{what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: String, source: std::io::Error },
+    #[error("cannot persist the new leader epoch: {0}")]
+    Epoch(#[source] StorageError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the client server failed: {0}")]
+    Server(#[source] std::io::Error),
+    #[error("the replication server failed: {0}")]
+    Replication(String),
+    #[error("closing the log: {0}")]
+    Close(#[source] StorageError),
+    #[error("the log is still in use {0:?} after shutdown; not closed cleanly")]
+    StillInUse(Duration),
+}
+
+fn open_hint(dir: &std::path::Path, err: &StorageError) -> String {
+    match err {
+        StorageError::Corruption { .. } => format!(
+            " (`msglog check --data-dir {dir}` shows the damage; adding `--repair` cuts the log back to before it, \
+             dropping what follows)",
+            dir = dir.display()
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Starts nodes; see [`Node::start`].
+pub struct Node;
+
+impl Node {
+    /// Opens (and locks) the log, binds both ports, and starts serving. A leader begins a
+    /// new leader epoch only once nothing else can stop the start, so failed starts use up
+    /// no epochs. Must be called within a multi-threaded tokio runtime.
+    pub async fn start(config: NodeConfig) -> Result<RunningNode, NodeError> {
+        Node::start_with_fs(config, Arc::new(RealFs)).await
+    }
+
+    /// [`Node::start`] on a file system of the caller's choosing (tests inject faults).
+    pub async fn start_with_fs(config: NodeConfig, fs: Arc<dyn FileSystem>) -> Result<RunningNode, NodeError> {
+        let log_config = config.log_config()?;
+        // Opened before binding, so a second server on the same directory fails on the lock,
+        // naming it, whatever its listen address.
+        let max_record_bytes = log_config.max_record_bytes as usize;
+        let log = Log::open_with(&config.data_dir, log_config, fs)
+            .map_err(|source| NodeError::OpenLog { dir: config.data_dir.clone(), source })?;
+        let log = Arc::new(log);
+        let bind = |what, addr: String| async move {
+            let listener = TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { what, addr, source })?;
+            let local =
+                listener.local_addr().map_err(|source| NodeError::Bind { what, addr: String::new(), source })?;
+            Ok::<_, NodeError>((listener, local))
+        };
+        let (listener, client_addr) = bind("", config.listen.clone()).await?;
+        let (grpc_listener, grpc_addr) = bind(" for replication", config.grpc_listen.clone()).await?;
+        if let Role::Leader { tolerance, .. } = &config.role {
+            // Records this node appends from now on carry an epoch no earlier leader of
+            // this log used, so a follower can tell our log from a previous leader's.
+            let epoch = log.begin_leader_epoch().map_err(NodeError::Epoch)?;
+            tracing::info!(epoch, tolerance, "leading");
+        }
+        let node_id = config.node_id.clone().unwrap_or_else(|| client_addr.to_string());
+        let server_config = ServerConfig {
+            node_id: node_id.clone(),
+            fsync: config.fsync,
+            max_connections: config.max_connections,
+            max_message_bytes: config.max_message_bytes,
+            max_buffer_bytes: config.max_buffer_bytes,
+            stats_interval: config.stats_interval,
+        };
+        let (stop, stopping) = watch::channel(false);
+        let replication_config = ReplicationConfig {
+            node_id: node_id.clone(),
+            client_addr: client_addr.to_string(),
+            role: config.role.clone(),
+            max_record_bytes,
+            max_fetch_streams: config.max_replication_streams,
+            bind_source_addr: config.bind_source_addr,
+        };
+        let replication = Replication::new(Arc::clone(&log), replication_config, stopping.clone());
+        tracing::info!(
+            addr = %client_addr,
+            grpc_addr = %grpc_addr,
+            data_dir = %config.data_dir.display(),
+            fsync = ?config.fsync,
+            node_id = %node_id,
+            role = replication.role(),
+            following = match &config.role { Role::Follower { leader } => leader.as_str(), Role::Leader { .. } => "-" },
+            "msglog listening"
+        );
+        let replication_task = tokio::spawn(Arc::clone(&replication).run(grpc_listener));
+        let mut stopped = stopping;
+        let cluster: Arc<dyn Cluster> = Arc::clone(&replication) as Arc<dyn Cluster>;
+        let server_task =
+            tokio::spawn(server::run_node(listener, Arc::clone(&log), server_config, Some(cluster), async move {
+                let _ = stopped.wait_for(|&stop| stop).await;
+            }));
+        Ok(RunningNode { node_id, client_addr, grpc_addr, log, replication, stop, server_task, replication_task })
+    }
+}
+
+/// A node that is serving. Dropping it without [`shutdown`](RunningNode::shutdown) leaves
+/// its tasks running on the runtime until the runtime ends.
+pub struct RunningNode {
+    node_id: String,
+    client_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    log: Arc<Log>,
+    replication: Arc<Replication>,
+    stop: watch::Sender<bool>,
+    server_task: JoinHandle<std::io::Result<()>>,
+    replication_task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// A node's state, typed: what STATS prints, as values.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub client_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// The highest leader epoch this node has begun or seen.
+    pub epoch: Epoch,
+    pub log: LogStats,
+    pub replication: ReplicationStatus,
+}
+
+/// How long shutdown waits for the last tasks holding the log (fetch streams ending, a
+/// follower's session unwinding) before reporting it still in use.
+const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
+
+impl RunningNode {
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Where clients connect (the text and Redis protocols).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// Where followers and `msglog tail` connect.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let log = self.log.stats();
+        NodeStatus {
+            node_id: self.node_id.clone(),
+            client_addr: self.client_addr,
+            grpc_addr: self.grpc_addr,
+            epoch: log.epoch,
+            log,
+            replication: self.replication.status(),
+        }
+    }
+
+    /// Serves until `signal` completes, or until the client or replication server stops on
+    /// its own (a failure), then shuts down. The first failure is returned.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let early = tokio::select! {
+            () = signal => None,
+            served = &mut self.server_task => Some(Ended::Server(served_result(served))),
+            replicated = &mut self.replication_task => Some(Ended::Replication(replicated_result(replicated))),
+        };
+        self.stop(early).await
+    }
+
+    /// Stops accepting, lets every connection answer what it has read, stops replication,
+    /// and closes the log (fsyncing what is buffered and releasing its lock).
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.stop(None).await
+    }
+
+    async fn stop(self, early: Option<Ended>) -> Result<(), NodeError> {
+        let RunningNode { log, replication, stop, server_task, replication_task, .. } = self;
+        let _ = stop.send(true);
+        let (served, replicated) = match early {
+            None => (served_result(server_task.await), replicated_result(replication_task.await)),
+            Some(Ended::Server(served)) => {
+                (served.and(Err(unexpected("client"))), replicated_result(replication_task.await))
+            }
+            Some(Ended::Replication(replicated)) => {
+                (served_result(server_task.await), replicated.and(Err(unexpected("replication"))))
+            }
+        };
+        drop(replication);
+        let log = release(log).await;
+        served?;
+        replicated?;
+        log?.close().map_err(NodeError::Close)?;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}
+
+/// A server task that ended before shutdown was asked for.
+enum Ended {
+    Server(Result<(), NodeError>),
+    Replication(Result<(), NodeError>),
+}
+
+fn unexpected(which: &str) -> NodeError {
+    NodeError::Server(std::io::Error::other(format!("the {which} server stopped before shutdown")))
+}
+
+fn served_result(joined: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), NodeError> {
+    match joined {
+        Ok(result) => result.map_err(NodeError::Server),
+        Err(err) => Err(NodeError::Server(std::io::Error::other(err))),
+    }
+}
+
+fn replicated_result(
+    joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), NodeError> {
+    match joined {
+        Ok(result) => result.map_err(|err| NodeError::Replication(err.to_string())),
+        Err(err) => Err(NodeError::Replication(err.to_string())),
+    }
+}
+
+/// Waits until this is the last reference to the log. Streams and sessions end on the
+/// shutdown signal but unwind on their own tasks, after the servers have returned; nothing
+/// reports their end, so the count is polled, briefly, up to a deadline.
+async fn release(mut log: Arc<Log>) -> Result<Log, NodeError> {
+    let started = Instant::now();
+    loop {
+        match Arc::try_unwrap(log) {
+            Ok(log) => return Ok(log),
+            Err(shared) if started.elapsed() < RELEASE_DEADLINE => {
+                log = shared;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(_) => return Err(NodeError::StillInUse(RELEASE_DEADLINE)),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The replication decisions, apart from I/O: which fetch a node serves, where a follower
+//! cuts a divergent tail, and when a log cut ends a stream. The service and the follower
+//! loop gather the facts (from the request, the log, a watch) and act on what these return,
+//! so every rule is tested here by table, without sockets or disks.
+
+use crate::storage::{Epoch, Offset};
+
+/// What a node knows when a fetch arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FetchFacts {
+    /// The caller is a replica (it names itself), not a `msglog tail` consumer.
+    pub replica: bool,
+    /// This node takes writes.
+    pub leading: bool,
+    /// The highest epoch this node has begun or seen.
+    pub epoch: Epoch,
+    /// The highest epoch the caller has seen.
+    pub caller_epoch: Epoch,
+    /// The caller's last record, and the epoch this log holds at that offset (`None`: no
+    /// record there).
+    pub caller_last: Option<LastRecordCheck>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LastRecordCheck {
+    pub offset: Offset,
+    pub caller_epoch: Epoch,
+    pub epoch_here: Option<Epoch>,
+}
+
+/// How a fetch is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FetchDecision {
+    /// Only a leader serves replicas: a follower's copy may be behind or cut back later.
+    NotLeader,
+    /// The caller has seen a newer leader than us: we are a stale leader, and letting the
+    /// caller truncate to our log could drop records the newer leader acknowledged.
+    StaleLeader {
+        ours: Epoch,
+        callers: Epoch,
+    },
+    /// The caller's last record is not ours (KIP-101/KIP-279): it must cut back first.
+    Diverged {
+        last_epoch: Epoch,
+    },
+    Stream,
+}
+
+pub(super) fn decide_fetch(facts: FetchFacts) -> FetchDecision {
+    if facts.replica && !facts.leading {
+        return FetchDecision::NotLeader;
+    }
+    if facts.caller_epoch > facts.epoch {
+        return FetchDecision::StaleLeader { ours: facts.epoch, callers: facts.caller_epoch };
+    }
+    match facts.caller_last {
+        Some(last) if last.epoch_here != Some(last.caller_epoch) => {
+            FetchDecision::Diverged { last_epoch: last.caller_epoch }
+        }
+        _ => FetchDecision::Stream,
+    }
+}
+
+/// Where a follower cuts its log after a `Diverged` answer: at the lower of the leader's
+/// end of the largest shared epoch and its own end of that epoch (so a record neither
+/// agrees on is never kept), and always below its last record, so that every round of the
+/// divergence check removes at least one record and the exchange ends.
+pub(super) fn divergence_cut(leader_end: Offset, our_end_of_epoch: Offset, our_last: Offset) -> Offset {
+    leader_end.min(our_end_of_epoch).min(our_last)
+}
+
+/// Whether a stream that has sent everything below `cursor` must end because this node's
+/// log was cut back to end at `cut`: what it sent past the cut is gone here, and the
+/// reader has to fetch again (and run the divergence check) rather than get a gap.
+pub(super) fn cut_passes_cursor(cut: Option<Offset>, cursor: Offset) -> bool {
+    cut.is_some_and(|end| end < cursor)
+}
+
+/// The `tolerance`-th highest durable offset: every record below it is on `tolerance`
+/// followers. Zero when fewer followers than that have acknowledged anything.
+pub(super) fn replicated_watermark(durable: impl Iterator<Item = Offset>, tolerance: usize) -> Offset {
+    if tolerance == 0 {
+        return Offset::MAX;
+    }
+    let mut durable: Vec<Offset> = durable.collect();
+    durable.sort_unstable_by(|a, b| b.cmp(a));
+    durable.get(tolerance - 1).copied().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(replica: bool, leading: bool, epoch: Epoch, caller_epoch: Epoch) -> FetchFacts {
+        FetchFacts { replica, leading, epoch, caller_epoch, caller_last: None }
+    }
+
+    fn last(offset: Offset, caller_epoch: Epoch, epoch_here: Option<Epoch>) -> Option<LastRecordCheck> {
+        Some(LastRecordCheck { offset, caller_epoch, epoch_here })
+    }
+
+    #[test]
+    fn fetch_decisions_follow_leadership_epochs_and_the_last_record() {
+        use FetchDecision::*;
+        let cases: &[(&str, FetchFacts, FetchDecision)] = &[
+            ("a replica fetching from a leader streams", facts(true, true, 3, 3), Stream),
+            ("a replica fetching from a follower is refused", facts(true, false, 3, 3), NotLeader),
+            ("a consumer may read a follower", facts(false, false, 3, 3), Stream),
+            (
+                "a caller that saw a newer epoch refuses a stale leader",
+                facts(true, true, 3, 4),
+                StaleLeader { ours: 3, callers: 4 },
+            ),
+            (
+                "a stale consumer check applies to tails too",
+                facts(false, false, 2, 5),
+                StaleLeader { ours: 2, callers: 5 },
+            ),
+            ("an older caller epoch is fine", facts(true, true, 5, 1), Stream),
+            (
+                "the caller's last record matches ours",
+                FetchFacts { caller_last: last(9, 2, Some(2)), ..facts(true, true, 3, 2) },
+                Stream,
+            ),
+            (
+                "our record at that offset has another epoch",
+                FetchFacts { caller_last: last(9, 2, Some(3)), ..facts(true, true, 3, 2) },
+                Diverged { last_epoch: 2 },
+            ),
+            (
+                "we hold no record at the caller's last offset",
+                FetchFacts { caller_last: last(9, 2, None), ..facts(true, true, 3, 2) },
+                Diverged { last_epoch: 2 },
+            ),
+            (
+                "leadership is checked before divergence",
+                FetchFacts { caller_last: last(9, 2, None), ..facts(true, false, 3, 2) },
+                NotLeader,
+            ),
+            (
+                "staleness is checked before divergence",
+                FetchFacts { caller_last: last(9, 7, None), ..facts(true, true, 3, 7) },
+                StaleLeader { ours: 3, callers: 7 },
+            ),
+        ];
+        for (what, facts, expected) in cases {
+            assert_eq!(decide_fetch(*facts), *expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn divergence_cut_takes_the_lowest_bound_and_always_drops_the_last_record() {
+        let cases: &[(&str, Offset, Offset, Offset, Offset)] = &[
+            // (what, leader end of shared epoch, our end of it, our last offset, cut)
+            ("the leader's epoch ended first", 5, 8, 10, 5),
+            ("our epoch ended first", 8, 5, 10, 5),
+            ("both end past our log: still drop the last record", 20, 20, 10, 10),
+            ("nothing shared: cut to the start", 0, 0, 10, 0),
+            ("equal ends", 7, 7, 9, 7),
+        ];
+        for &(what, leader_end, ours, our_last, expected) in cases {
+            let cut = divergence_cut(leader_end, ours, our_last);
+            assert_eq!(cut, expected, "{what}");
+            assert!(cut <= our_last, "{what}: the cut must remove the last record");
+        }
+    }
+
+    #[test]
+    fn a_cut_ends_a_stream_only_when_it_passes_the_cursor() {
+        let cases: &[(&str, Option<Offset>, Offset, bool)] = &[
+            ("no cut", None, 10, false),
+            ("cut below what was sent", Some(4), 10, true),
+            ("cut exactly at the cursor loses nothing sent", Some(10), 10, false),
+            ("cut above the cursor", Some(12), 10, false),
+            ("cut to empty with nothing sent", Some(0), 0, false),
+            ("cut to empty after sending", Some(0), 1, true),
+        ];
+        for &(what, cut, cursor, ends) in cases {
+            assert_eq!(cut_passes_cursor(cut, cursor), ends, "{what}");
+        }
+    }
+
+    #[test]
+    fn watermark_is_the_tolerance_th_highest_durable_offset() {
+        let cases: &[(&[Offset], usize, Offset)] = &[
+            (&[5, 9, 7], 1, 9),
+            (&[5, 9, 7], 2, 7),
+            (&[5, 9, 7], 3, 5),
+            (&[5, 9], 3, 0),
+            (&[], 1, 0),
+            (&[], 0, Offset::MAX),
+            (&[4, 4, 4], 2, 4),
+        ];
+        for &(durable, tolerance, expected) in cases {
+            assert_eq!(
+                replicated_watermark(durable.iter().copied(), tolerance),
+                expected,
+                "durable {durable:?} at tolerance {tolerance}"
+            );
+        }
+    }
+}
