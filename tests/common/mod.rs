@@ -2,6 +2,7 @@
 //! and real `msglog` processes with blocking line clients.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fs;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,0 +1,113 @@
+//! Clusters started in-process through the library's node type: roles, epochs, follower
+//! lag and convergence asserted on typed state, not on STATS text or log lines.
+
+mod common;
+
+use common::cluster::{TestCluster, follows, within};
+use msglog::node::{Node, NodeConfig, NodeError};
+use msglog::replication::{ReplicationStatus, Role};
+use msglog::storage::{Config, Log};
+
+async fn set_many(cluster: &TestCluster, node: usize, prefix: &str, count: usize) {
+    let mut client = cluster.client(node).await;
+    for i in 0..count {
+        assert_eq!(client.request(format!("SET {prefix}{i} value-{i}").as_bytes()).await, b"OK");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_process_cluster_reports_typed_roles_epochs_and_lag() {
+    let cluster = TestCluster::start(3, 1).await;
+    cluster.wait_for_followers(0, 2).await;
+    cluster
+        .wait_for("followers to know their leader", |c| follows(&c.status(1), "n0") && follows(&c.status(2), "n0"))
+        .await;
+    set_many(&cluster, 0, "k", 50).await;
+    cluster.wait_converged(0).await;
+
+    let leader = cluster.status(0);
+    assert_eq!(leader.epoch, 1, "a new leader begins epoch 1");
+    assert_eq!(leader.log.records, 50);
+    let ReplicationStatus::Leader { tolerance, followers } = &leader.replication else {
+        panic!("n0 should lead: {:?}", leader.replication)
+    };
+    assert_eq!(*tolerance, 1);
+    let ids: Vec<&str> = followers.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["n1", "n2"]);
+    // Acknowledgements trail appends by one sync; all of them arrive once converged.
+    cluster
+        .wait_for("every follower's acknowledgement", |c| match c.status(0).replication {
+            ReplicationStatus::Leader { followers, .. } => followers.iter().all(|f| f.lag == 0 && f.durable == 50),
+            _ => false,
+        })
+        .await;
+    for i in 1..3 {
+        let follower = cluster.status(i);
+        assert_eq!(follower.epoch, 1, "a follower remembers its leader's epoch");
+        assert!(!follower.replication.is_leader());
+        assert_eq!(follower.log.records, 50);
+    }
+    let digests = cluster.shutdown().await;
+    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ: {digests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_begins_a_higher_epoch_and_its_followers_resume() {
+    let mut cluster = TestCluster::start(3, 1).await;
+    cluster.wait_for_followers(0, 2).await;
+    set_many(&cluster, 0, "before", 20).await;
+    cluster.stop(0).await;
+    cluster.restart(0).await;
+    assert_eq!(cluster.status(0).epoch, 2, "a restart in leader mode takes a new epoch");
+    cluster.wait_for_followers(0, 2).await;
+    set_many(&cluster, 0, "after", 20).await;
+    cluster.wait_converged(0).await;
+    cluster.wait_for("followers to see epoch 2", |c| c.status(1).epoch == 2 && c.status(2).epoch == 2).await;
+    let mut client = cluster.client(2).await;
+    assert_eq!(client.request(b"GET before7").await, b"value-7", "a follower serves what it replicated");
+    assert_eq!(client.request(b"GET after19").await, b"value-19");
+    let digests = cluster.shutdown().await;
+    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ: {digests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_promoted_in_process_leads_and_the_old_leader_follows_it() {
+    let mut cluster = TestCluster::start(3, 1).await;
+    cluster.wait_for_followers(0, 2).await;
+    set_many(&cluster, 0, "a", 30).await;
+    cluster.wait_converged(0).await;
+    // The README's manual failover: stop the leader, restart the most up-to-date follower
+    // without --follow, point the others (the old leader too) at it.
+    cluster.stop(0).await;
+    cluster.stop(1).await;
+    cluster.config_mut(1).role = Role::Leader { tolerance: 1, ack_timeout: common::DEADLINE };
+    cluster.restart(1).await;
+    let new_leader = cluster.node(1).grpc_addr().to_string();
+    cluster.stop(2).await;
+    cluster.config_mut(2).role = Role::Follower { leader: new_leader.clone() };
+    cluster.restart(2).await;
+    cluster.config_mut(0).role = Role::Follower { leader: new_leader };
+    cluster.restart(0).await;
+    assert_eq!(cluster.status(1).epoch, 2);
+    cluster.wait_for_followers(1, 2).await;
+    set_many(&cluster, 1, "b", 30).await;
+    cluster.wait_converged(1).await;
+    assert!(follows(&cluster.status(0), "n1"), "the old leader follows the new one");
+    let digests = cluster.shutdown().await;
+    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ: {digests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_the_log_and_a_second_node_on_a_locked_dir_is_refused() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let node = Node::start(NodeConfig::new(dir.path())).await.expect("start");
+    let second = Node::start(NodeConfig::new(dir.path())).await;
+    assert!(matches!(second, Err(NodeError::OpenLog { .. })), "the lock refuses a second node");
+    let mut client = common::TestClient::connect(node.client_addr()).await;
+    assert_eq!(client.request(b"SET k v").await, b"OK");
+    drop(client);
+    within("shutdown", node.shutdown()).await.expect("clean shutdown");
+    // Closed: the lock is released and what was acknowledged is there.
+    let log = Log::open(dir.path(), Config::default()).expect("reopen after shutdown");
+    assert_eq!(log.get(b"k").expect("read").as_deref(), Some(&b"v"[..]));
+}
