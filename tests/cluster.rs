@@ -3,7 +3,10 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use common::cluster::{TestCluster, follows, within};
+use common::fs::FaultFs;
 use msglog::node::{Node, NodeConfig, NodeError};
 use msglog::replication::{ReplicationStatus, Role};
 use msglog::storage::{Config, Log};
@@ -110,4 +113,42 @@ async fn shutdown_closes_the_log_and_a_second_node_on_a_locked_dir_is_refused() 
     // Closed: the lock is released and what was acknowledged is there.
     let log = Log::open(dir.path(), Config::default()).expect("reopen after shutdown");
     assert_eq!(log.get(b"k").expect("read").as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_whose_fsync_fails_acknowledges_nothing_unsynced_and_the_other_carries_the_tolerance() {
+    let failing = Arc::new(FaultFs::default());
+    // Enough fsyncs for the follower to open its log and sync a few rounds, then failure.
+    failing.fail_sync_after(6);
+    let disk = Arc::clone(&failing);
+    let mut cluster = TestCluster::start_on(
+        3,
+        1,
+        |_, _| {},
+        move |i| (i == 1).then(|| Arc::clone(&disk) as Arc<dyn msglog::storage::FileSystem>),
+    )
+    .await;
+    cluster.wait_for_followers(0, 2).await;
+    set_many(&cluster, 0, "k", 200).await;
+    cluster
+        .wait_for("n2 to acknowledge everything", |c| match c.status(0).replication {
+            ReplicationStatus::Leader { followers, .. } => followers.iter().any(|f| f.id == "n2" && f.durable == 200),
+            _ => false,
+        })
+        .await;
+    let n1_acked = match cluster.status(0).replication {
+        ReplicationStatus::Leader { followers, .. } => {
+            followers.iter().find(|f| f.id == "n1").map(|f| f.durable).expect("n1 seen")
+        }
+        other => panic!("n0 should lead: {other:?}"),
+    };
+    let n1_durable = cluster.status(1).log.durable_offset;
+    assert!(n1_acked < 200, "n1's fsyncs fail, yet it acknowledged all 200 records");
+    assert!(n1_acked <= n1_durable, "n1 acknowledged up to {n1_acked} but only {n1_durable} is durable on it");
+    // Its disk failed: it cannot close cleanly; restarted on a working disk it catches up.
+    let _ = cluster.try_stop(1).await;
+    cluster.restart(1).await;
+    cluster.wait_converged(0).await;
+    let digests = cluster.shutdown().await;
+    assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ: {digests:?}");
 }

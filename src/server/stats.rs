@@ -63,6 +63,8 @@ pub(crate) struct Snapshot {
     pub(crate) last_offset: Option<u64>,
     /// Offset of the newest durable record, if any.
     pub(crate) durable_offset: Option<u64>,
+    /// The highest leader epoch this node has begun or seen.
+    pub(crate) epoch: u32,
     pub(crate) fsyncs: u64,
     pub(crate) connections: u64,
     /// Bytes of the buffer budget that connections hold now.
@@ -102,6 +104,7 @@ impl Snapshot {
             bytes: log.bytes,
             last_offset: log.next_offset.checked_sub(1),
             durable_offset: log.durable_offset.checked_sub(1),
+            epoch: log.epoch,
             fsyncs: log.fsyncs,
             connections: metrics.connections.load(Ordering::Relaxed),
             buffered_bytes: shared.budget.used() as u64,
@@ -122,7 +125,7 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "role={} node_id={} records={} ids={} segments={} bytes={} last_offset={} durable_offset={} fsyncs={} \
+            "role={} node_id={} records={} ids={} segments={} bytes={} last_offset={} durable_offset={} epoch={} fsyncs={} \
              connections={} buffered_bytes={} sets={} gets={} set_per_sec={:.0} get_per_sec={:.0}",
             self.role,
             self.node_id,
@@ -132,6 +135,7 @@ impl fmt::Display for Snapshot {
             self.bytes,
             OrNone(self.last_offset),
             OrNone(self.durable_offset),
+            self.epoch,
             self.fsyncs,
             self.connections,
             self.buffered_bytes,
@@ -183,6 +187,7 @@ pub(crate) async fn report_every(
             bytes = s.bytes,
             last_offset = %OrNone(s.last_offset),
             durable_offset = %OrNone(s.durable_offset),
+            epoch = s.epoch,
             fsyncs = s.fsyncs,
             connections = s.connections,
             buffered_bytes = s.buffered_bytes,

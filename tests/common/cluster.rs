@@ -4,11 +4,12 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msglog::node::{Node, NodeConfig, NodeStatus, RunningNode};
+use msglog::node::{Node, NodeConfig, NodeError, NodeStatus, RunningNode};
 use msglog::replication::{ReplicationStatus, Role};
-use msglog::storage::Config;
+use msglog::storage::{Config, FileSystem};
 use tempfile::TempDir;
 
 use super::{DEADLINE, TestClient};
@@ -23,6 +24,9 @@ struct Slot {
     node: Option<RunningNode>,
 }
 
+/// The file system each node starts on: `None` is the real one.
+pub type FsChoice = Option<Arc<dyn FileSystem>>;
+
 impl TestCluster {
     /// `n` nodes named `n0`, `n1` ...: `n0` leads with `tolerance`, the others follow it.
     pub async fn start(n: usize, tolerance: usize) -> TestCluster {
@@ -32,6 +36,17 @@ impl TestCluster {
     /// As [`start`](Self::start), letting `adjust` change each node's configuration
     /// (index, config) before it starts; followers are pointed at the leader afterwards.
     pub async fn start_with(n: usize, tolerance: usize, adjust: impl Fn(usize, &mut NodeConfig)) -> TestCluster {
+        TestCluster::start_on(n, tolerance, adjust, |_| None).await
+    }
+
+    /// As [`start_with`](Self::start_with), node `i` on the file system `fs(i)` chooses
+    /// (restarts use the real one).
+    pub async fn start_on(
+        n: usize,
+        tolerance: usize,
+        adjust: impl Fn(usize, &mut NodeConfig),
+        fs: impl Fn(usize) -> FsChoice,
+    ) -> TestCluster {
         assert!(n >= 1);
         let dir = TempDir::new().expect("temp dir");
         let mut cluster = TestCluster { dir, slots: Vec::new() };
@@ -43,7 +58,11 @@ impl TestCluster {
                 _ => Role::Follower { leader: cluster.node(0).grpc_addr().to_string() },
             };
             adjust(i, &mut config);
-            let node = Node::start(config.clone()).await.expect("node starts");
+            let node = match fs(i) {
+                Some(fs) => Node::start_with_fs(config.clone(), fs).await,
+                None => Node::start(config.clone()).await,
+            }
+            .expect("node starts");
             // A restart keeps the node's addresses, as a restarted process would.
             config.listen = node.client_addr().to_string();
             config.grpc_listen = node.grpc_addr().to_string();
@@ -113,8 +132,14 @@ impl TestCluster {
 
     /// Shuts node `i` down cleanly (connections finish, the log is closed).
     pub async fn stop(&mut self, i: usize) {
+        self.try_stop(i).await.unwrap_or_else(|e| panic!("n{i} did not shut down cleanly: {e}"));
+    }
+
+    /// Shuts node `i` down, returning what went wrong (a node whose disk failed cannot
+    /// close its log cleanly).
+    pub async fn try_stop(&mut self, i: usize) -> Result<(), NodeError> {
         let node = self.slots[i].node.take().unwrap_or_else(|| panic!("node n{i} is already stopped"));
-        node.shutdown().await.unwrap_or_else(|e| panic!("n{i} did not shut down cleanly: {e}"));
+        node.shutdown().await
     }
 
     /// Starts node `i` again on its data dir and addresses, with its configuration as it
