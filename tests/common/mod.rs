@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod fs;
+pub mod netns;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
