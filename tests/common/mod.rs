@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod fs;
+pub mod netns;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
