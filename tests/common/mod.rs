@@ -2,7 +2,9 @@
 //! and real `msglog` processes with blocking line clients.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod fs;
+pub mod history;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
