@@ -93,8 +93,7 @@ impl fmt::Display for Violation {
             }
             Violation::StaleRead { key, held, newer } => write!(
                 f,
-                "key {key}: stale read in [{} .. {}]: it must hold {held}\n    yet within it {newer}",
-                held.from, held.to
+                "key {key}: stale read: the register must hold {held}\n    yet entirely within that window, {newer}"
             ),
             Violation::ZonesOverlap { key, window: (from, to), first, second } => {
                 write!(f, "key {key}: two values must both be current in [{from} .. {to}]:\n    {first}\n    {second}")
