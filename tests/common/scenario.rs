@@ -306,7 +306,7 @@ fn run_client(
                     true
                 }
                 Err(err) => {
-                    history.read_failed(op, &err.to_string());
+                    history.read_failed(op, err);
                     false
                 }
             }
