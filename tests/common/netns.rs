@@ -25,10 +25,11 @@ pub struct Skip(pub String);
 
 impl Skip {
     /// Prints `SKIPPED: <reason>` for a test that returns early, or panics when
-    /// `MSGLOG_REQUIRE_TOOLS=1` (as CI sets): a test that skips there tests nothing.
+    /// `MSGLOG_REQUIRE_NETNS=1` (as CI sets when it runs as root): a test that skips there
+    /// tests nothing.
     pub fn report(self) {
-        let required = std::env::var("MSGLOG_REQUIRE_TOOLS").is_ok_and(|v| v == "1");
-        assert!(!required, "{} and MSGLOG_REQUIRE_TOOLS=1 (run as root with iproute2 and nftables)", self.0);
+        let required = std::env::var("MSGLOG_REQUIRE_NETNS").is_ok_and(|v| v == "1");
+        assert!(!required, "{} and MSGLOG_REQUIRE_NETNS=1 (run as root with iproute2 and nftables)", self.0);
         eprintln!("SKIPPED: {}", self.0);
     }
 }
