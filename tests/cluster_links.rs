@@ -84,7 +84,7 @@ async fn a_follower_whose_link_is_reset_again_and_again_resumes_without_gaps_or_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_whose_acknowledgements_are_swallowed_never_counts_and_writes_time_out() {
+async fn a_write_whose_acknowledgement_is_swallowed_times_out_and_is_not_read_until_acknowledged() {
     // n1 is the only follower at tolerance 1: records reach it, its acks do not come back.
     let (cluster, proxy) = cluster_with_proxied_follower_and_timeout(1, 0, Duration::from_secs(2)).await;
     set_many(&cluster, "before", 10).await;
@@ -97,11 +97,25 @@ async fn a_follower_whose_acknowledgements_are_swallowed_never_counts_and_writes
     // The write is refused (its ack never came back) though n1 may hold the record.
     assert!(reply.starts_with(b"ERR replication timeout"), "{}", String::from_utf8_lossy(&reply));
     assert_eq!(follower(&cluster, "n1").map(|f| f.durable), Some(10));
+    // Nor is it shown to readers: a failover could still lose it.
+    let read = client.request(b"GET lost-ack").await;
+    assert!(
+        read.starts_with(b"ERR replication timeout"),
+        "an uncommitted write was read: {}",
+        String::from_utf8_lossy(&read)
+    );
+    assert_eq!(client.request(b"GET before3").await, b"value-3", "committed records are served");
     drop(client);
     proxy.set(Fault::Drop);
     cluster.wait_for("the proxy to reset n1's connection", |_| proxy.connections() == 0).await;
     proxy.set(Fault::Pass);
     cluster.wait_converged(0).await;
+    cluster
+        .wait_for("n1's acknowledgement of everything", |c| follower(c, "n1").is_some_and(|f| f.durable == 11))
+        .await;
+    let mut client = cluster.client(0).await;
+    assert_eq!(client.request(b"GET lost-ack").await, b"v", "once acknowledged, the record is served");
+    drop(client);
     let digests = cluster.shutdown().await;
     assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ: {digests:?}");
 }

@@ -324,10 +324,10 @@ impl Connection {
             Some(offset) => self.commit(offset).await.err(),
             None => None,
         };
-        // Usually already durable by now (an fsync of older writes, or the commit above),
+        // Usually already committed by now (an fsync of older writes, or the commit above),
         // and then this costs an atomic load.
         let read_failure = match self.unsynced_read.take() {
-            Some(offset) => self.sync_through(offset).await.err().map(|e| storage_failure(&e)),
+            Some(offset) => self.commit_read(offset).await.err(),
             None => None,
         };
         let in_dialect = |reply: Reply| match self.dialect {
@@ -360,6 +360,22 @@ impl Connection {
         };
         cluster.appended(offset + 1);
         match cluster.replicated(offset) {
+            None => self.sync_through(offset).await.map_err(|e| storage_failure(&e)),
+            Some(replicated) => {
+                let (local, replicated) = tokio::join!(self.sync_through(offset), replicated);
+                local.map_err(|e| storage_failure(&e))?;
+                replicated.map_err(Reply::error)
+            }
+        }
+    }
+
+    /// A reply that shows a record, or an absence, waits until everything up to `offset`
+    /// is committed: durable here and, on a leader, on the followers the tolerance asks for.
+    /// Otherwise a reader could see a write that a failover then loses, and later read an
+    /// older value. On a follower only the local wait applies: what it holds came from the
+    /// leader, and the most up-to-date follower, which a failover promotes, holds it too.
+    async fn commit_read(&self, offset: Offset) -> Result<(), Reply> {
+        match self.shared.cluster.as_ref().and_then(|cluster| cluster.replicated(offset)) {
             None => self.sync_through(offset).await.map_err(|e| storage_failure(&e)),
             Some(replicated) => {
                 let (local, replicated) = tokio::join!(self.sync_through(offset), replicated);
