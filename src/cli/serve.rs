@@ -14,6 +14,7 @@ use crate::replication::Role;
 use crate::server::{self, DescriptorError, Password};
 use crate::storage::FsyncPolicy;
 
+use super::tail::parse_password;
 use super::tolerance::read_tolerance_file;
 use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
 
@@ -189,14 +190,6 @@ fn parse_host_port(text: &str) -> Result<String, String> {
     match text.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(text.to_string()),
         _ => Err(format!("expected the leader's gRPC address as host:port (its --grpc-listen), not '{text}'")),
-    }
-}
-
-/// Kept only as a [`Password`], whose `Debug` does not show it.
-fn parse_password(text: &str) -> Result<Password, String> {
-    match text.is_empty() {
-        true => Err("must not be empty (leave it unset for no password)".to_string()),
-        false => Ok(Password::new(text)),
     }
 }
 

@@ -4,23 +4,47 @@
 //! digest in constant time: the time a wrong guess takes says nothing about how much of
 //! it was right, and the digests have equal length whatever the lengths of the inputs.
 //! Nothing here can print the password: [`Password`]'s `Debug` shows neither it nor its
-//! digest, so configs that hold one can still be logged.
+//! digest, so configs that hold one can still be logged. A follower presents the password
+//! to its leader, so the text itself is kept too.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 /// The password clients must give (`AUTH`) before anything else, and followers and
 /// consumers must present to the replication port.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Password {
     digest: [u8; 32],
+    text: Arc<str>,
+}
+
+/// Why a password cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidPassword {
+    #[error("must not be empty (leave it unset for no password)")]
+    Empty,
+    /// It travels in a gRPC header and as one word of a text-protocol line.
+    #[error("may hold only printable ASCII without spaces")]
+    Unprintable,
 }
 
 impl Password {
-    pub fn new(password: impl AsRef<[u8]>) -> Password {
-        Password { digest: digest(password.as_ref()) }
+    pub fn new(password: &str) -> Result<Password, InvalidPassword> {
+        if password.is_empty() {
+            return Err(InvalidPassword::Empty);
+        }
+        if !password.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(InvalidPassword::Unprintable);
+        }
+        Ok(Password { digest: digest(password.as_bytes()), text: password.into() })
+    }
+
+    /// The password itself, to present to another node; never to be logged.
+    pub(crate) fn reveal(&self) -> &str {
+        &self.text
     }
 
     /// Whether `candidate` is the password, in time independent of where they differ.
@@ -84,12 +108,15 @@ mod tests {
 
     #[test]
     fn a_password_matches_only_itself() {
-        let password = Password::new("s3cret");
+        let password = Password::new("s3cret").unwrap();
         assert!(password.matches(b"s3cret"));
         assert!(!password.matches(b"s3cre"));
         assert!(!password.matches(b"s3cret "));
         assert!(!password.matches(b""));
         assert_eq!(format!("{password:?}"), "Password(<redacted>)");
+        assert_eq!(Password::new("").unwrap_err(), InvalidPassword::Empty);
+        assert_eq!(Password::new("two words").unwrap_err(), InvalidPassword::Unprintable);
+        assert_eq!(Password::new("caf\u{e9}").unwrap_err(), InvalidPassword::Unprintable);
     }
 
     #[test]
@@ -98,7 +125,7 @@ mod tests {
         let loopback: IpAddr = "127.0.0.1".parse().unwrap();
         let remote = addr("10.1.2.3:5000");
         let local = addr("127.0.0.1:5000");
-        let password = Password::new("pw");
+        let password = Password::new("pw").unwrap();
         assert_eq!(admission(None, true, any, remote), Admission::Protected);
         assert_eq!(admission(None, true, "::".parse().unwrap(), addr("[2001:db8::1]:5000")), Admission::Protected);
         assert_eq!(admission(None, true, any, local), Admission::Admit);

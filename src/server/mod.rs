@@ -28,7 +28,7 @@ use crate::protocol::resp::{Protocol, RespLimits, RespReply, opens_resp};
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
-pub use auth::{Admission, PROTECTED_MODE_REFUSAL, Password, admission, is_loopback};
+pub use auth::{Admission, InvalidPassword, PROTECTED_MODE_REFUSAL, Password, admission, is_loopback};
 pub use cluster::{Cluster, Refusal, Replicated};
 use connection::Connection;
 pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
