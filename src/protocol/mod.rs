@@ -33,4 +33,5 @@ pub fn max_line_bytes(max_message_bytes: usize) -> usize {
 }
 
 /// The one-line answer to `HELP`.
-pub const HELP: &str = "commands: SET <id> <message> | GET <id> | DEL <id> | PING | STATS | HELP | QUIT | AUTH <password>";
+pub const HELP: &str =
+    "commands: SET <id> <message> | GET <id> | DEL <id> | PING | STATS | HELP | QUIT | AUTH <password>";

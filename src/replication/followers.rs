@@ -269,7 +269,10 @@ mod tests {
         let a = followers.connect("a", 5);
         let b = followers.connect("b", 0);
         let durable = |followers: &Followers| followers.snapshot().iter().map(|f| f.durable).collect::<Vec<_>>();
-        assert_eq!(followers.acknowledge(&a.token(), "a", 1 << 62), Err(AckRefusal::BeyondSent { acked: 1 << 62, sent: 5 }));
+        assert_eq!(
+            followers.acknowledge(&a.token(), "a", 1 << 62),
+            Err(AckRefusal::BeyondSent { acked: 1 << 62, sent: 5 })
+        );
         assert_eq!(followers.acknowledge(&b.token(), "a", 3), Err(AckRefusal::OtherFollower("b".into())));
         assert_eq!(followers.acknowledge(b"short", "a", 3), Err(AckRefusal::UnknownSession));
         assert_eq!(durable(&followers), [0, 0]);

@@ -208,7 +208,8 @@ impl Listener {
                 tracing::debug!(%err, "could not set TCP_NODELAY");
             }
             let config = &self.shared.config;
-            if admission(config.password.as_ref(), config.protected_mode, self.listen_ip, peer) == Admission::Protected {
+            if admission(config.password.as_ref(), config.protected_mode, self.listen_ip, peer) == Admission::Protected
+            {
                 tracing::debug!(%peer, "protected mode: refusing a client that is not on this machine");
                 self.refuse(stream, Reply::Error(PROTECTED_MODE_REFUSAL.to_string()));
                 continue;

@@ -126,10 +126,12 @@ impl Session {
             // The rest concern the connection, not the data: not part of a transaction.
             _ if in_transaction => self.refuse(CommandError::NotInTransaction(command.name().into())),
             SessionCommand::Hello(hello) => self.hello(shared, hello),
-            SessionCommand::Auth { user, password } => Outcome::reply(match self.authenticate(shared, user, password) {
-                Ok(()) => RespReply::Simple("OK"),
-                Err(err) => err.into(),
-            }),
+            SessionCommand::Auth { user, password } => {
+                Outcome::reply(match self.authenticate(shared, user, password) {
+                    Ok(()) => RespReply::Simple("OK"),
+                    Err(err) => err.into(),
+                })
+            }
             SessionCommand::Unwatch => ok(),
             SessionCommand::ClientId => Outcome::reply(RespReply::Integer(self.id())),
             SessionCommand::ClientInfo => Outcome::reply(RespReply::Verbatim(self.registration.client().line() + "\n")),
