@@ -254,15 +254,28 @@ async fn tail_needs_the_password() {
         password,
     };
     let mut seen = 0;
-    let refused = tail(&request(None), |_| Ok(seen += 1)).await;
+    let refused = tail(&request(None), |_| {
+        seen += 1;
+        Ok(())
+    })
+    .await;
     match refused {
         Err(TailError::Stream(status)) => assert_eq!(status.code(), tonic::Code::Unauthenticated),
         other => panic!("tail without the password: {other:?}"),
     }
-    let wrong = tail(&request(Some(Password::new("nope").unwrap())), |_| Ok(seen += 1)).await;
+    let wrong = tail(&request(Some(Password::new("nope").unwrap())), |_| {
+        seen += 1;
+        Ok(())
+    })
+    .await;
     assert!(matches!(wrong, Err(TailError::Stream(s)) if s.code() == tonic::Code::Unauthenticated));
     assert_eq!(seen, 0);
-    tail(&request(Some(password())), |_| Ok(seen += 1)).await.expect("tail with the password");
+    tail(&request(Some(password())), |_| {
+        seen += 1;
+        Ok(())
+    })
+    .await
+    .expect("tail with the password");
     assert_eq!(seen, 1);
 }
 
