@@ -96,6 +96,8 @@ impl Node {
             max_message_bytes: config.max_message_bytes,
             max_buffer_bytes: config.max_buffer_bytes,
             stats_interval: config.stats_interval,
+            password: config.password.clone(),
+            protected_mode: config.protected_mode,
         };
         let (stop, stopping) = watch::channel(false);
         let replication_config = ReplicationConfig {
@@ -105,6 +107,7 @@ impl Node {
             max_record_bytes,
             max_fetch_streams: config.max_replication_streams,
             bind_source_addr: config.bind_source_addr,
+            password: config.password.clone(),
         };
         let replication = Replication::new(Arc::clone(&log), replication_config, stopping.clone());
         tracing::info!(

@@ -28,12 +28,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply, opens_resp};
-use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
+use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::{Offset, StorageError};
 
 use super::Shared;
 use super::budget::Reservation;
-use super::execute::{Outcome, execute, storage_failure};
+use super::execute::{Outcome, execute_line, storage_failure};
 use super::session::Session;
 use super::shutdown::Shutdown;
 
@@ -105,6 +105,8 @@ pub(crate) struct Connection {
     input: BytesMut,
     output: BytesMut,
     dialect: Dialect,
+    /// Text protocol: a password matched, or none is configured (RESP keeps its own).
+    authenticated: bool,
     pending: Vec<Pending>,
     pending_bytes: usize,
     /// Highest offset appended by this batch and not yet synced.
@@ -129,12 +131,14 @@ impl Connection {
     ) -> Connection {
         shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
         let reservation = Reservation::new(Arc::clone(&shared.budget));
+        let authenticated = shared.config.password.is_none();
         Connection {
             shared,
             stream,
             input: BytesMut::new(),
             output: BytesMut::new(),
             dialect: Dialect::Undecided,
+            authenticated,
             pending: Vec::new(),
             pending_bytes: 0,
             unsynced: None,
@@ -265,15 +269,11 @@ impl Connection {
     /// Frames and executes the next complete request in the input buffer, if there is one.
     fn next_outcome(&mut self) -> Option<Outcome<Answer>> {
         let shared = &self.shared;
-        let max_message_bytes = shared.config.max_message_bytes;
         match &mut self.dialect {
             Dialect::Undecided => None,
             Dialect::Text(framer) => {
                 let outcome = match framer.next_frame(&mut self.input)? {
-                    Frame::Line(line) => match Command::parse_line(&line, max_message_bytes) {
-                        Ok(command) => execute(shared, command),
-                        Err(err) => Outcome::reply(err.into()),
-                    },
+                    Frame::Line(line) => execute_line(shared, &mut self.authenticated, &line),
                     Frame::TooLong => {
                         Outcome::reply(ProtocolError::LineTooLong { max: framer.max_line_bytes() }.into())
                     }
