@@ -78,9 +78,9 @@ pub(crate) struct ServeArgs {
     /// `ERR replication timeout` (e.g. 500ms, 5s).
     #[arg(long, env = "MSGLOG_ACK_TIMEOUT", default_value = "5s", value_parser = parse_ack_timeout)]
     ack_timeout: Duration,
-    /// Local IP address this node's outgoing replication connections (a follower's to its
-    /// leader) leave from, as Redis's `bind-source-addr`: lets firewalls, and network fault
-    /// tests, tell nodes apart on one host [default: chosen by the OS].
+    /// Local IP address a follower's connections to its leader leave from (with --follow;
+    /// as Redis's `bind-source-addr`), so firewalls can tell nodes on one host apart. Must
+    /// be an address of this host, of the leader's address family [default: chosen by the OS].
     #[arg(long, env = "MSGLOG_BIND_SOURCE_ADDR", value_name = "IP")]
     bind_source_addr: Option<std::net::IpAddr>,
     /// Password clients must give with AUTH before any other command (`redis-cli -a`), and
