@@ -257,6 +257,8 @@ fn a_leader_cut_off_from_one_follower_keeps_acknowledging_and_the_follower_conve
             ns.partition(cluster.nodes[0].ip, cluster.nodes[1].ip);
             // n2 alone acknowledges while n1 cannot reach the leader.
             await_acked_writes(&history, PHASE_WRITES);
+            let n1 = cluster.stats(0).get("follower.n1").cloned().unwrap_or_default();
+            assert!(!n1.contains("lag:0"), "n1 kept up through the partition ({n1}): it was not cut off");
             ns.heal();
             await_acked_writes(&history, PHASE_WRITES);
             finish(history, load, cluster, 0);

@@ -76,31 +76,28 @@ impl Node {
     /// [`Node::start`] on a file system of the caller's choosing (tests inject faults).
     pub async fn start_with_fs(config: NodeConfig, fs: Arc<dyn FileSystem>) -> Result<RunningNode, NodeError> {
         let log_config = config.log_config()?;
-        // Opened before binding, so a second server on the same directory fails on the lock,
-        // naming it, whatever its listen address.
-        let max_record_bytes = log_config.max_record_bytes as usize;
-        let log = Log::open_with(&config.data_dir, log_config, fs)
-            .map_err(|cause| NodeError::OpenLog { dir: config.data_dir.clone(), cause })?;
-        let log = Arc::new(log);
-        let bind = |what, addr: String| async move {
-            let listener = TcpListener::bind(&addr).await.map_err(|cause| NodeError::Bind { what, addr, cause })?;
-            let local = listener.local_addr().map_err(|cause| NodeError::Bind { what, addr: String::new(), cause })?;
-            Ok::<_, NodeError>((listener, local))
-        };
         if let Some(ip) = config.bind_source_addr {
             // Checked now rather than found out by a follower that retries forever.
             std::net::TcpListener::bind((ip, 0)).map_err(|err| {
                 NodeError::Config(format!("--bind-source-addr {ip} cannot be used on this host: {err}"))
             })?;
         }
-        let (listener, client_addr) = bind("", config.listen.clone()).await?;
-        let (grpc_listener, grpc_addr) = bind(" for replication", config.grpc_listen.clone()).await?;
-        if let Role::Leader { tolerance, .. } = &config.role {
-            // Records this node appends from now on carry an epoch no earlier leader of
-            // this log used, so a follower can tell our log from a previous leader's.
-            let epoch = log.begin_leader_epoch().map_err(NodeError::Epoch)?;
-            tracing::info!(epoch, tolerance, "leading");
-        }
+        // Opened before binding, so a second server on the same directory fails on the lock,
+        // naming it, whatever its listen address.
+        let max_record_bytes = log_config.max_record_bytes as usize;
+        let log = Log::open_with(&config.data_dir, log_config, fs)
+            .map_err(|cause| NodeError::OpenLog { dir: config.data_dir.clone(), cause })?;
+        let (listener, client_addr, grpc_listener, grpc_addr) = match bind_and_lead(&config, &log).await {
+            Ok(bound) => bound,
+            Err(err) => {
+                // Closed, not dropped: what recovery wrote is synced and the lock released.
+                if let Err(close) = log.close() {
+                    tracing::warn!(%close, "closing the log after a failed start");
+                }
+                return Err(err);
+            }
+        };
+        let log = Arc::new(log);
         let node_id = config.node_id.clone().unwrap_or_else(|| client_addr.to_string());
         let server_config = ServerConfig {
             node_id: node_id.clone(),
@@ -156,6 +153,28 @@ impl Node {
             replication_task,
         })
     }
+}
+
+/// Binds both ports, then, on a leader, begins a new epoch: the last step that can fail.
+async fn bind_and_lead(
+    config: &NodeConfig,
+    log: &Log,
+) -> Result<(TcpListener, SocketAddr, TcpListener, SocketAddr), NodeError> {
+    let bind = |what, addr: String| async move {
+        let listener =
+            TcpListener::bind(&addr).await.map_err(|cause| NodeError::Bind { what, addr: addr.clone(), cause })?;
+        let local = listener.local_addr().map_err(|cause| NodeError::Bind { what, addr, cause })?;
+        Ok::<_, NodeError>((listener, local))
+    };
+    let (listener, client_addr) = bind("", config.listen.clone()).await?;
+    let (grpc_listener, grpc_addr) = bind(" for replication", config.grpc_listen.clone()).await?;
+    if let Role::Leader { tolerance, .. } = &config.role {
+        // Records this node appends from now on carry an epoch no earlier leader of this
+        // log used, so a follower can tell our log from a previous leader's.
+        let epoch = log.begin_leader_epoch().map_err(NodeError::Epoch)?;
+        tracing::info!(epoch, tolerance, "leading");
+    }
+    Ok((listener, client_addr, grpc_listener, grpc_addr))
 }
 
 /// A node that is serving. Dropping it without [`shutdown`](RunningNode::shutdown) leaves
@@ -251,10 +270,12 @@ impl RunningNode {
             }
         };
         drop(replication);
-        let log = release(log).await;
+        // Closed whatever else failed, so what is buffered is synced and the lock released;
+        // the first failure is the one reported.
+        let closed = release(log).await.and_then(|log| log.close().map_err(NodeError::Close));
         served?;
         replicated?;
-        log?.close().map_err(NodeError::Close)?;
+        closed?;
         tracing::info!("shut down cleanly");
         Ok(())
     }
@@ -291,12 +312,14 @@ fn replicated_result(
 /// reports their end, so the count is polled, briefly, up to a deadline.
 async fn release(mut log: Arc<Log>) -> Result<Log, NodeError> {
     let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
     loop {
         match Arc::try_unwrap(log) {
             Ok(log) => return Ok(log),
             Err(shared) if started.elapsed() < RELEASE_DEADLINE => {
                 log = shared;
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
             }
             Err(_) => return Err(NodeError::StillInUse(RELEASE_DEADLINE)),
         }

@@ -16,9 +16,6 @@ pub(super) struct FetchFacts {
     pub epoch: Epoch,
     /// The highest epoch the caller has seen.
     pub caller_epoch: Epoch,
-    /// The caller's last record, and the epoch this log holds at that offset (`None`: no
-    /// record there).
-    pub caller_last: Option<LastRecordCheck>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,37 +25,33 @@ pub(super) struct LastRecordCheck {
     pub epoch_here: Option<Epoch>,
 }
 
-/// How a fetch is answered.
+/// Why a fetch is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum FetchDecision {
+pub(super) enum FetchRefusal {
     /// Only a leader serves replicas: a follower's copy may be behind or cut back later.
     NotLeader,
     /// The caller has seen a newer leader than us: we are a stale leader, and letting the
     /// caller truncate to our log could drop records the newer leader acknowledged.
-    StaleLeader {
-        ours: Epoch,
-        callers: Epoch,
-    },
-    /// The caller's last record is not ours (KIP-101/KIP-279): it must cut back first.
-    Diverged {
-        last_epoch: Epoch,
-    },
-    Stream,
+    StaleLeader { ours: Epoch, callers: Epoch },
 }
 
-pub(super) fn decide_fetch(facts: FetchFacts) -> FetchDecision {
+/// Whether this node may serve the fetch at all: leadership first (a replica that asks a
+/// follower is told so whatever else is wrong), then staleness. Both are checked before a
+/// stream slot is taken and before the caller's last record is looked up on disk.
+pub(super) fn admit_fetch(facts: FetchFacts) -> Result<(), FetchRefusal> {
     if facts.replica && !facts.leading {
-        return FetchDecision::NotLeader;
+        return Err(FetchRefusal::NotLeader);
     }
     if facts.caller_epoch > facts.epoch {
-        return FetchDecision::StaleLeader { ours: facts.epoch, callers: facts.caller_epoch };
+        return Err(FetchRefusal::StaleLeader { ours: facts.epoch, callers: facts.caller_epoch });
     }
-    match facts.caller_last {
-        Some(last) if last.epoch_here != Some(last.caller_epoch) => {
-            FetchDecision::Diverged { last_epoch: last.caller_epoch }
-        }
-        _ => FetchDecision::Stream,
-    }
+    Ok(())
+}
+
+/// Whether the caller's last record is not ours (KIP-101/KIP-279): the caller must cut
+/// back before it may stream.
+pub(super) fn diverges(last: LastRecordCheck) -> bool {
+    last.epoch_here != Some(last.caller_epoch)
 }
 
 /// Where a follower cuts its log after a `Diverged` answer: at the lower of the leader's
@@ -92,60 +85,41 @@ mod tests {
     use super::*;
 
     fn facts(replica: bool, leading: bool, epoch: Epoch, caller_epoch: Epoch) -> FetchFacts {
-        FetchFacts { replica, leading, epoch, caller_epoch, caller_last: None }
-    }
-
-    fn last(offset: Offset, caller_epoch: Epoch, epoch_here: Option<Epoch>) -> Option<LastRecordCheck> {
-        Some(LastRecordCheck { offset, caller_epoch, epoch_here })
+        FetchFacts { replica, leading, epoch, caller_epoch }
     }
 
     #[test]
-    fn fetch_decisions_follow_leadership_epochs_and_the_last_record() {
-        use FetchDecision::*;
-        let cases: &[(&str, FetchFacts, FetchDecision)] = &[
-            ("a replica fetching from a leader streams", facts(true, true, 3, 3), Stream),
-            ("a replica fetching from a follower is refused", facts(true, false, 3, 3), NotLeader),
-            ("a consumer may read a follower", facts(false, false, 3, 3), Stream),
+    fn fetches_are_admitted_by_leadership_then_epoch() {
+        use FetchRefusal::*;
+        let cases: &[(&str, FetchFacts, Result<(), FetchRefusal>)] = &[
+            ("a replica fetching from a leader streams", facts(true, true, 3, 3), Ok(())),
+            ("a replica fetching from a follower is refused", facts(true, false, 3, 3), Err(NotLeader)),
+            ("a consumer may read a follower", facts(false, false, 3, 3), Ok(())),
             (
                 "a caller that saw a newer epoch refuses a stale leader",
                 facts(true, true, 3, 4),
-                StaleLeader { ours: 3, callers: 4 },
+                Err(StaleLeader { ours: 3, callers: 4 }),
             ),
             (
-                "a stale consumer check applies to tails too",
+                "the stale check applies to tails too",
                 facts(false, false, 2, 5),
-                StaleLeader { ours: 2, callers: 5 },
+                Err(StaleLeader { ours: 2, callers: 5 }),
             ),
-            ("an older caller epoch is fine", facts(true, true, 5, 1), Stream),
-            (
-                "the caller's last record matches ours",
-                FetchFacts { caller_last: last(9, 2, Some(2)), ..facts(true, true, 3, 2) },
-                Stream,
-            ),
-            (
-                "our record at that offset has another epoch",
-                FetchFacts { caller_last: last(9, 2, Some(3)), ..facts(true, true, 3, 2) },
-                Diverged { last_epoch: 2 },
-            ),
-            (
-                "we hold no record at the caller's last offset",
-                FetchFacts { caller_last: last(9, 2, None), ..facts(true, true, 3, 2) },
-                Diverged { last_epoch: 2 },
-            ),
-            (
-                "leadership is checked before divergence",
-                FetchFacts { caller_last: last(9, 2, None), ..facts(true, false, 3, 2) },
-                NotLeader,
-            ),
-            (
-                "staleness is checked before divergence",
-                FetchFacts { caller_last: last(9, 7, None), ..facts(true, true, 3, 7) },
-                StaleLeader { ours: 3, callers: 7 },
-            ),
+            ("an older caller epoch is fine", facts(true, true, 5, 1), Ok(())),
+            ("leadership is checked before staleness", facts(true, false, 3, 9), Err(NotLeader)),
         ];
         for (what, facts, expected) in cases {
-            assert_eq!(decide_fetch(*facts), *expected, "{what}");
+            assert_eq!(admit_fetch(*facts), *expected, "{what}");
         }
+    }
+
+    #[test]
+    fn a_caller_diverges_when_our_record_at_its_last_offset_differs_or_is_missing() {
+        let check = |caller_epoch, epoch_here| diverges(LastRecordCheck { offset: 9, caller_epoch, epoch_here });
+        assert!(!check(2, Some(2)), "same epoch at that offset: same record");
+        assert!(check(2, Some(3)), "another epoch at that offset");
+        assert!(check(2, Some(1)), "an older epoch at that offset");
+        assert!(check(2, None), "no record at that offset");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::storage::{Offset, StorageError};
 use super::followers::Registration;
 use super::proto::replication_server::{Replication as ReplicationRpc, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
-use super::rules::{FetchDecision, FetchFacts, LastRecordCheck, cut_passes_cursor, decide_fetch};
+use super::rules::{FetchFacts, FetchRefusal, LastRecordCheck, admit_fetch, cut_passes_cursor, diverges};
 use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication};
 
 /// Chunks queued per fetch stream before its task waits for the reader: one queued, one
@@ -78,25 +78,16 @@ impl ReplicationRpc for Service {
         let node = &self.node;
         let replica = !request.follower_id.is_empty();
         let epoch = node.log.stats().epoch;
-        let caller_last = match &request.last {
-            Some(last) => Some(LastRecordCheck {
-                offset: last.offset,
-                caller_epoch: last.epoch,
-                epoch_here: node.log.epoch_at(last.offset).map_err(internal)?,
-            }),
-            None => None,
-        };
-        let facts =
-            FetchFacts { replica, leading: node.is_leader(), epoch, caller_epoch: request.known_epoch, caller_last };
-        let decision = decide_fetch(facts);
-        match decision {
-            FetchDecision::NotLeader => {
+        let facts = FetchFacts { replica, leading: node.is_leader(), epoch, caller_epoch: request.known_epoch };
+        match admit_fetch(facts) {
+            Ok(()) => {}
+            Err(FetchRefusal::NotLeader) => {
                 return Err(Status::failed_precondition(format!(
                     "{} is a follower and does not serve replicas; follow its leader",
                     node.config.node_id
                 )));
             }
-            FetchDecision::StaleLeader { ours, callers } => {
+            Err(FetchRefusal::StaleLeader { ours, callers }) => {
                 tracing::warn!(
                     caller = %request.follower_id, caller_epoch = callers, epoch = ours,
                     "a caller has seen a newer leader epoch than ours: this node is a stale leader"
@@ -107,7 +98,6 @@ impl ReplicationRpc for Service {
                     node.config.node_id
                 )));
             }
-            FetchDecision::Diverged { .. } | FetchDecision::Stream => {}
         }
         let Ok(permit) = Arc::clone(&self.streams).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
@@ -116,16 +106,19 @@ impl ReplicationRpc for Service {
             )));
         };
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-        if let (FetchDecision::Diverged { last_epoch }, Some(last)) = (decision, caller_last) {
-            let (epoch, end_offset) = node.log.epoch_end(last_epoch).map_err(internal)?;
-            tracing::info!(
-                follower = %request.follower_id, last_offset = last.offset, last_epoch,
-                ?epoch, end_offset, "caller's log diverges from ours; telling it where to truncate"
-            );
-            let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset });
-            let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
-            drop(permit);
-            return Ok(Response::new(ReceiverStream::new(rx)));
+        if let Some(last) = &request.last {
+            let epoch_here = node.log.epoch_at(last.offset).map_err(internal)?;
+            if diverges(LastRecordCheck { offset: last.offset, caller_epoch: last.epoch, epoch_here }) {
+                let (epoch, end_offset) = node.log.epoch_end(last.epoch).map_err(internal)?;
+                tracing::info!(
+                    follower = %request.follower_id, last_offset = last.offset, last_epoch = last.epoch,
+                    ?epoch, end_offset, "caller's log diverges from ours; telling it where to truncate"
+                );
+                let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset });
+                let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
+                drop(permit);
+                return Ok(Response::new(ReceiverStream::new(rx)));
+            }
         }
         let next_offset = node.log.next_offset();
         // Registered before the hello goes out: the follower's first ack (on its own call)
