@@ -23,7 +23,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// Address to accept clients on.
-    #[arg(long, env = "MSGLOG_LISTEN", default_value = "127.0.0.1:6666")]
+    #[arg(long, env = "MSGLOG_LISTEN", default_value = "127.0.0.1:6666", value_parser = parse_listen)]
     listen: String,
     /// When a write counts as durable: always (fsync before OK), interval=<ms>, or never.
     #[arg(long, env = "MSGLOG_FSYNC", default_value = "always", value_parser = parse_fsync)]
@@ -60,7 +60,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     stats_interval: Duration,
     /// Address to serve replication on: followers and `msglog tail` connect here.
-    #[arg(long, env = "MSGLOG_GRPC_LISTEN", default_value = "127.0.0.1:6667")]
+    #[arg(long, env = "MSGLOG_GRPC_LISTEN", default_value = "127.0.0.1:6667", value_parser = parse_listen)]
     grpc_listen: String,
     /// Run as a read-only follower of the leader at this gRPC address (host:port). Without
     /// it, the node is a leader and starts a new leader epoch.
@@ -82,10 +82,33 @@ pub(crate) struct ServeArgs {
     /// tests, tell nodes apart on one host [default: chosen by the OS].
     #[arg(long, env = "MSGLOG_BIND_SOURCE_ADDR", value_name = "IP")]
     bind_source_addr: Option<std::net::IpAddr>,
+    /// Serve Prometheus metrics over HTTP at http://<this address>/metrics (e.g.
+    /// 127.0.0.1:9464) [default: off].
+    #[arg(long, env = "MSGLOG_METRICS_LISTEN", value_name = "HOST:PORT", value_parser = parse_listen)]
+    metrics_listen: Option<String>,
+    /// What to log: a level (error, warn, info, debug, trace) or RUST_LOG-style directives
+    /// (e.g. `info,msglog::replication=debug`). This flag (or MSGLOG_LOG_LEVEL) wins over
+    /// RUST_LOG, which wins over the default, info.
+    #[arg(long, env = "MSGLOG_LOG_LEVEL", value_name = "FILTER", value_parser = parse_log_filter)]
+    log_level: Option<String>,
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(long, env = "MSGLOG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Read settings from a TOML file whose keys are these flags' long names
+    /// (`data-dir = "/var/lib/msglog"`). A flag, then its MSGLOG_* variable, wins over the
+    /// file; an unknown key is an error. See msglog.example.toml.
+    #[arg(long, env = "MSGLOG_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_tracing();
+    init_tracing(args.log_level.as_deref(), args.log_format);
     let tolerance = match (&args.tolerance_file, args.tolerance) {
         (Some(path), _) => read_tolerance_file(path)?,
         (None, tolerance) => tolerance.unwrap_or(0),
@@ -111,6 +134,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         stats_interval: Some(args.stats_interval),
         role,
         bind_source_addr: args.bind_source_addr,
+        metrics_listen: args.metrics_listen.clone(),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -180,13 +204,33 @@ fn parse_host_port(text: &str) -> Result<String, String> {
     }
 }
 
-/// Logs go to stderr (stdout is for command output); `RUST_LOG` overrides the `info` default.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// `host:port` for a listening address: a bare port (`--listen 6666`) is the usual slip.
+pub(crate) fn parse_listen(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(text.to_string()),
+        _ if text.parse::<u16>().is_ok() => Err(format!("expected host:port, e.g. 127.0.0.1:{text} or 0.0.0.0:{text}")),
+        _ => Err(format!("expected host:port (e.g. 127.0.0.1:6666), not '{text}'")),
+    }
+}
+
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(|_| text.to_string())
+        .map_err(|err| format!("bad log filter '{text}': {err} (expected e.g. info, debug or info,msglog=debug)"))
+}
+
+/// Logs go to stderr (stdout is for command output). The filter is `--log-level`, else
+/// `RUST_LOG`, else `info`.
+fn init_tracing(level: Option<&str>, format: LogFormat) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }

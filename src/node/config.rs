@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub role: Role,
     /// Local address outgoing replication connections leave from.
     pub bind_source_addr: Option<IpAddr>,
+    /// Where to serve Prometheus metrics at `/metrics` (`host:port`); `None` serves none.
+    pub metrics_listen: Option<String>,
 }
 
 impl NodeConfig {
@@ -53,6 +55,7 @@ impl NodeConfig {
             stats_interval: None,
             role: Role::Leader { tolerance: 0, ack_timeout: Duration::from_secs(5) },
             bind_source_addr: None,
+            metrics_listen: None,
         }
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::replication::{Replication, ReplicationConfig, ReplicationStatus, Role};
+use crate::server::metrics::{Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ServerConfig};
 use crate::storage::{Epoch, FileSystem, Log, LogStats, RealFs, StorageError};
 
@@ -71,8 +72,16 @@ impl Node {
         // Opened before binding, so a second server on the same directory fails on the lock,
         // naming it, whatever its listen address.
         let max_record_bytes = log_config.max_record_bytes as usize;
+        let opening = Instant::now();
         let log = Log::open_with(&config.data_dir, log_config, fs)
             .map_err(|source| NodeError::OpenLog { dir: config.data_dir.clone(), source })?;
+        let recovered = log.stats();
+        tracing::info!(
+            "recovered {} records, {} IDs in {:.3} s",
+            recovered.records,
+            recovered.ids,
+            opening.elapsed().as_secs_f64()
+        );
         let log = Arc::new(log);
         let bind = |what, addr: String| async move {
             let listener = TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { what, addr, source })?;
@@ -82,6 +91,10 @@ impl Node {
         };
         let (listener, client_addr) = bind("", config.listen.clone()).await?;
         let (grpc_listener, grpc_addr) = bind(" for replication", config.grpc_listen.clone()).await?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => Some(bind(" for metrics", addr.clone()).await?),
+            None => None,
+        };
         if let Role::Leader { tolerance, .. } = &config.role {
             // Records this node appends from now on carry an epoch no earlier leader of
             // this log used, so a follower can tell our log from a previous leader's.
@@ -96,6 +109,7 @@ impl Node {
             max_message_bytes: config.max_message_bytes,
             max_buffer_bytes: config.max_buffer_bytes,
             stats_interval: config.stats_interval,
+            metrics: metrics_listener.as_ref().map(|_| Arc::new(Metrics::default())),
         };
         let (stop, stopping) = watch::channel(false);
         let replication_config = ReplicationConfig {
@@ -118,13 +132,41 @@ impl Node {
             "msglog listening"
         );
         let replication_task = tokio::spawn(Arc::clone(&replication).run(grpc_listener));
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+        let metrics_task = match (metrics_listener, &server_config.metrics) {
+            (Some((listener, addr)), Some(metrics)) => {
+                let exporter = Exporter::new(
+                    Arc::clone(metrics),
+                    Arc::downgrade(&log),
+                    replication_figures(Arc::downgrade(&replication)),
+                );
+                tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+                let mut stopped = stopping.clone();
+                Some(tokio::spawn(exporter.serve(listener, async move {
+                    let _ = stopped.wait_for(|&stop| stop).await;
+                })))
+            }
+            _ => None,
+        };
+        let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stopping.clone()));
         let mut stopped = stopping;
         let cluster: Arc<dyn Cluster> = Arc::clone(&replication) as Arc<dyn Cluster>;
         let server_task =
             tokio::spawn(server::run_node(listener, Arc::clone(&log), server_config, Some(cluster), async move {
                 let _ = stopped.wait_for(|&stop| stop).await;
             }));
-        Ok(RunningNode { node_id, client_addr, grpc_addr, log, replication, stop, server_task, replication_task })
+        Ok(RunningNode {
+            node_id,
+            client_addr,
+            grpc_addr,
+            metrics_addr,
+            log,
+            replication,
+            stop,
+            server_task,
+            replication_task,
+            background: metrics_task.into_iter().chain([watch_task]).collect(),
+        })
     }
 }
 
@@ -134,11 +176,14 @@ pub struct RunningNode {
     node_id: String,
     client_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     log: Arc<Log>,
     replication: Arc<Replication>,
     stop: watch::Sender<bool>,
     server_task: JoinHandle<std::io::Result<()>>,
     replication_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The metrics server and the follower watch: they end on the stop signal.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// A node's state, typed: what STATS prints, as values.
@@ -172,6 +217,11 @@ impl RunningNode {
         self.grpc_addr
     }
 
+    /// Where Prometheus scrapes `/metrics`, if `metrics_listen` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn status(&self) -> NodeStatus {
         let log = self.log.stats();
         NodeStatus {
@@ -202,8 +252,11 @@ impl RunningNode {
     }
 
     async fn stop(self, early: Option<Ended>) -> Result<(), NodeError> {
-        let RunningNode { log, replication, stop, server_task, replication_task, .. } = self;
+        let RunningNode { log, replication, stop, server_task, replication_task, background, .. } = self;
         let _ = stop.send(true);
+        for task in background {
+            let _ = task.await;
+        }
         let (served, replicated) = match early {
             None => (served_result(server_task.await), replicated_result(replication_task.await)),
             Some(Ended::Server(served)) => {
@@ -262,6 +315,61 @@ async fn release(mut log: Arc<Log>) -> Result<Log, NodeError> {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             Err(_) => return Err(NodeError::StillInUse(RELEASE_DEADLINE)),
+        }
+    }
+}
+
+/// Replication's figures for a scrape, read through a weak reference so that metrics never
+/// keep replication (and through it the log) alive at shutdown.
+fn replication_figures(
+    replication: std::sync::Weak<Replication>,
+) -> Box<dyn Fn() -> Option<ReplicationFigures> + Send + Sync> {
+    Box::new(move || {
+        let status = replication.upgrade()?.status();
+        Some(match &status {
+            ReplicationStatus::Leader { followers, .. } => ReplicationFigures {
+                leader: true,
+                connected_followers: status.connected_followers() as u64,
+                follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
+                lag_behind_leader: None,
+            },
+            ReplicationStatus::Follower { lag, .. } => {
+                ReplicationFigures { leader: false, lag_behind_leader: Some(*lag), ..ReplicationFigures::default() }
+            }
+        })
+    })
+}
+
+/// How often the follower watch looks; a lost follower is reported within this.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Warns when a follower that was connected is no longer (on a leader), or when the
+/// leader is lost (on a follower): replication reports no such event, so its status is
+/// compared from one look to the next.
+async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping: watch::Receiver<bool>) {
+    let mut connected: Vec<String> = Vec::new();
+    let mut leader_connected = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = stopping.wait_for(|&stop| stop) => return,
+        }
+        let Some(status) = replication.upgrade().map(|r| r.status()) else { return };
+        match status {
+            ReplicationStatus::Leader { followers, .. } => {
+                let now: Vec<String> = followers.iter().filter(|f| f.connected).map(|f| f.id.clone()).collect();
+                for lost in connected.iter().filter(|id| !now.contains(id)) {
+                    let lag = followers.iter().find(|f| &f.id == lost).map_or(0, |f| f.lag);
+                    tracing::warn!(follower = %lost, lag, "lost a follower: its replication stream ended");
+                }
+                connected = now;
+            }
+            ReplicationStatus::Follower { leader_addr, connected: now, lag, .. } => {
+                if leader_connected && !now {
+                    tracing::warn!(leader = %leader_addr, lag, "lost the leader: reconnecting");
+                }
+                leader_connected = now;
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ mod committer;
 mod connection;
 mod descriptors;
 mod execute;
+pub mod metrics;
 mod resp;
 mod session;
 mod shutdown;
@@ -50,6 +51,8 @@ pub struct ServerConfig {
     pub max_buffer_bytes: usize,
     /// How often to log a stats line; `None` logs none.
     pub stats_interval: Option<Duration>,
+    /// Where connections record Prometheus figures; `None` records none.
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +64,7 @@ impl Default for ServerConfig {
             max_message_bytes: 1024 * 1024,
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             stats_interval: Some(Duration::from_secs(10)),
+            metrics: None,
         }
     }
 }
