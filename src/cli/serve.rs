@@ -32,7 +32,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_SEGMENT_BYTES", default_value = "128M", value_parser = parse_segment_bytes)]
     segment_bytes: u64,
     /// Largest message a SET may carry (e.g. 1048576, 1M).
-    #[arg(long, env = "MSGLOG_MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = parse_bytes)]
+    #[arg(long, env = "MSGLOG_MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = parse_max_message_bytes)]
     max_message_bytes: u64,
     /// Clients served at once; more are refused with `ERR too many connections`. Each
     /// holds a file descriptor: at start the server checks that this many connections,
@@ -67,7 +67,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_FOLLOW", value_name = "LEADER_GRPC_ADDR", value_parser = parse_host_port)]
     follow: Option<String>,
     /// Followers that must hold a SET/DEL durably before the leader answers OK [default: 0].
-    #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file")]
+    #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file", allow_negative_numbers = true,
+          value_parser = parse_tolerance)]
     tolerance: Option<u32>,
     /// Read the tolerance from a file holding `TOLERANCE=N`, `tolerance=N` or `N` (`#`
     /// comments allowed); a malformed file stops the server, naming the line.
@@ -109,6 +110,9 @@ pub(crate) enum LogFormat {
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(args.log_level.as_deref(), args.log_format);
+    check_start(&args)?;
+    // A start that fails (a port in use, say) must not leave behind a data dir it made.
+    let fresh_data_dir = !args.data_dir.exists();
     let tolerance = match (&args.tolerance_file, args.tolerance) {
         (Some(path), _) => read_tolerance_file(path)?,
         (None, tolerance) => tolerance.unwrap_or(0),
@@ -141,7 +145,15 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let node = Node::start(config).await?;
+        let node = match Node::start(config).await {
+            Ok(node) => node,
+            Err(err) => {
+                if fresh_data_dir {
+                    let _ = std::fs::remove_dir_all(&args.data_dir);
+                }
+                return Err(err.into());
+            }
+        };
         let signals = async move {
             let name = tokio::select! {
                 _ = terminate.recv() => "SIGTERM",
@@ -153,6 +165,37 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks that need more than one flag, or the file system, before anything is made.
+fn check_start(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.data_dir.exists() && !args.data_dir.is_dir() {
+        anyhow::bail!("--data-dir {} is not a directory", args.data_dir.display());
+    }
+    if let Some(leader) = &args.follow {
+        let same = leader == &args.grpc_listen
+            || matches!((leader.parse::<std::net::SocketAddr>(), args.grpc_listen.parse::<std::net::SocketAddr>()),
+                        (Ok(a), Ok(b)) if a == b);
+        if same {
+            anyhow::bail!(
+                "--follow {leader} names this node's own --grpc-listen; give the leader's gRPC address instead"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn parse_max_message_bytes(text: &str) -> Result<u64, String> {
+    match parse_bytes(text)? {
+        0 => Err("must be at least 1 byte: a SET carries a message".into()),
+        n => Ok(n),
+    }
+}
+
+fn parse_tolerance(text: &str) -> Result<u32, String> {
+    text.trim().parse::<u32>().map_err(|_| {
+        format!("expected how many followers must hold a write: 0 or more (e.g. --tolerance 1), not '{text}'")
+    })
 }
 
 /// `--max-connections`, checked against the file descriptor limit before anything is
