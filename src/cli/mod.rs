@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Send commands to a server: one from the arguments, a prompt on a terminal, or
     /// every line of piped input.
     Client(client::ClientArgs),
@@ -52,7 +52,7 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Client(args) => client::run(args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
