@@ -324,3 +324,40 @@ fn a_failed_start_leaves_no_data_dir_behind() {
     assert!(!data.exists(), "the data dir made by the failed start is removed");
     drop(held);
 }
+
+#[test]
+fn the_example_config_file_is_accepted() {
+    let dir = TempDir::new().expect("temp dir");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/msglog.example.toml");
+    let listen = loopback();
+    let data = dir.path().join("data");
+    let args = ["--config", example, "--data-dir", data.to_str().expect("utf8"), "--listen", &listen];
+    let mut server = Serve::spawn(dir.path(), &[&args[..], &["--grpc-listen", "127.0.0.1:0"]].concat(), &[]);
+    let mut client = server.client(listen.parse().expect("addr"));
+    assert_eq!(client.request(b"PING").expect("PING"), b"PONG");
+}
+
+#[test]
+fn systemd_is_told_ready_once_clients_are_accepted_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new().expect("temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let listen = loopback();
+    let data = dir.path().join("data");
+    let args = ["--data-dir", data.to_str().expect("utf8"), "--listen", &listen, "--grpc-listen", "127.0.0.1:0"];
+    let mut server = Serve::spawn(dir.path(), &args, &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf8"))]);
+    let mut message = [0u8; 64];
+    let n = socket.recv(&mut message).expect("a readiness message before the deadline");
+    assert_eq!(&message[..n], b"READY=1");
+    // Ready means serving: the first connection is answered without retrying.
+    let mut client = LineClient::connect(listen.parse().expect("addr")).expect("connect once ready");
+    assert_eq!(client.request(b"PING").expect("PING"), b"PONG");
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    let n = socket.recv(&mut message).expect("a stopping message");
+    assert_eq!(&message[..n], b"STOPPING=1");
+    let status = poll_until("the server to exit", || server.child.try_wait().expect("try_wait"));
+    assert!(status.success(), "graceful stop exits 0: {}", server.stderr());
+}

@@ -154,17 +154,38 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 return Err(err.into());
             }
         };
+        notify_systemd("READY=1");
         let signals = async move {
             let name = tokio::select! {
                 _ = terminate.recv() => "SIGTERM",
                 _ = interrupt.recv() => "SIGINT",
             };
             tracing::info!(signal = name, "received shutdown signal");
+            notify_systemd("STOPPING=1");
         };
         node.run_until(signals).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (a `Type=notify` unit, which sets NOTIFY_SOCKET) that the node is serving,
+/// or stopping. Best effort: without systemd there is no socket and nothing to do.
+fn notify_systemd(state: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())
+        }
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(err) = sent {
+        tracing::warn!(%err, socket = %path, "could not notify systemd");
+    }
 }
 
 /// Checks that need more than one flag, or the file system, before anything is made.
