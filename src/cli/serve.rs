@@ -268,12 +268,12 @@ fn parse_host_port(text: &str) -> Result<String, String> {
     }
 }
 
-/// `host:port` for a listening address: a bare port (`--listen 6666`) is the usual slip.
+/// A listening address is `host:port`; a bare port (`--listen 6666`) is the usual slip, so
+/// it gets a message saying so. Anything else is left to the bind, whose error names it.
 pub(crate) fn parse_listen(text: &str) -> Result<String, String> {
-    match text.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(text.to_string()),
-        _ if text.parse::<u16>().is_ok() => Err(format!("expected host:port, e.g. 127.0.0.1:{text} or 0.0.0.0:{text}")),
-        _ => Err(format!("expected host:port (e.g. 127.0.0.1:6666), not '{text}'")),
+    match text.trim().parse::<u16>() {
+        Ok(_) => Err(format!("expected host:port, e.g. 127.0.0.1:{text} or 0.0.0.0:{text}")),
+        Err(_) => Ok(text.to_string()),
     }
 }
 
