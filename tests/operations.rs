@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::cluster::TestCluster;
-use common::{DEADLINE, LineClient, free_port, msglog, poll_until};
+use common::{DEADLINE, LineClient, ServerProcess, free_port, msglog, poll_until};
 use prometheus_parse::{Scrape, Value};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -360,4 +360,21 @@ fn systemd_is_told_ready_once_clients_are_accepted_and_stopping_on_sigterm() {
     assert_eq!(&message[..n], b"STOPPING=1");
     let status = poll_until("the server to exit", || server.child.try_wait().expect("try_wait"));
     assert!(status.success(), "graceful stop exits 0: {}", server.stderr());
+}
+
+#[test]
+fn a_lost_follower_is_a_warning_on_the_leader() {
+    let dir = TempDir::new().expect("temp dir");
+    let leader = ServerProcess::start(&dir.path().join("leader"), &["--stats-interval", "0s"]);
+    let grpc = leader.grpc.to_string();
+    let follower_args = ["--follow", grpc.as_str(), "--node-id", "f1", "--stats-interval", "0s"];
+    let mut follower = ServerProcess::start(&dir.path().join("follower"), &follower_args);
+    let mut client = LineClient::connect(leader.addr).expect("connect");
+    poll_until("the follower to connect", || (stats(&mut client)["followers"] == "1").then_some(()));
+    follower.kill9();
+    let line = poll_until("a warning about the lost follower", || {
+        leader.stderr().lines().find(|line| line.contains("lost a follower")).map(str::to_string)
+    });
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("follower=f1"), "{line}");
 }

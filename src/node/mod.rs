@@ -347,7 +347,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// leader is lost (on a follower): replication reports no such event, so its status is
 /// compared from one look to the next.
 async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping: watch::Receiver<bool>) {
-    let mut connected: Vec<String> = Vec::new();
+    // Every follower seen, and whether it was connected at the last look. A follower is
+    // only listed once it has connected, so one first seen disconnected was lost too.
+    let mut known: Vec<(String, bool)> = Vec::new();
     let mut leader_connected = false;
     loop {
         tokio::select! {
@@ -357,12 +359,16 @@ async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping
         let Some(status) = replication.upgrade().map(|r| r.status()) else { return };
         match status {
             ReplicationStatus::Leader { followers, .. } => {
-                let now: Vec<String> = followers.iter().filter(|f| f.connected).map(|f| f.id.clone()).collect();
-                for lost in connected.iter().filter(|id| !now.contains(id)) {
-                    let lag = followers.iter().find(|f| &f.id == lost).map_or(0, |f| f.lag);
-                    tracing::warn!(follower = %lost, lag, "lost a follower: its replication stream ended");
+                for follower in followers.iter().filter(|f| !f.connected) {
+                    let was_connected = known.iter().find(|(id, _)| id == &follower.id).is_none_or(|(_, c)| *c);
+                    if was_connected {
+                        tracing::warn!(
+                            follower = %follower.id, lag = follower.lag,
+                            "lost a follower: its replication stream ended"
+                        );
+                    }
                 }
-                connected = now;
+                known = followers.iter().map(|f| (f.id.clone(), f.connected)).collect();
             }
             ReplicationStatus::Follower { leader_addr, connected: now, lag, .. } => {
                 if leader_connected && !now {
