@@ -152,3 +152,30 @@ async fn a_follower_whose_fsync_fails_acknowledges_nothing_unsynced_and_the_othe
     let digests = cluster.shutdown().await;
     assert!(digests.iter().all(|d| *d == digests[0]), "replicas differ: {digests:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_leader_following_its_replacement_drops_the_records_the_replacement_never_had() {
+    let mut cluster = TestCluster::start(2, 0).await;
+    cluster.wait_for_followers(0, 1).await;
+    set_many(&cluster, 0, "shared", 10).await;
+    cluster.wait_converged(0).await;
+    cluster.stop(1).await;
+    // Acknowledged at tolerance 0, never replicated: these exist only on n0.
+    set_many(&cluster, 0, "orphan", 10).await;
+    assert_eq!(cluster.status(0).log.next_offset, 20);
+    cluster.stop(0).await;
+    cluster.config_mut(1).role = Role::Leader { tolerance: 0, ack_timeout: common::DEADLINE };
+    cluster.restart(1).await;
+    set_many(&cluster, 1, "new", 5).await;
+    cluster.config_mut(0).role = Role::Follower { leader: cluster.node(1).grpc_addr().to_string() };
+    cluster.restart(0).await;
+    cluster.wait_converged(1).await;
+    let old = cluster.status(0);
+    assert_eq!((old.log.next_offset, old.log.records), (15, 15), "n0 kept records n1 never had");
+    assert_eq!(old.epoch, 2);
+    let mut client = cluster.client(0).await;
+    assert_eq!(client.request(b"GET orphan3").await, b"NOT_FOUND");
+    assert_eq!(client.request(b"GET new4").await, b"value-4");
+    let digests = cluster.shutdown().await;
+    assert_eq!(digests[0], digests[1]);
+}

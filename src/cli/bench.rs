@@ -94,6 +94,9 @@ pub struct BenchArgs {
     /// SET every key once before measuring, so GETs hit.
     #[arg(long)]
     pub preload: bool,
+    /// The server's password (its --requirepass): each connection sends AUTH first.
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
+    pub password: Option<crate::server::Password>,
 }
 
 /// Runs the preload (if asked) and the measured load, and returns the report.
@@ -126,6 +129,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         progress: AtomicU64::new(0),
     });
     let mut conns = connect_all(&args.addr, args.clients, args.pipeline).await?;
+    if let Some(password) = &args.password {
+        for conn in &mut conns {
+            conn.authenticate(args.protocol, password.reveal())
+                .await
+                .map_err(|reply| anyhow::anyhow!("AUTH on {} failed: {reply}", args.addr))?;
+        }
+    }
 
     let clients = args.clients as u64;
     let mut preloaded = 0;

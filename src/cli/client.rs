@@ -11,11 +11,17 @@ use anyhow::{Context, bail};
 use rustyline::DefaultEditor;
 use rustyline::error::ReadlineError;
 
+use crate::server::Password;
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct ClientArgs {
     /// Server to talk to.
     #[arg(long, env = "MSGLOG_ADDR", default_value = "127.0.0.1:6666")]
     addr: String,
+    /// The server's password (its --requirepass), sent with AUTH before anything else;
+    /// prefer the environment variable, as a flag shows in `ps`.
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
+    password: Option<Password>,
     /// A command, e.g. `SET greeting hello world`; its words are joined with single spaces.
     /// Without one, commands are read from stdin.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -25,12 +31,36 @@ pub(crate) struct ClientArgs {
 pub(crate) fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let stream = TcpStream::connect(&args.addr).with_context(|| format!("cannot connect to {}", args.addr))?;
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    if let Some(password) = &args.password {
+        authenticate(&stream, password)?;
+    }
     if !args.command.is_empty() {
         one_shot(stream, &args.command)
     } else if io::stdin().is_terminal() {
         interactive(stream, &args.addr)
     } else {
         piped(stream)
+    }
+}
+
+/// AUTH before the user's commands, so that their replies are theirs alone. Reads the
+/// reply byte by byte: a buffered reader could swallow bytes meant for the next reader.
+fn authenticate(stream: &TcpStream, password: &Password) -> anyhow::Result<()> {
+    let mut writer = stream;
+    writer.write_all(format!("AUTH {}\n", password.reveal()).as_bytes()).context("sending AUTH")?;
+    let mut reply = Vec::new();
+    let mut reader = stream;
+    while !reply.ends_with(b"\n") {
+        let mut byte = [0u8; 1];
+        if io::Read::read(&mut reader, &mut byte).context("reading the reply to AUTH")? == 0 {
+            bail!("the server closed the connection after AUTH");
+        }
+        reply.push(byte[0]);
+    }
+    let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
+    match reply.as_str() {
+        "OK" => Ok(()),
+        _ => bail!("AUTH failed: {reply}"),
     }
 }
 

@@ -11,9 +11,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::node::{Node, NodeConfig};
 use crate::replication::Role;
-use crate::server::{self, DescriptorError};
+use crate::server::{self, DescriptorError, Password};
 use crate::storage::FsyncPolicy;
 
+use super::tail::parse_password;
 use super::tolerance::read_tolerance_file;
 use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
 
@@ -78,11 +79,21 @@ pub(crate) struct ServeArgs {
     /// `ERR replication timeout` (e.g. 500ms, 5s).
     #[arg(long, env = "MSGLOG_ACK_TIMEOUT", default_value = "5s", value_parser = parse_ack_timeout)]
     ack_timeout: Duration,
-    /// Local IP address this node's outgoing replication connections (a follower's to its
-    /// leader) leave from, as Redis's `bind-source-addr`: lets firewalls, and network fault
-    /// tests, tell nodes apart on one host [default: chosen by the OS].
+    /// Local IP address a follower's connections to its leader leave from (with --follow;
+    /// as Redis's `bind-source-addr`), so firewalls can tell nodes on one host apart. Must
+    /// be an address of this host, of the leader's address family [default: chosen by the OS].
     #[arg(long, env = "MSGLOG_BIND_SOURCE_ADDR", value_name = "IP")]
     bind_source_addr: Option<std::net::IpAddr>,
+    /// Password clients must give with AUTH before any other command (`redis-cli -a`), and
+    /// followers and `msglog tail` must present to the replication port. A follower sends
+    /// its own, so every node of a cluster takes the same one. Prefer the environment
+    /// variable: a flag shows in `ps`.
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_name = "PASSWORD", value_parser = parse_password)]
+    requirepass: Option<Password>,
+    /// Redis's protected mode: without a password, a --listen address other than loopback
+    /// serves only clients on this machine. `no` serves everyone (a trusted network only).
+    #[arg(long, env = "MSGLOG_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no)]
+    protected_mode: bool,
     /// Serve Prometheus metrics over HTTP at http://<this address>/metrics (e.g.
     /// 127.0.0.1:9464) [default: off].
     #[arg(long, env = "MSGLOG_METRICS_LISTEN", value_name = "HOST:PORT", value_parser = parse_listen)]
@@ -138,6 +149,8 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         stats_interval: Some(args.stats_interval),
         role,
         bind_source_addr: args.bind_source_addr,
+        password: args.requirepass.clone(),
+        protected_mode: args.protected_mode,
         metrics_listen: args.metrics_listen.clone(),
     };
     let runtime =
@@ -265,6 +278,14 @@ fn parse_host_port(text: &str) -> Result<String, String> {
     match text.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(text.to_string()),
         _ => Err(format!("expected the leader's gRPC address as host:port (its --grpc-listen), not '{text}'")),
+    }
+}
+
+fn parse_yes_no(text: &str) -> Result<bool, String> {
+    match text {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!("expected yes or no, not '{text}'")),
     }
 }
 

@@ -7,6 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::replication::tail::{TailRequest, tail};
+use crate::server::Password;
 use crate::storage::{RecordKind, RecordRef};
 
 /// Print the records of a node's log, from an offset on, as they are appended.
@@ -32,6 +33,15 @@ pub(crate) struct TailArgs {
     /// or ID that is not UTF-8 is given as `message_hex` / `id_hex` instead).
     #[arg(long)]
     json: bool,
+    /// The node's password (its --requirepass); prefer the environment variable, as a
+    /// flag shows in `ps`.
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = parse_password)]
+    password: Option<Password>,
+}
+
+/// Kept only as a [`Password`], whose `Debug` does not show it.
+pub(crate) fn parse_password(text: &str) -> Result<Password, String> {
+    Password::new(text).map_err(|err| err.to_string())
 }
 
 #[derive(Serialize)]
@@ -56,6 +66,7 @@ pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         offset: args.offset,
         follow: !args.no_follow,
         max_record_bytes: super::check::offline_config().max_record_bytes as usize,
+        password: args.password.clone(),
     };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;

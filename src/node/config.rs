@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
 use crate::replication::Role;
-use crate::server::DEFAULT_MAX_BUFFER_BYTES;
+use crate::server::{DEFAULT_MAX_BUFFER_BYTES, Password};
 use crate::storage::{Config, FsyncPolicy};
 
 use super::NodeError;
@@ -33,6 +33,11 @@ pub struct NodeConfig {
     pub role: Role,
     /// Local address outgoing replication connections leave from.
     pub bind_source_addr: Option<IpAddr>,
+    /// Required of clients (AUTH) and of followers and consumers on the replication port;
+    /// a follower presents its own, so a cluster shares one (docs/SECURITY.md).
+    pub password: Option<Password>,
+    /// Without a password, a client listener beyond loopback serves loopback clients only.
+    pub protected_mode: bool,
     /// Where to serve Prometheus metrics at `/metrics` (`host:port`); `None` serves none.
     pub metrics_listen: Option<String>,
 }
@@ -55,6 +60,8 @@ impl NodeConfig {
             stats_interval: None,
             role: Role::Leader { tolerance: 0, ack_timeout: Duration::from_secs(5) },
             bind_source_addr: None,
+            password: None,
+            protected_mode: true,
             metrics_listen: None,
         }
     }

@@ -26,26 +26,34 @@ pub use config::{NodeConfig, max_record_bytes};
 /// Why a node could not start or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("cannot open the log in {}: {source}{}", .dir.display(), open_hint(.dir, .source))]
-    OpenLog { dir: PathBuf, source: StorageError },
-    #[error("cannot listen{what} on {addr}: {source}")]
-    Bind { what: &'static str, addr: String, source: std::io::Error },
+    // Causes are part of each message, not `source()`s: the CLI prints the chain, and a
+    // cause printed by both would show twice.
+    #[error("cannot open the log in {}: {cause}{}", .dir.display(), open_hint(.dir, .cause))]
+    OpenLog { dir: PathBuf, cause: StorageError },
+    #[error("cannot listen{what} on {addr}: {cause}")]
+    Bind { what: &'static str, addr: String, cause: std::io::Error },
     #[error("cannot persist the new leader epoch: {0}")]
-    Epoch(#[source] StorageError),
+    Epoch(StorageError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("the client server failed: {0}")]
-    Server(#[source] std::io::Error),
+    Server(std::io::Error),
     #[error("the replication server failed: {0}")]
     Replication(String),
     #[error("closing the log: {0}")]
-    Close(#[source] StorageError),
+    Close(StorageError),
     #[error("the log is still in use {0:?} after shutdown; not closed cleanly")]
     StillInUse(Duration),
 }
 
 fn open_hint(dir: &std::path::Path, err: &StorageError) -> String {
     match err {
+        StorageError::Corruption { segment, .. } if segment.file_name().is_some_and(|name| name == "epoch") => {
+            " (this file holds the highest leader epoch the node has begun or seen; restore it from a backup, \
+             or remove it and the node takes the epoch from its log, which is safe unless another node has \
+             led a later epoch since)"
+                .to_string()
+        }
         StorageError::Corruption { .. } => format!(
             " (`msglog check --data-dir {dir}` shows the damage; adding `--repair` cuts the log back to before it, \
              dropping what follows)",
@@ -74,7 +82,7 @@ impl Node {
         let max_record_bytes = log_config.max_record_bytes as usize;
         let opening = Instant::now();
         let log = Log::open_with(&config.data_dir, log_config, fs)
-            .map_err(|source| NodeError::OpenLog { dir: config.data_dir.clone(), source })?;
+            .map_err(|cause| NodeError::OpenLog { dir: config.data_dir.clone(), cause })?;
         let recovered = log.stats();
         tracing::info!(
             "recovered {} records, {} IDs in {:.3} s",
@@ -84,11 +92,16 @@ impl Node {
         );
         let log = Arc::new(log);
         let bind = |what, addr: String| async move {
-            let listener = TcpListener::bind(&addr).await.map_err(|source| NodeError::Bind { what, addr, source })?;
-            let local =
-                listener.local_addr().map_err(|source| NodeError::Bind { what, addr: String::new(), source })?;
+            let listener = TcpListener::bind(&addr).await.map_err(|cause| NodeError::Bind { what, addr, cause })?;
+            let local = listener.local_addr().map_err(|cause| NodeError::Bind { what, addr: String::new(), cause })?;
             Ok::<_, NodeError>((listener, local))
         };
+        if let Some(ip) = config.bind_source_addr {
+            // Checked now rather than found out by a follower that retries forever.
+            std::net::TcpListener::bind((ip, 0)).map_err(|err| {
+                NodeError::Config(format!("--bind-source-addr {ip} cannot be used on this host: {err}"))
+            })?;
+        }
         let (listener, client_addr) = bind("", config.listen.clone()).await?;
         let (grpc_listener, grpc_addr) = bind(" for replication", config.grpc_listen.clone()).await?;
         let metrics_listener = match &config.metrics_listen {
@@ -109,9 +122,15 @@ impl Node {
             max_message_bytes: config.max_message_bytes,
             max_buffer_bytes: config.max_buffer_bytes,
             stats_interval: config.stats_interval,
+            password: config.password.clone(),
+            protected_mode: config.protected_mode,
             metrics: metrics_listener.as_ref().map(|_| Arc::new(Metrics::default())),
         };
-        let (stop, stopping) = watch::channel(false);
+        // Clients stop first and replication only after them: a write waiting for its
+        // acknowledgements during shutdown still gets them, instead of waiting out the ack
+        // timeout on a replication server that is already gone.
+        let (stop_clients, clients_stopping) = watch::channel(false);
+        let (stop_replication, replication_stopping) = watch::channel(false);
         let replication_config = ReplicationConfig {
             node_id: node_id.clone(),
             client_addr: client_addr.to_string(),
@@ -119,8 +138,9 @@ impl Node {
             max_record_bytes,
             max_fetch_streams: config.max_replication_streams,
             bind_source_addr: config.bind_source_addr,
+            password: config.password.clone(),
         };
-        let replication = Replication::new(Arc::clone(&log), replication_config, stopping.clone());
+        let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
         tracing::info!(
             addr = %client_addr,
             grpc_addr = %grpc_addr,
@@ -141,15 +161,15 @@ impl Node {
                     replication_figures(Arc::downgrade(&replication)),
                 );
                 tracing::info!(%addr, "serving Prometheus metrics at /metrics");
-                let mut stopped = stopping.clone();
+                let mut stopped = stop_replication.subscribe();
                 Some(tokio::spawn(exporter.serve(listener, async move {
                     let _ = stopped.wait_for(|&stop| stop).await;
                 })))
             }
             _ => None,
         };
-        let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stopping.clone()));
-        let mut stopped = stopping;
+        let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stop_replication.subscribe()));
+        let mut stopped = clients_stopping;
         let cluster: Arc<dyn Cluster> = Arc::clone(&replication) as Arc<dyn Cluster>;
         let server_task =
             tokio::spawn(server::run_node(listener, Arc::clone(&log), server_config, Some(cluster), async move {
@@ -162,7 +182,8 @@ impl Node {
             metrics_addr,
             log,
             replication,
-            stop,
+            stop_clients,
+            stop_replication,
             server_task,
             replication_task,
             background: metrics_task.into_iter().chain([watch_task]).collect(),
@@ -179,7 +200,8 @@ pub struct RunningNode {
     metrics_addr: Option<SocketAddr>,
     log: Arc<Log>,
     replication: Arc<Replication>,
-    stop: watch::Sender<bool>,
+    stop_clients: watch::Sender<bool>,
+    stop_replication: watch::Sender<bool>,
     server_task: JoinHandle<std::io::Result<()>>,
     replication_task: JoinHandle<Result<(), tonic::transport::Error>>,
     /// The metrics server and the follower watch: they end on the stop signal.
@@ -252,20 +274,36 @@ impl RunningNode {
     }
 
     async fn stop(self, early: Option<Ended>) -> Result<(), NodeError> {
-        let RunningNode { log, replication, stop, server_task, replication_task, background, .. } = self;
-        let _ = stop.send(true);
-        for task in background {
-            let _ = task.await;
-        }
+        let RunningNode {
+            log,
+            replication,
+            stop_clients,
+            stop_replication,
+            server_task,
+            replication_task,
+            background,
+            ..
+        } = self;
+        let _ = stop_clients.send(true);
         let (served, replicated) = match early {
-            None => (served_result(server_task.await), replicated_result(replication_task.await)),
+            None => {
+                let served = served_result(server_task.await);
+                let _ = stop_replication.send(true);
+                (served, replicated_result(replication_task.await))
+            }
             Some(Ended::Server(served)) => {
+                let _ = stop_replication.send(true);
                 (served.and(Err(unexpected("client"))), replicated_result(replication_task.await))
             }
             Some(Ended::Replication(replicated)) => {
+                let _ = stop_replication.send(true);
                 (served_result(server_task.await), replicated.and(Err(unexpected("replication"))))
             }
         };
+        // Replication has been told to stop, and so have these.
+        for task in background {
+            let _ = task.await;
+        }
         drop(replication);
         let log = release(log).await;
         served?;

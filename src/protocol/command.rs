@@ -63,6 +63,17 @@ impl<'a> Command<'a> {
     }
 }
 
+/// The password of a text-protocol `AUTH <password>` line; `None` if the line is not an
+/// AUTH. Kept out of [`Command`]: authenticating concerns the connection, never the log.
+/// The password is every byte after the first space, verbatim, as a SET's message is.
+pub fn parse_auth(line: &[u8]) -> Option<Result<&[u8], ProtocolError>> {
+    let (verb, password) = split_at_space(line);
+    if !verb.eq_ignore_ascii_case(b"AUTH") {
+        return None;
+    }
+    Some(password.filter(|p| !p.is_empty()).ok_or(ProtocolError::WrongArguments { usage: "AUTH <password>" }))
+}
+
 /// Checks the ID rules: 1..=1024 bytes, no ASCII whitespace and no control bytes. Bytes
 /// outside ASCII are allowed, so UTF-8 IDs work.
 pub fn validate_id(id: &[u8]) -> Result<(), IdError> {
@@ -169,6 +180,16 @@ mod tests {
     fn oversized_message_is_refused() {
         assert_eq!(parse(b"SET a 0123456789abcdefX"), Err(ProtocolError::MessageTooLarge { max: 16 }));
         assert!(parse(b"SET a 0123456789abcdef").is_ok());
+    }
+
+    #[test]
+    fn auth_takes_the_rest_of_the_line_as_the_password() {
+        assert_eq!(parse_auth(b"AUTH two words "), Some(Ok(&b"two words "[..])));
+        assert_eq!(parse_auth(b"auth pw"), Some(Ok(&b"pw"[..])));
+        assert_eq!(parse_auth(b"AUTH"), Some(Err(ProtocolError::WrongArguments { usage: "AUTH <password>" })));
+        assert_eq!(parse_auth(b"AUTH "), Some(Err(ProtocolError::WrongArguments { usage: "AUTH <password>" })));
+        assert_eq!(parse_auth(b"AUTHX pw"), None);
+        assert_eq!(parse_auth(b"GET AUTH"), None);
     }
 
     #[test]

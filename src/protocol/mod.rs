@@ -14,7 +14,7 @@ mod reply;
 pub mod resp;
 
 pub(crate) use command::printable;
-pub use command::{Command, check_message, validate_id};
+pub use command::{Command, check_message, parse_auth, validate_id};
 pub use error::{IdError, ProtocolError};
 pub use line::{Frame, LineFramer};
 pub use reply::Reply;
@@ -33,4 +33,5 @@ pub fn max_line_bytes(max_message_bytes: usize) -> usize {
 }
 
 /// The one-line answer to `HELP`.
-pub const HELP: &str = "commands: SET <id> <message> | GET <id> | DEL <id> | PING | STATS | HELP | QUIT";
+pub const HELP: &str =
+    "commands: SET <id> <message> | GET <id> | DEL <id> | PING | STATS | HELP | QUIT | AUTH <password>";

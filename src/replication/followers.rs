@@ -6,6 +6,11 @@
 //! durable offset (the "replicated watermark") in a `watch`, so waiting writes compare one
 //! number. A follower that disconnects keeps counting for what it acknowledged: those
 //! records are on its disk.
+//!
+//! An ack is believed only as far as the leader can vouch for it: it must name an open
+//! fetch session (a random token the stream's `Hello` carried) of the follower it claims
+//! to be from, and it counts only up to what that stream was sent. A peer that acks
+//! without fetching, for another follower, or beyond what it received counts for nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,8 +25,36 @@ use super::rules::replicated_watermark;
 
 pub(super) struct Followers {
     tolerance: usize,
-    table: Mutex<HashMap<String, Entry>>,
+    table: Mutex<Table>,
     quorum: watch::Sender<Quorum>,
+}
+
+/// A fetch session's token.
+pub(super) type Token = [u8; 16];
+
+#[derive(Default)]
+struct Table {
+    followers: HashMap<String, Entry>,
+    sessions: HashMap<Token, Session>,
+}
+
+/// An open fetch stream, as acks are checked against it.
+struct Session {
+    follower: String,
+    /// Every record below this was sent on the stream (or held by the follower when it
+    /// began, as far as this log reaches).
+    sent: Offset,
+}
+
+/// Why an ack was not counted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum AckRefusal {
+    #[error("it names no open fetch session")]
+    UnknownSession,
+    #[error("its fetch session belongs to follower {0}")]
+    OtherFollower(String),
+    #[error("it acknowledges up to offset {acked} but its stream was sent only up to {sent}")]
+    BeyondSent { acked: Offset, sent: Offset },
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,16 +81,34 @@ pub(super) struct FollowerView {
     pub connected: bool,
 }
 
-/// Held by a follower's fetch stream; dropping it marks the follower disconnected.
+/// Held by a follower's fetch stream; dropping it marks the follower disconnected and
+/// ends its session.
 pub(super) struct Registration {
     followers: Arc<Followers>,
     id: String,
+    token: Token,
+}
+
+impl Registration {
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// Records below `next` are about to go out on the stream. Called before they are
+    /// sent, so the follower's ack for them can never arrive first.
+    pub fn sending(&self, next: Offset) {
+        let mut table = self.followers.lock();
+        if let Some(session) = table.sessions.get_mut(&self.token) {
+            session.sent = session.sent.max(next);
+        }
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         self.followers.update(|table| {
-            if let Some(entry) = table.get_mut(&self.id) {
+            table.sessions.remove(&self.token);
+            if let Some(entry) = table.followers.get_mut(&self.id) {
                 entry.streams -= 1;
             }
         });
@@ -68,13 +119,17 @@ impl Drop for Registration {
 impl Followers {
     pub fn new(tolerance: usize) -> Followers {
         let (quorum, _) = watch::channel(Quorum::default());
-        Followers { tolerance, table: Mutex::new(HashMap::new()), quorum }
+        Followers { tolerance, table: Mutex::new(Table::default()), quorum }
     }
 
-    /// A follower's fetch stream passed the divergence check and is about to stream.
-    pub fn connect(self: &Arc<Self>, id: &str) -> Registration {
+    /// A follower's fetch stream passed the divergence check and is about to stream. It
+    /// holds everything below `holds` already (its fetch offset, capped by the caller at
+    /// this log's end): acks up to there count from the start.
+    pub fn connect(self: &Arc<Self>, id: &str, holds: Offset) -> Registration {
+        let token = new_token();
         self.update(|table| {
-            let entry = table.entry(id.to_string()).or_default();
+            table.sessions.insert(token, Session { follower: id.to_string(), sent: holds });
+            let entry = table.followers.entry(id.to_string()).or_default();
             if entry.streams > 0 {
                 // Either a reconnect racing its old stream's end, or two followers sharing
                 // an ID, which the tolerance would count as one.
@@ -82,16 +137,28 @@ impl Followers {
             }
             entry.streams += 1;
         });
-        Registration { followers: Arc::clone(self), id: id.to_string() }
+        Registration { followers: Arc::clone(self), id: id.to_string(), token }
     }
 
-    /// `id` holds every record below `durable` durably. Ignored for an unknown follower.
-    pub fn acknowledge(&self, id: &str, durable: Offset) {
+    /// `id` says it holds every record below `durable` durably, on the session `token`.
+    /// Counted only if the session is `id`'s and was sent that far.
+    pub fn acknowledge(&self, token: &[u8], id: &str, durable: Offset) -> Result<(), AckRefusal> {
+        let mut refusal = None;
         self.update(|table| {
-            if let Some(entry) = table.get_mut(id) {
+            let session = <Token>::try_from(token).ok().and_then(|token| table.sessions.get(&token));
+            let Some(session) = session else {
+                refusal = Some(AckRefusal::UnknownSession);
+                return;
+            };
+            if session.follower != id {
+                refusal = Some(AckRefusal::OtherFollower(session.follower.clone()));
+            } else if durable > session.sent {
+                refusal = Some(AckRefusal::BeyondSent { acked: durable, sent: session.sent });
+            } else if let Some(entry) = table.followers.get_mut(id) {
                 entry.durable = entry.durable.max(durable);
             }
         });
+        refusal.map_or(Ok(()), Err)
     }
 
     /// Whether a write may start: enough followers are connected to acknowledge it.
@@ -110,7 +177,7 @@ impl Followers {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(Refusal("replication stopped".to_string())),
             Err(_) => {
-                let acked = self.lock().values().filter(|e| e.durable > offset).count();
+                let acked = self.lock().followers.values().filter(|e| e.durable > offset).count();
                 Err(Refusal(format!("replication timeout (acked {acked} of {})", self.tolerance)))
             }
         }
@@ -119,6 +186,7 @@ impl Followers {
     pub fn snapshot(&self) -> Vec<FollowerView> {
         let mut view: Vec<FollowerView> = self
             .lock()
+            .followers
             .iter()
             .map(|(id, e)| FollowerView { id: id.clone(), durable: e.durable, connected: e.streams > 0 })
             .collect();
@@ -126,23 +194,42 @@ impl Followers {
         view
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes the table and republishes the quorum, under the table's lock so that
     /// concurrent updates publish in order.
-    fn update(&self, change: impl FnOnce(&mut HashMap<String, Entry>)) {
+    fn update(&self, change: impl FnOnce(&mut Table)) {
         let mut table = self.lock();
         change(&mut table);
-        let connected = table.values().filter(|e| e.streams > 0).count();
-        let replicated = replicated_watermark(table.values().map(|e| e.durable), self.tolerance);
+        let followers = &table.followers;
+        let connected = followers.values().filter(|e| e.streams > 0).count();
+        let replicated = replicated_watermark(followers.values().map(|e| e.durable), self.tolerance);
         self.quorum.send_if_modified(|q| {
             let changed = q.connected != connected || q.replicated != replicated;
             *q = Quorum { connected, replicated };
             changed
         });
     }
+}
+
+/// A session token no peer can guess: from the OS's random source, or failing that (it
+/// never should on Linux), a digest of the time and a counter.
+fn new_token() -> Token {
+    let mut token = Token::default();
+    // SAFETY: `token` is valid for writes of its length for the call.
+    let filled = unsafe { libc::getrandom(token.as_mut_ptr().cast(), token.len(), 0) };
+    if usize::try_from(filled).ok() != Some(token.len()) {
+        use sha2::{Digest, Sha256};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let seed = format!("{now:?} {} {}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let len = token.len();
+        token.copy_from_slice(&Sha256::digest(seed.as_bytes())[..len]);
+    }
+    token
 }
 
 #[cfg(test)]
@@ -153,8 +240,8 @@ mod tests {
     fn admit_counts_connected_followers_only() {
         let followers = Arc::new(Followers::new(2));
         assert_eq!(followers.admit().unwrap_err().0, "not enough replicas (have 0, need 2)");
-        let a = followers.connect("a");
-        let _b = followers.connect("b");
+        let a = followers.connect("a", 0);
+        let _b = followers.connect("b", 0);
         assert!(followers.admit().is_ok());
         drop(a);
         assert_eq!(followers.admit().unwrap_err().0, "not enough replicas (have 1, need 2)");
@@ -163,14 +250,39 @@ mod tests {
     #[tokio::test]
     async fn a_write_waits_for_tolerance_acks_and_times_out_naming_the_count() {
         let followers = Arc::new(Followers::new(2));
-        let _a = followers.connect("a");
-        let _b = followers.connect("b");
-        followers.acknowledge("a", 11);
+        let a = followers.connect("a", 0);
+        let b = followers.connect("b", 0);
+        a.sending(11);
+        b.sending(11);
+        followers.acknowledge(&a.token(), "a", 11).unwrap();
         let timeout = Duration::from_millis(20);
         assert_eq!(followers.wait(10, timeout).await.unwrap_err().0, "replication timeout (acked 1 of 2)");
-        followers.acknowledge("b", 11);
+        followers.acknowledge(&b.token(), "b", 11).unwrap();
         followers.wait(10, timeout).await.expect("both acknowledged offset 10");
-        followers.acknowledge("stranger", 100);
+        assert_eq!(followers.acknowledge(&[7; 16], "stranger", 100), Err(AckRefusal::UnknownSession));
         assert_eq!(followers.wait(11, timeout).await.unwrap_err().0, "replication timeout (acked 0 of 2)");
+    }
+
+    #[test]
+    fn an_ack_counts_only_on_its_followers_session_and_up_to_what_was_sent() {
+        let followers = Arc::new(Followers::new(1));
+        let a = followers.connect("a", 5);
+        let b = followers.connect("b", 0);
+        let durable = |followers: &Followers| followers.snapshot().iter().map(|f| f.durable).collect::<Vec<_>>();
+        assert_eq!(
+            followers.acknowledge(&a.token(), "a", 1 << 62),
+            Err(AckRefusal::BeyondSent { acked: 1 << 62, sent: 5 })
+        );
+        assert_eq!(followers.acknowledge(&b.token(), "a", 3), Err(AckRefusal::OtherFollower("b".into())));
+        assert_eq!(followers.acknowledge(b"short", "a", 3), Err(AckRefusal::UnknownSession));
+        assert_eq!(durable(&followers), [0, 0]);
+        followers.acknowledge(&a.token(), "a", 5).expect("a held offsets below 5 when it connected");
+        a.sending(9);
+        followers.acknowledge(&a.token(), "a", 9).expect("sent up to 9");
+        assert_eq!(durable(&followers), [9, 0]);
+        let token = a.token();
+        drop(a);
+        assert_eq!(followers.acknowledge(&token, "a", 9), Err(AckRefusal::UnknownSession));
+        assert_eq!(durable(&followers), [9, 0], "what a disconnected follower acknowledged still counts");
     }
 }

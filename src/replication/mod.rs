@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::{Cluster, Refusal, Replicated};
+use crate::server::{Cluster, Password, Refusal, Replicated};
 use crate::storage::{Log, Offset};
 
 use followers::Followers;
@@ -91,6 +91,8 @@ pub struct ReplicationConfig {
     /// picks), so that a node's traffic can be told apart by address, by firewalls and by
     /// network fault tests alike.
     pub bind_source_addr: Option<IpAddr>,
+    /// Fetch and Acknowledge callers must present it; a follower sends it to its leader.
+    pub password: Option<Password>,
 }
 
 /// One node's replication state, shared by the gRPC service, the follower loop and the

@@ -7,6 +7,9 @@
 //! unbounded queue. At most `max_fetch_streams` streams are served at once; one more is
 //! refused with RESOURCE_EXHAUSTED. Caught up, the task sleeps on the node's `appended`
 //! watch: it is woken by appends, never by a timer.
+//!
+//! On a node with a password, both calls need it (`authorization: Bearer <password>`,
+//! compared in constant time) or end UNAUTHENTICATED before touching the log.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,6 +73,7 @@ impl ReplicationRpc for Service {
     type FetchStream = ReceiverStream<Result<FetchResponse, Status>>;
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
+        self.authorize(&request, "Fetch")?;
         let request = request.into_inner();
         let node = &self.node;
         let replica = !request.follower_id.is_empty();
@@ -123,16 +127,19 @@ impl ReplicationRpc for Service {
             drop(permit);
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
+        let next_offset = node.log.next_offset();
+        // Registered before the hello goes out: the follower's first ack (on its own call)
+        // may arrive before the stream task runs, and acks of unknown sessions are ignored.
+        let holds = request.next_offset.min(next_offset);
+        let registration = replica.then(|| node.followers.connect(&request.follower_id, holds));
         let hello = Hello {
             leader_id: node.config.node_id.clone(),
             client_addr: node.config.client_addr.clone(),
             epoch,
-            next_offset: node.log.next_offset(),
+            next_offset,
             max_record_bytes: node.config.max_record_bytes as u64,
+            session: registration.as_ref().map(|r| r.token().to_vec()).unwrap_or_default(),
         };
-        // Registered before the hello goes out: the follower's first ack (on its own call)
-        // may arrive before the stream task runs, and acks of unknown followers are ignored.
-        let registration = replica.then(|| node.followers.connect(&request.follower_id));
         let _ = tx.try_send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Hello(hello)) }));
         if replica {
             tracing::info!(follower = %request.follower_id, from = request.next_offset, "follower connected");
@@ -142,6 +149,7 @@ impl ReplicationRpc for Service {
     }
 
     async fn acknowledge(&self, request: Request<Streaming<Ack>>) -> Result<Response<AckSummary>, Status> {
+        self.authorize(&request, "Acknowledge")?;
         let mut acks = request.into_inner();
         let mut shutdown = self.node.shutdown.clone();
         loop {
@@ -151,10 +159,48 @@ impl ReplicationRpc for Service {
                 _ = shutdown.wait_for(|&stop| stop) => None,
             };
             let Some(ack) = ack else { break };
-            self.node.followers.acknowledge(&ack.follower_id, ack.durable_offset);
+            if let Err(refusal) = self.node.followers.acknowledge(&ack.session, &ack.follower_id, ack.durable_offset) {
+                tracing::warn!(follower = %ack.follower_id, %refusal, "ignoring an acknowledgement");
+            }
         }
         Ok(Response::new(AckSummary {}))
     }
+}
+
+impl Service {
+    /// Refuses a call without this node's password, when it has one. The refusal names no
+    /// part of what was presented.
+    fn authorize<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        let Some(password) = &self.node.config.password else { return Ok(()) };
+        let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
+        let token = presented.and_then(|value| value.strip_prefix(BEARER));
+        match token {
+            Some(token) if password.matches(token.as_bytes()) => Ok(()),
+            _ => {
+                let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                tracing::warn!(%peer, call, presented = presented.is_some(), "refusing a replication call without the password");
+                Err(Status::unauthenticated(format!(
+                    "{} requires the cluster's password for {call}: start followers with the same --requirepass \
+                     (or MSGLOG_PASSWORD), and give `msglog tail` --password",
+                    self.node.config.node_id
+                )))
+            }
+        }
+    }
+}
+
+/// The metadata a replication call presents the password in: `authorization: Bearer <pw>`.
+pub(super) const AUTHORIZATION: &str = "authorization";
+pub(super) const BEARER: &str = "Bearer ";
+
+/// `request` with this node's password attached, if it has one.
+pub(super) fn with_password<T>(message: T, password: Option<&crate::server::Password>) -> Request<T> {
+    let mut request = Request::new(message);
+    // A password is printable ASCII (checked when made), so it is always a valid value.
+    if let Some(value) = password.and_then(|p| format!("{BEARER}{}", p.reveal()).parse().ok()) {
+        request.metadata_mut().insert(AUTHORIZATION, value);
+    }
+    request
 }
 
 /// Sends the log from `request.next_offset` until the caller goes away or the node shuts
@@ -168,7 +214,6 @@ async fn stream_log(
 ) {
     // Held for the stream's life: the follower counts as connected, and the stream takes
     // one of the node's slots, until it ends.
-    let _registration = registration;
     let _permit = permit;
     let until = if request.follow { Offset::MAX } else { node.log.next_offset() };
     let mut appended = node.appended.subscribe();
@@ -214,6 +259,9 @@ async fn stream_log(
             continue;
         }
         next = chunk.next;
+        if let Some(registration) = &registration {
+            registration.sending(next);
+        }
         let records = Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset() };
         let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
         tokio::select! {

@@ -50,6 +50,8 @@ pub struct TailRequest {
     pub follow: bool,
     /// Largest record expected (a chunk may hold one such record).
     pub max_record_bytes: usize,
+    /// The node's password, if it has one.
+    pub password: Option<crate::server::Password>,
 }
 
 /// Calls `each` with every record from `request.offset` on, CRC-checked, in order. Returns
@@ -80,7 +82,7 @@ pub async fn tail(
         follow: request.follow,
         known_epoch: 0,
     };
-    let mut stream = client.fetch(fetch).await?.into_inner();
+    let mut stream = client.fetch(super::service::with_password(fetch, request.password.as_ref())).await?.into_inner();
     while let Some(message) = stream.message().await? {
         match message.kind {
             Some(fetch_response::Kind::Hello(_)) => {}

@@ -29,12 +29,12 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
 use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply, opens_resp};
-use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
+use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::{Offset, StorageError};
 
 use super::Shared;
 use super::budget::Reservation;
-use super::execute::{Outcome, execute, storage_failure};
+use super::execute::{Outcome, execute_line, storage_failure};
 use super::metrics::{CommandOutcome, command_label};
 use super::session::Session;
 use super::shutdown::Shutdown;
@@ -119,6 +119,8 @@ pub(crate) struct Connection {
     input: BytesMut,
     output: BytesMut,
     dialect: Dialect,
+    /// Text protocol: a password matched, or none is configured (RESP keeps its own).
+    authenticated: bool,
     pending: Vec<Pending>,
     pending_bytes: usize,
     /// Highest offset appended by this batch and not yet synced.
@@ -146,12 +148,14 @@ impl Connection {
             metrics.connection_opened();
         }
         let reservation = Reservation::new(Arc::clone(&shared.budget));
+        let authenticated = shared.config.password.is_none();
         Connection {
             shared,
             stream,
             input: BytesMut::new(),
             output: BytesMut::new(),
             dialect: Dialect::Undecided,
+            authenticated,
             pending: Vec::new(),
             pending_bytes: 0,
             unsynced: None,
@@ -292,17 +296,13 @@ impl Connection {
     /// with its command's metrics label.
     fn next_outcome(&mut self) -> Option<(Outcome<Answer>, &'static str)> {
         let shared = &self.shared;
-        let max_message_bytes = shared.config.max_message_bytes;
         match &mut self.dialect {
             Dialect::Undecided => None,
             Dialect::Text(framer) => {
                 let (outcome, label) = match framer.next_frame(&mut self.input)? {
                     Frame::Line(line) => {
                         let label = command_label(line.split(|&b| b == b' ').next().unwrap_or_default());
-                        match Command::parse_line(&line, max_message_bytes) {
-                            Ok(command) => (execute(shared, command), label),
-                            Err(err) => (Outcome::reply(err.into()), label),
-                        }
+                        (execute_line(shared, &mut self.authenticated, &line), label)
                     }
                     Frame::TooLong => {
                         (Outcome::reply(ProtocolError::LineTooLong { max: framer.max_line_bytes() }.into()), "other")
@@ -357,10 +357,10 @@ impl Connection {
             Some(offset) => self.commit(offset).await.err(),
             None => None,
         };
-        // Usually already durable by now (an fsync of older writes, or the commit above),
+        // Usually already committed by now (an fsync of older writes, or the commit above),
         // and then this costs an atomic load.
         let read_failure = match self.unsynced_read.take() {
-            Some(offset) => self.sync_through(offset).await.err().map(|e| storage_failure(&e)),
+            Some(offset) => self.commit_read(offset).await.err(),
             None => None,
         };
         let in_dialect = |reply: Reply| match self.dialect {
@@ -405,6 +405,22 @@ impl Connection {
                     self.shared.metrics.warn_replication_refusal(&refusal.0);
                     Reply::error(refusal)
                 })
+            }
+        }
+    }
+
+    /// A reply that shows a record, or an absence, waits until everything up to `offset`
+    /// is committed: durable here and, on a leader, on the followers the tolerance asks for.
+    /// Otherwise a reader could see a write that a failover then loses, and later read an
+    /// older value. On a follower only the local wait applies: what it holds came from the
+    /// leader, and the most up-to-date follower, which a failover promotes, holds it too.
+    async fn commit_read(&self, offset: Offset) -> Result<(), Reply> {
+        match self.shared.cluster.as_ref().and_then(|cluster| cluster.replicated(offset)) {
+            None => self.sync_through(offset).await.map_err(|e| storage_failure(&e)),
+            Some(replicated) => {
+                let (local, replicated) = tokio::join!(self.sync_through(offset), replicated);
+                local.map_err(|e| storage_failure(&e))?;
+                replicated.map_err(Reply::error)
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::protocol::{Command, HELP, Reply};
+use crate::protocol::{Command, HELP, Reply, parse_auth};
 use crate::storage::{Offset, StorageError};
 
 use super::Shared;
@@ -44,6 +44,28 @@ impl<R> Outcome<R> {
 
     pub(crate) fn map<S>(self, f: impl FnOnce(R) -> S) -> Outcome<S> {
         Outcome { reply: f(self.reply), written: self.written, read: self.read, close: self.close }
+    }
+}
+
+/// Carries out one text-protocol line. With a password configured, a connection that has
+/// not authenticated (`authenticated` false) may only AUTH, ask for HELP, or QUIT.
+pub(crate) fn execute_line(shared: &Shared, authenticated: &mut bool, line: &[u8]) -> Outcome {
+    if let Some(password) = parse_auth(line) {
+        return Outcome::reply(match (password, &shared.config.password) {
+            (Err(err), _) => err.into(),
+            (Ok(_), None) => Reply::error("no password is set on this server; AUTH is not needed"),
+            (Ok(given), Some(expected)) if expected.matches(given) => {
+                *authenticated = true;
+                Reply::Ok
+            }
+            (Ok(_), Some(_)) => Reply::error("invalid password"),
+        });
+    }
+    match Command::parse_line(line, shared.config.max_message_bytes) {
+        Ok(command @ (Command::Help | Command::Quit)) => execute(shared, command),
+        Ok(_) if !*authenticated => Outcome::reply(Reply::error("NOAUTH authentication required")),
+        Ok(command) => execute(shared, command),
+        Err(err) => Outcome::reply(err.into()),
     }
 }
 

@@ -2,6 +2,7 @@
 //! `shutdown` future completes, bounds them with a semaphore, and then waits for every
 //! connection to finish what it has read.
 
+mod auth;
 mod budget;
 mod clients;
 mod cluster;
@@ -28,6 +29,7 @@ use crate::protocol::resp::{Protocol, RespLimits, RespReply, opens_resp};
 use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
+pub use auth::{Admission, InvalidPassword, PROTECTED_MODE_REFUSAL, Password, admission, is_loopback};
 pub use cluster::{Cluster, Refusal, Replicated};
 use connection::Connection;
 pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
@@ -51,6 +53,10 @@ pub struct ServerConfig {
     pub max_buffer_bytes: usize,
     /// How often to log a stats line; `None` logs none.
     pub stats_interval: Option<Duration>,
+    /// Clients must `AUTH` with it before any other command (README "Security").
+    pub password: Option<Password>,
+    /// Without a password, a listener beyond loopback serves loopback clients only.
+    pub protected_mode: bool,
     /// Where connections record Prometheus figures; `None` records none.
     pub metrics: Option<Arc<metrics::Metrics>>,
 }
@@ -64,6 +70,8 @@ impl Default for ServerConfig {
             max_message_bytes: 1024 * 1024,
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             stats_interval: Some(Duration::from_secs(10)),
+            password: None,
+            protected_mode: true,
             metrics: None,
         }
     }
@@ -146,8 +154,11 @@ pub async fn run_node(
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
     let stats_interval = config.stats_interval.filter(|every| !every.is_zero());
     let budget = budget::Budget::new(config.max_buffer_bytes);
+    let listen_ip = listener.local_addr()?.ip();
+    warn_if_exposed(&config, listen_ip);
     let mut server = Listener {
         listener,
+        listen_ip,
         limit: Arc::new(Semaphore::new(config.max_connections)),
         refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
         shared: Arc::new(Shared { log, config, metrics: Metrics::default(), commits, cluster, budget }),
@@ -184,6 +195,8 @@ pub async fn run_node(
 
 struct Listener {
     listener: TcpListener,
+    /// The address bound, which protected mode judges (not the one each client reached).
+    listen_ip: std::net::IpAddr,
     limit: Arc<Semaphore>,
     refusals: Arc<Semaphore>,
     shared: Arc<Shared>,
@@ -194,18 +207,19 @@ struct Listener {
 impl Listener {
     async fn accept_forever(&mut self) {
         loop {
-            let stream = self.accept().await;
+            let (stream, peer) = self.accept().await;
             if let Err(err) = stream.set_nodelay(true) {
                 tracing::debug!(%err, "could not set TCP_NODELAY");
             }
+            let config = &self.shared.config;
+            if admission(config.password.as_ref(), config.protected_mode, self.listen_ip, peer) == Admission::Protected
+            {
+                tracing::debug!(%peer, "protected mode: refusing a client that is not on this machine");
+                self.refuse(stream, Reply::Error(PROTECTED_MODE_REFUSAL.to_string()));
+                continue;
+            }
             let Ok(permit) = Arc::clone(&self.limit).try_acquire_owned() else {
-                // Dropping the stream closes it: the client sees the connection end.
-                if let Ok(refusing) = Arc::clone(&self.refusals).try_acquire_owned() {
-                    tokio::spawn(async move {
-                        refuse(stream).await;
-                        drop(refusing);
-                    });
-                }
+                self.refuse(stream, Reply::error("too many connections"));
                 continue;
             };
             let connection = Connection::new(
@@ -219,13 +233,24 @@ impl Listener {
         }
     }
 
+    /// Answers `stream` with `refusal` and closes it, unless too many refusals are under
+    /// way; then dropping the stream closes it and the client sees the connection end.
+    fn refuse(&self, stream: TcpStream, refusal: Reply) {
+        if let Ok(refusing) = Arc::clone(&self.refusals).try_acquire_owned() {
+            tokio::spawn(async move {
+                refuse(stream, refusal).await;
+                drop(refusing);
+            });
+        }
+    }
+
     /// Accepts one connection. Errors (out of file descriptors, say) back off, doubling up
     /// to a second, rather than spin or stop serving.
-    async fn accept(&mut self) -> TcpStream {
+    async fn accept(&mut self) -> (TcpStream, std::net::SocketAddr) {
         let mut backoff = Duration::from_millis(5);
         loop {
             match self.listener.accept().await {
-                Ok((stream, _)) => return stream,
+                Ok(accepted) => return accepted,
                 Err(err) => {
                     tracing::warn!(%err, ?backoff, "accept failed; backing off");
                     tokio::time::sleep(backoff).await;
@@ -236,16 +261,36 @@ impl Listener {
     }
 }
 
-/// Tells a client over the connection limit why it is closed, in its protocol: a client
+/// A server reachable beyond this machine is worth a warning at start: without a password
+/// protected mode refuses remote clients, and with protected mode off it serves them all.
+fn warn_if_exposed(config: &ServerConfig, listen: std::net::IpAddr) {
+    if config.password.is_some() || is_loopback(listen) {
+        return;
+    }
+    match config.protected_mode {
+        true => tracing::warn!(
+            %listen,
+            "protected mode: listening beyond loopback without a password, so only clients on this machine are \
+             served; set --requirepass (or MSGLOG_PASSWORD) to serve others, or listen on 127.0.0.1"
+        ),
+        false => tracing::warn!(
+            %listen,
+            "listening beyond loopback without a password and with protected mode off: anyone who can reach \
+             this port can read and write everything"
+        ),
+    }
+}
+
+/// Tells a refused client (over the connection limit, or kept out by protected mode) why
+/// it is closed, in its protocol: a client
 /// that sends at once (as Redis clients do) and starts with `*` gets a RESP error; one that
 /// is silent for a moment gets the text line. Whatever it sent is read and dropped before
 /// closing, since closing a socket with unread input resets the connection and could
 /// destroy the reply before the client reads it. Both waits are short: a refusal holds a
 /// descriptor, and at most [`MAX_REFUSALS_IN_FLIGHT`] are held at once.
-async fn refuse(mut stream: TcpStream) {
+async fn refuse(mut stream: TcpStream, refusal: Reply) {
     const LINGER: Duration = Duration::from_millis(500);
     const FIRST_BYTE_WAIT: Duration = Duration::from_millis(100);
-    let refusal = Reply::error("too many connections");
     let mut reply = bytes::BytesMut::new();
     let _ = tokio::time::timeout(LINGER, async {
         let mut first = [0u8; 1024];

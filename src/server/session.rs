@@ -2,7 +2,8 @@
 //! it gave itself, and its open transaction. Every RESP request passes through
 //! [`Session::handle`], which answers session commands (HELLO, CLIENT, MULTI, EXEC,
 //! DISCARD, RESET) itself, queues data commands while a transaction is open, and runs
-//! them otherwise.
+//! them otherwise. With a password configured, a session starts unauthenticated: only
+//! AUTH, HELLO (with its AUTH option), RESET and QUIT are served until a password matches.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +26,19 @@ pub(crate) struct Session {
     registration: Registration,
     protocol: Protocol,
     transaction: Option<Transaction>,
+    /// A password matched, or none is configured.
+    authenticated: bool,
 }
 
 impl Session {
     pub(crate) fn new(shared: Arc<Shared>, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Session {
-        Session { registration: Registration::new(shared, peer, local), protocol: Protocol::Resp2, transaction: None }
+        let authenticated = shared.config.password.is_none();
+        Session {
+            registration: Registration::new(shared, peer, local),
+            protocol: Protocol::Resp2,
+            transaction: None,
+            authenticated,
+        }
     }
 
     /// The protocol replies are encoded in from now on.
@@ -47,11 +56,18 @@ impl Session {
     pub(crate) fn handle(&mut self, shared: &Shared, args: Args<'_>, raw: &[u8]) -> Option<Outcome<RespReply>> {
         self.registration.client().touch();
         match SessionCommand::parse(args) {
+            Ok(Some(command)) if !self.authenticated && !allowed_before_auth(&command) => {
+                return Some(Outcome::reply(CommandError::NoAuth.into()));
+            }
             Ok(Some(command)) => return Some(self.session_command(shared, command)),
             Ok(None) => {}
             Err(err) => return Some(self.refuse(err)),
         }
         let command = match RespCommand::parse(args, shared.config.max_message_bytes) {
+            // As in Redis, unknown commands and wrong arities are told apart before NOAUTH.
+            Ok(Some(command)) if !self.authenticated && !matches!(command, RespCommand::Quit) => {
+                return Some(Outcome::reply(CommandError::NoAuth.into()));
+            }
             Ok(Some(command)) => command,
             Ok(None) => return None,
             Err(err) => return Some(self.refuse(err)),
@@ -100,6 +116,8 @@ impl Session {
             SessionCommand::Reset => {
                 self.end_transaction();
                 self.protocol = Protocol::Resp2;
+                // Back to the default user, who must authenticate again, as in Redis.
+                self.authenticated = shared.config.password.is_none();
                 let mut details = self.registration.client().details();
                 details.name.clear();
                 details.protocol = Protocol::Resp2;
@@ -108,11 +126,12 @@ impl Session {
             // The rest concern the connection, not the data: not part of a transaction.
             _ if in_transaction => self.refuse(CommandError::NotInTransaction(command.name().into())),
             SessionCommand::Hello(hello) => self.hello(shared, hello),
-            SessionCommand::Auth { user, .. } => Outcome::reply(match user {
-                None => CommandError::AuthWithoutPassword.into(),
-                Some(b"default") => RespReply::Simple("OK"),
-                Some(_) => CommandError::WrongPass.into(),
-            }),
+            SessionCommand::Auth { user, password } => {
+                Outcome::reply(match self.authenticate(shared, user, password) {
+                    Ok(()) => RespReply::Simple("OK"),
+                    Err(err) => err.into(),
+                })
+            }
             SessionCommand::Unwatch => ok(),
             SessionCommand::ClientId => Outcome::reply(RespReply::Integer(self.id())),
             SessionCommand::ClientInfo => Outcome::reply(RespReply::Verbatim(self.registration.client().line() + "\n")),
@@ -147,10 +166,14 @@ impl Session {
     /// `HELLO`: checks AUTH and SETNAME before changing anything, then switches protocol
     /// and answers with the server's description, in the new protocol (as Redis does).
     fn hello(&mut self, shared: &Shared, hello: Hello<'_>) -> Outcome<RespReply> {
-        if let Some((user, _)) = hello.auth
-            && user != b"default"
-        {
-            return Outcome::reply(CommandError::WrongPass.into());
+        match hello.auth {
+            Some((user, password)) => {
+                if let Err(err) = self.authenticate(shared, Some(user), password) {
+                    return Outcome::reply(err.into());
+                }
+            }
+            None if !self.authenticated => return Outcome::reply(CommandError::HelloNoAuth.into()),
+            None => {}
         }
         if let Some(name) = hello.name
             && let Err(err) = self.set_name(name)
@@ -174,6 +197,23 @@ impl Session {
         ]))
     }
 
+    /// `AUTH [user] password`, and HELLO's AUTH option. A failure leaves the session as it
+    /// was (an authenticated session stays authenticated), as in Redis.
+    fn authenticate(&mut self, shared: &Shared, user: Option<&[u8]>, password: &[u8]) -> Result<(), CommandError> {
+        let default_user = user.is_none_or(|user| user == b"default");
+        match &shared.config.password {
+            // Redis's default user without a password takes any password, but the one-word
+            // form is told that no password is configured.
+            None if user.is_none() => Err(CommandError::AuthWithoutPassword),
+            None if default_user => Ok(()),
+            Some(expected) if expected.matches(password) && default_user => {
+                self.authenticated = true;
+                Ok(())
+            }
+            _ => Err(CommandError::WrongPass),
+        }
+    }
+
     fn set_name(&mut self, name: &[u8]) -> Result<(), CommandError> {
         if !is_valid_client_name(name) {
             return Err(CommandError::BadClientName);
@@ -190,4 +230,9 @@ impl Session {
     fn id(&self) -> i64 {
         i64::try_from(self.registration.client().id).unwrap_or(i64::MAX)
     }
+}
+
+/// What Redis serves before authentication (its `no-auth` commands).
+fn allowed_before_auth(command: &SessionCommand<'_>) -> bool {
+    matches!(command, SessionCommand::Auth { .. } | SessionCommand::Hello(_) | SessionCommand::Reset)
 }

@@ -71,6 +71,21 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts one more node, `n<len>`, following node 0 unless `adjust` says otherwise
+    /// (point it at a fault proxy, say). Returns its index.
+    pub async fn add_node(&mut self, adjust: impl FnOnce(&mut NodeConfig)) -> usize {
+        let i = self.slots.len();
+        let mut config = NodeConfig::new(self.dir.path().join(format!("n{i}")));
+        config.node_id = Some(format!("n{i}"));
+        config.role = Role::Follower { leader: self.node(0).grpc_addr().to_string() };
+        adjust(&mut config);
+        let node = Node::start(config.clone()).await.expect("node starts");
+        config.listen = node.client_addr().to_string();
+        config.grpc_listen = node.grpc_addr().to_string();
+        self.slots.push(Slot { config, node: Some(node) });
+        i
+    }
+
     pub fn len(&self) -> usize {
         self.slots.len()
     }

@@ -2,8 +2,13 @@
 //! and real `msglog` processes with blocking line clients.
 #![allow(dead_code)]
 
+pub mod checker;
 pub mod cluster;
 pub mod fs;
+pub mod history;
+pub mod netns;
+pub mod proxy;
+pub mod scenario;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};

@@ -196,6 +196,32 @@ impl WriteBuf {
 }
 
 impl Conn {
+    /// Sends AUTH and waits for its `OK`, before anything is measured. The error is the
+    /// server's reply.
+    pub(super) async fn authenticate(&mut self, protocol: Protocol, password: &str) -> Result<(), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request = match protocol {
+            Protocol::Text => format!("AUTH {password}\r\n"),
+            Protocol::Resp => format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len()),
+        };
+        self.stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        // The reply is one short line; nothing else is in flight on the connection yet.
+        let mut reply = Vec::new();
+        while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
+            let mut byte = [0u8; 1];
+            match self.stream.read(&mut byte).await {
+                Ok(0) => return Err("the server closed the connection".to_string()),
+                Ok(_) => reply.push(byte[0]),
+                Err(err) => return Err(err.to_string()),
+            }
+        }
+        let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
+        match reply.as_str() {
+            "OK" | "+OK" => Ok(()),
+            _ => Err(reply),
+        }
+    }
+
     pub(super) async fn connect(addr: SocketAddr, pipeline: usize) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;

@@ -46,9 +46,18 @@ pub enum CommandError {
     ProtocolNotAnInteger,
     #[error("Syntax error in HELLO option '{0}'")]
     HelloOption(String),
-    /// `AUTH` naming a user other than `default` (msglog has no users or passwords).
+    /// A wrong password, or a user other than `default` (msglog has no other users).
     #[error("invalid username-password pair or user is disabled.")]
     WrongPass,
+    /// Any command but AUTH, HELLO, RESET and QUIT before a password was given.
+    #[error("Authentication required.")]
+    NoAuth,
+    /// `HELLO` without its AUTH option before a password was given; Redis's words.
+    #[error(
+        "HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> \
+         <pass> option can be used to authenticate the client and select the RESP protocol version at the same time"
+    )]
+    HelloNoAuth,
     /// Redis's words for `AUTH <password>` on a server without a password.
     #[error(
         "AUTH <password> called without any password configured for the default user. \
@@ -87,6 +96,7 @@ impl CommandError {
         match self {
             CommandError::NoProto => "NOPROTO",
             CommandError::WrongPass => "WRONGPASS",
+            CommandError::NoAuth | CommandError::HelloNoAuth => "NOAUTH",
             CommandError::ExecAbort => "EXECABORT",
             _ => "ERR",
         }

@@ -10,8 +10,8 @@ use crate::protocol::printable;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionCommand<'a> {
     Hello(Hello<'a>),
-    /// `AUTH [user] password`: msglog has no passwords, so only the `default` user with
-    /// any password succeeds (as on a Redis without `requirepass`).
+    /// `AUTH [user] password`: `default` is the only user. Without a configured password
+    /// it succeeds with any password (as on a Redis without `requirepass`).
     Auth {
         user: Option<&'a [u8]>,
         password: &'a [u8],

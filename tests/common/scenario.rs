@@ -1,0 +1,394 @@
+//! Fault scenarios against real `msglog serve` processes: a cluster of processes the test
+//! kills, pauses, restarts and promotes, and a workload of client threads that records
+//! every operation in a [`History`] for the checker.
+//!
+//! Nodes either share 127.0.0.1 (ports picked free) or each get their own loopback address
+//! (127.0.0.11, .12 ...) inside a private network namespace, so nftables rules can cut the
+//! links between them; a node's replication connections leave from its own address
+//! (`--bind-source-addr`). Clients connect from 127.0.0.1, which no rule names.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::checker;
+use super::cluster::digest;
+use super::history::History;
+use super::{LineClient, ServerProcess, free_port, poll_until};
+
+/// How long a write waits for followers before `ERR replication timeout`.
+pub const ACK_TIMEOUT: &str = "2s";
+/// A client gives up on a reply after this (longer than the ack timeout, so a slow quorum
+/// answers with an error rather than leave the write unknown).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(4);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressing {
+    /// Every node on 127.0.0.1, on free ports.
+    Shared,
+    /// Node i on 127.0.0.(11 + i), fixed ports: only inside a private network namespace.
+    Distinct,
+}
+
+pub struct ProcessNode {
+    pub name: String,
+    pub ip: IpAddr,
+    pub addr: SocketAddr,
+    pub grpc: SocketAddr,
+    pub data_dir: PathBuf,
+    process: Option<ServerProcess>,
+}
+
+pub struct ProcessCluster {
+    _dir: TempDir,
+    pub nodes: Vec<ProcessNode>,
+    tolerance: u32,
+    addressing: Addressing,
+    /// Where the workload sends requests: the node the test believes leads.
+    leader: Arc<RwLock<SocketAddr>>,
+}
+
+impl ProcessCluster {
+    /// `n` processes: node 0 leads with `tolerance`, the others follow it.
+    pub fn start(n: usize, tolerance: u32, addressing: Addressing) -> ProcessCluster {
+        let dir = TempDir::new().expect("temp dir");
+        let nodes = (0..n)
+            .map(|i| {
+                let (ip, addr, grpc) = match addressing {
+                    Addressing::Shared => {
+                        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                        (ip, SocketAddr::new(ip, free_port()), SocketAddr::new(ip, free_port()))
+                    }
+                    Addressing::Distinct => {
+                        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8));
+                        (ip, SocketAddr::new(ip, 7000 + i as u16), SocketAddr::new(ip, 7100 + i as u16))
+                    }
+                };
+                let data_dir = dir.path().join(format!("n{i}"));
+                ProcessNode { name: format!("n{i}"), ip, addr, grpc, data_dir, process: None }
+            })
+            .collect::<Vec<_>>();
+        let leader = Arc::new(RwLock::new(nodes[0].addr));
+        let mut cluster = ProcessCluster { _dir: dir, nodes, tolerance, addressing, leader };
+        cluster.launch(0, None);
+        for i in 1..n {
+            cluster.launch(i, Some(0));
+        }
+        cluster
+    }
+
+    /// Starts node `i` on its data dir: leading if `follow` is `None`, else following node
+    /// `follow`.
+    pub fn launch(&mut self, i: usize, follow: Option<usize>) {
+        assert!(self.nodes[i].process.is_none(), "{} is running", self.nodes[i].name);
+        let tolerance = self.tolerance.to_string();
+        let mut args = vec!["--node-id", &self.nodes[i].name, "--stats-interval", "0s", "--ack-timeout", ACK_TIMEOUT];
+        let leader_grpc = follow.map(|l| self.nodes[l].grpc.to_string());
+        let source = self.nodes[i].ip.to_string();
+        match &leader_grpc {
+            Some(grpc) => args.extend(["--follow", grpc.as_str()]),
+            None => args.extend(["--tolerance", tolerance.as_str()]),
+        }
+        if self.addressing == Addressing::Distinct {
+            args.extend(["--bind-source-addr", source.as_str()]);
+        }
+        let node = &self.nodes[i];
+        let process = ServerProcess::start_on(&node.data_dir, node.addr, node.grpc, &args);
+        self.nodes[i].process = Some(process);
+        if follow.is_none() {
+            *self.leader.write().expect("leader lock") = self.nodes[i].addr;
+        }
+    }
+
+    pub fn process(&self, i: usize) -> &ServerProcess {
+        self.nodes[i].process.as_ref().unwrap_or_else(|| panic!("{} is not running", self.nodes[i].name))
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed beyond what the node already wrote.
+    pub fn kill(&mut self, i: usize) {
+        let mut process = self.nodes[i].process.take().expect("running");
+        process.kill9();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self, i: usize) {
+        let mut process = self.nodes[i].process.take().expect("running");
+        process.signal(libc::SIGTERM);
+        let status = process.wait_for_exit();
+        assert!(status.success(), "{} did not stop cleanly:\n{}", self.nodes[i].name, process.stderr());
+    }
+
+    /// SIGSTOP: the process keeps its sockets and its role but does nothing.
+    pub fn pause(&self, i: usize) {
+        self.process(i).signal(libc::SIGSTOP);
+    }
+
+    pub fn resume(&self, i: usize) {
+        self.process(i).signal(libc::SIGCONT);
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].process.is_some()
+    }
+
+    /// Where the workload sends requests.
+    pub fn leader_target(&self) -> Arc<RwLock<SocketAddr>> {
+        Arc::clone(&self.leader)
+    }
+
+    pub fn stats(&self, i: usize) -> HashMap<String, String> {
+        stats(self.nodes[i].addr)
+    }
+
+    /// The next offset of node `i`'s log, from STATS (`last_offset` + 1; 0 when empty).
+    pub fn next_offset(&self, i: usize) -> u64 {
+        self.stats(i).get("last_offset").and_then(|o| o.parse::<u64>().ok()).map_or(0, |o| o + 1)
+    }
+
+    /// The README's manual failover: among the running `candidates`, restart the one with
+    /// the highest `last_offset` without `--follow`, then point every other running node
+    /// (and `also_follow`, stopped ones to start) at it. Returns the new leader.
+    pub fn promote_most_up_to_date(&mut self, candidates: &[usize], also_follow: &[usize]) -> usize {
+        // Ties go to the first candidate, so a seed replays the same choice.
+        let chosen =
+            *candidates.iter().max_by_key(|&&i| (self.next_offset(i), std::cmp::Reverse(i))).expect("a candidate");
+        self.stop(chosen);
+        self.launch(chosen, None);
+        for i in 0..self.nodes.len() {
+            if i != chosen && (self.is_running(i) || also_follow.contains(&i)) {
+                if self.is_running(i) {
+                    self.stop(i);
+                }
+                self.launch(i, Some(chosen));
+            }
+        }
+        chosen
+    }
+
+    /// Waits until every running node's log ends where `leader`'s does.
+    pub fn wait_converged(&self, leader: usize) {
+        poll_until("every running node to catch up with the leader", || {
+            let end = self.next_offset(leader);
+            (0..self.nodes.len())
+                .filter(|&i| self.is_running(i))
+                .all(|i| self.next_offset(i) == end && self.next_offset(leader) == end)
+                .then_some(())
+        });
+    }
+
+    /// Stops every running node cleanly and returns (name, digest) of each of their logs.
+    pub fn stop_all_and_digest(mut self) -> Vec<(String, String)> {
+        let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_running(i)).collect();
+        for &i in &running {
+            self.stop(i);
+        }
+        running.iter().map(|&i| (self.nodes[i].name.clone(), digest(&self.nodes[i].data_dir))).collect()
+    }
+}
+
+pub fn stats(addr: SocketAddr) -> HashMap<String, String> {
+    let mut client = LineClient::connect(addr).expect("connect for STATS");
+    let line = client.request(b"STATS").expect("STATS");
+    String::from_utf8(line)
+        .expect("STATS is text")
+        .split(' ')
+        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+/// Client threads sending SETs (unique values) and GETs over a few keys to the current
+/// leader, recording each operation. Errors and timeouts are recorded as such (a write
+/// left unanswered is "maybe applied") and the client reconnects.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadConfig {
+    pub clients: usize,
+    /// Keys are `<prefix><n>` for n below `keys`.
+    pub prefix: &'static str,
+    pub keys: usize,
+    /// Percent of operations that are GETs.
+    pub read_percent: u32,
+    pub seed: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> WorkloadConfig {
+        WorkloadConfig { clients: 4, prefix: "k", keys: 8, read_percent: 40, seed: 1 }
+    }
+}
+
+impl Workload {
+    pub fn start(history: Arc<History>, target: Arc<RwLock<SocketAddr>>, config: WorkloadConfig) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..config.clients)
+            .map(|client| {
+                let (history, target, stop) = (Arc::clone(&history), Arc::clone(&target), Arc::clone(&stop));
+                std::thread::spawn(move || run_client(client, &history, &target, &stop, config))
+            })
+            .collect();
+        Workload { stop, threads }
+    }
+
+    /// Stops the clients after their current request and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("a workload client panicked");
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so a seed replays the same choices.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// Bound on one client's operations, so a scenario that never trips its own stop still ends.
+const MAX_OPS_PER_CLIENT: u64 = 200_000;
+
+fn run_client(
+    client: usize,
+    history: &History,
+    target: &RwLock<SocketAddr>,
+    stop: &AtomicBool,
+    config: WorkloadConfig,
+) {
+    let mut rng = Rng::new(config.seed.wrapping_add(client as u64 * 7919));
+    let mut connection: Option<(SocketAddr, Connection)> = None;
+    for _ in 0..MAX_OPS_PER_CLIENT {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let addr = *target.read().expect("leader lock");
+        if connection.as_ref().is_none_or(|(at, _)| *at != addr) {
+            match Connection::open(addr) {
+                Ok(c) => connection = Some((addr, c)),
+                Err(_) => {
+                    // The leader is down or being replaced: try again shortly.
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            }
+        }
+        let (_, conn) = connection.as_mut().expect("connected");
+        let key = format!("{}{}", config.prefix, rng.below(config.keys as u64));
+        let ok = if rng.below(100) < u64::from(config.read_percent) {
+            let op = history.invoke_read(client, &key);
+            match conn.request(&format!("GET {key}")) {
+                Ok(reply) => {
+                    match reply.as_str() {
+                        "NOT_FOUND" => history.read_ok(op, None),
+                        error if error.starts_with("ERR") => history.read_failed(op, error),
+                        _ => history.read_ok(op, Some(reply.clone())),
+                    }
+                    true
+                }
+                Err(err) => {
+                    history.read_failed(op, err);
+                    false
+                }
+            }
+        } else {
+            let value = history.next_value(client);
+            let op = history.invoke_write(client, &key, &value);
+            match conn.request(&format!("SET {key} {value}")) {
+                Ok(reply) if reply == "OK" => {
+                    history.write_ok(op);
+                    true
+                }
+                Ok(reply) => {
+                    history.write_failed(op, &reply);
+                    true
+                }
+                Err(_) => {
+                    history.write_unknown(op);
+                    false
+                }
+            }
+        };
+        if !ok {
+            connection = None;
+        }
+    }
+}
+
+/// A text-protocol connection with a reply timeout.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr) -> std::io::Result<Connection> {
+        let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+        stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        Ok(Connection { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    }
+
+    fn request(&mut self, line: &str) -> std::io::Result<String> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        if self.reader.read_line(&mut reply)? == 0 || !reply.ends_with("\r\n") {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"));
+        }
+        reply.truncate(reply.len() - 2);
+        Ok(reply)
+    }
+}
+
+/// After healing: reads every key a workload with `config` uses from `addr`, as the
+/// history's final reads.
+pub fn final_reads(history: &History, addr: SocketAddr, config: &WorkloadConfig) {
+    let mut conn = Connection::open(addr).expect("connect for the final reads");
+    for k in 0..config.keys {
+        let key = format!("{}{k}", config.prefix);
+        let reply = conn.request(&format!("GET {key}")).expect("final GET");
+        assert!(!reply.starts_with("ERR"), "final GET {key} failed: {reply}");
+        history.final_read(&key, (reply != "NOT_FOUND").then_some(reply));
+    }
+}
+
+/// The history passes the checker: linearizable per key, and every acknowledged write
+/// readable after healing. Panics with the minimal violating windows otherwise.
+pub fn assert_history_is_valid(history: &History) {
+    let ops = history.ops();
+    let mut violations = match checker::check(&ops) {
+        Ok(report) => {
+            eprintln!("history: {}; {report}", history.counts());
+            Vec::new()
+        }
+        Err(violations) => violations,
+    };
+    violations.extend(checker::check_final_reads(&ops));
+    assert!(
+        violations.is_empty(),
+        "the history ({}) has {} violations:\n{}",
+        history.counts(),
+        violations.len(),
+        checker::format_violations(&violations)
+    );
+}
