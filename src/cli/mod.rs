@@ -3,6 +3,7 @@
 pub mod bench;
 mod check;
 mod client;
+mod config_file;
 mod export;
 mod import;
 mod msg_files;
@@ -13,7 +14,7 @@ mod units;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "msglog", version, about = "A durable message store", long_about = None)]
@@ -25,7 +26,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Send commands to a server: one from the arguments, a prompt on a terminal, or
     /// every line of piped input.
     Client(client::ClientArgs),
@@ -43,9 +44,15 @@ enum Command {
 
 /// Runs the subcommand named on the command line. Errors are printed as one line.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("msglog: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Client(args) => client::run(args),
         Command::Export(args) => export::run(args),
         Command::Import(args) => import::run(args),
@@ -60,4 +67,14 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The command line, with `serve --config`'s file settings under the flags and environment.
+fn parse() -> anyhow::Result<Cli> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = Cli::command();
+    let matches = command.clone().get_matches_from(argv.clone());
+    let argv = config_file::with_file_settings(&command, &matches, argv)?;
+    let matches = command.get_matches_from(argv);
+    Cli::from_arg_matches(&matches).map_err(|err| err.exit())
 }

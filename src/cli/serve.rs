@@ -24,7 +24,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// Address to accept clients on.
-    #[arg(long, env = "MSGLOG_LISTEN", default_value = "127.0.0.1:6666")]
+    #[arg(long, env = "MSGLOG_LISTEN", default_value = "127.0.0.1:6666", value_parser = parse_listen)]
     listen: String,
     /// When a write counts as durable: always (fsync before OK), interval=<ms>, or never.
     #[arg(long, env = "MSGLOG_FSYNC", default_value = "always", value_parser = parse_fsync)]
@@ -33,7 +33,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_SEGMENT_BYTES", default_value = "128M", value_parser = parse_segment_bytes)]
     segment_bytes: u64,
     /// Largest message a SET may carry (e.g. 1048576, 1M).
-    #[arg(long, env = "MSGLOG_MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = parse_bytes)]
+    #[arg(long, env = "MSGLOG_MAX_MESSAGE_BYTES", default_value = "1048576", value_parser = parse_max_message_bytes)]
     max_message_bytes: u64,
     /// Clients served at once; more are refused with `ERR too many connections`. Each
     /// holds a file descriptor: at start the server checks that this many connections,
@@ -61,14 +61,15 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     stats_interval: Duration,
     /// Address to serve replication on: followers and `msglog tail` connect here.
-    #[arg(long, env = "MSGLOG_GRPC_LISTEN", default_value = "127.0.0.1:6667")]
+    #[arg(long, env = "MSGLOG_GRPC_LISTEN", default_value = "127.0.0.1:6667", value_parser = parse_listen)]
     grpc_listen: String,
     /// Run as a read-only follower of the leader at this gRPC address (host:port). Without
     /// it, the node is a leader and starts a new leader epoch.
     #[arg(long, env = "MSGLOG_FOLLOW", value_name = "LEADER_GRPC_ADDR", value_parser = parse_host_port)]
     follow: Option<String>,
     /// Followers that must hold a SET/DEL durably before the leader answers OK [default: 0].
-    #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file")]
+    #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file", allow_negative_numbers = true,
+          value_parser = parse_tolerance)]
     tolerance: Option<u32>,
     /// Read the tolerance from a file holding `TOLERANCE=N`, `tolerance=N` or `N` (`#`
     /// comments allowed); a malformed file stops the server, naming the line.
@@ -93,10 +94,36 @@ pub(crate) struct ServeArgs {
     /// serves only clients on this machine. `no` serves everyone (a trusted network only).
     #[arg(long, env = "MSGLOG_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no)]
     protected_mode: bool,
+    /// Serve Prometheus metrics over HTTP at http://<this address>/metrics (e.g.
+    /// 127.0.0.1:9464) [default: off].
+    #[arg(long, env = "MSGLOG_METRICS_LISTEN", value_name = "HOST:PORT", value_parser = parse_listen)]
+    metrics_listen: Option<String>,
+    /// What to log: a level (error, warn, info, debug, trace) or RUST_LOG-style directives
+    /// (e.g. `info,msglog::replication=debug`). This flag (or MSGLOG_LOG_LEVEL) wins over
+    /// RUST_LOG, which wins over the default, info.
+    #[arg(long, env = "MSGLOG_LOG_LEVEL", value_name = "FILTER", value_parser = parse_log_filter)]
+    log_level: Option<String>,
+    /// Log lines as human-readable text or as one JSON object per line.
+    #[arg(long, env = "MSGLOG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Read settings from a TOML file whose keys are these flags' long names
+    /// (`data-dir = "/var/lib/msglog"`). A flag, then its MSGLOG_* variable, wins over the
+    /// file; an unknown key is an error. See msglog.example.toml.
+    #[arg(long, env = "MSGLOG_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    Json,
 }
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_tracing();
+    init_tracing(args.log_level.as_deref(), args.log_format);
+    check_start(&args)?;
+    // A start that fails (a port in use, say) must not leave behind a data dir it made.
+    let fresh_data_dir = !args.data_dir.exists();
     let tolerance = match (&args.tolerance_file, args.tolerance) {
         (Some(path), _) => read_tolerance_file(path)?,
         (None, tolerance) => tolerance.unwrap_or(0),
@@ -124,24 +151,85 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         bind_source_addr: args.bind_source_addr,
         password: args.requirepass.clone(),
         protected_mode: args.protected_mode,
+        metrics_listen: args.metrics_listen.clone(),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let node = Node::start(config).await?;
+        let node = match Node::start(config).await {
+            Ok(node) => node,
+            Err(err) => {
+                if fresh_data_dir {
+                    let _ = std::fs::remove_dir_all(&args.data_dir);
+                }
+                return Err(err.into());
+            }
+        };
+        notify_systemd("READY=1");
         let signals = async move {
             let name = tokio::select! {
                 _ = terminate.recv() => "SIGTERM",
                 _ = interrupt.recv() => "SIGINT",
             };
             tracing::info!(signal = name, "received shutdown signal");
+            notify_systemd("STOPPING=1");
         };
         node.run_until(signals).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (a `Type=notify` unit, which sets NOTIFY_SOCKET) that the node is serving,
+/// or stopping. Best effort: without systemd there is no socket and nothing to do.
+fn notify_systemd(state: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())
+        }
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
+    if let Err(err) = sent {
+        tracing::warn!(%err, socket = %path, "could not notify systemd");
+    }
+}
+
+/// Checks that need more than one flag, or the file system, before anything is made.
+fn check_start(args: &ServeArgs) -> anyhow::Result<()> {
+    if args.data_dir.exists() && !args.data_dir.is_dir() {
+        anyhow::bail!("--data-dir {} is not a directory", args.data_dir.display());
+    }
+    if let Some(leader) = &args.follow {
+        let same = leader == &args.grpc_listen
+            || matches!((leader.parse::<std::net::SocketAddr>(), args.grpc_listen.parse::<std::net::SocketAddr>()),
+                        (Ok(a), Ok(b)) if a == b);
+        if same {
+            anyhow::bail!(
+                "--follow {leader} names this node's own --grpc-listen; give the leader's gRPC address instead"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn parse_max_message_bytes(text: &str) -> Result<u64, String> {
+    match parse_bytes(text)? {
+        0 => Err("must be at least 1 byte: a SET carries a message".into()),
+        n => Ok(n),
+    }
+}
+
+fn parse_tolerance(text: &str) -> Result<u32, String> {
+    text.trim().parse::<u32>().map_err(|_| {
+        format!("expected how many followers must hold a write: 0 or more (e.g. --tolerance 1), not '{text}'")
+    })
 }
 
 /// `--max-connections`, checked against the file descriptor limit before anything is
@@ -201,13 +289,33 @@ fn parse_yes_no(text: &str) -> Result<bool, String> {
     }
 }
 
-/// Logs go to stderr (stdout is for command output); `RUST_LOG` overrides the `info` default.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+/// A listening address is `host:port`; a bare port (`--listen 6666`) is the usual slip, so
+/// it gets a message saying so. Anything else is left to the bind, whose error names it.
+pub(crate) fn parse_listen(text: &str) -> Result<String, String> {
+    match text.trim().parse::<u16>() {
+        Ok(_) => Err(format!("expected host:port, e.g. 127.0.0.1:{text} or 0.0.0.0:{text}")),
+        Err(_) => Ok(text.to_string()),
+    }
+}
+
+fn parse_log_filter(text: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(text)
+        .map(|_| text.to_string())
+        .map_err(|err| format!("bad log filter '{text}': {err} (expected e.g. info, debug or info,msglog=debug)"))
+}
+
+/// Logs go to stderr (stdout is for command output). The filter is `--log-level`, else
+/// `RUST_LOG`, else `info`.
+fn init_tracing(level: Option<&str>, format: LogFormat) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }

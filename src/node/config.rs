@@ -38,6 +38,8 @@ pub struct NodeConfig {
     pub password: Option<Password>,
     /// Without a password, a client listener beyond loopback serves loopback clients only.
     pub protected_mode: bool,
+    /// Where to serve Prometheus metrics at `/metrics` (`host:port`); `None` serves none.
+    pub metrics_listen: Option<String>,
 }
 
 impl NodeConfig {
@@ -60,6 +62,7 @@ impl NodeConfig {
             bind_source_addr: None,
             password: None,
             protected_mode: true,
+            metrics_listen: None,
         }
     }
 

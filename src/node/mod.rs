@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::replication::{Replication, ReplicationConfig, ReplicationStatus, Role};
+use crate::server::metrics::{Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ServerConfig};
 use crate::storage::{Epoch, FileSystem, Log, LogStats, RealFs, StorageError};
 
@@ -85,18 +86,27 @@ impl Node {
         // Opened before binding, so a second server on the same directory fails on the lock,
         // naming it, whatever its listen address.
         let max_record_bytes = log_config.max_record_bytes as usize;
+        let opening = Instant::now();
         let log = Log::open_with(&config.data_dir, log_config, fs)
             .map_err(|cause| NodeError::OpenLog { dir: config.data_dir.clone(), cause })?;
-        let (listener, client_addr, grpc_listener, grpc_addr) = match bind_and_lead(&config, &log).await {
-            Ok(bound) => bound,
-            Err(err) => {
-                // Closed, not dropped: what recovery wrote is synced and the lock released.
-                if let Err(close) = log.close() {
-                    tracing::warn!(%close, "closing the log after a failed start");
+        let recovered = log.stats();
+        tracing::info!(
+            "recovered {} records, {} IDs in {:.3} s",
+            recovered.records,
+            recovered.ids,
+            opening.elapsed().as_secs_f64()
+        );
+        let Bound { listener, client_addr, grpc_listener, grpc_addr, metrics_listener } =
+            match bind_and_lead(&config, &log).await {
+                Ok(bound) => bound,
+                Err(err) => {
+                    // Closed, not dropped: what recovery wrote is synced and the lock released.
+                    if let Err(close) = log.close() {
+                        tracing::warn!(%close, "closing the log after a failed start");
+                    }
+                    return Err(err);
                 }
-                return Err(err);
-            }
-        };
+            };
         let log = Arc::new(log);
         let node_id = config.node_id.clone().unwrap_or_else(|| client_addr.to_string());
         let server_config = ServerConfig {
@@ -108,6 +118,7 @@ impl Node {
             stats_interval: config.stats_interval,
             password: config.password.clone(),
             protected_mode: config.protected_mode,
+            metrics: metrics_listener.as_ref().map(|_| Arc::new(Metrics::default())),
         };
         // Clients stop first and replication only after them: a write waiting for its
         // acknowledgements during shutdown still gets them, instead of waiting out the ack
@@ -135,6 +146,23 @@ impl Node {
             "msglog listening"
         );
         let replication_task = tokio::spawn(Arc::clone(&replication).run(grpc_listener));
+        let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
+        let metrics_task = match (metrics_listener, &server_config.metrics) {
+            (Some((listener, addr)), Some(metrics)) => {
+                let exporter = Exporter::new(
+                    Arc::clone(metrics),
+                    Arc::downgrade(&log),
+                    replication_figures(Arc::downgrade(&replication)),
+                );
+                tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+                let mut stopped = stop_replication.subscribe();
+                Some(tokio::spawn(exporter.serve(listener, async move {
+                    let _ = stopped.wait_for(|&stop| stop).await;
+                })))
+            }
+            _ => None,
+        };
+        let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stop_replication.subscribe()));
         let mut stopped = clients_stopping;
         let cluster: Arc<dyn Cluster> = Arc::clone(&replication) as Arc<dyn Cluster>;
         let server_task =
@@ -145,21 +173,29 @@ impl Node {
             node_id,
             client_addr,
             grpc_addr,
+            metrics_addr,
             log,
             replication,
             stop_clients,
             stop_replication,
             server_task,
             replication_task,
+            background: metrics_task.into_iter().chain([watch_task]).collect(),
         })
     }
 }
 
-/// Binds both ports, then, on a leader, begins a new epoch: the last step that can fail.
-async fn bind_and_lead(
-    config: &NodeConfig,
-    log: &Log,
-) -> Result<(TcpListener, SocketAddr, TcpListener, SocketAddr), NodeError> {
+/// What a starting node has bound.
+struct Bound {
+    listener: TcpListener,
+    client_addr: SocketAddr,
+    grpc_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    metrics_listener: Option<(TcpListener, SocketAddr)>,
+}
+
+/// Binds the ports, then, on a leader, begins a new epoch: the last step that can fail.
+async fn bind_and_lead(config: &NodeConfig, log: &Log) -> Result<Bound, NodeError> {
     let bind = |what, addr: String| async move {
         let listener =
             TcpListener::bind(&addr).await.map_err(|cause| NodeError::Bind { what, addr: addr.clone(), cause })?;
@@ -168,13 +204,17 @@ async fn bind_and_lead(
     };
     let (listener, client_addr) = bind("", config.listen.clone()).await?;
     let (grpc_listener, grpc_addr) = bind(" for replication", config.grpc_listen.clone()).await?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(addr) => Some(bind(" for metrics", addr.clone()).await?),
+        None => None,
+    };
     if let Role::Leader { tolerance, .. } = &config.role {
         // Records this node appends from now on carry an epoch no earlier leader of this
         // log used, so a follower can tell our log from a previous leader's.
         let epoch = log.begin_leader_epoch().map_err(NodeError::Epoch)?;
         tracing::info!(epoch, tolerance, "leading");
     }
-    Ok((listener, client_addr, grpc_listener, grpc_addr))
+    Ok(Bound { listener, client_addr, grpc_listener, grpc_addr, metrics_listener })
 }
 
 /// A node that is serving. Dropping it without [`shutdown`](RunningNode::shutdown) leaves
@@ -183,12 +223,15 @@ pub struct RunningNode {
     node_id: String,
     client_addr: SocketAddr,
     grpc_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     log: Arc<Log>,
     replication: Arc<Replication>,
     stop_clients: watch::Sender<bool>,
     stop_replication: watch::Sender<bool>,
     server_task: JoinHandle<std::io::Result<()>>,
     replication_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The metrics server and the follower watch: they end on the stop signal.
+    background: Vec<JoinHandle<()>>,
 }
 
 /// A node's state, typed: what STATS prints, as values.
@@ -222,6 +265,11 @@ impl RunningNode {
         self.grpc_addr
     }
 
+    /// Where Prometheus scrapes `/metrics`, if `metrics_listen` was set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn status(&self) -> NodeStatus {
         let log = self.log.stats();
         NodeStatus {
@@ -252,7 +300,16 @@ impl RunningNode {
     }
 
     async fn stop(self, early: Option<Ended>) -> Result<(), NodeError> {
-        let RunningNode { log, replication, stop_clients, stop_replication, server_task, replication_task, .. } = self;
+        let RunningNode {
+            log,
+            replication,
+            stop_clients,
+            stop_replication,
+            server_task,
+            replication_task,
+            background,
+            ..
+        } = self;
         let _ = stop_clients.send(true);
         let (served, replicated) = match early {
             None => {
@@ -269,6 +326,10 @@ impl RunningNode {
                 (served_result(server_task.await), replicated.and(Err(unexpected("replication"))))
             }
         };
+        // Replication has been told to stop, and so have these.
+        for task in background {
+            let _ = task.await;
+        }
         drop(replication);
         // Closed whatever else failed, so what is buffered is synced and the lock released;
         // the first failure is the one reported.
@@ -322,6 +383,67 @@ async fn release(mut log: Arc<Log>) -> Result<Log, NodeError> {
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
             Err(_) => return Err(NodeError::StillInUse(RELEASE_DEADLINE)),
+        }
+    }
+}
+
+/// Replication's figures for a scrape, read through a weak reference so that metrics never
+/// keep replication (and through it the log) alive at shutdown.
+fn replication_figures(
+    replication: std::sync::Weak<Replication>,
+) -> Box<dyn Fn() -> Option<ReplicationFigures> + Send + Sync> {
+    Box::new(move || {
+        let status = replication.upgrade()?.status();
+        Some(match &status {
+            ReplicationStatus::Leader { followers, .. } => ReplicationFigures {
+                leader: true,
+                connected_followers: status.connected_followers() as u64,
+                follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
+                lag_behind_leader: None,
+            },
+            ReplicationStatus::Follower { lag, .. } => {
+                ReplicationFigures { leader: false, lag_behind_leader: Some(*lag), ..ReplicationFigures::default() }
+            }
+        })
+    })
+}
+
+/// How often the follower watch looks; a lost follower is reported within this.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Warns when a follower that was connected is no longer (on a leader), or when the
+/// leader is lost (on a follower): replication reports no such event, so its status is
+/// compared from one look to the next.
+async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping: watch::Receiver<bool>) {
+    // Every follower seen, and whether it was connected at the last look. A follower is
+    // only listed once it has connected, so one first seen disconnected was lost too.
+    let mut known: Vec<(String, bool)> = Vec::new();
+    let mut leader_connected = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = stopping.wait_for(|&stop| stop) => return,
+        }
+        let Some(status) = replication.upgrade().map(|r| r.status()) else { return };
+        match status {
+            ReplicationStatus::Leader { followers, .. } => {
+                for follower in followers.iter().filter(|f| !f.connected) {
+                    let was_connected = known.iter().find(|(id, _)| id == &follower.id).is_none_or(|(_, c)| *c);
+                    if was_connected {
+                        tracing::warn!(
+                            follower = %follower.id, lag = follower.lag,
+                            "lost a follower: its replication stream ended"
+                        );
+                    }
+                }
+                known = followers.iter().map(|f| (f.id.clone(), f.connected)).collect();
+            }
+            ReplicationStatus::Follower { leader_addr, connected: now, lag, .. } => {
+                if leader_connected && !now {
+                    tracing::warn!(leader = %leader_addr, lag, "lost the leader: reconnecting");
+                }
+                leader_connected = now;
+            }
         }
     }
 }

@@ -20,12 +20,13 @@
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::Instrument;
 
 use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply, opens_resp};
 use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
@@ -34,6 +35,7 @@ use crate::storage::{Offset, StorageError};
 use super::Shared;
 use super::budget::Reservation;
 use super::execute::{Outcome, execute_line, storage_failure};
+use super::metrics::{CommandOutcome, command_label};
 use super::session::Session;
 use super::shutdown::Shutdown;
 
@@ -79,6 +81,14 @@ impl Answer {
             Answer::Resp(reply, _) => reply.encoded_len_hint(),
         }
     }
+
+    fn outcome(&self) -> CommandOutcome {
+        match self {
+            Answer::Text(Reply::Error(_)) | Answer::Resp(RespReply::Error { .. }, _) => CommandOutcome::Error,
+            Answer::Text(Reply::NotFound) | Answer::Resp(RespReply::Nil, _) => CommandOutcome::NotFound,
+            _ => CommandOutcome::Ok,
+        }
+    }
 }
 
 /// A reply whose request is done, waiting to be written.
@@ -88,6 +98,10 @@ struct Pending {
     acknowledges_write: bool,
     /// It shows a record, so it becomes a storage failure if that record cannot be synced.
     shows_record: bool,
+    /// The metrics label of its command.
+    command: &'static str,
+    /// When the request was read; only taken when metrics are recorded.
+    started: Option<Instant>,
 }
 
 enum Flow {
@@ -130,6 +144,9 @@ impl Connection {
         shutdown_complete: mpsc::Sender<()>,
     ) -> Connection {
         shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &shared.config.metrics {
+            metrics.connection_opened();
+        }
         let reservation = Reservation::new(Arc::clone(&shared.budget));
         let authenticated = shared.config.password.is_none();
         Connection {
@@ -152,9 +169,16 @@ impl Connection {
 
     /// Serves the client until it leaves, sends QUIT, or the server shuts down.
     pub(crate) async fn run(mut self) {
-        if let Err(err) = self.serve().await {
-            tracing::debug!(%err, "connection ended with an error");
+        // Every line logged on behalf of this client says who it is.
+        let peer = self.stream.peer_addr().map_or_else(|_| "unknown".to_string(), |addr| addr.to_string());
+        let span = tracing::info_span!("connection", %peer);
+        async move {
+            if let Err(err) = self.serve().await {
+                tracing::debug!(%err, "connection ended with an error");
+            }
         }
+        .instrument(span)
+        .await
     }
 
     async fn serve(&mut self) -> io::Result<()> {
@@ -245,9 +269,11 @@ impl Connection {
                 false => Dialect::Text(LineFramer::new(self.shared.config.max_line_bytes())),
             };
         }
-        while let Some(outcome) = self.next_outcome() {
+        loop {
+            let started = self.shared.config.metrics.as_ref().map(|_| Instant::now());
+            let Some((outcome, command)) = self.next_outcome() else { break };
             let close = outcome.close;
-            self.push(outcome);
+            self.push(outcome, command, started);
             if !self.within_budget() {
                 return Ok(Flow::OverBudget);
             }
@@ -266,19 +292,23 @@ impl Connection {
         self.flush().await
     }
 
-    /// Frames and executes the next complete request in the input buffer, if there is one.
-    fn next_outcome(&mut self) -> Option<Outcome<Answer>> {
+    /// Frames and executes the next complete request in the input buffer, if there is one;
+    /// with its command's metrics label.
+    fn next_outcome(&mut self) -> Option<(Outcome<Answer>, &'static str)> {
         let shared = &self.shared;
         match &mut self.dialect {
             Dialect::Undecided => None,
             Dialect::Text(framer) => {
-                let outcome = match framer.next_frame(&mut self.input)? {
-                    Frame::Line(line) => execute_line(shared, &mut self.authenticated, &line),
+                let (outcome, label) = match framer.next_frame(&mut self.input)? {
+                    Frame::Line(line) => {
+                        let label = command_label(line.split(|&b| b == b' ').next().unwrap_or_default());
+                        (execute_line(shared, &mut self.authenticated, &line), label)
+                    }
                     Frame::TooLong => {
-                        Outcome::reply(ProtocolError::LineTooLong { max: framer.max_line_bytes() }.into())
+                        (Outcome::reply(ProtocolError::LineTooLong { max: framer.max_line_bytes() }.into()), "other")
                     }
                 };
-                Some(outcome.map(Answer::Text))
+                Some((outcome.map(Answer::Text), label))
             }
             // Arguments are borrowed from the input buffer while the command runs; the
             // request's bytes are dropped only once its outcome no longer needs them.
@@ -288,21 +318,22 @@ impl Connection {
                     Ok(None) => return None,
                     Err(err) => {
                         let reply = Answer::Resp(RespReply::protocol_error(&err), session.protocol());
-                        return Some(Outcome::closing(reply));
+                        return Some((Outcome::closing(reply), "other"));
                     }
                 };
                 let len = request.len;
+                let label = command_label(request.args.get(0).unwrap_or_default());
                 let outcome = session.handle(shared, request.args, &self.input[..len]);
                 self.input.advance(len);
                 if let Some(outcome) = outcome {
                     let protocol = session.protocol();
-                    return Some(outcome.map(|reply| Answer::Resp(reply, protocol)));
+                    return Some((outcome.map(|reply| Answer::Resp(reply, protocol)), label));
                 }
             },
         }
     }
 
-    fn push(&mut self, outcome: Outcome<Answer>) {
+    fn push(&mut self, outcome: Outcome<Answer>, command: &'static str, started: Option<Instant>) {
         self.unsynced = self.unsynced.max(outcome.written);
         self.unsynced_read = self.unsynced_read.max(outcome.read);
         self.pending_bytes += outcome.reply.encoded_len_hint();
@@ -310,6 +341,8 @@ impl Connection {
             answer: outcome.reply,
             acknowledges_write: outcome.written.is_some(),
             shows_record: outcome.read.is_some(),
+            command,
+            started,
         });
     }
 
@@ -341,7 +374,11 @@ impl Connection {
                 (_, Some(failure)) if pending.shows_record => Some(failure),
                 _ => None,
             };
-            failure.unwrap_or(&pending.answer).encode(&mut self.output);
+            let answer = failure.unwrap_or(&pending.answer);
+            answer.encode(&mut self.output);
+            if let (Some(metrics), Some(started)) = (&self.shared.config.metrics, pending.started) {
+                metrics.command_done(pending.command, answer.outcome(), started.elapsed());
+            }
         }
         self.pending_bytes = 0;
         if !self.within_budget() {
@@ -364,7 +401,10 @@ impl Connection {
             Some(replicated) => {
                 let (local, replicated) = tokio::join!(self.sync_through(offset), replicated);
                 local.map_err(|e| storage_failure(&e))?;
-                replicated.map_err(Reply::error)
+                replicated.map_err(|refusal| {
+                    self.shared.metrics.warn_replication_refusal(&refusal.0);
+                    Reply::error(refusal)
+                })
             }
         }
     }
@@ -438,5 +478,8 @@ fn release_if_large(buf: &mut BytesMut) {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.shared.config.metrics {
+            metrics.connection_closed();
+        }
     }
 }

@@ -10,6 +10,7 @@ mod committer;
 mod connection;
 mod descriptors;
 mod execute;
+pub mod metrics;
 mod resp;
 mod session;
 mod shutdown;
@@ -56,6 +57,8 @@ pub struct ServerConfig {
     pub password: Option<Password>,
     /// Without a password, a listener beyond loopback serves loopback clients only.
     pub protected_mode: bool,
+    /// Where connections record Prometheus figures; `None` records none.
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             stats_interval: Some(Duration::from_secs(10)),
             password: None,
             protected_mode: true,
+            metrics: None,
         }
     }
 }

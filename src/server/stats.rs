@@ -27,6 +27,17 @@ pub(crate) struct Metrics {
     /// The Redis-protocol connections, for CLIENT LIST.
     pub(crate) clients: Clients,
     window: Mutex<Window>,
+    /// Replication refusals logged at most once per [`WARN_EVERY`]; the rest are counted.
+    refusals: Mutex<RateLimit>,
+}
+
+/// How often a repeated warning (a replication timeout per write) is logged at most.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    suppressed: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,7 +57,26 @@ impl Default for Metrics {
             started: Instant::now(),
             clients: Clients::default(),
             window: Mutex::new(Window { started: Instant::now(), sets: 0, gets: 0 }),
+            refusals: Mutex::new(RateLimit::default()),
         }
+    }
+}
+
+impl Metrics {
+    /// A write was refused for its replication (a timeout waiting for followers). Under a
+    /// lost follower every write fails this way, so one line per [`WARN_EVERY`] says how
+    /// many.
+    pub(crate) fn warn_replication_refusal(&self, why: &str) {
+        let mut limit = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if limit.last.is_some_and(|last| now.duration_since(last) < WARN_EVERY) {
+            limit.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut limit.suppressed);
+        limit.last = Some(now);
+        drop(limit);
+        tracing::warn!(reason = why, similar_since_last_warning = suppressed, "a write was refused: not replicated");
     }
 }
 
@@ -71,6 +101,7 @@ pub(crate) struct Snapshot {
     pub(crate) buffered_bytes: u64,
     pub(crate) sets: u64,
     pub(crate) gets: u64,
+    pub(crate) dels: u64,
     pub(crate) set_per_sec: f64,
     pub(crate) get_per_sec: f64,
     /// Replication's pairs: followers and their lag, or the leader and this node's lag.
@@ -110,6 +141,7 @@ impl Snapshot {
             buffered_bytes: shared.budget.used() as u64,
             sets,
             gets,
+            dels: metrics.dels.load(Ordering::Relaxed),
             set_per_sec,
             get_per_sec,
             replication: shared
@@ -162,7 +194,20 @@ impl fmt::Display for OrNone {
     }
 }
 
-/// Logs one stats line every `every` until shutdown.
+impl Snapshot {
+    /// What the periodic line compares to decide whether anything changed: every figure
+    /// but the rates, which only restate the totals.
+    fn figures(&self) -> impl PartialEq + use<> {
+        (
+            (self.role, self.records, self.ids, self.segments, self.bytes, self.last_offset, self.durable_offset),
+            (self.epoch, self.fsyncs, self.connections, self.buffered_bytes, self.sets, self.gets, self.dels),
+            self.replication.clone(),
+        )
+    }
+}
+
+/// Logs a stats line every `every` until shutdown, skipping the ticks at which nothing
+/// changed, so an idle node's log stays quiet.
 pub(crate) async fn report_every(
     shared: std::sync::Arc<Shared>,
     every: Duration,
@@ -171,12 +216,18 @@ pub(crate) async fn report_every(
 ) {
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = None;
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
             _ = shutdown.recv() => break,
         }
         let s = Snapshot::take(&shared, true);
+        let figures = s.figures();
+        if last.as_ref() == Some(&figures) {
+            continue;
+        }
+        last = Some(figures);
         let replication = s.replication.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ");
         tracing::info!(
             role = s.role,
@@ -191,6 +242,9 @@ pub(crate) async fn report_every(
             fsyncs = s.fsyncs,
             connections = s.connections,
             buffered_bytes = s.buffered_bytes,
+            sets = s.sets,
+            gets = s.gets,
+            dels = s.dels,
             set_per_sec = format_args!("{:.0}", s.set_per_sec),
             get_per_sec = format_args!("{:.0}", s.get_per_sec),
             replication = %replication,

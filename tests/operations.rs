@@ -1,0 +1,380 @@
+//! Operating a node: Prometheus metrics scraped over HTTP and parsed, the config file's
+//! precedence, log flags, and the checks `serve` makes before it starts.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::cluster::TestCluster;
+use common::{DEADLINE, LineClient, ServerProcess, free_port, msglog, poll_until};
+use prometheus_parse::{Scrape, Value};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+// ---------------------------------------------------------------------------------------
+
+/// `GET /metrics` over a plain HTTP/1.1 connection, parsed by prometheus-parse.
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the metrics port");
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read response");
+        response
+    };
+    let response = tokio::time::timeout(DEADLINE, exchange).await.expect("scrape within the deadline");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
+    Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("the Prometheus text format")
+}
+
+/// The value of the sample named `metric` whose labels include `labels`.
+fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// The `+Inf` bucket of a histogram: how many observations it holds.
+fn observations(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match &s.value {
+            Value::Histogram(buckets) => buckets.iter().find(|b| b.less_than.is_infinite()).map(|b| b.count),
+            _ => None,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_scraped_over_http_move_with_set_and_get() {
+    let cluster = TestCluster::start_with(1, 0, |_, config| config.metrics_listen = Some("127.0.0.1:0".into())).await;
+    let addr = cluster.node(0).metrics_addr().expect("metrics are served when metrics_listen is set");
+    let before = scrape(addr).await;
+    assert_eq!(value(&before, "msglog_commands_total", &[("command", "set")]), None);
+    assert_eq!(value(&before, "msglog_log_records", &[]), Some(0.0));
+    let fsyncs_before = value(&before, "msglog_fsyncs_total", &[]).expect("fsyncs");
+
+    let mut client = cluster.client(0).await;
+    assert_eq!(client.request(b"SET greeting hello").await, b"OK");
+    assert_eq!(client.request(b"GET greeting").await, b"hello");
+    assert_eq!(client.request(b"GET missing").await, b"NOT_FOUND");
+    assert!(client.request(b"FROB x").await.starts_with(b"ERR "));
+
+    let after = scrape(addr).await;
+    let commands =
+        |command, result| value(&after, "msglog_commands_total", &[("command", command), ("result", result)]);
+    assert_eq!(commands("set", "ok"), Some(1.0));
+    assert_eq!(commands("get", "ok"), Some(1.0));
+    assert_eq!(commands("get", "not_found"), Some(1.0));
+    assert_eq!(commands("other", "error"), Some(1.0), "unknown words share one label");
+    assert_eq!(observations(&after, "msglog_command_duration_seconds", &[("command", "get")]), Some(2.0));
+    assert_eq!(observations(&after, "msglog_command_duration_seconds", &[("command", "set")]), Some(1.0));
+    assert_eq!(value(&after, "msglog_log_records", &[]), Some(1.0));
+    assert_eq!(value(&after, "msglog_log_ids", &[]), Some(1.0));
+    assert!(value(&after, "msglog_log_bytes", &[]) > value(&before, "msglog_log_bytes", &[]));
+    assert_eq!(value(&after, "msglog_connections", &[]), Some(1.0), "the client is still connected");
+    // The SET waited for an fsync under the default `--fsync always`.
+    assert!(value(&after, "msglog_fsyncs_total", &[]).expect("fsyncs") > fsyncs_before);
+    assert!(observations(&after, "msglog_fsync_duration_seconds", &[]) >= Some(1.0));
+    assert!(observations(&after, "msglog_records_per_fsync", &[]) >= Some(1.0));
+    drop(client);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_connected_followers_and_their_lag() {
+    let cluster = TestCluster::start_with(2, 1, |_, config| config.metrics_listen = Some("127.0.0.1:0".into())).await;
+    cluster.wait_for_followers(0, 1).await;
+    let mut client = cluster.client(0).await;
+    assert_eq!(client.request(b"SET a 1").await, b"OK");
+
+    let leader = scrape(cluster.node(0).metrics_addr().expect("leader metrics")).await;
+    assert_eq!(value(&leader, "msglog_replication_leader", &[]), Some(1.0));
+    assert_eq!(value(&leader, "msglog_replication_connected_followers", &[]), Some(1.0));
+    // Tolerance 1: the OK came after the follower acknowledged, so it lags by nothing.
+    assert_eq!(value(&leader, "msglog_replication_follower_lag_records", &[("follower", "n1")]), Some(0.0));
+    let follower = scrape(cluster.node(1).metrics_addr().expect("follower metrics")).await;
+    assert_eq!(value(&follower, "msglog_replication_leader", &[]), Some(0.0));
+    assert!(value(&follower, "msglog_replication_lag_records", &[]).is_some());
+    drop(client);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_off_by_default() {
+    let cluster = TestCluster::start(1, 0).await;
+    assert_eq!(cluster.node(0).metrics_addr(), None);
+    cluster.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: config file, logs, start checks
+// ---------------------------------------------------------------------------------------
+
+/// A `msglog serve` started with exactly the given arguments and environment (no
+/// MSGLOG_* or RUST_LOG inherited), SIGKILLed by PID when dropped.
+struct Serve {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Serve {
+    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Serve {
+        let stderr = dir.join(format!("serve-{}.stderr", free_port()));
+        let file = std::fs::File::create(&stderr).expect("stderr file");
+        let child = clean(msglog())
+            .arg("serve")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn msglog serve");
+        Serve { child, stderr }
+    }
+
+    /// Waits until it accepts clients on `addr`, then returns a client.
+    fn client(&mut self, addr: SocketAddr) -> LineClient {
+        poll_until("the server to accept clients", || {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("server exited early with {status}:\n{}", self.stderr());
+            }
+            LineClient::connect(addr).ok()
+        })
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: kill(2) on our own unreaped child's PID.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGKILL) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The command without the settings this test process's environment might carry.
+fn clean(mut command: Command) -> Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MSGLOG_") || key == "RUST_LOG" {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// Runs a `msglog serve` that is expected to refuse to start; returns its stderr.
+/// Anything not in `args` is a fresh data dir and free loopback ports, so a check that
+/// failed to refuse starts a harmless server rather than one on the defaults.
+fn refused_start(args: &[&str]) -> String {
+    let dir = TempDir::new().expect("temp dir");
+    let data = dir.path().join("data");
+    let (data, listen) = (data.to_str().expect("utf8"), loopback());
+    let mut all = args.to_vec();
+    for (flag, value) in [("--data-dir", data), ("--listen", &listen), ("--grpc-listen", "127.0.0.1:0")] {
+        if !args.contains(&flag) {
+            all.extend([flag, value]);
+        }
+    }
+    let mut server = Serve::spawn(dir.path(), &all, &[]);
+    let status = poll_until("serve to refuse to start", || server.child.try_wait().expect("try_wait"));
+    assert!(!status.success(), "serve {all:?} exited 0");
+    server.stderr()
+}
+
+fn loopback() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+fn stats(client: &mut LineClient) -> HashMap<String, String> {
+    let line = client.request(b"STATS").expect("STATS");
+    String::from_utf8(line)
+        .expect("utf8")
+        .split(' ')
+        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+#[test]
+fn config_file_settings_lose_to_env_which_loses_to_flags() {
+    let dir = TempDir::new().expect("temp dir");
+    let listen = loopback();
+    let file = dir.path().join("msglog.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "# every key is a serve flag's long name\nlisten = \"{listen}\"\ngrpc-listen = \"127.0.0.1:0\"\n\
+             data-dir = \"{}\"\nnode-id = \"from-file\"\nmax-message-bytes = \"1K\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("write config");
+    let config = file.to_str().expect("utf8 path");
+    let addr: SocketAddr = listen.parse().expect("addr");
+    let node_id_with = |args: &[&str], env: &[(&str, &str)]| {
+        let mut server = Serve::spawn(dir.path(), &[&["--config", config], args].concat(), env);
+        let mut client = server.client(addr);
+        let node_id = stats(&mut client).remove("node_id").expect("node_id");
+        // The file's max-message-bytes applies too: 1K refuses a 2000-byte message.
+        let long = [&b"SET big "[..], &[b'x'; 2000]].concat();
+        assert!(client.request(&long).expect("reply").starts_with(b"ERR "), "max-message-bytes from the file");
+        node_id
+    };
+    assert_eq!(node_id_with(&[], &[]), "from-file");
+    assert_eq!(node_id_with(&[], &[("MSGLOG_NODE_ID", "from-env")]), "from-env");
+    assert_eq!(node_id_with(&["--node-id", "from-flag"], &[("MSGLOG_NODE_ID", "from-env")]), "from-flag");
+}
+
+#[test]
+fn config_file_unknown_key_is_an_error_naming_it() {
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("msglog.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nmax-mesage-bytes = 10\n").expect("write config");
+    let data = dir.path().join("data");
+    let output = refused_start(&["--config", file.to_str().expect("utf8"), "--data-dir", data.to_str().expect("utf8")]);
+    assert!(output.contains("unknown key 'max-mesage-bytes'"), "{}", output);
+    assert!(!data.exists(), "nothing was started");
+}
+
+#[test]
+fn json_logs_carry_the_recovery_line_and_log_level_beats_rust_log() {
+    let dir = TempDir::new().expect("temp dir");
+    let listen = loopback();
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf8");
+    let args = ["--data-dir", data, "--listen", &listen, "--grpc-listen", "127.0.0.1:0", "--log-format", "json"];
+    let mut server = Serve::spawn(dir.path(), &args, &[("RUST_LOG", "info")]);
+    server.client(listen.parse().expect("addr"));
+    let logs = server.stderr();
+    let lines: Vec<serde_json::Value> =
+        logs.lines().map(|line| serde_json::from_str(line).expect("every log line is JSON")).collect();
+    let recovered = lines
+        .iter()
+        .filter_map(|line| line["fields"]["message"].as_str())
+        .find(|message| message.starts_with("recovered "))
+        .unwrap_or_else(|| panic!("a recovery line in {logs}"));
+    assert!(recovered.starts_with("recovered 0 records, 0 IDs in "), "{recovered}");
+    drop(server);
+
+    let quiet = [&args[..], &["--log-level", "warn"]].concat();
+    let mut server = Serve::spawn(dir.path(), &quiet, &[("RUST_LOG", "info")]);
+    let mut client = server.client(listen.parse().expect("addr"));
+    assert_eq!(client.request(b"PING").expect("PING"), b"PONG");
+    assert!(!server.stderr().contains("recovered"), "--log-level warn hides info lines: {}", server.stderr());
+}
+
+#[test]
+fn listen_without_a_host_names_host_port() {
+    let output = refused_start(&["--listen", "6666"]);
+    assert!(output.contains("host:port"), "{}", output);
+}
+
+#[test]
+fn data_dir_that_is_a_file_is_not_a_directory() {
+    let dir = TempDir::new().expect("temp dir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, b"x").expect("write file");
+    let output = refused_start(&["--data-dir", file.to_str().expect("utf8"), "--listen", &loopback()]);
+    assert!(output.contains("is not a directory"), "{}", output);
+}
+
+#[test]
+fn max_message_bytes_zero_is_refused() {
+    let output = refused_start(&["--max-message-bytes", "0"]);
+    assert!(output.contains("--max-message-bytes"), "{}", output);
+}
+
+#[test]
+fn follow_naming_its_own_grpc_listen_is_refused() {
+    let dir = TempDir::new().expect("temp dir");
+    let grpc = loopback();
+    let data = dir.path().join("data");
+    let args = ["--data-dir", data.to_str().expect("utf8"), "--grpc-listen", &grpc, "--follow", &grpc];
+    let output = refused_start(&args);
+    assert!(output.contains("own --grpc-listen"), "{}", output);
+}
+
+#[test]
+fn a_failed_start_leaves_no_data_dir_behind() {
+    let dir = TempDir::new().expect("temp dir");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken = held.local_addr().expect("addr").to_string();
+    let data = dir.path().join("data");
+    let output = refused_start(&["--data-dir", data.to_str().expect("utf8"), "--listen", &taken]);
+    assert!(output.contains("cannot listen"), "{}", output);
+    assert!(!data.exists(), "the data dir made by the failed start is removed");
+    drop(held);
+}
+
+#[test]
+fn the_example_config_file_is_accepted() {
+    let dir = TempDir::new().expect("temp dir");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/msglog.example.toml");
+    let listen = loopback();
+    let data = dir.path().join("data");
+    let args = ["--config", example, "--data-dir", data.to_str().expect("utf8"), "--listen", &listen];
+    let mut server = Serve::spawn(dir.path(), &[&args[..], &["--grpc-listen", "127.0.0.1:0"]].concat(), &[]);
+    let mut client = server.client(listen.parse().expect("addr"));
+    assert_eq!(client.request(b"PING").expect("PING"), b"PONG");
+}
+
+#[test]
+fn systemd_is_told_ready_once_clients_are_accepted_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new().expect("temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let listen = loopback();
+    let data = dir.path().join("data");
+    let args = ["--data-dir", data.to_str().expect("utf8"), "--listen", &listen, "--grpc-listen", "127.0.0.1:0"];
+    let mut server = Serve::spawn(dir.path(), &args, &[("NOTIFY_SOCKET", socket_path.to_str().expect("utf8"))]);
+    let mut message = [0u8; 64];
+    let n = socket.recv(&mut message).expect("a readiness message before the deadline");
+    assert_eq!(&message[..n], b"READY=1");
+    // Ready means serving: the first connection is answered without retrying.
+    let mut client = LineClient::connect(listen.parse().expect("addr")).expect("connect once ready");
+    assert_eq!(client.request(b"PING").expect("PING"), b"PONG");
+    // SAFETY: kill(2) on our own unreaped child.
+    unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    let n = socket.recv(&mut message).expect("a stopping message");
+    assert_eq!(&message[..n], b"STOPPING=1");
+    let status = poll_until("the server to exit", || server.child.try_wait().expect("try_wait"));
+    assert!(status.success(), "graceful stop exits 0: {}", server.stderr());
+}
+
+#[test]
+fn a_lost_follower_is_a_warning_on_the_leader() {
+    let dir = TempDir::new().expect("temp dir");
+    let leader = ServerProcess::start(&dir.path().join("leader"), &["--stats-interval", "0s"]);
+    let grpc = leader.grpc.to_string();
+    let follower_args = ["--follow", grpc.as_str(), "--node-id", "f1", "--stats-interval", "0s"];
+    let mut follower = ServerProcess::start(&dir.path().join("follower"), &follower_args);
+    let mut client = LineClient::connect(leader.addr).expect("connect");
+    poll_until("the follower to connect", || (stats(&mut client)["followers"] == "1").then_some(()));
+    follower.kill9();
+    let line = poll_until("a warning about the lost follower", || {
+        leader.stderr().lines().find(|line| line.contains("lost a follower")).map(str::to_string)
+    });
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("follower=f1"), "{line}");
+}
