@@ -7,6 +7,7 @@ mod common;
 use std::process::Output;
 
 use common::{DEADLINE, TestServer};
+use msglog::server::ServerConfig;
 use redis::Commands;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,6 +98,44 @@ async fn redis_cli_and_redis_benchmark_work_with_no_flags() {
             assert!(report.contains("SET: ") && report.contains("GET: "), "{report}");
             let stderr = String::from_utf8_lossy(&output.stderr);
             assert!(!stderr.contains("ERR") && !stderr.contains("rror"), "{stderr}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_benchmark_authenticate_with_dash_a() {
+    const SECRET: &str = "s3cret-pw";
+    let password = msglog::server::Password::new(SECRET).expect("password");
+    let config = ServerConfig { stats_interval: None, password: Some(password), ..ServerConfig::default() };
+    let server = TestServer::start_with(config, msglog::storage::Config::default()).await;
+    let port = server.addr.port().to_string();
+    let cli = |args: Vec<&str>| {
+        let mut full = vec!["-h", "127.0.0.1", "-p", port.as_str(), "--no-auth-warning"];
+        full.extend(args);
+        let full: Vec<String> = full.into_iter().map(str::to_string).collect();
+        async move { run("redis-cli", &full.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    };
+    let Some(refused) = cli(vec!["SET", "a", "b"]).await else {
+        eprintln!("skipped: redis-cli is not installed");
+        server.stop().await;
+        return;
+    };
+    assert_eq!(stdout(&refused).trim_end(), "NOAUTH Authentication required.");
+    assert_eq!(stdout(&cli(vec!["-a", SECRET, "SET", "a", "b"]).await.expect("redis-cli")), "OK\n");
+    assert_eq!(stdout(&cli(vec!["-a", SECRET, "GET", "a"]).await.expect("redis-cli")), "b\n");
+    let wrong = cli(vec!["-a", "wrong", "GET", "a"]).await.expect("redis-cli");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("WRONGPASS"), "{wrong:?}");
+    assert_eq!(stdout(&wrong).trim_end(), "NOAUTH Authentication required.");
+
+    let bench = ["-h", "127.0.0.1", "-p", port.as_str(), "-a", SECRET, "-t", "set,get", "-n", "2000", "-q"];
+    match run("redis-benchmark", &bench).await {
+        None => eprintln!("skipped: redis-benchmark is not installed"),
+        Some(output) => {
+            let report = stdout(&output);
+            assert!(report.contains("SET: ") && report.contains("GET: "), "{report}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!stderr.contains("NOAUTH") && !stderr.contains("WRONGPASS"), "{stderr}");
         }
     }
     server.stop().await;
