@@ -28,16 +28,21 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
-use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply, opens_resp};
+use crate::protocol::resp::{RespLimits, RespParser, RespReply, opens_resp};
 use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
-use crate::storage::{Offset, StorageError};
+use crate::storage::Offset;
 
 use super::Shared;
 use super::budget::Reservation;
-use super::execute::{Outcome, execute_line, storage_failure};
-use super::metrics::{CommandOutcome, command_label};
+use super::execute::{Outcome, execute_line};
+use super::metrics::command_label;
 use super::session::Session;
 use super::shutdown::Shutdown;
+
+mod answer;
+mod waits;
+
+use answer::Answer;
 
 /// Bytes requested from the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -58,37 +63,6 @@ enum Dialect {
     Undecided,
     Text(LineFramer),
     Resp(RespParser, Box<Session>),
-}
-
-/// A reply in the connection's protocol (for RESP, the version it was negotiated at when
-/// the request was handled: HELLO may change it mid-batch).
-enum Answer {
-    Text(Reply),
-    Resp(RespReply, Protocol),
-}
-
-impl Answer {
-    fn encode(&self, dst: &mut BytesMut) {
-        match self {
-            Answer::Text(reply) => reply.encode_text(dst),
-            Answer::Resp(reply, protocol) => reply.encode(dst, *protocol),
-        }
-    }
-
-    fn encoded_len_hint(&self) -> usize {
-        match self {
-            Answer::Text(reply) => reply.encoded_len_hint(),
-            Answer::Resp(reply, _) => reply.encoded_len_hint(),
-        }
-    }
-
-    fn outcome(&self) -> CommandOutcome {
-        match self {
-            Answer::Text(Reply::Error(_)) | Answer::Resp(RespReply::Error { .. }, _) => CommandOutcome::Error,
-            Answer::Text(Reply::NotFound) | Answer::Resp(RespReply::Nil, _) => CommandOutcome::NotFound,
-            _ => CommandOutcome::Ok,
-        }
-    }
 }
 
 /// A reply whose request is done, waiting to be written.
@@ -386,52 +360,6 @@ impl Connection {
         }
         self.write_output().await?;
         Ok(Flow::Continue)
-    }
-
-    /// Waits until everything up to `offset` is durable here and on the followers the
-    /// tolerance asks for (both at once: followers receive records before the local fsync).
-    /// The error is the reply every write of the batch gets instead of `OK`.
-    async fn commit(&self, offset: Offset) -> Result<(), Reply> {
-        let Some(cluster) = &self.shared.cluster else {
-            return self.sync_through(offset).await.map_err(|e| storage_failure(&e));
-        };
-        cluster.appended(offset + 1);
-        match cluster.replicated(offset) {
-            None => self.sync_through(offset).await.map_err(|e| storage_failure(&e)),
-            Some(replicated) => {
-                let (local, replicated) = tokio::join!(self.sync_through(offset), replicated);
-                local.map_err(|e| storage_failure(&e))?;
-                replicated.map_err(|refusal| {
-                    self.shared.metrics.warn_replication_refusal(&refusal.0);
-                    Reply::error(refusal)
-                })
-            }
-        }
-    }
-
-    /// A reply that shows a record, or an absence, waits until everything up to `offset`
-    /// is committed: durable here and, on a leader, on the followers the tolerance asks for.
-    /// Otherwise a reader could see a write that a failover then loses, and later read an
-    /// older value. On a follower only the local wait applies: what it holds came from the
-    /// leader, and the most up-to-date follower, which a failover promotes, holds it too.
-    async fn commit_read(&self, offset: Offset) -> Result<(), Reply> {
-        match self.shared.cluster.as_ref().and_then(|cluster| cluster.replicated(offset)) {
-            None => self.sync_through(offset).await.map_err(|e| storage_failure(&e)),
-            Some(replicated) => {
-                let (local, replicated) = tokio::join!(self.sync_through(offset), replicated);
-                local.map_err(|e| storage_failure(&e))?;
-                replicated.map_err(Reply::error)
-            }
-        }
-    }
-
-    async fn sync_through(&self, offset: Offset) -> Result<(), StorageError> {
-        match &self.shared.commits {
-            // `--fsync always`: the commit thread fsyncs for every waiting connection.
-            Some(commits) => commits.wait(offset).await,
-            // Only hands the write buffer to the OS: cheap enough to do inline.
-            None => self.shared.log.sync_through(offset),
-        }
     }
 
     async fn write_output(&mut self) -> io::Result<()> {
