@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{LineClient, ServerProcess, TestServer, msglog, poll_until};
+use common::{LineClient, ServerProcess, TestServer, msglog, poll_until, resp};
 use msglog::server::ServerConfig;
 use msglog::storage::{Config, FsyncPolicy};
 use tempfile::TempDir;
@@ -17,17 +17,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const MIB: usize = 1024 * 1024;
-
-/// A RESP request: an array of bulk strings.
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
 
 /// A bulk-string reply header for `len` bytes, and the value's CRLF after it.
 fn bulk(value: &[u8]) -> Vec<u8> {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -12,19 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use common::{LineClient, ServerProcess, msglog, poll_until};
+use common::{LineClient, ServerProcess, msglog, poll_until, stats};
 use tempfile::TempDir;
-
-/// STATS of the server at `addr` as a map.
-fn stats(addr: SocketAddr) -> HashMap<String, String> {
-    let mut client = LineClient::connect(addr).expect("connect for STATS");
-    let line = client.request(b"STATS").expect("STATS");
-    String::from_utf8(line)
-        .expect("STATS is text")
-        .split(' ')
-        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
 
 fn last_offset(addr: SocketAddr) -> String {
     stats(addr)["last_offset"].clone()

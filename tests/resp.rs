@@ -6,21 +6,11 @@ mod common;
 use std::sync::Arc;
 
 use common::fs::FaultFs;
-use common::{TestClient, TestServer};
+use common::{TestClient, TestServer, resp};
 use msglog::server::ServerConfig;
 use msglog::storage::Config;
 
 /// One request as RESP: an array of bulk strings.
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut wire = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        wire.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        wire.extend_from_slice(arg);
-        wire.extend_from_slice(b"\r\n");
-    }
-    wire
-}
-
 fn bulk(value: &[u8]) -> Vec<u8> {
     [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
 }

@@ -63,6 +63,29 @@ async fn run(tool: &str, args: &[&str]) -> Option<Output> {
     }
 }
 
+/// `redis-cli -h 127.0.0.1 -p <port> <args>`; `None` if it is not installed.
+async fn redis_cli(port: &str, args: &[&str]) -> Option<Output> {
+    let mut full = vec!["-h", "127.0.0.1", "-p", port];
+    full.extend_from_slice(args);
+    run("redis-cli", &full).await
+}
+
+/// Runs redis-benchmark's SET and GET tests with `extra` flags and checks that both ran
+/// and that its stderr holds none of `errors`.
+async fn benchmark_runs_clean(port: &str, extra: &[&str], errors: &[&str]) {
+    let mut args = vec!["-h", "127.0.0.1", "-p", port, "-t", "set,get", "-n", "2000", "-q"];
+    args.extend_from_slice(extra);
+    match run("redis-benchmark", &args).await {
+        None => eprintln!("skipped: redis-benchmark is not installed"),
+        Some(output) => {
+            let report = stdout(&output);
+            assert!(report.contains("SET: ") && report.contains("GET: "), "{report}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!errors.iter().any(|e| stderr.contains(e)), "{stderr}");
+        }
+    }
+}
+
 fn stdout(output: &Output) -> String {
     assert!(output.status.success(), "{:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -72,12 +95,7 @@ fn stdout(output: &Output) -> String {
 async fn redis_cli_and_redis_benchmark_work_with_no_flags() {
     let server = TestServer::start().await;
     let port = server.addr.port().to_string();
-    let cli = |args: &'static [&'static str]| {
-        let mut full = vec!["-h", "127.0.0.1", "-p", port.as_str()];
-        full.extend_from_slice(args);
-        let full: Vec<String> = full.into_iter().map(str::to_string).collect();
-        async move { run("redis-cli", &full.iter().map(String::as_str).collect::<Vec<_>>()).await }
-    };
+    let cli = |args: &'static [&'static str]| redis_cli(&port, args);
     let Some(set) = cli(&["SET", "a", "b c"]).await else {
         eprintln!("skipped: redis-cli is not installed");
         server.stop().await;
@@ -90,16 +108,7 @@ async fn redis_cli_and_redis_benchmark_work_with_no_flags() {
     assert_eq!(stdout(&cli(&["DEL", "a"]).await.expect("redis-cli")), "1\n");
     assert_eq!(stdout(&cli(&["GET", "a"]).await.expect("redis-cli")), "\n");
 
-    let bench = ["-h", "127.0.0.1", "-p", port.as_str(), "-t", "set,get", "-n", "2000", "-q"];
-    match run("redis-benchmark", &bench).await {
-        None => eprintln!("skipped: redis-benchmark is not installed"),
-        Some(output) => {
-            let report = stdout(&output);
-            assert!(report.contains("SET: ") && report.contains("GET: "), "{report}");
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(!stderr.contains("ERR") && !stderr.contains("rror"), "{stderr}");
-        }
-    }
+    benchmark_runs_clean(&port, &[], &["ERR", "rror"]).await;
     server.stop().await;
 }
 
@@ -110,11 +119,9 @@ async fn redis_cli_and_redis_benchmark_authenticate_with_dash_a() {
     let config = ServerConfig { stats_interval: None, password: Some(password), ..ServerConfig::default() };
     let server = TestServer::start_with(config, msglog::storage::Config::default()).await;
     let port = server.addr.port().to_string();
-    let cli = |args: Vec<&str>| {
-        let mut full = vec!["-h", "127.0.0.1", "-p", port.as_str(), "--no-auth-warning"];
-        full.extend(args);
-        let full: Vec<String> = full.into_iter().map(str::to_string).collect();
-        async move { run("redis-cli", &full.iter().map(String::as_str).collect::<Vec<_>>()).await }
+    let cli = |args: Vec<&'static str>| {
+        let port = port.clone();
+        async move { redis_cli(&port, &[&["--no-auth-warning"][..], &args].concat()).await }
     };
     let Some(refused) = cli(vec!["SET", "a", "b"]).await else {
         eprintln!("skipped: redis-cli is not installed");
@@ -128,15 +135,6 @@ async fn redis_cli_and_redis_benchmark_authenticate_with_dash_a() {
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("WRONGPASS"), "{wrong:?}");
     assert_eq!(stdout(&wrong).trim_end(), "NOAUTH Authentication required.");
 
-    let bench = ["-h", "127.0.0.1", "-p", port.as_str(), "-a", SECRET, "-t", "set,get", "-n", "2000", "-q"];
-    match run("redis-benchmark", &bench).await {
-        None => eprintln!("skipped: redis-benchmark is not installed"),
-        Some(output) => {
-            let report = stdout(&output);
-            assert!(report.contains("SET: ") && report.contains("GET: "), "{report}");
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert!(!stderr.contains("NOAUTH") && !stderr.contains("WRONGPASS"), "{stderr}");
-        }
-    }
+    benchmark_runs_clean(&port, &["-a", SECRET], &["NOAUTH", "WRONGPASS"]).await;
     server.stop().await;
 }

@@ -7,19 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{TestClient, TestServer};
+use common::{TestClient, TestServer, resp};
 use msglog::server::ServerConfig;
 use msglog::storage::Config;
-
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut wire = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        wire.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        wire.extend_from_slice(arg);
-        wire.extend_from_slice(b"\r\n");
-    }
-    wire
-}
 
 async fn check(client: &mut TestClient, args: &[&[u8]], reply: &[u8]) {
     client.send(&resp(args)).await;

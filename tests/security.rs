@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::TestCluster;
-use common::{DEADLINE, TestClient, TestServer};
+use common::{DEADLINE, TestClient, TestServer, resp};
 use fake_follower::{Ack, Kind, Peer, hello};
 use msglog::replication::tail::{TailError, TailRequest, tail};
 use msglog::replication::{ReplicationStatus, Role};
@@ -25,16 +25,6 @@ const SECRET: &str = "Tr0ub4dor-3-secret";
 
 fn password() -> Password {
     Password::new(SECRET).expect("a valid password")
-}
-
-fn resp(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 async fn line(client: &mut TestClient, args: &[&[u8]]) -> String {

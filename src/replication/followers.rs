@@ -170,6 +170,11 @@ impl Followers {
         Ok(())
     }
 
+    /// Whether `offset` is already durable on `tolerance` followers.
+    pub fn is_replicated(&self, offset: Offset) -> bool {
+        self.quorum.borrow().replicated > offset
+    }
+
     /// Resolves once `offset` is durable on `tolerance` followers, or fails after `timeout`.
     pub async fn wait(&self, offset: Offset, timeout: Duration) -> Result<(), Refusal> {
         let mut quorum = self.quorum.subscribe();

@@ -198,6 +198,8 @@ impl Cluster for Replication {
 
     fn replicated(&self, offset: Offset) -> Option<Replicated<'_>> {
         match self.config.role {
+            // Usually so already for a read of older records: no future, no subscription.
+            Role::Leader { tolerance, .. } if tolerance > 0 && self.followers.is_replicated(offset) => None,
             Role::Leader { tolerance, ack_timeout } if tolerance > 0 => {
                 Some(Box::pin(self.followers.wait(offset, ack_timeout)))
             }

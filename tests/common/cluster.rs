@@ -51,22 +51,11 @@ impl TestCluster {
         let dir = TempDir::new().expect("temp dir");
         let mut cluster = TestCluster { dir, slots: Vec::new() };
         for i in 0..n {
-            let mut config = NodeConfig::new(cluster.dir.path().join(format!("n{i}")));
-            config.node_id = Some(format!("n{i}"));
-            config.role = match i {
+            let role = match i {
                 0 => Role::Leader { tolerance, ack_timeout: DEADLINE },
                 _ => Role::Follower { leader: cluster.node(0).grpc_addr().to_string() },
             };
-            adjust(i, &mut config);
-            let node = match fs(i) {
-                Some(fs) => Node::start_with_fs(config.clone(), fs).await,
-                None => Node::start(config.clone()).await,
-            }
-            .expect("node starts");
-            // A restart keeps the node's addresses, as a restarted process would.
-            config.listen = node.client_addr().to_string();
-            config.grpc_listen = node.grpc_addr().to_string();
-            cluster.slots.push(Slot { config, node: Some(node) });
+            cluster.push_node(role, |config| adjust(i, config), fs(i)).await;
         }
         cluster
     }
@@ -74,12 +63,23 @@ impl TestCluster {
     /// Starts one more node, `n<len>`, following node 0 unless `adjust` says otherwise
     /// (point it at a fault proxy, say). Returns its index.
     pub async fn add_node(&mut self, adjust: impl FnOnce(&mut NodeConfig)) -> usize {
+        let role = Role::Follower { leader: self.node(0).grpc_addr().to_string() };
+        self.push_node(role, adjust, None).await
+    }
+
+    /// Starts node `n<len>` in `role` (then `adjust`ed) on `fs`, and returns its index.
+    async fn push_node(&mut self, role: Role, adjust: impl FnOnce(&mut NodeConfig), fs: FsChoice) -> usize {
         let i = self.slots.len();
         let mut config = NodeConfig::new(self.dir.path().join(format!("n{i}")));
         config.node_id = Some(format!("n{i}"));
-        config.role = Role::Follower { leader: self.node(0).grpc_addr().to_string() };
+        config.role = role;
         adjust(&mut config);
-        let node = Node::start(config.clone()).await.expect("node starts");
+        let node = match fs {
+            Some(fs) => Node::start_with_fs(config.clone(), fs).await,
+            None => Node::start(config.clone()).await,
+        }
+        .expect("node starts");
+        // A restart keeps the node's addresses, as a restarted process would.
         config.listen = node.client_addr().to_string();
         config.grpc_listen = node.grpc_addr().to_string();
         self.slots.push(Slot { config, node: Some(node) });

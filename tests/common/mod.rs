@@ -359,6 +359,28 @@ impl Drop for ServerProcess {
     }
 }
 
+/// STATS of the server at `addr` as a map of its `key=value` pairs.
+pub fn stats(addr: SocketAddr) -> std::collections::HashMap<String, String> {
+    let mut client = LineClient::connect(addr).expect("connect for STATS");
+    let line = client.request(b"STATS").expect("STATS");
+    String::from_utf8(line)
+        .expect("STATS is text")
+        .split(' ')
+        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+/// A RESP request: an array of bulk strings.
+pub fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
 /// A blocking text-protocol client for process tests.
 pub struct LineClient {
     reader: BufReader<StdStream>,

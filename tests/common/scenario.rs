@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use super::checker;
 use super::cluster::digest;
 use super::history::{History, Kind};
-use super::{LineClient, ServerProcess, poll_until};
+use super::{ServerProcess, poll_until, stats};
 
 /// How long a write waits for followers before `ERR replication timeout`.
 pub const ACK_TIMEOUT: &str = "2s";
@@ -212,16 +212,6 @@ fn stable_port() -> u16 {
         }
     }
     panic!("no free loopback port between 20000 and 32000");
-}
-
-pub fn stats(addr: SocketAddr) -> HashMap<String, String> {
-    let mut client = LineClient::connect(addr).expect("connect for STATS");
-    let line = client.request(b"STATS").expect("STATS");
-    String::from_utf8(line)
-        .expect("STATS is text")
-        .split(' ')
-        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
 }
 
 /// Client threads sending SETs (unique values) and GETs over a few keys to the current
