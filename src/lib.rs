@@ -7,11 +7,13 @@
 //! - [`server`]: the tokio TCP listener, connection handling, limits, shutdown.
 //! - [`replication`]: the gRPC log stream from leader to followers, acknowledgements,
 //!   epochs and divergence; `msglog tail`'s client.
+//! - [`cluster`]: cluster mode's metadata quorum (Raft) and the metadata it agrees on.
 //! - [`node`]: a running node as a library value: opens the log, binds, wires the server
 //!   and replication, shuts down; tests start whole clusters in-process.
 //! - [`cli`]: clap commands for the `msglog` binary.
 
 pub mod cli;
+pub mod cluster;
 pub mod node;
 pub mod protocol;
 pub mod replication;

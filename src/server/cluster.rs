@@ -12,6 +12,17 @@ use crate::storage::Offset;
 #[error("{0}")]
 pub struct Refusal(pub String);
 
+/// Where a node's data commands (reads and writes) run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This node leads: here.
+    Local,
+    /// Another node leads: forwarded to it, over its replication (gRPC) port.
+    Forward { leader_id: String, grpc_addr: String },
+    /// No leader is known (an election is under way): wait for one, up to the ack timeout.
+    Electing,
+}
+
 pub type Replicated<'a> = Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send + 'a>>;
 
 pub trait Cluster: Send + Sync + 'static {
@@ -28,6 +39,12 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// `leader` or `follower`.
     fn role(&self) -> &'static str;
+
+    /// Where data commands run, as it changes; `None` (standalone and manual roles): always
+    /// here.
+    fn routes(&self) -> Option<tokio::sync::watch::Receiver<Route>> {
+        None
+    }
 
     /// `key=value` pairs appended to STATS and the stats line (followers and their lag, or
     /// the leader and this node's lag).

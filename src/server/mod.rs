@@ -30,7 +30,7 @@ use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
 pub use auth::{Admission, InvalidPassword, PROTECTED_MODE_REFUSAL, Password, admission, is_loopback};
-pub use cluster::{Cluster, Refusal, Replicated};
+pub use cluster::{Cluster, Refusal, Replicated, Route};
 use connection::Connection;
 pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
 use shutdown::Shutdown;
