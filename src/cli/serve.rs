@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::node::{Node, NodeConfig};
+use crate::node::{ClusterConfig, Node, NodeConfig};
 use crate::replication::Role;
 use crate::server::{self, DescriptorError, Password};
 use crate::storage::FsyncPolicy;
@@ -65,8 +65,28 @@ pub(crate) struct ServeArgs {
     grpc_listen: String,
     /// Run as a read-only follower of the leader at this gRPC address (host:port). Without
     /// it, the node is a leader and starts a new leader epoch.
-    #[arg(long, env = "MSGLOG_FOLLOW", value_name = "LEADER_GRPC_ADDR", value_parser = parse_host_port)]
+    #[arg(long, env = "MSGLOG_FOLLOW", value_name = "LEADER_GRPC_ADDR", value_parser = parse_host_port,
+          conflicts_with = "cluster")]
     follow: Option<String>,
+    /// Cluster mode: the voters of the metadata quorum, as id=host:port of each one's
+    /// --grpc-listen (3, 5 or 7 of them; the same list on every node). Leaders are elected
+    /// and replaced automatically. A node whose --node-id is not listed joins as a
+    /// non-voting member. See README "Cluster mode".
+    #[arg(long, env = "MSGLOG_CLUSTER", value_name = "ID=HOST:PORT,...", value_parser = parse_cluster)]
+    cluster: Option<Voters>,
+    /// Cluster mode: a node not heard from for this long is fenced, and a leader it was
+    /// is replaced; also how long a follower may lag before it leaves the in-sync replicas.
+    #[arg(long, env = "MSGLOG_SESSION_TIMEOUT", default_value = "1500ms", value_parser = parse_session_timeout)]
+    session_timeout: Duration,
+    /// Cluster mode: copies of each record, counting the leader [default: 3, at most the
+    /// number of nodes that join].
+    #[arg(long, env = "MSGLOG_REPLICATION_FACTOR", value_parser = clap::value_parser!(u32).range(1..=7))]
+    replication_factor: Option<u32>,
+    /// Cluster mode: in-sync replicas (leader included) a write must be on before OK;
+    /// below it writes are refused with `ERR not enough replicas` [default: --tolerance + 1
+    /// when given, else 2, at most the replication factor].
+    #[arg(long, env = "MSGLOG_MIN_INSYNC", value_parser = clap::value_parser!(u32).range(1..=7))]
+    min_insync: Option<u32>,
     /// Followers that must hold a SET/DEL durably before the leader answers OK [default: 0].
     #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file", allow_negative_numbers = true,
           value_parser = parse_tolerance)]
@@ -131,9 +151,11 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let max_message_bytes =
         usize::try_from(args.max_message_bytes).context("--max-message-bytes does not fit in memory")?;
     let max_connections = max_connections(&args)?;
-    let role = match &args.follow {
-        Some(leader) => Role::Follower { leader: leader.clone() },
-        None => Role::Leader { tolerance: tolerance as usize, ack_timeout: args.ack_timeout },
+    let cluster = cluster_config(&args, tolerance)?;
+    let role = match (&args.follow, &cluster) {
+        (_, Some(_)) => Role::Cluster { ack_timeout: args.ack_timeout },
+        (Some(leader), None) => Role::Follower { leader: leader.clone() },
+        (None, None) => Role::Leader { tolerance: tolerance as usize, ack_timeout: args.ack_timeout },
     };
     let config = NodeConfig {
         data_dir: args.data_dir.clone(),
@@ -152,6 +174,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         password: args.requirepass.clone(),
         protected_mode: args.protected_mode,
         metrics_listen: args.metrics_listen.clone(),
+        cluster,
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -217,6 +240,75 @@ fn check_start(args: &ServeArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--cluster`'s voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Voters(Vec<(String, String)>);
+
+fn parse_cluster(text: &str) -> Result<Voters, String> {
+    let mut voters: Vec<(String, String)> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((id, addr)) = entry.split_once('=') else {
+            return Err(format!("expected id=host:port for each voter, not '{entry}'"));
+        };
+        let id = parse_node_id(id)?;
+        let addr = parse_host_port(addr).map_err(|_| {
+            format!("voter {id}: expected its gRPC address as host:port (its --grpc-listen), not '{addr}'")
+        })?;
+        if voters.iter().any(|(other, _)| *other == id) {
+            return Err(format!("node id {id} is listed twice"));
+        }
+        voters.push((id, addr));
+    }
+    match voters.len() {
+        0 => Err("no voters listed; expected e.g. a=127.0.0.1:7101,b=127.0.0.1:7102,c=127.0.0.1:7103".into()),
+        n if n % 2 == 0 => Err(format!(
+            "{n} voters listed; use an odd number (3, 5 or 7): an even one tolerates no more failures than one fewer"
+        )),
+        n if n > 7 => Err(format!("{n} voters listed; at most 7 (more nodes join as non-voting members)")),
+        _ => Ok(Voters(voters)),
+    }
+}
+
+fn parse_session_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout < Duration::from_millis(300) {
+        return Err(format!("{text} is too short to tell a dead node from a busy one; use at least 300ms"));
+    }
+    Ok(timeout)
+}
+
+/// Cluster mode's settings from the flags; `None` without `--cluster`.
+fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<ClusterConfig>> {
+    let Some(Voters(voters)) = &args.cluster else {
+        for (given, flag) in [
+            (args.replication_factor.is_some(), "--replication-factor"),
+            (args.min_insync.is_some(), "--min-insync"),
+        ] {
+            if given {
+                anyhow::bail!("{flag} applies to cluster mode only; give --cluster too");
+            }
+        }
+        return Ok(None);
+    };
+    if args.node_id.is_none() {
+        anyhow::bail!("cluster mode needs --node-id: one of the ids in --cluster, or a new one to join as a non-voter");
+    }
+    let tolerance_given = args.tolerance.is_some() || args.tolerance_file.is_some();
+    let replication_factor = args.replication_factor.unwrap_or(3.max(tolerance + 1)) as usize;
+    let min_insync = match args.min_insync {
+        Some(n) => n as usize,
+        None if tolerance_given => tolerance as usize + 1,
+        None => 2.min(replication_factor),
+    };
+    if min_insync > replication_factor {
+        anyhow::bail!(
+            "--min-insync {min_insync} (or --tolerance {}) needs at least as many copies, but --replication-factor is {replication_factor}",
+            min_insync.saturating_sub(1)
+        );
+    }
+    Ok(Some(ClusterConfig { voters: voters.clone(), session_timeout: args.session_timeout, replication_factor, min_insync }))
 }
 
 fn parse_max_message_bytes(text: &str) -> Result<u64, String> {

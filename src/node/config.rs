@@ -10,6 +10,7 @@ use crate::server::{DEFAULT_MAX_BUFFER_BYTES, Password};
 use crate::storage::{Config, FsyncPolicy};
 
 use super::NodeError;
+use super::cluster::ClusterConfig;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -40,6 +41,8 @@ pub struct NodeConfig {
     pub protected_mode: bool,
     /// Where to serve Prometheus metrics at `/metrics` (`host:port`); `None` serves none.
     pub metrics_listen: Option<String>,
+    /// Cluster mode (`--cluster`); `role` must then be [`Role::Cluster`].
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl NodeConfig {
@@ -63,6 +66,7 @@ impl NodeConfig {
             password: None,
             protected_mode: true,
             metrics_listen: None,
+            cluster: None,
         }
     }
 

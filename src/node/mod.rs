@@ -4,6 +4,7 @@
 //! the log. `msglog serve` is this plus flags and signals; tests start whole clusters
 //! in-process and read each node's state as typed values ([`NodeStatus`]).
 
+mod cluster;
 mod config;
 mod error;
 
@@ -16,11 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::quorum::Quorum;
 use crate::replication::{Replication, ReplicationConfig, ReplicationStatus, Role};
 use crate::server::metrics::{Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ServerConfig};
 use crate::storage::{Epoch, FileSystem, Log, LogStats, RealFs};
 
+pub use cluster::ClusterConfig;
 pub use config::{NodeConfig, max_record_bytes};
 pub use error::NodeError;
 
@@ -38,6 +41,12 @@ impl Node {
     /// [`Node::start`] on a file system of the caller's choosing (tests inject faults).
     pub async fn start_with_fs(config: NodeConfig, fs: Arc<dyn FileSystem>) -> Result<RunningNode, NodeError> {
         let log_config = config.log_config()?;
+        if config.cluster.is_some() {
+            let Some(node_id) = &config.node_id else {
+                return Err(NodeError::Config("cluster mode needs --node-id (one of the ids in --cluster, or a new one to join as a non-voter)".to_string()));
+            };
+            cluster::Identity::check_node(&config.data_dir, node_id)?;
+        }
         if let Some(ip) = config.bind_source_addr {
             // Checked now rather than found out by a follower that retries forever.
             std::net::TcpListener::bind((ip, 0)).map_err(|err| {
@@ -103,10 +112,53 @@ impl Node {
             fsync = ?config.fsync,
             node_id = %node_id,
             role = replication.role(),
-            following = match &config.role { Role::Follower { leader } => leader.as_str(), Role::Leader { .. } => "-" },
+            following = match &config.role {
+                Role::Follower { leader } => leader.as_str(),
+                Role::Leader { .. } => "-",
+                Role::Cluster { .. } => "(cluster mode)",
+            },
             "msglog listening"
         );
-        let replication_task = tokio::spawn(Arc::clone(&replication).run(grpc_listener));
+        let (stop_driver, driver_stopping) = watch::channel(false);
+        let (quorum, routes) = match &config.cluster {
+            Some(cluster_config) => {
+                let quorum_config = cluster::quorum_config(
+                    &config,
+                    cluster_config,
+                    &node_id,
+                    grpc_addr,
+                    client_addr,
+                    log.stats().epoch,
+                );
+                match Quorum::start(quorum_config).await {
+                    Ok(quorum) => {
+                        let routes = quorum.routes();
+                        (Some(quorum), routes)
+                    }
+                    Err(err) => {
+                        drop(replication);
+                        if let Ok(log) = Arc::try_unwrap(log)
+                            && let Err(close) = log.close()
+                        {
+                            tracing::warn!(%close, "closing the log after a failed start");
+                        }
+                        return Err(NodeError::Config(format!("cannot start the metadata quorum: {err}")));
+                    }
+                }
+            }
+            None => (None, tonic::service::Routes::default()),
+        };
+        let replication_task = tokio::spawn(Arc::clone(&replication).run(grpc_listener, routes));
+        let driver_task = quorum.as_ref().zip(config.cluster.as_ref()).map(|(quorum, cluster_config)| {
+            let driver = cluster::Driver::new(
+                Arc::clone(quorum),
+                Arc::clone(&replication),
+                node_id.clone(),
+                cluster_config.session_timeout,
+                &config.data_dir,
+            );
+            tokio::spawn(driver.run(driver_stopping))
+        });
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
         let metrics_task = match (metrics_listener, &server_config.metrics) {
             (Some((listener, addr)), Some(metrics)) => {
@@ -125,7 +177,10 @@ impl Node {
         };
         let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stop_replication.subscribe()));
         let mut stopped = clients_stopping;
-        let cluster: Arc<dyn Cluster> = Arc::clone(&replication) as Arc<dyn Cluster>;
+        let cluster: Arc<dyn Cluster> = match &quorum {
+            Some(quorum) => Arc::new(cluster::Member::new(Arc::clone(&replication), Arc::clone(quorum))),
+            None => Arc::clone(&replication) as Arc<dyn Cluster>,
+        };
         let server_task =
             tokio::spawn(server::run_node(listener, Arc::clone(&log), server_config, Some(cluster), async move {
                 let _ = stopped.wait_for(|&stop| stop).await;
@@ -141,6 +196,9 @@ impl Node {
             stop_replication,
             server_task,
             replication_task,
+            quorum,
+            driver_task,
+            stop_driver,
             background: metrics_task.into_iter().chain([watch_task]).collect(),
         })
     }
@@ -191,6 +249,10 @@ pub struct RunningNode {
     stop_replication: watch::Sender<bool>,
     server_task: JoinHandle<std::io::Result<()>>,
     replication_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Cluster mode: the metadata quorum and the driver that follows its decisions.
+    quorum: Option<Arc<Quorum>>,
+    driver_task: Option<JoinHandle<Result<(), NodeError>>>,
+    stop_driver: watch::Sender<bool>,
     /// The metrics server and the follower watch: they end on the stop signal.
     background: Vec<JoinHandle<()>>,
 }
@@ -246,11 +308,21 @@ impl RunningNode {
     /// Serves until `signal` completes, or until the client or replication server stops on
     /// its own (a failure), then shuts down. The first failure is returned.
     pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let driver = async {
+            match self.driver_task.as_mut() {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
         let early = tokio::select! {
             () = signal => None,
             served = &mut self.server_task => Some(Ended::Server(served_result(served))),
             replicated = &mut self.replication_task => Some(Ended::Replication(replicated_result(replicated))),
+            driven = driver => Some(Ended::Driver(driven.unwrap_or_else(|err| Err(NodeError::Replication(err.to_string()))))),
         };
+        if matches!(early, Some(Ended::Driver(_))) {
+            self.driver_task = None;
+        }
         self.stop(early).await
     }
 
@@ -268,25 +340,48 @@ impl RunningNode {
             stop_replication,
             server_task,
             replication_task,
+            quorum,
+            driver_task,
+            stop_driver,
             background,
             ..
         } = self;
         let _ = stop_clients.send(true);
-        let (served, replicated) = match early {
-            None => {
-                let served = served_result(server_task.await);
-                let _ = stop_replication.send(true);
-                (served, replicated_result(replication_task.await))
+        let mut driven = Ok(());
+        let early = match early {
+            Some(Ended::Driver(result)) => {
+                driven = result.and(Err(unexpected("cluster driver")));
+                None
             }
-            Some(Ended::Server(served)) => {
-                let _ = stop_replication.send(true);
-                (served.and(Err(unexpected("client"))), replicated_result(replication_task.await))
-            }
-            Some(Ended::Replication(replicated)) => {
-                let _ = stop_replication.send(true);
-                (served_result(server_task.await), replicated.and(Err(unexpected("replication"))))
-            }
+            other => other,
         };
+        // Clients first: a write waiting for its acknowledgements still gets them.
+        let (served, replicated_early) = match early {
+            None => (served_result(server_task.await), None),
+            Some(Ended::Server(served)) => (served.and(Err(unexpected("client"))), None),
+            Some(Ended::Replication(replicated)) => {
+                (served_result(server_task.await), Some(replicated.and(Err(unexpected("replication")))))
+            }
+            Some(Ended::Driver(_)) => unreachable!("handled above"),
+        };
+        // Cluster mode: leadership is handed away (the quorum fences this node and elects
+        // another in-sync replica) before the driver and the follower loop stop.
+        if let Some(quorum) = &quorum {
+            quorum.shutdown().await;
+        }
+        let _ = stop_driver.send(true);
+        if let Some(task) = driver_task {
+            match task.await {
+                Ok(result) => driven = driven.and(result),
+                Err(err) => driven = driven.and(Err(NodeError::Replication(err.to_string()))),
+            }
+        }
+        let _ = stop_replication.send(true);
+        let replicated = match replicated_early {
+            Some(replicated) => replicated,
+            None => replicated_result(replication_task.await),
+        };
+        drop(quorum);
         // Replication has been told to stop, and so have these.
         for task in background {
             let _ = task.await;
@@ -297,6 +392,7 @@ impl RunningNode {
         let closed = release(log).await.and_then(|log| log.close().map_err(NodeError::Close));
         served?;
         replicated?;
+        driven?;
         closed?;
         tracing::info!("shut down cleanly");
         Ok(())
@@ -307,6 +403,7 @@ impl RunningNode {
 enum Ended {
     Server(Result<(), NodeError>),
     Replication(Result<(), NodeError>),
+    Driver(Result<(), NodeError>),
 }
 
 fn unexpected(which: &str) -> NodeError {
@@ -362,7 +459,14 @@ fn replication_figures(
                 follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
                 lag_behind_leader: None,
             },
-            ReplicationStatus::Follower { lag, .. } => {
+            ReplicationStatus::Member { followers, .. } if status.is_leader() => ReplicationFigures {
+                leader: true,
+                connected_followers: status.connected_followers() as u64,
+                follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
+                lag_behind_leader: None,
+            }
+            ,
+            ReplicationStatus::Follower { lag, .. } | ReplicationStatus::Member { lag, .. } => {
                 ReplicationFigures { leader: false, lag_behind_leader: Some(*lag), ..ReplicationFigures::default() }
             }
         })
@@ -387,7 +491,7 @@ async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping
         }
         let Some(status) = replication.upgrade().map(|r| r.status()) else { return };
         match status {
-            ReplicationStatus::Leader { followers, .. } => {
+            ReplicationStatus::Leader { followers, .. } | ReplicationStatus::Member { followers, .. } => {
                 for follower in followers.iter().filter(|f| !f.connected) {
                     let was_connected = known.iter().find(|(id, _)| id == &follower.id).is_none_or(|(_, c)| *c);
                     if was_connected {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::storage::{Log, Offset, StorageError};
+use crate::storage::{Epoch, Log, Offset, StorageError};
 
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
@@ -46,6 +46,13 @@ enum SessionError {
          restart this follower with a --max-message-bytes at least as large as the leader's"
     )]
     RecordLimit { leader_id: String, leader: u64, ours: usize },
+    #[error(
+        "the leader says our log diverges below offset {committed}, which it had told us is committed; \
+         refusing to truncate committed records (is this the right cluster?)"
+    )]
+    BelowCommitted { committed: Offset },
+    #[error("the leader leads epoch {theirs}, not epoch {expected} as the cluster's metadata says")]
+    WrongEpoch { theirs: Epoch, expected: Epoch },
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error("the fsync task stopped: {0}")]
@@ -58,6 +65,25 @@ impl SessionError {
     }
 }
 
+/// The leader a follower loop fetches from.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub grpc_addr: String,
+    /// Cluster mode: the epoch the quorum says it leads. A node leading any other epoch is
+    /// refused, and refuses us.
+    pub epoch: Option<Epoch>,
+}
+
+/// Aborts a spawned task when dropped, so that a session cancelled mid-way (its leader
+/// changed) leaves nothing of itself running.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a session that did not fail ended.
 enum SessionEnd {
     /// Our tail was cut; fetch again at once.
@@ -65,13 +91,16 @@ enum SessionEnd {
     Shutdown,
 }
 
-pub(super) async fn follow(node: Arc<Replication>, leader: String) {
+/// Follows `target` until shutdown or until `stop` turns true (the leader changed).
+pub(super) async fn follow(node: Arc<Replication>, target: Target, mut stop: watch::Receiver<bool>) {
     let mut shutdown = node.shutdown.clone();
     let mut backoff = FIRST_BACKOFF;
+    let leader = target.grpc_addr.clone();
     loop {
         let ended = tokio::select! {
-            ended = session(&node, &leader) => ended,
+            ended = session(&node, &target) => ended,
             _ = shutdown.wait_for(|&stop| stop) => Ok(SessionEnd::Shutdown),
+            _ = stop.wait_for(|&stop| stop) => Ok(SessionEnd::Shutdown),
         };
         let established = node.upstream.connected.swap(false, Ordering::Relaxed);
         match ended {
@@ -90,12 +119,14 @@ pub(super) async fn follow(node: Arc<Replication>, leader: String) {
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             _ = shutdown.wait_for(|&stop| stop) => return,
+            _ = stop.wait_for(|&stop| stop) => return,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-async fn session(node: &Arc<Replication>, leader: &str) -> Result<SessionEnd, SessionError> {
+async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd, SessionError> {
+    let leader = target.grpc_addr.as_str();
     let channel = Endpoint::from_shared(format!("http://{leader}"))
         .map_err(SessionError::Connect)?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -115,6 +146,7 @@ async fn session(node: &Arc<Replication>, leader: &str) -> Result<SessionEnd, Se
         last: last.map(|(offset, epoch)| LastRecord { offset, epoch }),
         follow: true,
         known_epoch: log.stats().epoch,
+        leader_epoch: target.epoch.unwrap_or(0),
     };
     let password = node.config.password.as_ref();
     let mut stream = client.fetch(with_password(request, password)).await?.into_inner();
@@ -122,7 +154,8 @@ async fn session(node: &Arc<Replication>, leader: &str) -> Result<SessionEnd, Se
         Some(fetch_response::Kind::Hello(hello)) => hello,
         Some(fetch_response::Kind::Diverged(diverged)) => {
             let (last_offset, _) = last.ok_or(SessionError::Protocol("divergence reported for an empty log"))?;
-            truncate_divergent_tail(log, &diverged, last_offset)?;
+            let committed = node.upstream.high_watermark.load(Ordering::Relaxed);
+            truncate_divergent_tail(log, &diverged, last_offset, committed)?;
             node.truncated(log.next_offset());
             return Ok(SessionEnd::Truncated);
         }
@@ -135,6 +168,11 @@ async fn session(node: &Arc<Replication>, leader: &str) -> Result<SessionEnd, Se
             leader: hello.max_record_bytes,
             ours: node.config.max_record_bytes,
         });
+    }
+    if let Some(expected) = target.epoch
+        && hello.epoch != expected
+    {
+        return Err(SessionError::WrongEpoch { theirs: hello.epoch, expected });
     }
     log.observe_epoch(hello.epoch)?;
     tracing::info!(
@@ -150,14 +188,15 @@ async fn session(node: &Arc<Replication>, leader: &str) -> Result<SessionEnd, Se
     let (acks, ack_stream) = mpsc::channel(16);
     let mut ack_client = client.clone();
     let ack_call = with_password(ReceiverStream::new(ack_stream), password);
-    let acknowledging = tokio::spawn(async move { ack_client.acknowledge(ack_call).await });
+    let _acknowledging = AbortOnDrop(tokio::spawn(async move { ack_client.acknowledge(ack_call).await }));
     let (appended_tx, appended_rx) = watch::channel(log.next_offset());
-    let mut syncing = tokio::spawn(sync_and_acknowledge(Arc::clone(node), appended_rx, acks, hello.session));
+    let mut syncing =
+        AbortOnDrop(tokio::spawn(sync_and_acknowledge(Arc::clone(node), appended_rx, acks, hello.session)));
 
     let result = loop {
         let message = tokio::select! {
             message = stream.message() => message,
-            synced = &mut syncing => break synced.map_err(SessionError::from).and_then(|r| r),
+            synced = &mut syncing.0 => break synced.map_err(SessionError::from).and_then(|r| r),
         };
         let records = match message?.and_then(|m| m.kind) {
             Some(fetch_response::Kind::Records(records)) => records,
@@ -170,11 +209,10 @@ async fn session(node: &Arc<Replication>, leader: &str) -> Result<SessionEnd, Se
         }
         let next = log.next_offset();
         node.upstream.leader_next.store(records.leader_next_offset, Ordering::Relaxed);
+        node.upstream.high_watermark.fetch_max(records.high_watermark, Ordering::Relaxed);
         node.announce(next);
         let _ = appended_tx.send(next);
     };
-    syncing.abort();
-    acknowledging.abort();
     result
 }
 
@@ -210,16 +248,24 @@ async fn sync_and_acknowledge(
 
 /// Cuts our log where the leader says it diverges: at the lower of the leader's end of the
 /// largest epoch we share and our own end of it, and always below our last record.
-fn truncate_divergent_tail(log: &Log, diverged: &Diverged, last_offset: Offset) -> Result<(), StorageError> {
+fn truncate_divergent_tail(
+    log: &Log,
+    diverged: &Diverged,
+    last_offset: Offset,
+    committed: Offset,
+) -> Result<(), SessionError> {
     let ours = match diverged.epoch {
         Some(epoch) => log.epoch_end(epoch)?.1,
         None => log.start_offset()?,
     };
     let target = divergence_cut(diverged.end_offset, ours, last_offset);
+    if target < committed.min(log.next_offset()) {
+        return Err(SessionError::BelowCommitted { committed });
+    }
     let next = log.next_offset();
     tracing::warn!(
         truncate_to = target, dropped = next - target, leader_epoch = ?diverged.epoch,
         leader_end_offset = diverged.end_offset, "our log holds records the leader does not; truncating them"
     );
-    log.truncate_to(target)
+    Ok(log.truncate_to(target)?)
 }

@@ -1,10 +1,11 @@
 //! The leader's table of followers: who is connected, how far each is durable, and the
 //! quorum a write waits for.
 //!
-//! A write at offset `o` is replicated once `tolerance` followers have acknowledged a
-//! durable offset above `o`. The table keeps, for every change, the `tolerance`-th highest
-//! durable offset (the "replicated watermark") in a `watch`, so waiting writes compare one
-//! number. A follower that disconnects keeps counting for what it acknowledged: those
+//! A write at offset `o` is replicated once the [`AckRule`]'s followers have acknowledged a
+//! durable offset above `o`: any `tolerance` of them (a manual leader), or every one the
+//! cluster's in-sync replica set names (cluster mode). The table keeps, for every change,
+//! the offset below which that holds (the "replicated watermark") in a `watch`, so waiting
+//! writes compare one number. A follower that disconnects keeps counting for what it acknowledged: those
 //! records are on its disk.
 //!
 //! An ack is believed only as far as the leader can vouch for it: it must name an open
@@ -12,7 +13,7 @@
 //! to be from, and it counts only up to what that stream was sent. A peer that acks
 //! without fetching, for another follower, or beyond what it received counts for nothing.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +25,6 @@ use crate::storage::Offset;
 use super::rules::replicated_watermark;
 
 pub(super) struct Followers {
-    tolerance: usize,
     table: Mutex<Table>,
     quorum: watch::Sender<Quorum>,
 }
@@ -32,10 +32,22 @@ pub(super) struct Followers {
 /// A fetch session's token.
 pub(super) type Token = [u8; 16];
 
-#[derive(Default)]
 struct Table {
+    rule: AckRule,
     followers: HashMap<String, Entry>,
     sessions: HashMap<Token, Session>,
+}
+
+/// Whose acknowledgements a write waits for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum AckRule {
+    /// A manual leader: any `tolerance` followers.
+    Count(usize),
+    /// A cluster-mode leader: every follower in `wait` (the ISR but this node, plus any
+    /// follower being added to it), and writes only while the ISR has `min_insync` members.
+    Isr { wait: BTreeSet<String>, isr_size: usize, min_insync: usize },
+    /// This node does not lead (cluster mode): writes are refused, waits fail.
+    NotLeading,
 }
 
 /// An open fetch stream, as acks are checked against it.
@@ -65,12 +77,14 @@ struct Entry {
     durable: Offset,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Quorum {
     /// Followers with a fetch stream open.
     connected: usize,
-    /// Every record below this is durable on `tolerance` followers.
+    /// Every record below this is durable on the followers the rule asks for.
     replicated: Offset,
+    /// Bumped whenever leadership ends, so that waits begun under it fail at once.
+    deposed: u64,
 }
 
 /// A follower as STATS shows it.
@@ -117,9 +131,26 @@ impl Drop for Registration {
 }
 
 impl Followers {
-    pub fn new(tolerance: usize) -> Followers {
+    pub fn new(rule: AckRule) -> Followers {
         let (quorum, _) = watch::channel(Quorum::default());
-        Followers { tolerance, table: Mutex::new(Table::default()), quorum }
+        let table = Table { rule, followers: HashMap::new(), sessions: HashMap::new() };
+        let followers = Followers { table: Mutex::new(table), quorum };
+        followers.update(|_| {});
+        followers
+    }
+
+    /// Replaces whose acknowledgements writes wait for. Leaving the lead fails every
+    /// write still waiting: its epoch is over, it will never be acknowledged by it.
+    pub fn set_rule(&self, rule: AckRule) {
+        let deposing = matches!(rule, AckRule::NotLeading);
+        self.update(|table| table.rule = rule);
+        if deposing {
+            self.quorum.send_modify(|q| q.deposed += 1);
+        }
+    }
+
+    pub fn rule(&self) -> AckRule {
+        self.lock().rule.clone()
     }
 
     /// A follower's fetch stream passed the divergence check and is about to stream. It
@@ -130,6 +161,9 @@ impl Followers {
         self.update(|table| {
             table.sessions.insert(token, Session { follower: id.to_string(), sent: holds });
             let entry = table.followers.entry(id.to_string()).or_default();
+            // What it holds now bounds what it can still vouch for: a follower that came
+            // back with less (a wiped or restored disk) must not count for its old acks.
+            entry.durable = entry.durable.min(holds);
             if entry.streams > 0 {
                 // Either a reconnect racing its old stream's end, or two followers sharing
                 // an ID, which the tolerance would count as one.
@@ -161,31 +195,69 @@ impl Followers {
         refusal.map_or(Ok(()), Err)
     }
 
-    /// Whether a write may start: enough followers are connected to acknowledge it.
+    /// Whether a write may start: enough followers are connected to acknowledge it (a
+    /// manual leader), or the ISR is large enough (cluster mode).
     pub fn admit(&self) -> Result<(), Refusal> {
-        let connected = self.quorum.borrow().connected;
-        if connected < self.tolerance {
-            return Err(Refusal(format!("not enough replicas (have {connected}, need {})", self.tolerance)));
+        let table = self.lock();
+        match &table.rule {
+            AckRule::Count(tolerance) => {
+                let connected = self.quorum.borrow().connected;
+                if connected < *tolerance {
+                    return Err(Refusal(format!("not enough replicas (have {connected}, need {tolerance})")));
+                }
+                Ok(())
+            }
+            AckRule::Isr { isr_size, min_insync, .. } if isr_size < min_insync => {
+                Err(Refusal(format!("not enough replicas (have {isr_size}, need {min_insync})")))
+            }
+            AckRule::Isr { .. } => Ok(()),
+            AckRule::NotLeading => Err(Refusal("this node no longer leads; retry".to_string())),
         }
-        Ok(())
     }
 
-    /// Whether `offset` is already durable on `tolerance` followers.
+    /// Whether `offset` is already durable where the rule asks.
     pub fn is_replicated(&self, offset: Offset) -> bool {
         self.quorum.borrow().replicated > offset
     }
 
-    /// Resolves once `offset` is durable on `tolerance` followers, or fails after `timeout`.
+    /// Every record below this is durable where the rule asks.
+    pub fn replicated(&self) -> Offset {
+        self.quorum.borrow().replicated
+    }
+
+    /// Resolves once `offset` is durable where the rule asks, or fails after `timeout` or
+    /// when this node stops leading.
     pub async fn wait(&self, offset: Offset, timeout: Duration) -> Result<(), Refusal> {
         let mut quorum = self.quorum.subscribe();
-        match tokio::time::timeout(timeout, quorum.wait_for(|q| q.replicated > offset)).await {
-            Ok(Ok(_)) => Ok(()),
+        let deposed = quorum.borrow().deposed;
+        let done = quorum.wait_for(|q| q.replicated > offset || q.deposed != deposed);
+        match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(q)) if q.replicated > offset => Ok(()),
+            Ok(Ok(_)) => Err(Refusal("leadership changed before the write was replicated; it may or may not have been applied".to_string())),
             Ok(Err(_)) => Err(Refusal("replication stopped".to_string())),
             Err(_) => {
-                let acked = self.lock().followers.values().filter(|e| e.durable > offset).count();
-                Err(Refusal(format!("replication timeout (acked {acked} of {})", self.tolerance)))
+                let table = self.lock();
+                let acked = |id: &String| table.followers.get(id).is_some_and(|e| e.durable > offset);
+                let (acked, of) = match &table.rule {
+                    AckRule::Isr { wait, .. } => (wait.iter().filter(|id| acked(id)).count(), wait.len()),
+                    AckRule::Count(tolerance) => {
+                        (table.followers.values().filter(|e| e.durable > offset).count(), *tolerance)
+                    }
+                    AckRule::NotLeading => (0, 0),
+                };
+                Err(Refusal(format!("replication timeout (acked {acked} of {of})")))
             }
         }
+    }
+
+    /// How far `id` is durable, as acknowledged (0 if never).
+    pub fn durable(&self, id: &str) -> Offset {
+        self.lock().followers.get(id).map_or(0, |e| e.durable)
+    }
+
+    /// Whether `id` has a fetch stream open.
+    pub fn is_connected(&self, id: &str) -> bool {
+        self.lock().followers.get(id).is_some_and(|e| e.streams > 0)
     }
 
     pub fn snapshot(&self) -> Vec<FollowerView> {
@@ -210,10 +282,18 @@ impl Followers {
         change(&mut table);
         let followers = &table.followers;
         let connected = followers.values().filter(|e| e.streams > 0).count();
-        let replicated = replicated_watermark(followers.values().map(|e| e.durable), self.tolerance);
+        let replicated = match &table.rule {
+            AckRule::Count(tolerance) => replicated_watermark(followers.values().map(|e| e.durable), *tolerance),
+            // A member not heard from yet holds nothing as far as this leader can vouch.
+            AckRule::Isr { wait, .. } => {
+                wait.iter().map(|id| followers.get(id).map_or(0, |e| e.durable)).min().unwrap_or(Offset::MAX)
+            }
+            AckRule::NotLeading => 0,
+        };
         self.quorum.send_if_modified(|q| {
             let changed = q.connected != connected || q.replicated != replicated;
-            *q = Quorum { connected, replicated };
+            q.connected = connected;
+            q.replicated = replicated;
             changed
         });
     }
@@ -243,7 +323,7 @@ mod tests {
 
     #[test]
     fn admit_counts_connected_followers_only() {
-        let followers = Arc::new(Followers::new(2));
+        let followers = Arc::new(Followers::new(AckRule::Count(2)));
         assert_eq!(followers.admit().unwrap_err().0, "not enough replicas (have 0, need 2)");
         let a = followers.connect("a", 0);
         let _b = followers.connect("b", 0);
@@ -254,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_waits_for_tolerance_acks_and_times_out_naming_the_count() {
-        let followers = Arc::new(Followers::new(2));
+        let followers = Arc::new(Followers::new(AckRule::Count(2)));
         let a = followers.connect("a", 0);
         let b = followers.connect("b", 0);
         a.sending(11);
@@ -270,7 +350,7 @@ mod tests {
 
     #[test]
     fn an_ack_counts_only_on_its_followers_session_and_up_to_what_was_sent() {
-        let followers = Arc::new(Followers::new(1));
+        let followers = Arc::new(Followers::new(AckRule::Count(1)));
         let a = followers.connect("a", 5);
         let b = followers.connect("b", 0);
         let durable = |followers: &Followers| followers.snapshot().iter().map(|f| f.durable).collect::<Vec<_>>();

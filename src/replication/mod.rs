@@ -14,6 +14,7 @@
 
 mod follower;
 mod followers;
+mod leadership;
 mod rules;
 mod service;
 mod status;
@@ -27,10 +28,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::{Cluster, Password, Refusal, Replicated};
+use crate::server::{Cluster, Password, Refusal, Replicated, Route};
 use crate::storage::{Log, Offset};
 
-use followers::Followers;
+use followers::{AckRule, Followers};
+pub use leadership::{LeaderInfo, Position};
 pub use status::{FollowerStatus, KnownLeader, ReplicationStatus};
 
 #[allow(clippy::all, clippy::pedantic)]
@@ -75,6 +77,10 @@ pub enum Role {
     Leader { tolerance: usize, ack_timeout: Duration },
     /// Copies the log of the leader at this gRPC address and refuses writes.
     Follower { leader: String },
+    /// Cluster mode: leads or follows as the metadata quorum decides
+    /// ([`Replication::lead`], [`Replication::follow_leader`]); writes wait for every
+    /// in-sync replica.
+    Cluster { ack_timeout: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +115,8 @@ pub struct Replication {
     followers: Arc<Followers>,
     /// Follower side: what it knows of its leader.
     upstream: Upstream,
+    /// Cluster mode: where this node stands, and the route its clients' requests take.
+    leadership: leadership::Leadership,
 }
 
 /// A follower's view of its leader.
@@ -118,15 +126,18 @@ struct Upstream {
     leader: Mutex<Option<(String, String)>>,
     /// The leader's next offset as of the last chunk received.
     leader_next: AtomicU64,
+    /// The leader's high watermark as of the last chunk received (cluster mode).
+    high_watermark: AtomicU64,
     connected: std::sync::atomic::AtomicBool,
 }
 
 impl Replication {
     /// `shutdown` turning `true` ends the fetch streams and the follower loop.
     pub fn new(log: Arc<Log>, config: ReplicationConfig, shutdown: watch::Receiver<bool>) -> Arc<Replication> {
-        let tolerance = match config.role {
-            Role::Leader { tolerance, .. } => tolerance,
-            Role::Follower { .. } => 0,
+        let rule = match config.role {
+            Role::Leader { tolerance, .. } => AckRule::Count(tolerance),
+            Role::Follower { .. } => AckRule::Count(0),
+            Role::Cluster { .. } => AckRule::NotLeading,
         };
         let (appended, _) = watch::channel(log.next_offset());
         let (truncations, _) = watch::channel(None);
@@ -136,24 +147,47 @@ impl Replication {
             appended,
             truncations,
             shutdown,
-            followers: Arc::new(Followers::new(tolerance)),
+            followers: Arc::new(Followers::new(rule)),
             upstream: Upstream::default(),
+            leadership: leadership::Leadership::default(),
         })
     }
 
     fn is_leader(&self) -> bool {
-        matches!(self.config.role, Role::Leader { .. })
+        match self.config.role {
+            Role::Leader { .. } => true,
+            Role::Follower { .. } => false,
+            Role::Cluster { .. } => matches!(self.leadership.position(), Position::Leading { .. }),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.config.role, Role::Cluster { .. })
     }
 
     /// Serves the replication service on `listener` and, on a follower, follows the leader,
     /// until shutdown.
-    pub async fn run(self: Arc<Replication>, listener: TcpListener) -> Result<(), tonic::transport::Error> {
+    /// `extra` are further gRPC services served on the same port (the metadata quorum's).
+    pub async fn run(
+        self: Arc<Replication>,
+        listener: TcpListener,
+        extra: tonic::service::Routes,
+    ) -> Result<(), tonic::transport::Error> {
         let following = match &self.config.role {
-            Role::Follower { leader } => Some(tokio::spawn(follower::follow(Arc::clone(&self), leader.clone()))),
-            Role::Leader { .. } => None,
+            Role::Follower { leader } => {
+                let target = follower::Target { grpc_addr: leader.clone(), epoch: None };
+                // A manual follower follows until shutdown: nothing else stops it.
+                let (keep_open, stop) = watch::channel(false);
+                let node = Arc::clone(&self);
+                Some(tokio::spawn(async move {
+                    let _keep_open = keep_open;
+                    follower::follow(node, target, stop).await
+                }))
+            }
+            Role::Leader { .. } | Role::Cluster { .. } => None,
         };
         let mut shutdown = self.shutdown.clone();
-        let served = service::serve(Arc::clone(&self), listener, async move {
+        let served = service::serve(Arc::clone(&self), listener, extra, async move {
             let _ = shutdown.wait_for(|&stop| stop).await;
         })
         .await;
@@ -189,6 +223,7 @@ impl Cluster for Replication {
                 let leader = known.as_ref().map_or(leader.as_str(), |(client_addr, _)| client_addr.as_str());
                 Err(Refusal(format!("read-only follower; leader is {leader}")))
             }
+            Role::Cluster { .. } => self.followers.admit(),
         }
     }
 
@@ -203,12 +238,19 @@ impl Cluster for Replication {
             Role::Leader { tolerance, ack_timeout } if tolerance > 0 => {
                 Some(Box::pin(self.followers.wait(offset, ack_timeout)))
             }
+            // Every read and write waits for the whole ISR: nothing uncommitted is shown.
+            Role::Cluster { .. } if self.followers.is_replicated(offset) => None,
+            Role::Cluster { ack_timeout } => Some(Box::pin(self.followers.wait(offset, ack_timeout))),
             _ => None,
         }
     }
 
     fn role(&self) -> &'static str {
         if self.is_leader() { "leader" } else { "follower" }
+    }
+
+    fn routes(&self) -> Option<watch::Receiver<Route>> {
+        self.is_cluster().then(|| self.leadership.routes())
     }
 
     fn stats(&self) -> Vec<(String, String)> {

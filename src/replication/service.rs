@@ -19,13 +19,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::storage::{Offset, StorageError};
+use crate::storage::{Chunk, Offset, StorageError};
 
 use super::followers::Registration;
 use super::proto::replication_server::{Replication as ReplicationRpc, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
 use super::rules::{FetchFacts, FetchRefusal, LastRecordCheck, admit_fetch, cut_passes_cursor, diverges};
-use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication};
+use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replication};
 
 /// Chunks queued per fetch stream before its task waits for the reader: one queued, one
 /// in flight in HTTP/2 is enough to keep a reading follower busy.
@@ -39,6 +39,7 @@ const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 pub(super) async fn serve(
     node: Arc<Replication>,
     listener: TcpListener,
+    extra: tonic::service::Routes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let max_message = node.config.max_record_bytes + CHUNK_BYTES;
@@ -55,6 +56,7 @@ pub(super) async fn serve(
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         // Each follower also holds an Acknowledge call; the permits bound Fetch streams.
         .max_concurrent_streams(Some(max_streams.saturating_mul(2).max(8)))
+        .add_routes(extra)
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
@@ -98,6 +100,9 @@ impl ReplicationRpc for Service {
                     node.config.node_id
                 )));
             }
+        }
+        if replica && node.is_cluster() {
+            fence_replica_fetch(node, &request)?;
         }
         let Ok(permit) = Arc::clone(&self.streams).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
@@ -182,6 +187,32 @@ impl Service {
     }
 }
 
+/// A replica's fetch in cluster mode: only from a replica of the partition, and only to the
+/// leader of exactly the epoch the caller was told of (a newer one means we are deposed, an
+/// older one that the caller is behind: either way the caller asks the quorum again).
+fn fence_replica_fetch(node: &Replication, request: &FetchRequest) -> Result<(), Status> {
+    let Position::Leading { epoch, replicas, .. } = node.position() else {
+        return Err(Status::failed_precondition(format!(
+            "{} does not lead the partition now; ask the cluster for its leader",
+            node.config.node_id
+        )));
+    };
+    if request.leader_epoch != epoch {
+        return Err(Status::failed_precondition(format!(
+            "{} leads epoch {epoch}, not epoch {} as the caller believes",
+            node.config.node_id, request.leader_epoch
+        )));
+    }
+    if !replicas.contains(&request.follower_id) {
+        tracing::warn!(caller = %request.follower_id, "refusing a replica fetch from a node that is not a replica");
+        return Err(Status::permission_denied(format!(
+            "{} is not a replica of this partition",
+            request.follower_id
+        )));
+    }
+    Ok(())
+}
+
 /// The metadata a replication call presents the password in: `authorization: Bearer <pw>`.
 pub(super) const AUTHORIZATION: &str = "authorization";
 pub(super) const BEARER: &str = "Bearer ";
@@ -209,6 +240,8 @@ async fn stream_log(
     // one of the node's slots, until it ends.
     let _permit = permit;
     let until = if request.follow { Offset::MAX } else { node.log.next_offset() };
+    // A consumer in cluster mode reads committed records only; a replica reads everything.
+    let committed_only = node.is_cluster() && registration.is_none();
     let mut appended = node.appended.subscribe();
     let mut truncations = node.truncations.subscribe();
     // Only cuts made from now on concern this stream.
@@ -228,7 +261,8 @@ async fn stream_log(
             let _ = tx.send(Err(Status::aborted(why))).await;
             return;
         }
-        let chunk = match node.log.read_from(next, CHUNK_BYTES) {
+        let limit = if committed_only { node.high_watermark() } else { Offset::MAX };
+        let chunk = match read_below(&node, next, limit) {
             Ok(chunk) => chunk,
             Err(err) => {
                 tracing::error!(%err, offset = next, "reading the log for a fetch stream failed");
@@ -255,13 +289,26 @@ async fn stream_log(
         if let Some(registration) = &registration {
             registration.sending(next);
         }
-        let records = Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset() };
+        let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
+        let records = Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset(), high_watermark };
         let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
         tokio::select! {
             sent = tx.send(Ok(response)) => if sent.is_err() { return },
             _ = shutdown.wait_for(|&stop| stop) => return,
         }
     }
+}
+
+/// Whole records from `next`, none at or above `limit`.
+fn read_below(node: &Replication, next: Offset, limit: Offset) -> Result<Chunk, StorageError> {
+    if next >= limit {
+        return Ok(Chunk { bytes: Default::default(), next });
+    }
+    let chunk = node.log.read_from(next, CHUNK_BYTES)?;
+    if chunk.next <= limit {
+        return Ok(chunk);
+    }
+    Ok(chunk.below(limit))
 }
 
 fn internal(err: StorageError) -> Status {

@@ -81,6 +81,7 @@ pub async fn tail(
         last: None,
         follow: request.follow,
         known_epoch: 0,
+        leader_epoch: 0,
     };
     let mut stream = client.fetch(super::service::with_password(fetch, request.password.as_ref())).await?.into_inner();
     while let Some(message) = stream.message().await? {

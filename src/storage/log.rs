@@ -52,6 +52,19 @@ impl Chunk {
     pub fn records(&self) -> Records<'_> {
         Records::new(&self.bytes, usize::MAX)
     }
+
+    /// The records of this chunk below offset `limit` (a committed-only reader's cut).
+    pub fn below(mut self, limit: Offset) -> Chunk {
+        let mut position = 0;
+        while let Some((len, offset)) = super::record::peek(&self.bytes[position..]) {
+            if offset >= limit {
+                self.bytes.truncate(position);
+                return Chunk { bytes: self.bytes, next: offset };
+            }
+            position += len;
+        }
+        self
+    }
 }
 
 pub(super) struct State {

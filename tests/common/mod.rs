@@ -312,7 +312,7 @@ impl ServerProcess {
         ServerProcess { child, addr, grpc, data_dir: data_dir.to_path_buf(), stderr_path }
     }
 
-    fn wait_until_ready(&mut self) {
+    pub fn wait_until_ready(&mut self) {
         let addr = self.addr;
         poll_until("the server to accept connections", || {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

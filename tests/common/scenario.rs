@@ -56,14 +56,14 @@ pub struct ProcessCluster {
     addressing: Addressing,
     /// Where the workload sends requests: the node the test believes leads.
     leader: Arc<RwLock<SocketAddr>>,
+    /// Cluster mode: the `--cluster` voter list every node is started with.
+    voters: Option<String>,
 }
 
 impl ProcessCluster {
     /// `n` processes: node 0 leads with `tolerance`, the others follow it.
     pub fn start(n: usize, tolerance: u32, addressing: Addressing) -> ProcessCluster {
-        static SERIAL: Mutex<()> = Mutex::new(());
-        // A scenario that failed (panicked) still leaves the lock usable by the next.
-        let serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let serial = serial();
         let dir = TempDir::new().expect("temp dir");
         let nodes = (0..n)
             .map(|i| {
@@ -82,12 +82,109 @@ impl ProcessCluster {
             })
             .collect::<Vec<_>>();
         let leader = Arc::new(RwLock::new(nodes[0].addr));
-        let mut cluster = ProcessCluster { _serial: serial, _dir: dir, nodes, tolerance, addressing, leader };
+        let mut cluster = ProcessCluster { _serial: serial, _dir: dir, nodes, tolerance, addressing, leader, voters: None };
         cluster.launch(0, None);
         for i in 1..n {
             cluster.launch(i, Some(0));
         }
         cluster
+    }
+
+    /// `n` processes in cluster mode, the first `voters` of them voters of the metadata
+    /// quorum, every write on `tolerance + 1` in-sync replicas; returns once one leads.
+    pub fn start_cluster(n: usize, voters: usize, tolerance: u32, addressing: Addressing) -> ProcessCluster {
+        let dir = TempDir::new().expect("temp dir");
+        let nodes = ProcessCluster::start_nodes(n, addressing, dir.path());
+        let leader = Arc::new(RwLock::new(nodes[0].addr));
+        let mut cluster =
+            ProcessCluster { _serial: serial(), _dir: dir, nodes, tolerance, addressing, leader, voters: None };
+        let list: Vec<String> = cluster.nodes[..voters].iter().map(|node| format!("{}={}", node.name, node.grpc)).collect();
+        cluster.voters = Some(list.join(","));
+        // Voters first, all at once: each waits for a quorum to form.
+        let mut starting: Vec<usize> = (0..n).collect();
+        starting.sort_by_key(|&i| i >= voters);
+        for i in starting {
+            cluster.spawn_member(i);
+        }
+        for i in 0..n {
+            cluster.nodes[i].process.as_mut().expect("spawned").wait_until_ready();
+        }
+        let leader = cluster.wait_for_leader(&(0..n).collect::<Vec<_>>());
+        cluster.target(leader);
+        cluster
+    }
+
+    fn start_nodes(n: usize, addressing: Addressing, dir: &std::path::Path) -> Vec<ProcessNode> {
+        (0..n)
+            .map(|i| {
+                let (ip, addr, grpc) = match addressing {
+                    Addressing::Shared => {
+                        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+                        (ip, SocketAddr::new(ip, stable_port()), SocketAddr::new(ip, stable_port()))
+                    }
+                    Addressing::Distinct => {
+                        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8));
+                        (ip, SocketAddr::new(ip, 7000 + i as u16), SocketAddr::new(ip, 7100 + i as u16))
+                    }
+                };
+                let data_dir = dir.join(format!("n{i}"));
+                ProcessNode { name: format!("n{i}"), ip, addr, grpc, data_dir, process: None }
+            })
+            .collect()
+    }
+
+    /// Starts cluster member `i` on its data dir (again, after a kill or stop) and waits
+    /// until it accepts clients.
+    pub fn relaunch(&mut self, i: usize) {
+        self.spawn_member(i);
+        self.nodes[i].process.as_mut().expect("spawned").wait_until_ready();
+    }
+
+    fn spawn_member(&mut self, i: usize) {
+        assert!(self.nodes[i].process.is_none(), "{} is running", self.nodes[i].name);
+        let voters = self.voters.clone().expect("a cluster-mode cluster");
+        let tolerance = self.tolerance.to_string();
+        let source = self.nodes[i].ip.to_string();
+        let mut args = vec![
+            "--node-id",
+            &self.nodes[i].name,
+            "--stats-interval",
+            "0s",
+            "--ack-timeout",
+            ACK_TIMEOUT,
+            "--cluster",
+            &voters,
+            "--tolerance",
+            &tolerance,
+        ];
+        if self.addressing == Addressing::Distinct {
+            args.extend(["--bind-source-addr", source.as_str()]);
+        }
+        let node = &self.nodes[i];
+        let process = ServerProcess::spawn_on(&node.data_dir, node.addr, node.grpc, &args);
+        self.nodes[i].process = Some(process);
+    }
+
+    /// Waits until exactly one of `candidates` (running, not paused) says it leads, and
+    /// every other candidate names it as leader; returns it.
+    pub fn wait_for_leader(&self, candidates: &[usize]) -> usize {
+        poll_until("one leader that the other nodes follow", || {
+            let views: Vec<(usize, HashMap<String, String>)> =
+                candidates.iter().filter(|&&i| self.is_running(i)).map(|&i| (i, self.stats(i))).collect();
+            let leaders: Vec<usize> =
+                views.iter().filter(|(_, s)| s.get("leader").map(String::as_str) == Some("self")).map(|(i, _)| *i).collect();
+            let [leader] = leaders[..] else { return None };
+            let name = &self.nodes[leader].name;
+            views
+                .iter()
+                .all(|(i, s)| *i == leader || s.get("leader") == Some(name))
+                .then_some(leader)
+        })
+    }
+
+    /// Points the workload at node `i`.
+    pub fn target(&self, i: usize) {
+        *self.leader.write().expect("leader lock") = self.nodes[i].addr;
     }
 
     /// Starts node `i` on its data dir: leading if `follow` is `None`, else following node
@@ -197,6 +294,13 @@ impl ProcessCluster {
         }
         running.iter().map(|&i| (self.nodes[i].name.clone(), digest(&self.nodes[i].data_dir))).collect()
     }
+}
+
+/// One process cluster at a time (see `ProcessCluster::_serial`).
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    // A scenario that failed (panicked) still leaves the lock usable by the next.
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A loopback port that is free now, below Linux's ephemeral range (32768 and up): a node

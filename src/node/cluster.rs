@@ -1,0 +1,356 @@
+//! A node in cluster mode: follows the metadata quorum's decisions. The driver turns each
+//! committed metadata change into a replication switch (lead, follow, wait for a leader),
+//! and while this node leads it keeps the in-sync replica set honest: a follower that has
+//! not caught up for the lag timeout is proposed out, one that has caught up is proposed in
+//! (after the leader has started waiting for it, so it holds every acknowledged write by the
+//! time the quorum lists it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::cluster::metadata::{MetaCommand, MetaOutcome, Metadata};
+use crate::cluster::quorum::Quorum;
+use crate::replication::{LeaderInfo, Position, Replication};
+use crate::storage::Offset;
+
+use super::NodeError;
+
+/// How often a leader reviews its ISR and every node checks its lease. Cheap: a few
+/// comparisons, no I/O.
+const TICK: Duration = Duration::from_millis(100);
+
+/// What a node in cluster mode is started with.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `--cluster`: the metadata quorum's voters, (node id, gRPC address).
+    pub voters: Vec<(String, String)>,
+    /// A node not heard from for this long is fenced (`--session-timeout`).
+    pub session_timeout: Duration,
+    /// Copies of each record, counting the leader (`--replication-factor`).
+    pub replication_factor: usize,
+    /// Members an acknowledged write is on, counting the leader (`--min-insync`).
+    pub min_insync: usize,
+}
+
+pub(super) struct Driver {
+    quorum: Arc<Quorum>,
+    replication: Arc<Replication>,
+    node_id: String,
+    /// A follower not caught up for this long leaves the ISR.
+    lag_timeout: Duration,
+    identity: Identity,
+    /// Per follower: when it last held everything the leader had one tick before.
+    caught_up: HashMap<String, Instant>,
+    /// Followers being brought into the ISR, and the offset they must reach.
+    joining: HashMap<String, Offset>,
+    /// The leader's end as of the previous tick.
+    previous_end: Offset,
+    /// When this node began leading (a follower never seen caught up is judged from it).
+    leading_since: Option<Instant>,
+    /// The ISR change in flight, at most one.
+    proposal: Option<JoinHandle<()>>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        quorum: Arc<Quorum>,
+        replication: Arc<Replication>,
+        node_id: String,
+        session_timeout: Duration,
+        data_dir: &Path,
+    ) -> Driver {
+        Driver {
+            quorum,
+            replication,
+            node_id,
+            lag_timeout: session_timeout,
+            identity: Identity { path: data_dir.join(IDENTITY_FILE) },
+            caught_up: HashMap::new(),
+            joining: HashMap::new(),
+            previous_end: 0,
+            leading_since: None,
+            proposal: None,
+        }
+    }
+
+    /// Runs until `stopping`; an error is fatal to the node (a data dir of another cluster,
+    /// a log that cannot record its epoch).
+    pub(super) async fn run(mut self, mut stopping: watch::Receiver<bool>) -> Result<(), NodeError> {
+        let mut metadata = self.quorum.metadata();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                changed = metadata.changed() => if changed.is_err() { break },
+                _ = tick.tick() => {}
+                _ = stopping.wait_for(|&stop| stop) => break,
+            }
+            let current = Arc::clone(&metadata.borrow_and_update());
+            self.reconcile(&current).await?;
+            if matches!(self.replication.position(), Position::Leading { .. }) {
+                self.review_isr(&current);
+            }
+        }
+        if let Some(proposal) = self.proposal.take() {
+            proposal.abort();
+        }
+        self.replication.leave().await;
+        Ok(())
+    }
+
+    /// Brings replication in line with `meta`.
+    async fn reconcile(&mut self, meta: &Metadata) -> Result<(), NodeError> {
+        let Some(cluster_id) = &meta.cluster_id else { return Ok(()) };
+        self.identity.check(cluster_id, &self.node_id)?;
+        let partition = &meta.partition;
+        let epoch = partition.epoch;
+        let current = self.replication.position();
+        // Only what the metadata says of this process counts: until it has registered, a
+        // leadership recorded under this id belongs to the previous process, whose epoch
+        // this one must never lead on under.
+        let incarnation = self.quorum.incarnation();
+        let me_alive = meta.members.get(&self.node_id).is_some_and(|m| !m.fenced && m.incarnation == incarnation);
+        let epoch_error = |cause| NodeError::Epoch(cause);
+        match &partition.leader {
+            Some(leader) if *leader == self.node_id && me_alive => {
+                if !self.quorum.lease_valid() {
+                    // Not heard back from the controller lately: it may be fencing us.
+                    if matches!(current, Position::Leading { .. }) {
+                        self.replication.suspend();
+                        self.leading_since = None;
+                    }
+                    return Ok(());
+                }
+                let replicas = partition.replicas.clone();
+                match current {
+                    Position::Leading { epoch: led, .. } if led == epoch => {
+                        self.replication.update_isr(partition.isr.clone(), meta.min_insync);
+                    }
+                    _ => {
+                        self.replication
+                            .lead(epoch, partition.isr.clone(), replicas, meta.min_insync)
+                            .await
+                            .map_err(epoch_error)?;
+                        self.leading_since = Some(Instant::now());
+                        self.caught_up.clear();
+                        self.joining.clear();
+                        self.previous_end = self.replication.high_watermark();
+                    }
+                }
+            }
+            Some(leader) if *leader != self.node_id => {
+                let Some(member) = meta.members.get(leader) else { return Ok(()) };
+                let info = LeaderInfo {
+                    id: leader.clone(),
+                    grpc_addr: member.grpc_addr.clone(),
+                    client_addr: member.client_addr.clone(),
+                };
+                let same = matches!(&current, Position::Following { leader: l, epoch: e } if *l == info && *e == epoch);
+                if !same {
+                    self.leading_since = None;
+                    let replicate = partition.replicas.contains(&self.node_id);
+                    self.replication.follow_leader(info, epoch, replicate).await.map_err(epoch_error)?;
+                }
+            }
+            _ => {
+                if !matches!(current, Position::Electing { epoch: e } if e == epoch) {
+                    self.leading_since = None;
+                    self.replication.await_leader(epoch).await.map_err(epoch_error)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A leader's ISR review: one proposal at a time.
+    fn review_isr(&mut self, meta: &Metadata) {
+        let now = Instant::now();
+        let end = self.replication.log_end();
+        let previous_end = std::mem::replace(&mut self.previous_end, end);
+        if self.proposal.as_ref().is_some_and(|p| !p.is_finished()) {
+            return;
+        }
+        let partition = &meta.partition;
+        let since = self.leading_since.unwrap_or(now);
+        for replica in partition.replicas.iter().filter(|r| **r != self.node_id) {
+            let (durable, connected) = self.replication.follower_progress(replica);
+            if durable >= previous_end {
+                self.caught_up.insert(replica.clone(), now);
+            }
+            let caught_up_at = self.caught_up.get(replica).copied().unwrap_or(since).max(since);
+            let fenced = meta.members.get(replica).is_none_or(|m| m.fenced);
+            if partition.isr.contains(replica) {
+                if now.duration_since(caught_up_at) > self.lag_timeout {
+                    tracing::warn!(follower = %replica, durable, end, "a follower fell behind: proposing it out of the ISR");
+                    let mut isr = partition.isr.clone();
+                    isr.remove(replica);
+                    self.propose_isr(meta, isr);
+                    return;
+                }
+                continue;
+            }
+            match self.joining.get(replica).copied() {
+                Some(_) if !connected || fenced => {
+                    self.joining.remove(replica);
+                    self.replication.abandon_joining(replica);
+                }
+                Some(target) if durable >= target => {
+                    tracing::info!(follower = %replica, "a follower caught up: proposing it into the ISR");
+                    let mut isr = partition.isr.clone();
+                    isr.insert(replica.clone());
+                    self.joining.remove(replica);
+                    self.propose_isr(meta, isr);
+                    return;
+                }
+                Some(_) => {}
+                None if connected && !fenced && durable >= previous_end => {
+                    let target = self.replication.begin_joining(replica);
+                    self.joining.insert(replica.clone(), target);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn propose_isr(&mut self, meta: &Metadata, isr: BTreeSet<String>) {
+        let command = MetaCommand::AlterIsr { leader: self.node_id.clone(), epoch: meta.partition.epoch, isr };
+        let quorum = Arc::clone(&self.quorum);
+        let replication = Arc::clone(&self.replication);
+        let committed = meta.partition.isr.clone();
+        self.proposal = Some(tokio::spawn(async move {
+            let outcome = quorum.propose(command.clone()).await;
+            let refused = match &outcome {
+                Ok(MetaOutcome::Rejected(why)) => Some(why.clone()),
+                Err(err) => Some(err.to_string()),
+                Ok(_) => None,
+            };
+            if let (Some(why), MetaCommand::AlterIsr { isr, .. }) = (refused, &command) {
+                tracing::warn!(%why, ?isr, "the ISR change was not made");
+                for id in isr.difference(&committed) {
+                    replication.abandon_joining(id);
+                }
+            }
+        }));
+    }
+}
+
+const IDENTITY_FILE: &str = "cluster";
+
+/// `<data-dir>/cluster`: the cluster and node this data dir belongs to, written the first
+/// time the node joins; a data dir is never used by another cluster or under another id.
+pub(super) struct Identity {
+    path: std::path::PathBuf,
+}
+
+impl Identity {
+    fn check(&self, cluster_id: &str, node_id: &str) -> Result<(), NodeError> {
+        let expected = format!("cluster_id={cluster_id}\nnode_id={node_id}\n");
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) if text == expected => Ok(()),
+            Ok(text) => Err(NodeError::Config(format!(
+                "{} says this data dir belongs to {}, but this node is {node_id} in cluster {cluster_id}; \
+                 give each node its own data dir (an empty one to join a new cluster)",
+                self.path.display(),
+                text.trim().replace('\n', ", ")
+            ))),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                crate::storage::replace_file(&crate::storage::RealFs, &self.path, expected.as_bytes())
+                    .map_err(|cause| NodeError::Config(format!("cannot write {}: {cause}", self.path.display())))
+            }
+            Err(err) => Err(NodeError::Config(format!("cannot read {}: {err}", self.path.display()))),
+        }
+    }
+
+    /// Refuses a data dir that belongs to another node id, before anything is started.
+    pub(super) fn check_node(data_dir: &Path, node_id: &str) -> Result<(), NodeError> {
+        let path = data_dir.join(IDENTITY_FILE);
+        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+        let recorded = text.lines().find_map(|l| l.strip_prefix("node_id=")).unwrap_or_default();
+        if recorded != node_id {
+            return Err(NodeError::Config(format!(
+                "the data dir {} belongs to node {recorded}, not {node_id}; start it with --node-id {recorded} \
+                 or give this node its own data dir",
+                data_dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+
+/// The quorum's settings for this node.
+pub(super) fn quorum_config(
+    config: &super::NodeConfig,
+    cluster: &ClusterConfig,
+    node_id: &str,
+    grpc_addr: std::net::SocketAddr,
+    client_addr: std::net::SocketAddr,
+    log_epoch: crate::storage::Epoch,
+) -> crate::cluster::quorum::QuorumConfig {
+    crate::cluster::quorum::QuorumConfig {
+        node_id: node_id.to_string(),
+        voters: cluster.voters.clone(),
+        grpc_addr: grpc_addr.to_string(),
+        client_addr: client_addr.to_string(),
+        dir: config.data_dir.join("quorum"),
+        session_timeout: cluster.session_timeout,
+        replication_factor: cluster.replication_factor,
+        min_insync: cluster.min_insync,
+        password: config.password.clone(),
+        bind_source_addr: config.bind_source_addr,
+        log_epoch,
+    }
+}
+
+/// What the client server sees of a cluster member: replication's answers, and the
+/// cluster's figures added to STATS.
+pub(super) struct Member {
+    replication: Arc<Replication>,
+    quorum: Arc<Quorum>,
+}
+
+impl Member {
+    pub(super) fn new(replication: Arc<Replication>, quorum: Arc<Quorum>) -> Member {
+        Member { replication, quorum }
+    }
+}
+
+impl crate::server::Cluster for Member {
+    fn admit_write(&self) -> Result<(), crate::server::Refusal> {
+        self.replication.admit_write()
+    }
+
+    fn appended(&self, next_offset: Offset) {
+        self.replication.appended(next_offset);
+    }
+
+    fn replicated(&self, offset: Offset) -> Option<crate::server::Replicated<'_>> {
+        self.replication.replicated(offset)
+    }
+
+    fn role(&self) -> &'static str {
+        self.replication.role()
+    }
+
+    fn routes(&self) -> Option<watch::Receiver<crate::server::Route>> {
+        self.replication.routes()
+    }
+
+    fn stats(&self) -> Vec<(String, String)> {
+        let meta = self.quorum.metadata().borrow().clone();
+        let mut pairs = vec![
+            ("cluster".to_string(), meta.cluster_id.clone().unwrap_or_else(|| "forming".to_string())),
+            ("controller".to_string(), self.quorum.controller().unwrap_or_else(|| "none".to_string())),
+        ];
+        pairs.extend(self.replication.stats());
+        let isr: Vec<&str> = meta.partition.isr.iter().map(String::as_str).collect();
+        pairs.push(("isr".to_string(), isr.join(",")));
+        pairs.push(("min_insync".to_string(), meta.min_insync.to_string()));
+        pairs
+    }
+}

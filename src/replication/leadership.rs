@@ -1,0 +1,261 @@
+//! Cluster mode: this node leads or follows the partition as the metadata quorum decides.
+//! The node's cluster driver calls [`Replication::lead`], [`Replication::follow_leader`] and
+//! [`Replication::await_leader`] as committed metadata changes; this module makes each
+//! switch safe:
+//!
+//! - Leading starts only after the follower loop has fully stopped (nothing from the old
+//!   leader is appended under the new epoch) and the epoch is persisted.
+//! - Leaving the lead fails every write still waiting (it can no longer be acknowledged
+//!   under its epoch) and stops admitting new ones before the route changes.
+//! - A follower fetches only from the leader of the epoch the quorum named, and says that
+//!   epoch in its fetch: a leader of any other epoch refuses it.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::server::Route;
+use crate::storage::{Epoch, Offset, StorageError};
+
+use super::Replication;
+use super::follower::{Target, follow};
+use super::followers::AckRule;
+
+/// Where this node stands for the partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Position {
+    /// No leader is known (an election is under way, or no in-sync replica is alive).
+    Electing { epoch: Epoch },
+    Leading { epoch: Epoch, isr: BTreeSet<String>, replicas: Vec<String>, min_insync: usize },
+    Following { leader: LeaderInfo, epoch: Epoch },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderInfo {
+    pub id: String,
+    pub grpc_addr: String,
+    pub client_addr: String,
+}
+
+impl Position {
+    pub fn epoch(&self) -> Epoch {
+        match self {
+            Position::Electing { epoch } | Position::Leading { epoch, .. } | Position::Following { epoch, .. } => {
+                *epoch
+            }
+        }
+    }
+}
+
+pub(super) struct Leadership {
+    position: Mutex<Position>,
+    routes: watch::Sender<Route>,
+    /// The follower loop of the current leader, while following. Switches are serialized
+    /// by the driver; the lock only guards the handle.
+    following: tokio::sync::Mutex<Option<Following>>,
+}
+
+struct Following {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Default for Leadership {
+    fn default() -> Leadership {
+        let (routes, _) = watch::channel(Route::Electing);
+        Leadership {
+            position: Mutex::new(Position::Electing { epoch: 0 }),
+            routes,
+            following: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Leadership {
+    pub fn position(&self) -> Position {
+        self.position.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn routes(&self) -> watch::Receiver<Route> {
+        self.routes.subscribe()
+    }
+
+    fn set(&self, position: Position, route: Route) {
+        *self.position.lock().unwrap_or_else(|e| e.into_inner()) = position;
+        self.routes.send_if_modified(|current| {
+            let changed = *current != route;
+            *current = route;
+            changed
+        });
+    }
+}
+
+impl Replication {
+    /// This node's place in the partition (cluster mode).
+    pub fn position(&self) -> Position {
+        self.leadership.position()
+    }
+
+    /// Leads `epoch` with `isr` in sync: stops following, persists the epoch, stamps it on
+    /// appends, and only then admits writes.
+    pub async fn lead(
+        self: &Arc<Self>,
+        epoch: Epoch,
+        isr: BTreeSet<String>,
+        replicas: Vec<String>,
+        min_insync: usize,
+    ) -> Result<(), StorageError> {
+        self.step_down();
+        self.stop_following().await;
+        self.log.observe_epoch(epoch)?;
+        self.log.set_epoch(epoch);
+        self.followers.set_rule(self.isr_rule(&isr, min_insync, &BTreeSet::new()));
+        tracing::info!(epoch, isr = ?isr, "leading the partition");
+        self.leadership.set(Position::Leading { epoch, isr, replicas, min_insync }, Route::Local);
+        self.announce(self.log.next_offset());
+        Ok(())
+    }
+
+    /// The ISR (or min-insync) changed under the epoch this node leads.
+    pub fn update_isr(&self, isr: BTreeSet<String>, min_insync: usize) {
+        let mut position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
+        if let Position::Leading { isr: current, min_insync: current_min, .. } = &mut *position {
+            if *current == isr && *current_min == min_insync {
+                return;
+            }
+            tracing::info!(isr = ?isr, min_insync, "in-sync replicas changed");
+            let joining: BTreeSet<String> = self.joining(current).difference(&isr).cloned().collect();
+            *current = isr.clone();
+            *current_min = min_insync;
+            self.followers.set_rule(self.isr_rule(&isr, min_insync, &joining));
+        }
+    }
+
+    /// Follows `leader`, the leader of `epoch`: copies its log if this node is a replica
+    /// (`replicate`), and in any case sends it this node's clients' requests.
+    pub async fn follow_leader(
+        self: &Arc<Self>,
+        leader: LeaderInfo,
+        epoch: Epoch,
+        replicate: bool,
+    ) -> Result<(), StorageError> {
+        self.step_down();
+        self.stop_following().await;
+        self.log.observe_epoch(epoch)?;
+        tracing::info!(leader = %leader.id, epoch, "following the partition's leader");
+        let target = Target { grpc_addr: leader.grpc_addr.clone(), epoch: Some(epoch) };
+        let route = Route::Forward { leader_id: leader.id.clone(), grpc_addr: leader.grpc_addr.clone() };
+        self.leadership.set(Position::Following { leader, epoch }, route);
+        self.upstream.connected.store(false, Ordering::Relaxed);
+        if !replicate {
+            return Ok(());
+        }
+        let (stop, stopping) = watch::channel(false);
+        let task = tokio::spawn(follow(Arc::clone(self), target, stopping));
+        *self.leadership.following.lock().await = Some(Following { stop, task });
+        Ok(())
+    }
+
+    /// No leader is known for `epoch`: requests wait for one.
+    pub async fn await_leader(self: &Arc<Self>, epoch: Epoch) -> Result<(), StorageError> {
+        self.step_down();
+        self.stop_following().await;
+        self.log.observe_epoch(epoch)?;
+        self.leadership.set(Position::Electing { epoch }, Route::Electing);
+        Ok(())
+    }
+
+    /// This node may no longer be leading (its lease lapsed): refuse writes and send
+    /// requests nowhere until the quorum says more.
+    pub fn suspend(&self) {
+        if matches!(self.position(), Position::Leading { .. }) {
+            tracing::warn!("lost touch with the metadata quorum: no longer serving as leader");
+        }
+        let epoch = self.position().epoch();
+        self.step_down();
+        self.leadership.set(Position::Electing { epoch }, Route::Electing);
+    }
+
+    fn step_down(&self) {
+        if matches!(self.followers.rule(), AckRule::NotLeading) {
+            return;
+        }
+        self.followers.set_rule(AckRule::NotLeading);
+    }
+
+    async fn stop_following(&self) {
+        let following = self.leadership.following.lock().await.take();
+        if let Some(Following { stop, task }) = following {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+    }
+
+    /// Followers being brought into the ISR: waited for already, not yet committed.
+    fn joining(&self, isr: &BTreeSet<String>) -> BTreeSet<String> {
+        match self.followers.rule() {
+            AckRule::Isr { wait, .. } => wait.into_iter().filter(|id| !isr.contains(id)).collect(),
+            _ => BTreeSet::new(),
+        }
+    }
+
+    fn isr_rule(&self, isr: &BTreeSet<String>, min_insync: usize, joining: &BTreeSet<String>) -> AckRule {
+        let me = &self.config.node_id;
+        let wait = isr.iter().chain(joining).filter(|id| *id != me).cloned().collect();
+        AckRule::Isr { wait, isr_size: isr.len(), min_insync }
+    }
+
+    /// Starts waiting for `id`'s acknowledgements as if it were in sync, before the quorum
+    /// is asked to add it: no write is acknowledged without it from now on, so once it
+    /// holds everything below the returned offset it holds every acknowledged write.
+    pub fn begin_joining(&self, id: &str) -> Offset {
+        let position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
+        let next = self.log.next_offset();
+        if let Position::Leading { isr, min_insync, .. } = &*position {
+            let mut joining = self.joining(isr);
+            joining.insert(id.to_string());
+            self.followers.set_rule(self.isr_rule(isr, *min_insync, &joining));
+        }
+        next
+    }
+
+    /// `id` is no longer being brought in (it went away, or the quorum refused it).
+    pub fn abandon_joining(&self, id: &str) {
+        let position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
+        if let Position::Leading { isr, min_insync, .. } = &*position
+            && !isr.contains(id)
+        {
+            let mut joining = self.joining(isr);
+            joining.remove(id);
+            self.followers.set_rule(self.isr_rule(isr, *min_insync, &joining));
+        }
+    }
+
+    /// Every record below this is held by the whole ISR (the high watermark), as far as
+    /// this node knows: its own count when leading, the leader's word when following.
+    pub fn high_watermark(&self) -> Offset {
+        match self.position() {
+            Position::Leading { .. } => self.followers.replicated().min(self.log.next_offset()),
+            _ => self.upstream.high_watermark.load(Ordering::Relaxed).min(self.log.next_offset()),
+        }
+    }
+
+    /// The log's next offset.
+    pub fn log_end(&self) -> Offset {
+        self.log.next_offset()
+    }
+
+    /// How far `id` has acknowledged, and whether it is connected now (leader side).
+    pub fn follower_progress(&self, id: &str) -> (Offset, bool) {
+        (self.followers.durable(id), self.followers.is_connected(id))
+    }
+
+    /// Ends cluster-mode leadership and following for shutdown.
+    pub async fn leave(&self) {
+        self.step_down();
+        self.stop_following().await;
+    }
+}

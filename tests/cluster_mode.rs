@@ -1,0 +1,159 @@
+//! Cluster mode against real `msglog serve --cluster` processes: the nodes elect a leader
+//! through the metadata quorum and replace it on their own when it dies, pauses or
+//! restarts, and the history checker confirms that no acknowledged write is lost and every
+//! read is linearizable; afterwards the replicas' logs are byte-identical.
+//!
+//! Seeded and bounded like tests/scenarios.rs: `MSGLOG_SCENARIO_ROUNDS` repeats each
+//! scenario with the next seeds from `MSGLOG_SCENARIO_SEED` (docs/RELIABILITY.md has the soak).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::history::History;
+use common::scenario::{Addressing, ProcessCluster, Workload, WorkloadConfig, final_reads};
+use common::{LineClient, poll_until};
+
+const PHASE_WRITES: usize = 150;
+
+fn rounds() -> u64 {
+    std::env::var("MSGLOG_SCENARIO_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1)
+}
+
+fn first_seed() -> u64 {
+    std::env::var("MSGLOG_SCENARIO_SEED").ok().and_then(|r| r.parse().ok()).unwrap_or(1)
+}
+
+fn for_each_seed(name: &str, scenario: impl Fn(u64)) {
+    for seed in first_seed()..first_seed() + rounds() {
+        eprintln!("{name}: seed {seed} (replay with MSGLOG_SCENARIO_SEED={seed})");
+        scenario(seed);
+    }
+}
+
+fn await_acked_writes(history: &History, count: usize) {
+    let target = history.counts().acked_writes + count;
+    poll_until(&format!("{count} more acknowledged writes"), || {
+        (history.counts().acked_writes >= target).then_some(())
+    });
+}
+
+/// Waits until every running node holds `leader`'s log and the ISR lists all of them.
+fn wait_all_in_sync(cluster: &ProcessCluster, leader: usize) {
+    let running: Vec<usize> = (0..cluster.nodes.len()).filter(|&i| cluster.is_running(i)).collect();
+    poll_until("every running node back in the ISR", || {
+        let isr = cluster.stats(leader).get("isr").cloned().unwrap_or_default();
+        running.iter().all(|&i| isr.split(',').any(|id| id == cluster.nodes[i].name)).then_some(())
+    });
+    cluster.wait_converged(leader);
+}
+
+/// Stops the clients, lets every node catch up, reads every key, checks the history and
+/// compares the logs.
+fn finish(history: Arc<History>, workloads: Vec<(Workload, WorkloadConfig)>, cluster: ProcessCluster, leader: usize) {
+    let configs: Vec<WorkloadConfig> = workloads.iter().map(|(_, c)| c.clone()).collect();
+    for (workload, _) in workloads {
+        workload.stop();
+    }
+    wait_all_in_sync(&cluster, leader);
+    for config in &configs {
+        final_reads(&history, cluster.nodes[leader].addr, config);
+    }
+    let digests = cluster.stop_all_and_digest();
+    common::scenario::assert_history_is_valid(&history);
+    assert!(digests.iter().all(|(_, d)| *d == digests[0].1), "replicas diverged: {digests:?}");
+}
+
+#[test]
+fn three_nodes_form_a_cluster_elect_one_leader_and_replicate_to_all() {
+    let cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Shared);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let stats = cluster.stats(leader);
+    assert_eq!(stats["role"], "leader");
+    assert!(stats.get("cluster").is_some_and(|id| id != "forming"), "STATS names the cluster: {stats:?}");
+    let mut client = LineClient::connect(cluster.nodes[leader].addr).expect("connect");
+    assert_eq!(client.request(b"SET greeting hello").expect("SET"), b"OK");
+    wait_all_in_sync(&cluster, leader);
+    for i in 0..3 {
+        let stats = cluster.stats(i);
+        assert_eq!(stats["epoch"], cluster.stats(leader)["epoch"], "{}: one epoch everywhere", cluster.nodes[i].name);
+        assert_eq!(stats["hw"], "1", "{} knows the write is committed: {stats:?}", cluster.nodes[i].name);
+    }
+    let digests = cluster.stop_all_and_digest();
+    assert!(digests.iter().all(|(_, d)| *d == digests[0].1), "replicas diverged: {digests:?}");
+}
+
+#[test]
+fn killing_the_leader_under_load_fails_over_by_itself_and_loses_no_acknowledged_write() {
+    for_each_seed("kill the leader", |seed| {
+        let mut cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Shared);
+        let history = Arc::new(History::new());
+        let old = cluster.wait_for_leader(&[0, 1, 2]);
+        let config = WorkloadConfig { seed, ..WorkloadConfig::default() };
+        let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config.clone());
+        await_acked_writes(&history, PHASE_WRITES);
+        cluster.kill(old);
+        let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+        let leader = cluster.wait_for_leader(&others);
+        cluster.target(leader);
+        await_acked_writes(&history, PHASE_WRITES);
+        // The old leader comes back as a follower of the new one.
+        cluster.relaunch(old);
+        assert_eq!(cluster.wait_for_leader(&[0, 1, 2]), leader, "a returning node does not take over");
+        await_acked_writes(&history, PHASE_WRITES);
+        finish(history, vec![(load, config)], cluster, leader);
+    });
+}
+
+#[test]
+fn a_paused_leader_that_wakes_after_being_replaced_acknowledges_nothing_lost() {
+    for_each_seed("pause the leader", |seed| {
+        let cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Shared);
+        let history = Arc::new(History::new());
+        let old = cluster.wait_for_leader(&[0, 1, 2]);
+        // These clients stay on the old leader throughout: what it answers after it wakes
+        // is judged with everything else.
+        let stuck = WorkloadConfig { prefix: "s", seed, clients: 2, ..WorkloadConfig::default() };
+        let stuck_target = Arc::new(std::sync::RwLock::new(cluster.nodes[old].addr));
+        let stuck_load = Workload::start(Arc::clone(&history), stuck_target, stuck.clone());
+        let moving = WorkloadConfig { prefix: "m", seed: seed + 500, ..WorkloadConfig::default() };
+        let moving_load = Workload::start(Arc::clone(&history), cluster.leader_target(), moving.clone());
+        await_acked_writes(&history, PHASE_WRITES);
+        cluster.pause(old);
+        let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+        let leader = cluster.wait_for_leader(&others);
+        cluster.target(leader);
+        await_acked_writes(&history, PHASE_WRITES);
+        cluster.resume(old);
+        poll_until("the old leader to follow the new one", || {
+            (cluster.stats(old).get("leader") == Some(&cluster.nodes[leader].name)).then_some(())
+        });
+        await_acked_writes(&history, PHASE_WRITES);
+        finish(history, vec![(stuck_load, stuck), (moving_load, moving)], cluster, leader);
+    });
+}
+
+/// The epoch collision of manual failover, in cluster mode: the old leader restarts while
+/// its replacement leads, and must come back as a follower under the replacement's epoch.
+#[test]
+fn a_restarted_old_leader_never_leads_under_an_epoch_another_leader_used() {
+    let mut cluster = ProcessCluster::start_cluster(3, 3, 0, Addressing::Shared);
+    let history = Arc::new(History::new());
+    let old = cluster.wait_for_leader(&[0, 1, 2]);
+    let config = WorkloadConfig { seed: first_seed(), ..WorkloadConfig::default() };
+    let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config.clone());
+    await_acked_writes(&history, PHASE_WRITES);
+    let old_epoch: u64 = cluster.stats(old)["epoch"].parse().expect("epoch");
+    cluster.kill(old);
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    let leader = cluster.wait_for_leader(&others);
+    cluster.target(leader);
+    let new_epoch: u64 = cluster.stats(leader)["epoch"].parse().expect("epoch");
+    assert!(new_epoch > old_epoch, "the new leader's epoch {new_epoch} is above {old_epoch}");
+    await_acked_writes(&history, PHASE_WRITES);
+    cluster.relaunch(old);
+    assert_eq!(cluster.wait_for_leader(&[0, 1, 2]), leader);
+    assert_eq!(cluster.stats(old)["epoch"], cluster.stats(leader)["epoch"]);
+    await_acked_writes(&history, PHASE_WRITES);
+    finish(history, vec![(load, config)], cluster, leader);
+}
