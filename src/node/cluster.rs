@@ -351,6 +351,12 @@ impl crate::server::Cluster for Member {
         let isr: Vec<&str> = meta.partition.isr.iter().map(String::as_str).collect();
         pairs.push(("isr".to_string(), isr.join(",")));
         pairs.push(("min_insync".to_string(), meta.min_insync.to_string()));
+        pairs.push(("replicas".to_string(), meta.partition.replicas.join(",")));
+        // `msglog cluster status` visits every member from here: `id@client address`.
+        let members: Vec<String> = meta.members.iter().map(|(id, m)| format!("{id}@{}", m.client_addr)).collect();
+        pairs.push(("members".to_string(), members.join(",")));
+        let fenced: Vec<&str> = meta.members.iter().filter(|(_, m)| m.fenced).map(|(id, _)| id.as_str()).collect();
+        pairs.push(("fenced".to_string(), fenced.join(",")));
         pairs
     }
 }
