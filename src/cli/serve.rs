@@ -282,10 +282,9 @@ fn parse_session_timeout(text: &str) -> Result<Duration, String> {
 /// Cluster mode's settings from the flags; `None` without `--cluster`.
 fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<ClusterConfig>> {
     let Some(Voters(voters)) = &args.cluster else {
-        for (given, flag) in [
-            (args.replication_factor.is_some(), "--replication-factor"),
-            (args.min_insync.is_some(), "--min-insync"),
-        ] {
+        for (given, flag) in
+            [(args.replication_factor.is_some(), "--replication-factor"), (args.min_insync.is_some(), "--min-insync")]
+        {
             if given {
                 anyhow::bail!("{flag} applies to cluster mode only; give --cluster too");
             }
@@ -308,7 +307,12 @@ fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<Clu
             min_insync.saturating_sub(1)
         );
     }
-    Ok(Some(ClusterConfig { voters: voters.clone(), session_timeout: args.session_timeout, replication_factor, min_insync }))
+    Ok(Some(ClusterConfig {
+        voters: voters.clone(),
+        session_timeout: args.session_timeout,
+        replication_factor,
+        min_insync,
+    }))
 }
 
 fn parse_max_message_bytes(text: &str) -> Result<u64, String> {

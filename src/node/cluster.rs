@@ -282,7 +282,6 @@ impl Identity {
     }
 }
 
-
 /// The quorum's settings for this node.
 pub(super) fn quorum_config(
     config: &super::NodeConfig,

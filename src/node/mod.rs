@@ -43,7 +43,10 @@ impl Node {
         let log_config = config.log_config()?;
         if config.cluster.is_some() {
             let Some(node_id) = &config.node_id else {
-                return Err(NodeError::Config("cluster mode needs --node-id (one of the ids in --cluster, or a new one to join as a non-voter)".to_string()));
+                return Err(NodeError::Config(
+                    "cluster mode needs --node-id (one of the ids in --cluster, or a new one to join as a non-voter)"
+                        .to_string(),
+                ));
             };
             cluster::Identity::check_node(&config.data_dir, node_id)?;
         }
@@ -464,8 +467,7 @@ fn replication_figures(
                 connected_followers: status.connected_followers() as u64,
                 follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
                 lag_behind_leader: None,
-            }
-            ,
+            },
             ReplicationStatus::Follower { lag, .. } | ReplicationStatus::Member { lag, .. } => {
                 ReplicationFigures { leader: false, lag_behind_leader: Some(*lag), ..ReplicationFigures::default() }
             }

@@ -233,7 +233,9 @@ impl Followers {
         let done = quorum.wait_for(|q| q.replicated > offset || q.deposed != deposed);
         match tokio::time::timeout(timeout, done).await {
             Ok(Ok(q)) if q.replicated > offset => Ok(()),
-            Ok(Ok(_)) => Err(Refusal("leadership changed before the write was replicated; it may or may not have been applied".to_string())),
+            Ok(Ok(_)) => Err(Refusal(
+                "leadership changed before the write was replicated; it may or may not have been applied".to_string(),
+            )),
             Ok(Err(_)) => Err(Refusal("replication stopped".to_string())),
             Err(_) => {
                 let table = self.lock();
@@ -369,5 +371,55 @@ mod tests {
         drop(a);
         assert_eq!(followers.acknowledge(&token, "a", 9), Err(AckRefusal::UnknownSession));
         assert_eq!(durable(&followers), [9, 0], "what a disconnected follower acknowledged still counts");
+    }
+
+    fn isr(wait: &[&str], isr_size: usize, min_insync: usize) -> AckRule {
+        AckRule::Isr { wait: wait.iter().map(|s| s.to_string()).collect(), isr_size, min_insync }
+    }
+
+    #[tokio::test]
+    async fn in_cluster_mode_a_write_waits_for_every_isr_member_not_any_n() {
+        let followers = Arc::new(Followers::new(isr(&["b", "c"], 3, 2)));
+        let b = followers.connect("b", 0);
+        let c = followers.connect("c", 0);
+        let d = followers.connect("d", 0);
+        for f in [&b, &c, &d] {
+            f.sending(10);
+        }
+        followers.acknowledge(&b.token(), "b", 10).unwrap();
+        followers.acknowledge(&d.token(), "d", 10).unwrap();
+        let timeout = Duration::from_millis(20);
+        assert_eq!(followers.wait(5, timeout).await.unwrap_err().0, "replication timeout (acked 1 of 2)");
+        followers.acknowledge(&c.token(), "c", 6).unwrap();
+        followers.wait(5, timeout).await.expect("b and c hold offset 5");
+        assert_eq!(followers.replicated(), 6, "the slowest ISR member sets the watermark");
+        followers.set_rule(isr(&["b", "c"], 1, 2));
+        assert_eq!(followers.admit().unwrap_err().0, "not enough replicas (have 1, need 2)");
+    }
+
+    #[tokio::test]
+    async fn leaving_the_lead_fails_waiting_writes_at_once() {
+        let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
+        let waiting = {
+            let followers = Arc::clone(&followers);
+            tokio::spawn(async move { followers.wait(3, Duration::from_secs(60)).await })
+        };
+        tokio::task::yield_now().await;
+        followers.set_rule(AckRule::NotLeading);
+        let refused = waiting.await.expect("joined").unwrap_err();
+        assert!(refused.0.contains("leadership changed"), "{refused}");
+        assert!(followers.admit().is_err(), "no writes once not leading");
+    }
+
+    #[test]
+    fn a_follower_back_with_less_no_longer_counts_for_its_old_acks() {
+        let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
+        let b = followers.connect("b", 0);
+        b.sending(50);
+        followers.acknowledge(&b.token(), "b", 50).unwrap();
+        drop(b);
+        let _b = followers.connect("b", 20);
+        assert_eq!(followers.durable("b"), 20);
+        assert_eq!(followers.replicated(), 20);
     }
 }

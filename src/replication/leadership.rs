@@ -28,9 +28,19 @@ use super::followers::AckRule;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
     /// No leader is known (an election is under way, or no in-sync replica is alive).
-    Electing { epoch: Epoch },
-    Leading { epoch: Epoch, isr: BTreeSet<String>, replicas: Vec<String>, min_insync: usize },
-    Following { leader: LeaderInfo, epoch: Epoch },
+    Electing {
+        epoch: Epoch,
+    },
+    Leading {
+        epoch: Epoch,
+        isr: BTreeSet<String>,
+        replicas: Vec<String>,
+        min_insync: usize,
+    },
+    Following {
+        leader: LeaderInfo,
+        epoch: Epoch,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

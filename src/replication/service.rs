@@ -205,10 +205,7 @@ fn fence_replica_fetch(node: &Replication, request: &FetchRequest) -> Result<(),
     }
     if !replicas.contains(&request.follower_id) {
         tracing::warn!(caller = %request.follower_id, "refusing a replica fetch from a node that is not a replica");
-        return Err(Status::permission_denied(format!(
-            "{} is not a replica of this partition",
-            request.follower_id
-        )));
+        return Err(Status::permission_denied(format!("{} is not a replica of this partition", request.follower_id)));
     }
     Ok(())
 }

@@ -132,7 +132,12 @@ impl Replication {
         self.followers
             .snapshot()
             .into_iter()
-            .map(|f| FollowerStatus { lag: next.saturating_sub(f.durable), id: f.id, durable: f.durable, connected: f.connected })
+            .map(|f| FollowerStatus {
+                lag: next.saturating_sub(f.durable),
+                id: f.id,
+                durable: f.durable,
+                connected: f.connected,
+            })
             .collect()
     }
 

@@ -84,8 +84,8 @@ mod tail;
 
 pub use batch::Batch;
 pub use error::StorageError;
-pub use fs::{FileSystem, RealFs};
 pub(crate) use fs::replace_file;
+pub use fs::{FileSystem, RealFs};
 pub use log::{Chunk, Log, LogStats};
 pub use record::{RecordKind, RecordRef};
 

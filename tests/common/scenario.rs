@@ -82,7 +82,8 @@ impl ProcessCluster {
             })
             .collect::<Vec<_>>();
         let leader = Arc::new(RwLock::new(nodes[0].addr));
-        let mut cluster = ProcessCluster { _serial: serial, _dir: dir, nodes, tolerance, addressing, leader, voters: None };
+        let mut cluster =
+            ProcessCluster { _serial: serial, _dir: dir, nodes, tolerance, addressing, leader, voters: None };
         cluster.launch(0, None);
         for i in 1..n {
             cluster.launch(i, Some(0));
@@ -98,7 +99,8 @@ impl ProcessCluster {
         let leader = Arc::new(RwLock::new(nodes[0].addr));
         let mut cluster =
             ProcessCluster { _serial: serial(), _dir: dir, nodes, tolerance, addressing, leader, voters: None };
-        let list: Vec<String> = cluster.nodes[..voters].iter().map(|node| format!("{}={}", node.name, node.grpc)).collect();
+        let list: Vec<String> =
+            cluster.nodes[..voters].iter().map(|node| format!("{}={}", node.name, node.grpc)).collect();
         cluster.voters = Some(list.join(","));
         // Voters first, all at once: each waits for a quorum to form.
         let mut starting: Vec<usize> = (0..n).collect();
@@ -171,14 +173,14 @@ impl ProcessCluster {
         poll_until("one leader that the other nodes follow", || {
             let views: Vec<(usize, HashMap<String, String>)> =
                 candidates.iter().filter(|&&i| self.is_running(i)).map(|&i| (i, self.stats(i))).collect();
-            let leaders: Vec<usize> =
-                views.iter().filter(|(_, s)| s.get("leader").map(String::as_str) == Some("self")).map(|(i, _)| *i).collect();
+            let leaders: Vec<usize> = views
+                .iter()
+                .filter(|(_, s)| s.get("leader").map(String::as_str) == Some("self"))
+                .map(|(i, _)| *i)
+                .collect();
             let [leader] = leaders[..] else { return None };
             let name = &self.nodes[leader].name;
-            views
-                .iter()
-                .all(|(i, s)| *i == leader || s.get("leader") == Some(name))
-                .then_some(leader)
+            views.iter().all(|(i, s)| *i == leader || s.get("leader") == Some(name)).then_some(leader)
         })
     }
 
