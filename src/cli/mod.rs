@@ -3,6 +3,7 @@
 pub mod bench;
 mod check;
 mod client;
+mod cluster;
 mod config_file;
 mod export;
 mod import;
@@ -40,6 +41,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Print a node's log records from an offset, and keep following new ones.
     Tail(tail::TailArgs),
+    /// Inspect a cluster-mode deployment (`serve --cluster`).
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Runs the subcommand named on the command line. Errors are printed as one line.
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Import(args) => import::run(args),
         Command::Check(args) => check::run(args),
         Command::Tail(args) => tail::run(args),
+        Command::Cluster(args) => cluster::run(args),
         Command::Bench(args) => bench::main(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
