@@ -51,7 +51,7 @@ fn wait_all_in_sync(cluster: &ProcessCluster, leader: usize) {
 /// Stops the clients, lets every node catch up, reads every key, checks the history and
 /// compares the logs.
 fn finish(history: Arc<History>, workloads: Vec<(Workload, WorkloadConfig)>, cluster: ProcessCluster, leader: usize) {
-    let configs: Vec<WorkloadConfig> = workloads.iter().map(|(_, c)| c.clone()).collect();
+    let configs: Vec<WorkloadConfig> = workloads.iter().map(|(_, c)| *c).collect();
     for (workload, _) in workloads {
         workload.stop();
     }
@@ -90,7 +90,7 @@ fn killing_the_leader_under_load_fails_over_by_itself_and_loses_no_acknowledged_
         let history = Arc::new(History::new());
         let old = cluster.wait_for_leader(&[0, 1, 2]);
         let config = WorkloadConfig { seed, ..WorkloadConfig::default() };
-        let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config.clone());
+        let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config);
         await_acked_writes(&history, PHASE_WRITES);
         cluster.kill(old);
         let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
@@ -115,9 +115,9 @@ fn a_paused_leader_that_wakes_after_being_replaced_acknowledges_nothing_lost() {
         // is judged with everything else.
         let stuck = WorkloadConfig { prefix: "s", seed, clients: 2, ..WorkloadConfig::default() };
         let stuck_target = Arc::new(std::sync::RwLock::new(cluster.nodes[old].addr));
-        let stuck_load = Workload::start(Arc::clone(&history), stuck_target, stuck.clone());
+        let stuck_load = Workload::start(Arc::clone(&history), stuck_target, stuck);
         let moving = WorkloadConfig { prefix: "m", seed: seed + 500, ..WorkloadConfig::default() };
-        let moving_load = Workload::start(Arc::clone(&history), cluster.leader_target(), moving.clone());
+        let moving_load = Workload::start(Arc::clone(&history), cluster.leader_target(), moving);
         await_acked_writes(&history, PHASE_WRITES);
         cluster.pause(old);
         let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
@@ -141,7 +141,7 @@ fn a_restarted_old_leader_never_leads_under_an_epoch_another_leader_used() {
     let history = Arc::new(History::new());
     let old = cluster.wait_for_leader(&[0, 1, 2]);
     let config = WorkloadConfig { seed: first_seed(), ..WorkloadConfig::default() };
-    let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config.clone());
+    let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config);
     await_acked_writes(&history, PHASE_WRITES);
     let old_epoch: u64 = cluster.stats(old)["epoch"].parse().expect("epoch");
     cluster.kill(old);

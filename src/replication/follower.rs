@@ -193,7 +193,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
     let mut syncing =
         AbortOnDrop(tokio::spawn(sync_and_acknowledge(Arc::clone(node), appended_rx, acks, hello.session)));
 
-    let result = loop {
+    loop {
         let message = tokio::select! {
             message = stream.message() => message,
             synced = &mut syncing.0 => break synced.map_err(SessionError::from).and_then(|r| r),
@@ -212,8 +212,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         node.upstream.high_watermark.fetch_max(records.high_watermark, Ordering::Relaxed);
         node.announce(next);
         let _ = appended_tx.send(next);
-    };
-    result
+    }
 }
 
 fn client(channel: Channel, max_record_bytes: usize) -> ReplicationClient<Channel> {
