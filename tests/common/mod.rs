@@ -203,8 +203,22 @@ pub fn msglog() -> Command {
 }
 
 /// A loopback port that was free a moment ago.
+/// A loopback port that is free now, below Linux's ephemeral range (32768 and up): between
+/// this check and the server's bind, an outgoing connection anywhere on the machine could
+/// take a freed ephemeral port, and a node killed and restarted on it must find it free.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let seed = u64::from(std::process::id()) << 32 ^ u64::from(nanos) ^ CALLS.fetch_add(1, Ordering::Relaxed) << 20;
+    let mut rng = scenario::Rng::new(seed);
+    for _ in 0..10_000 {
+        let port = 20_000 + rng.below(12_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// Calls `ready` until it returns `Some`, pausing briefly between tries, or panics with

@@ -70,7 +70,7 @@ impl ProcessCluster {
                 let (ip, addr, grpc) = match addressing {
                     Addressing::Shared => {
                         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-                        (ip, SocketAddr::new(ip, stable_port()), SocketAddr::new(ip, stable_port()))
+                        (ip, SocketAddr::new(ip, super::free_port()), SocketAddr::new(ip, super::free_port()))
                     }
                     Addressing::Distinct => {
                         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8));
@@ -122,7 +122,7 @@ impl ProcessCluster {
                 let (ip, addr, grpc) = match addressing {
                     Addressing::Shared => {
                         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-                        (ip, SocketAddr::new(ip, stable_port()), SocketAddr::new(ip, stable_port()))
+                        (ip, SocketAddr::new(ip, super::free_port()), SocketAddr::new(ip, super::free_port()))
                     }
                     Addressing::Distinct => {
                         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8));
@@ -305,20 +305,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A loopback port that is free now, below Linux's ephemeral range (32768 and up): a node
-/// killed and restarted on it must find it free again, and an outgoing connection could
-/// take a freed ephemeral port in between.
-fn stable_port() -> u16 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let mut rng = Rng::new(u64::from(std::process::id()) << 32 | u64::from(nanos));
-    for _ in 0..10_000 {
-        let port = 20_000 + rng.below(12_000) as u16;
-        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port between 20000 and 32000");
-}
 
 /// Client threads sending SETs (unique values) and GETs over a few keys to the current
 /// leader, recording each operation. Errors and timeouts are recorded as such (a write
