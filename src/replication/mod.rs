@@ -14,6 +14,7 @@
 
 mod follower;
 mod followers;
+mod forward;
 mod rules;
 mod service;
 mod status;
@@ -31,6 +32,7 @@ use crate::server::{Cluster, Password, Refusal, Replicated};
 use crate::storage::{Log, Offset};
 
 use followers::Followers;
+pub use forward::{ForwardClient, ForwardConfig, serve_forwarding};
 pub use status::{FollowerStatus, KnownLeader, ReplicationStatus};
 
 #[allow(clippy::all, clippy::pedantic)]

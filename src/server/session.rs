@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::protocol::Command;
 use crate::protocol::resp::{
     Args, ClientAttribute, CommandError, Hello, Protocol, RespCommand, RespReply, SessionCommand, is_valid_client_name,
 };
@@ -28,6 +29,10 @@ pub(crate) struct Session {
     transaction: Option<Transaction>,
     /// A password matched, or none is configured.
     authenticated: bool,
+    /// On a node that forwards: a MULTI went to the leader, whose session holds it.
+    forwarded_multi: bool,
+    /// A RESET ended a forwarded MULTI: the leader's session must go too.
+    leader_reset: bool,
 }
 
 impl Session {
@@ -38,7 +43,50 @@ impl Session {
             protocol: Protocol::Resp2,
             transaction: None,
             authenticated,
+            forwarded_multi: false,
+            leader_reset: false,
         }
+    }
+
+    /// The leader's session for a forwarded connection: its client authenticated on the
+    /// node it talks to.
+    pub(crate) fn headless(shared: Arc<Shared>) -> Session {
+        Session { authenticated: true, ..Session::new(shared, None, None) }
+    }
+
+    /// On a node that does not lead: whether this request goes to the leader. Data
+    /// commands do, and MULTI with everything up to its EXEC or DISCARD (the leader's
+    /// session queues them); what concerns only this connection is answered here.
+    pub(crate) fn forwards(&mut self, shared: &Shared, args: Args<'_>) -> bool {
+        if !self.authenticated || self.transaction.is_some() {
+            return false;
+        }
+        let command = SessionCommand::parse(args);
+        if self.forwarded_multi {
+            return match command {
+                Ok(Some(SessionCommand::Exec | SessionCommand::Discard)) => {
+                    self.forwarded_multi = false;
+                    true
+                }
+                Ok(Some(SessionCommand::Reset)) => false,
+                _ => !args.get(0).is_some_and(|name| name.eq_ignore_ascii_case(b"QUIT")),
+            };
+        }
+        match command {
+            Ok(Some(SessionCommand::Multi)) => {
+                self.forwarded_multi = true;
+                true
+            }
+            Ok(Some(_)) | Err(_) => false,
+            Ok(None) => {
+                matches!(RespCommand::parse(args, shared.config.max_message_bytes), Ok(Some(command)) if is_data(&command))
+            }
+        }
+    }
+
+    /// Whether a RESET just ended a forwarded MULTI (asked once).
+    pub(crate) fn take_leader_reset(&mut self) -> bool {
+        std::mem::take(&mut self.leader_reset)
     }
 
     /// The protocol replies are encoded in from now on.
@@ -115,6 +163,7 @@ impl Session {
             SessionCommand::Watch => Outcome::reply(CommandError::WatchUnsupported.into()),
             SessionCommand::Reset => {
                 self.end_transaction();
+                self.leader_reset |= std::mem::take(&mut self.forwarded_multi);
                 self.protocol = Protocol::Resp2;
                 // Back to the default user, who must authenticate again, as in Redis.
                 self.authenticated = shared.config.password.is_none();
@@ -235,4 +284,17 @@ impl Session {
 /// What Redis serves before authentication (its `no-auth` commands).
 fn allowed_before_auth(command: &SessionCommand<'_>) -> bool {
     matches!(command, SessionCommand::Auth { .. } | SessionCommand::Hello(_) | SessionCommand::Reset)
+}
+
+/// Commands that read or write the data, which run on the leader.
+fn is_data(command: &RespCommand<'_>) -> bool {
+    matches!(
+        command,
+        RespCommand::Single(Command::Set { .. } | Command::Get { .. } | Command::Del { .. } | Command::Exists { .. })
+            | RespCommand::Del(_)
+            | RespCommand::MSet(_)
+            | RespCommand::Exists(_)
+            | RespCommand::MGet(_)
+            | RespCommand::DbSize
+    )
 }
