@@ -375,42 +375,40 @@ impl Executed {
 
 /// The batch's replies once its commit is done; a failed commit replaces the replies it
 /// concerns, exactly as on a client connection.
-fn committed(
+async fn committed(
     shared: Arc<Shared>,
     executed: Vec<Executed>,
     written: Option<Offset>,
     read: Option<Offset>,
     permit: Option<OwnedSemaphorePermit>,
     complete: mpsc::Sender<()>,
-) -> impl Future<Output = Vec<ForwardedReply>> + Send + 'static {
-    async move {
-        let _held = (permit, complete);
-        let write_failure = match written {
-            Some(offset) => commit(&shared, offset).await.err(),
-            None => None,
-        };
-        let read_failure = match read {
-            Some(offset) => commit_read(&shared, offset).await.err(),
-            None => None,
-        };
-        let mut encoded = BytesMut::new();
-        executed
-            .into_iter()
-            .map(|done| {
-                let failure = match (&write_failure, &read_failure) {
-                    (Some(failure), _) if done.acknowledges_write => Some(failure),
-                    (_, Some(failure)) if done.shows_record => Some(failure),
-                    _ => None,
-                };
-                let reply = match failure {
-                    Some(failure) => {
-                        done.dialect.encode(failure.clone(), &mut encoded);
-                        Ok(encoded.split().freeze())
-                    }
-                    None => done.reply,
-                };
-                ForwardedReply { connection: done.connection, seq: done.seq, reply }
-            })
-            .collect()
-    }
+) -> Vec<ForwardedReply> {
+    let _held = (permit, complete);
+    let write_failure = match written {
+        Some(offset) => commit(&shared, offset).await.err(),
+        None => None,
+    };
+    let read_failure = match read {
+        Some(offset) => commit_read(&shared, offset).await.err(),
+        None => None,
+    };
+    let mut encoded = BytesMut::new();
+    executed
+        .into_iter()
+        .map(|done| {
+            let failure = match (&write_failure, &read_failure) {
+                (Some(failure), _) if done.acknowledges_write => Some(failure),
+                (_, Some(failure)) if done.shows_record => Some(failure),
+                _ => None,
+            };
+            let reply = match failure {
+                Some(failure) => {
+                    done.dialect.encode(failure.clone(), &mut encoded);
+                    Ok(encoded.split().freeze())
+                }
+                None => done.reply,
+            };
+            ForwardedReply { connection: done.connection, seq: done.seq, reply }
+        })
+        .collect()
 }

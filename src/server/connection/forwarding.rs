@@ -163,8 +163,7 @@ impl Connection {
             }
             State::Held(deadline) => (deadline, "no leader is known (an election is under way)".to_string()),
         };
-        loop {
-            let Some(diverter) = self.diverter.as_mut() else { break };
+        while let Some(diverter) = self.diverter.as_mut() {
             let route = diverter.routes.borrow_and_update().clone();
             match route {
                 Route::Local => return self.run_here(dialect, &frame).await,
