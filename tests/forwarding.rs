@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{DEADLINE, TestClient, resp};
 use msglog::replication::{ForwardClient, ForwardConfig, serve_forwarding};
 use msglog::server::{
-    self, Cluster, ForwardEndpoint, Forwarder, Forwarding, Outgoing, Refusal, Replicated, Route, ServerConfig,
+    self, Cluster, ForwardEndpoint, Forwarder, Forwarding, Outgoing, Password, Refusal, Replicated, Route, ServerConfig,
 };
 use msglog::storage::{Config, Log, Offset};
 use tempfile::TempDir;
@@ -67,7 +67,12 @@ struct Node {
 }
 
 fn forward_config() -> ForwardConfig {
-    ForwardConfig { password: None, bind_source_addr: None, max_message_bytes: 1024 * 1024 }
+    forward_config_with(None)
+}
+
+fn forward_config_with(password: Option<&str>) -> ForwardConfig {
+    let password = password.map(|p| Password::new(p).expect("a valid password"));
+    ForwardConfig { password, bind_source_addr: None, max_message_bytes: 1024 * 1024 }
 }
 
 impl Node {
@@ -78,6 +83,16 @@ impl Node {
 
     /// A node routed by `route`, forwarding through `forwarder`.
     async fn start(route: Route, forwarder: Option<Arc<dyn Forwarder>>, route_wait: Duration) -> Node {
+        Node::start_with(route, forwarder, route_wait, None).await
+    }
+
+    /// [`Node::start`] with a password, which clients and forwarding nodes must present.
+    async fn start_with(
+        route: Route,
+        forwarder: Option<Arc<dyn Forwarder>>,
+        route_wait: Duration,
+        password: Option<&str>,
+    ) -> Node {
         let dir = TempDir::new().expect("temp dir");
         let log = Arc::new(Log::open(dir.path(), Config::default()).expect("open log"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -86,7 +101,9 @@ impl Node {
         let routes = Arc::new(TestRoutes { routes: watch::channel(route).0 });
         let endpoint = ForwardEndpoint::new();
         let forwarding = Forwarding { forwarder, endpoint: Some(endpoint.clone()), route_wait };
-        let config = ServerConfig { stats_interval: None, ..ServerConfig::default() };
+        let service_config = forward_config_with(password);
+        let config =
+            ServerConfig { stats_interval: None, password: service_config.password.clone(), ..ServerConfig::default() };
         let (stop_server, server_stopped) = oneshot::channel::<()>();
         let (stop_grpc, grpc_stopped) = oneshot::channel::<()>();
         let cluster: Arc<dyn Cluster> = routes.clone();
@@ -103,7 +120,7 @@ impl Node {
             let stopped = async move {
                 let _ = grpc_stopped.await;
             };
-            serve_forwarding(grpc_listener, endpoint, forward_config(), stopped).await.expect("serve forwarding");
+            serve_forwarding(grpc_listener, endpoint, service_config, stopped).await.expect("serve forwarding");
         });
         Node {
             addr,
@@ -318,8 +335,37 @@ async fn a_node_that_no_longer_leads_refuses_forwarded_requests_without_executin
     let reply = String::from_utf8(client.request(b"SET second 2").await).unwrap();
     assert!(reply.starts_with("ERR leader unavailable: "), "{reply}");
     assert!(reply.contains("no longer leads"), "{reply}");
+    assert!(reply.ends_with("the request was not applied"), "{reply}");
     assert_eq!(value(&leader.log, b"second"), None, "never executed");
 
+    follower.stop().await;
+    leader.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_authenticate_where_they_connect_and_forwarding_needs_the_cluster_password() {
+    const SECRET: &str = "forwarding-secret";
+    let leader = Node::start_with(Route::Local, None, DEADLINE, Some(SECRET)).await;
+    let forwarder: Arc<dyn Forwarder> = ForwardClient::new(forward_config_with(Some(SECRET)));
+    let follower = Node::start_with(route_to(&leader), Some(forwarder), DEADLINE, Some(SECRET)).await;
+    let mut client = follower.connect().await;
+    assert!(client.request(b"SET k v").await.starts_with(b"ERR NOAUTH"), "not forwarded before AUTH");
+    assert_eq!(value(&leader.log, b"k"), None);
+    assert_eq!(client.request(format!("AUTH {SECRET}").as_bytes()).await, b"OK");
+    assert_eq!(client.request(b"SET k v").await, b"OK");
+    assert_eq!(value(&leader.log, b"k").as_deref(), Some(&b"v"[..]));
+
+    let wrong: Arc<dyn Forwarder> = ForwardClient::new(forward_config_with(Some("not-the-secret")));
+    let outsider = Node::start_with(route_to(&leader), Some(wrong), Duration::from_millis(200), Some(SECRET)).await;
+    let mut client = outsider.connect().await;
+    assert_eq!(client.request(format!("AUTH {SECRET}").as_bytes()).await, b"OK");
+    let reply = String::from_utf8(client.request(b"SET k stolen").await).unwrap();
+    assert!(reply.starts_with("ERR leader unavailable: cannot forward to"), "{reply}");
+    assert!(reply.contains("password"), "says why: {reply}");
+    assert!(reply.ends_with("the request was not applied"), "{reply}");
+    assert_eq!(value(&leader.log, b"k").as_deref(), Some(&b"v"[..]));
+
+    outsider.stop().await;
     follower.stop().await;
     leader.stop().await;
 }

@@ -22,7 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::protocol::resp::RespLimits;
 use crate::server::{
-    ForwardDialect, ForwardEndpoint, ForwardedReply, ForwardedRequest, Forwarder, Outgoing, Password, ReplySlot,
+    ForwardDialect, ForwardEndpoint, ForwardFailure, ForwardedReply, ForwardedRequest, Forwarder, Outgoing, Password,
+    ReplySlot,
 };
 
 use super::service::{AUTHORIZATION, BEARER, with_password};
@@ -130,14 +131,22 @@ async fn run_link(
     let max_message = config.max_grpc_message();
     let mut rpc = Rpc::new(channel).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
     let call = rpc.forward(with_password(ReceiverStream::new(stream), config.password.as_ref()));
-    let mut replies = match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => {
-            tracing::debug!(%leader, why = %describe_status(&status), "cannot forward to the leader");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%leader, "the leader did not take the forward stream in time");
+    let opened = match tokio::time::timeout(CONNECT_TIMEOUT, call).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(format!("cannot forward to {leader}: {}", describe_status(&status))),
+        Err(_) => Err(format!("{leader} did not take the forward stream within {CONNECT_TIMEOUT:?}")),
+    };
+    let mut replies = match opened {
+        Ok(replies) => replies,
+        Err(why) => {
+            tracing::debug!(%why, "a forward stream did not open");
+            // Closed first, so that nothing queued after the drain is lost unanswered.
+            outgoing.close();
+            while let Ok(request) = outgoing.try_recv() {
+                if let Some(slot) = request.reply {
+                    let _ = slot.send(Err(ForwardFailure::NotSent(why.clone())));
+                }
+            }
             return;
         }
     };
@@ -151,7 +160,11 @@ async fn run_link(
                 Ok(Some(message)) => {
                     for reply in message.replies {
                         if let Some(slot) = waiting.remove(&reply.seq) {
-                            let _ = slot.send(if reply.error.is_empty() { Ok(reply.reply) } else { Err(reply.error) });
+                            let reply = match reply.error.is_empty() {
+                                true => Ok(reply.reply),
+                                false => Err(ForwardFailure::Refused(reply.error)),
+                            };
+                            let _ = slot.send(reply);
                         }
                     }
                 }
@@ -184,7 +197,7 @@ async fn run_link(
     };
     tracing::debug!(%leader, %why, in_flight = waiting.len(), "a forward stream broke");
     for (_, slot) in waiting.drain() {
-        let _ = slot.send(Err(why.clone()));
+        let _ = slot.send(Err(ForwardFailure::Broken(why.clone())));
     }
 }
 

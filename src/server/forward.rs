@@ -77,10 +77,20 @@ pub struct ForwardedReply {
     pub reply: Result<Bytes, String>,
 }
 
-/// Where a forwarded request's reply arrives: the encoded reply, or (`Err`) why the link to
-/// the leader broke after the request was sent. A sender dropped without an answer means
-/// the request never left this node.
-pub type ReplySlot = oneshot::Sender<Result<Bytes, String>>;
+/// Where a forwarded request's reply arrives: the encoded reply, or why there is none. A
+/// sender dropped without an answer means the request never left this node.
+pub type ReplySlot = oneshot::Sender<Result<Bytes, ForwardFailure>>;
+
+/// Why a forwarded request has no reply from the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardFailure {
+    /// It never left this node (the stream could not be opened): it may go again.
+    NotSent(String),
+    /// The leader did not execute it (it no longer leads).
+    Refused(String),
+    /// The stream broke after it was sent: it may or may not have been applied.
+    Broken(String),
+}
 
 /// A request handed to a [`Forwarder`]; the link numbers it (`seq`) as it sends it.
 #[derive(Debug)]

@@ -35,8 +35,8 @@ pub use cluster::{Cluster, Refusal, Replicated, Route};
 use connection::Connection;
 pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
 pub use forward::{
-    DEFAULT_ROUTE_WAIT, ForwardDialect, ForwardEndpoint, ForwardedReply, ForwardedRequest, ForwardedStream, Forwarder,
-    Forwarding, Outgoing, ReplySlot,
+    DEFAULT_ROUTE_WAIT, ForwardDialect, ForwardEndpoint, ForwardFailure, ForwardedReply, ForwardedRequest,
+    ForwardedStream, Forwarder, Forwarding, Outgoing, ReplySlot,
 };
 use shutdown::Shutdown;
 use stats::Metrics;

@@ -22,7 +22,7 @@ use super::answer::Answer;
 use super::{Connection, Dialect};
 use crate::server::Route;
 use crate::server::execute::execute_line;
-use crate::server::forward::{ForwardDialect, Forwarder, Outgoing};
+use crate::server::forward::{ForwardDialect, ForwardFailure, Forwarder, Outgoing};
 
 /// Beyond the route wait, how long a sent request's reply may take: the leader's own
 /// commit wait is bounded by its ack timeout, so a reply this late means a stuck link.
@@ -54,7 +54,7 @@ pub(super) struct Diverted {
 }
 
 enum State {
-    Sent(oneshot::Receiver<Result<Bytes, String>>, Instant),
+    Sent(oneshot::Receiver<Result<Bytes, ForwardFailure>>, Instant),
     Held(Instant),
 }
 
@@ -81,7 +81,11 @@ impl Diverter {
         Diverted { dialect, frame, state: State::Held(now + self.route_wait) }
     }
 
-    fn try_send(&mut self, dialect: ForwardDialect, frame: &Bytes) -> Option<oneshot::Receiver<Result<Bytes, String>>> {
+    fn try_send(
+        &mut self,
+        dialect: ForwardDialect,
+        frame: &Bytes,
+    ) -> Option<oneshot::Receiver<Result<Bytes, ForwardFailure>>> {
         let routes = self.routes.borrow();
         let Route::Forward { grpc_addr, .. } = &*routes else { return None };
         let (tx, rx) = oneshot::channel();
@@ -129,6 +133,11 @@ fn unavailable(why: &str) -> Reply {
     Reply::error(format_args!("leader unavailable: {why}; the request may or may not have been applied"))
 }
 
+/// The reply a request gets that is known not to have been applied.
+fn not_applied(why: &str) -> Reply {
+    Reply::error(format_args!("leader unavailable: {why}; the request was not applied"))
+}
+
 impl Connection {
     /// Turns every forwarded reply of the batch into its answer, in order: awaits those on
     /// their way, and sends (or runs here) those held.
@@ -155,9 +164,11 @@ impl Connection {
                 let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
                 match tokio::time::timeout_at(sent + route_wait + REPLY_GRACE, reply).await {
                     Ok(Ok(Ok(reply))) => return Answer::Relayed(reply),
-                    Ok(Ok(Err(why))) => return self.in_dialect(dialect, unavailable(&why)),
+                    Ok(Ok(Err(ForwardFailure::Broken(why)))) => return self.in_dialect(dialect, unavailable(&why)),
+                    Ok(Ok(Err(ForwardFailure::Refused(why)))) => return self.in_dialect(dialect, not_applied(&why)),
                     Err(_) => return self.in_dialect(dialect, unavailable("no reply in time")),
                     // Never sent: it may go again, to wherever the route says now.
+                    Ok(Ok(Err(ForwardFailure::NotSent(why)))) => (Instant::now() + route_wait, why),
                     Ok(Err(_)) => (Instant::now() + route_wait, "the link to the leader closed".to_string()),
                 }
             }
@@ -170,8 +181,12 @@ impl Connection {
                 Route::Forward { grpc_addr, .. } => match diverter.try_send(dialect, &frame) {
                     Some(reply) => match tokio::time::timeout(diverter.route_wait + REPLY_GRACE, reply).await {
                         Ok(Ok(Ok(reply))) => return Answer::Relayed(reply),
-                        Ok(Ok(Err(why))) => return self.in_dialect(dialect, unavailable(&why)),
+                        Ok(Ok(Err(ForwardFailure::Broken(why)))) => return self.in_dialect(dialect, unavailable(&why)),
+                        Ok(Ok(Err(ForwardFailure::Refused(why)))) => {
+                            return self.in_dialect(dialect, not_applied(&why));
+                        }
                         Err(_) => return self.in_dialect(dialect, unavailable("no reply in time")),
+                        Ok(Ok(Err(ForwardFailure::NotSent(cause)))) => why = cause,
                         Ok(Err(_)) => why = format!("cannot reach the leader at {grpc_addr}"),
                     },
                     None => why = format!("cannot reach the leader at {grpc_addr}"),
@@ -189,8 +204,7 @@ impl Connection {
             }
         }
         let wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
-        let reply = Reply::error(format_args!("leader unavailable: {why} for {wait:?}; the request was not applied"));
-        self.in_dialect(dialect, reply)
+        self.in_dialect(dialect, not_applied(&format!("{why} (waited {wait:?})")))
     }
 
     /// A held request whose route turned out to be this node: it runs here after all.
