@@ -369,3 +369,22 @@ async fn clients_authenticate_where_they_connect_and_forwarding_needs_the_cluste
     follower.stop().await;
     leader.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_message_is_forwarded_and_relayed_whole() {
+    let leader = Node::leader().await;
+    let follower = Node::follower_of(&leader, Duration::from_secs(5)).await;
+    let mut client = follower.connect().await;
+    let message: Vec<u8> = (0..1024 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+
+    assert_eq!(client.request(&[&b"SET big "[..], &message].concat()).await, b"OK");
+    assert_eq!(client.request(b"GET big").await, message);
+    let request = [resp(&[b"SET", b"big2", &message]), resp(&[b"GET", b"big2"])].concat();
+    let reply = [&b"+OK\r\n"[..], format!("${}\r\n", message.len()).as_bytes(), &message, b"\r\n"].concat();
+    let mut resp_client = follower.connect().await;
+    assert!(resp_client.exchange(&request, reply.len()).await == reply, "RESP SET and GET of the largest message");
+    assert_eq!(value(&leader.log, b"big2"), Some(message));
+
+    follower.stop().await;
+    leader.stop().await;
+}

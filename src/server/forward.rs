@@ -219,6 +219,10 @@ const MAX_BATCHES_IN_FLIGHT: usize = 64;
 /// its own connection limit of them).
 const MAX_SESSIONS_PER_STREAM: usize = 100_000;
 
+/// The reply to a request whose reply would pass the buffer budget; it did run.
+const REPLIES_OVER_BUDGET: &str =
+    "server is out of memory for buffered replies; the request may or may not have been applied";
+
 /// The leader's side of one forwarding node's stream.
 pub struct ForwardedStream {
     shared: Arc<Shared>,
@@ -261,6 +265,9 @@ impl ForwardedStream {
         let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok();
         let not_leading = self.not_leading();
         let mut encoded = BytesMut::new();
+        // The batch's replies are held until its commit: charged to the buffer budget.
+        let mut held = Reservation::new(Arc::clone(&self.shared.budget));
+        let mut held_bytes = 0;
         let (mut written, mut read) = (None::<Offset>, None::<Offset>);
         let mut executed = Vec::with_capacity(requests.len());
         for request in requests {
@@ -275,6 +282,11 @@ impl ForwardedStream {
                     written = written.max(outcome.written);
                     read = read.max(outcome.read);
                     outcome.reply.encode(request.dialect, &mut encoded);
+                    if held.cover(held_bytes + encoded.len()).is_err() {
+                        encoded.clear();
+                        request.dialect.encode(Reply::error(REPLIES_OVER_BUDGET), &mut encoded);
+                    }
+                    held_bytes += encoded.len();
                     Executed {
                         connection: request.connection,
                         seq: request.seq,
@@ -289,7 +301,7 @@ impl ForwardedStream {
         }
         let shared = Arc::clone(&self.shared);
         let complete = self.shutdown_complete.clone();
-        committed(shared, executed, written, read, permit, complete)
+        committed(shared, executed, written, read, (permit, held, complete))
     }
 
     /// Why this node must not execute forwarded requests now, if it must not.
@@ -390,10 +402,9 @@ async fn committed(
     executed: Vec<Executed>,
     written: Option<Offset>,
     read: Option<Offset>,
-    permit: Option<OwnedSemaphorePermit>,
-    complete: mpsc::Sender<()>,
+    // Given back once the replies are built.
+    _held: (Option<OwnedSemaphorePermit>, Reservation, mpsc::Sender<()>),
 ) -> Vec<ForwardedReply> {
-    let _held = (permit, complete);
     let write_failure = match written {
         Some(offset) => commit(&shared, offset).await.err(),
         None => None,

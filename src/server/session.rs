@@ -298,3 +298,110 @@ fn is_data(command: &RespCommand<'_>) -> bool {
             | RespCommand::DbSize
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::resp::{RespLimits, RespParser};
+    use crate::server::budget::Budget;
+    use crate::server::stats::Metrics;
+    use crate::server::{Password, ServerConfig};
+    use crate::storage::{Config, Log};
+
+    fn shared(dir: &std::path::Path, password: Option<Password>) -> Arc<Shared> {
+        Arc::new(Shared {
+            log: Arc::new(Log::open(dir, Config::default()).expect("open log")),
+            config: ServerConfig { password, ..ServerConfig::default() },
+            metrics: Metrics::default(),
+            commits: None,
+            cluster: None,
+            budget: Budget::new(1 << 30),
+            forwarding: None,
+        })
+    }
+
+    fn request(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len());
+        for arg in args {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        out.into_bytes()
+    }
+
+    fn forwards(session: &mut Session, shared: &Shared, args: &[&str]) -> bool {
+        let bytes = request(args);
+        let mut parser = RespParser::new(RespLimits::for_max_message(1024));
+        let parsed = parser.next_request(&bytes).expect("valid").expect("complete");
+        session.forwards(shared, parsed.args)
+    }
+
+    fn handle(session: &mut Session, shared: &Shared, args: &[&str]) {
+        let bytes = request(args);
+        let mut parser = RespParser::new(RespLimits::for_max_message(1024));
+        let parsed = parser.next_request(&bytes).expect("valid").expect("complete");
+        session.handle(shared, parsed.args, &bytes);
+    }
+
+    #[test]
+    fn data_commands_go_to_the_leader_and_connection_commands_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), None);
+        let mut session = Session::new(Arc::clone(&shared), None, None);
+        for data in [
+            &["SET", "k", "v"][..],
+            &["GET", "k"],
+            &["DEL", "k", "j"],
+            &["EXISTS", "k"],
+            &["MSET", "a", "1"],
+            &["MGET", "a", "b"],
+            &["DBSIZE"],
+        ] {
+            assert!(forwards(&mut session, &shared, data), "{data:?} goes to the leader");
+        }
+        for local in [
+            &["PING"][..],
+            &["ECHO", "x"],
+            &["INFO"],
+            &["HELLO", "3"],
+            &["CLIENT", "ID"],
+            &["QUIT"],
+            &["EXEC"],
+            &["GET"],
+            &["NOSUCH"],
+        ] {
+            assert!(!forwards(&mut session, &shared, local), "{local:?} is answered here");
+        }
+    }
+
+    #[test]
+    fn a_forwarded_multi_takes_everything_up_to_exec_with_it_and_reset_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), None);
+        let mut session = Session::new(Arc::clone(&shared), None, None);
+        assert!(forwards(&mut session, &shared, &["MULTI"]));
+        assert!(forwards(&mut session, &shared, &["PING"]), "queued by the leader's session");
+        assert!(forwards(&mut session, &shared, &["HELLO", "3"]), "refused by the leader's session");
+        assert!(!forwards(&mut session, &shared, &["QUIT"]), "QUIT closes this connection");
+        assert!(forwards(&mut session, &shared, &["EXEC"]));
+        assert!(!forwards(&mut session, &shared, &["PING"]), "the transaction is over");
+
+        assert!(forwards(&mut session, &shared, &["MULTI"]));
+        assert!(!forwards(&mut session, &shared, &["RESET"]));
+        handle(&mut session, &shared, &["RESET"]);
+        assert!(session.take_leader_reset(), "the leader's session must be dropped");
+        assert!(!session.take_leader_reset(), "asked once");
+        assert!(!forwards(&mut session, &shared, &["PING"]));
+    }
+
+    #[test]
+    fn nothing_is_forwarded_before_authentication_and_a_local_multi_stays_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), Some(Password::new("secret").unwrap()));
+        let mut session = Session::new(Arc::clone(&shared), None, None);
+        assert!(!forwards(&mut session, &shared, &["GET", "k"]), "NOAUTH is answered here");
+        handle(&mut session, &shared, &["AUTH", "secret"]);
+        assert!(forwards(&mut session, &shared, &["GET", "k"]));
+        handle(&mut session, &shared, &["MULTI"]);
+        assert!(!forwards(&mut session, &shared, &["GET", "k"]), "a MULTI opened here queues here");
+    }
+}

@@ -53,8 +53,27 @@ impl Answer {
 /// What a relayed reply says, from its first bytes in either protocol.
 fn relayed_outcome(reply: &[u8]) -> CommandOutcome {
     match reply {
-        [b'-', ..] | [b'E', b'R', b'R', ..] => CommandOutcome::Error,
-        [b'_', ..] | [b'$', b'-', b'1', ..] | [b'N', b'O', b'T', b'_', ..] => CommandOutcome::NotFound,
+        [b'-', ..] => CommandOutcome::Error,
+        text if text.starts_with(b"ERR ") && text.ends_with(b"\r\n") => CommandOutcome::Error,
+        b"_\r\n" | b"$-1\r\n" | b"NOT_FOUND\r\n" => CommandOutcome::NotFound,
         _ => CommandOutcome::Ok,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relayed_replies_are_counted_by_what_they_say() {
+        for error in [&b"-ERR leader unavailable\r\n"[..], b"ERR bad id\r\n"] {
+            assert_eq!(relayed_outcome(error), CommandOutcome::Error);
+        }
+        for absent in [&b"_\r\n"[..], b"$-1\r\n", b"NOT_FOUND\r\n"] {
+            assert_eq!(relayed_outcome(absent), CommandOutcome::NotFound);
+        }
+        for ok in [&b"+OK\r\n"[..], b"OK\r\n", b"$2\r\nhi\r\n", b"NOT_FOUNDS\r\n", b":0\r\n"] {
+            assert_eq!(relayed_outcome(ok), CommandOutcome::Ok);
+        }
     }
 }

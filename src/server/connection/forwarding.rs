@@ -44,6 +44,8 @@ pub(crate) struct Diverter {
     leader: Option<String>,
     /// A held request is pending in this batch: later data requests are held too.
     holding: bool,
+    /// Diverted requests in this batch, to be resolved before it is written.
+    diverted: usize,
 }
 
 /// A forwarded request whose reply is not written yet.
@@ -61,7 +63,7 @@ enum State {
 impl Diverter {
     pub(crate) fn new(routes: watch::Receiver<Route>, forwarder: Arc<dyn Forwarder>, route_wait: Duration) -> Diverter {
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
-        Diverter { id, routes, forwarder, route_wait, leader: None, holding: false }
+        Diverter { id, routes, forwarder, route_wait, leader: None, holding: false, diverted: 0 }
     }
 
     /// Whether data commands go elsewhere now; checked per request, so cheap.
@@ -72,6 +74,7 @@ impl Diverter {
     /// Sends `frame` to the leader, or holds it when it cannot be sent now.
     pub(super) fn divert(&mut self, dialect: ForwardDialect, frame: Bytes) -> Diverted {
         let now = Instant::now();
+        self.diverted += 1;
         if !self.holding
             && let Some(reply) = self.try_send(dialect, &frame)
         {
@@ -142,6 +145,9 @@ impl Connection {
     /// Turns every forwarded reply of the batch into its answer, in order: awaits those on
     /// their way, and sends (or runs here) those held.
     pub(super) async fn resolve_diverted(&mut self) {
+        if self.diverter.as_ref().is_none_or(|diverter| diverter.diverted == 0) {
+            return;
+        }
         for index in 0..self.pending.len() {
             let Answer::Diverted(_) = &self.pending[index].answer else { continue };
             let Answer::Diverted(diverted) =
@@ -154,6 +160,7 @@ impl Connection {
         }
         if let Some(diverter) = &mut self.diverter {
             diverter.holding = false;
+            diverter.diverted = 0;
         }
     }
 

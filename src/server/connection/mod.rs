@@ -355,9 +355,7 @@ impl Connection {
         if self.pending.is_empty() {
             return Ok(Flow::Continue);
         }
-        if self.diverter.is_some() {
-            self.resolve_diverted().await;
-        }
+        self.resolve_diverted().await;
         let write_failure = match self.unsynced.take() {
             Some(offset) => self.commit(offset).await.err(),
             None => None,
