@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
@@ -278,11 +279,19 @@ impl Forward for Service {
                 };
                 let Ok(Some(message)) = message else { break };
                 let batch = message.requests.into_iter().map(from_proto).collect();
-                let committed = executor.execute(batch).await;
-                let replies = replies.clone();
-                // One task per batch: it waits for the batch's commit while later batches
-                // execute.
-                tokio::spawn(async move { send_replies(&replies, committed.await).await });
+                let mut committed = Box::pin(executor.execute(batch).await);
+                // Usually committed already (reads of durable records, or an fsync that
+                // covered them): then replied to here, with no task. Otherwise one task
+                // waits for the batch's commit while later batches execute; its polls
+                // register the real waker.
+                let polled = committed.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+                match polled {
+                    Poll::Ready(done) => send_replies(&replies, done).await,
+                    Poll::Pending => {
+                        let replies = replies.clone();
+                        tokio::spawn(async move { send_replies(&replies, committed.await).await });
+                    }
+                }
             }
         });
         Ok(Response::new(ReceiverStream::new(stream)))

@@ -21,7 +21,7 @@ use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply};
 use crate::storage::Offset;
 
 use super::budget::Reservation;
-use super::connection::{Diverter, commit, commit_read};
+use super::connection::{Diversion, commit, commit_read};
 use super::execute::{Outcome, execute_line};
 use super::session::Session;
 use super::shutdown::Shutdown;
@@ -113,7 +113,7 @@ pub trait Forwarder: Send + Sync + 'static {
 
 /// What a server needs to forward and to be forwarded to; [`Forwarding::default`] does
 /// neither.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Forwarding {
     /// Follower side: how requests reach the leader. Used while the cluster's route is not
     /// `Local`; without it, data commands always run here.
@@ -138,6 +138,12 @@ impl std::fmt::Debug for Forwarding {
 /// Default for [`Forwarding::route_wait`].
 pub const DEFAULT_ROUTE_WAIT: Duration = Duration::from_secs(5);
 
+impl Default for Forwarding {
+    fn default() -> Forwarding {
+        Forwarding::new(None, None)
+    }
+}
+
 impl Forwarding {
     pub fn new(forwarder: Option<Arc<dyn Forwarder>>, endpoint: Option<ForwardEndpoint>) -> Forwarding {
         Forwarding { forwarder, endpoint, route_wait: DEFAULT_ROUTE_WAIT }
@@ -146,20 +152,7 @@ impl Forwarding {
     /// What connections use, when this node may forward: it has routes and a forwarder.
     pub(crate) fn diversion(&self, routes: Option<watch::Receiver<Route>>) -> Option<Diversion> {
         let forwarder = Arc::clone(self.forwarder.as_ref()?);
-        Some(Diversion { routes: routes?, forwarder, route_wait: self.route_wait })
-    }
-}
-
-/// A forwarding node's routes and link to leaders, shared by its connections.
-pub(crate) struct Diversion {
-    routes: watch::Receiver<Route>,
-    forwarder: Arc<dyn Forwarder>,
-    route_wait: Duration,
-}
-
-impl Diversion {
-    pub(crate) fn diverter(&self) -> Diverter {
-        Diverter::new(self.routes.clone(), Arc::clone(&self.forwarder), self.route_wait)
+        Some(Diversion::new(routes?, forwarder, self.route_wait))
     }
 }
 

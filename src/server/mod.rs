@@ -114,7 +114,7 @@ pub(crate) struct Shared {
     /// What every connection's buffers reserve from.
     pub(crate) budget: Arc<budget::Budget>,
     /// Present on a node that may forward data commands to a leader.
-    pub(crate) forwarding: Option<forward::Diversion>,
+    pub(crate) forwarding: Option<connection::Diversion>,
 }
 
 impl Shared {

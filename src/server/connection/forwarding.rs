@@ -15,8 +15,8 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::protocol::Reply;
 use crate::protocol::resp::{RespLimits, RespParser};
+use crate::protocol::{Command, Reply};
 
 use super::answer::Answer;
 use super::{Connection, Dialect};
@@ -33,6 +33,27 @@ const RETRY_EVERY: Duration = Duration::from_millis(50);
 
 /// Connection numbers on the forwarding node, unique while it runs.
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A forwarding node's routes and link to leaders, shared by its connections.
+pub(crate) struct Diversion {
+    routes: watch::Receiver<Route>,
+    forwarder: Arc<dyn Forwarder>,
+    route_wait: Duration,
+}
+
+impl Diversion {
+    pub(crate) fn new(
+        routes: watch::Receiver<Route>,
+        forwarder: Arc<dyn Forwarder>,
+        route_wait: Duration,
+    ) -> Diversion {
+        Diversion { routes, forwarder, route_wait }
+    }
+
+    pub(crate) fn diverter(&self) -> Diverter {
+        Diverter::new(self.routes.clone(), Arc::clone(&self.forwarder), self.route_wait)
+    }
+}
 
 /// A connection's forwarding state.
 pub(crate) struct Diverter {
@@ -55,13 +76,14 @@ pub(super) struct Diverted {
     state: State,
 }
 
+/// Waits are counted from when the batch is flushed, which follows its reading closely.
 enum State {
-    Sent(oneshot::Receiver<Result<Bytes, ForwardFailure>>, Instant),
-    Held(Instant),
+    Sent(oneshot::Receiver<Result<Bytes, ForwardFailure>>),
+    Held,
 }
 
 impl Diverter {
-    pub(crate) fn new(routes: watch::Receiver<Route>, forwarder: Arc<dyn Forwarder>, route_wait: Duration) -> Diverter {
+    fn new(routes: watch::Receiver<Route>, forwarder: Arc<dyn Forwarder>, route_wait: Duration) -> Diverter {
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         Diverter { id, routes, forwarder, route_wait, leader: None, holding: false, diverted: 0 }
     }
@@ -73,15 +95,14 @@ impl Diverter {
 
     /// Sends `frame` to the leader, or holds it when it cannot be sent now.
     pub(super) fn divert(&mut self, dialect: ForwardDialect, frame: Bytes) -> Diverted {
-        let now = Instant::now();
         self.diverted += 1;
         if !self.holding
             && let Some(reply) = self.try_send(dialect, &frame)
         {
-            return Diverted { dialect, frame, state: State::Sent(reply, now) };
+            return Diverted { dialect, frame, state: State::Sent(reply) };
         }
         self.holding = true;
-        Diverted { dialect, frame, state: State::Held(now + self.route_wait) }
+        Diverted { dialect, frame, state: State::Held }
     }
 
     fn try_send(
@@ -131,6 +152,14 @@ impl Drop for Diverter {
     }
 }
 
+/// Whether a text request is a data command, which runs where the leader is.
+pub(super) fn is_text_data(line: &[u8], max_message_bytes: usize) -> bool {
+    matches!(
+        Command::parse_line(line, max_message_bytes),
+        Ok(Command::Set { .. } | Command::Get { .. } | Command::Del { .. } | Command::Exists { .. })
+    )
+}
+
 /// The reply a forwarded request gets when the link to the leader broke after sending it.
 fn unavailable(why: &str) -> Reply {
     Reply::error(format_args!("leader unavailable: {why}; the request may or may not have been applied"))
@@ -167,9 +196,18 @@ impl Connection {
     async fn resolve(&mut self, diverted: Diverted) -> Answer {
         let Diverted { dialect, frame, state } = diverted;
         let (mut deadline, mut why) = match state {
-            State::Sent(reply, sent) => {
+            State::Sent(mut reply) => {
                 let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
-                match tokio::time::timeout_at(sent + route_wait + REPLY_GRACE, reply).await {
+                // Replies of a pipelined batch mostly arrive together: no timer for those
+                // already here.
+                let arrived = match reply.try_recv() {
+                    Ok(arrived) => Ok(Ok(arrived)),
+                    Err(oneshot::error::TryRecvError::Closed) => Ok(Err(())),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        tokio::time::timeout(route_wait + REPLY_GRACE, reply).await.map(|r| r.map_err(drop))
+                    }
+                };
+                match arrived {
                     Ok(Ok(Ok(reply))) => return Answer::Relayed(reply),
                     Ok(Ok(Err(ForwardFailure::Broken(why)))) => return self.in_dialect(dialect, unavailable(&why)),
                     Ok(Ok(Err(ForwardFailure::Refused(why)))) => return self.in_dialect(dialect, not_applied(&why)),
@@ -179,7 +217,10 @@ impl Connection {
                     Ok(Err(_)) => (Instant::now() + route_wait, "the link to the leader closed".to_string()),
                 }
             }
-            State::Held(deadline) => (deadline, "no leader is known (an election is under way)".to_string()),
+            State::Held => {
+                let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
+                (Instant::now() + route_wait, "no leader is known (an election is under way)".to_string())
+            }
         };
         while let Some(diverter) = self.diverter.as_mut() {
             let route = diverter.routes.borrow_and_update().clone();

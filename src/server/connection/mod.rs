@@ -29,7 +29,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
 use crate::protocol::resp::{RespLimits, RespParser, RespReply, opens_resp};
-use crate::protocol::{Command, Frame, LineFramer, ProtocolError, Reply};
+use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
 use crate::storage::Offset;
 
 use super::Shared;
@@ -45,7 +45,8 @@ mod forwarding;
 mod waits;
 
 use answer::Answer;
-pub(crate) use forwarding::Diverter;
+pub(crate) use forwarding::Diversion;
+use forwarding::{Diverter, is_text_data};
 pub(crate) use waits::{commit, commit_read};
 
 /// Bytes requested from the socket per read.
@@ -420,14 +421,6 @@ impl Connection {
             _ = self.shutdown.recv() => {}
         }
     }
-}
-
-/// Whether a text request is a data command, which runs where the leader is.
-fn is_text_data(line: &[u8], max_message_bytes: usize) -> bool {
-    matches!(
-        Command::parse_line(line, max_message_bytes),
-        Ok(Command::Set { .. } | Command::Get { .. } | Command::Del { .. } | Command::Exists { .. })
-    )
 }
 
 /// Gives back an empty buffer's allocation if it grew past [`KEEP_CAPACITY`]. Once a
