@@ -333,3 +333,21 @@ async fn send_replies(to: &mpsc::Sender<Result<proto::ForwardReplies, Status>>, 
         let _ = to.send(Ok(proto::ForwardReplies { replies: message })).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_crosses_the_wire_unchanged_in_every_dialect() {
+        for dialect in [ForwardDialect::Text, ForwardDialect::Resp2, ForwardDialect::Resp3] {
+            let frame = Bytes::from_static(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+            let sent = to_proto(7, 42, dialect, frame.clone(), false);
+            let encoded = prost::Message::encode_to_vec(&sent);
+            let decoded: proto::ForwardRequest = prost::Message::decode(&encoded[..]).expect("decodes");
+            let request = from_proto(decoded);
+            assert_eq!((request.seq, request.connection, request.dialect), (7, 42, dialect));
+            assert_eq!((request.frame, request.close), (frame, false));
+        }
+    }
+}
