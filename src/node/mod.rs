@@ -18,9 +18,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::cluster::quorum::Quorum;
-use crate::replication::{Replication, ReplicationConfig, ReplicationStatus, Role};
+use crate::replication::{
+    ForwardClient, ForwardConfig, Replication, ReplicationConfig, ReplicationStatus, Role, with_forwarding,
+};
 use crate::server::metrics::{Exporter, Metrics, ReplicationFigures};
-use crate::server::{self, Cluster, ServerConfig};
+use crate::server::{self, Cluster, ForwardEndpoint, Forwarding, ServerConfig};
 use crate::storage::{Epoch, FileSystem, Log, LogStats, RealFs};
 
 pub use cluster::ClusterConfig;
@@ -123,6 +125,13 @@ impl Node {
             "msglog listening"
         );
         let (stop_driver, driver_stopping) = watch::channel(false);
+        // Cluster mode: requests to a node that does not lead go to the one that does.
+        let forward_endpoint = ForwardEndpoint::new();
+        let forward_config = ForwardConfig {
+            password: config.password.clone(),
+            bind_source_addr: config.bind_source_addr,
+            max_message_bytes: config.max_message_bytes,
+        };
         let (quorum, routes) = match &config.cluster {
             Some(cluster_config) => {
                 let quorum_config = cluster::quorum_config(
@@ -135,7 +144,7 @@ impl Node {
                 );
                 match Quorum::start(quorum_config).await {
                     Ok(quorum) => {
-                        let routes = quorum.routes();
+                        let routes = with_forwarding(quorum.routes(), forward_endpoint.clone(), forward_config.clone());
                         (Some(quorum), routes)
                     }
                     Err(err) => {
@@ -184,10 +193,24 @@ impl Node {
             Some(quorum) => Arc::new(cluster::Member::new(Arc::clone(&replication), Arc::clone(quorum))),
             None => Arc::clone(&replication) as Arc<dyn Cluster>,
         };
-        let server_task =
-            tokio::spawn(server::run_node(listener, Arc::clone(&log), server_config, Some(cluster), async move {
+        let forwarding = match (&quorum, &config.role) {
+            (Some(_), &Role::Cluster { ack_timeout }) => Forwarding {
+                forwarder: Some(ForwardClient::new(forward_config) as Arc<dyn server::Forwarder>),
+                endpoint: Some(forward_endpoint),
+                route_wait: ack_timeout,
+            },
+            _ => Forwarding::default(),
+        };
+        let server_task = tokio::spawn(server::run_node_with(
+            listener,
+            Arc::clone(&log),
+            server_config,
+            Some(cluster),
+            forwarding,
+            async move {
                 let _ = stopped.wait_for(|&stop| stop).await;
-            }));
+            },
+        ));
         Ok(RunningNode {
             node_id,
             client_addr,

@@ -14,6 +14,7 @@
 
 mod follower;
 mod followers;
+mod forward;
 mod leadership;
 mod rules;
 mod service;
@@ -32,8 +33,19 @@ use crate::server::{Cluster, Password, Refusal, Replicated, Route};
 use crate::storage::{Log, Offset};
 
 use followers::{AckRule, Followers};
+pub use forward::{ForwardClient, ForwardConfig, serve_forwarding};
 pub use leadership::{LeaderInfo, Position};
 pub use status::{FollowerStatus, KnownLeader, ReplicationStatus};
+
+/// The forward service, to serve on this node's gRPC port beside replication, so that
+/// nodes that do not lead can send it their clients' requests when it leads.
+pub fn with_forwarding(
+    routes: tonic::service::Routes,
+    endpoint: crate::server::ForwardEndpoint,
+    config: ForwardConfig,
+) -> tonic::service::Routes {
+    routes.add_service(forward::service(endpoint, config))
+}
 
 #[allow(clippy::all, clippy::pedantic)]
 mod proto {

@@ -10,6 +10,7 @@ mod committer;
 mod connection;
 mod descriptors;
 mod execute;
+mod forward;
 pub mod metrics;
 mod resp;
 mod session;
@@ -33,6 +34,10 @@ pub use auth::{Admission, InvalidPassword, PROTECTED_MODE_REFUSAL, Password, adm
 pub use cluster::{Cluster, Refusal, Replicated, Route};
 use connection::Connection;
 pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
+pub use forward::{
+    DEFAULT_ROUTE_WAIT, ForwardDialect, ForwardEndpoint, ForwardFailure, ForwardedReply, ForwardedRequest,
+    ForwardedStream, Forwarder, Forwarding, Outgoing, ReplySlot,
+};
 use shutdown::Shutdown;
 use stats::Metrics;
 
@@ -108,6 +113,8 @@ pub(crate) struct Shared {
     pub(crate) cluster: Option<Arc<dyn Cluster>>,
     /// What every connection's buffers reserve from.
     pub(crate) budget: Arc<budget::Budget>,
+    /// Present on a node that may forward data commands to a leader.
+    pub(crate) forwarding: Option<connection::Diversion>,
 }
 
 impl Shared {
@@ -143,6 +150,19 @@ pub async fn run_node(
     cluster: Option<Arc<dyn Cluster>>,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
+    run_node_with(listener, log, config, cluster, Forwarding::default(), shutdown).await
+}
+
+/// [`run_node`] for a node that forwards data commands to the leader while the cluster's
+/// route says another node leads, and (with an endpoint) executes what others forward.
+pub async fn run_node_with(
+    listener: TcpListener,
+    log: Arc<Log>,
+    config: ServerConfig,
+    cluster: Option<Arc<dyn Cluster>>,
+    forwarding: Forwarding,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
     let (committer, commits) = match config.fsync {
         FsyncPolicy::Always => {
             let (committer, handle) = committer::start(Arc::clone(&log))?;
@@ -161,10 +181,28 @@ pub async fn run_node(
         listen_ip,
         limit: Arc::new(Semaphore::new(config.max_connections)),
         refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
-        shared: Arc::new(Shared { log, config, metrics: Metrics::default(), commits, cluster, budget }),
+        shared: Arc::new(Shared {
+            log,
+            config,
+            metrics: Metrics::default(),
+            commits,
+            forwarding: forwarding.diversion(cluster.as_ref().and_then(|cluster| cluster.routes())),
+            cluster,
+            budget,
+        }),
         notify_shutdown,
         shutdown_complete_tx,
     };
+    // Forwarded streams take part in shutdown as connections do.
+    let serving = forwarding.endpoint.map(|endpoint| {
+        let serving = Arc::new(forward::Serving {
+            shared: Arc::clone(&server.shared),
+            notify_shutdown: server.notify_shutdown.clone(),
+            shutdown_complete: server.shutdown_complete_tx.clone(),
+        });
+        endpoint.attach(&serving);
+        serving
+    });
     if let Some(every) = stats_interval {
         tokio::spawn(stats::report_every(
             Arc::clone(&server.shared),
@@ -183,6 +221,7 @@ pub async fn run_node(
     // leaves only theirs, so `recv` returns `None` once the last connection is gone.
     let Listener { listener, shared, notify_shutdown, shutdown_complete_tx, .. } = server;
     drop(listener);
+    drop(serving);
     drop(shared);
     drop(notify_shutdown);
     drop(shutdown_complete_tx);

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::protocol::Command;
 use crate::protocol::resp::{
     Args, ClientAttribute, CommandError, Hello, Protocol, RespCommand, RespReply, SessionCommand, is_valid_client_name,
 };
@@ -28,6 +29,10 @@ pub(crate) struct Session {
     transaction: Option<Transaction>,
     /// A password matched, or none is configured.
     authenticated: bool,
+    /// On a node that forwards: a MULTI went to the leader, whose session holds it.
+    forwarded_multi: bool,
+    /// A RESET ended a forwarded MULTI: the leader's session must go too.
+    leader_reset: bool,
 }
 
 impl Session {
@@ -38,7 +43,50 @@ impl Session {
             protocol: Protocol::Resp2,
             transaction: None,
             authenticated,
+            forwarded_multi: false,
+            leader_reset: false,
         }
+    }
+
+    /// The leader's session for a forwarded connection: its client authenticated on the
+    /// node it talks to.
+    pub(crate) fn headless(shared: Arc<Shared>) -> Session {
+        Session { authenticated: true, ..Session::new(shared, None, None) }
+    }
+
+    /// On a node that does not lead: whether this request goes to the leader. Data
+    /// commands do, and MULTI with everything up to its EXEC or DISCARD (the leader's
+    /// session queues them); what concerns only this connection is answered here.
+    pub(crate) fn forwards(&mut self, shared: &Shared, args: Args<'_>) -> bool {
+        if !self.authenticated || self.transaction.is_some() {
+            return false;
+        }
+        let command = SessionCommand::parse(args);
+        if self.forwarded_multi {
+            return match command {
+                Ok(Some(SessionCommand::Exec | SessionCommand::Discard)) => {
+                    self.forwarded_multi = false;
+                    true
+                }
+                Ok(Some(SessionCommand::Reset)) => false,
+                _ => !args.get(0).is_some_and(|name| name.eq_ignore_ascii_case(b"QUIT")),
+            };
+        }
+        match command {
+            Ok(Some(SessionCommand::Multi)) => {
+                self.forwarded_multi = true;
+                true
+            }
+            Ok(Some(_)) | Err(_) => false,
+            Ok(None) => {
+                matches!(RespCommand::parse(args, shared.config.max_message_bytes), Ok(Some(command)) if is_data(&command))
+            }
+        }
+    }
+
+    /// Whether a RESET just ended a forwarded MULTI (asked once).
+    pub(crate) fn take_leader_reset(&mut self) -> bool {
+        std::mem::take(&mut self.leader_reset)
     }
 
     /// The protocol replies are encoded in from now on.
@@ -115,6 +163,7 @@ impl Session {
             SessionCommand::Watch => Outcome::reply(CommandError::WatchUnsupported.into()),
             SessionCommand::Reset => {
                 self.end_transaction();
+                self.leader_reset |= std::mem::take(&mut self.forwarded_multi);
                 self.protocol = Protocol::Resp2;
                 // Back to the default user, who must authenticate again, as in Redis.
                 self.authenticated = shared.config.password.is_none();
@@ -235,4 +284,124 @@ impl Session {
 /// What Redis serves before authentication (its `no-auth` commands).
 fn allowed_before_auth(command: &SessionCommand<'_>) -> bool {
     matches!(command, SessionCommand::Auth { .. } | SessionCommand::Hello(_) | SessionCommand::Reset)
+}
+
+/// Commands that read or write the data, which run on the leader.
+fn is_data(command: &RespCommand<'_>) -> bool {
+    matches!(
+        command,
+        RespCommand::Single(Command::Set { .. } | Command::Get { .. } | Command::Del { .. } | Command::Exists { .. })
+            | RespCommand::Del(_)
+            | RespCommand::MSet(_)
+            | RespCommand::Exists(_)
+            | RespCommand::MGet(_)
+            | RespCommand::DbSize
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::resp::{RespLimits, RespParser};
+    use crate::server::budget::Budget;
+    use crate::server::stats::Metrics;
+    use crate::server::{Password, ServerConfig};
+    use crate::storage::{Config, Log};
+
+    fn shared(dir: &std::path::Path, password: Option<Password>) -> Arc<Shared> {
+        Arc::new(Shared {
+            log: Arc::new(Log::open(dir, Config::default()).expect("open log")),
+            config: ServerConfig { password, ..ServerConfig::default() },
+            metrics: Metrics::default(),
+            commits: None,
+            cluster: None,
+            budget: Budget::new(1 << 30),
+            forwarding: None,
+        })
+    }
+
+    fn request(args: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len());
+        for arg in args {
+            out.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        out.into_bytes()
+    }
+
+    fn forwards(session: &mut Session, shared: &Shared, args: &[&str]) -> bool {
+        let bytes = request(args);
+        let mut parser = RespParser::new(RespLimits::for_max_message(1024));
+        let parsed = parser.next_request(&bytes).expect("valid").expect("complete");
+        session.forwards(shared, parsed.args)
+    }
+
+    fn handle(session: &mut Session, shared: &Shared, args: &[&str]) {
+        let bytes = request(args);
+        let mut parser = RespParser::new(RespLimits::for_max_message(1024));
+        let parsed = parser.next_request(&bytes).expect("valid").expect("complete");
+        session.handle(shared, parsed.args, &bytes);
+    }
+
+    #[test]
+    fn data_commands_go_to_the_leader_and_connection_commands_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), None);
+        let mut session = Session::new(Arc::clone(&shared), None, None);
+        for data in [
+            &["SET", "k", "v"][..],
+            &["GET", "k"],
+            &["DEL", "k", "j"],
+            &["EXISTS", "k"],
+            &["MSET", "a", "1"],
+            &["MGET", "a", "b"],
+            &["DBSIZE"],
+        ] {
+            assert!(forwards(&mut session, &shared, data), "{data:?} goes to the leader");
+        }
+        for local in [
+            &["PING"][..],
+            &["ECHO", "x"],
+            &["INFO"],
+            &["HELLO", "3"],
+            &["CLIENT", "ID"],
+            &["QUIT"],
+            &["EXEC"],
+            &["GET"],
+            &["NOSUCH"],
+        ] {
+            assert!(!forwards(&mut session, &shared, local), "{local:?} is answered here");
+        }
+    }
+
+    #[test]
+    fn a_forwarded_multi_takes_everything_up_to_exec_with_it_and_reset_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), None);
+        let mut session = Session::new(Arc::clone(&shared), None, None);
+        assert!(forwards(&mut session, &shared, &["MULTI"]));
+        assert!(forwards(&mut session, &shared, &["PING"]), "queued by the leader's session");
+        assert!(forwards(&mut session, &shared, &["HELLO", "3"]), "refused by the leader's session");
+        assert!(!forwards(&mut session, &shared, &["QUIT"]), "QUIT closes this connection");
+        assert!(forwards(&mut session, &shared, &["EXEC"]));
+        assert!(!forwards(&mut session, &shared, &["PING"]), "the transaction is over");
+
+        assert!(forwards(&mut session, &shared, &["MULTI"]));
+        assert!(!forwards(&mut session, &shared, &["RESET"]));
+        handle(&mut session, &shared, &["RESET"]);
+        assert!(session.take_leader_reset(), "the leader's session must be dropped");
+        assert!(!session.take_leader_reset(), "asked once");
+        assert!(!forwards(&mut session, &shared, &["PING"]));
+    }
+
+    #[test]
+    fn nothing_is_forwarded_before_authentication_and_a_local_multi_stays_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path(), Some(Password::new("secret").unwrap()));
+        let mut session = Session::new(Arc::clone(&shared), None, None);
+        assert!(!forwards(&mut session, &shared, &["GET", "k"]), "NOAUTH is answered here");
+        handle(&mut session, &shared, &["AUTH", "secret"]);
+        assert!(forwards(&mut session, &shared, &["GET", "k"]));
+        handle(&mut session, &shared, &["MULTI"]);
+        assert!(!forwards(&mut session, &shared, &["GET", "k"]), "a MULTI opened here queues here");
+    }
 }

@@ -305,7 +305,6 @@ fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-
 /// Client threads sending SETs (unique values) and GETs over a few keys to the current
 /// leader, recording each operation. Errors and timeouts are recorded as such (a write
 /// left unanswered is "maybe applied") and the client reconnects.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -35,14 +35,19 @@ use crate::storage::Offset;
 use super::Shared;
 use super::budget::Reservation;
 use super::execute::{Outcome, execute_line};
+use super::forward::ForwardDialect;
 use super::metrics::command_label;
 use super::session::Session;
 use super::shutdown::Shutdown;
 
 mod answer;
+mod forwarding;
 mod waits;
 
 use answer::Answer;
+pub(crate) use forwarding::Diversion;
+use forwarding::{Diverter, is_text_data};
+pub(crate) use waits::{commit, commit_read};
 
 /// Bytes requested from the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -102,6 +107,8 @@ pub(crate) struct Connection {
     /// Highest offset this batch's replies show (GET, MGET), to be durable before them.
     unsynced_read: Option<Offset>,
     reservation: Reservation,
+    /// Present on a node that may forward: sends data commands to the leader.
+    diverter: Option<Diverter>,
     shutdown: Shutdown,
     _permit: OwnedSemaphorePermit,
     /// Last, so that it is dropped after `shared`: the server treats the channel closing as
@@ -123,6 +130,7 @@ impl Connection {
         }
         let reservation = Reservation::new(Arc::clone(&shared.budget));
         let authenticated = shared.config.password.is_none();
+        let diverter = shared.forwarding.as_ref().map(|forwarding| forwarding.diverter());
         Connection {
             shared,
             stream,
@@ -135,6 +143,7 @@ impl Connection {
             unsynced: None,
             unsynced_read: None,
             reservation,
+            diverter,
             shutdown,
             _permit: permit,
             _shutdown_complete: shutdown_complete,
@@ -276,6 +285,13 @@ impl Connection {
                 let (outcome, label) = match framer.next_frame(&mut self.input)? {
                     Frame::Line(line) => {
                         let label = command_label(line.split(|&b| b == b' ').next().unwrap_or_default());
+                        if let Some(diverter) = self.diverter.as_mut().filter(|d| d.active())
+                            && self.authenticated
+                            && is_text_data(&line, shared.config.max_message_bytes)
+                        {
+                            let diverted = diverter.divert(ForwardDialect::Text, line);
+                            return Some((Outcome::reply(Answer::Diverted(Box::new(diverted))), label));
+                        }
                         (execute_line(shared, &mut self.authenticated, &line), label)
                     }
                     Frame::TooLong => {
@@ -297,8 +313,21 @@ impl Connection {
                 };
                 let len = request.len;
                 let label = command_label(request.args.get(0).unwrap_or_default());
+                if let Some(diverter) = self.diverter.as_mut().filter(|d| d.active())
+                    && session.forwards(shared, request.args)
+                {
+                    let frame = Bytes::copy_from_slice(&self.input[..len]);
+                    let diverted = diverter.divert(ForwardDialect::resp(session.protocol()), frame);
+                    self.input.advance(len);
+                    return Some((Outcome::reply(Answer::Diverted(Box::new(diverted))), label));
+                }
                 let outcome = session.handle(shared, request.args, &self.input[..len]);
                 self.input.advance(len);
+                if session.take_leader_reset()
+                    && let Some(diverter) = &mut self.diverter
+                {
+                    diverter.close_leader_session();
+                }
                 if let Some(outcome) = outcome {
                     let protocol = session.protocol();
                     return Some((outcome.map(|reply| Answer::Resp(reply, protocol)), label));
@@ -327,6 +356,7 @@ impl Connection {
         if self.pending.is_empty() {
             return Ok(Flow::Continue);
         }
+        self.resolve_diverted().await;
         let write_failure = match self.unsynced.take() {
             Some(offset) => self.commit(offset).await.err(),
             None => None,

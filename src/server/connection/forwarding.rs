@@ -1,0 +1,292 @@
+//! A connection on a node that does not lead: its data commands go to the leader, and the
+//! replies come back into the connection's order.
+//!
+//! A request is sent at once when the route names a leader; its reply is awaited when the
+//! batch is flushed, in order. A request that could not be sent (an election, a leader
+//! that cannot be reached) is held, and every data request after it on the connection too,
+//! so none overtakes it; at flush it waits for a route, up to the route wait, and then runs
+//! wherever the route says.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::protocol::resp::{RespLimits, RespParser};
+use crate::protocol::{Command, Reply};
+
+use super::answer::Answer;
+use super::{Connection, Dialect};
+use crate::server::Route;
+use crate::server::execute::execute_line;
+use crate::server::forward::{ForwardDialect, ForwardFailure, Forwarder, Outgoing};
+
+/// Beyond the route wait, how long a sent request's reply may take: the leader's own
+/// commit wait is bounded by its ack timeout, so a reply this late means a stuck link.
+const REPLY_GRACE: Duration = Duration::from_secs(10);
+/// While no leader can be reached, how often a held request tries again (a route change
+/// wakes it sooner).
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// Connection numbers on the forwarding node, unique while it runs.
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// A forwarding node's routes and link to leaders, shared by its connections.
+pub(crate) struct Diversion {
+    routes: watch::Receiver<Route>,
+    forwarder: Arc<dyn Forwarder>,
+    route_wait: Duration,
+}
+
+impl Diversion {
+    pub(crate) fn new(
+        routes: watch::Receiver<Route>,
+        forwarder: Arc<dyn Forwarder>,
+        route_wait: Duration,
+    ) -> Diversion {
+        Diversion { routes, forwarder, route_wait }
+    }
+
+    pub(crate) fn diverter(&self) -> Diverter {
+        Diverter::new(self.routes.clone(), Arc::clone(&self.forwarder), self.route_wait)
+    }
+}
+
+/// A connection's forwarding state.
+pub(crate) struct Diverter {
+    id: u64,
+    routes: watch::Receiver<Route>,
+    forwarder: Arc<dyn Forwarder>,
+    route_wait: Duration,
+    /// The leader that holds this connection's session, told when the connection ends.
+    leader: Option<String>,
+    /// A held request is pending in this batch: later data requests are held too.
+    holding: bool,
+    /// Diverted requests in this batch, to be resolved before it is written.
+    diverted: usize,
+}
+
+/// A forwarded request whose reply is not written yet.
+pub(super) struct Diverted {
+    dialect: ForwardDialect,
+    frame: Bytes,
+    state: State,
+}
+
+/// Waits are counted from when the batch is flushed, which follows its reading closely.
+enum State {
+    Sent(oneshot::Receiver<Result<Bytes, ForwardFailure>>),
+    Held,
+}
+
+impl Diverter {
+    fn new(routes: watch::Receiver<Route>, forwarder: Arc<dyn Forwarder>, route_wait: Duration) -> Diverter {
+        let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+        Diverter { id, routes, forwarder, route_wait, leader: None, holding: false, diverted: 0 }
+    }
+
+    /// Whether data commands go elsewhere now; checked per request, so cheap.
+    pub(super) fn active(&self) -> bool {
+        self.holding || !matches!(*self.routes.borrow(), Route::Local)
+    }
+
+    /// Sends `frame` to the leader, or holds it when it cannot be sent now.
+    pub(super) fn divert(&mut self, dialect: ForwardDialect, frame: Bytes) -> Diverted {
+        self.diverted += 1;
+        if !self.holding
+            && let Some(reply) = self.try_send(dialect, &frame)
+        {
+            return Diverted { dialect, frame, state: State::Sent(reply) };
+        }
+        self.holding = true;
+        Diverted { dialect, frame, state: State::Held }
+    }
+
+    fn try_send(
+        &mut self,
+        dialect: ForwardDialect,
+        frame: &Bytes,
+    ) -> Option<oneshot::Receiver<Result<Bytes, ForwardFailure>>> {
+        let routes = self.routes.borrow();
+        let Route::Forward { grpc_addr, .. } = &*routes else { return None };
+        let (tx, rx) = oneshot::channel();
+        let request = Outgoing { connection: self.id, dialect, frame: frame.clone(), close: false, reply: Some(tx) };
+        self.forwarder.try_forward(grpc_addr, request).ok()?;
+        if self.leader.as_deref() != Some(grpc_addr.as_str()) {
+            let previous = self.leader.replace(grpc_addr.clone());
+            drop(routes);
+            // The session on the previous leader is of no further use.
+            if let Some(previous) = previous {
+                self.close_on(&previous);
+            }
+        }
+        Some(rx)
+    }
+
+    /// Drops this connection's session on the leader (a RESET of a forwarded MULTI, or the
+    /// connection's end).
+    pub(super) fn close_leader_session(&mut self) {
+        if let Some(leader) = self.leader.take() {
+            self.close_on(&leader);
+        }
+    }
+
+    fn close_on(&self, leader: &str) {
+        let close = Outgoing {
+            connection: self.id,
+            dialect: ForwardDialect::Text,
+            frame: Bytes::new(),
+            close: true,
+            reply: None,
+        };
+        let _ = self.forwarder.try_forward(leader, close);
+    }
+}
+
+impl Drop for Diverter {
+    fn drop(&mut self) {
+        self.close_leader_session();
+    }
+}
+
+/// Whether a text request is a data command, which runs where the leader is.
+pub(super) fn is_text_data(line: &[u8], max_message_bytes: usize) -> bool {
+    matches!(
+        Command::parse_line(line, max_message_bytes),
+        Ok(Command::Set { .. } | Command::Get { .. } | Command::Del { .. } | Command::Exists { .. })
+    )
+}
+
+/// The reply a forwarded request gets when the link to the leader broke after sending it.
+fn unavailable(why: &str) -> Reply {
+    Reply::error(format_args!("leader unavailable: {why}; the request may or may not have been applied"))
+}
+
+/// The reply a request gets that is known not to have been applied.
+fn not_applied(why: &str) -> Reply {
+    Reply::error(format_args!("leader unavailable: {why}; the request was not applied"))
+}
+
+impl Connection {
+    /// Turns every forwarded reply of the batch into its answer, in order: awaits those on
+    /// their way, and sends (or runs here) those held.
+    pub(super) async fn resolve_diverted(&mut self) {
+        if self.diverter.as_ref().is_none_or(|diverter| diverter.diverted == 0) {
+            return;
+        }
+        for index in 0..self.pending.len() {
+            let Answer::Diverted(_) = &self.pending[index].answer else { continue };
+            let Answer::Diverted(diverted) =
+                std::mem::replace(&mut self.pending[index].answer, Answer::Relayed(Bytes::new()))
+            else {
+                unreachable!()
+            };
+            let answer = self.resolve(*diverted).await;
+            self.pending[index].answer = answer;
+        }
+        if let Some(diverter) = &mut self.diverter {
+            diverter.holding = false;
+            diverter.diverted = 0;
+        }
+    }
+
+    async fn resolve(&mut self, diverted: Diverted) -> Answer {
+        let Diverted { dialect, frame, state } = diverted;
+        let (mut deadline, mut why) = match state {
+            State::Sent(mut reply) => {
+                let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
+                // Replies of a pipelined batch mostly arrive together: no timer for those
+                // already here.
+                let arrived = match reply.try_recv() {
+                    Ok(arrived) => Ok(Ok(arrived)),
+                    Err(oneshot::error::TryRecvError::Closed) => Ok(Err(())),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        tokio::time::timeout(route_wait + REPLY_GRACE, reply).await.map(|r| r.map_err(drop))
+                    }
+                };
+                match arrived {
+                    Ok(Ok(Ok(reply))) => return Answer::Relayed(reply),
+                    Ok(Ok(Err(ForwardFailure::Broken(why)))) => return self.in_dialect(dialect, unavailable(&why)),
+                    Ok(Ok(Err(ForwardFailure::Refused(why)))) => return self.in_dialect(dialect, not_applied(&why)),
+                    Err(_) => return self.in_dialect(dialect, unavailable("no reply in time")),
+                    // Never sent: it may go again, to wherever the route says now.
+                    Ok(Ok(Err(ForwardFailure::NotSent(why)))) => (Instant::now() + route_wait, why),
+                    Ok(Err(_)) => (Instant::now() + route_wait, "the link to the leader closed".to_string()),
+                }
+            }
+            State::Held => {
+                let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
+                (Instant::now() + route_wait, "no leader is known (an election is under way)".to_string())
+            }
+        };
+        while let Some(diverter) = self.diverter.as_mut() {
+            let route = diverter.routes.borrow_and_update().clone();
+            match route {
+                Route::Local => return self.run_here(dialect, &frame).await,
+                Route::Forward { grpc_addr, .. } => match diverter.try_send(dialect, &frame) {
+                    Some(reply) => match tokio::time::timeout(diverter.route_wait + REPLY_GRACE, reply).await {
+                        Ok(Ok(Ok(reply))) => return Answer::Relayed(reply),
+                        Ok(Ok(Err(ForwardFailure::Broken(why)))) => return self.in_dialect(dialect, unavailable(&why)),
+                        Ok(Ok(Err(ForwardFailure::Refused(why)))) => {
+                            return self.in_dialect(dialect, not_applied(&why));
+                        }
+                        Err(_) => return self.in_dialect(dialect, unavailable("no reply in time")),
+                        Ok(Ok(Err(ForwardFailure::NotSent(cause)))) => why = cause,
+                        Ok(Err(_)) => why = format!("cannot reach the leader at {grpc_addr}"),
+                    },
+                    None => why = format!("cannot reach the leader at {grpc_addr}"),
+                },
+                Route::Electing => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let retry = (now + RETRY_EVERY).min(deadline);
+            tokio::select! {
+                changed = diverter.routes.changed() => if changed.is_err() { deadline = now },
+                () = tokio::time::sleep_until(retry) => {}
+            }
+        }
+        let wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
+        self.in_dialect(dialect, not_applied(&format!("{why} (waited {wait:?})")))
+    }
+
+    /// A held request whose route turned out to be this node: it runs here after all.
+    async fn run_here(&mut self, dialect: ForwardDialect, frame: &[u8]) -> Answer {
+        let shared = Arc::clone(&self.shared);
+        let (answer, written, read) = match &mut self.dialect {
+            Dialect::Resp(_, session) => {
+                let mut parser = RespParser::new(RespLimits::for_max_message(shared.config.max_message_bytes));
+                let outcome = match parser.next_request(frame) {
+                    Ok(Some(request)) => session.handle(&shared, request.args, &frame[..request.len]),
+                    _ => None,
+                };
+                let Some(outcome) = outcome else { return Answer::Relayed(Bytes::new()) };
+                (Answer::Resp(outcome.reply, session.protocol()), outcome.written, outcome.read)
+            }
+            _ => {
+                let outcome = execute_line(&shared, &mut self.authenticated, frame);
+                (Answer::Text(outcome.reply), outcome.written, outcome.read)
+            }
+        };
+        let failure = match (written, read) {
+            (Some(offset), _) => self.commit(offset).await.err(),
+            (None, Some(offset)) => self.commit_read(offset).await.err(),
+            (None, None) => None,
+        };
+        match failure {
+            Some(failure) => self.in_dialect(dialect, failure),
+            None => answer,
+        }
+    }
+
+    fn in_dialect(&self, dialect: ForwardDialect, reply: Reply) -> Answer {
+        let mut encoded = bytes::BytesMut::new();
+        dialect.encode(reply, &mut encoded);
+        Answer::Relayed(encoded.freeze())
+    }
+}
