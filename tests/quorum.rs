@@ -164,7 +164,9 @@ async fn voters_form_register_fail_over_fence_and_take_a_restarted_node_back() {
     let all: Vec<&Node> = nodes.iter().collect();
     eventually("the restarted node registered again, unfenced, as a new process", || {
         all.iter()
-            .all(|n| n.metadata().members.get(&controller).is_some_and(|m| !m.fenced && m.incarnation != old_incarnation))
+            .all(|n| {
+                n.metadata().members.get(&controller).is_some_and(|m| !m.fenced && m.incarnation != old_incarnation)
+            })
             .then_some(())
     })
     .await;
@@ -193,7 +195,22 @@ async fn a_non_voter_receives_the_metadata_as_a_learner() {
     let controller = eventually("the learner knows the controller", || learner.quorum.controller()).await;
     assert!(voters.iter().any(|(id, _)| *id == controller), "a voter controls: {controller}");
     eventually("the learner's lease holds", || learner.quorum.lease_valid().then_some(())).await;
+
+    // A controlled shutdown fences the node before it stops, so it sees itself fenced.
+    learner.quorum.shutdown().await;
+    assert!(!live(&learner.metadata(), "d"), "d fenced itself on the way out");
+    assert!(!learner.quorum.lease_valid(), "a stopped node holds no lease");
     learner.crash().await;
+
+    let at = nodes.iter().position(|n| n.id == controller).expect("a voter controls");
+    nodes[at].quorum.shutdown().await;
+    assert!(!live(&nodes[at].metadata(), &controller), "the controller fenced itself on the way out");
+    nodes[at].crash().await;
+    let survivors: Vec<&Node> = nodes.iter().filter(|n| n.id != controller).collect();
+    eventually("a new controller after a controlled shutdown", || {
+        agreed_controller(&survivors).filter(|c| *c != controller)
+    })
+    .await;
     for node in &mut nodes {
         node.crash().await;
     }

@@ -71,13 +71,16 @@ impl Quorum {
         self.add_learners(&metadata).await;
     }
 
-    async fn form_cluster(&self) {
-        let init = MetaCommand::Init {
+    pub(super) fn init_command(&self) -> MetaCommand {
+        MetaCommand::Init {
             cluster_id: random_hex(),
             replication_factor: self.config.replication_factor,
             min_insync: self.config.min_insync,
-        };
-        match self.propose(init).await {
+        }
+    }
+
+    async fn form_cluster(&self) {
+        match self.propose(self.init_command()).await {
             Ok(outcome) => tracing::info!(node = %self.config.node_id, ?outcome, "formed the cluster's metadata"),
             Err(e) => tracing::warn!(node = %self.config.node_id, "could not form the cluster's metadata: {e}"),
         }
@@ -92,7 +95,11 @@ impl Quorum {
                 continue;
             }
             tracing::info!(node = %id, incarnation = member.incarnation, "fencing a member: no heartbeat for {timeout:?}");
-            let fence = MetaCommand::Fence { id: id.clone(), incarnation: member.incarnation, reason: FenceReason::SessionExpired };
+            let fence = MetaCommand::Fence {
+                id: id.clone(),
+                incarnation: member.incarnation,
+                reason: FenceReason::SessionExpired,
+            };
             if let Err(e) = self.propose(fence).await {
                 tracing::warn!(node = %id, "could not fence a silent member: {e}");
             }
@@ -112,7 +119,9 @@ impl Quorum {
 
     pub(super) async fn add_learner(&self, id: &str, grpc_addr: &str) {
         match self.raft.add_learner(id.to_string(), BasicNode::new(grpc_addr), false).await {
-            Ok(_) => tracing::info!(node = %id, addr = %grpc_addr, "added a non-voter to the metadata quorum as a learner"),
+            Ok(_) => {
+                tracing::info!(node = %id, addr = %grpc_addr, "added a non-voter to the metadata quorum as a learner")
+            }
             Err(e) => tracing::warn!(node = %id, "could not add a non-voter as a learner: {e}"),
         }
     }
@@ -123,7 +132,8 @@ impl Quorum {
         if !self.raft.is_leader() {
             return HeartbeatStatus::NotController;
         }
-        let confirmed = tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+        let confirmed =
+            tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
         if !matches!(confirmed, Ok(Ok(_))) {
             return HeartbeatStatus::NotController;
         }
@@ -168,6 +178,7 @@ impl Quorum {
 fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     format!("{:016x}", hasher.finish())
 }

@@ -162,9 +162,41 @@ impl Quorum {
         match tokio::time::timeout(SHUTDOWN_FENCE_WAIT, self.propose(fence)).await {
             Ok(Ok(_)) => tracing::info!(node = %self.config.node_id, "fenced for a controlled shutdown"),
             Ok(Err(e)) => tracing::warn!(node = %self.config.node_id, "shutting down unfenced: {e}"),
-            Err(_) => tracing::warn!(node = %self.config.node_id, "shutting down unfenced: the fence did not commit in time"),
+            Err(_) => {
+                tracing::warn!(node = %self.config.node_id, "shutting down unfenced: the fence did not commit in time")
+            }
         }
+        self.hand_over().await;
         self.halt().await;
+    }
+
+    /// A controller that leaves asks a live voter to take over now, so the others need not
+    /// wait out an election timeout first.
+    async fn hand_over(&self) {
+        if !self.raft.is_leader() {
+            return;
+        }
+        let metadata = self.metadata.borrow().clone();
+        let me = &self.config.node_id;
+        let Some(successor) = metadata.live_members().find(|(id, m)| m.voter && *id != me).map(|(id, _)| id.clone())
+        else {
+            return;
+        };
+        if self.raft.trigger().transfer_leader(successor.clone()).await.is_err() {
+            return;
+        }
+        let mut metrics = self.raft.metrics();
+        let handed = async {
+            use openraft::async_runtime::watch::WatchReceiver;
+            while metrics.borrow_watched().current_leader.as_ref() == Some(me) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_FENCE_WAIT, handed).await.is_ok() {
+            tracing::info!(node = %me, %successor, "handed the controller role over");
+        }
     }
 
     /// Stops Raft and the session without telling the controller, as a crash would: the
@@ -204,7 +236,10 @@ fn voter_map(voters: &[(String, String)]) -> Result<VoterMap, QuorumError> {
         return invalid("no voters listed".to_string());
     }
     if voters.len() % 2 == 0 {
-        return invalid(format!("{} voters listed; list an odd number (3 or 5) so a majority survives a split", voters.len()));
+        return invalid(format!(
+            "{} voters listed; list an odd number (3 or 5) so a majority survives a split",
+            voters.len()
+        ));
     }
     if voters.len() > MAX_VOTERS {
         return invalid(format!("{} voters listed; at most {MAX_VOTERS} may vote", voters.len()));

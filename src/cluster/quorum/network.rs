@@ -7,10 +7,13 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
-use openraft::BasicNode;
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::transport::{Channel, Endpoint};
@@ -111,6 +114,7 @@ enum Call {
     Append,
     Vote,
     Snapshot,
+    TransferLeader,
 }
 
 impl PeerLink {
@@ -129,6 +133,7 @@ impl PeerLink {
             Call::Append => Peers::call(timeout, client.append_entries(message)).await,
             Call::Vote => Peers::call(timeout, client.vote(message)).await,
             Call::Snapshot => Peers::call(timeout, client.install_snapshot(message)).await,
+            Call::TransferLeader => Peers::call(timeout, client.transfer_leader(message)).await,
         };
         let reply = reply.map_err(unreachable)?;
         decode(&reply.payload).map_err(unreachable)
@@ -169,5 +174,14 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
             reply = self.send(Call::Snapshot, &transfer, timeout) => Ok(reply?),
             closed = cancel => Err(StreamingError::Closed(closed)),
         }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        request: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let timeout = option.hard_ttl().min(RPC_TIMEOUT);
+        Ok(self.send(Call::TransferLeader, &request, timeout).await?)
     }
 }

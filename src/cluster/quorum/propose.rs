@@ -26,7 +26,11 @@ pub(super) enum Elsewhere {
 impl Quorum {
     /// Proposes `command`; with `check_voters` the controller first compares this node's
     /// `--cluster` with the group's voters.
-    pub(super) async fn propose_checked(&self, command: MetaCommand, check_voters: bool) -> Result<MetaOutcome, QuorumError> {
+    pub(super) async fn propose_checked(
+        &self,
+        command: MetaCommand,
+        check_voters: bool,
+    ) -> Result<MetaOutcome, QuorumError> {
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
         let ours = super::voter_map(&self.config.voters)?;
         let voters = check_voters.then_some(&ours);
@@ -61,7 +65,8 @@ impl Quorum {
             let rpc_timeout = PROPOSE_RPC_TIMEOUT.min(remaining);
             match self.propose_remote(&addr, &command, voters, rpc_timeout).await {
                 Ok(propose_reply::Result::Applied(applied)) => {
-                    let outcome: Outcome = decode(&applied.outcome).map_err(|e| QuorumError::Raft(e.message().to_string()))?;
+                    let outcome: Outcome =
+                        decode(&applied.outcome).map_err(|e| QuorumError::Raft(e.message().to_string()))?;
                     self.wait_applied(applied.applied_index, deadline).await?;
                     return Ok(outcome.0);
                 }
@@ -98,13 +103,28 @@ impl Quorum {
             check_voters(ours, &committed).map_err(|e| QuorumError::Refused(e.to_string()))?;
         }
         self.admit(command)?;
+        if self.metadata.borrow().cluster_id.is_none() && !matches!(command, MetaCommand::Init { .. }) {
+            // Nothing applies before the cluster is formed, so this controller forms it first.
+            let init = Command(self.init_command());
+            match tokio::time::timeout(timeout, self.raft.client_write(init)).await {
+                Ok(Ok(written)) if written.data.0 == MetaOutcome::Applied => {
+                    tracing::info!(node = %self.config.node_id, "formed the cluster's metadata")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!("forming the cluster's metadata: {e}"),
+                Err(_) => {}
+            }
+        }
         let written = tokio::time::timeout(timeout, self.raft.client_write(Command(command.clone()))).await;
-        let written = written.map_err(|_| QuorumError::NoController(format!("a proposal did not commit within {timeout:?}")))?;
+        let written =
+            written.map_err(|_| QuorumError::NoController(format!("a proposal did not commit within {timeout:?}")))?;
         match written {
             Ok(response) => {
                 if let MetaCommand::Register { id, grpc_addr, voter, .. } = command {
                     self.heard(id);
-                    tracing::info!(node = %id, addr = %grpc_addr, outcome = ?response.data.0, "a member registered");
+                    if response.data.0 == MetaOutcome::Applied {
+                        tracing::info!(node = %id, addr = %grpc_addr, "a member registered");
+                    }
                     if !*voter {
                         self.add_learner(id, grpc_addr).await;
                     }
@@ -129,8 +149,11 @@ impl Quorum {
         timeout: Duration,
     ) -> Result<propose_reply::Result, tonic::Status> {
         let mut client = self.peers.client(addr)?;
-        let voters = voters.map_or_else(Vec::new, |v| v.0.iter().map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() }).collect());
-        let request = self.peers.request(ProposeRequest { command: encode(&Command(command.clone())), voters }, timeout);
+        let voters = voters.map_or_else(Vec::new, |v| {
+            v.0.iter().map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() }).collect()
+        });
+        let request =
+            self.peers.request(ProposeRequest { command: encode(&Command(command.clone())), voters }, timeout);
         let reply = Peers::call(timeout, client.propose(request)).await?;
         reply.result.ok_or_else(|| tonic::Status::internal("an empty proposal reply"))
     }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::network::{AUTHORIZATION, BEARER, RPC_TIMEOUT, decode, encode};
+use super::propose::Elsewhere;
 use super::proto::quorum_server::{Quorum as QuorumRpc, QuorumServer};
 use super::proto::{
     Applied, HeartbeatReply, HeartbeatRequest, NotController, ProposeReply, ProposeRequest, RaftMessage, Voter,
     VotersReply, VotersRequest, propose_reply,
 };
-use super::propose::Elsewhere;
 use super::types::{Command, Outcome, Snapshot, SnapshotTransfer};
 use super::{Quorum, QuorumError, VoterMap};
 
@@ -71,6 +71,13 @@ impl QuorumRpc for Service {
         Ok(Response::new(RaftMessage { payload: encode(&reply) }))
     }
 
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.authorize(&request, "TransferLeader")?;
+        let rpc = decode(&request.into_inner().payload)?;
+        let reply = self.quorum.raft.handle_transfer_leader(rpc).await.map_err(raft_failed)?;
+        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+    }
+
     async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
         self.authorize(&request, "Propose")?;
         let request = request.into_inner();
@@ -102,7 +109,8 @@ impl QuorumRpc for Service {
     async fn voters(&self, request: Request<VotersRequest>) -> Result<Response<VotersReply>, Status> {
         self.authorize(&request, "Voters")?;
         let voters = self.quorum.voters_in_log();
-        let list = voters.iter().flat_map(|v| v.0.iter()).map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() });
+        let list =
+            voters.iter().flat_map(|v| v.0.iter()).map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() });
         Ok(Response::new(VotersReply { initialized: voters.is_some(), voters: list.collect() }))
     }
 }

@@ -17,6 +17,8 @@ const LAST_RETRY: Duration = Duration::from_secs(1);
 pub(super) async fn run(quorum: Weak<Quorum>) {
     let mut registered = false;
     let mut retry = FIRST_RETRY;
+    // Heartbeat failures are logged when they start and when they end, not each time.
+    let mut failing = false;
     loop {
         let Some(node) = quorum.upgrade() else { return };
         if !registered {
@@ -42,7 +44,16 @@ pub(super) async fn run(quorum: Weak<Quorum>) {
         }
         let sent = Instant::now();
         let next = sent + node.config.session_timeout / 5;
-        match node.heartbeat().await {
+        let answer = node.heartbeat().await;
+        match (&answer, failing) {
+            (Err(e), false) => {
+                tracing::warn!(node = %node.config.node_id, "heartbeat failed (the lease lapses unless one succeeds): {e}")
+            }
+            (Ok(_), true) => tracing::info!(node = %node.config.node_id, "heartbeats answered again"),
+            _ => {}
+        }
+        failing = answer.is_err();
+        match answer.ok().flatten() {
             Some(HeartbeatStatus::Ok) => node.extend_lease(sent),
             Some(HeartbeatStatus::Register) => {
                 tracing::info!(node = %node.config.node_id, "the controller does not count this process as a live member: registering again");
@@ -74,22 +85,18 @@ impl Quorum {
         }
     }
 
-    /// One heartbeat to the controller; `None` when there is none or it did not answer.
-    async fn heartbeat(&self) -> Option<HeartbeatStatus> {
-        let (controller, addr) = self.known_controller()?;
+    /// One heartbeat to the controller; `Ok(None)` when no controller is known.
+    async fn heartbeat(&self) -> Result<Option<HeartbeatStatus>, String> {
+        let Some((controller, addr)) = self.known_controller() else { return Ok(None) };
         if controller == self.config.node_id {
-            return Some(self.answer_heartbeat(&controller, self.incarnation).await);
+            return Ok(Some(self.answer_heartbeat(&controller, self.incarnation).await));
         }
-        let mut client = self.peers.client(&addr).ok()?;
+        let failed = |status: tonic::Status| format!("controller {controller} at {addr}: {}", status.message());
+        let mut client = self.peers.client(&addr).map_err(failed)?;
         let request = HeartbeatRequest { id: self.config.node_id.clone(), incarnation: self.incarnation };
         let request = self.peers.request(request, RPC_TIMEOUT);
-        match Peers::call(RPC_TIMEOUT, client.heartbeat(request)).await {
-            Ok(reply) => HeartbeatStatus::try_from(reply.status).ok(),
-            Err(status) => {
-                tracing::warn!(node = %self.config.node_id, %controller, %addr, "heartbeat failed: {}", status.message());
-                None
-            }
-        }
+        let reply = Peers::call(RPC_TIMEOUT, client.heartbeat(request)).await.map_err(failed)?;
+        Ok(HeartbeatStatus::try_from(reply.status).ok())
     }
 
     /// The lease holds for a session timeout from when the acknowledged heartbeat was sent:

@@ -61,9 +61,11 @@ impl Quorum {
     /// Checks `ours` against the group this node belongs to; on a fresh dir with no group
     /// reachable, a voter forms it (every voter may: the same list on each is harmless).
     pub(super) async fn form(&self, ours: &VoterMap) -> Result<(), QuorumError> {
-        // The membership in the local log is the group this dir belongs to.
-        let _ = self.raft.wait_for_recovery(Some(ASK_VOTERS_TIMEOUT)).await;
-        if let Some(committed) = self.voters_in_log() {
+        // The membership in the local log is the group this dir belongs to. Asked of Raft
+        // itself: its metrics may not reflect the recovered log yet.
+        let stored = self.raft.with_raft_state(|state| state.membership_state.effective().clone()).await;
+        let stored = stored.map_err(|e| QuorumError::Raft(e.to_string()))?;
+        if let Some(committed) = voters_of(stored.membership()) {
             return check_voters(ours, &committed);
         }
         let mut asks = JoinSet::new();
@@ -101,8 +103,12 @@ impl Quorum {
 
     /// The voters of the newest membership in this node's log, if it holds one.
     pub(super) fn voters_in_log(&self) -> Option<VoterMap> {
-        let metrics = self.raft_metrics();
-        let membership = metrics.membership_config.membership();
+        voters_of(self.raft_metrics().membership_config.membership())
+    }
+}
+
+fn voters_of(membership: &openraft::Membership<String, BasicNode>) -> Option<VoterMap> {
+    {
         let voters: BTreeMap<String, String> = membership
             .voter_ids()
             .map(|id| {
@@ -125,7 +131,8 @@ pub(super) fn check_voters(ours: &VoterMap, committed: &VoterMap) -> Result<(), 
 fn incarnation() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     hasher.write_u32(std::process::id());
     hasher.finish()
 }

@@ -56,7 +56,8 @@ impl StateMachine {
         let index = last_applied.as_ref().map(|id| id.index());
         let (published, metadata_rx) = watch::channel(Arc::new(metadata.clone()));
         let (applied_index, index_rx) = watch::channel(index);
-        let inner = Inner { dir: dir.to_path_buf(), last_applied, membership, metadata, snapshot, published, applied_index };
+        let inner =
+            Inner { dir: dir.to_path_buf(), last_applied, membership, metadata, snapshot, published, applied_index };
         let machine = StateMachine { inner: Arc::new(Mutex::new(inner)) };
         Ok((machine, Applied { metadata: metadata_rx, index: index_rx }))
     }
