@@ -2,7 +2,7 @@
 //! tracking members' sessions from their heartbeats, fencing the silent, and adding
 //! non-voters to the group as learners so they receive the metadata.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::proto::heartbeat_reply::Status as HeartbeatStatus;
 use super::{Quorum, QuorumError};
-use crate::cluster::metadata::{FenceReason, MetaCommand, Metadata};
+use crate::cluster::metadata::{FenceReason, MetaCommand, MetaOutcome, Metadata};
 
 /// How long the controller may take to confirm it still leads before a heartbeat is
 /// answered "not controller".
@@ -21,15 +21,20 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
 /// that takes over starts every member's clock at its takeover.
 #[derive(Default)]
 pub struct Sessions {
-    /// When this node became controller; `None` while it is not.
-    took_over: Option<Instant>,
+    /// The term this node controls in and when it noticed it took over; `None` while it
+    /// is not the controller. A new term is a new takeover even if this node led before:
+    /// members may have heartbeated another controller in between.
+    took_over: Option<(u64, Instant)>,
     last_seen: HashMap<String, Instant>,
+    /// Members being fenced: their heartbeats are not answered "ok" meanwhile, so none
+    /// gets a lease from this controller while it fences them.
+    fencing: HashSet<String>,
 }
 
 impl Sessions {
     /// When the controller last heard from `id` (its takeover at the earliest).
     fn heard_from(&self, id: &str) -> Option<Instant> {
-        let took_over = self.took_over?;
+        let (_, took_over) = self.took_over?;
         Some(self.last_seen.get(id).map_or(took_over, |seen| (*seen).max(took_over)))
     }
 }
@@ -53,14 +58,17 @@ pub(super) async fn run(quorum: Weak<Quorum>) {
 
 impl Quorum {
     async fn controller_tick(&self) {
-        if !self.raft.is_leader() {
+        let metrics = self.raft_metrics();
+        if !metrics.state.is_leader() {
             self.lock_sessions().took_over = None;
             return;
         }
-        if self.lock_sessions().took_over.is_none() {
+        {
             let mut sessions = self.lock_sessions();
-            sessions.took_over = Some(Instant::now());
-            sessions.last_seen.clear();
+            if sessions.took_over.is_none_or(|(term, _)| term != metrics.current_term) {
+                sessions.took_over = Some((metrics.current_term, Instant::now()));
+                sessions.last_seen.clear();
+            }
         }
         let metadata = self.metadata.borrow().clone();
         if metadata.cluster_id.is_none() {
@@ -69,6 +77,15 @@ impl Quorum {
         }
         self.fence_expired(&metadata).await;
         self.add_learners(&metadata).await;
+    }
+
+    /// Proposes a command only while this node controls: a decision taken on this
+    /// controller's view of the sessions must not be carried out by another one.
+    async fn propose_as_controller(&self, command: MetaCommand) -> Result<Option<MetaOutcome>, QuorumError> {
+        match self.propose_here(&command, None, CONFIRM_TIMEOUT).await? {
+            Ok((outcome, _)) => Ok(Some(outcome)),
+            Err(_) => Ok(None),
+        }
     }
 
     pub(super) fn init_command(&self) -> MetaCommand {
@@ -80,19 +97,26 @@ impl Quorum {
     }
 
     async fn form_cluster(&self) {
-        match self.propose(self.init_command()).await {
-            Ok(outcome) => tracing::info!(node = %self.config.node_id, ?outcome, "formed the cluster's metadata"),
+        match self.propose_as_controller(self.init_command()).await {
+            Ok(Some(MetaOutcome::Applied)) => {
+                tracing::info!(node = %self.config.node_id, "formed the cluster's metadata")
+            }
+            Ok(_) => {}
             Err(e) => tracing::warn!(node = %self.config.node_id, "could not form the cluster's metadata: {e}"),
         }
     }
 
     async fn fence_expired(&self, metadata: &Metadata) {
-        let now = Instant::now();
         let timeout = self.config.session_timeout;
         for (id, member) in metadata.live_members() {
-            let heard = self.lock_sessions().heard_from(id);
-            if heard.is_none_or(|heard| now.duration_since(heard) <= timeout) {
-                continue;
+            {
+                // Checked and marked under one lock, so a heartbeat answered "ok" is either
+                // seen here or answered after the mark (and then refused).
+                let mut sessions = self.lock_sessions();
+                if sessions.heard_from(id).is_none_or(|heard| heard.elapsed() <= timeout) {
+                    continue;
+                }
+                sessions.fencing.insert(id.clone());
             }
             tracing::info!(node = %id, incarnation = member.incarnation, "fencing a member: no heartbeat for {timeout:?}");
             let fence = MetaCommand::Fence {
@@ -100,9 +124,10 @@ impl Quorum {
                 incarnation: member.incarnation,
                 reason: FenceReason::SessionExpired,
             };
-            if let Err(e) = self.propose(fence).await {
+            if let Err(e) = self.propose_as_controller(fence).await {
                 tracing::warn!(node = %id, "could not fence a silent member: {e}");
             }
+            self.lock_sessions().fencing.remove(id);
         }
     }
 
@@ -138,10 +163,11 @@ impl Quorum {
             return HeartbeatStatus::NotController;
         }
         let live = self.metadata.borrow().members.get(id).is_some_and(|m| m.incarnation == incarnation && !m.fenced);
-        if !live {
+        let mut sessions = self.lock_sessions();
+        if !live || sessions.fencing.contains(id) {
             return HeartbeatStatus::Register;
         }
-        self.lock_sessions().last_seen.insert(id.to_string(), Instant::now());
+        sessions.last_seen.insert(id.to_string(), Instant::now());
         HeartbeatStatus::Ok
     }
 

@@ -235,7 +235,7 @@ fn voter_map(voters: &[(String, String)]) -> Result<VoterMap, QuorumError> {
     if voters.is_empty() {
         return invalid("no voters listed".to_string());
     }
-    if voters.len() % 2 == 0 {
+    if voters.len().is_multiple_of(2) {
         return invalid(format!(
             "{} voters listed; list an odd number (3 or 5) so a majority survives a split",
             voters.len()

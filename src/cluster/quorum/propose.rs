@@ -72,9 +72,10 @@ impl Quorum {
                 }
                 Ok(propose_reply::Result::NotController(known)) => {
                     failures.remove(&id);
+                    // Followed after the pause: two nodes with stale views could otherwise
+                    // bounce a proposal between them.
                     if !known.controller.is_empty() && known.controller != id {
                         hint = Some((known.controller, known.controller_addr));
-                        continue;
                     }
                 }
                 Ok(propose_reply::Result::Retry(why)) => return Err(QuorumError::Busy(why)),

@@ -1,6 +1,8 @@
 //! Storage restart: what Raft was told is durable comes back after a reopen.
 
-use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
+use openraft::impls::leader_id_adv::LeaderId;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::vote::RaftLeaderId;
 use openraft::{EntryPayload, RaftLogReader, RaftSnapshotBuilder};
 
 use super::log_store::LogStore;
@@ -9,7 +11,7 @@ use super::types::{Command, Entry, LogId, Vote};
 use crate::cluster::metadata::MetaCommand;
 
 fn log_id(term: u64, index: u64) -> LogId {
-    LogId::new_term_index(term, index)
+    LogId::new(LeaderId::new(term, "a".to_string()), index)
 }
 
 fn entry(term: u64, index: u64) -> Entry {
@@ -18,9 +20,7 @@ fn entry(term: u64, index: u64) -> Entry {
 }
 
 async fn append(log: &mut LogStore, entries: Vec<Entry>) {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    log.append(entries, IOFlushed::signal(tx)).await.expect("append");
-    rx.await.expect("flushed").expect("flushed ok");
+    log.blocking_append(entries).await.expect("append");
 }
 
 async fn indexes(log: &mut LogStore) -> Vec<u64> {
