@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msglog::cluster::metadata::Metadata;
+use msglog::cluster::metadata::{MetaCommand, Metadata};
 use msglog::cluster::quorum::{Quorum, QuorumConfig, QuorumError};
 use msglog::server::Password;
 use tempfile::TempDir;
@@ -249,6 +249,54 @@ async fn a_voter_list_that_differs_from_the_groups_is_refused() {
         assert!(matches!(started, Err(QuorumError::InvalidVoters(_))), "{bad:?} is not a voter list");
     }
     for node in &mut nodes[1..] {
+        node.crash().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
+    init_tracing();
+    let root = TempDir::new().expect("tempdir");
+    let (mut nodes, voters) = start_voters(&["a", "b", "c"], root.path()).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    eventually("all three registered", || {
+        let view = nodes[0].metadata();
+        ["a", "b", "c"].iter().all(|id| live(&view, id)).then_some(())
+    })
+    .await;
+
+    // b heartbeats, so a new process claiming its id must wait for b's session to expire.
+    let b = nodes[1].metadata().members["b"].clone();
+    let impostor = MetaCommand::Register {
+        id: "b".to_string(),
+        grpc_addr: "127.0.0.1:2".to_string(),
+        client_addr: "127.0.0.1:3".to_string(),
+        voter: true,
+        incarnation: b.incarnation.wrapping_add(1),
+        log_epoch: 0,
+    };
+    let refused = nodes[0].quorum.propose(impostor).await;
+    match refused {
+        Err(QuorumError::Busy(why)) => assert!(why.contains("in use by a live process"), "{why}"),
+        other => panic!("a live member's id was taken over: {other:?}"),
+    }
+    assert_eq!(nodes[2].metadata().members["b"].incarnation, b.incarnation);
+
+    // A node without the cluster's password is turned away, and told why.
+    let listener = listen().await;
+    let addr = listener.local_addr().expect("addr");
+    let mut outsider = config("x", addr, &voters, &root.path().join("x"));
+    outsider.password = Some(Password::new("wrong").expect("password"));
+    let mut outsider = Node::start(outsider, listener).await.expect("a learner starts alone");
+    let init = MetaCommand::Init { cluster_id: "other".to_string(), replication_factor: 1, min_insync: 1 };
+    let refused = outsider.quorum.propose(init).await;
+    match refused {
+        Err(QuorumError::Refused(why)) => assert!(why.contains("password"), "{why}"),
+        other => panic!("a proposal without the password went through: {other:?}"),
+    }
+    assert!(all.iter().all(|n| !n.metadata().members.contains_key("x")), "x never registered");
+    outsider.crash().await;
+    for node in &mut nodes {
         node.crash().await;
     }
 }

@@ -58,17 +58,8 @@ pub(super) async fn run(quorum: Weak<Quorum>) {
 
 impl Quorum {
     async fn controller_tick(&self) {
-        let metrics = self.raft_metrics();
-        if !metrics.state.is_leader() {
-            self.lock_sessions().took_over = None;
+        if self.controlled_sessions().is_none() {
             return;
-        }
-        {
-            let mut sessions = self.lock_sessions();
-            if sessions.took_over.is_none_or(|(term, _)| term != metrics.current_term) {
-                sessions.took_over = Some((metrics.current_term, Instant::now()));
-                sessions.last_seen.clear();
-            }
         }
         let metadata = self.metadata.borrow().clone();
         if metadata.cluster_id.is_none() {
@@ -112,7 +103,7 @@ impl Quorum {
             {
                 // Checked and marked under one lock, so a heartbeat answered "ok" is either
                 // seen here or answered after the mark (and then refused).
-                let mut sessions = self.lock_sessions();
+                let Some(mut sessions) = self.controlled_sessions() else { return };
                 if sessions.heard_from(id).is_none_or(|heard| heard.elapsed() <= timeout) {
                     continue;
                 }
@@ -163,7 +154,7 @@ impl Quorum {
             return HeartbeatStatus::NotController;
         }
         let live = self.metadata.borrow().members.get(id).is_some_and(|m| m.incarnation == incarnation && !m.fenced);
-        let mut sessions = self.lock_sessions();
+        let Some(mut sessions) = self.controlled_sessions() else { return HeartbeatStatus::NotController };
         if !live || sessions.fencing.contains(id) {
             return HeartbeatStatus::Register;
         }
@@ -180,7 +171,7 @@ impl Quorum {
         if member.fenced || member.incarnation == *incarnation {
             return Ok(());
         }
-        let heard = self.lock_sessions().heard_from(id);
+        let heard = self.controlled_sessions().and_then(|sessions| sessions.heard_from(id));
         if heard.is_some_and(|heard| heard.elapsed() <= self.config.session_timeout) {
             return Err(QuorumError::Busy(format!(
                 "node id {id} is in use by a live process at {}; retrying until its session expires",
@@ -192,7 +183,25 @@ impl Quorum {
 
     /// A member that just registered is heard from now.
     pub(super) fn heard(&self, id: &str) {
-        self.lock_sessions().last_seen.insert(id.to_string(), Instant::now());
+        if let Some(mut sessions) = self.controlled_sessions() {
+            sessions.last_seen.insert(id.to_string(), Instant::now());
+        }
+    }
+
+    /// The sessions, if this node is the controller; the first call in a new term starts
+    /// every member's clock.
+    fn controlled_sessions(&self) -> Option<std::sync::MutexGuard<'_, Sessions>> {
+        let metrics = self.raft_metrics();
+        let mut sessions = self.lock_sessions();
+        if !metrics.state.is_leader() {
+            sessions.took_over = None;
+            return None;
+        }
+        if sessions.took_over.is_none_or(|(term, _)| term != metrics.current_term) {
+            sessions.took_over = Some((metrics.current_term, Instant::now()));
+            sessions.last_seen.clear();
+        }
+        Some(sessions)
     }
 
     fn lock_sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {

@@ -80,6 +80,9 @@ impl Quorum {
                 }
                 Ok(propose_reply::Result::Retry(why)) => return Err(QuorumError::Busy(why)),
                 Ok(propose_reply::Result::Refused(why)) => return Err(QuorumError::Refused(why)),
+                Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                    return Err(QuorumError::Refused(status.message().to_string()));
+                }
                 Err(status) => {
                     tracing::debug!(voter = %id, %addr, "proposal not delivered: {}", status.message());
                     failures.insert(id, format!("{addr}: {}", status.message()));
