@@ -154,6 +154,8 @@ impl Quorum {
 
     /// Controlled shutdown: fences itself (bounded wait), then stops Raft.
     pub async fn shutdown(&self) {
+        // The session ends first: a heartbeat told "fenced" would otherwise register again.
+        self.end_session();
         let fence = MetaCommand::Fence {
             id: self.config.node_id.clone(),
             incarnation: self.incarnation,
@@ -202,13 +204,18 @@ impl Quorum {
     /// Stops Raft and the session without telling the controller, as a crash would: the
     /// controller fences this node once its session expires.
     pub async fn halt(&self) {
+        self.end_session();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = %self.config.node_id, "the metadata quorum stopped uncleanly: {e}");
+        }
+    }
+
+    /// Stops heartbeating (and controlling) and gives up the lease.
+    fn end_session(&self) {
         for task in self.lock_tasks().drain(..) {
             task.abort();
         }
         *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(node = %self.config.node_id, "the metadata quorum stopped uncleanly: {e}");
-        }
     }
 
     fn raft_metrics(&self) -> openraft::RaftMetrics<types::TypeConfig> {
