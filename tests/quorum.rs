@@ -259,9 +259,8 @@ async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
     let root = TempDir::new().expect("tempdir");
     let (mut nodes, voters) = start_voters(&["a", "b", "c"], root.path()).await;
     let all: Vec<&Node> = nodes.iter().collect();
-    eventually("all three registered", || {
-        let view = nodes[0].metadata();
-        ["a", "b", "c"].iter().all(|id| live(&view, id)).then_some(())
+    eventually("every node sees all three registered", || {
+        all.iter().all(|n| ["a", "b", "c"].iter().all(|id| live(&n.metadata(), id))).then_some(())
     })
     .await;
 
