@@ -1,7 +1,7 @@
 //! Compiles `proto/*.proto` with protox (pure Rust), so building needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/replication.proto", "proto/forward.proto"];
+    let protos = ["proto/replication.proto", "proto/forward.proto", "proto/quorum.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -1,55 +1,278 @@
-//! The metadata quorum (being built; this is the interface the node codes against).
+//! The metadata quorum: a Raft group (openraft) among the `--cluster` voters that holds
+//! the cluster's [`Metadata`], with every other node following it as a learner.
+//!
+//! Besides Raft, it runs the members' sessions: every node heartbeats the controller (the
+//! Raft leader), which fences a member it has not heard from for the session timeout. A
+//! node's lease ([`Quorum::lease_valid`]) runs from when it *sent* a heartbeat that the
+//! controller answered after confirming it still leads, so it always lapses before the
+//! controller may fence it: a partitioned partition leader stops serving in time.
+//!
+//! The Raft library's types stay inside this module.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod controller;
+mod files;
+mod log_store;
+mod network;
+mod propose;
+mod service;
+mod session;
+mod startup;
+mod state_machine;
+#[cfg(test)]
+mod tests;
+mod types;
+
+#[allow(clippy::all, clippy::pedantic)]
+mod proto {
+    tonic::include_proto!("msglog.quorum.v1");
+}
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-use super::metadata::{MetaCommand, MetaOutcome, Metadata};
+use crate::cluster::metadata::{FenceReason, MetaCommand, MetaOutcome, Metadata};
+use crate::server::Password;
 
+pub use service::QuorumService;
+
+/// Voters a Raft group may have: an odd number, so a split leaves one side a majority.
+const MAX_VOTERS: usize = 7;
+/// How long a controlled shutdown waits for its own fence to commit.
+const SHUTDOWN_FENCE_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
 pub struct QuorumConfig {
     pub node_id: String,
+    /// `--cluster`: the voters, (node id, gRPC address), same list on every node.
     pub voters: Vec<(String, String)>,
+    /// This node's own gRPC and client addresses (as others reach them).
     pub grpc_addr: String,
     pub client_addr: String,
-    pub dir: std::path::PathBuf,
+    /// Durable Raft state (vote, log, snapshot): `<data-dir>/quorum`.
+    pub dir: PathBuf,
+    /// A dead node is fenced after this long without a heartbeat (`--session-timeout`).
     pub session_timeout: Duration,
+    /// Used by the controller that forms the cluster (`MetaCommand::Init`).
     pub replication_factor: usize,
     pub min_insync: usize,
-    pub password: Option<crate::server::Password>,
+    /// Presented on every quorum call, required on incoming ones.
+    pub password: Option<Password>,
     pub bind_source_addr: Option<std::net::IpAddr>,
+    /// Highest epoch this node's log holds (sent in `Register`).
     pub log_epoch: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct QuorumError(String);
+pub enum QuorumError {
+    #[error("invalid --cluster: {0}")]
+    InvalidVoters(String),
+    #[error(
+        "--cluster lists the voters {ours}, but the metadata quorum's voters are {committed}: \
+         give every node the same --cluster (a data dir stays with the cluster it joined)"
+    )]
+    VoterMismatch { ours: String, committed: String },
+    #[error("the quorum dir {} is unusable: {source}", dir.display())]
+    Storage { dir: PathBuf, source: std::io::Error },
+    #[error("no controller: {0}")]
+    NoController(String),
+    /// Refused for now; worth retrying (for example, the id is held by a live process).
+    #[error("{0}")]
+    Busy(String),
+    #[error("the controller refused: {0}")]
+    Refused(String),
+    #[error("the metadata quorum failed: {0}")]
+    Raft(String),
+    #[error("the metadata quorum is shut down")]
+    Stopped,
+}
 
 pub struct Quorum {
-    metadata: watch::Sender<Arc<Metadata>>,
+    config: QuorumConfig,
+    /// Tells this process apart from an earlier or later one under the same node id.
+    incarnation: u64,
+    voter: bool,
+    raft: types::Raft,
+    peers: network::Peers,
+    metadata: watch::Receiver<Arc<Metadata>>,
+    applied_index: watch::Receiver<Option<u64>>,
+    /// Until when this node may act on its leases (monotonic clock).
+    lease_until: Mutex<Option<Instant>>,
+    /// The controller's view of members' sessions (in memory, never in the log).
+    sessions: Mutex<controller::Sessions>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Quorum {
-    pub async fn start(_config: QuorumConfig) -> Result<Arc<Quorum>, QuorumError> {
-        Err(QuorumError("the metadata quorum is not built yet".to_string()))
+    /// Starts the Raft node. A voter on a fresh dir forms the group from `voters` unless a
+    /// reachable voter already holds it; a non-voter starts as a learner, added by the
+    /// controller when it registers. Fails if `voters` differs from the group's voters.
+    pub async fn start(config: QuorumConfig) -> Result<Arc<Quorum>, QuorumError> {
+        let voters = voter_map(&config.voters)?;
+        let quorum = Arc::new(startup::open(config, &voters).await?);
+        if let Err(e) = quorum.form(&voters).await {
+            let _ = quorum.raft.shutdown().await;
+            return Err(e);
+        }
+        let session = tokio::spawn(session::run(Arc::downgrade(&quorum)));
+        let controller = tokio::spawn(controller::run(Arc::downgrade(&quorum)));
+        quorum.lock_tasks().extend([session, controller]);
+        Ok(quorum)
     }
-    pub fn routes(self: &Arc<Self>) -> tonic::service::Routes {
-        tonic::service::Routes::default()
+
+    /// The tonic service to serve on the node's gRPC port.
+    pub fn service(self: &Arc<Self>) -> QuorumService {
+        service::new(Arc::clone(self))
     }
+
+    /// The applied metadata, updated on each apply, on voters and learners alike.
     pub fn metadata(&self) -> watch::Receiver<Arc<Metadata>> {
-        self.metadata.subscribe()
+        self.metadata.clone()
     }
+
+    /// The current controller (Raft leader) node id, if known.
     pub fn controller(&self) -> Option<String> {
-        None
+        self.raft_metrics().current_leader
     }
-    pub async fn propose(&self, _command: MetaCommand) -> Result<MetaOutcome, QuorumError> {
-        Err(QuorumError("not built".to_string()))
+
+    /// Proposes a command; on a non-controller it is sent to the controller. Returns once
+    /// committed and applied locally (so [`Quorum::metadata`] already shows it).
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, QuorumError> {
+        self.propose_checked(command, false).await
     }
+
+    /// True while this node's last heartbeat acknowledged by a confirmed controller was sent
+    /// less than the session timeout ago.
+    /// This process's incarnation, as its `Register` carries it: metadata about this node
+    /// id under another incarnation is about another process.
     pub fn incarnation(&self) -> u64 {
-        0
+        self.incarnation
     }
+
     pub fn lease_valid(&self) -> bool {
-        false
+        let until = *self.lease_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|until| Instant::now() < until)
     }
-    pub async fn shutdown(&self) {}
+
+    /// Controlled shutdown: fences itself (bounded wait), then stops Raft.
+    pub async fn shutdown(&self) {
+        // The session ends first: a heartbeat told "fenced" would otherwise register again.
+        self.end_session();
+        let fence = MetaCommand::Fence {
+            id: self.config.node_id.clone(),
+            incarnation: self.incarnation,
+            reason: FenceReason::ControlledShutdown,
+        };
+        match tokio::time::timeout(SHUTDOWN_FENCE_WAIT, self.propose(fence)).await {
+            Ok(Ok(_)) => tracing::info!(node = %self.config.node_id, "fenced for a controlled shutdown"),
+            Ok(Err(e)) => tracing::warn!(node = %self.config.node_id, "shutting down unfenced: {e}"),
+            Err(_) => {
+                tracing::warn!(node = %self.config.node_id, "shutting down unfenced: the fence did not commit in time")
+            }
+        }
+        self.hand_over().await;
+        self.halt().await;
+    }
+
+    /// A controller that leaves asks a live voter to take over now, so the others need not
+    /// wait out an election timeout first.
+    async fn hand_over(&self) {
+        if !self.raft.is_leader() {
+            return;
+        }
+        let metadata = self.metadata.borrow().clone();
+        let me = &self.config.node_id;
+        let Some(successor) = metadata.live_members().find(|(id, m)| m.voter && *id != me).map(|(id, _)| id.clone())
+        else {
+            return;
+        };
+        if self.raft.trigger().transfer_leader(successor.clone()).await.is_err() {
+            return;
+        }
+        let mut metrics = self.raft.metrics();
+        let handed = async {
+            use openraft::async_runtime::watch::WatchReceiver;
+            while metrics.borrow_watched().current_leader.as_ref() == Some(me) {
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_FENCE_WAIT, handed).await.is_ok() {
+            tracing::info!(node = %me, %successor, "handed the controller role over");
+        }
+    }
+
+    /// Stops Raft and the session without telling the controller, as a crash would: the
+    /// controller fences this node once its session expires.
+    pub async fn halt(&self) {
+        self.end_session();
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(node = %self.config.node_id, "the metadata quorum stopped uncleanly: {e}");
+        }
+    }
+
+    /// Stops heartbeating (and controlling) and gives up the lease.
+    fn end_session(&self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+        *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn raft_metrics(&self) -> openraft::RaftMetrics<types::TypeConfig> {
+        use openraft::async_runtime::watch::WatchReceiver;
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Quorum {
+    fn drop(&mut self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The voters by id, after checking the list can form a Raft group.
+fn voter_map(voters: &[(String, String)]) -> Result<VoterMap, QuorumError> {
+    let invalid = |why: String| Err(QuorumError::InvalidVoters(why));
+    if voters.is_empty() {
+        return invalid("no voters listed".to_string());
+    }
+    if voters.len().is_multiple_of(2) {
+        return invalid(format!(
+            "{} voters listed; list an odd number (3 or 5) so a majority survives a split",
+            voters.len()
+        ));
+    }
+    if voters.len() > MAX_VOTERS {
+        return invalid(format!("{} voters listed; at most {MAX_VOTERS} may vote", voters.len()));
+    }
+    let mut map = BTreeMap::new();
+    for (id, addr) in voters {
+        if map.insert(id.clone(), addr.clone()).is_some() {
+            return invalid(format!("node id {id} is listed twice"));
+        }
+    }
+    Ok(VoterMap(map))
+}
+
+/// Voters by id, with their gRPC addresses; printed as `a=addr,b=addr` like `--cluster`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VoterMap(BTreeMap<String, String>);
+
+impl std::fmt::Display for VoterMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.0.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+        write!(f, "{}", list.join(","))
+    }
 }

@@ -1,0 +1,219 @@
+//! The controller's duties, run only on the Raft leader: forming the cluster's metadata,
+//! tracking members' sessions from their heartbeats, fencing the silent, and adding
+//! non-voters to the group as learners so they receive the metadata.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ReadPolicy};
+use tokio::time::MissedTickBehavior;
+
+use super::proto::heartbeat_reply::Status as HeartbeatStatus;
+use super::{Quorum, QuorumError};
+use crate::cluster::metadata::{FenceReason, MetaCommand, MetaOutcome, Metadata};
+
+/// How long the controller may take to confirm it still leads before a heartbeat is
+/// answered "not controller".
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// When the controller last heard from each member. Kept in memory only: a controller
+/// that takes over starts every member's clock at its takeover.
+#[derive(Default)]
+pub struct Sessions {
+    /// The term this node controls in and when it noticed it took over; `None` while it
+    /// is not the controller. A new term is a new takeover even if this node led before:
+    /// members may have heartbeated another controller in between.
+    took_over: Option<(u64, Instant)>,
+    last_seen: HashMap<String, Instant>,
+    /// Members being fenced: their heartbeats are not answered "ok" meanwhile, so none
+    /// gets a lease from this controller while it fences them.
+    fencing: HashSet<String>,
+}
+
+impl Sessions {
+    /// When the controller last heard from `id` (its takeover at the earliest).
+    fn heard_from(&self, id: &str) -> Option<Instant> {
+        let (_, took_over) = self.took_over?;
+        Some(self.last_seen.get(id).map_or(took_over, |seen| (*seen).max(took_over)))
+    }
+}
+
+pub(super) async fn run(quorum: Weak<Quorum>) {
+    let Some(tick) = quorum.upgrade().map(|q| q.config.session_timeout / 10) else { return };
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut known_controller = None;
+    loop {
+        ticks.tick().await;
+        let Some(quorum) = quorum.upgrade() else { return };
+        let controller = quorum.controller();
+        if controller != known_controller {
+            tracing::info!(node = %quorum.config.node_id, controller = controller.as_deref().unwrap_or("none"), "the controller changed");
+            known_controller = controller;
+        }
+        quorum.controller_tick().await;
+    }
+}
+
+impl Quorum {
+    async fn controller_tick(&self) {
+        if self.controlled_sessions().is_none() {
+            return;
+        }
+        let metadata = self.metadata.borrow().clone();
+        if metadata.cluster_id.is_none() {
+            self.form_cluster().await;
+            return;
+        }
+        self.fence_expired(&metadata).await;
+        self.add_learners(&metadata).await;
+    }
+
+    /// Proposes a command only while this node controls: a decision taken on this
+    /// controller's view of the sessions must not be carried out by another one.
+    async fn propose_as_controller(&self, command: MetaCommand) -> Result<Option<MetaOutcome>, QuorumError> {
+        match self.propose_here(&command, None, CONFIRM_TIMEOUT).await? {
+            Ok((outcome, _)) => Ok(Some(outcome)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    pub(super) fn init_command(&self) -> MetaCommand {
+        MetaCommand::Init {
+            cluster_id: random_hex(),
+            replication_factor: self.config.replication_factor,
+            min_insync: self.config.min_insync,
+        }
+    }
+
+    async fn form_cluster(&self) {
+        match self.propose_as_controller(self.init_command()).await {
+            Ok(Some(MetaOutcome::Applied)) => {
+                tracing::info!(node = %self.config.node_id, "formed the cluster's metadata")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(node = %self.config.node_id, "could not form the cluster's metadata: {e}"),
+        }
+    }
+
+    async fn fence_expired(&self, metadata: &Metadata) {
+        let timeout = self.config.session_timeout;
+        for (id, member) in metadata.live_members() {
+            {
+                // Checked and marked under one lock, so a heartbeat answered "ok" is either
+                // seen here or answered after the mark (and then refused).
+                let Some(mut sessions) = self.controlled_sessions() else { return };
+                if sessions.heard_from(id).is_none_or(|heard| heard.elapsed() <= timeout) {
+                    continue;
+                }
+                sessions.fencing.insert(id.clone());
+            }
+            tracing::info!(node = %id, incarnation = member.incarnation, "fencing a member: no heartbeat for {timeout:?}");
+            let fence = MetaCommand::Fence {
+                id: id.clone(),
+                incarnation: member.incarnation,
+                reason: FenceReason::SessionExpired,
+            };
+            if let Err(e) = self.propose_as_controller(fence).await {
+                tracing::warn!(node = %id, "could not fence a silent member: {e}");
+            }
+            self.lock_sessions().fencing.remove(id);
+        }
+    }
+
+    /// Every live non-voter becomes a learner, so the metadata reaches it.
+    async fn add_learners(&self, metadata: &Metadata) {
+        let membership = self.raft_metrics().membership_config.clone();
+        for (id, member) in metadata.live_members().filter(|(_, m)| !m.voter) {
+            if membership.membership().get_node(id).is_some_and(|node| node.addr == member.grpc_addr) {
+                continue;
+            }
+            self.add_learner(id, &member.grpc_addr).await;
+        }
+    }
+
+    pub(super) async fn add_learner(&self, id: &str, grpc_addr: &str) {
+        match self.raft.add_learner(id.to_string(), BasicNode::new(grpc_addr), false).await {
+            Ok(_) => {
+                tracing::info!(node = %id, addr = %grpc_addr, "added a non-voter to the metadata quorum as a learner")
+            }
+            Err(e) => tracing::warn!(node = %id, "could not add a non-voter as a learner: {e}"),
+        }
+    }
+
+    /// Answers a member's heartbeat: only once this node confirmed it still leads, so an
+    /// answer extends the member's lease only while no other controller can fence it.
+    pub(super) async fn answer_heartbeat(&self, id: &str, incarnation: u64) -> HeartbeatStatus {
+        if !self.raft.is_leader() {
+            return HeartbeatStatus::NotController;
+        }
+        let confirmed =
+            tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await;
+        if !matches!(confirmed, Ok(Ok(_))) {
+            return HeartbeatStatus::NotController;
+        }
+        let live = self.metadata.borrow().members.get(id).is_some_and(|m| m.incarnation == incarnation && !m.fenced);
+        let Some(mut sessions) = self.controlled_sessions() else { return HeartbeatStatus::NotController };
+        if !live || sessions.fencing.contains(id) {
+            return HeartbeatStatus::Register;
+        }
+        sessions.last_seen.insert(id.to_string(), Instant::now());
+        HeartbeatStatus::Ok
+    }
+
+    /// Refuses a `Register` that would replace a live process under the same id: only once
+    /// that process's session expires may a new one take the id.
+    pub(super) fn admit(&self, command: &MetaCommand) -> Result<(), QuorumError> {
+        let MetaCommand::Register { id, incarnation, .. } = command else { return Ok(()) };
+        let metadata = self.metadata.borrow().clone();
+        let Some(member) = metadata.members.get(id) else { return Ok(()) };
+        if member.fenced || member.incarnation == *incarnation {
+            return Ok(());
+        }
+        let heard = self.controlled_sessions().and_then(|sessions| sessions.heard_from(id));
+        if heard.is_some_and(|heard| heard.elapsed() <= self.config.session_timeout) {
+            return Err(QuorumError::Busy(format!(
+                "node id {id} is in use by a live process at {}; retrying until its session expires",
+                member.grpc_addr
+            )));
+        }
+        Ok(())
+    }
+
+    /// A member that just registered is heard from now.
+    pub(super) fn heard(&self, id: &str) {
+        if let Some(mut sessions) = self.controlled_sessions() {
+            sessions.last_seen.insert(id.to_string(), Instant::now());
+        }
+    }
+
+    /// The sessions, if this node is the controller; the first call in a new term starts
+    /// every member's clock.
+    fn controlled_sessions(&self) -> Option<std::sync::MutexGuard<'_, Sessions>> {
+        let metrics = self.raft_metrics();
+        let mut sessions = self.lock_sessions();
+        if !metrics.state.is_leader() {
+            sessions.took_over = None;
+            return None;
+        }
+        if sessions.took_over.is_none_or(|(term, _)| term != metrics.current_term) {
+            sessions.took_over = Some((metrics.current_term, Instant::now()));
+            sessions.last_seen.clear();
+        }
+        Some(sessions)
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A cluster id: 16 random hex digits.
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher
+        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("{:016x}", hasher.finish())
+}

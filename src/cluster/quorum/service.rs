@@ -1,0 +1,116 @@
+//! The server side of the quorum's gRPC: Raft's messages, proposals, heartbeats.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::network::{AUTHORIZATION, BEARER, RPC_TIMEOUT, decode, encode};
+use super::propose::Elsewhere;
+use super::proto::quorum_server::{Quorum as QuorumRpc, QuorumServer};
+use super::proto::{
+    Applied, HeartbeatReply, HeartbeatRequest, NotController, ProposeReply, ProposeRequest, RaftMessage, Voter,
+    VotersReply, VotersRequest, propose_reply,
+};
+use super::types::{Command, Outcome, Snapshot, SnapshotTransfer};
+use super::{Quorum, QuorumError, VoterMap};
+
+/// The quorum's gRPC service, to add to the node's gRPC server.
+pub type QuorumService = QuorumServer<Service>;
+
+pub struct Service {
+    quorum: Arc<Quorum>,
+}
+
+pub(super) fn new(quorum: Arc<Quorum>) -> QuorumService {
+    QuorumServer::new(Service { quorum })
+}
+
+impl Service {
+    fn authorize<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        let Some(password) = &self.quorum.config.password else { return Ok(()) };
+        let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
+        match presented.and_then(|value| value.strip_prefix(BEARER)) {
+            Some(token) if password.matches(token.as_bytes()) => Ok(()),
+            _ => {
+                let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+                tracing::warn!(%peer, call, presented = presented.is_some(), "refusing a quorum call without the password");
+                Err(Status::unauthenticated(format!(
+                    "{} requires the cluster's password for {call}: start every node with the same --requirepass",
+                    self.quorum.config.node_id
+                )))
+            }
+        }
+    }
+}
+
+fn raft_failed(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("the metadata quorum is not running here: {e}"))
+}
+
+#[tonic::async_trait]
+impl QuorumRpc for Service {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.authorize(&request, "AppendEntries")?;
+        let rpc = decode(&request.into_inner().payload)?;
+        let reply = self.quorum.raft.append_entries(rpc).await.map_err(raft_failed)?;
+        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.authorize(&request, "Vote")?;
+        let rpc = decode(&request.into_inner().payload)?;
+        let reply = self.quorum.raft.vote(rpc).await.map_err(raft_failed)?;
+        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.authorize(&request, "InstallSnapshot")?;
+        let transfer: SnapshotTransfer = decode(&request.into_inner().payload)?;
+        let snapshot = Snapshot { meta: transfer.meta, snapshot: transfer.metadata };
+        let reply = self.quorum.raft.install_full_snapshot(transfer.vote, snapshot).await.map_err(raft_failed)?;
+        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+    }
+
+    async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.authorize(&request, "TransferLeader")?;
+        let rpc = decode(&request.into_inner().payload)?;
+        let reply = self.quorum.raft.handle_transfer_leader(rpc).await.map_err(raft_failed)?;
+        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+    }
+
+    async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
+        self.authorize(&request, "Propose")?;
+        let request = request.into_inner();
+        let Command(command) = decode(&request.command)?;
+        let voters = VoterMap(request.voters.into_iter().map(|v| (v.id, v.addr)).collect());
+        let voters = (!voters.0.is_empty()).then_some(&voters);
+        let result = match self.quorum.propose_here(&command, voters, RPC_TIMEOUT).await {
+            Ok(Ok((outcome, index))) => {
+                propose_reply::Result::Applied(Applied { outcome: encode(&Outcome(outcome)), applied_index: index })
+            }
+            Ok(Err(Elsewhere::NotController(known))) => {
+                let (controller, controller_addr) = known.unwrap_or_default();
+                propose_reply::Result::NotController(NotController { controller, controller_addr })
+            }
+            Err(QuorumError::Busy(why)) => propose_reply::Result::Retry(why),
+            Err(QuorumError::Refused(why)) => propose_reply::Result::Refused(why),
+            Err(e) => return Err(Status::unavailable(e.to_string())),
+        };
+        Ok(Response::new(ProposeReply { result: Some(result) }))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        self.authorize(&request, "Heartbeat")?;
+        let request = request.into_inner();
+        let status = self.quorum.answer_heartbeat(&request.id, request.incarnation).await;
+        Ok(Response::new(HeartbeatReply { status: status as i32 }))
+    }
+
+    async fn voters(&self, request: Request<VotersRequest>) -> Result<Response<VotersReply>, Status> {
+        self.authorize(&request, "Voters")?;
+        let voters = self.quorum.voters_in_log();
+        let list =
+            voters.iter().flat_map(|v| v.0.iter()).map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() });
+        Ok(Response::new(VotersReply { initialized: voters.is_some(), voters: list.collect() }))
+    }
+}
