@@ -54,6 +54,8 @@ pub(super) struct Driver {
     leading_since: Option<Instant>,
     /// The ISR change in flight, at most one.
     proposal: Option<JoinHandle<()>>,
+    /// Following with a fetch loop (this node is a replica), not only forwarding.
+    replicating: bool,
 }
 
 impl Driver {
@@ -75,6 +77,7 @@ impl Driver {
             previous_end: 0,
             leading_since: None,
             proposal: None,
+            replicating: false,
         }
     }
 
@@ -129,7 +132,7 @@ impl Driver {
                 let replicas = partition.replicas.clone();
                 match current {
                     Position::Leading { epoch: led, .. } if led == epoch => {
-                        self.replication.update_isr(partition.isr.clone(), meta.min_insync);
+                        self.replication.update_isr(partition.isr.clone(), replicas, meta.min_insync);
                     }
                     _ => {
                         self.replication
@@ -137,6 +140,7 @@ impl Driver {
                             .await
                             .map_err(epoch_error)?;
                         self.leading_since = Some(Instant::now());
+                        self.replicating = false;
                         self.caught_up.clear();
                         self.joining.clear();
                         self.previous_end = self.replication.high_watermark();
@@ -150,17 +154,20 @@ impl Driver {
                     grpc_addr: member.grpc_addr.clone(),
                     client_addr: member.client_addr.clone(),
                 };
+                let replicate = partition.replicas.contains(&self.node_id);
                 let same = matches!(&current, Position::Following { leader: l, epoch: e } if *l == info && *e == epoch);
-                if !same {
+                // A node that registers after the leader was named becomes a replica then.
+                if !same || replicate != self.replicating {
                     self.leading_since = None;
-                    let replicate = partition.replicas.contains(&self.node_id);
                     self.replication.follow_leader(info, epoch, replicate).await.map_err(epoch_error)?;
+                    self.replicating = replicate;
                 }
             }
             _ => {
                 if !matches!(current, Position::Electing { epoch: e } if e == epoch) {
                     self.leading_since = None;
                     self.replication.await_leader(epoch).await.map_err(epoch_error)?;
+                    self.replicating = false;
                 }
             }
         }

@@ -144,7 +144,11 @@ impl Node {
                 );
                 match Quorum::start(quorum_config).await {
                     Ok(quorum) => {
-                        let routes = with_forwarding(tonic::service::Routes::new(quorum.service()), forward_endpoint.clone(), forward_config.clone());
+                        let routes = with_forwarding(
+                            tonic::service::Routes::new(quorum.service()),
+                            forward_endpoint.clone(),
+                            forward_config.clone(),
+                        );
                         (Some(quorum), routes)
                     }
                     Err(err) => {

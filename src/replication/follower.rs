@@ -204,7 +204,9 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
             None => break Err(SessionError::Closed),
         };
         // CRCs and offsets are checked for the whole chunk before any of it is appended.
-        if let Err(err) = log.append_raw(&records.frames) {
+        if !records.frames.is_empty()
+            && let Err(err) = log.append_raw(&records.frames)
+        {
             break Err(err.into());
         }
         let next = log.next_offset();

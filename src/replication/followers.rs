@@ -220,6 +220,11 @@ impl Followers {
         self.quorum.borrow().replicated > offset
     }
 
+    /// Changes whenever the replicated watermark (or leadership) does.
+    pub fn watch_replicated(&self) -> watch::Receiver<impl Sized + use<>> {
+        self.quorum.subscribe()
+    }
+
     /// Every record below this is durable where the rule asks.
     pub fn replicated(&self) -> Offset {
         self.quorum.borrow().replicated

@@ -129,10 +129,13 @@ impl Replication {
         Ok(())
     }
 
-    /// The ISR (or min-insync) changed under the epoch this node leads.
-    pub fn update_isr(&self, isr: BTreeSet<String>, min_insync: usize) {
+    /// The ISR, min-insync or replicas changed under the epoch this node leads.
+    pub fn update_isr(&self, isr: BTreeSet<String>, replicas: Vec<String>, min_insync: usize) {
         let mut position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
-        if let Position::Leading { isr: current, min_insync: current_min, .. } = &mut *position {
+        if let Position::Leading { isr: current, min_insync: current_min, replicas: current_replicas, .. } =
+            &mut *position
+        {
+            *current_replicas = replicas;
             if *current == isr && *current_min == min_insync {
                 return;
             }

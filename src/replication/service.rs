@@ -246,6 +246,11 @@ async fn stream_log(
     let mut woken_by_cut = false;
     let mut shutdown = node.shutdown.clone();
     let mut next = request.next_offset;
+    // Cluster mode: a replica is told when the high watermark moves even when no record
+    // does, so that it knows what is committed (its reads and truncation depend on it).
+    let mut replicated = node.followers.watch_replicated();
+    let tells_watermark = node.is_cluster() && registration.is_some();
+    let mut told_watermark = 0;
     while next < until {
         // Marked seen before reading, so an append after the read wakes the wait below.
         appended.borrow_and_update();
@@ -271,8 +276,20 @@ async fn stream_log(
             if !request.follow {
                 return;
             }
+            if tells_watermark && node.high_watermark() > told_watermark {
+                told_watermark = node.high_watermark();
+                let records = Records {
+                    frames: Vec::new(),
+                    leader_next_offset: node.log.next_offset(),
+                    high_watermark: told_watermark,
+                };
+                if tx.send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Records(records)) })).await.is_err() {
+                    return;
+                }
+            }
             tokio::select! {
                 changed = appended.changed() => if changed.is_err() { return },
+                changed = replicated.changed(), if tells_watermark => if changed.is_err() { return },
                 _ = truncations.changed() => woken_by_cut = true,
                 () = tx.closed() => return,
                 _ = shutdown.wait_for(|&stop| stop) => return,
@@ -287,6 +304,7 @@ async fn stream_log(
             registration.sending(next);
         }
         let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
+        told_watermark = told_watermark.max(high_watermark);
         let records = Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset(), high_watermark };
         let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
         tokio::select! {

@@ -113,6 +113,12 @@ impl ProcessCluster {
         }
         let leader = cluster.wait_for_leader(&(0..n).collect::<Vec<_>>());
         cluster.target(leader);
+        // Writes need min-insync members in sync: the replicas join the ISR once caught up.
+        let replicas = n.min(3);
+        poll_until("the replicas to join the in-sync replicas", || {
+            let isr = cluster.stats(leader).get("isr").cloned().unwrap_or_default();
+            (isr.split(',').filter(|id| !id.is_empty()).count() >= replicas).then_some(())
+        });
         cluster
     }
 
