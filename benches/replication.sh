@@ -2,6 +2,8 @@
 # Replication benchmark, everything on this machine, `--fsync always` on every node:
 #  1. SET throughput and latency (50 clients, 100-byte values, msglog bench) against a
 #     single node, then against a leader with two followers at tolerance 0, 1 and 2;
+#     and a 3-node cluster (`--cluster`, tolerance 1: every write on the whole ISR, at least
+#     2 nodes), loaded through its leader and through a follower that forwards;
 #  2. catch-up: a follower starting empty against a leader holding a log of about
 #     <catchup-mib> MiB; prints MiB/s from start until its last offset equals the leader's.
 #
@@ -55,6 +57,27 @@ for run in $(seq "$runs"); do
     echo "run $run leader+2 tolerance=$tolerance SET $(load "$lp")"
     stop_all
   done
+  rm -rf "$work"/{c1,c2,c3}
+  cp=(); cg=()
+  for i in 1 2 3; do cp+=("$(free_port)"); cg+=("$(free_port)"); done
+  voters="c1=127.0.0.1:${cg[0]},c2=127.0.0.1:${cg[1]},c3=127.0.0.1:${cg[2]}"
+  for i in 0 1 2; do
+    node "c$((i + 1))" "${cp[$i]}" "${cg[$i]}" --fsync always --node-id "c$((i + 1))" --cluster "$voters" --tolerance 1
+  done
+  leader_port=; follower_port=
+  for _ in $(seq 400); do
+    for port in "${cp[@]}"; do
+      if [ "$(stat "$port" leader)" = self ] && [ "$(stat "$port" isr | tr ',' '\n' | grep -c .)" = 3 ]; then
+        leader_port=$port
+      fi
+    done
+    [ -n "$leader_port" ] && break; sleep 0.05
+  done
+  [ -n "$leader_port" ] || { echo "the cluster elected no leader with all 3 in sync" >&2; exit 1; }
+  for port in "${cp[@]}"; do [ "$port" != "$leader_port" ] && follower_port=$port; done
+  echo "run $run cluster(3) tolerance=1 SET via the leader $(load "$leader_port")"
+  echo "run $run cluster(3) tolerance=1 SET via a follower (forwarded) $(load "$follower_port")"
+  stop_all
 done
 
 # Catch-up: fill a leader with ~catchup_mib MiB (4 KiB values, fsync never to fill fast),

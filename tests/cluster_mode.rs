@@ -157,3 +157,60 @@ fn a_restarted_old_leader_never_leads_under_an_epoch_another_leader_used() {
     await_acked_writes(&history, PHASE_WRITES);
     finish(history, vec![(load, config)], cluster, leader);
 }
+
+/// A rolling restart, as an operator upgrades a cluster: every node in turn gets SIGTERM
+/// (the leader hands its leadership away first) and comes back, under load.
+#[test]
+fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
+    for_each_seed("rolling restart", |seed| {
+        let mut cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Shared);
+        let history = Arc::new(History::new());
+        let config = WorkloadConfig { seed, ..WorkloadConfig::default() };
+        let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config);
+        await_acked_writes(&history, PHASE_WRITES);
+        for i in 0..3 {
+            // The clients stay on a node that keeps running; it forwards when it does not lead.
+            cluster.target((i + 1) % 3);
+            cluster.stop(i);
+            let others: Vec<usize> = (0..3).filter(|&j| j != i).collect();
+            cluster.wait_for_leader(&others);
+            await_acked_writes(&history, PHASE_WRITES / 3);
+            cluster.relaunch(i);
+            let leader = cluster.wait_for_leader(&[0, 1, 2]);
+            wait_all_in_sync(&cluster, leader);
+        }
+        let leader = cluster.wait_for_leader(&[0, 1, 2]);
+        finish(history, vec![(load, config)], cluster, leader);
+    });
+}
+
+/// A leader cut off from every other node (clients can still reach it; its replies are
+/// dropped too) loses its lease and is fenced; the others elect a new leader and go on. No
+/// write the isolated node answers `OK` is lost.
+#[test]
+fn an_isolated_leader_is_replaced_and_what_it_acknowledged_survives() {
+    let Err(skip) = common::netns::isolated(|ns| {
+        for_each_seed("isolate the leader", |seed| {
+            let cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Distinct);
+            let history = Arc::new(History::new());
+            let old = cluster.wait_for_leader(&[0, 1, 2]);
+            let config = WorkloadConfig { seed, ..WorkloadConfig::default() };
+            let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config);
+            await_acked_writes(&history, PHASE_WRITES);
+            ns.isolate(cluster.nodes[old].ip);
+            let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+            let leader = cluster.wait_for_leader(&others);
+            cluster.target(leader);
+            await_acked_writes(&history, PHASE_WRITES);
+            ns.heal();
+            poll_until("the old leader to follow the new one", || {
+                (cluster.stats(old).get("leader") == Some(&cluster.nodes[leader].name)).then_some(())
+            });
+            await_acked_writes(&history, PHASE_WRITES);
+            finish(history, vec![(load, config)], cluster, leader);
+        });
+    }) else {
+        return;
+    };
+    skip.report();
+}

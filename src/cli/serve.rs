@@ -267,6 +267,9 @@ fn parse_cluster(text: &str) -> Result<Voters, String> {
             "{n} voters listed; use an odd number (3, 5 or 7): an even one tolerates no more failures than one fewer"
         )),
         n if n > 7 => Err(format!("{n} voters listed; at most 7 (more nodes join as non-voting members)")),
+        1 => Err("one voter listed; a cluster needs 3 (or 5, 7) voters to replace a failed node. \
+                  For a single node, leave out --cluster"
+            .into()),
         _ => Ok(Voters(voters)),
     }
 }
@@ -407,7 +410,9 @@ fn init_tracing(level: Option<&str>, format: LogFormat) {
     let filter = match level {
         Some(level) => tracing_subscriber::EnvFilter::new(level),
         None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            // openraft warns on every failed heartbeat to a peer that is down (tens of lines a
+            // second); the cluster's own WARNs say the same once.
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=error")),
     };
     let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {

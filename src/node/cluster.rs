@@ -53,7 +53,7 @@ pub(super) struct Driver {
     /// When this node began leading (a follower never seen caught up is judged from it).
     leading_since: Option<Instant>,
     /// The ISR change in flight, at most one.
-    proposal: Option<JoinHandle<()>>,
+    proposal: Option<JoinHandle<Vec<String>>>,
     /// Following with a fetch loop (this node is a replica), not only forwarding.
     replicating: bool,
 }
@@ -94,6 +94,7 @@ impl Driver {
                 _ = stopping.wait_for(|&stop| stop) => break,
             }
             let current = Arc::clone(&metadata.borrow_and_update());
+            self.settle_proposal().await;
             self.reconcile(&current).await?;
             if matches!(self.replication.position(), Position::Leading { .. }) {
                 self.review_isr(&current);
@@ -183,6 +184,7 @@ impl Driver {
             return;
         }
         let partition = &meta.partition;
+        self.joining.retain(|id, _| !partition.isr.contains(id));
         let since = self.leading_since.unwrap_or(now);
         for replica in partition.replicas.iter().filter(|r| **r != self.node_id) {
             let (durable, connected) = self.replication.follower_progress(replica);
@@ -210,7 +212,6 @@ impl Driver {
                     tracing::info!(follower = %replica, "a follower caught up: proposing it into the ISR");
                     let mut isr = partition.isr.clone();
                     isr.insert(replica.clone());
-                    self.joining.remove(replica);
                     self.propose_isr(meta, isr);
                     return;
                 }
@@ -225,24 +226,41 @@ impl Driver {
     }
 
     fn propose_isr(&mut self, meta: &Metadata, isr: BTreeSet<String>) {
-        let command = MetaCommand::AlterIsr { leader: self.node_id.clone(), epoch: meta.partition.epoch, isr };
+        let expected = meta.partition.isr.clone();
+        let joining: Vec<String> = isr.difference(&expected).cloned().collect();
+        let command =
+            MetaCommand::AlterIsr { leader: self.node_id.clone(), epoch: meta.partition.epoch, expected, isr };
         let quorum = Arc::clone(&self.quorum);
-        let replication = Arc::clone(&self.replication);
-        let committed = meta.partition.isr.clone();
         self.proposal = Some(tokio::spawn(async move {
-            let outcome = quorum.propose(command.clone()).await;
-            let refused = match &outcome {
-                Ok(MetaOutcome::Rejected(why)) => Some(why.clone()),
-                Err(err) => Some(err.to_string()),
-                Ok(_) => None,
-            };
-            if let (Some(why), MetaCommand::AlterIsr { isr, .. }) = (refused, &command) {
-                tracing::warn!(%why, ?isr, "the ISR change was not made");
-                for id in isr.difference(&committed) {
-                    replication.abandon_joining(id);
+            match quorum.propose(command).await {
+                // Refused: those being added are not in the ISR and will not be.
+                Ok(MetaOutcome::Rejected(why)) => {
+                    tracing::warn!(%why, "the ISR change was refused");
+                    joining
+                }
+                // Applied, or unknown (it may still commit): the joiners stay waited for,
+                // and the next review proposes again if the metadata does not show them.
+                Ok(_) => Vec::new(),
+                Err(err) => {
+                    tracing::warn!(%err, "the ISR change may not have been made; it will be proposed again");
+                    Vec::new()
                 }
             }
         }));
+    }
+
+    /// The outcome of the last ISR proposal, once it is known: followers whose addition was
+    /// refused are no longer waited for.
+    async fn settle_proposal(&mut self) {
+        let finished = self.proposal.as_ref().is_some_and(JoinHandle::is_finished);
+        if !finished {
+            return;
+        }
+        let Some(proposal) = self.proposal.take() else { return };
+        for id in proposal.await.unwrap_or_default() {
+            self.joining.remove(&id);
+            self.replication.abandon_joining(&id);
+        }
     }
 }
 
@@ -326,8 +344,22 @@ impl Member {
     }
 }
 
+impl Member {
+    /// A leader whose lease lapsed may have been replaced: it serves nothing more until
+    /// its driver hears from the quorum (checked on every request, not only on the
+    /// driver's timer, so a leader that wakes from a pause answers nothing stale).
+    fn lease_lapsed(&self) -> Option<crate::server::Refusal> {
+        (self.replication.is_leading() && !self.quorum.lease_valid()).then(|| {
+            crate::server::Refusal("this node lost touch with the cluster and may no longer lead; retry".to_string())
+        })
+    }
+}
+
 impl crate::server::Cluster for Member {
     fn admit_write(&self) -> Result<(), crate::server::Refusal> {
+        if let Some(refusal) = self.lease_lapsed() {
+            return Err(refusal);
+        }
         self.replication.admit_write()
     }
 
@@ -336,6 +368,9 @@ impl crate::server::Cluster for Member {
     }
 
     fn replicated(&self, offset: Offset) -> Option<crate::server::Replicated<'_>> {
+        if let Some(refusal) = self.lease_lapsed() {
+            return Some(Box::pin(std::future::ready(Err(refusal))));
+        }
         self.replication.replicated(offset)
     }
 

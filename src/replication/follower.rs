@@ -60,6 +60,12 @@ enum SessionError {
 }
 
 impl SessionError {
+    /// A cluster-mode leader refused the fetch (its epoch or leadership is not the one we
+    /// were told of yet): the metadata is about to settle, so asking again soon is right.
+    fn is_refusal(&self) -> bool {
+        matches!(self, SessionError::Stream(status) if status.code() == tonic::Code::FailedPrecondition)
+    }
+
     fn is_connection_loss(&self) -> bool {
         matches!(self, SessionError::Connect(_) | SessionError::Stream(_) | SessionError::Closed)
     }
@@ -110,7 +116,7 @@ pub(super) async fn follow(node: Arc<Replication>, target: Target, mut stop: wat
                 // A session that was established and then lost its leader earns a fast
                 // retry; one that failed on what it received or on our own log does not,
                 // as trying again at once would fail the same way.
-                if established && err.is_connection_loss() {
+                if (established && err.is_connection_loss()) || (err.is_refusal() && target.epoch.is_some()) {
                     backoff = FIRST_BACKOFF;
                 }
                 tracing::warn!(%leader, %err, retry_in = ?backoff, "replication session ended");
@@ -213,7 +219,8 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         node.upstream.leader_next.store(records.leader_next_offset, Ordering::Relaxed);
         node.upstream.high_watermark.fetch_max(records.high_watermark, Ordering::Relaxed);
         node.announce(next);
-        let _ = appended_tx.send(next);
+        // A chunk that only moved the high watermark has nothing new to sync or acknowledge.
+        appended_tx.send_if_modified(|appended| std::mem::replace(appended, next) != next);
     }
 }
 

@@ -149,6 +149,18 @@ impl Followers {
         }
     }
 
+    /// Forgets every follower's acknowledgements and fetch sessions: a new leadership
+    /// counts only what its own streams are told.
+    pub fn forget_acknowledgements(&self) {
+        self.update(|table| {
+            table.sessions.clear();
+            for entry in table.followers.values_mut() {
+                entry.durable = 0;
+            }
+        });
+        self.quorum.send_modify(|q| q.replicated = 0);
+    }
+
     pub fn rule(&self) -> AckRule {
         self.lock().rule.clone()
     }
@@ -289,11 +301,19 @@ impl Followers {
         change(&mut table);
         let followers = &table.followers;
         let connected = followers.values().filter(|e| e.streams > 0).count();
+        let before = self.quorum.borrow().replicated;
         let replicated = match &table.rule {
             AckRule::Count(tolerance) => replicated_watermark(followers.values().map(|e| e.durable), *tolerance),
-            // A member not heard from yet holds nothing as far as this leader can vouch.
+            // Below min-insync nothing more is committed: a write waiting now is answered
+            // with an error at its timeout, never `OK` on fewer copies than promised.
+            AckRule::Isr { isr_size, min_insync, .. } if isr_size < min_insync => before,
             AckRule::Isr { wait, .. } => {
-                wait.iter().map(|id| followers.get(id).map_or(0, |e| e.durable)).min().unwrap_or(Offset::MAX)
+                // A member not heard from yet holds nothing as far as this leader can vouch.
+                let now = wait.iter().map(|id| followers.get(id).map_or(0, |e| e.durable)).min().unwrap_or(Offset::MAX);
+                // Within a leadership the watermark never goes back (a follower being added
+                // holds less than what is already committed), except from "everything"
+                // (this node alone in sync) to what a new member holds.
+                if before == Offset::MAX { now } else { now.max(before) }
             }
             AckRule::NotLeading => 0,
         };
@@ -424,7 +444,47 @@ mod tests {
         followers.acknowledge(&b.token(), "b", 50).unwrap();
         drop(b);
         let _b = followers.connect("b", 20);
-        assert_eq!(followers.durable("b"), 20);
-        assert_eq!(followers.replicated(), 20);
+        assert_eq!(followers.durable("b"), 20, "b vouches only for what it holds now");
+        assert_eq!(followers.replicated(), 50, "what was committed stays committed (the leader holds it)");
+        assert!(!followers.is_replicated(50), "later writes wait for b again");
+    }
+
+    #[tokio::test]
+    async fn a_write_waiting_when_the_isr_shrinks_below_min_insync_is_never_acknowledged() {
+        let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
+        let b = followers.connect("b", 0);
+        b.sending(5);
+        followers.acknowledge(&b.token(), "b", 5).unwrap();
+        assert_eq!(followers.replicated(), 5);
+        // b is dropped from the ISR while a write at offset 7 waits: the ISR is now the
+        // leader alone, below min-insync 2.
+        followers.set_rule(isr(&[], 1, 2));
+        let refused = followers.wait(7, Duration::from_millis(20)).await.unwrap_err();
+        assert!(refused.0.starts_with("replication timeout"), "{refused}");
+        assert_eq!(followers.replicated(), 5, "what was committed stays committed");
+    }
+
+    #[test]
+    fn a_new_leadership_counts_no_acknowledgement_given_to_an_earlier_one() {
+        let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
+        let b = followers.connect("b", 0);
+        b.sending(100);
+        followers.acknowledge(&b.token(), "b", 100).unwrap();
+        followers.set_rule(AckRule::NotLeading);
+        followers.forget_acknowledgements();
+        followers.set_rule(isr(&["b"], 2, 2));
+        assert_eq!(followers.replicated(), 0, "b's old acks vouch for nothing now");
+        assert_eq!(followers.acknowledge(&b.token(), "b", 100), Err(AckRefusal::UnknownSession));
+    }
+
+    #[test]
+    fn a_follower_being_added_does_not_move_the_watermark_back() {
+        let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
+        let b = followers.connect("b", 0);
+        b.sending(50);
+        followers.acknowledge(&b.token(), "b", 50).unwrap();
+        let _c = followers.connect("c", 30);
+        followers.set_rule(isr(&["b", "c"], 2, 2));
+        assert_eq!(followers.replicated(), 50, "writes below 50 were committed without c");
     }
 }

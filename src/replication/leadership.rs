@@ -62,6 +62,8 @@ impl Position {
 
 pub(super) struct Leadership {
     position: Mutex<Position>,
+    /// `position` is `Leading`, readable on every request without a lock.
+    leading: std::sync::atomic::AtomicBool,
     routes: watch::Sender<Route>,
     /// The follower loop of the current leader, while following. Switches are serialized
     /// by the driver; the lock only guards the handle.
@@ -78,6 +80,7 @@ impl Default for Leadership {
         let (routes, _) = watch::channel(Route::Electing);
         Leadership {
             position: Mutex::new(Position::Electing { epoch: 0 }),
+            leading: std::sync::atomic::AtomicBool::new(false),
             routes,
             following: tokio::sync::Mutex::new(None),
         }
@@ -94,6 +97,7 @@ impl Leadership {
     }
 
     fn set(&self, position: Position, route: Route) {
+        self.leading.store(matches!(position, Position::Leading { .. }), Ordering::Relaxed);
         *self.position.lock().unwrap_or_else(|e| e.into_inner()) = position;
         self.routes.send_if_modified(|current| {
             let changed = *current != route;
@@ -104,6 +108,11 @@ impl Leadership {
 }
 
 impl Replication {
+    /// Whether this node leads the partition now (cluster mode).
+    pub fn is_leading(&self) -> bool {
+        self.leadership.leading.load(Ordering::Relaxed)
+    }
+
     /// This node's place in the partition (cluster mode).
     pub fn position(&self) -> Position {
         self.leadership.position()
@@ -122,6 +131,9 @@ impl Replication {
         self.stop_following().await;
         self.log.observe_epoch(epoch)?;
         self.log.set_epoch(epoch);
+        // What followers acknowledged to an earlier leadership (this node's or another's
+        // log since) vouches for nothing now: they count from their next fetch.
+        self.followers.forget_acknowledgements();
         self.followers.set_rule(self.isr_rule(&isr, min_insync, &BTreeSet::new()));
         tracing::info!(epoch, isr = ?isr, "leading the partition");
         self.leadership.set(Position::Leading { epoch, isr, replicas, min_insync }, Route::Local);
@@ -203,7 +215,9 @@ impl Replication {
         let following = self.leadership.following.lock().await.take();
         if let Some(Following { stop, task }) = following {
             let _ = stop.send(true);
-            let _ = task.await;
+            if let Err(err) = task.await {
+                tracing::error!(%err, "the follower loop failed");
+            }
         }
     }
 
@@ -226,13 +240,14 @@ impl Replication {
     /// holds everything below the returned offset it holds every acknowledged write.
     pub fn begin_joining(&self, id: &str) -> Offset {
         let position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
-        let next = self.log.next_offset();
         if let Position::Leading { isr, min_insync, .. } = &*position {
             let mut joining = self.joining(isr);
             joining.insert(id.to_string());
             self.followers.set_rule(self.isr_rule(isr, *min_insync, &joining));
         }
-        next
+        // Read after the rule: a write appended before it may have been acknowledged
+        // without `id`, and lies below this.
+        self.log.next_offset()
     }
 
     /// `id` is no longer being brought in (it went away, or the quorum refused it).

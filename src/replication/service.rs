@@ -289,7 +289,8 @@ async fn stream_log(
             }
             tokio::select! {
                 changed = appended.changed() => if changed.is_err() { return },
-                changed = replicated.changed(), if tells_watermark => if changed.is_err() { return },
+                // A committed-only consumer's next records become readable when the HW moves.
+                changed = replicated.changed(), if tells_watermark || committed_only => if changed.is_err() { return },
                 _ = truncations.changed() => woken_by_cut = true,
                 () = tx.closed() => return,
                 _ = shutdown.wait_for(|&stop| stop) => return,

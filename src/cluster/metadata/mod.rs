@@ -75,8 +75,10 @@ pub enum MetaCommand {
     /// The controller stopped hearing from `id` (its session expired), or `id` is shutting
     /// down: it loses leadership and leaves the ISR.
     Fence { id: NodeId, incarnation: u64, reason: FenceReason },
-    /// The partition leader changes the ISR under the epoch it leads.
-    AlterIsr { leader: NodeId, epoch: Epoch, isr: BTreeSet<NodeId> },
+    /// The partition leader changes the ISR under the epoch it leads, from the ISR it last
+    /// saw (`expected`): a change based on an ISR that has changed since is refused, as it
+    /// could put back a member that missed writes acknowledged in between.
+    AlterIsr { leader: NodeId, epoch: Epoch, expected: BTreeSet<NodeId>, isr: BTreeSet<NodeId> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,8 +164,14 @@ impl Metadata {
                 self.fence(id);
                 MetaOutcome::Applied
             }
-            MetaCommand::AlterIsr { leader, epoch, isr } => {
+            MetaCommand::AlterIsr { leader, epoch, expected, isr } => {
                 let partition = &self.partition;
+                if partition.isr != *expected {
+                    return MetaOutcome::Rejected(format!(
+                        "the ISR is {:?} now, not {expected:?} as the change assumed",
+                        partition.isr
+                    ));
+                }
                 if partition.leader.as_ref() != Some(leader) || partition.epoch != *epoch {
                     return MetaOutcome::Rejected(format!(
                         "{leader} does not lead epoch {epoch} (the leader is {}, epoch {})",

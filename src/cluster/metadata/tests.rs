@@ -15,6 +15,10 @@ fn fence(id: &str, incarnation: u64) -> MetaCommand {
     MetaCommand::Fence { id: id.to_string(), incarnation, reason: FenceReason::SessionExpired }
 }
 
+fn alter_isr(leader: &str, epoch: Epoch, expected: &[&str], isr: &[&str]) -> MetaCommand {
+    MetaCommand::AlterIsr { leader: leader.into(), epoch, expected: set(expected), isr: set(isr) }
+}
+
 fn set(ids: &[&str]) -> BTreeSet<NodeId> {
     ids.iter().map(|s| s.to_string()).collect()
 }
@@ -27,7 +31,7 @@ fn three() -> Metadata {
     for id in ["a", "b", "c"] {
         assert_eq!(meta.apply(&register(id, 1)), MetaOutcome::Applied);
     }
-    let alter = MetaCommand::AlterIsr { leader: "a".into(), epoch: 1, isr: set(&["a", "b", "c"]) };
+    let alter = alter_isr("a", 1, &["a"], &["a", "b", "c"]);
     assert_eq!(meta.apply(&alter), MetaOutcome::Applied);
     meta
 }
@@ -59,7 +63,7 @@ fn a_fenced_leader_is_replaced_from_the_isr_under_a_new_epoch() {
 #[test]
 fn a_replica_outside_the_isr_never_becomes_leader() {
     let mut meta = three();
-    let shrink = MetaCommand::AlterIsr { leader: "a".into(), epoch: 1, isr: set(&["a", "c"]) };
+    let shrink = alter_isr("a", 1, &["a", "b", "c"], &["a", "c"]);
     assert_eq!(meta.apply(&shrink), MetaOutcome::Applied);
     meta.apply(&fence("c", 1));
     assert_eq!(meta.partition.isr, set(&["a"]));
@@ -103,13 +107,13 @@ fn a_restarted_sole_isr_member_leads_again_under_a_new_epoch() {
 fn only_the_current_leader_under_its_epoch_alters_the_isr() {
     let mut meta = three();
     meta.apply(&fence("a", 1));
-    let stale = MetaCommand::AlterIsr { leader: "a".into(), epoch: 1, isr: set(&["a"]) };
+    let stale = alter_isr("a", 1, &["b", "c"], &["a"]);
     assert!(matches!(meta.apply(&stale), MetaOutcome::Rejected(_)));
-    let without_leader = MetaCommand::AlterIsr { leader: "b".into(), epoch: 2, isr: set(&["c"]) };
+    let without_leader = alter_isr("b", 2, &["b", "c"], &["c"]);
     assert!(matches!(meta.apply(&without_leader), MetaOutcome::Rejected(_)));
-    let fenced = MetaCommand::AlterIsr { leader: "b".into(), epoch: 2, isr: set(&["a", "b", "c"]) };
+    let fenced = alter_isr("b", 2, &["b", "c"], &["a", "b", "c"]);
     assert!(matches!(meta.apply(&fenced), MetaOutcome::Rejected(_)), "a is fenced");
-    let same = MetaCommand::AlterIsr { leader: "b".into(), epoch: 2, isr: set(&["b", "c"]) };
+    let same = alter_isr("b", 2, &["b", "c"], &["b", "c"]);
     assert_eq!(meta.apply(&same), MetaOutcome::Unchanged);
 }
 
@@ -123,4 +127,17 @@ fn epochs_start_above_every_replica_log() {
     }
     meta.apply(&old);
     assert_eq!(meta.partition.epoch, 8);
+}
+
+#[test]
+fn an_isr_change_based_on_an_isr_that_has_changed_since_is_refused() {
+    // a proposes dropping b from {a,b,c}; meanwhile c is fenced and comes back, and a
+    // acknowledges writes with {a,b}. The stale change must not leave {a,c}.
+    let mut meta = three();
+    meta.apply(&fence("c", 1));
+    meta.apply(&register("c", 2));
+    assert_eq!(meta.partition.isr, set(&["a", "b"]));
+    let stale = alter_isr("a", 1, &["a", "b", "c"], &["a", "c"]);
+    assert!(matches!(meta.apply(&stale), MetaOutcome::Rejected(_)));
+    assert_eq!(meta.partition.isr, set(&["a", "b"]));
 }

@@ -153,9 +153,13 @@ impl Quorum {
         self.incarnation
     }
 
+    /// Whether this node may still act as a leader. The lease is given up a fifth of the
+    /// session timeout before it ends: the node checks it on a timer and must have stopped
+    /// acknowledging by the time the controller may fence it.
     pub fn lease_valid(&self) -> bool {
         let until = *self.lease_until.lock().unwrap_or_else(|p| p.into_inner());
-        until.is_some_and(|until| Instant::now() < until)
+        let margin = self.config.session_timeout / 5;
+        until.is_some_and(|until| Instant::now() + margin < until)
     }
 
     /// Controlled shutdown: fences itself (bounded wait), then stops Raft.

@@ -31,17 +31,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub const AUTHORIZATION: &str = "authorization";
 pub const BEARER: &str = "Bearer ";
+/// Every quorum call names the caller's `--cluster` voter list: a node of another cluster
+/// (or one started with another list) must never take part in this one's elections.
+pub const VOTERS: &str = "x-msglog-voters";
+
+/// The voter list as calls carry it: `id=addr` pairs, sorted, comma-separated.
+pub fn voters_fingerprint(voters: &[(String, String)]) -> String {
+    let mut pairs: Vec<String> = voters.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+    pairs.sort();
+    pairs.join(",")
+}
 
 #[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     bind_source_addr: Option<IpAddr>,
     password: Option<Password>,
+    voters: String,
 }
 
 impl Peers {
-    pub fn new(bind_source_addr: Option<IpAddr>, password: Option<Password>) -> Peers {
-        Peers { channels: Arc::default(), bind_source_addr, password }
+    pub fn new(bind_source_addr: Option<IpAddr>, password: Option<Password>, voters: &[(String, String)]) -> Peers {
+        Peers { channels: Arc::default(), bind_source_addr, password, voters: voters_fingerprint(voters) }
     }
 
     pub fn client(&self, addr: &str) -> Result<QuorumClient<Channel>, Status> {
@@ -66,6 +77,10 @@ impl Peers {
         // A password is printable ASCII (checked when made), so it is always a valid value.
         if let Some(value) = self.password.as_ref().and_then(|p| format!("{BEARER}{}", p.reveal()).parse().ok()) {
             request.metadata_mut().insert(AUTHORIZATION, value);
+        }
+        // Node ids and addresses are checked printable at start, so this always parses.
+        if let Ok(value) = self.voters.parse() {
+            request.metadata_mut().insert(VOTERS, value);
         }
         request
     }

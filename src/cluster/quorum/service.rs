@@ -27,6 +27,29 @@ pub(super) fn new(quorum: Arc<Quorum>) -> QuorumService {
 
 impl Service {
     fn authorize<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        self.same_cluster(request, call)?;
+        self.check_password(request, call)
+    }
+
+    /// Refuses a call from a node started with another voter list (another cluster, or a
+    /// typo): it would otherwise vote in, or lead, this cluster's quorum.
+    fn same_cluster<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        let ours = super::network::voters_fingerprint(&self.quorum.config.voters);
+        let theirs = request.metadata().get(super::network::VOTERS).and_then(|v| v.to_str().ok());
+        if theirs == Some(ours.as_str()) {
+            return Ok(());
+        }
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        tracing::warn!(%peer, call, theirs = theirs.unwrap_or("none"), "refusing a quorum call from a node with another --cluster");
+        Err(Status::permission_denied(format!(
+            "{} is in the cluster of voters {ours}, but the caller was started with --cluster {}; \
+             give every node the same --cluster",
+            self.quorum.config.node_id,
+            theirs.unwrap_or("(none)")
+        )))
+    }
+
+    fn check_password<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
         let Some(password) = &self.quorum.config.password else { return Ok(()) };
         let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
         match presented.and_then(|value| value.strip_prefix(BEARER)) {
@@ -107,7 +130,9 @@ impl QuorumRpc for Service {
     }
 
     async fn voters(&self, request: Request<VotersRequest>) -> Result<Response<VotersReply>, Status> {
-        self.authorize(&request, "Voters")?;
+        // Answered whatever the caller's list: this call is how a starting node learns that
+        // its --cluster differs, and says so.
+        self.check_password(&request, "Voters")?;
         let voters = self.quorum.voters_in_log();
         let list =
             voters.iter().flat_map(|v| v.0.iter()).map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() });

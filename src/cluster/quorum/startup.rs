@@ -11,11 +11,12 @@ use super::network::{Network, Peers, RPC_TIMEOUT};
 use super::proto::VotersRequest;
 use super::{Quorum, QuorumConfig, QuorumError, VoterMap, controller, log_store, state_machine, types};
 
-/// Raft's timing: a leader heartbeats every 100 ms and a follower campaigns after 400-800 ms
-/// of silence, so writes resume well within the failover target after a leader dies.
-const HEARTBEAT_MS: u64 = 100;
-const ELECTION_MIN_MS: u64 = 400;
-const ELECTION_MAX_MS: u64 = 800;
+/// Raft's timing: a leader heartbeats every 50 ms and a follower campaigns after 200-400 ms
+/// of silence: a dead controller is replaced in about half a second, which leaves the
+/// session timeout most of the failover budget (docs/BENCHMARKS.md "Failover").
+const HEARTBEAT_MS: u64 = 50;
+const ELECTION_MIN_MS: u64 = 200;
+const ELECTION_MAX_MS: u64 = 400;
 /// Snapshot (and purge the log) every this many entries.
 const SNAPSHOT_EVERY: u64 = 1000;
 /// How long a starting node waits to learn whether the other voters hold a group already.
@@ -38,7 +39,7 @@ pub(super) async fn open(config: QuorumConfig, voters: &VoterMap) -> Result<Quor
     }
     .validate()
     .map_err(|e| QuorumError::Raft(e.to_string()))?;
-    let peers = Peers::new(config.bind_source_addr, config.password.clone());
+    let peers = Peers::new(config.bind_source_addr, config.password.clone(), &config.voters);
     let network = Network { peers: peers.clone() };
     let raft = types::Raft::new(config.node_id.clone(), Arc::new(raft_config), network, log, machine)
         .await

@@ -43,10 +43,10 @@ pub(crate) async fn commit(shared: &Shared, offset: Offset) -> Result<(), Reply>
 }
 
 /// A reply that shows a record, or an absence, waits until everything up to `offset`
-/// is committed: durable here and, on a leader, on the followers the tolerance asks for.
-/// Otherwise a reader could see a write that a failover then loses, and later read an
-/// older value. On a follower only the local wait applies: what it holds came from the
-/// leader, and the most up-to-date follower, which a failover promotes, holds it too.
+/// is committed: durable here and, on a leader, on the followers the tolerance (or, in
+/// cluster mode, the in-sync replica set) asks for. Otherwise a reader could see a write
+/// that a failover then loses, and later read an older value. On a manual follower only the
+/// local wait applies; in cluster mode a node that does not lead forwards reads instead.
 pub(crate) async fn commit_read(shared: &Shared, offset: Offset) -> Result<(), Reply> {
     committed(shared, offset).await.map_err(|failure| match failure {
         Uncommitted::Storage(err) => storage_failure(&err),
