@@ -16,6 +16,7 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
@@ -46,13 +47,18 @@ pub fn voters_fingerprint(voters: &[(String, String)]) -> String {
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     bind_source_addr: Option<IpAddr>,
-    password: Option<Password>,
-    voters: String,
+    /// The `authorization` and `voters` values every call carries, made once.
+    authorization: Option<MetadataValue<Ascii>>,
+    voters: Option<MetadataValue<Ascii>>,
 }
 
 impl Peers {
     pub fn new(bind_source_addr: Option<IpAddr>, password: Option<Password>, voters: &[(String, String)]) -> Peers {
-        Peers { channels: Arc::default(), bind_source_addr, password, voters: voters_fingerprint(voters) }
+        // A password is printable ASCII (checked when made), so it is always a valid value.
+        let authorization = password.and_then(|p| format!("{BEARER}{}", p.reveal()).parse().ok());
+        // Node ids and addresses are checked printable at start, so this always parses.
+        let voters = voters_fingerprint(voters).parse().ok();
+        Peers { channels: Arc::default(), bind_source_addr, authorization, voters }
     }
 
     pub fn client(&self, addr: &str) -> Result<QuorumClient<Channel>, Status> {
@@ -74,13 +80,11 @@ impl Peers {
     pub fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
-        // A password is printable ASCII (checked when made), so it is always a valid value.
-        if let Some(value) = self.password.as_ref().and_then(|p| format!("{BEARER}{}", p.reveal()).parse().ok()) {
-            request.metadata_mut().insert(AUTHORIZATION, value);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert(AUTHORIZATION, value.clone());
         }
-        // Node ids and addresses are checked printable at start, so this always parses.
-        if let Ok(value) = self.voters.parse() {
-            request.metadata_mut().insert(VOTERS, value);
+        if let Some(value) = &self.voters {
+            request.metadata_mut().insert(VOTERS, value.clone());
         }
         request
     }
@@ -132,6 +136,11 @@ enum Call {
     TransferLeader,
 }
 
+/// An ordinary Raft call's bound: Raft's own, but never more than [`RPC_TIMEOUT`].
+fn bounded(option: &RPCOption) -> Duration {
+    option.hard_ttl().min(RPC_TIMEOUT)
+}
+
 impl PeerLink {
     async fn send<Req: Serialize, Resp: DeserializeOwned>(
         &self,
@@ -163,8 +172,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let timeout = option.hard_ttl().min(RPC_TIMEOUT);
-        Ok(self.send(Call::Append, &rpc, timeout).await?)
+        Ok(self.send(Call::Append, &rpc, bounded(&option)).await?)
     }
 
     async fn vote(
@@ -172,8 +180,7 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let timeout = option.hard_ttl().min(RPC_TIMEOUT);
-        Ok(self.send(Call::Vote, &rpc, timeout).await?)
+        Ok(self.send(Call::Vote, &rpc, bounded(&option)).await?)
     }
 
     async fn full_snapshot(
@@ -196,7 +203,6 @@ impl RaftNetworkV2<TypeConfig> for PeerLink {
         request: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        let timeout = option.hard_ttl().min(RPC_TIMEOUT);
-        Ok(self.send(Call::TransferLeader, &request, timeout).await?)
+        Ok(self.send(Call::TransferLeader, &request, bounded(&option)).await?)
     }
 }

@@ -1,10 +1,13 @@
 //! The server side of the quorum's gRPC: Raft's messages, proposals, heartbeats.
 
+use std::fmt::Display;
 use std::sync::Arc;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
-use super::network::{AUTHORIZATION, BEARER, RPC_TIMEOUT, decode, encode};
+use super::network::{AUTHORIZATION, BEARER, RPC_TIMEOUT, VOTERS, decode, encode, voters_fingerprint};
 use super::propose::Elsewhere;
 use super::proto::quorum_server::{Quorum as QuorumRpc, QuorumServer};
 use super::proto::{
@@ -19,10 +22,13 @@ pub type QuorumService = QuorumServer<Service>;
 
 pub struct Service {
     quorum: Arc<Quorum>,
+    /// This node's `--cluster` as calls carry it.
+    voters: String,
 }
 
 pub(super) fn new(quorum: Arc<Quorum>) -> QuorumService {
-    QuorumServer::new(Service { quorum })
+    let voters = voters_fingerprint(&quorum.config.voters);
+    QuorumServer::new(Service { quorum, voters })
 }
 
 impl Service {
@@ -31,11 +37,17 @@ impl Service {
         self.check_password(request, call)
     }
 
+    /// An authorized Raft message's request, decoded.
+    fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>, call: &str) -> Result<T, Status> {
+        self.authorize(&request, call)?;
+        decode(&request.into_inner().payload)
+    }
+
     /// Refuses a call from a node started with another voter list (another cluster, or a
     /// typo): it would otherwise vote in, or lead, this cluster's quorum.
     fn same_cluster<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
-        let ours = super::network::voters_fingerprint(&self.quorum.config.voters);
-        let theirs = request.metadata().get(super::network::VOTERS).and_then(|v| v.to_str().ok());
+        let ours = &self.voters;
+        let theirs = request.metadata().get(VOTERS).and_then(|v| v.to_str().ok());
         if theirs == Some(ours.as_str()) {
             return Ok(());
         }
@@ -66,39 +78,33 @@ impl Service {
     }
 }
 
-fn raft_failed(e: impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("the metadata quorum is not running here: {e}"))
+/// Raft's answer to a message, encoded, or why Raft could not answer.
+fn reply<T: Serialize, E: Display>(answer: Result<T, E>) -> Result<Response<RaftMessage>, Status> {
+    let answer = answer.map_err(|e| Status::unavailable(format!("the metadata quorum is not running here: {e}")))?;
+    Ok(Response::new(RaftMessage { payload: encode(&answer) }))
 }
 
 #[tonic::async_trait]
 impl QuorumRpc for Service {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.authorize(&request, "AppendEntries")?;
-        let rpc = decode(&request.into_inner().payload)?;
-        let reply = self.quorum.raft.append_entries(rpc).await.map_err(raft_failed)?;
-        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+        let rpc = self.open(request, "AppendEntries")?;
+        reply(self.quorum.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.authorize(&request, "Vote")?;
-        let rpc = decode(&request.into_inner().payload)?;
-        let reply = self.quorum.raft.vote(rpc).await.map_err(raft_failed)?;
-        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+        let rpc = self.open(request, "Vote")?;
+        reply(self.quorum.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.authorize(&request, "InstallSnapshot")?;
-        let transfer: SnapshotTransfer = decode(&request.into_inner().payload)?;
+        let transfer: SnapshotTransfer = self.open(request, "InstallSnapshot")?;
         let snapshot = Snapshot { meta: transfer.meta, snapshot: transfer.metadata };
-        let reply = self.quorum.raft.install_full_snapshot(transfer.vote, snapshot).await.map_err(raft_failed)?;
-        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+        reply(self.quorum.raft.install_full_snapshot(transfer.vote, snapshot).await)
     }
 
     async fn transfer_leader(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.authorize(&request, "TransferLeader")?;
-        let rpc = decode(&request.into_inner().payload)?;
-        let reply = self.quorum.raft.handle_transfer_leader(rpc).await.map_err(raft_failed)?;
-        Ok(Response::new(RaftMessage { payload: encode(&reply) }))
+        let rpc = self.open(request, "TransferLeader")?;
+        reply(self.quorum.raft.handle_transfer_leader(rpc).await)
     }
 
     async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
