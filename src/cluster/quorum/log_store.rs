@@ -7,6 +7,7 @@
 //! - `committed`: how far the log is known committed, a hint that lets a restarted node
 //!   apply its log before a leader reappears (losing it only delays that, so no fsync).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
@@ -26,11 +27,12 @@ const LOG: &str = "log";
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 
+/// Borrowed when written, so an entry is not copied to be serialized.
 #[derive(Serialize, Deserialize)]
-enum Line {
+enum Line<'a> {
     /// Entries up to here were purged (they are in a snapshot).
-    Purged(LogId),
-    Entry(Entry),
+    Purged(Cow<'a, LogId>),
+    Entry(Cow<'a, Entry>),
 }
 
 /// A handle to the log; clones share it (Raft reads through one while it appends).
@@ -64,9 +66,9 @@ impl LogStore {
         for line in bytes.split_inclusive(|b| *b == b'\n') {
             let complete = line.ends_with(b"\n");
             match serde_json::from_slice::<Line>(line) {
-                Ok(Line::Purged(id)) => purged = Some(id),
+                Ok(Line::Purged(id)) => purged = Some(id.into_owned()),
                 Ok(Line::Entry(entry)) => {
-                    entries.insert(entry.log_id.index(), entry);
+                    entries.insert(entry.log_id.index(), entry.into_owned());
                 }
                 Err(_) if !complete => break,
                 Err(e) => {
@@ -103,10 +105,10 @@ impl Inner {
     fn rewrite(&mut self) -> io::Result<()> {
         let mut text = Vec::new();
         if let Some(purged) = &self.purged {
-            line(&mut text, &Line::Purged(purged.clone()))?;
+            line(&mut text, &Line::Purged(Cow::Borrowed(purged)))?;
         }
         for entry in self.entries.values() {
-            line(&mut text, &Line::Entry(entry.clone()))?;
+            line(&mut text, &Line::Entry(Cow::Borrowed(entry)))?;
         }
         files::write_bytes(&self.dir, LOG, &text, true)?;
         self.file = OpenOptions::new().append(true).open(self.dir.join(LOG))?;
@@ -169,12 +171,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut inner = self.lock();
         let entries: Vec<Entry> = entries.into_iter().collect();
         let mut text = Vec::new();
         for entry in &entries {
-            line(&mut text, &Line::Entry(entry.clone()))?;
+            line(&mut text, &Line::Entry(Cow::Borrowed(entry)))?;
         }
+        // Serialized before the lock: readers wait only for the write itself.
+        let mut inner = self.lock();
         let written = inner.file.write_all(&text).and_then(|()| inner.file.sync_data());
         if let Err(e) = written {
             callback.io_completed(Err(io::Error::new(e.kind(), e.to_string())));
