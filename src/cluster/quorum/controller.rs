@@ -211,9 +211,5 @@ impl Quorum {
 
 /// A cluster id: 16 random hex digits.
 fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher
-        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    format!("{:016x}", hasher.finish())
+    format!("{:016x}", super::startup::random_u64())
 }

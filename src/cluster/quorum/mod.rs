@@ -95,6 +95,8 @@ pub struct Quorum {
     config: QuorumConfig,
     /// Tells this process apart from an earlier or later one under the same node id.
     incarnation: u64,
+    /// `config.voters`, checked, by id.
+    voters: VoterMap,
     voter: bool,
     raft: types::Raft,
     peers: network::Peers,
@@ -113,8 +115,8 @@ impl Quorum {
     /// controller when it registers. Fails if `voters` differs from the group's voters.
     pub async fn start(config: QuorumConfig) -> Result<Arc<Quorum>, QuorumError> {
         let voters = voter_map(&config.voters)?;
-        let quorum = Arc::new(startup::open(config, &voters).await?);
-        if let Err(e) = quorum.form(&voters).await {
+        let quorum = Arc::new(startup::open(config, voters).await?);
+        if let Err(e) = quorum.form(&quorum.voters).await {
             let _ = quorum.raft.shutdown().await;
             return Err(e);
         }
@@ -145,15 +147,15 @@ impl Quorum {
         self.propose_checked(command, false).await
     }
 
-    /// True while this node's last heartbeat acknowledged by a confirmed controller was sent
-    /// less than the session timeout ago.
     /// This process's incarnation, as its `Register` carries it: metadata about this node
     /// id under another incarnation is about another process.
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
 
-    /// Whether this node may still act as a leader. The lease is given up a fifth of the
+    /// Whether this node may still act as a leader: true while its last heartbeat
+    /// acknowledged by a confirmed controller was sent less than the session timeout ago.
+    /// The lease is given up a fifth of the
     /// session timeout before it ends: the node checks it on a timer and must have stopped
     /// acknowledging by the time the controller may fence it.
     pub fn lease_valid(&self) -> bool {
@@ -222,9 +224,7 @@ impl Quorum {
 
     /// Stops heartbeating (and controlling) and gives up the lease.
     fn end_session(&self) {
-        for task in self.lock_tasks().drain(..) {
-            task.abort();
-        }
+        self.abort_tasks();
         *self.lease_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
@@ -236,13 +236,17 @@ impl Quorum {
     fn lock_tasks(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn abort_tasks(&self) {
+        for task in self.lock_tasks().drain(..) {
+            task.abort();
+        }
+    }
 }
 
 impl Drop for Quorum {
     fn drop(&mut self) {
-        for task in self.lock_tasks().drain(..) {
-            task.abort();
-        }
+        self.abort_tasks();
     }
 }
 

@@ -32,16 +32,18 @@ impl Quorum {
         check_voters: bool,
     ) -> Result<MetaOutcome, QuorumError> {
         let deadline = Instant::now() + PROPOSE_TIMEOUT;
-        let ours = super::voter_map(&self.config.voters)?;
-        let voters = check_voters.then_some(&ours);
+        let ours = &self.voters;
+        let voters = check_voters.then_some(ours);
         let mut hint: Option<(String, String)> = None;
         let mut next_voter = 0;
         // The last error from each voter, to say why no controller was found.
         let mut failures: BTreeMap<String, String> = BTreeMap::new();
+        // Encoded when first sent elsewhere, then the same for every voter and retry.
+        let mut request: Option<ProposeRequest> = None;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Err(no_controller(&ours, &failures));
+                return Err(no_controller(ours, &failures));
             }
             match self.propose_here(&command, voters, remaining).await? {
                 Ok((outcome, _)) => return Ok(outcome),
@@ -63,7 +65,8 @@ impl Quorum {
                 }
             };
             let rpc_timeout = PROPOSE_RPC_TIMEOUT.min(remaining);
-            match self.propose_remote(&addr, &command, voters, rpc_timeout).await {
+            let request = request.get_or_insert_with(|| propose_request(&command, voters)).clone();
+            match self.propose_remote(&addr, request, rpc_timeout).await {
                 Ok(propose_reply::Result::Applied(applied)) => {
                     let outcome: Outcome =
                         decode(&applied.outcome).map_err(|e| QuorumError::Raft(e.message().to_string()))?;
@@ -148,16 +151,11 @@ impl Quorum {
     async fn propose_remote(
         &self,
         addr: &str,
-        command: &MetaCommand,
-        voters: Option<&VoterMap>,
+        request: ProposeRequest,
         timeout: Duration,
     ) -> Result<propose_reply::Result, tonic::Status> {
         let mut client = self.peers.client(addr)?;
-        let voters = voters.map_or_else(Vec::new, |v| {
-            v.0.iter().map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() }).collect()
-        });
-        let request =
-            self.peers.request(ProposeRequest { command: encode(&Command(command.clone())), voters }, timeout);
+        let request = self.peers.request(request, timeout);
         let reply = Peers::call(timeout, client.propose(request)).await?;
         reply.result.ok_or_else(|| tonic::Status::internal("an empty proposal reply"))
     }
@@ -183,6 +181,13 @@ impl Quorum {
             ))),
         }
     }
+}
+
+/// `command` as sent to the controller, with the voters it is to check (if any).
+fn propose_request(command: &MetaCommand, voters: Option<&VoterMap>) -> ProposeRequest {
+    let voters = voters
+        .map_or_else(Vec::new, |v| v.0.iter().map(|(id, addr)| Voter { id: id.clone(), addr: addr.clone() }).collect());
+    ProposeRequest { command: encode(&Command(command.clone())), voters }
 }
 
 fn no_controller(voters: &VoterMap, failures: &BTreeMap<String, String>) -> QuorumError {

@@ -22,7 +22,7 @@ const SNAPSHOT_EVERY: u64 = 1000;
 /// How long a starting node waits to learn whether the other voters hold a group already.
 const ASK_VOTERS_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub(super) async fn open(config: QuorumConfig, voters: &VoterMap) -> Result<Quorum, QuorumError> {
+pub(super) async fn open(config: QuorumConfig, voters: VoterMap) -> Result<Quorum, QuorumError> {
     let storage = |source| QuorumError::Storage { dir: config.dir.clone(), source };
     std::fs::create_dir_all(&config.dir).map_err(storage)?;
     let log = log_store::LogStore::open(&config.dir).map_err(storage)?;
@@ -46,7 +46,8 @@ pub(super) async fn open(config: QuorumConfig, voters: &VoterMap) -> Result<Quor
         .map_err(|e| QuorumError::Raft(e.to_string()))?;
     Ok(Quorum {
         voter: voters.0.contains_key(&config.node_id),
-        incarnation: incarnation(),
+        voters,
+        incarnation: random_u64(),
         config,
         raft,
         peers,
@@ -109,16 +110,14 @@ impl Quorum {
 }
 
 fn voters_of(membership: &openraft::Membership<String, BasicNode>) -> Option<VoterMap> {
-    {
-        let voters: BTreeMap<String, String> = membership
-            .voter_ids()
-            .map(|id| {
-                let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
-                (id, addr)
-            })
-            .collect();
-        (!voters.is_empty()).then_some(VoterMap(voters))
-    }
+    let voters: BTreeMap<String, String> = membership
+        .voter_ids()
+        .map(|id| {
+            let addr = membership.get_node(&id).map(|n| n.addr.clone()).unwrap_or_default();
+            (id, addr)
+        })
+        .collect();
+    (!voters.is_empty()).then_some(VoterMap(voters))
 }
 
 pub(super) fn check_voters(ours: &VoterMap, committed: &VoterMap) -> Result<(), QuorumError> {
@@ -128,8 +127,9 @@ pub(super) fn check_voters(ours: &VoterMap, committed: &VoterMap) -> Result<(), 
     Err(QuorumError::VoterMismatch { ours: ours.to_string(), committed: committed.to_string() })
 }
 
-/// Random per process start; std's hasher keys are seeded from the OS's randomness.
-fn incarnation() -> u64 {
+/// Random per call (a process's incarnation, a cluster id); std's hasher keys are seeded
+/// from the OS's randomness.
+pub(super) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher
