@@ -49,8 +49,11 @@ fn config(id: &str, addr: SocketAddr, voters: &[(String, String)], dir: &Path) -
     }
 }
 
-async fn listen() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").await.expect("bind")
+/// A loopback listener on a port the OS chose, and its address.
+async fn listen() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr)
 }
 
 impl Node {
@@ -90,10 +93,9 @@ async fn start_voters(ids: &[&str], root: &Path) -> (Vec<Node>, Vec<(String, Str
         listeners.push(listen().await);
     }
     let voters: Vec<(String, String)> =
-        ids.iter().zip(&listeners).map(|(id, l)| (id.to_string(), l.local_addr().expect("addr").to_string())).collect();
+        ids.iter().zip(&listeners).map(|(id, (_, addr))| (id.to_string(), addr.to_string())).collect();
     let mut starting = JoinSet::new();
-    for (id, listener) in ids.iter().zip(listeners) {
-        let addr = listener.local_addr().expect("addr");
+    for (id, (listener, addr)) in ids.iter().zip(listeners) {
         let config = config(id, addr, &voters, &root.join(id));
         starting.spawn(Node::start(config, listener));
     }
@@ -114,6 +116,13 @@ async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Crashes every node still running, at a test's end.
+async fn crash_all(nodes: &mut [Node]) {
+    for node in nodes {
+        node.crash().await;
     }
 }
 
@@ -171,9 +180,7 @@ async fn voters_form_register_fail_over_fence_and_take_a_restarted_node_back() {
     })
     .await;
     eventually("the restarted node's lease holds", || nodes[dead].quorum.lease_valid().then_some(())).await;
-    for node in &mut nodes {
-        node.crash().await;
-    }
+    crash_all(&mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,8 +188,7 @@ async fn a_non_voter_receives_the_metadata_as_a_learner() {
     init_tracing();
     let root = TempDir::new().expect("tempdir");
     let (mut nodes, voters) = start_voters(&["a", "b", "c"], root.path()).await;
-    let listener = listen().await;
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = listen().await;
     let mut learner = Node::start(config("d", addr, &voters, &root.path().join("d")), listener).await.expect("start d");
 
     let seen = eventually("the non-voter sees all four members live", || {
@@ -211,9 +217,7 @@ async fn a_non_voter_receives_the_metadata_as_a_learner() {
         agreed_controller(&survivors).filter(|c| *c != controller)
     })
     .await;
-    for node in &mut nodes {
-        node.crash().await;
-    }
+    crash_all(&mut nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,8 +229,7 @@ async fn a_voter_list_that_differs_from_the_groups_is_refused() {
     eventually("a controller", || agreed_controller(&all)).await;
 
     // A fresh node whose --cluster swaps c for itself: the voters it asks hold another list.
-    let listener = listen().await;
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = listen().await;
     let mut wrong = voters[..2].to_vec();
     wrong.push(("e".to_string(), addr.to_string()));
     let refused = Node::start(config("e", addr, &wrong, &root.path().join("e")), listener).await.err();
@@ -243,14 +246,11 @@ async fn a_voter_list_that_differs_from_the_groups_is_refused() {
     assert!(matches!(refused, Some(QuorumError::VoterMismatch { .. })), "{refused:?}");
 
     for bad in [vec![], voters[..2].to_vec(), vec![voters[0].clone(), voters[0].clone(), voters[1].clone()]] {
-        let listener = listen().await;
-        let addr = listener.local_addr().expect("addr");
+        let (listener, addr) = listen().await;
         let started = Node::start(config("a", addr, &bad, &root.path().join("bad")), listener).await;
         assert!(matches!(started, Err(QuorumError::InvalidVoters(_))), "{bad:?} is not a voter list");
     }
-    for node in &mut nodes[1..] {
-        node.crash().await;
-    }
+    crash_all(&mut nodes[1..]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,8 +282,7 @@ async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
     assert_eq!(nodes[2].metadata().members["b"].incarnation, b.incarnation);
 
     // A node without the cluster's password is turned away, and told why.
-    let listener = listen().await;
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = listen().await;
     let mut outsider = config("x", addr, &voters, &root.path().join("x"));
     outsider.password = Some(Password::new("wrong").expect("password"));
     let mut outsider = Node::start(outsider, listener).await.expect("a learner starts alone");
@@ -295,7 +294,5 @@ async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
     }
     assert!(all.iter().all(|n| !n.metadata().members.contains_key("x")), "x never registered");
     outsider.crash().await;
-    for node in &mut nodes {
-        node.crash().await;
-    }
+    crash_all(&mut nodes).await;
 }
