@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -316,9 +316,9 @@ impl Connection {
                 if let Some(diverter) = self.diverter.as_mut().filter(|d| d.active())
                     && session.forwards(shared, request.args)
                 {
-                    let frame = Bytes::copy_from_slice(&self.input[..len]);
+                    // The request's own bytes travel on, as a text line's do: no copy.
+                    let frame = self.input.split_to(len).freeze();
                     let diverted = diverter.divert(ForwardDialect::resp(session.protocol()), frame);
-                    self.input.advance(len);
                     return Some((Outcome::reply(Answer::Diverted(Box::new(diverted))), label));
                 }
                 let outcome = session.handle(shared, request.args, &self.input[..len]);
