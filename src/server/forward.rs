@@ -21,7 +21,7 @@ use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply};
 use crate::storage::Offset;
 
 use super::budget::Reservation;
-use super::connection::{Diversion, commit, commit_read};
+use super::connection::{Diversion, Failures};
 use super::execute::{Outcome, execute_line};
 use super::session::Session;
 use super::shutdown::Shutdown;
@@ -398,24 +398,12 @@ async fn committed(
     // Given back once the replies are built.
     _held: (Option<OwnedSemaphorePermit>, Reservation, mpsc::Sender<()>),
 ) -> Vec<ForwardedReply> {
-    let write_failure = match written {
-        Some(offset) => commit(&shared, offset).await.err(),
-        None => None,
-    };
-    let read_failure = match read {
-        Some(offset) => commit_read(&shared, offset).await.err(),
-        None => None,
-    };
+    let failures = Failures::wait(&shared, written, read).await;
     let mut encoded = BytesMut::new();
     executed
         .into_iter()
         .map(|done| {
-            let failure = match (&write_failure, &read_failure) {
-                (Some(failure), _) if done.acknowledges_write => Some(failure),
-                (_, Some(failure)) if done.shows_record => Some(failure),
-                _ => None,
-            };
-            let reply = match failure {
+            let reply = match failures.of(done.acknowledges_write, done.shows_record) {
                 Some(failure) => {
                     done.dialect.encode(failure.clone(), &mut encoded);
                     Ok(encoded.split().freeze())

@@ -19,6 +19,7 @@ use crate::protocol::resp::{RespLimits, RespParser};
 use crate::protocol::{Command, Reply};
 
 use super::answer::Answer;
+use super::waits::{commit, commit_read};
 use super::{Connection, Dialect};
 use crate::server::Route;
 use crate::server::execute::execute_line;
@@ -76,9 +77,12 @@ pub(super) struct Diverted {
     state: State,
 }
 
+/// Where a sent request's reply arrives.
+type ReplyWait = oneshot::Receiver<Result<Bytes, ForwardFailure>>;
+
 /// Waits are counted from when the batch is flushed, which follows its reading closely.
 enum State {
-    Sent(oneshot::Receiver<Result<Bytes, ForwardFailure>>),
+    Sent(ReplyWait),
     Held,
 }
 
@@ -105,11 +109,7 @@ impl Diverter {
         Diverted { dialect, frame, state: State::Held }
     }
 
-    fn try_send(
-        &mut self,
-        dialect: ForwardDialect,
-        frame: &Bytes,
-    ) -> Option<oneshot::Receiver<Result<Bytes, ForwardFailure>>> {
+    fn try_send(&mut self, dialect: ForwardDialect, frame: &Bytes) -> Option<ReplyWait> {
         let routes = self.routes.borrow();
         let Route::Forward { grpc_addr, .. } = &*routes else { return None };
         let (tx, rx) = oneshot::channel();
@@ -178,14 +178,11 @@ impl Connection {
             return;
         }
         for index in 0..self.pending.len() {
-            let Answer::Diverted(_) = &self.pending[index].answer else { continue };
-            let Answer::Diverted(diverted) =
-                std::mem::replace(&mut self.pending[index].answer, Answer::Relayed(Bytes::new()))
-            else {
-                unreachable!()
+            let answer = std::mem::replace(&mut self.pending[index].answer, Answer::Relayed(Bytes::new()));
+            self.pending[index].answer = match answer {
+                Answer::Diverted(diverted) => self.resolve(*diverted).await,
+                answer => answer,
             };
-            let answer = self.resolve(*diverted).await;
-            self.pending[index].answer = answer;
         }
         if let Some(diverter) = &mut self.diverter {
             diverter.holding = false;
@@ -195,50 +192,30 @@ impl Connection {
 
     async fn resolve(&mut self, diverted: Diverted) -> Answer {
         let Diverted { dialect, frame, state } = diverted;
-        let (mut deadline, mut why) = match state {
-            State::Sent(mut reply) => {
-                let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
-                // Replies of a pipelined batch mostly arrive together: no timer for those
-                // already here.
-                let arrived = match reply.try_recv() {
-                    Ok(arrived) => Ok(Ok(arrived)),
-                    Err(oneshot::error::TryRecvError::Closed) => Ok(Err(())),
-                    Err(oneshot::error::TryRecvError::Empty) => {
-                        tokio::time::timeout(route_wait + REPLY_GRACE, reply).await.map(|r| r.map_err(drop))
-                    }
-                };
-                match arrived {
-                    Ok(Ok(Ok(reply))) => return Answer::Relayed(reply),
-                    Ok(Ok(Err(ForwardFailure::Broken(why)))) => return self.in_dialect(dialect, unavailable(&why)),
-                    Ok(Ok(Err(ForwardFailure::Refused(why)))) => return self.in_dialect(dialect, not_applied(&why)),
-                    Err(_) => return self.in_dialect(dialect, unavailable("no reply in time")),
-                    // Never sent: it may go again, to wherever the route says now.
-                    Ok(Ok(Err(ForwardFailure::NotSent(why)))) => (Instant::now() + route_wait, why),
-                    Ok(Err(_)) => (Instant::now() + route_wait, "the link to the leader closed".to_string()),
-                }
-            }
-            State::Held => {
-                let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
-                (Instant::now() + route_wait, "no leader is known (an election is under way)".to_string())
-            }
+        let route_wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
+        let mut why = match state {
+            State::Sent(reply) => match reply_to(reply, dialect, route_wait).await {
+                Ok(answer) => return answer,
+                // Never sent: it may go again, to wherever the route says now.
+                Err(why) => why.unwrap_or_else(|| "the link to the leader closed".to_string()),
+            },
+            State::Held => "no leader is known (an election is under way)".to_string(),
         };
+        let mut deadline = Instant::now() + route_wait;
         while let Some(diverter) = self.diverter.as_mut() {
             let route = diverter.routes.borrow_and_update().clone();
             match route {
                 Route::Local => return self.run_here(dialect, &frame).await,
-                Route::Forward { grpc_addr, .. } => match diverter.try_send(dialect, &frame) {
-                    Some(reply) => match tokio::time::timeout(diverter.route_wait + REPLY_GRACE, reply).await {
-                        Ok(Ok(Ok(reply))) => return Answer::Relayed(reply),
-                        Ok(Ok(Err(ForwardFailure::Broken(why)))) => return self.in_dialect(dialect, unavailable(&why)),
-                        Ok(Ok(Err(ForwardFailure::Refused(why)))) => {
-                            return self.in_dialect(dialect, not_applied(&why));
-                        }
-                        Err(_) => return self.in_dialect(dialect, unavailable("no reply in time")),
-                        Ok(Ok(Err(ForwardFailure::NotSent(cause)))) => why = cause,
-                        Ok(Err(_)) => why = format!("cannot reach the leader at {grpc_addr}"),
-                    },
-                    None => why = format!("cannot reach the leader at {grpc_addr}"),
-                },
+                Route::Forward { grpc_addr, .. } => {
+                    let sent = match diverter.try_send(dialect, &frame) {
+                        Some(reply) => reply_to(reply, dialect, route_wait).await,
+                        None => Err(None),
+                    };
+                    match sent {
+                        Ok(answer) => return answer,
+                        Err(cause) => why = cause.unwrap_or_else(|| format!("cannot reach the leader at {grpc_addr}")),
+                    }
+                }
                 Route::Electing => {}
             }
             let now = Instant::now();
@@ -251,8 +228,7 @@ impl Connection {
                 () = tokio::time::sleep_until(retry) => {}
             }
         }
-        let wait = self.diverter.as_ref().map_or(Duration::ZERO, |d| d.route_wait);
-        self.in_dialect(dialect, not_applied(&format!("{why} (waited {wait:?})")))
+        in_dialect(dialect, not_applied(&format!("{why} (waited {route_wait:?})")))
     }
 
     /// A held request whose route turned out to be this node: it runs here after all.
@@ -274,19 +250,45 @@ impl Connection {
             }
         };
         let failure = match (written, read) {
-            (Some(offset), _) => self.commit(offset).await.err(),
-            (None, Some(offset)) => self.commit_read(offset).await.err(),
+            (Some(offset), _) => commit(&shared, offset).await.err(),
+            (None, Some(offset)) => commit_read(&shared, offset).await.err(),
             (None, None) => None,
         };
         match failure {
-            Some(failure) => self.in_dialect(dialect, failure),
+            Some(failure) => in_dialect(dialect, failure),
             None => answer,
         }
     }
+}
 
-    fn in_dialect(&self, dialect: ForwardDialect, reply: Reply) -> Answer {
-        let mut encoded = bytes::BytesMut::new();
-        dialect.encode(reply, &mut encoded);
-        Answer::Relayed(encoded.freeze())
+/// Awaits a sent request's reply, up to the route wait and [`REPLY_GRACE`]; with no timer
+/// when it is already here, as the replies of a pipelined batch mostly arrive together.
+/// `Err` means it never left this node, so it may go again: why, if the link said.
+async fn reply_to(
+    mut reply: ReplyWait,
+    dialect: ForwardDialect,
+    route_wait: Duration,
+) -> Result<Answer, Option<String>> {
+    let arrived = match reply.try_recv() {
+        Ok(arrived) => Some(Ok(arrived)),
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(())),
+        Err(oneshot::error::TryRecvError::Empty) => {
+            tokio::time::timeout(route_wait + REPLY_GRACE, reply).await.ok().map(|r| r.map_err(drop))
+        }
+    };
+    match arrived {
+        Some(Ok(Ok(reply))) => Ok(Answer::Relayed(reply)),
+        Some(Ok(Err(ForwardFailure::Broken(why)))) => Ok(in_dialect(dialect, unavailable(&why))),
+        Some(Ok(Err(ForwardFailure::Refused(why)))) => Ok(in_dialect(dialect, not_applied(&why))),
+        None => Ok(in_dialect(dialect, unavailable("no reply in time"))),
+        Some(Ok(Err(ForwardFailure::NotSent(why)))) => Err(Some(why)),
+        Some(Err(())) => Err(None),
     }
+}
+
+/// `reply` encoded for the client, as the leader's replies come.
+fn in_dialect(dialect: ForwardDialect, reply: Reply) -> Answer {
+    let mut encoded = bytes::BytesMut::new();
+    dialect.encode(reply, &mut encoded);
+    Answer::Relayed(encoded.freeze())
 }

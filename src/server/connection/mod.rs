@@ -47,7 +47,7 @@ mod waits;
 use answer::Answer;
 pub(crate) use forwarding::Diversion;
 use forwarding::{Diverter, is_text_data};
-pub(crate) use waits::{commit, commit_read};
+pub(crate) use waits::Failures;
 
 /// Bytes requested from the socket per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -357,27 +357,13 @@ impl Connection {
             return Ok(Flow::Continue);
         }
         self.resolve_diverted().await;
-        let write_failure = match self.unsynced.take() {
-            Some(offset) => self.commit(offset).await.err(),
-            None => None,
-        };
-        // Usually already committed by now (an fsync of older writes, or the commit above),
-        // and then this costs an atomic load.
-        let read_failure = match self.unsynced_read.take() {
-            Some(offset) => self.commit_read(offset).await.err(),
-            None => None,
-        };
-        let in_dialect = |reply: Reply| match self.dialect {
+        let failures = Failures::wait(&self.shared, self.unsynced.take(), self.unsynced_read.take()).await;
+        let failures = failures.map(|reply: Reply| match self.dialect {
             Dialect::Resp(_, ref session) => Answer::Resp(reply.into(), session.protocol()),
             _ => Answer::Text(reply),
-        };
-        let (write_failure, read_failure) = (write_failure.map(in_dialect), read_failure.map(in_dialect));
+        });
         for pending in self.pending.drain(..) {
-            let failure = match (&write_failure, &read_failure) {
-                (Some(failure), _) if pending.acknowledges_write => Some(failure),
-                (_, Some(failure)) if pending.shows_record => Some(failure),
-                _ => None,
-            };
+            let failure = failures.of(pending.acknowledges_write, pending.shows_record);
             let answer = failure.unwrap_or(&pending.answer);
             answer.encode(&mut self.output);
             if let (Some(metrics), Some(started)) = (&self.shared.config.metrics, pending.started) {

@@ -4,7 +4,6 @@
 use crate::protocol::Reply;
 use crate::storage::{Offset, StorageError};
 
-use super::Connection;
 use crate::server::execute::storage_failure;
 use crate::server::{Refusal, Shared};
 
@@ -16,13 +15,44 @@ enum Uncommitted {
     Replication(Refusal),
 }
 
-impl Connection {
-    pub(super) async fn commit(&self, offset: Offset) -> Result<(), Reply> {
-        commit(&self.shared, offset).await
+/// What replaces a batch's replies once it has waited: the commit's error for those that
+/// acknowledge a write, the read wait's for those that show a record. Shared by client
+/// connections and forwarded streams, so both answer a failed wait alike.
+pub(crate) struct Failures<T> {
+    write: Option<T>,
+    read: Option<T>,
+}
+
+impl Failures<Reply> {
+    /// Waits for the batch's writes (through `written`), then for the records its replies
+    /// show (through `read`).
+    pub(crate) async fn wait(shared: &Shared, written: Option<Offset>, read: Option<Offset>) -> Failures<Reply> {
+        let write = match written {
+            Some(offset) => commit(shared, offset).await.err(),
+            None => None,
+        };
+        // Usually already committed by now (an fsync of older writes, or the commit above),
+        // and then this costs an atomic load.
+        let read = match read {
+            Some(offset) => commit_read(shared, offset).await.err(),
+            None => None,
+        };
+        Failures { write, read }
+    }
+}
+
+impl<T> Failures<T> {
+    pub(crate) fn map<U>(self, f: impl Fn(T) -> U) -> Failures<U> {
+        Failures { write: self.write.map(&f), read: self.read.map(&f) }
     }
 
-    pub(super) async fn commit_read(&self, offset: Offset) -> Result<(), Reply> {
-        commit_read(&self.shared, offset).await
+    /// The failure that replaces a reply, if one does.
+    pub(crate) fn of(&self, acknowledges_write: bool, shows_record: bool) -> Option<&T> {
+        match (&self.write, &self.read) {
+            (Some(failure), _) if acknowledges_write => Some(failure),
+            (_, Some(failure)) if shows_record => Some(failure),
+            _ => None,
+        }
     }
 }
 
