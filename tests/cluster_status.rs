@@ -24,6 +24,12 @@ fn json_of(output: &Output) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).expect("one JSON object")
 }
 
+/// What a run that must fail said on stderr.
+fn stderr_of_failure(output: &Output) -> String {
+    assert!(!output.status.success(), "cluster status succeeded: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn member<'a>(json: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
     json["members"]
         .as_array()
@@ -67,18 +73,14 @@ fn a_standalone_node_is_refused_because_it_has_no_cluster() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let server = ServerProcess::start(&dir.path().join("data"), &["--stats-interval", "0s"]);
     let addr = server.addr.to_string();
-    let output = cluster_status(&["--addr", &addr]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_failure(&cluster_status(&["--addr", &addr]));
     assert!(stderr.contains(&format!("{addr} is a standalone node (not started with --cluster)")), "{stderr}");
 }
 
 #[test]
 fn a_node_that_does_not_answer_is_an_error() {
     let addr = format!("127.0.0.1:{}", free_port());
-    let output = cluster_status(&["--addr", &addr]);
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr_of_failure(&cluster_status(&["--addr", &addr]));
     assert!(stderr.contains(&format!("cannot get STATS from {addr}")), "{stderr}");
 }
 

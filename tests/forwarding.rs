@@ -78,7 +78,7 @@ fn forward_config_with(password: Option<&str>) -> ForwardConfig {
 impl Node {
     /// A leader: it serves forwarded requests on `grpc`.
     async fn leader() -> Node {
-        Node::start(Route::Local, None, Duration::from_secs(5)).await
+        Node::start(Route::Local, None, ROUTE_WAIT).await
     }
 
     /// A node routed by `route`, forwarding through `forwarder`.
@@ -159,6 +159,25 @@ impl Node {
     }
 }
 
+/// How long a request waits for a leader, where a test does not say otherwise.
+const ROUTE_WAIT: Duration = Duration::from_secs(5);
+
+/// A leader, a follower of it (through a real gRPC forward client) and a client of the
+/// follower.
+async fn leader_and_follower(route_wait: Duration) -> (Node, Node, TestClient) {
+    let leader = Node::leader().await;
+    let follower = Node::follower_of(&leader, route_wait).await;
+    let client = follower.connect().await;
+    (leader, follower, client)
+}
+
+/// Stops `nodes` one after the other, in the order given.
+async fn stop_all<const N: usize>(nodes: [Node; N]) {
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 fn route_to(leader: &Node) -> Route {
     Route::Forward { leader_id: "leader".to_string(), grpc_addr: leader.grpc.to_string() }
 }
@@ -169,9 +188,7 @@ fn value(log: &Log, id: &[u8]) -> Option<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_set_get_del_through_a_follower_land_on_the_leader() {
-    let leader = Node::leader().await;
-    let follower = Node::follower_of(&leader, Duration::from_secs(5)).await;
-    let mut client = follower.connect().await;
+    let (leader, follower, mut client) = leader_and_follower(ROUTE_WAIT).await;
 
     assert_eq!(client.request(b"SET greeting hello  there ").await, b"OK");
     assert_eq!(value(&leader.log, b"greeting").as_deref(), Some(&b"hello  there "[..]));
@@ -184,15 +201,12 @@ async fn text_set_get_del_through_a_follower_land_on_the_leader() {
     assert_eq!(client.request(b"DEL greeting").await, b"NOT_FOUND");
     assert!(client.request(b"SET").await.starts_with(b"ERR"), "a malformed request still gets its error");
 
-    follower.stop().await;
-    leader.stop().await;
+    stop_all([follower, leader]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_keep_their_order_across_forwarded_and_local_ones() {
-    let leader = Node::leader().await;
-    let follower = Node::follower_of(&leader, Duration::from_secs(5)).await;
-    let mut client = follower.connect().await;
+    let (leader, follower, mut client) = leader_and_follower(ROUTE_WAIT).await;
 
     let mut requests = Vec::new();
     let mut expected = Vec::new();
@@ -216,15 +230,12 @@ async fn pipelined_requests_keep_their_order_across_forwarded_and_local_ones() {
     }
     assert_eq!(leader.log.stats().records, 500, "250 SETs and 250 DELs, all on the leader");
 
-    follower.stop().await;
-    leader.stop().await;
+    stop_all([follower, leader]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp_mset_mget_and_multi_exec_through_a_follower() {
-    let leader = Node::leader().await;
-    let follower = Node::follower_of(&leader, Duration::from_secs(5)).await;
-    let mut client = follower.connect().await;
+    let (leader, follower, mut client) = leader_and_follower(ROUTE_WAIT).await;
     let mut exchange = async |request: Vec<u8>, reply: &[u8]| {
         let got = client.exchange(&request, reply.len()).await;
         assert_eq!(got.escape_ascii().to_string(), reply.escape_ascii().to_string());
@@ -250,8 +261,7 @@ async fn resp_mset_mget_and_multi_exec_through_a_follower() {
     assert_eq!(value(&leader.log, b"b").as_deref(), Some(&b"22"[..]));
     assert_eq!(follower.log.stats().records, 0);
 
-    follower.stop().await;
-    leader.stop().await;
+    stop_all([follower, leader]).await;
 }
 
 /// Counts the attempts to reach a leader, passing them on.
@@ -290,8 +300,7 @@ async fn a_request_waits_through_an_unreachable_leader_and_an_election_then_is_s
     assert_eq!(client.read_reply().await, b"OK");
     assert_eq!(value(&leader.log, b"waited").as_deref(), Some(&b"yes"[..]));
 
-    follower.stop().await;
-    leader.stop().await;
+    stop_all([follower, leader]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,9 +319,7 @@ async fn an_election_that_does_not_end_gives_an_error_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_leader_gives_an_error_not_a_hang() {
-    let leader = Node::leader().await;
-    let follower = Node::follower_of(&leader, Duration::from_millis(300)).await;
-    let mut client = follower.connect().await;
+    let (leader, follower, mut client) = leader_and_follower(Duration::from_millis(300)).await;
     assert_eq!(client.request(b"SET before 1").await, b"OK");
 
     leader.stop().await;
@@ -326,9 +333,7 @@ async fn a_stopped_leader_gives_an_error_not_a_hang() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_that_no_longer_leads_refuses_forwarded_requests_without_executing_them() {
-    let leader = Node::leader().await;
-    let follower = Node::follower_of(&leader, Duration::from_secs(5)).await;
-    let mut client = follower.connect().await;
+    let (leader, follower, mut client) = leader_and_follower(ROUTE_WAIT).await;
     assert_eq!(client.request(b"SET first 1").await, b"OK");
 
     leader.route(Route::Electing);
@@ -338,8 +343,7 @@ async fn a_node_that_no_longer_leads_refuses_forwarded_requests_without_executin
     assert!(reply.ends_with("the request was not applied"), "{reply}");
     assert_eq!(value(&leader.log, b"second"), None, "never executed");
 
-    follower.stop().await;
-    leader.stop().await;
+    stop_all([follower, leader]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,16 +369,12 @@ async fn clients_authenticate_where_they_connect_and_forwarding_needs_the_cluste
     assert!(reply.ends_with("the request was not applied"), "{reply}");
     assert_eq!(value(&leader.log, b"k").as_deref(), Some(&b"v"[..]));
 
-    outsider.stop().await;
-    follower.stop().await;
-    leader.stop().await;
+    stop_all([outsider, follower, leader]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_message_is_forwarded_and_relayed_whole() {
-    let leader = Node::leader().await;
-    let follower = Node::follower_of(&leader, Duration::from_secs(5)).await;
-    let mut client = follower.connect().await;
+    let (leader, follower, mut client) = leader_and_follower(ROUTE_WAIT).await;
     let message: Vec<u8> = (0..1024 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
 
     assert_eq!(client.request(&[&b"SET big "[..], &message].concat()).await, b"OK");
@@ -385,6 +385,5 @@ async fn the_largest_message_is_forwarded_and_relayed_whole() {
     assert!(resp_client.exchange(&request, reply.len()).await == reply, "RESP SET and GET of the largest message");
     assert_eq!(value(&leader.log, b"big2"), Some(message));
 
-    follower.stop().await;
-    leader.stop().await;
+    stop_all([follower, leader]).await;
 }

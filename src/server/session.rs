@@ -328,18 +328,22 @@ mod tests {
         out.into_bytes()
     }
 
-    fn forwards(session: &mut Session, shared: &Shared, args: &[&str]) -> bool {
+    /// `args` sent as one RESP request, parsed: `f` gets its arguments and its bytes.
+    fn parsed<R>(args: &[&str], f: impl FnOnce(Args<'_>, &[u8]) -> R) -> R {
         let bytes = request(args);
         let mut parser = RespParser::new(RespLimits::for_max_message(1024));
         let parsed = parser.next_request(&bytes).expect("valid").expect("complete");
-        session.forwards(shared, parsed.args)
+        f(parsed.args, &bytes)
+    }
+
+    fn forwards(session: &mut Session, shared: &Shared, args: &[&str]) -> bool {
+        parsed(args, |args, _| session.forwards(shared, args))
     }
 
     fn handle(session: &mut Session, shared: &Shared, args: &[&str]) {
-        let bytes = request(args);
-        let mut parser = RespParser::new(RespLimits::for_max_message(1024));
-        let parsed = parser.next_request(&bytes).expect("valid").expect("complete");
-        session.handle(shared, parsed.args, &bytes);
+        parsed(args, |args, bytes| {
+            session.handle(shared, args, bytes);
+        });
     }
 
     #[test]
