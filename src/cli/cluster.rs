@@ -235,6 +235,7 @@ impl ClusterStatus {
             .iter()
             .map(|answer| {
                 let own = answer.stats.as_ref();
+                let own_number = |key| own.and_then(|s| number(s, key));
                 let state = if fenced.contains(&answer.id) {
                     MemberState::Fenced
                 } else {
@@ -246,17 +247,15 @@ impl ClusterStatus {
                 };
                 let lag = match state {
                     MemberState::Leader => None,
-                    _ => leader_stats
-                        .and_then(|l| lag_reported_by_leader(l, &answer.id))
-                        .or_else(|| own.and_then(|s| number(s, "lag"))),
+                    _ => leader_stats.and_then(|l| lag_reported_by_leader(l, &answer.id)).or_else(|| own_number("lag")),
                 };
                 MemberStatus {
                     id: answer.id.clone(),
                     addr: answer.client_addr.clone(),
                     state,
-                    epoch: own.and_then(|s| number(s, "epoch")),
-                    records: own.and_then(|s| number(s, "records")),
-                    ids: own.and_then(|s| number(s, "ids")),
+                    epoch: own_number("epoch"),
+                    records: own_number("records"),
+                    ids: own_number("ids"),
                     lag,
                     in_isr: isr.contains(&answer.id),
                 }
