@@ -14,40 +14,13 @@ mod common;
 use std::sync::Arc;
 
 use common::history::{History, Outcome};
-use common::netns::{self, Netns};
+use common::netns::in_namespace;
 use common::poll_until;
+use common::rounds::{PHASE_WRITES, await_acked_writes, first_seed, for_each_seed, refused_writes};
 use common::scenario::{Addressing, ProcessCluster, Workload, WorkloadConfig, final_reads};
-
-/// Acknowledged writes each phase of a scenario waits for: enough that a fault lands
-/// mid-stream, few enough that a round takes seconds.
-const PHASE_WRITES: usize = 150;
-
-fn rounds() -> u64 {
-    std::env::var("MSGLOG_SCENARIO_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1)
-}
-
-fn first_seed() -> u64 {
-    std::env::var("MSGLOG_SCENARIO_SEED").ok().and_then(|r| r.parse().ok()).unwrap_or(1)
-}
-
-/// Runs `scenario` once per round with its own seed, naming the seed if it fails.
-fn for_each_seed(name: &str, scenario: impl Fn(u64)) {
-    for seed in first_seed()..first_seed() + rounds() {
-        eprintln!("{name}: seed {seed} (replay with MSGLOG_SCENARIO_SEED={seed})");
-        scenario(seed);
-    }
-}
 
 fn workload(history: &Arc<History>, cluster: &ProcessCluster, seed: u64) -> Workload {
     Workload::start(Arc::clone(history), cluster.leader_target(), WorkloadConfig { seed, ..WorkloadConfig::default() })
-}
-
-/// Waits until `count` more writes than now have been acknowledged.
-fn await_acked_writes(history: &History, count: usize) {
-    let target = history.counts().acked_writes + count;
-    poll_until(&format!("{count} more acknowledged writes"), || {
-        (history.counts().acked_writes >= target).then_some(())
-    });
 }
 
 /// Operations answered with an error or given up on (not those still in flight).
@@ -57,11 +30,6 @@ fn gave_up(history: &History) -> usize {
         .iter()
         .filter(|op| matches!(op.outcome, Outcome::WriteFailed(_) | Outcome::WriteUnknown | Outcome::ReadFailed(_)))
         .count()
-}
-
-/// Writes answered with an error or given up on.
-fn refused_writes(history: &History) -> usize {
-    history.ops().iter().filter(|op| matches!(op.outcome, Outcome::WriteFailed(_) | Outcome::WriteUnknown)).count()
 }
 
 /// Ends a scenario: stop the clients, let the replicas catch up with `leader`, read every
@@ -237,13 +205,6 @@ fn a_follower_moved_between_two_leaders_never_keeps_records_its_leader_lacks() {
     cluster.wait_converged(0);
     let digests = cluster.stop_all_and_digest();
     assert_eq!(digests[0].1, digests[1].1, "n2's log is not a copy of its leader's: {digests:?}");
-}
-
-/// Runs `scenario` in a private network namespace, or says visibly why it cannot.
-fn in_namespace(scenario: impl FnOnce(&Netns) + Send) {
-    if let Err(skip) = netns::isolated(scenario) {
-        skip.report();
-    }
 }
 
 #[test]

@@ -46,16 +46,14 @@ pub(super) struct Driver {
     identity: Identity,
     /// Per follower: when it last held everything the leader had one tick before.
     caught_up: HashMap<String, Instant>,
-    /// Followers being brought into the ISR, and the offset they must reach.
-    joining: HashMap<String, Offset>,
     /// The leader's end as of the previous tick.
     previous_end: Offset,
     /// When this node began leading (a follower never seen caught up is judged from it).
     leading_since: Option<Instant>,
     /// The ISR change in flight, at most one.
     proposal: Option<JoinHandle<Vec<String>>>,
-    /// Following with a fetch loop (this node is a replica), not only forwarding.
-    replicating: bool,
+    /// What `<data-dir>/cluster` was last found to agree with, so it is read once.
+    identity_checked: Option<String>,
 }
 
 impl Driver {
@@ -71,13 +69,12 @@ impl Driver {
             replication,
             node_id,
             lag_timeout: session_timeout,
-            identity: Identity { path: data_dir.join(IDENTITY_FILE) },
+            identity: Identity::new(data_dir),
             caught_up: HashMap::new(),
-            joining: HashMap::new(),
             previous_end: 0,
             leading_since: None,
             proposal: None,
-            replicating: false,
+            identity_checked: None,
         }
     }
 
@@ -110,7 +107,10 @@ impl Driver {
     /// Brings replication in line with `meta`.
     async fn reconcile(&mut self, meta: &Metadata) -> Result<(), NodeError> {
         let Some(cluster_id) = &meta.cluster_id else { return Ok(()) };
-        self.identity.check(cluster_id, &self.node_id)?;
+        if self.identity_checked.as_ref() != Some(cluster_id) {
+            self.identity.check(cluster_id, &self.node_id)?;
+            self.identity_checked = Some(cluster_id.clone());
+        }
         let partition = &meta.partition;
         let epoch = partition.epoch;
         let current = self.replication.position();
@@ -141,9 +141,7 @@ impl Driver {
                             .await
                             .map_err(epoch_error)?;
                         self.leading_since = Some(Instant::now());
-                        self.replicating = false;
                         self.caught_up.clear();
-                        self.joining.clear();
                         self.previous_end = self.replication.high_watermark();
                     }
                 }
@@ -156,19 +154,18 @@ impl Driver {
                     client_addr: member.client_addr.clone(),
                 };
                 let replicate = partition.replicas.contains(&self.node_id);
-                let same = matches!(&current, Position::Following { leader: l, epoch: e } if *l == info && *e == epoch);
                 // A node that registers after the leader was named becomes a replica then.
-                if !same || replicate != self.replicating {
+                let same = matches!(&current, Position::Following { leader: l, epoch: e, replicating: r }
+                    if *l == info && *e == epoch && *r == replicate);
+                if !same {
                     self.leading_since = None;
                     self.replication.follow_leader(info, epoch, replicate).await.map_err(epoch_error)?;
-                    self.replicating = replicate;
                 }
             }
             _ => {
                 if !matches!(current, Position::Electing { epoch: e } if e == epoch) {
                     self.leading_since = None;
                     self.replication.await_leader(epoch).await.map_err(epoch_error)?;
-                    self.replicating = false;
                 }
             }
         }
@@ -184,7 +181,6 @@ impl Driver {
             return;
         }
         let partition = &meta.partition;
-        self.joining.retain(|id, _| !partition.isr.contains(id));
         let since = self.leading_since.unwrap_or(now);
         for replica in partition.replicas.iter().filter(|r| **r != self.node_id) {
             let (durable, connected) = self.replication.follower_progress(replica);
@@ -203,11 +199,8 @@ impl Driver {
                 }
                 continue;
             }
-            match self.joining.get(replica).copied() {
-                Some(_) if !connected || fenced => {
-                    self.joining.remove(replica);
-                    self.replication.abandon_joining(replica);
-                }
+            match self.replication.joining(replica) {
+                Some(_) if !connected || fenced => self.replication.abandon_joining(replica),
                 Some(target) if durable >= target => {
                     tracing::info!(follower = %replica, "a follower caught up: proposing it into the ISR");
                     let mut isr = partition.isr.clone();
@@ -216,10 +209,7 @@ impl Driver {
                     return;
                 }
                 Some(_) => {}
-                None if connected && !fenced && durable >= previous_end => {
-                    let target = self.replication.begin_joining(replica);
-                    self.joining.insert(replica.clone(), target);
-                }
+                None if connected && !fenced && durable >= previous_end => self.replication.begin_joining(replica),
                 None => {}
             }
         }
@@ -257,9 +247,10 @@ impl Driver {
             return;
         }
         let Some(proposal) = self.proposal.take() else { return };
-        for id in proposal.await.unwrap_or_default() {
-            self.joining.remove(&id);
-            self.replication.abandon_joining(&id);
+        match proposal.await {
+            Ok(refused) => refused.iter().for_each(|id| self.replication.abandon_joining(id)),
+            // Its joiners stay waited for: the safe side until a proposal says more.
+            Err(err) => tracing::error!(%err, "the ISR proposal task failed"),
         }
     }
 }
@@ -273,30 +264,40 @@ pub(super) struct Identity {
 }
 
 impl Identity {
+    pub(super) fn new(data_dir: &Path) -> Identity {
+        Identity { path: data_dir.join(IDENTITY_FILE) }
+    }
+
+    /// The file's text; `None` before the node first joined.
+    fn read(&self) -> Result<Option<String>, NodeError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(Some(text)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(NodeError::Config(format!("cannot read {}: {err}", self.path.display()))),
+        }
+    }
+
     fn check(&self, cluster_id: &str, node_id: &str) -> Result<(), NodeError> {
         let expected = format!("cluster_id={cluster_id}\nnode_id={node_id}\n");
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) if text == expected => Ok(()),
-            Ok(text) => Err(NodeError::Config(format!(
+        match self.read()? {
+            Some(text) if text == expected => Ok(()),
+            Some(text) => Err(NodeError::Config(format!(
                 "{} says this data dir belongs to {}, but this node is {node_id} in cluster {cluster_id}; \
                  give each node its own data dir (an empty one to join a new cluster)",
                 self.path.display(),
                 text.trim().replace('\n', ", ")
             ))),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                crate::storage::replace_file(&crate::storage::RealFs, &self.path, expected.as_bytes())
-                    .map_err(|cause| NodeError::Config(format!("cannot write {}: {cause}", self.path.display())))
-            }
-            Err(err) => Err(NodeError::Config(format!("cannot read {}: {err}", self.path.display()))),
+            None => crate::storage::replace_file(&crate::storage::RealFs, &self.path, expected.as_bytes())
+                .map_err(|cause| NodeError::Config(format!("cannot write {}: {cause}", self.path.display()))),
         }
     }
 
     /// Refuses a data dir that belongs to another node id, before anything is started.
-    pub(super) fn check_node(data_dir: &Path, node_id: &str) -> Result<(), NodeError> {
-        let path = data_dir.join(IDENTITY_FILE);
-        let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    pub(super) fn check_node(&self, node_id: &str) -> Result<(), NodeError> {
+        let Some(text) = self.read()? else { return Ok(()) };
         let recorded = text.lines().find_map(|l| l.strip_prefix("node_id=")).unwrap_or_default();
         if recorded != node_id {
+            let data_dir = self.path.parent().unwrap_or(&self.path);
             return Err(NodeError::Config(format!(
                 "the data dir {} belongs to node {recorded}, not {node_id}; start it with --node-id {recorded} \
                  or give this node its own data dir",
@@ -342,9 +343,7 @@ impl Member {
     pub(super) fn new(replication: Arc<Replication>, quorum: Arc<Quorum>) -> Member {
         Member { replication, quorum }
     }
-}
 
-impl Member {
     /// A leader whose lease lapsed may have been replaced: it serves nothing more until
     /// its driver hears from the quorum (checked on every request, not only on the
     /// driver's timer, so a leader that wakes from a pause answers nothing stale).

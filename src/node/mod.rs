@@ -50,7 +50,7 @@ impl Node {
                         .to_string(),
                 ));
             };
-            cluster::Identity::check_node(&config.data_dir, node_id)?;
+            cluster::Identity::new(&config.data_dir).check_node(node_id)?;
         }
         if let Some(ip) = config.bind_source_addr {
             // Checked now rather than found out by a follower that retries forever.

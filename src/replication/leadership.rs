@@ -10,7 +10,7 @@
 //! - A follower fetches only from the leader of the epoch the quorum named, and says that
 //!   epoch in its fetch: a leader of any other epoch refuses it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -28,18 +28,21 @@ use super::followers::AckRule;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Position {
     /// No leader is known (an election is under way, or no in-sync replica is alive).
-    Electing {
-        epoch: Epoch,
-    },
+    Electing { epoch: Epoch },
     Leading {
         epoch: Epoch,
         isr: BTreeSet<String>,
         replicas: Vec<String>,
         min_insync: usize,
+        /// Followers being brought into the ISR, each with the offset it must reach: waited
+        /// for already, not in the committed ISR yet.
+        joining: BTreeMap<String, Offset>,
     },
     Following {
         leader: LeaderInfo,
         epoch: Epoch,
+        /// This node is a replica and copies the leader's log (otherwise it only forwards).
+        replicating: bool,
     },
 }
 
@@ -134,9 +137,10 @@ impl Replication {
         // What followers acknowledged to an earlier leadership (this node's or another's
         // log since) vouches for nothing now: they count from their next fetch.
         self.followers.forget_acknowledgements();
-        self.followers.set_rule(self.isr_rule(&isr, min_insync, &BTreeSet::new()));
+        let joining = BTreeMap::new();
+        self.followers.set_rule(self.isr_rule(&isr, min_insync, &joining));
         tracing::info!(epoch, isr = ?isr, "leading the partition");
-        self.leadership.set(Position::Leading { epoch, isr, replicas, min_insync }, Route::Local);
+        self.leadership.set(Position::Leading { epoch, isr, replicas, min_insync, joining }, Route::Local);
         self.announce(self.log.next_offset());
         Ok(())
     }
@@ -144,18 +148,19 @@ impl Replication {
     /// The ISR, min-insync or replicas changed under the epoch this node leads.
     pub fn update_isr(&self, isr: BTreeSet<String>, replicas: Vec<String>, min_insync: usize) {
         let mut position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
-        if let Position::Leading { isr: current, min_insync: current_min, replicas: current_replicas, .. } =
-            &mut *position
+        if let Position::Leading {
+            isr: current, min_insync: current_min, replicas: current_replicas, joining, ..
+        } = &mut *position
         {
             *current_replicas = replicas;
             if *current == isr && *current_min == min_insync {
                 return;
             }
             tracing::info!(isr = ?isr, min_insync, "in-sync replicas changed");
-            let joining: BTreeSet<String> = self.joining(current).difference(&isr).cloned().collect();
-            *current = isr.clone();
+            joining.retain(|id, _| !isr.contains(id));
+            self.followers.set_rule(self.isr_rule(&isr, min_insync, joining));
+            *current = isr;
             *current_min = min_insync;
-            self.followers.set_rule(self.isr_rule(&isr, min_insync, &joining));
         }
     }
 
@@ -173,7 +178,7 @@ impl Replication {
         tracing::info!(leader = %leader.id, epoch, "following the partition's leader");
         let target = Target { grpc_addr: leader.grpc_addr.clone(), epoch: Some(epoch) };
         let route = Route::Forward { leader_id: leader.id.clone(), grpc_addr: leader.grpc_addr.clone() };
-        self.leadership.set(Position::Following { leader, epoch }, route);
+        self.leadership.set(Position::Following { leader, epoch, replicating: replicate }, route);
         self.upstream.connected.store(false, Ordering::Relaxed);
         if !replicate {
             return Ok(());
@@ -196,10 +201,11 @@ impl Replication {
     /// This node may no longer be leading (its lease lapsed): refuse writes and send
     /// requests nowhere until the quorum says more.
     pub fn suspend(&self) {
-        if matches!(self.position(), Position::Leading { .. }) {
+        let position = self.position();
+        if matches!(position, Position::Leading { .. }) {
             tracing::warn!("lost touch with the metadata quorum: no longer serving as leader");
         }
-        let epoch = self.position().epoch();
+        let epoch = position.epoch();
         self.step_down();
         self.leadership.set(Position::Electing { epoch }, Route::Electing);
     }
@@ -221,54 +227,55 @@ impl Replication {
         }
     }
 
-    /// Followers being brought into the ISR: waited for already, not yet committed.
-    fn joining(&self, isr: &BTreeSet<String>) -> BTreeSet<String> {
-        match self.followers.rule() {
-            AckRule::Isr { wait, .. } => wait.into_iter().filter(|id| !isr.contains(id)).collect(),
-            _ => BTreeSet::new(),
-        }
-    }
-
-    fn isr_rule(&self, isr: &BTreeSet<String>, min_insync: usize, joining: &BTreeSet<String>) -> AckRule {
+    fn isr_rule(&self, isr: &BTreeSet<String>, min_insync: usize, joining: &BTreeMap<String, Offset>) -> AckRule {
         let me = &self.config.node_id;
-        let wait = isr.iter().chain(joining).filter(|id| *id != me).cloned().collect();
+        let wait = isr.iter().chain(joining.keys()).filter(|id| *id != me).cloned().collect();
         AckRule::Isr { wait, isr_size: isr.len(), min_insync }
     }
 
     /// Starts waiting for `id`'s acknowledgements as if it were in sync, before the quorum
     /// is asked to add it: no write is acknowledged without it from now on, so once it
-    /// holds everything below the returned offset it holds every acknowledged write.
-    pub fn begin_joining(&self, id: &str) -> Offset {
-        let position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
-        if let Position::Leading { isr, min_insync, .. } = &*position {
-            let mut joining = self.joining(isr);
-            joining.insert(id.to_string());
-            self.followers.set_rule(self.isr_rule(isr, *min_insync, &joining));
+    /// holds everything below the offset recorded for it (see [`Replication::joining`]) it
+    /// holds every acknowledged write. Nothing happens unless this node leads.
+    pub fn begin_joining(&self, id: &str) {
+        let mut position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
+        if let Position::Leading { isr, min_insync, joining, .. } = &mut *position {
+            joining.insert(id.to_string(), Offset::MAX);
+            self.followers.set_rule(self.isr_rule(isr, *min_insync, joining));
+            // Read after the rule: a write appended before it may have been acknowledged
+            // without `id`, and lies below this.
+            joining.insert(id.to_string(), self.log.next_offset());
         }
-        // Read after the rule: a write appended before it may have been acknowledged
-        // without `id`, and lies below this.
-        self.log.next_offset()
+    }
+
+    /// The offset `id` must reach to be proposed into the ISR, while it is being brought in.
+    pub fn joining(&self, id: &str) -> Option<Offset> {
+        match &*self.leadership.position.lock().unwrap_or_else(|e| e.into_inner()) {
+            Position::Leading { joining, .. } => joining.get(id).copied(),
+            _ => None,
+        }
     }
 
     /// `id` is no longer being brought in (it went away, or the quorum refused it).
     pub fn abandon_joining(&self, id: &str) {
-        let position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
-        if let Position::Leading { isr, min_insync, .. } = &*position
-            && !isr.contains(id)
+        let mut position = self.leadership.position.lock().unwrap_or_else(|e| e.into_inner());
+        if let Position::Leading { isr, min_insync, joining, .. } = &mut *position
+            && joining.remove(id).is_some()
         {
-            let mut joining = self.joining(isr);
-            joining.remove(id);
-            self.followers.set_rule(self.isr_rule(isr, *min_insync, &joining));
+            self.followers.set_rule(self.isr_rule(isr, *min_insync, joining));
         }
     }
 
     /// Every record below this is held by the whole ISR (the high watermark), as far as
     /// this node knows: its own count when leading, the leader's word when following.
+    /// Read per chunk a fetch stream sends: no lock, no copy of the position.
     pub fn high_watermark(&self) -> Offset {
-        match self.position() {
-            Position::Leading { .. } => self.followers.replicated().min(self.log.next_offset()),
-            _ => self.upstream.high_watermark.load(Ordering::Relaxed).min(self.log.next_offset()),
-        }
+        let watermark = if self.is_leading() {
+            self.followers.replicated()
+        } else {
+            self.upstream.high_watermark.load(Ordering::Relaxed)
+        };
+        watermark.min(self.log.next_offset())
     }
 
     /// The log's next offset.

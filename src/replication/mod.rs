@@ -169,7 +169,7 @@ impl Replication {
         match self.config.role {
             Role::Leader { .. } => true,
             Role::Follower { .. } => false,
-            Role::Cluster { .. } => matches!(self.leadership.position(), Position::Leading { .. }),
+            Role::Cluster { .. } => self.is_leading(),
         }
     }
 

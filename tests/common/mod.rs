@@ -8,6 +8,7 @@ pub mod fs;
 pub mod history;
 pub mod netns;
 pub mod proxy;
+pub mod rounds;
 pub mod scenario;
 
 use std::io::{BufRead, BufReader, Write};

@@ -44,6 +44,14 @@ pub struct Netns {
     handle: Arc<File>,
 }
 
+/// [`isolated`], for a test that needs nothing back: a missing privilege or tool is
+/// reported ([`Skip::report`]), and fails the test under `MSGLOG_REQUIRE_NETNS=1`.
+pub fn in_namespace(body: impl FnOnce(&Netns) + Send) {
+    if let Err(skip) = isolated(body) {
+        skip.report();
+    }
+}
+
 /// Runs `body` on a new thread in a new network namespace, with `lo` up and an empty
 /// nftables table, and returns what it returns; a panic in `body` goes on in the caller.
 /// The namespace lasts while the thread or any process started in it lives.

@@ -63,27 +63,7 @@ pub struct ProcessCluster {
 impl ProcessCluster {
     /// `n` processes: node 0 leads with `tolerance`, the others follow it.
     pub fn start(n: usize, tolerance: u32, addressing: Addressing) -> ProcessCluster {
-        let serial = serial();
-        let dir = TempDir::new().expect("temp dir");
-        let nodes = (0..n)
-            .map(|i| {
-                let (ip, addr, grpc) = match addressing {
-                    Addressing::Shared => {
-                        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-                        (ip, SocketAddr::new(ip, super::free_port()), SocketAddr::new(ip, super::free_port()))
-                    }
-                    Addressing::Distinct => {
-                        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11 + i as u8));
-                        (ip, SocketAddr::new(ip, 7000 + i as u16), SocketAddr::new(ip, 7100 + i as u16))
-                    }
-                };
-                let data_dir = dir.path().join(format!("n{i}"));
-                ProcessNode { name: format!("n{i}"), ip, addr, grpc, data_dir, process: None }
-            })
-            .collect::<Vec<_>>();
-        let leader = Arc::new(RwLock::new(nodes[0].addr));
-        let mut cluster =
-            ProcessCluster { _serial: serial, _dir: dir, nodes, tolerance, addressing, leader, voters: None };
+        let mut cluster = ProcessCluster::new(n, tolerance, addressing);
         cluster.launch(0, None);
         for i in 1..n {
             cluster.launch(i, Some(0));
@@ -94,11 +74,7 @@ impl ProcessCluster {
     /// `n` processes in cluster mode, the first `voters` of them voters of the metadata
     /// quorum, every write on `tolerance + 1` in-sync replicas; returns once one leads.
     pub fn start_cluster(n: usize, voters: usize, tolerance: u32, addressing: Addressing) -> ProcessCluster {
-        let dir = TempDir::new().expect("temp dir");
-        let nodes = ProcessCluster::start_nodes(n, addressing, dir.path());
-        let leader = Arc::new(RwLock::new(nodes[0].addr));
-        let mut cluster =
-            ProcessCluster { _serial: serial(), _dir: dir, nodes, tolerance, addressing, leader, voters: None };
+        let mut cluster = ProcessCluster::new(n, tolerance, addressing);
         let list: Vec<String> =
             cluster.nodes[..voters].iter().map(|node| format!("{}={}", node.name, node.grpc)).collect();
         cluster.voters = Some(list.join(","));
@@ -116,14 +92,16 @@ impl ProcessCluster {
         // Writes need min-insync members in sync: the replicas join the ISR once caught up.
         let replicas = n.min(3);
         poll_until("the replicas to join the in-sync replicas", || {
-            let isr = cluster.stats(leader).get("isr").cloned().unwrap_or_default();
-            (isr.split(',').filter(|id| !id.is_empty()).count() >= replicas).then_some(())
+            (cluster.isr(leader).len() >= replicas).then_some(())
         });
         cluster
     }
 
-    fn start_nodes(n: usize, addressing: Addressing, dir: &std::path::Path) -> Vec<ProcessNode> {
-        (0..n)
+    /// `n` nodes, none started yet.
+    fn new(n: usize, tolerance: u32, addressing: Addressing) -> ProcessCluster {
+        let serial = serial();
+        let dir = TempDir::new().expect("temp dir");
+        let nodes: Vec<ProcessNode> = (0..n)
             .map(|i| {
                 let (ip, addr, grpc) = match addressing {
                     Addressing::Shared => {
@@ -135,10 +113,28 @@ impl ProcessCluster {
                         (ip, SocketAddr::new(ip, 7000 + i as u16), SocketAddr::new(ip, 7100 + i as u16))
                     }
                 };
-                let data_dir = dir.join(format!("n{i}"));
+                let data_dir = dir.path().join(format!("n{i}"));
                 ProcessNode { name: format!("n{i}"), ip, addr, grpc, data_dir, process: None }
             })
-            .collect()
+            .collect();
+        let leader = Arc::new(RwLock::new(nodes[0].addr));
+        ProcessCluster { _serial: serial, _dir: dir, nodes, tolerance, addressing, leader, voters: None }
+    }
+
+    /// The in-sync replicas node `i` reports (its STATS `isr=`).
+    pub fn isr(&self, i: usize) -> Vec<String> {
+        let isr = self.stats(i).get("isr").cloned().unwrap_or_default();
+        isr.split(',').filter(|id| !id.is_empty()).map(str::to_string).collect()
+    }
+
+    /// The flags every start of node `i` shares, with `extra` after them.
+    fn args<'a>(&'a self, i: usize, source: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["--node-id", &self.nodes[i].name, "--stats-interval", "0s", "--ack-timeout", ACK_TIMEOUT];
+        args.extend_from_slice(extra);
+        if self.addressing == Addressing::Distinct {
+            args.extend(["--bind-source-addr", source]);
+        }
+        args
     }
 
     /// Starts cluster member `i` on its data dir (again, after a kill or stop) and waits
@@ -153,21 +149,7 @@ impl ProcessCluster {
         let voters = self.voters.clone().expect("a cluster-mode cluster");
         let tolerance = self.tolerance.to_string();
         let source = self.nodes[i].ip.to_string();
-        let mut args = vec![
-            "--node-id",
-            &self.nodes[i].name,
-            "--stats-interval",
-            "0s",
-            "--ack-timeout",
-            ACK_TIMEOUT,
-            "--cluster",
-            &voters,
-            "--tolerance",
-            &tolerance,
-        ];
-        if self.addressing == Addressing::Distinct {
-            args.extend(["--bind-source-addr", source.as_str()]);
-        }
+        let args = self.args(i, &source, &["--cluster", &voters, "--tolerance", &tolerance]);
         let node = &self.nodes[i];
         let process = ServerProcess::spawn_on(&node.data_dir, node.addr, node.grpc, &args);
         self.nodes[i].process = Some(process);
@@ -200,16 +182,13 @@ impl ProcessCluster {
     pub fn launch(&mut self, i: usize, follow: Option<usize>) {
         assert!(self.nodes[i].process.is_none(), "{} is running", self.nodes[i].name);
         let tolerance = self.tolerance.to_string();
-        let mut args = vec!["--node-id", &self.nodes[i].name, "--stats-interval", "0s", "--ack-timeout", ACK_TIMEOUT];
         let leader_grpc = follow.map(|l| self.nodes[l].grpc.to_string());
         let source = self.nodes[i].ip.to_string();
-        match &leader_grpc {
-            Some(grpc) => args.extend(["--follow", grpc.as_str()]),
-            None => args.extend(["--tolerance", tolerance.as_str()]),
-        }
-        if self.addressing == Addressing::Distinct {
-            args.extend(["--bind-source-addr", source.as_str()]);
-        }
+        let role = match &leader_grpc {
+            Some(grpc) => ["--follow", grpc.as_str()],
+            None => ["--tolerance", tolerance.as_str()],
+        };
+        let args = self.args(i, &source, &role);
         let node = &self.nodes[i];
         let process = ServerProcess::start_on(&node.data_dir, node.addr, node.grpc, &args);
         self.nodes[i].process = Some(process);
