@@ -277,6 +277,18 @@ impl Identity {
         }
     }
 
+    /// Refuses to start a cluster member's data dir outside its cluster: epochs there come
+    /// from the quorum, and one begun here could repeat one the quorum gives another leader.
+    pub(super) fn refuse_outside_cluster(&self) -> Result<(), NodeError> {
+        let Some(text) = self.read()? else { return Ok(()) };
+        let cluster = text.lines().find_map(|l| l.strip_prefix("cluster_id=")).unwrap_or_default();
+        Err(NodeError::Config(format!(
+            "{} says this data dir belongs to cluster {cluster}: start it with that cluster's --cluster \
+             (and its --node-id), or give this node another data dir",
+            self.path.display()
+        )))
+    }
+
     fn check(&self, cluster_id: &str, node_id: &str) -> Result<(), NodeError> {
         let expected = format!("cluster_id={cluster_id}\nnode_id={node_id}\n");
         match self.read()? {

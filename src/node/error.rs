@@ -16,6 +16,8 @@ pub enum NodeError {
     Bind { what: &'static str, addr: String, cause: std::io::Error },
     #[error("cannot persist the new leader epoch: {0}")]
     Epoch(StorageError),
+    #[error("cannot read or record which log this data dir holds: {0}")]
+    Lineage(StorageError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("the client server failed: {0}")]

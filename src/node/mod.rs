@@ -23,7 +23,7 @@ use crate::replication::{
 };
 use crate::server::metrics::{Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ForwardEndpoint, Forwarding, ServerConfig};
-use crate::storage::{Epoch, FileSystem, Log, LogStats, RealFs};
+use crate::storage::{Epoch, FileSystem, Lineage, Log, LogStats, Origin, RealFs};
 
 pub use cluster::ClusterConfig;
 pub use config::{NodeConfig, max_record_bytes};
@@ -257,13 +257,40 @@ async fn bind_and_lead(config: &NodeConfig, log: &Log) -> Result<Bound, NodeErro
         Some(addr) => Some(bind(" for metrics", addr.clone()).await?),
         None => None,
     };
+    if !matches!(config.role, Role::Cluster { .. }) {
+        cluster::Identity::new(&config.data_dir).refuse_outside_cluster()?;
+    }
     if let Role::Leader { tolerance, .. } = &config.role {
+        lead_own_log(log)?;
         // Records this node appends from now on carry an epoch no earlier leader of this
         // log used, so a follower can tell our log from a previous leader's.
         let epoch = log.begin_leader_epoch().map_err(NodeError::Epoch)?;
         tracing::info!(epoch, tolerance, "leading");
     }
     Ok(Bound { listener, client_addr, grpc_listener, grpc_addr, metrics_listener })
+}
+
+/// Without `--cluster` only the data dir that began a log leads it: a copy promoted by a
+/// restart could mint the same epoch as a returning old leader, or take over with a log
+/// missing acknowledged writes (README, "Replication"). An empty copy has nothing to
+/// lose and begins a log of its own.
+fn lead_own_log(log: &Log) -> Result<(), NodeError> {
+    let lineage = log.lineage().map_err(NodeError::Lineage)?;
+    let lineage = match lineage {
+        Some(Lineage { origin: Origin::Copied, log_id }) if log.last_record().is_some() => {
+            return Err(NodeError::Config(format!(
+                "this data dir holds a copy of log {log_id}, made by following its leader: without \
+                 --cluster a copy never leads (it could lose acknowledged writes or repeat an epoch). \
+                 Restart the leader, start this node with --follow <leader's --grpc-listen>, or run the \
+                 nodes in cluster mode (--cluster), which replaces a failed leader by itself"
+            )));
+        }
+        Some(Lineage { origin: Origin::Copied, .. }) => log.begin_new_lineage(),
+        _ => log.begin_lineage(),
+    };
+    let lineage = lineage.map_err(NodeError::Lineage)?;
+    tracing::debug!(log_id = %lineage.log_id, "leading this data dir's log");
+    Ok(())
 }
 
 /// A node that is serving. Dropping it without [`shutdown`](RunningNode::shutdown) leaves

@@ -153,6 +153,11 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         follow: true,
         known_epoch: log.stats().epoch,
         leader_epoch: target.epoch.unwrap_or(0),
+        // An empty log has nothing to compare: it copies whichever log its leader holds.
+        log_id: match last {
+            Some(_) => log.lineage()?.map(|lineage| lineage.log_id).unwrap_or_default(),
+            None => String::new(),
+        },
     };
     let password = node.config.password.as_ref();
     let mut stream = client.fetch(with_password(request, password)).await?.into_inner();
@@ -180,6 +185,11 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
     {
         return Err(SessionError::WrongEpoch { theirs: hello.epoch, expected });
     }
+    if hello.log_id.is_empty() {
+        return Err(SessionError::Protocol("a hello that names no log (is the leader an older msglog?)"));
+    }
+    // Before anything is appended: from now on this data dir is a copy of the leader's log.
+    log.adopt_lineage(&hello.log_id)?;
     log.observe_epoch(hello.epoch)?;
     tracing::info!(
         %leader, leader_id = %hello.leader_id, epoch = hello.epoch, from = log.next_offset(),

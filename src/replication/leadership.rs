@@ -132,6 +132,8 @@ impl Replication {
     ) -> Result<(), StorageError> {
         self.step_down();
         self.stop_following().await;
+        // The cluster's first leader begins the log its replicas copy.
+        self.log.begin_lineage()?;
         self.log.observe_epoch(epoch)?;
         self.log.set_epoch(epoch);
         // What followers acknowledged to an earlier leadership (this node's or another's

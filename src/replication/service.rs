@@ -104,6 +104,19 @@ impl ReplicationRpc for Service {
         if replica && node.is_cluster() {
             fence_replica_fetch(node, &request)?;
         }
+        let log_id = node.log.lineage().map_err(internal)?.map(|lineage| lineage.log_id).unwrap_or_default();
+        if replica && !request.log_id.is_empty() && request.log_id != log_id {
+            tracing::warn!(
+                caller = %request.follower_id, callers_log = %request.log_id, log = %log_id,
+                "refusing a replica that holds another log"
+            );
+            return Err(Status::invalid_argument(format!(
+                "{} holds log {log_id}, and the caller's data dir holds log {}: they are different logs, \
+                 so nothing can be compared or copied; follow the leader of your own log, or start from an \
+                 empty data dir",
+                node.config.node_id, request.log_id
+            )));
+        }
         let Ok(permit) = Arc::clone(&self.streams).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "{} already serves {} replication streams (its --max-replication-streams); try again once one ends",
@@ -137,6 +150,7 @@ impl ReplicationRpc for Service {
             next_offset,
             max_record_bytes: node.config.max_record_bytes as u64,
             session: registration.as_ref().map(|r| r.token().to_vec()).unwrap_or_default(),
+            log_id,
         };
         let _ = tx.try_send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Hello(hello)) }));
         if replica {

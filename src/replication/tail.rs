@@ -82,6 +82,7 @@ pub async fn tail(
         follow: request.follow,
         known_epoch: 0,
         leader_epoch: 0,
+        log_id: String::new(),
     };
     let mut stream = client.fetch(super::service::with_password(fetch, request.password.as_ref())).await?.into_inner();
     while let Some(message) = stream.message().await? {

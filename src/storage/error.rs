@@ -36,6 +36,13 @@ pub enum StorageError {
     BatchTooLarge { size: usize, max: usize },
     #[error("invalid record batch at byte {position}: {reason}")]
     InvalidBatch { position: usize, reason: String },
+    /// A leader offered records of another log than the one this data dir holds.
+    #[error(
+        "this data dir holds log {ours}, and the leader's log is {theirs}: they are different logs \
+         (a mistyped address, or a new node in the old leader's place?); refusing to compare or \
+         copy records. Point this node at the leader it copied, or give it an empty data dir"
+    )]
+    OtherLog { ours: String, theirs: String },
     #[error("offset {offset} is out of range (log holds {first}..={last})")]
     OffsetOutOfRange { offset: Offset, first: Offset, last: Offset },
 }

@@ -72,6 +72,7 @@ mod epoch;
 mod error;
 pub mod fs;
 mod id_index;
+mod lineage;
 mod lock;
 mod log;
 mod manifest;
@@ -86,6 +87,7 @@ pub use batch::Batch;
 pub use error::StorageError;
 pub(crate) use fs::replace_file;
 pub use fs::{FileSystem, RealFs};
+pub use lineage::{Lineage, Origin};
 pub use log::{Chunk, Log, LogStats};
 pub use record::{RecordKind, RecordRef};
 

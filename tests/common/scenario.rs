@@ -1,5 +1,5 @@
 //! Fault scenarios against real `msglog serve` processes: a cluster of processes the test
-//! kills, pauses, restarts and promotes, and a workload of client threads that records
+//! kills, pauses and restarts, and a workload of client threads that records
 //! every operation in a [`History`] for the checker.
 //!
 //! Nodes either share 127.0.0.1 (ports picked free) or each get their own loopback address
@@ -58,6 +58,8 @@ pub struct ProcessCluster {
     leader: Arc<RwLock<SocketAddr>>,
     /// Cluster mode: the `--cluster` voter list every node is started with.
     voters: Option<String>,
+    /// Cluster mode: `--replication-factor`, when not the default (3).
+    replication_factor: Option<usize>,
 }
 
 impl ProcessCluster {
@@ -74,7 +76,20 @@ impl ProcessCluster {
     /// `n` processes in cluster mode, the first `voters` of them voters of the metadata
     /// quorum, every write on `tolerance + 1` in-sync replicas; returns once one leads.
     pub fn start_cluster(n: usize, voters: usize, tolerance: u32, addressing: Addressing) -> ProcessCluster {
+        ProcessCluster::start_cluster_with_copies(n, voters, tolerance, None, addressing)
+    }
+
+    /// [`start_cluster`](Self::start_cluster), every record on `copies` nodes (its
+    /// `--replication-factor`) when given.
+    pub fn start_cluster_with_copies(
+        n: usize,
+        voters: usize,
+        tolerance: u32,
+        copies: Option<usize>,
+        addressing: Addressing,
+    ) -> ProcessCluster {
         let mut cluster = ProcessCluster::new(n, tolerance, addressing);
+        cluster.replication_factor = copies;
         let list: Vec<String> =
             cluster.nodes[..voters].iter().map(|node| format!("{}={}", node.name, node.grpc)).collect();
         cluster.voters = Some(list.join(","));
@@ -90,7 +105,7 @@ impl ProcessCluster {
         let leader = cluster.wait_for_leader(&(0..n).collect::<Vec<_>>());
         cluster.target(leader);
         // Writes need min-insync members in sync: the replicas join the ISR once caught up.
-        let replicas = n.min(3);
+        let replicas = copies.unwrap_or(3).min(n);
         poll_until("the replicas to join the in-sync replicas", || {
             (cluster.isr(leader).len() >= replicas).then_some(())
         });
@@ -118,7 +133,16 @@ impl ProcessCluster {
             })
             .collect();
         let leader = Arc::new(RwLock::new(nodes[0].addr));
-        ProcessCluster { _serial: serial, _dir: dir, nodes, tolerance, addressing, leader, voters: None }
+        ProcessCluster {
+            _serial: serial,
+            _dir: dir,
+            nodes,
+            tolerance,
+            addressing,
+            leader,
+            voters: None,
+            replication_factor: None,
+        }
     }
 
     /// The in-sync replicas node `i` reports (its STATS `isr=`).
@@ -149,7 +173,12 @@ impl ProcessCluster {
         let voters = self.voters.clone().expect("a cluster-mode cluster");
         let tolerance = self.tolerance.to_string();
         let source = self.nodes[i].ip.to_string();
-        let args = self.args(i, &source, &["--cluster", &voters, "--tolerance", &tolerance]);
+        let copies = self.replication_factor.map(|r| r.to_string());
+        let mut extra = vec!["--cluster", &voters, "--tolerance", &tolerance];
+        if let Some(copies) = &copies {
+            extra.extend(["--replication-factor", copies]);
+        }
+        let args = self.args(i, &source, &extra);
         let node = &self.nodes[i];
         let process = ServerProcess::spawn_on(&node.data_dir, node.addr, node.grpc, &args);
         self.nodes[i].process = Some(process);
@@ -240,26 +269,6 @@ impl ProcessCluster {
     /// The next offset of node `i`'s log, from STATS (`last_offset` + 1; 0 when empty).
     pub fn next_offset(&self, i: usize) -> u64 {
         self.stats(i).get("last_offset").and_then(|o| o.parse::<u64>().ok()).map_or(0, |o| o + 1)
-    }
-
-    /// The README's manual failover: among the running `candidates`, restart the one with
-    /// the highest `last_offset` without `--follow`, then point every other running node
-    /// (and `also_follow`, stopped ones to start) at it. Returns the new leader.
-    pub fn promote_most_up_to_date(&mut self, candidates: &[usize], also_follow: &[usize]) -> usize {
-        // Ties go to the first candidate, so a seed replays the same choice.
-        let chosen =
-            *candidates.iter().max_by_key(|&&i| (self.next_offset(i), std::cmp::Reverse(i))).expect("a candidate");
-        self.stop(chosen);
-        self.launch(chosen, None);
-        for i in 0..self.nodes.len() {
-            if i != chosen && (self.is_running(i) || also_follow.contains(&i)) {
-                if self.is_running(i) {
-                    self.stop(i);
-                }
-                self.launch(i, Some(chosen));
-            }
-        }
-        chosen
     }
 
     /// Waits until every running node's log ends where `leader`'s does.
