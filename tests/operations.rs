@@ -9,54 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::cluster::TestCluster;
+use common::prometheus::{observations, scrape, value};
 use common::{DEADLINE, LineClient, ServerProcess, free_port, msglog, poll_until};
-use prometheus_parse::{Scrape, Value};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------
 // Metrics
 // ---------------------------------------------------------------------------------------
-
-/// `GET /metrics` over a plain HTTP/1.1 connection, parsed by prometheus-parse.
-async fn scrape(addr: SocketAddr) -> Scrape {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the metrics port");
-        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await.expect("send request");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.expect("read response");
-        response
-    };
-    let response = tokio::time::timeout(DEADLINE, exchange).await.expect("scrape within the deadline");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP head");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
-    Scrape::parse(body.lines().map(|line| Ok(line.to_string()))).expect("the Prometheus text format")
-}
-
-/// The value of the sample named `metric` whose labels include `labels`.
-fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .find_map(|s| match s.value {
-            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
-
-/// The `+Inf` bucket of a histogram: how many observations it holds.
-fn observations(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .find_map(|s| match &s.value {
-            Value::Histogram(buckets) => buckets.iter().find(|b| b.less_than.is_infinite()).map(|b| b.count),
-            _ => None,
-        })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_scraped_over_http_move_with_set_and_get() {
@@ -111,6 +70,85 @@ async fn metrics_show_connected_followers_and_their_lag() {
     assert!(value(&follower, "msglog_replication_lag_records", &[]).is_some());
     drop(client);
     cluster.shutdown().await;
+}
+
+/// A loopback address on a free port.
+fn loopback_addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().expect("addr")
+}
+
+/// Scrapes `metrics` until `ready` holds for what it read, or panics naming `what`.
+async fn scrape_until(metrics: SocketAddr, what: &str, ready: impl Fn(&prometheus_parse::Scrape) -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !ready(&scrape(metrics).await) {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_metrics_show_the_isr_the_high_watermark_the_leader_and_leader_changes() {
+    let dir = TempDir::new().unwrap();
+    // (client, gRPC, metrics) addresses of n0, n1, n2.
+    let addrs: Vec<[SocketAddr; 3]> = (0..3).map(|_| [loopback_addr(), loopback_addr(), loopback_addr()]).collect();
+    let voters: Vec<String> = addrs.iter().enumerate().map(|(i, [_, grpc, _])| format!("n{i}={grpc}")).collect();
+    let voters = voters.join(",");
+    let mut nodes: Vec<Option<ServerProcess>> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, [client, grpc, metrics])| {
+            let (name, metrics) = (format!("n{i}"), metrics.to_string());
+            let args = ["--node-id", &name, "--cluster", &voters, "--tolerance", "1", "--metrics-listen", &metrics];
+            Some(ServerProcess::spawn_on(&dir.path().join(&name), *client, *grpc, &args))
+        })
+        .collect();
+    nodes.iter_mut().flatten().for_each(ServerProcess::wait_until_ready);
+    let stats = |i: usize| common::stats(addrs[i][0]);
+    let leader = poll_until("a leader with all three in its ISR", || {
+        (0..3).find(|&i| {
+            let s = stats(i);
+            s.get("leader").is_some_and(|l| l == "self") && s.get("isr").is_some_and(|isr| isr.split(',').count() == 3)
+        })
+    });
+    let mut client = LineClient::connect(addrs[leader][0]).unwrap();
+    assert_eq!(client.request(b"SET a 1").unwrap(), b"OK");
+
+    let gauge = |scrape: &prometheus_parse::Scrape, name: &str| value(scrape, name, &[]);
+    let mut changes_before = Vec::new();
+    for (i, [_, _, metrics]) in addrs.iter().enumerate() {
+        // A follower learns the high watermark from the leader's next chunk.
+        scrape_until(*metrics, "the high watermark to reach 1", |s| {
+            gauge(s, "msglog_cluster_high_watermark") == Some(1.0)
+        })
+        .await;
+        let s = scrape(*metrics).await;
+        let leads = if i == leader { 1.0 } else { 0.0 };
+        assert_eq!(gauge(&s, "msglog_cluster_partition_leader"), Some(leads), "n{i}");
+        assert_eq!(gauge(&s, "msglog_cluster_isr_size"), Some(3.0), "n{i}");
+        let changes = gauge(&s, "msglog_cluster_leader_changes_total").expect("a leader change counter");
+        assert!(changes >= 1.0, "n{i} has learnt of a leader: {changes}");
+        changes_before.push(changes);
+    }
+
+    let mut old = nodes[leader].take().expect("running");
+    old.signal(libc::SIGTERM);
+    assert!(old.wait_for_exit().success(), "{}", old.stderr());
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = poll_until("a new leader", || survivors.iter().copied().find(|&i| stats(i)["leader"] == "self"));
+    for &i in &survivors {
+        let metrics = addrs[i][2];
+        let before = changes_before[i];
+        scrape_until(metrics, "the leader change to be counted", |s| {
+            gauge(s, "msglog_cluster_leader_changes_total").is_some_and(|now| now > before)
+        })
+        .await;
+        let leads = if i == new_leader { 1.0 } else { 0.0 };
+        scrape_until(metrics, "the new leader to show", |s| gauge(s, "msglog_cluster_partition_leader") == Some(leads))
+            .await;
+    }
+    // The new leader drops the stopped one from the ISR once it is seen to be gone.
+    scrape_until(addrs[new_leader][2], "the ISR to shrink to 2", |s| gauge(s, "msglog_cluster_isr_size") == Some(2.0))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

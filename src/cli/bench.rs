@@ -281,7 +281,7 @@ impl Progress {
             return None;
         }
         let (len, template) = match goal {
-            Goal::Requests(n) => (n, "{prefix:>7} [{wide_bar}] {human_pos}/{human_len} {per_sec} eta {eta}"),
+            Goal::Requests(n) => (n, "{prefix:>7} [{wide_bar}] {human_pos}/{human_len} {per_sec:0} eta {eta}"),
             Goal::Duration(d) => (d.as_millis() as u64, "{prefix:>7} [{wide_bar}] {elapsed}, {msg}"),
         };
         let style = ProgressStyle::with_template(template).expect("the template is valid").progress_chars("=> ");

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::storage::check::{CheckReport, DamageKind, check};
+use crate::storage::check::{CheckReport, Damage, DamageKind, check};
 use crate::storage::{Config, Log, RecoveryMode};
 
-use super::msg_files::progress;
+use super::units::{byte_progress, human_bytes};
 
 /// Verify a data dir: every record's CRC, the segment headers and offset order.
 ///
@@ -56,14 +56,18 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     match damage.kind {
-        DamageKind::Bytes => println!(
-            "repair: dropping {} bytes from byte {} of {}, and {} later segment(s) holding {} good record(s)",
-            damage.lost_bytes,
-            damage.position,
-            damage.segment.display(),
-            damage.lost_segments,
-            damage.lost_records
-        ),
+        DamageKind::Bytes => {
+            println!(
+                "repair: dropping {} bytes ({}) from byte {} of {}, and {} later segment(s) holding {} good record(s)",
+                damage.lost_bytes,
+                human_bytes(damage.lost_bytes),
+                damage.position,
+                damage.segment.display(),
+                damage.lost_segments,
+                damage.lost_records
+            );
+            println!("{}", lost_line(damage));
+        }
         DamageKind::MissingSegment => println!(
             "repair: forgetting every missing segment (first {}): their records are lost, and older values of \
              their IDs may show again; the segments still present are kept",
@@ -95,11 +99,31 @@ fn verify(args: &CheckArgs, config: &Config) -> anyhow::Result<CheckReport> {
     let dir = crate::storage::log_dir(&args.data_dir);
     let total = std::fs::read_dir(&dir)
         .map_or(0, |entries| entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum());
-    let bar = progress(total, "checking");
+    let bar = byte_progress(total, "checking");
     let report = check(&args.data_dir, config, |bytes| bar.inc(bytes))
         .with_context(|| format!("cannot check {}", args.data_dir.display()))?;
     bar.finish_and_clear();
     Ok(report)
+}
+
+/// What a cut loses, in the words an operator checks against: records and IDs. The cut
+/// bytes of the damaged segment can be counted only when a later segment bounds them, and
+/// their IDs cannot be read at all.
+fn lost_line(damage: &Damage) -> String {
+    let records = match damage.cut_records {
+        Some(cut) => format!("{} record(s)", damage.lost_records + cut),
+        // No later segment: every lost byte is in the damaged one.
+        None => format!(
+            "{} record(s), plus those in the {} cut bytes of the damaged segment (uncountable: no later segment \
+             bounds them)",
+            damage.lost_records, damage.lost_bytes
+        ),
+    };
+    format!(
+        "lost: {records}; {} ID(s) lose their newest value (older values may show again), besides any written only \
+         in the damaged bytes",
+        damage.lost_ids
+    )
 }
 
 fn or_none(offset: Option<u64>) -> String {

@@ -2,10 +2,12 @@
 //! of piped input sent pipelined.
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use rustyline::DefaultEditor;
@@ -13,15 +15,26 @@ use rustyline::error::ReadlineError;
 
 use crate::server::Password;
 
+// `-h` is redis-cli's host, so help is `--help` only.
 #[derive(Debug, clap::Args)]
+#[command(disable_help_flag = true)]
 pub(crate) struct ClientArgs {
     /// Server to talk to.
     #[arg(long, env = "MSGLOG_ADDR", default_value = "127.0.0.1:6666")]
     addr: String,
+    /// Host to connect to, as redis-cli's `-h`: replaces the host part of --addr.
+    #[arg(short = 'h', long)]
+    host: Option<String>,
+    /// Port to connect to, as redis-cli's `-p`: replaces the port part of --addr.
+    #[arg(short = 'p', long)]
+    port: Option<u16>,
     /// The server's password (its --requirepass), sent with AUTH before anything else;
-    /// prefer the environment variable, as a flag shows in `ps`.
-    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
+    /// `-a` as in redis-cli. Prefer the environment variable, as a flag shows in `ps`.
+    #[arg(short = 'a', long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
     password: Option<Password>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// A command, e.g. `SET greeting hello world`; its words are joined with single spaces.
     /// Without one, commands are read from stdin.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -29,17 +42,120 @@ pub(crate) struct ClientArgs {
 }
 
 pub(crate) fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let stream = TcpStream::connect(&args.addr).with_context(|| format!("cannot connect to {}", args.addr))?;
+    refuse_unknown_flag(&args.command)?;
+    let addr = server_addr(&args.addr, args.host.as_deref(), args.port)?;
+    let stream = TcpStream::connect(&addr).with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
+    // A server that says nothing (an HTTP/1 server waiting for headers) must not hang us.
+    stream.set_read_timeout(Some(PROBE_TIMEOUT)).context("setting a read timeout")?;
+    check_speaks_msglog(&mut &stream, &addr)?;
+    stream.set_read_timeout(None).context("clearing the read timeout")?;
     if let Some(password) = &args.password {
         authenticate(&stream, password)?;
     }
     if !args.command.is_empty() {
         one_shot(stream, &args.command)
     } else if io::stdin().is_terminal() {
-        interactive(stream, &args.addr)
+        interactive(stream, &addr)
     } else {
         piped(stream)
+    }
+}
+
+/// How long the first PING may take to be answered before the port is judged not msglog's.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `--addr` with redis-cli's `-h`/`-p` put in place of its host or port.
+fn server_addr(addr: &str, host: Option<&str>, port: Option<u16>) -> anyhow::Result<String> {
+    if host.is_none() && port.is_none() {
+        return Ok(addr.to_string());
+    }
+    let Some((addr_host, addr_port)) = addr.rsplit_once(':') else {
+        bail!("--addr {addr} is not host:port, so -h/-p cannot replace part of it");
+    };
+    let host = host.unwrap_or(addr_host);
+    let port = port.map_or_else(|| addr_port.to_string(), |p| p.to_string());
+    // An IPv6 literal needs its brackets back once a port follows it.
+    let bracketed = host.contains(':') && !host.starts_with('[');
+    Ok(if bracketed { format!("[{host}]:{port}") } else { format!("{host}:{port}") })
+}
+
+/// Every verb is a word of letters, so a first word starting with `-` is a flag this client
+/// does not know (redis-cli's `-n`, `--raw`...): sending it as a command would only puzzle.
+fn refuse_unknown_flag(command: &[OsString]) -> anyhow::Result<()> {
+    let Some(first) = command.first() else { return Ok(()) };
+    let first = first.to_string_lossy();
+    if first.starts_with('-') {
+        bail!(
+            "unknown option '{first}': msglog client takes --addr, -h/--host, -p/--port and -a/--password \
+             (see --help); redis-cli's other options have no equivalent here"
+        );
+    }
+    Ok(())
+}
+
+/// Sends PING before anything else and insists on msglog's answer, so that pointing the
+/// client at another service (the gRPC port, an SSH or HTTP server) fails with a reason
+/// instead of printing that service's bytes, and no command of the user's reaches it.
+fn check_speaks_msglog(stream: &mut (impl Read + Write), addr: &str) -> anyhow::Result<()> {
+    stream.write_all(b"PING\n").with_context(|| format!("sending to {addr}"))?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 256];
+    // msglog answers PING with one line and sends nothing else unasked, so reading in
+    // chunks cannot take bytes belonging to a later reply.
+    while !answer.contains(&b'\n') && answer.len() < 256 && could_be_msglog(&answer) {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                bail!(
+                    "{addr} does not speak msglog's protocol (no answer to PING in {} s: is that msglog's client port?)",
+                    PROBE_TIMEOUT.as_secs()
+                )
+            }
+            Err(err) => return Err(err).with_context(|| format!("reading from {addr}")),
+        }
+    }
+    let line = answer.strip_suffix(b"\n").map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    match line {
+        Some(b"PONG") => Ok(()),
+        // NOAUTH before AUTH is msglog speaking; any other error (a full server, one
+        // shutting down) is the server's to tell.
+        Some(line) if line.starts_with(b"ERR NOAUTH") => Ok(()),
+        Some(line) if line.starts_with(b"ERR ") && could_be_msglog(line) => {
+            bail!("{addr} refused the connection: {}", String::from_utf8_lossy(line))
+        }
+        _ if answer.is_empty() => bail!("{addr} closed the connection without answering PING"),
+        _ => bail!("{addr} does not speak msglog's protocol (it answered with {})", foreign(&answer)),
+    }
+}
+
+/// msglog's text replies to PING are `PONG` or `ERR <reason>`: printable UTF-8 lines.
+fn could_be_msglog(answer: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(answer) else { return false };
+    let line = text.trim_end_matches(['\r', '\n']);
+    let printable = !line.chars().any(char::is_control);
+    let prefix = |reply: &str| reply.starts_with(line) || line.starts_with(reply);
+    printable && (prefix("PONG") || prefix("ERR "))
+}
+
+/// Names what answered, from the first bytes it sent.
+fn foreign(answer: &[u8]) -> String {
+    // An HTTP/2 server's first frame is SETTINGS (type 4) on stream 0, or GOAWAY (type 7)
+    // once it has read a bad preface: 3 bytes of length, type, flags, 4 bytes of stream.
+    let http2_frame = answer.len() >= 9 && matches!(answer[3], 4 | 7) && answer[5..9] == [0, 0, 0, 0];
+    if http2_frame {
+        "HTTP/2 bytes: is that the --grpc-listen port?".to_string()
+    } else if answer.starts_with(b"HTTP/") {
+        "an HTTP response: is that the --metrics-listen port?".to_string()
+    } else if answer.starts_with(b"SSH-") {
+        "an SSH banner".to_string()
+    } else if answer.starts_with(b"+") || answer.starts_with(b"-") {
+        "a RESP reply: is that a Redis server? use redis-cli".to_string()
+    } else {
+        let shown: String =
+            answer.iter().take(32).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
+        format!("\"{shown}\"")
     }
 }
 
@@ -85,6 +201,11 @@ fn one_shot(stream: TcpStream, words: &[OsString]) -> anyhow::Result<ExitCode> {
 /// A prompt with line editing and history; every line is one command.
 fn interactive(stream: TcpStream, addr: &str) -> anyhow::Result<ExitCode> {
     let mut editor = DefaultEditor::new().context("starting the line editor")?;
+    let history = history_file();
+    if let Some(path) = &history {
+        // A first run has no file yet; an unreadable one only costs the old entries.
+        let _ = editor.load_history(path);
+    }
     let prompt = format!("{addr}> ");
     let mut writer = &stream;
     let mut reader = BufReader::new(&stream);
@@ -98,8 +219,14 @@ fn interactive(stream: TcpStream, addr: &str) -> anyhow::Result<ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        // History is a convenience; failing to record it is no reason to stop.
-        let _ = editor.add_history_entry(line.as_str());
+        // History is a convenience; failing to record it is no reason to stop. AUTH
+        // lines hold a password, so they stay out of it (as in redis-cli).
+        if !line.trim_start().get(..5).is_some_and(|verb| verb.eq_ignore_ascii_case("AUTH ")) {
+            let _ = editor.add_history_entry(line.as_str());
+            if let Some(path) = &history {
+                let _ = editor.append_history(path);
+            }
+        }
         writer.write_all(format!("{line}\n").as_bytes()).context("sending the command")?;
         if !read_reply(&mut reader, &mut reply).context("reading the reply")? {
             bail!("the server closed the connection");
@@ -109,6 +236,12 @@ fn interactive(stream: TcpStream, addr: &str) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
+}
+
+/// `~/.msglog_history`; none without a home (a service account, a bare container).
+fn history_file() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").filter(|home| !home.is_empty())?;
+    Some(PathBuf::from(home).join(".msglog_history"))
 }
 
 /// Streams stdin to the server while printing replies, on two threads, so that neither side

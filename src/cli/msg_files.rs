@@ -74,7 +74,7 @@ pub(crate) fn progress(len: u64, what: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len);
-    let template = format!("{what} {{bar:40}} {{pos}}/{{len}} ({{per_sec}}, {{eta}} left)");
+    let template = format!("{what} {{bar:40}} {{human_pos}}/{{human_len}} ({{per_sec:0}}, {{eta}} left)");
     bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
     bar
 }

@@ -88,8 +88,10 @@ pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e).with_context(|| format!("tailing {}", args.from)),
     }
-    out.flush().context("writing to stdout")?;
-    Ok(ExitCode::SUCCESS)
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 fn write_text(out: &mut impl Write, record: &RecordRef<'_>) -> std::io::Result<()> {
@@ -159,7 +161,8 @@ fn write_json(out: &mut impl Write, record: &RecordRef<'_>) -> std::io::Result<(
         message,
         message_hex,
     };
-    serde_json::to_writer(&mut *out, &json).map_err(std::io::Error::other)?;
+    // `From` hands back the writer's own error, so a closed pipe stays a BrokenPipe.
+    serde_json::to_writer(&mut *out, &json).map_err(std::io::Error::from)?;
     out.write_all(b"\n")
 }
 

@@ -1,8 +1,32 @@
-//! Parsers for flag values with units: sizes, durations, the fsync policy.
+//! Flag values with units (sizes, durations, the fsync policy), and sizes shown to people.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use crate::storage::FsyncPolicy;
+
+/// A progress bar over bytes on stderr when it is a terminal (hidden otherwise, so scripts
+/// stay quiet), in MB and MB/s: a count of bytes with decimals says nothing at a glance.
+pub(crate) fn byte_progress(len: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    ProgressBar::new(len).with_style(byte_style(what))
+}
+
+fn byte_style(what: &str) -> ProgressStyle {
+    let template = format!(
+        "{what} {{bar:40}} {{decimal_bytes}}/{{decimal_total_bytes}} ({{decimal_bytes_per_sec}}, {{eta}} left)"
+    );
+    ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// A size as people read it, in decimal units like the progress bars: `1.50 MB`.
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    indicatif::DecimalBytes(bytes).to_string()
+}
 
 /// `always`, `never`, or `interval=<ms>` (a unit such as `interval=1s` is accepted too).
 pub(crate) fn parse_fsync(text: &str) -> Result<FsyncPolicy, String> {
@@ -72,6 +96,54 @@ pub(crate) fn parse_node_id(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Default, Clone)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn byte_progress_shows_megabytes_not_raw_counts() {
+        let screen = Screen::default();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let bar = ProgressBar::with_draw_target(Some(12_000_000), target).with_style(byte_style("checking"));
+        bar.set_position(3_500_000);
+        bar.tick();
+        let drawn = screen.0.lock().unwrap().clone();
+        assert!(drawn.contains("3.50 MB/12.00 MB"), "{drawn}");
+        assert!(!drawn.contains("3500000"), "{drawn}");
+        assert_eq!(human_bytes(1_500_000), "1.50 MB");
+    }
 
     #[test]
     fn fsync_policies_parse() {

@@ -21,7 +21,7 @@ use crate::cluster::quorum::Quorum;
 use crate::replication::{
     ForwardClient, ForwardConfig, Replication, ReplicationConfig, ReplicationStatus, Role, with_forwarding,
 };
-use crate::server::metrics::{Exporter, Metrics, ReplicationFigures};
+use crate::server::metrics::{ClusterFigures, Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ForwardEndpoint, Forwarding, ServerConfig};
 use crate::storage::{Epoch, FileSystem, Lineage, Log, LogStats, Origin, RealFs};
 
@@ -183,6 +183,13 @@ impl Node {
                     Arc::downgrade(&log),
                     replication_figures(Arc::downgrade(&replication)),
                 );
+                let exporter = match (&quorum, Cluster::routes(replication.as_ref())) {
+                    (Some(quorum), Some(routes)) => exporter.with_cluster(
+                        cluster_figures(Arc::downgrade(&replication), quorum.metadata(), node_id.clone()),
+                        routes,
+                    ),
+                    _ => exporter,
+                };
                 tracing::info!(%addr, "serving Prometheus metrics at /metrics");
                 let mut stopped = stop_replication.subscribe();
                 Some(tokio::spawn(exporter.serve(listener, async move {
@@ -525,6 +532,24 @@ fn replication_figures(
             ReplicationStatus::Follower { lag, .. } | ReplicationStatus::Member { lag, .. } => {
                 ReplicationFigures { leader: false, lag_behind_leader: Some(*lag), ..ReplicationFigures::default() }
             }
+        })
+    })
+}
+
+/// Cluster mode's figures for a scrape: the quorum's word on the partition, and this
+/// node's high watermark (read weakly, as [`replication_figures`] does).
+fn cluster_figures(
+    replication: std::sync::Weak<Replication>,
+    metadata: watch::Receiver<Arc<crate::cluster::metadata::Metadata>>,
+    node_id: String,
+) -> Box<dyn Fn() -> Option<ClusterFigures> + Send + Sync> {
+    Box::new(move || {
+        let high_watermark = replication.upgrade()?.high_watermark();
+        let meta = Arc::clone(&metadata.borrow());
+        Some(ClusterFigures {
+            leads_partition: meta.partition.leader.as_deref() == Some(node_id.as_str()),
+            isr_size: meta.partition.isr.len() as u64,
+            high_watermark,
         })
     })
 }

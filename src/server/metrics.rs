@@ -20,8 +20,9 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
+use super::Route;
 use crate::storage::Log;
 
 /// What a connection records; shared by every connection of a server.
@@ -121,9 +122,24 @@ pub struct ReplicationFigures {
 
 type ReplicationSource = Box<dyn Fn() -> Option<ReplicationFigures> + Send + Sync>;
 
+/// Cluster mode's figures at scrape time, as the metadata quorum and replication see them.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterFigures {
+    /// The quorum names this node the partition's leader.
+    pub leads_partition: bool,
+    /// Replicas in the partition's committed in-sync set.
+    pub isr_size: u64,
+    /// Every record below this offset is held by every in-sync replica.
+    pub high_watermark: u64,
+}
+
+type ClusterSource = Box<dyn Fn() -> Option<ClusterFigures> + Send + Sync>;
+
 /// A node's metrics, ready to render.
 pub struct Exporter {
     registry: Registry,
+    /// Cluster mode: where data commands run, followed to count leader changes.
+    routes: Option<(watch::Receiver<Route>, Counter)>,
 }
 
 impl Exporter {
@@ -140,7 +156,21 @@ impl Exporter {
         registry.register("connections", "Client connections being served", metrics.connections.clone());
         registry.register("connections_accepted", "Client connections accepted", metrics.accepted.clone());
         registry.register_collector(Box::new(NodeCollector { log, replication }));
-        Exporter { registry }
+        Exporter { registry, routes: None }
+    }
+
+    /// Adds cluster mode's metrics: `figures` read at each scrape, and a count of leader
+    /// changes taken from `routes` while [`serve`](Self::serve) runs.
+    pub fn with_cluster(mut self, figures: ClusterSource, routes: watch::Receiver<Route>) -> Exporter {
+        let changes = Counter::default();
+        self.registry.register(
+            "cluster_leader_changes",
+            "Times the partition's leader, as this node learns it, became another node (the first one learnt counts)",
+            changes.clone(),
+        );
+        self.registry.register_collector(Box::new(ClusterCollector(figures)));
+        self.routes = Some((routes, changes));
+        self
     }
 
     /// The Prometheus text exposition format, version 0.0.4.
@@ -152,7 +182,14 @@ impl Exporter {
     }
 
     /// Answers `GET /metrics` on `listener` until `shutdown` completes.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let routes = self.routes.take();
+        let count_leader_changes = async move {
+            match routes {
+                Some((routes, changes)) => count_leader_changes(routes, changes).await,
+                None => std::future::pending().await,
+            }
+        };
         let exporter = Arc::new(self);
         let scrapes = Arc::new(Semaphore::new(MAX_SCRAPES_IN_FLIGHT));
         let accept = async {
@@ -172,7 +209,31 @@ impl Exporter {
         };
         tokio::select! {
             () = accept => {}
+            () = count_leader_changes => {}
             () = shutdown => {}
+        }
+    }
+}
+
+/// Counts each new leader `routes` names. A route that only blinks (an election that
+/// re-elects the same node) is no change; one that ends (replication stopped) ends this.
+async fn count_leader_changes(mut routes: watch::Receiver<Route>, changes: Counter) {
+    let mut leader: Option<String> = None;
+    loop {
+        let named = match &*routes.borrow_and_update() {
+            Route::Local => Some(None),
+            Route::Forward { leader_id, .. } => Some(Some(leader_id.clone())),
+            Route::Electing => None,
+        };
+        // `Some(None)` is this node: no id needed, only that it differs from another's.
+        if let Some(now) = named.map(|id| id.unwrap_or_default())
+            && leader.as_ref() != Some(&now)
+        {
+            leader = Some(now);
+            changes.inc();
+        }
+        if routes.changed().await.is_err() {
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -211,6 +272,35 @@ async fn answer(mut stream: TcpStream, exporter: &Exporter) -> std::io::Result<(
     );
     stream.write_all(reply.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Cluster mode's gauges, read at each scrape.
+struct ClusterCollector(ClusterSource);
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(cluster) = (self.0)() else { return Ok(()) };
+        let e = &mut encoder;
+        gauge(
+            e,
+            "cluster_partition_leader",
+            "1 while the quorum names this node the partition's leader.",
+            u64::from(cluster.leads_partition),
+        )?;
+        gauge(e, "cluster_isr_size", "Replicas in the partition's committed in-sync set.", cluster.isr_size)?;
+        gauge(
+            e,
+            "cluster_high_watermark",
+            "Every record below this offset is held by every in-sync replica.",
+            cluster.high_watermark,
+        )
+    }
 }
 
 /// Reads the figures that already exist elsewhere at each scrape.

@@ -63,7 +63,7 @@ pub(crate) fn mget(shared: &Shared, view: &Batch<'_>, keys: Keys<'_>) -> RespRep
 }
 
 /// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the
-/// numbers STATS reports. `role:master` is Redis's word for a leader; clients look for it.
+/// numbers STATS reports.
 fn info(shared: &Shared, sections: Args<'_>) -> String {
     let s = Snapshot::take(shared, false);
     let wanted = |name: &str| {
@@ -113,14 +113,8 @@ fn info(shared: &Shared, sections: Args<'_>) -> String {
             ("get_per_sec", format!("{:.0}", s.get_per_sec)),
         ],
     );
-    let redis_role = if s.role == "leader" { "master" } else { "slave" };
-    let mut replication = vec![("role", redis_role.to_string()), ("msglog_role", s.role.to_string())];
-    if s.role == "leader" {
-        let followers = s.replication.iter().find(|(k, _)| k == "followers").map_or("0", |(_, v)| v.as_str());
-        replication.push(("connected_slaves", followers.to_string()));
-    }
-    replication.extend(s.replication.iter().map(|(k, v)| (k.as_str(), v.clone())));
-    section("replication", &replication);
+    let replication = s.info_replication();
+    section("replication", &replication.iter().map(|(k, v)| (k.as_str(), v.clone())).collect::<Vec<_>>());
     section("keyspace", &[("db0", format!("keys={},expires=0,avg_ttl=0", s.ids))]);
     text
 }

@@ -183,6 +183,107 @@ impl fmt::Display for Snapshot {
     }
 }
 
+impl Snapshot {
+    /// INFO's `# Replication` lines: Redis's fields first where one fits, so that tools
+    /// reading `role:` or `master_link_status:` understand msglog, then msglog's own pairs.
+    /// Offsets count records, not bytes: `master_repl_offset` is the next offset, a
+    /// follower's `offset=` the one below which it holds every record durably, so `lag=`
+    /// (records, not Redis's seconds) is their difference.
+    pub(crate) fn info_replication(&self) -> Vec<(String, String)> {
+        let pair = |key: &str| self.replication.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let next_offset = self.last_offset.map_or(0, |last| last + 1).to_string();
+        let members = pair("members").map(client_addrs).unwrap_or_default();
+        // A member's client address, from the cluster's member list or, outside cluster
+        // mode, from an id that is an address (the default id is the --listen address).
+        let host_port = |id: &str| {
+            let addr = members.iter().find(|(member, _)| member == id).map_or(id, |(_, addr)| addr.as_str());
+            let (host, port) = addr.rsplit_once(':')?;
+            let port: u16 = port.parse().ok()?;
+            Some((host.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+        };
+        let mut lines = Vec::new();
+        let mut line = |key: &str, value: String| lines.push((key.to_string(), value));
+        if self.role == "leader" {
+            line("role", "master".to_string());
+            line("connected_slaves", pair("followers").unwrap_or("0").to_string());
+            let connected = self.followers().filter(|f| f.connected);
+            for (n, follower) in connected.enumerate() {
+                let address =
+                    host_port(follower.id).map_or_else(String::new, |(ip, port)| format!("ip={ip},port={port},"));
+                let offset = follower.acked.parse::<u64>().map_or(0, |acked| acked + 1);
+                line(&format!("slave{n}"), format!("{address}state=online,offset={offset},lag={}", follower.lag));
+            }
+            line("master_repl_offset", next_offset);
+        } else {
+            line("role", "slave".to_string());
+            // Cluster mode names the leader in `leader=`; a manual follower's `leader=` is
+            // the gRPC address it follows, and the leader's id is `leader_id=`.
+            let leader = if pair("cluster").is_some() { pair("leader") } else { pair("leader_id") };
+            if let Some((host, port)) = leader.and_then(host_port) {
+                line("master_host", host);
+                line("master_port", port.to_string());
+            }
+            let up = pair("leader_connected") == Some("true");
+            line("master_link_status", if up { "up" } else { "down" }.to_string());
+            line("master_repl_offset", next_offset.clone());
+            line("slave_repl_offset", next_offset);
+            line("connected_slaves", "0".to_string());
+        }
+        line("msglog_role", self.role.to_string());
+        for (key, value) in &self.replication {
+            match Follower::parse(key, value) {
+                Some(f) => {
+                    let state = if f.connected { "online" } else { "disconnected" };
+                    line(
+                        &format!("follower_{}", info_key(f.id)),
+                        format!("acked={},lag={},state={state}", f.acked, f.lag),
+                    );
+                }
+                None => line(key, value.clone()),
+            }
+        }
+        lines
+    }
+
+    fn followers(&self) -> impl Iterator<Item = Follower<'_>> {
+        self.replication.iter().filter_map(|(key, value)| Follower::parse(key, value))
+    }
+}
+
+/// A follower as STATS shows it on its leader: `follower.<id>=acked:<offset|none>,lag:<n>`,
+/// with `,disconnected` once its stream is gone.
+struct Follower<'a> {
+    id: &'a str,
+    acked: &'a str,
+    lag: &'a str,
+    connected: bool,
+}
+
+impl<'a> Follower<'a> {
+    fn parse(key: &'a str, value: &'a str) -> Option<Follower<'a>> {
+        let id = key.strip_prefix("follower.")?;
+        let mut fields = value.split(',');
+        let acked = fields.next()?.strip_prefix("acked:")?;
+        let lag = fields.next()?.strip_prefix("lag:")?;
+        Some(Follower { id, acked, lag, connected: fields.next() != Some("disconnected") })
+    }
+}
+
+/// `id@client-address` pairs of the cluster's member list.
+fn client_addrs(members: &str) -> Vec<(String, String)> {
+    members
+        .split(',')
+        .filter_map(|member| member.rsplit_once('@'))
+        .map(|(id, addr)| (id.to_string(), addr.to_string()))
+        .collect()
+}
+
+/// An INFO key ends at the first `:`, and node ids are often addresses: anything but
+/// `[A-Za-z0-9._-]` becomes `_`.
+fn info_key(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
+}
+
 struct OrNone(Option<u64>);
 
 impl fmt::Display for OrNone {

@@ -42,6 +42,11 @@ pub struct Damage {
     pub lost_segments: u64,
     /// Records in those later segments that still check out (all lost to a repair).
     pub lost_records: u64,
+    /// IDs written by those records: each loses its newest value (older ones may show).
+    pub lost_ids: u64,
+    /// Records in the cut bytes of the damaged segment, readable or not; known when a
+    /// later segment's base offset says where they end.
+    pub cut_records: Option<u64>,
     /// What is wrong: bad bytes, or a hole in the segment chain.
     pub kind: DamageKind,
 }
@@ -155,7 +160,9 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         progress(len);
         if let Some((position, reason)) = found {
             report.bytes = position as u64;
-            damage = Some(lost_after(&dir, &bases[i + 1..], config, path, position as u64, len, reason)?);
+            let cut_from = prev.map_or(base, |last| last + 1);
+            let cut = Cut { segment: path, position: position as u64, len, from: cut_from };
+            damage = Some(lost_after(&dir, &bases[i + 1..], config, cut, reason)?);
             reports.push(report);
             break;
         }
@@ -176,6 +183,8 @@ fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)
         lost_bytes: 0,
         lost_segments: 0,
         lost_records: 0,
+        lost_ids: 0,
+        cut_records: None,
         kind,
     };
     let Some(listed) = manifest::read(dir)? else {
@@ -195,31 +204,42 @@ fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)
     Ok((files.into_iter().filter(|b| !found.leftover.contains(b)).collect(), damage))
 }
 
-/// What a repair at `position` of `segment` drops: the rest of it and every later segment.
-fn lost_after(
-    dir: &Path,
-    later: &[Offset],
-    config: &Config,
+/// Where a repair cuts: byte `position` of `segment` (`len` bytes long), whose first cut
+/// record would have had offset `from`.
+struct Cut {
     segment: PathBuf,
     position: u64,
     len: u64,
-    reason: String,
-) -> Result<Damage> {
+    from: Offset,
+}
+
+/// What a repair at `cut` drops: the rest of its segment and every later segment.
+fn lost_after(dir: &Path, later: &[Offset], config: &Config, cut: Cut, reason: String) -> Result<Damage> {
     let mut damage = Damage {
-        segment,
-        position,
+        lost_bytes: cut.len - cut.position,
+        segment: cut.segment,
+        position: cut.position,
         reason,
-        lost_bytes: len - position,
         lost_segments: later.len() as u64,
         lost_records: 0,
+        lost_ids: 0,
+        // Offsets are dense, so the next segment's base is where the cut records end.
+        cut_records: later.first().map(|&next| next.saturating_sub(cut.from)),
         kind: DamageKind::Bytes,
     };
+    let mut ids = std::collections::HashSet::new();
     for &base in later {
         let bytes = std::fs::read(segment_path(dir, base))?;
         damage.lost_bytes += bytes.len() as u64;
         let records = bytes.get(super::segment::HEADER_LEN..).unwrap_or(&[]);
         let max = config.max_record_bytes as usize;
-        damage.lost_records += Records::new(records, max).take_while(|r| r.is_ok()).count() as u64;
+        for record in Records::new(records, max).map_while(|r| r.ok()) {
+            damage.lost_records += 1;
+            if !ids.contains(record.id) {
+                ids.insert(record.id.to_vec());
+            }
+        }
     }
+    damage.lost_ids = ids.len() as u64;
     Ok(damage)
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod fs;
 pub mod history;
 pub mod netns;
+pub mod prometheus;
 pub mod proxy;
 pub mod rounds;
 pub mod scenario;
