@@ -22,6 +22,12 @@ pub(crate) struct ClientArgs {
     /// prefer the environment variable, as a flag shows in `ps`.
     #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
     password: Option<Password>,
+    /// Speak TLS to a server started with --tls-cert; needs --cacert.
+    #[arg(long, requires = "cacert")]
+    tls: bool,
+    /// The CA certificate (PEM) that signed the server's certificate, for --tls.
+    #[arg(long, env = "MSGLOG_TLS_CA", value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
     /// A command, e.g. `SET greeting hello world`; its words are joined with single spaces.
     /// Without one, commands are read from stdin.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -29,7 +35,10 @@ pub(crate) struct ClientArgs {
 }
 
 pub(crate) fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
-    let stream = TcpStream::connect(&args.addr).with_context(|| format!("cannot connect to {}", args.addr))?;
+    let stream = match (&args.cacert, args.tls) {
+        (Some(ca), true) => crate::tls::connect_client_port(&args.addr, ca)?,
+        _ => TcpStream::connect(&args.addr).with_context(|| format!("cannot connect to {}", args.addr))?,
+    };
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
     if let Some(password) = &args.password {
         authenticate(&stream, password)?;
