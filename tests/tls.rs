@@ -233,6 +233,32 @@ async fn a_caller_without_a_client_certificate_or_from_another_ca_is_refused() {
 }
 
 #[test]
+fn tail_reads_a_mutual_tls_node_with_a_client_certificate_and_not_without() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
+    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
+    let node = serve(&dir, "n0", &args);
+    assert_eq!(request(node.addr, &pki.ca.cert, "SET k tailed").expect("SET"), "OK");
+    let tail = |identity: &[&str]| {
+        common::msglog()
+            .args(["tail", "--no-follow", "--from", &node.grpc.to_string(), "--tls", "--cacert"])
+            .arg(&pki.ca.cert)
+            .args(identity)
+            .env_remove("MSGLOG_PASSWORD")
+            .output()
+            .expect("run msglog tail")
+    };
+    let (cert, key) = (pki.client.cert.display().to_string(), pki.client.key.display().to_string());
+    let with_cert = tail(&["--cert", &cert, "--key", &key]);
+    assert!(with_cert.status.success(), "{with_cert:?}");
+    assert!(text(&with_cert.stdout).ends_with(" k tailed"), "{with_cert:?}");
+    let without = tail(&[]);
+    assert!(!without.status.success(), "a tail without a client certificate must fail: {without:?}");
+    assert!(!text(&without.stdout).contains("tailed"), "{without:?}");
+}
+
+#[test]
 fn three_nodes_in_cluster_mode_elect_and_replicate_over_mutual_tls() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
@@ -265,10 +291,25 @@ fn three_nodes_in_cluster_mode_elect_and_replicate_over_mutual_tls() {
         let name = format!("n{leader}");
         views.iter().enumerate().all(|(i, v)| i == leader || v.get("leader") == Some(&name)).then_some(leader)
     });
+    // Every follower in the ISR means each one fetched over mutual TLS as itself.
+    poll_until("all three nodes in the ISR", || {
+        let isr = stats(nodes[leader].addr, &pki.ca.cert)?.get("isr")?.clone();
+        (isr.split(',').count() == 3).then_some(())
+    });
     assert_eq!(request(nodes[leader].addr, &pki.ca.cert, "SET k clustered").expect("SET"), "OK");
     for node in &nodes {
         poll_until("every node to hold the write", || {
             (request(node.addr, &pki.ca.cert, "GET k").ok()? == "clustered").then_some(())
         });
+    }
+    let status = common::msglog()
+        .args(["cluster", "status", "--addr", &nodes[leader].addr.to_string(), "--tls", "--cacert"])
+        .arg(&pki.ca.cert)
+        .env_remove("MSGLOG_PASSWORD")
+        .output()
+        .expect("run msglog cluster status");
+    assert!(status.status.success(), "{status:?}");
+    for name in ["n0", "n1", "n2"] {
+        assert!(text(&status.stdout).contains(name), "cluster status over TLS lists {name}: {status:?}");
     }
 }
