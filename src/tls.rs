@@ -49,6 +49,8 @@ pub enum TlsError {
     Invalid { what: &'static str, path: PathBuf, reason: String },
     #[error("the key {} does not match the certificate {}: {reason}", key.display(), cert.display())]
     Mismatch { cert: PathBuf, key: PathBuf, reason: String },
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
 }
 
 /// The client port's TLS: what each accepted connection's handshake uses.
@@ -102,14 +104,12 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         key: key_path.clone(),
         reason: err.to_string(),
     };
-    let mut server = ServerConfig::builder_with_provider(provider())
+    let server = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(mismatch)?
+        .map_err(|err| TlsError::Setup(err.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs.clone(), key.clone_key())
+        .with_single_cert(certs, key)
         .map_err(mismatch)?;
-    // Redis clients negotiate nothing; leaving ALPN empty accepts every client.
-    server.alpn_protocols.clear();
     let client_port = ClientPortTls(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
     let grpc = match &files.ca {
         None => None,
@@ -122,7 +122,10 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
             let identity = Identity::from_pem(&cert_pem, &key_pem);
             let ca = Certificate::from_pem(&ca_pem);
             Some(GrpcTls {
-                server: ServerTlsConfig::new().identity(identity.clone()).client_ca_root(ca.clone()),
+                server: ServerTlsConfig::new()
+                    .identity(identity.clone())
+                    .client_ca_root(ca.clone())
+                    .timeout(HANDSHAKE_TIMEOUT),
                 client: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
             })
         }
@@ -223,7 +226,12 @@ pub fn connect_client_port(addr: &str, ca: &Path) -> anyhow::Result<std::net::Tc
     let local = std::net::TcpListener::bind("127.0.0.1:0").context("binding the local relay")?;
     let local_addr = local.local_addr()?;
     let tls = runtime.block_on(async {
-        let tcp = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+        let connecting = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr));
+        let tcp = connecting
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+            .and_then(|connected| connected)
+            .with_context(|| format!("cannot connect to {addr}"))?;
         tcp.set_nodelay(true)?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, tcp)).await {
@@ -241,7 +249,7 @@ pub fn connect_client_port(addr: &str, ca: &Path) -> anyhow::Result<std::net::Tc
         }
     })?;
     let user = std::net::TcpStream::connect(local_addr).context("connecting the local relay")?;
-    let (relay, _) = local.accept().context("accepting the local relay")?;
+    let relay = accept_only(&local, user.local_addr()?)?;
     std::thread::spawn(move || {
         runtime.block_on(async move {
             relay.set_nonblocking(true)?;
@@ -258,6 +266,19 @@ fn spoke_no_tls(err: &io::Error) -> bool {
     let rustls_error = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
     matches!(rustls_error, Some(rustls::Error::InvalidMessage(_)))
         || matches!(err.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
+}
+
+/// The relay's end of `user`'s connection: another local process that raced to connect
+/// first must not be handed the TLS session.
+fn accept_only(local: &std::net::TcpListener, user: std::net::SocketAddr) -> anyhow::Result<std::net::TcpStream> {
+    use anyhow::Context;
+    for _ in 0..16 {
+        let (relay, from) = local.accept().context("accepting the local relay")?;
+        if from == user {
+            return Ok(relay);
+        }
+    }
+    anyhow::bail!("the local relay socket was taken by other processes")
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
