@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 
-use common::tls::{Ca, Caller, Issued, grpc_client, request, stats};
+use common::tls::{Ca, Caller, Issued, grpc_client, pipeline, request, stats};
 use common::{ServerProcess, free_port, poll_until};
 use tempfile::TempDir;
 
@@ -71,6 +71,18 @@ fn text_protocol_set_and_get_over_tls_with_msglog_client() {
     let get = client(server.addr, &flags, &["GET", "greeting"]);
     assert_eq!(text(&get.stdout), "hello tls", "{get:?}");
     assert_eq!(request(server.addr, &pki.ca.cert, "GET greeting").expect("GET"), "hello tls");
+}
+
+#[test]
+fn pipelined_replies_larger_than_the_socket_buffers_arrive_whole_over_tls() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let server = serve(&dir, "n0", &pki.nodes[0].serve_args(None));
+    let value = "x".repeat(1000 * 1000);
+    assert_eq!(request(server.addr, &pki.ca.cert, &format!("SET big {value}")).expect("SET"), "OK");
+    // 32 MB of replies to one read: the socket fills, and the last TLS records must still go.
+    let values = pipeline(server.addr, &pki.ca.cert, &["GET big"; 32]).expect("pipelined GETs");
+    assert!(values.iter().all(|got| got == &value), "every GET returns the whole value");
 }
 
 #[test]

@@ -72,6 +72,11 @@ impl Issued {
 
 /// One text-protocol request over TLS, trusting `ca`; the reply line without its newline.
 pub fn request(addr: SocketAddr, ca: &Path, line: &str) -> std::io::Result<String> {
+    Ok(pipeline(addr, ca, &[line])?.remove(0))
+}
+
+/// Text-protocol requests sent at once over TLS; their reply lines, in order.
+pub fn pipeline(addr: SocketAddr, ca: &Path, lines: &[&str]) -> std::io::Result<Vec<String>> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
         roots.add(cert.expect("CA PEM")).expect("CA");
@@ -86,10 +91,16 @@ pub fn request(addr: SocketAddr, ca: &Path, line: &str) -> std::io::Result<Strin
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(super::DEADLINE))?;
     let mut stream = rustls::StreamOwned::new(connection, tcp);
-    stream.write_all(format!("{line}\n").as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply)?;
-    Ok(reply.trim_end().to_string())
+    let requests: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    stream.write_all(requests.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut replies = Vec::new();
+    for _ in lines {
+        let mut reply = String::new();
+        reader.read_line(&mut reply)?;
+        replies.push(reply.trim_end().to_string());
+    }
+    Ok(replies)
 }
 
 /// STATS over TLS as a map of its `key=value` pairs; `None` while the node cannot answer.

@@ -380,7 +380,13 @@ impl Connection {
     }
 
     async fn write_output(&mut self) -> io::Result<()> {
-        let write = self.stream.write_all_buf(&mut self.output);
+        let (stream, output) = (&mut self.stream, &mut self.output);
+        // The flush matters for TLS only: a write that found the socket full leaves its last
+        // records inside the TLS session until flushed. On TCP it does nothing.
+        let write = async move {
+            stream.write_all_buf(output).await?;
+            stream.flush().await
+        };
         tokio::pin!(write);
         let written = tokio::select! {
             written = &mut write => written,
