@@ -19,3 +19,4 @@ pub mod protocol;
 pub mod replication;
 pub mod server;
 pub mod storage;
+pub mod tls;

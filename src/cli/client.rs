@@ -35,6 +35,12 @@ pub(crate) struct ClientArgs {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
+    /// Speak TLS to a server started with --tls-cert; needs --cacert.
+    #[arg(long, requires = "cacert")]
+    tls: bool,
+    /// The CA certificate (PEM) that signed the server's certificate, for --tls.
+    #[arg(long, env = "MSGLOG_TLS_CA", value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
     /// A command, e.g. `SET greeting hello world`; its words are joined with single spaces.
     /// Without one, commands are read from stdin.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -44,7 +50,10 @@ pub(crate) struct ClientArgs {
 pub(crate) fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     refuse_unknown_flag(&args.command)?;
     let addr = server_addr(&args.addr, args.host.as_deref(), args.port)?;
-    let stream = TcpStream::connect(&addr).with_context(|| format!("cannot connect to {addr}"))?;
+    let stream = match (&args.cacert, args.tls) {
+        (Some(ca), true) => crate::tls::connect_client_port(&addr, ca)?,
+        _ => TcpStream::connect(&addr).with_context(|| format!("cannot connect to {addr}"))?,
+    };
     stream.set_nodelay(true).context("setting TCP_NODELAY")?;
     // A server that says nothing (an HTTP/1 server waiting for headers) must not hang us.
     stream.set_read_timeout(Some(PROBE_TIMEOUT)).context("setting a read timeout")?;

@@ -38,6 +38,12 @@ struct StatusArgs {
     /// flag shows in `ps`.
     #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
     password: Option<Password>,
+    /// Speak TLS to client ports started with --tls-cert; needs --cacert.
+    #[arg(long, requires = "cacert")]
+    tls: bool,
+    /// The CA certificate (PEM) that signed the nodes' certificates, for --tls.
+    #[arg(long, env = "MSGLOG_TLS_CA", value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -111,7 +117,9 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 
 fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let password = args.password.as_ref();
-    let asked = fetch_stats(&args.addr, password).with_context(|| format!("cannot get STATS from {}", args.addr))?;
+    let cacert = args.cacert.as_deref().filter(|_| args.tls);
+    let asked =
+        fetch_stats(&args.addr, password, cacert).with_context(|| format!("cannot get STATS from {}", args.addr))?;
     if !asked.contains_key("cluster") {
         bail!("{} is a standalone node (not started with --cluster)", args.addr);
     }
@@ -128,7 +136,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .map(|(id, client_addr)| {
                 let known = (id == asked_id).then(|| asked.clone());
                 scope.spawn(move || {
-                    let stats = known.or_else(|| fetch_stats(&client_addr, password).ok());
+                    let stats = known.or_else(|| fetch_stats(&client_addr, password, cacert).ok());
                     MemberAnswer { id, client_addr, stats }
                 })
             })
@@ -145,9 +153,16 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// STATS of the node at `addr` (after AUTH when a password is given).
-fn fetch_stats(addr: &str, password: Option<&Password>) -> anyhow::Result<Stats> {
+fn fetch_stats(addr: &str, password: Option<&Password>, cacert: Option<&std::path::Path>) -> anyhow::Result<Stats> {
     let mut stream = Err(anyhow::anyhow!("{addr} resolves to no address"));
-    for socket_addr in addr.to_socket_addrs().with_context(|| format!("resolving {addr}"))? {
+    let plain = match cacert {
+        Some(ca) => {
+            stream = crate::tls::connect_client_port(addr, ca);
+            Vec::new()
+        }
+        None => addr.to_socket_addrs().with_context(|| format!("resolving {addr}"))?.collect(),
+    };
+    for socket_addr in plain {
         stream =
             TcpStream::connect_timeout(&socket_addr, MEMBER_TIMEOUT).with_context(|| format!("connecting to {addr}"));
         if stream.is_ok() {

@@ -114,6 +114,18 @@ pub(crate) struct ServeArgs {
     /// serves only clients on this machine. `no` serves everyone (a trusted network only).
     #[arg(long, env = "MSGLOG_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no)]
     protected_mode: bool,
+    /// This node's certificate chain (PEM). With --tls-key, the client port speaks TLS only
+    /// (`redis-cli --tls --cacert ca.pem`); there is no second, plain port.
+    #[arg(long, env = "MSGLOG_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC).
+    #[arg(long, env = "MSGLOG_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) of the cluster. With it, the gRPC port speaks mutual TLS: every
+    /// caller must present a certificate signed by it, and a node's id is the DNS name in
+    /// its certificate; this node presents --tls-cert when it calls peers.
+    #[arg(long, env = "MSGLOG_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
     /// Serve Prometheus metrics over HTTP at http://<this address>/metrics (e.g.
     /// 127.0.0.1:9464) [default: off].
     #[arg(long, env = "MSGLOG_METRICS_LISTEN", value_name = "HOST:PORT", value_parser = parse_listen)]
@@ -175,6 +187,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         protected_mode: args.protected_mode,
         metrics_listen: args.metrics_listen.clone(),
         cluster,
+        tls: crate::tls::TlsFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone(), ca: args.tls_ca.clone() },
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -228,6 +241,11 @@ fn notify_systemd(state: &str) {
 fn check_start(args: &ServeArgs) -> anyhow::Result<()> {
     if args.data_dir.exists() && !args.data_dir.is_dir() {
         anyhow::bail!("--data-dir {} is not a directory", args.data_dir.display());
+    }
+    if args.tls_ca.is_some() && args.follow.is_some() && args.node_id.is_none() {
+        anyhow::bail!(
+            "--tls-ca with --follow needs --node-id: the leader checks it against the DNS name in --tls-cert"
+        );
     }
     if let Some(leader) = &args.follow {
         let same = leader == &args.grpc_listen

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::replication::tail::{TailRequest, tail};
+use crate::replication::tail::{TailRequest, tail_with_tls};
 use crate::server::Password;
 use crate::storage::{RecordKind, RecordRef};
 
@@ -37,6 +37,19 @@ pub(crate) struct TailArgs {
     /// flag shows in `ps`.
     #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = parse_password)]
     password: Option<Password>,
+    /// Speak TLS to a node started with --tls-ca (its gRPC port is then mutual TLS, so
+    /// give --cert and --key too); needs --cacert.
+    #[arg(long, requires = "cacert")]
+    tls: bool,
+    /// The CA certificate (PEM) that signed the node's certificate, for --tls.
+    #[arg(long, env = "MSGLOG_TLS_CA", value_name = "PEM")]
+    cacert: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) signed by the cluster's CA, for a node that demands one.
+    #[arg(long, env = "MSGLOG_TLS_CERT", value_name = "PEM", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "MSGLOG_TLS_KEY", value_name = "PEM", requires = "cert")]
+    key: Option<std::path::PathBuf>,
 }
 
 /// Kept only as a [`Password`], whose `Debug` does not show it.
@@ -68,6 +81,13 @@ pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         max_record_bytes: super::check::offline_config().max_record_bytes as usize,
         password: args.password.clone(),
     };
+    let tls = match (&args.cacert, args.tls) {
+        (Some(ca), true) => {
+            let identity = args.cert.as_deref().zip(args.key.as_deref());
+            Some(crate::tls::load_grpc_client(ca, identity)?)
+        }
+        _ => None,
+    };
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
     let stdout = std::io::stdout();
@@ -76,7 +96,7 @@ pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     // A follower flushes per record so `tail | grep` sees lines as they come; a one-shot
     // read lets the buffer batch them.
     let flush_each = request.follow;
-    let result = runtime.block_on(tail(&request, |record| {
+    let result = runtime.block_on(tail_with_tls(&request, tls.as_ref(), |record| {
         if json { write_json(&mut out, record) } else { write_text(&mut out, record) }?;
         if flush_each { out.flush() } else { Ok(()) }
     }));

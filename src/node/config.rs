@@ -43,6 +43,8 @@ pub struct NodeConfig {
     pub metrics_listen: Option<String>,
     /// Cluster mode (`--cluster`); `role` must then be [`Role::Cluster`].
     pub cluster: Option<ClusterConfig>,
+    /// `--tls-cert`, `--tls-key`, `--tls-ca` (docs/SECURITY.md); all empty: plain TCP.
+    pub tls: crate::tls::TlsFiles,
 }
 
 impl NodeConfig {
@@ -67,6 +69,7 @@ impl NodeConfig {
             protected_mode: true,
             metrics_listen: None,
             cluster: None,
+            tls: crate::tls::TlsFiles::default(),
         }
     }
 

@@ -43,6 +43,10 @@ impl Node {
     /// [`Node::start`] on a file system of the caller's choosing (tests inject faults).
     pub async fn start_with_fs(config: NodeConfig, fs: Arc<dyn FileSystem>) -> Result<RunningNode, NodeError> {
         let log_config = config.log_config()?;
+        // Loaded first: a wrong certificate file fails the start before anything is opened.
+        let tls = crate::tls::load_node(&config.tls).map_err(|err| NodeError::Config(err.to_string()))?;
+        let grpc_tls = tls.as_ref().and_then(|tls| tls.grpc.clone());
+        let grpc_client_tls = grpc_tls.as_ref().map(|tls| tls.client.clone());
         if config.cluster.is_some() {
             let Some(node_id) = &config.node_id else {
                 return Err(NodeError::Config(
@@ -94,6 +98,7 @@ impl Node {
             password: config.password.clone(),
             protected_mode: config.protected_mode,
             metrics: metrics_listener.as_ref().map(|_| Arc::new(Metrics::default())),
+            tls: tls.map(|tls| tls.client_port),
         };
         // Clients stop first and replication only after them: a write waiting for its
         // acknowledgements during shutdown still gets them, instead of waiting out the ack
@@ -108,6 +113,7 @@ impl Node {
             max_fetch_streams: config.max_replication_streams,
             bind_source_addr: config.bind_source_addr,
             password: config.password.clone(),
+            tls: grpc_tls,
         };
         let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
         tracing::info!(
@@ -142,7 +148,7 @@ impl Node {
                     client_addr,
                     log.stats().epoch,
                 );
-                match Quorum::start(quorum_config).await {
+                match Quorum::start_with_tls(quorum_config, grpc_client_tls.clone()).await {
                     Ok(quorum) => {
                         let routes = with_forwarding(
                             tonic::service::Routes::new(quorum.service()),
@@ -206,7 +212,7 @@ impl Node {
         };
         let forwarding = match (&quorum, &config.role) {
             (Some(_), &Role::Cluster { ack_timeout }) => Forwarding {
-                forwarder: Some(ForwardClient::new(forward_config) as Arc<dyn server::Forwarder>),
+                forwarder: Some(ForwardClient::with_tls(forward_config, grpc_client_tls) as Arc<dyn server::Forwarder>),
                 endpoint: Some(forward_endpoint),
                 route_wait: ack_timeout,
             },

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::storage::{Epoch, Log, Offset, StorageError};
 
@@ -133,7 +133,7 @@ pub(super) async fn follow(node: Arc<Replication>, target: Target, mut stop: wat
 
 async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd, SessionError> {
     let leader = target.grpc_addr.as_str();
-    let channel = Endpoint::from_shared(format!("http://{leader}"))
+    let channel = crate::tls::endpoint(leader, node.config.tls.as_ref().map(|tls| &tls.client))
         .map_err(SessionError::Connect)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::protocol::resp::RespLimits;
@@ -68,6 +68,8 @@ impl ForwardConfig {
 /// and again once broken.
 pub struct ForwardClient {
     config: ForwardConfig,
+    /// The node's mutual TLS towards leaders (`--tls-ca`); `None` speaks plain gRPC.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     links: Mutex<HashMap<String, Link>>,
 }
 
@@ -79,11 +81,16 @@ struct Link {
 
 impl ForwardClient {
     pub fn new(config: ForwardConfig) -> Arc<ForwardClient> {
-        Arc::new(ForwardClient { config, links: Mutex::new(HashMap::new()) })
+        ForwardClient::with_tls(config, None)
+    }
+
+    /// [`ForwardClient::new`] that presents this node's certificate to leaders.
+    pub fn with_tls(config: ForwardConfig, tls: Option<tonic::transport::ClientTlsConfig>) -> Arc<ForwardClient> {
+        Arc::new(ForwardClient { config, tls, links: Mutex::new(HashMap::new()) })
     }
 
     fn channel(&self, grpc_addr: &str) -> Option<Channel> {
-        let endpoint = Endpoint::from_shared(format!("http://{grpc_addr}")).ok()?;
+        let endpoint = crate::tls::endpoint(grpc_addr, self.tls.as_ref()).ok()?;
         let channel = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -300,6 +307,11 @@ impl Forward for Service {
 
 impl Service {
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        // Under mutual TLS the handshake already proved the caller holds a certificate of
+        // the cluster's CA: that stands in for the password.
+        if crate::tls::peer_certified(request) {
+            return Ok(());
+        }
         let Some(password) = &self.config.password else { return Ok(()) };
         let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
         match presented.and_then(|value| value.strip_prefix(BEARER)) {

@@ -111,6 +111,8 @@ pub struct ReplicationConfig {
     pub bind_source_addr: Option<IpAddr>,
     /// Fetch and Acknowledge callers must present it; a follower sends it to its leader.
     pub password: Option<Password>,
+    /// Mutual TLS on the gRPC port and towards the leader (`--tls-ca`); `None`: plain.
+    pub tls: Option<crate::tls::GrpcTls>,
 }
 
 /// One node's replication state, shared by the gRPC service, the follower loop and the

@@ -45,10 +45,14 @@ pub(super) async fn serve(
     let max_message = node.config.max_record_bytes + CHUNK_BYTES;
     let streams = Arc::new(Semaphore::new(node.config.max_fetch_streams));
     let max_streams = u32::try_from(node.config.max_fetch_streams).unwrap_or(u32::MAX);
-    let service = ReplicationServer::new(Service { node, streams })
+    let service = ReplicationServer::new(Service { node: Arc::clone(&node), streams })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &node.config.tls {
+        server = server.tls_config(tls.server.clone())?;
+    }
+    server
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)
@@ -76,6 +80,9 @@ impl ReplicationRpc for Service {
 
     async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<Self::FetchStream>, Status> {
         self.authorize(&request, "Fetch")?;
+        if !request.get_ref().follower_id.is_empty() {
+            self.certified_as(&request, &request.get_ref().follower_id, "Fetch")?;
+        }
         let request = request.into_inner();
         let node = &self.node;
         let replica = !request.follower_id.is_empty();
@@ -162,6 +169,7 @@ impl ReplicationRpc for Service {
 
     async fn acknowledge(&self, request: Request<Streaming<Ack>>) -> Result<Response<AckSummary>, Status> {
         self.authorize(&request, "Acknowledge")?;
+        let certificate = self.node.config.tls.as_ref().and(crate::tls::PeerCertificate::of(&request));
         let mut acks = request.into_inner();
         let mut shutdown = self.node.shutdown.clone();
         loop {
@@ -171,6 +179,15 @@ impl ReplicationRpc for Service {
                 _ = shutdown.wait_for(|&stop| stop) => None,
             };
             let Some(ack) = ack else { break };
+            if let Some(certificate) = &certificate
+                && !certificate.names(&ack.follower_id)
+            {
+                tracing::warn!(follower = %ack.follower_id, "refusing acknowledgements for a node the caller's certificate does not name");
+                return Err(Status::permission_denied(format!(
+                    "Acknowledge as {} needs a certificate naming {}",
+                    ack.follower_id, ack.follower_id
+                )));
+            }
             if let Err(refusal) = self.node.followers.acknowledge(&ack.session, &ack.follower_id, ack.durable_offset) {
                 tracing::warn!(follower = %ack.follower_id, %refusal, "ignoring an acknowledgement");
             }
@@ -183,6 +200,11 @@ impl Service {
     /// Refuses a call without this node's password, when it has one. The refusal names no
     /// part of what was presented.
     fn authorize<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        // Under mutual TLS a certificate of the cluster's CA stands in for the password
+        // (a consumer such as `msglog tail` may present either).
+        if crate::tls::peer_certified(request) {
+            return Ok(());
+        }
         let Some(password) = &self.node.config.password else { return Ok(()) };
         let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
         let token = presented.and_then(|value| value.strip_prefix(BEARER));
@@ -198,6 +220,21 @@ impl Service {
                 )))
             }
         }
+    }
+}
+
+impl Service {
+    /// Under mutual TLS, refuses a caller that claims a node id its certificate does not
+    /// carry: one node's certificate must not let it fetch or acknowledge as another.
+    fn certified_as<T>(&self, request: &Request<T>, claimed: &str, call: &str) -> Result<(), Status> {
+        if self.node.config.tls.is_none() || crate::tls::peer_certified_as(request, claimed) == Some(true) {
+            return Ok(());
+        }
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        tracing::warn!(%peer, call, claimed, "refusing a caller whose certificate does not name the node id it claims");
+        Err(Status::permission_denied(format!(
+            "{call} as {claimed} needs a certificate naming {claimed} (a DNS name equal to the node id)"
+        )))
     }
 }
 

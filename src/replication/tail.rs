@@ -1,8 +1,6 @@
 //! The client side of `msglog tail`: fetch a node's log from an offset as a consumer (not
 //! a replica: it is not counted as a follower and acknowledges nothing).
 
-use tonic::transport::Endpoint;
-
 use crate::storage::record::Records;
 use crate::storage::{Offset, RecordRef};
 
@@ -58,10 +56,19 @@ pub struct TailRequest {
 /// when caught up (without `follow`), when the server ends the stream, or on `each`'s error.
 pub async fn tail(
     request: &TailRequest,
+    each: impl FnMut(&RecordRef<'_>) -> std::io::Result<()>,
+) -> Result<(), TailError> {
+    tail_with_tls(request, None, each).await
+}
+
+/// [`tail`] over TLS: `tls` trusts the node's CA and may present a client certificate.
+pub async fn tail_with_tls(
+    request: &TailRequest,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
     mut each: impl FnMut(&RecordRef<'_>) -> std::io::Result<()>,
 ) -> Result<(), TailError> {
     let connect = |error| TailError::Connect { addr: request.addr.clone(), error };
-    let channel = Endpoint::from_shared(format!("http://{}", request.addr))
+    let channel = crate::tls::endpoint(&request.addr, tls)
         .map_err(connect)?
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -32,7 +32,7 @@ use crate::storage::{FsyncPolicy, Log};
 
 pub use auth::{Admission, InvalidPassword, PROTECTED_MODE_REFUSAL, Password, admission, is_loopback};
 pub use cluster::{Cluster, Refusal, Replicated, Route};
-use connection::Connection;
+use connection::{ClientStream, Connection};
 pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
 pub use forward::{
     DEFAULT_ROUTE_WAIT, ForwardDialect, ForwardEndpoint, ForwardFailure, ForwardedReply, ForwardedRequest,
@@ -64,6 +64,8 @@ pub struct ServerConfig {
     pub protected_mode: bool,
     /// Where connections record Prometheus figures; `None` records none.
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// Present: the port speaks TLS only (`--tls-cert`; docs/SECURITY.md).
+    pub tls: Option<crate::tls::ClientPortTls>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +80,7 @@ impl Default for ServerConfig {
             password: None,
             protected_mode: true,
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -261,14 +264,19 @@ impl Listener {
                 self.refuse(stream, Reply::error("too many connections"));
                 continue;
             };
-            let connection = Connection::new(
-                Arc::clone(&self.shared),
-                stream,
-                permit,
-                Shutdown::new(self.notify_shutdown.subscribe()),
-                self.shutdown_complete_tx.clone(),
-            );
-            tokio::spawn(connection.run());
+            let shared = Arc::clone(&self.shared);
+            let mut shutdown = Shutdown::new(self.notify_shutdown.subscribe());
+            let shutdown_complete = self.shutdown_complete_tx.clone();
+            // The TLS handshake runs in the connection's own task: a slow or silent client
+            // must not hold up the accept loop.
+            tokio::spawn(async move {
+                let opened = tokio::select! {
+                    opened = ClientStream::open(stream, shared.config.tls.as_ref()) => opened,
+                    _ = shutdown.recv() => None,
+                };
+                let Some(stream) = opened else { return };
+                Connection::new(shared, stream, permit, shutdown, shutdown_complete).run().await;
+            });
         }
     }
 

@@ -11,6 +11,7 @@ pub mod prometheus;
 pub mod proxy;
 pub mod rounds;
 pub mod scenario;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};

@@ -114,8 +114,16 @@ impl Quorum {
     /// reachable voter already holds it; a non-voter starts as a learner, added by the
     /// controller when it registers. Fails if `voters` differs from the group's voters.
     pub async fn start(config: QuorumConfig) -> Result<Arc<Quorum>, QuorumError> {
+        Quorum::start_with_tls(config, None).await
+    }
+
+    /// [`Quorum::start`] whose calls to peers present this node's certificate (`--tls-ca`).
+    pub async fn start_with_tls(
+        config: QuorumConfig,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Arc<Quorum>, QuorumError> {
         let voters = voter_map(&config.voters)?;
-        let quorum = Arc::new(startup::open(config, voters).await?);
+        let quorum = Arc::new(startup::open(config, voters, tls).await?);
         if let Err(e) = quorum.form(&quorum.voters).await {
             let _ = quorum.raft.shutdown().await;
             return Err(e);

@@ -17,7 +17,7 @@ use openraft::raft::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use super::proto::RaftMessage;
@@ -50,6 +50,8 @@ pub struct Peers {
     /// The `authorization` and `voters` values every call carries, made once.
     authorization: Option<MetadataValue<Ascii>>,
     voters: Option<MetadataValue<Ascii>>,
+    /// This node's mutual TLS towards peers (`--tls-ca`); `None` speaks plain gRPC.
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Peers {
@@ -58,7 +60,11 @@ impl Peers {
         let authorization = password.and_then(|p| format!("{BEARER}{}", p.reveal()).parse().ok());
         // Node ids and addresses are checked printable at start, so this always parses.
         let voters = voters_fingerprint(voters).parse().ok();
-        Peers { channels: Arc::default(), bind_source_addr, authorization, voters }
+        Peers { channels: Arc::default(), bind_source_addr, authorization, voters, tls: None }
+    }
+
+    pub fn with_tls(self, tls: Option<tonic::transport::ClientTlsConfig>) -> Peers {
+        Peers { tls, ..self }
     }
 
     pub fn client(&self, addr: &str) -> Result<QuorumClient<Channel>, Status> {
@@ -66,7 +72,7 @@ impl Peers {
         if let Some(channel) = channels.get(addr) {
             return Ok(QuorumClient::new(channel.clone()));
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = crate::tls::endpoint(addr, self.tls.as_ref())
             .map_err(|e| Status::invalid_argument(format!("bad quorum address {addr}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

@@ -37,9 +37,36 @@ impl Service {
         self.check_password(request, call)
     }
 
+    /// Under mutual TLS, Raft's own messages come only from a voter: the caller's
+    /// certificate must name one of `--cluster`'s node ids.
+    fn caller_is_voter<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        let Some(certificate) = crate::tls::PeerCertificate::of(request) else { return Ok(()) };
+        if self.quorum.config.voters.iter().any(|(id, _)| certificate.names(id)) {
+            return Ok(());
+        }
+        tracing::warn!(call, "refusing a quorum call whose certificate names no voter");
+        Err(Status::permission_denied(format!("{call} needs a certificate naming one of the voters")))
+    }
+
+    /// Under mutual TLS, a call made on behalf of node `id` must carry that node's certificate.
+    fn certified_as<T>(&self, request: &Request<T>, id: &str, call: &str) -> Result<(), Status> {
+        match crate::tls::peer_certified_as(request, id) {
+            None | Some(true) => Ok(()),
+            Some(false) => {
+                tracing::warn!(
+                    call,
+                    claimed = id,
+                    "refusing a quorum call whose certificate does not name its node id"
+                );
+                Err(Status::permission_denied(format!("{call} as {id} needs a certificate naming {id}")))
+            }
+        }
+    }
+
     /// An authorized Raft message's request, decoded.
     fn open<T: DeserializeOwned>(&self, request: Request<RaftMessage>, call: &str) -> Result<T, Status> {
         self.authorize(&request, call)?;
+        self.caller_is_voter(&request, call)?;
         decode(&request.into_inner().payload)
     }
 
@@ -62,6 +89,10 @@ impl Service {
     }
 
     fn check_password<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
+        // A certificate of the cluster's CA (mutual TLS) stands in for the password.
+        if crate::tls::peer_certified(request) {
+            return Ok(());
+        }
         let Some(password) = &self.quorum.config.password else { return Ok(()) };
         let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
         match presented.and_then(|value| value.strip_prefix(BEARER)) {
@@ -130,6 +161,7 @@ impl QuorumRpc for Service {
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
         self.authorize(&request, "Heartbeat")?;
+        self.certified_as(&request, &request.get_ref().id, "Heartbeat")?;
         let request = request.into_inner();
         let status = self.quorum.answer_heartbeat(&request.id, request.incarnation).await;
         Ok(Response::new(HeartbeatReply { status: status as i32 }))

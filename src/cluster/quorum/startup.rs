@@ -22,7 +22,11 @@ const SNAPSHOT_EVERY: u64 = 1000;
 /// How long a starting node waits to learn whether the other voters hold a group already.
 const ASK_VOTERS_TIMEOUT: Duration = Duration::from_millis(500);
 
-pub(super) async fn open(config: QuorumConfig, voters: VoterMap) -> Result<Quorum, QuorumError> {
+pub(super) async fn open(
+    config: QuorumConfig,
+    voters: VoterMap,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Quorum, QuorumError> {
     let storage = |source| QuorumError::Storage { dir: config.dir.clone(), source };
     std::fs::create_dir_all(&config.dir).map_err(storage)?;
     let log = log_store::LogStore::open(&config.dir).map_err(storage)?;
@@ -39,7 +43,7 @@ pub(super) async fn open(config: QuorumConfig, voters: VoterMap) -> Result<Quoru
     }
     .validate()
     .map_err(|e| QuorumError::Raft(e.to_string()))?;
-    let peers = Peers::new(config.bind_source_addr, config.password.clone(), &config.voters);
+    let peers = Peers::new(config.bind_source_addr, config.password.clone(), &config.voters).with_tls(tls);
     let network = Network { peers: peers.clone() };
     let raft = types::Raft::new(config.node_id.clone(), Arc::new(raft_config), network, log, machine)
         .await

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
@@ -42,11 +41,13 @@ use super::shutdown::Shutdown;
 
 mod answer;
 mod forwarding;
+mod stream;
 mod waits;
 
 use answer::Answer;
 pub(crate) use forwarding::Diversion;
 use forwarding::{Diverter, is_text_data};
+pub(crate) use stream::ClientStream;
 pub(crate) use waits::Failures;
 
 /// Bytes requested from the socket per read.
@@ -94,7 +95,7 @@ const OUT_OF_MEMORY: &str = "server is out of memory for buffered requests; clos
 
 pub(crate) struct Connection {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: ClientStream,
     input: BytesMut,
     output: BytesMut,
     dialect: Dialect,
@@ -119,7 +120,7 @@ pub(crate) struct Connection {
 impl Connection {
     pub(crate) fn new(
         shared: Arc<Shared>,
-        stream: TcpStream,
+        stream: ClientStream,
         permit: OwnedSemaphorePermit,
         shutdown: Shutdown,
         shutdown_complete: mpsc::Sender<()>,
@@ -379,7 +380,13 @@ impl Connection {
     }
 
     async fn write_output(&mut self) -> io::Result<()> {
-        let write = self.stream.write_all_buf(&mut self.output);
+        let (stream, output) = (&mut self.stream, &mut self.output);
+        // The flush matters for TLS only: a write that found the socket full leaves its last
+        // records inside the TLS session until flushed. On TCP it does nothing.
+        let write = async move {
+            stream.write_all_buf(output).await?;
+            stream.flush().await
+        };
         tokio::pin!(write);
         let written = tokio::select! {
             written = &mut write => written,

@@ -1,0 +1,324 @@
+//! TLS for both ports (docs/SECURITY.md): the only module that names rustls types.
+//!
+//! `--tls-cert` + `--tls-key` make the client port speak TLS only. With `--tls-ca` as well,
+//! the gRPC port speaks mutual TLS: it asks every caller for a certificate signed by that
+//! CA, and the node presents its own when it calls peers. A node's identity is a DNS
+//! subject alternative name equal to its node id; [`peer_certified_as`] checks a caller's
+//! claim against it.
+//!
+//! Everything is loaded and checked at start, so a wrong file fails `msglog serve` with a
+//! message naming it rather than failing each handshake later.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::TcpStream;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+/// How long a client may take to complete the TLS handshake on either side; a silent
+/// peer would otherwise hold a connection slot (server) or hang the CLI (client).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the client port answers a client that speaks plain text to it.
+pub const PLAIN_TO_TLS_PORT: &str = "this port speaks TLS only: connect with TLS (msglog client --tls --cacert ca.pem, redis-cli --tls --cacert ca.pem)";
+
+/// The first byte of every TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The TLS files a node was started with (`--tls-cert`, `--tls-key`, `--tls-ca`).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}")]
+    Combination(&'static str),
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Read { what: &'static str, path: PathBuf, source: io::Error },
+    #[error("{what} {} is not usable: {reason}", path.display())]
+    Invalid { what: &'static str, path: PathBuf, reason: String },
+    #[error("the key {} does not match the certificate {}: {reason}", key.display(), cert.display())]
+    Mismatch { cert: PathBuf, key: PathBuf, reason: String },
+    #[error("TLS setup failed: {0}")]
+    Setup(String),
+}
+
+/// The client port's TLS: what each accepted connection's handshake uses.
+#[derive(Clone)]
+pub struct ClientPortTls(tokio_rustls::TlsAcceptor);
+
+impl std::fmt::Debug for ClientPortTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientPortTls")
+    }
+}
+
+/// Mutual TLS on the gRPC port: the server side, and what this node presents to peers.
+#[derive(Clone, Debug)]
+pub struct GrpcTls {
+    pub server: ServerTlsConfig,
+    pub client: ClientTlsConfig,
+}
+
+/// A node's TLS, loaded at start.
+#[derive(Clone, Debug)]
+pub struct NodeTls {
+    pub client_port: ClientPortTls,
+    /// Present with `--tls-ca`.
+    pub grpc: Option<GrpcTls>,
+}
+
+/// The client port's side of an accepted TLS connection.
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Loads and checks the files; `None` when none was given.
+pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
+    let (cert_path, key_path) = match (&files.cert, &files.key, &files.ca) {
+        (None, None, None) => return Ok(None),
+        (Some(cert), Some(key), _) => (cert, key),
+        (Some(_), None, _) => {
+            return Err(TlsError::Combination("--tls-cert needs --tls-key (the certificate's private key)"));
+        }
+        (None, Some(_), _) => {
+            return Err(TlsError::Combination("--tls-key needs --tls-cert (the certificate it belongs to)"));
+        }
+        (None, None, Some(_)) => {
+            return Err(TlsError::Combination("--tls-ca needs --tls-cert and --tls-key: the node's own certificate"));
+        }
+    };
+    let (cert_pem, certs) = read_certs(cert_path, "--tls-cert")?;
+    let key_pem = read(key_path, "--tls-key")?;
+    let key = parse_key(&key_pem, key_path)?;
+    let mismatch = |err: rustls::Error| TlsError::Mismatch {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+        reason: err.to_string(),
+    };
+    let server = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| TlsError::Setup(err.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(mismatch)?;
+    let client_port = ClientPortTls(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
+    let grpc = match &files.ca {
+        None => None,
+        Some(ca_path) => {
+            let (ca_pem, roots) = read_roots(ca_path)?;
+            // Checked here so a bad bundle names its file; tonic builds the same from PEM.
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|err| {
+                TlsError::Invalid { what: "--tls-ca", path: ca_path.clone(), reason: err.to_string() }
+            })?;
+            let identity = Identity::from_pem(&cert_pem, &key_pem);
+            let ca = Certificate::from_pem(&ca_pem);
+            Some(GrpcTls {
+                server: ServerTlsConfig::new()
+                    .identity(identity.clone())
+                    .client_ca_root(ca.clone())
+                    .timeout(HANDSHAKE_TIMEOUT),
+                client: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
+            })
+        }
+    };
+    Ok(Some(NodeTls { client_port, grpc }))
+}
+
+/// What a TLS client (`msglog client|tail`) trusts, and the certificate it may present.
+pub fn load_grpc_client(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, TlsError> {
+    let (ca_pem, _) = read_roots(ca)?;
+    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = identity {
+        let (cert_pem, _) = read_certs(cert, "--cert")?;
+        let key_pem = read(key, "--key")?;
+        parse_key(&key_pem, key)?;
+        config = config.identity(Identity::from_pem(cert_pem, key_pem));
+    }
+    Ok(config)
+}
+
+/// A gRPC endpoint for `addr` (`host:port`): `https` with `tls`, `http` without.
+pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, tonic::transport::Error> {
+    match tls {
+        None => Endpoint::from_shared(format!("http://{addr}")),
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone()),
+    }
+}
+
+/// The certificate a gRPC caller presented, already verified against `--tls-ca` by the
+/// handshake.
+#[derive(Clone)]
+pub struct PeerCertificate(Arc<Vec<CertificateDer<'static>>>);
+
+impl PeerCertificate {
+    /// The caller's certificate, if it presented one (only under mutual TLS).
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<PeerCertificate> {
+        request.peer_certs().filter(|certs| !certs.is_empty()).map(PeerCertificate)
+    }
+
+    /// Whether it names `node_id`: a DNS subject alternative name equal to it.
+    pub fn names(&self, node_id: &str) -> bool {
+        let Ok(name) = ServerName::try_from(node_id) else { return false };
+        let Ok(parsed) = ParsedCertificate::try_from(&self.0[0]) else { return false };
+        rustls::client::verify_server_name(&parsed, &name).is_ok()
+    }
+}
+
+/// Whether the caller presented a certificate of the cluster's CA.
+pub fn peer_certified<T>(request: &tonic::Request<T>) -> bool {
+    PeerCertificate::of(request).is_some()
+}
+
+/// Whether a gRPC caller's certificate names `node_id`; `None` without a certificate.
+pub fn peer_certified_as<T>(request: &tonic::Request<T>, node_id: &str) -> Option<bool> {
+    PeerCertificate::of(request).map(|cert| cert.names(node_id))
+}
+
+/// Why an accepted connection did not become a TLS stream.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    /// It spoke first in plain text: worth answering in plain text on its socket.
+    Plain(TcpStream),
+    Failed(io::Error),
+    TimedOut,
+}
+
+/// The server side of the client port's handshake, bounded by [`HANDSHAKE_TIMEOUT`].
+pub async fn accept(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Err(_) => return Err(HandshakeFailure::TimedOut),
+        Ok(Err(err)) => return Err(HandshakeFailure::Failed(err)),
+        Ok(Ok(0)) => return Err(HandshakeFailure::Failed(io::ErrorKind::UnexpectedEof.into())),
+        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => return Err(HandshakeFailure::Plain(tcp)),
+        Ok(Ok(_)) => {}
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.0.accept(tcp)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(err)) => Err(HandshakeFailure::Failed(err)),
+        Err(_) => Err(HandshakeFailure::TimedOut),
+    }
+}
+
+/// The CLI's TLS connection to a client port, as a plain loopback socket: a thread relays
+/// between it and the TLS stream, so `msglog client` works the same over both.
+pub fn connect_client_port(addr: &str, ca: &Path) -> anyhow::Result<std::net::TcpStream> {
+    use anyhow::Context;
+    let (_, roots) = read_roots(ca)?;
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    let server_name =
+        ServerName::try_from(host.to_string()).with_context(|| format!("{host} is not a TLS server name"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let local = std::net::TcpListener::bind("127.0.0.1:0").context("binding the local relay")?;
+    let local_addr = local.local_addr()?;
+    let tls = runtime.block_on(async {
+        let connecting = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr));
+        let tcp = connecting
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+            .and_then(|connected| connected)
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, tcp)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(err)) if spoke_no_tls(&err) => {
+                Err(anyhow::anyhow!("the server at {addr} did not answer TLS ({err}): is it started with --tls-cert?"))
+            }
+            Ok(Err(err)) => Err(anyhow::anyhow!(
+                "TLS handshake with {addr} failed: {err} (is its certificate signed by {}?)",
+                ca.display()
+            )),
+            Err(_) => Err(anyhow::anyhow!(
+                "the server at {addr} did not answer TLS within {HANDSHAKE_TIMEOUT:?}: is it started with --tls-cert?"
+            )),
+        }
+    })?;
+    let user = std::net::TcpStream::connect(local_addr).context("connecting the local relay")?;
+    let relay = accept_only(&local, user.local_addr()?)?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            relay.set_nonblocking(true)?;
+            let mut relay = TcpStream::from_std(relay)?;
+            let mut tls = tls;
+            tokio::io::copy_bidirectional(&mut relay, &mut tls).await.map(|_| ())
+        })
+    });
+    Ok(user)
+}
+
+/// A handshake that got bytes which are not TLS, or none at all: a plain server.
+fn spoke_no_tls(err: &io::Error) -> bool {
+    let rustls_error = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    matches!(rustls_error, Some(rustls::Error::InvalidMessage(_)))
+        || matches!(err.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
+}
+
+/// The relay's end of `user`'s connection: another local process that raced to connect
+/// first must not be handed the TLS session.
+fn accept_only(local: &std::net::TcpListener, user: std::net::SocketAddr) -> anyhow::Result<std::net::TcpStream> {
+    use anyhow::Context;
+    for _ in 0..16 {
+        let (relay, from) = local.accept().context("accepting the local relay")?;
+        if from == user {
+            return Ok(relay);
+        }
+    }
+    anyhow::bail!("the local relay socket was taken by other processes")
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.to_path_buf(), source })
+}
+
+fn read_certs(path: &Path, what: &'static str) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), TlsError> {
+    let pem = read(path, what)?;
+    let invalid = |reason: String| TlsError::Invalid { what, path: path.to_path_buf(), reason };
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| invalid(format!("not PEM: {err}")))?;
+    if certs.is_empty() {
+        return Err(invalid("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string()));
+    }
+    Ok((pem, certs))
+}
+
+fn read_roots(path: &Path) -> Result<(Vec<u8>, RootCertStore), TlsError> {
+    let what = "--tls-ca";
+    let (pem, certs) = read_certs(path, what)?;
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|err| TlsError::Invalid {
+            what,
+            path: path.to_path_buf(),
+            reason: format!("a certificate is not a usable CA: {err}"),
+        })?;
+    }
+    Ok((pem, roots))
+}
+
+fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|err| TlsError::Invalid {
+        what: "--tls-key",
+        path: path.to_path_buf(),
+        reason: format!("holds no PEM private key (PKCS#8, RSA or EC): {err}"),
+    })
+}
