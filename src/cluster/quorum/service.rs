@@ -16,6 +16,7 @@ use super::proto::{
 };
 use super::types::{Command, Outcome, Snapshot, SnapshotTransfer};
 use super::{Quorum, QuorumError, VoterMap};
+use crate::cluster::metadata::MetaCommand;
 
 /// The quorum's gRPC service, to add to the node's gRPC server.
 pub type QuorumService = QuorumServer<Service>;
@@ -46,6 +47,30 @@ impl Service {
         }
         tracing::warn!(call, "refusing a quorum call whose certificate names no voter");
         Err(Status::permission_denied(format!("{call} needs a certificate naming one of the voters")))
+    }
+
+    /// Under mutual TLS a proposal speaks for the node its certificate names: a node
+    /// registers, fences and changes the ISR it leads only as itself. Voters' certificates
+    /// may propose anything (their controllers form the cluster and fence other nodes).
+    fn certified_for<T>(&self, request: &Request<T>, command: &MetaCommand) -> Result<(), Status> {
+        let Some(certificate) = crate::tls::PeerCertificate::of(request) else { return Ok(()) };
+        if self.quorum.config.voters.iter().any(|(id, _)| certificate.names(id)) {
+            return Ok(());
+        }
+        let subject = match command {
+            MetaCommand::Register { id, .. } | MetaCommand::Fence { id, .. } => Some(id),
+            MetaCommand::AlterIsr { leader, .. } => Some(leader),
+            MetaCommand::Init { .. } => None,
+        };
+        match subject {
+            Some(id) if certificate.names(id) => Ok(()),
+            _ => {
+                tracing::warn!(?command, "refusing a proposal about a node the caller's certificate does not name");
+                Err(Status::permission_denied(
+                    "Propose needs a certificate naming the node the proposal is about (or a voter's)",
+                ))
+            }
+        }
     }
 
     /// Under mutual TLS, a call made on behalf of node `id` must carry that node's certificate.
@@ -140,8 +165,9 @@ impl QuorumRpc for Service {
 
     async fn propose(&self, request: Request<ProposeRequest>) -> Result<Response<ProposeReply>, Status> {
         self.authorize(&request, "Propose")?;
+        let Command(command) = decode(&request.get_ref().command)?;
+        self.certified_for(&request, &command)?;
         let request = request.into_inner();
-        let Command(command) = decode(&request.command)?;
         let voters = VoterMap(request.voters.into_iter().map(|v| (v.id, v.addr)).collect());
         let voters = (!voters.0.is_empty()).then_some(&voters);
         let result = match self.quorum.propose_here(&command, voters, RPC_TIMEOUT).await {
