@@ -122,6 +122,36 @@ fn a_paused_leader_that_wakes_after_being_replaced_acknowledges_nothing_lost() {
     });
 }
 
+/// The leader's metadata lease lapses while both other nodes are frozen: it stops serving,
+/// and once they wake it may lead again under the same epoch. The fetch streams its
+/// followers kept open through that must not go on unheard (their acknowledgements belong
+/// to the earlier leadership), or no write is acknowledged again.
+#[test]
+fn a_leader_whose_lease_lapses_and_comes_back_goes_on_acknowledging_writes() {
+    for_each_seed("lease lapse", |seed| {
+        let cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Shared);
+        let history = Arc::new(History::new());
+        let leader = cluster.wait_for_leader(&[0, 1, 2]);
+        let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        let config = WorkloadConfig { seed, ..WorkloadConfig::default() };
+        let load = Workload::start(Arc::clone(&history), cluster.leader_target(), config);
+        await_acked_writes(&history, PHASE_WRITES);
+        for &i in &others {
+            cluster.pause(i);
+        }
+        poll_until("the leader to stop serving once no quorum answers it", || {
+            (cluster.stats(leader).get("leader").map(String::as_str) != Some("self")).then_some(())
+        });
+        for &i in &others {
+            cluster.resume(i);
+        }
+        let now = cluster.wait_for_leader(&[0, 1, 2]);
+        cluster.target(now);
+        await_acked_writes(&history, PHASE_WRITES);
+        finish(history, vec![(load, config)], cluster, now);
+    });
+}
+
 /// The epoch collision of manual failover, in cluster mode: the old leader restarts while
 /// its replacement leads, and must come back as a follower under the replacement's epoch.
 #[test]

@@ -116,6 +116,13 @@ impl Registration {
             session.sent = session.sent.max(next);
         }
     }
+
+    /// Whether its session still counts: a new leadership forgets every session, and a
+    /// stream whose session is gone must end so that the follower fetches again and
+    /// opens one (its acknowledgements would be ignored until then).
+    pub fn is_open(&self) -> bool {
+        self.followers.lock().sessions.contains_key(&self.token)
+    }
 }
 
 impl Drop for Registration {
@@ -475,6 +482,20 @@ mod tests {
         followers.set_rule(isr(&["b"], 2, 2));
         assert_eq!(followers.replicated(), 0, "b's old acks vouch for nothing now");
         assert_eq!(followers.acknowledge(&b.token(), "b", 100), Err(AckRefusal::UnknownSession));
+    }
+
+    #[test]
+    fn a_new_leadership_closes_the_sessions_of_an_earlier_one_and_a_new_fetch_counts_again() {
+        let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
+        let old = followers.connect("b", 0);
+        assert!(old.is_open());
+        followers.forget_acknowledgements();
+        assert!(!old.is_open(), "its stream must end so that the follower fetches again");
+        let new = followers.connect("b", 0);
+        assert!(new.is_open());
+        new.sending(10);
+        followers.acknowledge(&new.token(), "b", 10).unwrap();
+        assert_eq!(followers.replicated(), 10);
     }
 
     #[test]

@@ -303,6 +303,13 @@ async fn stream_log(
     let tells_watermark = node.is_cluster() && registration.is_some();
     let mut told_watermark = 0;
     while next < until {
+        if registration.as_ref().is_some_and(|r| !r.is_open()) {
+            // This node began a new leadership (possibly of the same epoch, after its
+            // lease lapsed and came back): acknowledgements count only on a new session.
+            let why = "this node's leadership began again; fetch again to open a new session";
+            let _ = tx.send(Err(Status::aborted(why))).await;
+            return;
+        }
         // Marked seen before reading, so an append after the read wakes the wait below.
         appended.borrow_and_update();
         let cut_now = truncations.has_changed().unwrap_or(false) || std::mem::take(&mut woken_by_cut);

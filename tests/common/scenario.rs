@@ -50,7 +50,7 @@ pub struct ProcessCluster {
     /// One process cluster at a time in a test binary: two would share two cores, and a
     /// scenario's timeouts are sized for one.
     _serial: MutexGuard<'static, ()>,
-    _dir: TempDir,
+    dir: TempDir,
     pub nodes: Vec<ProcessNode>,
     tolerance: u32,
     addressing: Addressing,
@@ -60,6 +60,19 @@ pub struct ProcessCluster {
     voters: Option<String>,
     /// Cluster mode: `--replication-factor`, when not the default (3).
     replication_factor: Option<usize>,
+}
+
+/// A failed scenario keeps its data dirs and each node's stderr for a post-mortem.
+impl Drop for ProcessCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "scenario failed: data dirs and node logs (serve-<port>.stderr) kept in {}",
+                self.dir.path().display()
+            );
+        }
+    }
 }
 
 impl ProcessCluster {
@@ -135,7 +148,7 @@ impl ProcessCluster {
         let leader = Arc::new(RwLock::new(nodes[0].addr));
         ProcessCluster {
             _serial: serial,
-            _dir: dir,
+            dir,
             nodes,
             tolerance,
             addressing,
