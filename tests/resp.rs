@@ -321,3 +321,121 @@ async fn a_resp_client_over_max_connections_gets_a_resp_error() {
     assert!(refused.is_closed().await);
     server.stop().await;
 }
+
+/// Reads one bulk string reply.
+async fn read_bulk(client: &mut TestClient) -> Vec<u8> {
+    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
+    let len: usize =
+        header.strip_prefix('$').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not a bulk: {header}"));
+    let body = client.read_bytes(len + 2).await;
+    body[..len].to_vec()
+}
+
+/// Reads an array of bulk strings.
+async fn read_bulks(client: &mut TestClient) -> Vec<Vec<u8>> {
+    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
+    let n: usize =
+        header.strip_prefix('*').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not an array: {header}"));
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        items.push(read_bulk(client).await);
+    }
+    items
+}
+
+/// One SCAN step: the next cursor and the IDs it returned.
+async fn scan(client: &mut TestClient, args: &[&[u8]]) -> (Vec<u8>, Vec<Vec<u8>>) {
+    client.send(&resp(&[&[&b"SCAN"[..]], args].concat())).await;
+    assert_eq!(client.read_reply().await, b"*2");
+    (read_bulk(client).await, read_bulks(client).await)
+}
+
+/// A whole scan from cursor 0 to cursor 0, `between` run after its first step.
+async fn scan_all(client: &mut TestClient, options: &[&[u8]], between: &[&[&[u8]]]) -> Vec<Vec<u8>> {
+    let (mut cursor, mut seen) = (b"0".to_vec(), Vec::new());
+    for step in 0..10_000 {
+        let (next, ids) = scan(client, &[&[&cursor[..]], options].concat()).await;
+        seen.extend(ids);
+        if step == 0 {
+            for request in between {
+                client.send(&resp(request)).await;
+                client.read_reply().await;
+            }
+        }
+        if next == b"0" {
+            return seen;
+        }
+        cursor = next;
+    }
+    panic!("SCAN did not end in 10 000 steps");
+}
+
+#[tokio::test]
+async fn scan_returns_every_live_id_once_and_ends_at_cursor_zero() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    let mut live = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let id = format!("user:{i}");
+        check(&mut client, &[b"SET", id.as_bytes(), b"v"], b"+OK\r\n").await;
+        live.insert(id.into_bytes());
+    }
+    for i in 0..10 {
+        check(&mut client, &[b"SET", format!("user:{i}").as_bytes(), b"again"], b"+OK\r\n").await;
+    }
+    for i in 50..60 {
+        check(&mut client, &[b"DEL", format!("user:{i}").as_bytes()], b":1\r\n").await;
+        live.remove(format!("user:{i}").as_bytes());
+    }
+    check(&mut client, &[b"SET", b"order:1", b"x"], b"+OK\r\n").await;
+    let seen = scan_all(&mut client, &[b"MATCH", b"user:*", b"COUNT", b"7"], &[]).await;
+    let unique: std::collections::BTreeSet<Vec<u8>> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), unique.len(), "no ID twice when nothing is written during the scan");
+    assert_eq!(unique, live, "every live user: ID, no deleted one, not order:1");
+    // A type other than string holds nothing here.
+    check(&mut client, &[b"SCAN", b"0", b"TYPE", b"hash"], b"*2\r\n$1\r\n0\r\n*0\r\n").await;
+    let (_, all) = scan(&mut client, &[b"0", b"COUNT", b"1000", b"TYPE", b"string"]).await;
+    assert_eq!(all.len(), live.len() + 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn scan_sees_every_id_live_throughout_even_when_rewritten_during_the_scan() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    for i in 0..40 {
+        check(&mut client, &[b"SET", format!("k{i}").as_bytes(), b"v"], b"+OK\r\n").await;
+    }
+    // Rewritten after the first step: k0 was likely returned already, k39 not yet.
+    let rewrites: [&[&[u8]]; 3] = [&[b"SET", b"k0", b"w"], &[b"SET", b"k39", b"w"], &[b"SET", b"k20", b"w"]];
+    let seen = scan_all(&mut client, &[b"COUNT", b"5"], &rewrites).await;
+    for i in 0..40 {
+        assert!(seen.contains(&format!("k{i}").into_bytes()), "k{i} was live throughout the scan but not returned");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn keys_lists_the_matching_ids_and_bad_scan_arguments_are_refused_as_redis_does() {
+    let server = TestServer::start().await;
+    let mut client = server.connect().await;
+    for id in ["user:1", "user:2", "user:10", "order:1"] {
+        check(&mut client, &[b"SET", id.as_bytes(), b"v"], b"+OK\r\n").await;
+    }
+    check(&mut client, &[b"DEL", b"user:2"], b":1\r\n").await;
+    client.send(&resp(&[b"KEYS", b"user:?"])).await;
+    assert_eq!(read_bulks(&mut client).await, vec![b"user:1".to_vec()]);
+    client.send(&resp(&[b"KEYS", b"*"])).await;
+    let mut all = read_bulks(&mut client).await;
+    all.sort();
+    assert_eq!(all, [&b"order:1"[..], b"user:1", b"user:10"]);
+    client.send(&resp(&[b"KEYS", b"[ou]*:1"])).await;
+    assert_eq!(read_bulks(&mut client).await.len(), 2);
+    assert_eq!(line(&mut client, &[b"SCAN", b"x"]).await, "-ERR invalid cursor");
+    assert_eq!(line(&mut client, &[b"SCAN", b"0", b"COUNT", b"0"]).await, "-ERR syntax error");
+    assert_eq!(line(&mut client, &[b"SCAN", b"0", b"MATCH"]).await, "-ERR syntax error");
+    assert_eq!(line(&mut client, &[b"SCAN", b"0", b"LIMIT", b"3"]).await, "-ERR syntax error");
+    assert_eq!(line(&mut client, &[b"KEYS"]).await, "-ERR wrong number of arguments for 'keys' command");
+    check(&mut client, &[b"PING"], b"+PONG\r\n").await;
+    server.stop().await;
+}

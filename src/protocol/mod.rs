@@ -7,6 +7,7 @@
 
 mod command;
 mod error;
+pub mod glob;
 mod line;
 #[cfg(test)]
 mod proptests;

@@ -7,7 +7,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use crate::protocol::resp::{Args, Keys, RespCommand, RespReply};
+use crate::protocol::glob;
+use crate::protocol::resp::{Args, Keys, RespCommand, RespReply, Scan};
 use crate::storage::{Batch, FsyncPolicy};
 
 use super::Shared;
@@ -22,6 +23,8 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
         RespCommand::MGet(keys) => read_keys(shared, keys, false),
         RespCommand::Quit => Outcome::closing(RespReply::Simple("OK")),
         RespCommand::DbSize => Outcome::reply(RespReply::Integer(saturating_i64(shared.log.stats().ids))),
+        RespCommand::Scan(scan) => scan_step(shared, scan),
+        RespCommand::Keys(pattern) => keys(shared, pattern),
         RespCommand::Info(sections) => Outcome::reply(RespReply::Verbatim(info(shared, sections))),
         RespCommand::ConfigGet(patterns) => Outcome::reply(config_get(shared, patterns)),
         RespCommand::Immediate(reply) => Outcome::reply(reply),
@@ -60,6 +63,72 @@ pub(crate) fn mget(shared: &Shared, view: &Batch<'_>, keys: Keys<'_>) -> RespRep
         values.push(value);
     }
     RespReply::Array(values)
+}
+
+/// Most records one SCAN step looks at, whatever its COUNT: the step holds the log's read
+/// lock, which writers wait for.
+const MAX_SCAN_STEP: usize = 10_000;
+
+/// One SCAN step: the cursor is the log offset the step starts at, so IDs come in the order
+/// of their latest writes (README, "Redis protocol"). `0` starts a scan and ends one.
+fn scan_step(shared: &Shared, scan: Scan<'_>) -> Outcome<RespReply> {
+    let done = |ids: Vec<RespReply>| RespReply::Array(vec![RespReply::Bulk(b"0".to_vec()), RespReply::Array(ids)]);
+    if scan.other_type {
+        return Outcome::reply(done(Vec::new()));
+    }
+    let mut ids = Vec::new();
+    let step = shared.log.scan_ids(scan.cursor, scan.count.min(MAX_SCAN_STEP), |id| {
+        if scan.pattern.is_none_or(|pattern| glob::matches(pattern, id, false)) {
+            ids.push(RespReply::Bulk(id.to_vec()));
+        }
+    });
+    match step {
+        Ok((next, newest)) => {
+            let cursor = next.map_or_else(|| b"0".to_vec(), |next| next.to_string().into_bytes());
+            let reply = RespReply::Array(vec![RespReply::Bulk(cursor), RespReply::Array(ids)]);
+            Outcome { read: newest, ..Outcome::reply(reply) }
+        }
+        Err(err) => Outcome::reply(storage_failure(&err).into()),
+    }
+}
+
+/// KEYS: every live ID matching `pattern`, read at one instant (writers wait meanwhile, as
+/// in Redis; README says to prefer SCAN). Refused once the reply would pass the per-reply
+/// bound, like MGET.
+fn keys(shared: &Shared, pattern: &[u8]) -> Outcome<RespReply> {
+    let limit = shared.config.max_reply_bytes();
+    let mut ids = Vec::new();
+    let mut bytes = 0usize;
+    let listed = shared.log.for_each_live(|id, _| {
+        if glob::matches(pattern, id, false) {
+            bytes = bytes.saturating_add(id.len() + 16);
+            if bytes > limit {
+                return Err(KeysError::TooLarge);
+            }
+            ids.push(RespReply::Bulk(id.to_vec()));
+        }
+        Ok(())
+    });
+    // Every ID listed lies below the log's end now: the reply waits until that is committed.
+    let newest = shared.log.next_offset().checked_sub(1);
+    match listed {
+        Ok(()) => Outcome { read: newest, ..Outcome::reply(RespReply::Array(ids)) },
+        Err(KeysError::TooLarge) => Outcome::reply(RespReply::error(format_args!(
+            "reply too large (more than {limit} bytes of IDs match); use SCAN with MATCH instead"
+        ))),
+        Err(KeysError::Storage(err)) => Outcome::reply(storage_failure(&err).into()),
+    }
+}
+
+enum KeysError {
+    TooLarge,
+    Storage(crate::storage::StorageError),
+}
+
+impl From<crate::storage::StorageError> for KeysError {
+    fn from(err: crate::storage::StorageError) -> Self {
+        KeysError::Storage(err)
+    }
 }
 
 /// The `INFO` text: `# Section` headers and `key:value` lines, CRLF-terminated, with the
@@ -147,33 +216,9 @@ fn config_get(shared: &Shared, patterns: Args<'_>) -> RespReply {
     RespReply::Array(pairs)
 }
 
-/// Case-insensitive glob with `*` and `?`, as CONFIG GET takes. Backtracks only to the
-/// last `*`, so a hostile pattern costs at most pattern × name steps.
+/// CONFIG GET's patterns: Redis's globs, ignoring case.
 fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
-    let (mut p, mut n) = (0, 0);
-    // After the last `*` seen: where the pattern resumes, and how much of the name it took.
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p + 1, n));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c.eq_ignore_ascii_case(&name[n]) => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((after, taken)) => {
-                    star = Some((after, taken + 1));
-                    p = after;
-                    n = taken + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
+    glob::matches(pattern, name, true)
 }
 
 fn saturating_i64(n: u64) -> i64 {

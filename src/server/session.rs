@@ -296,6 +296,8 @@ fn is_data(command: &RespCommand<'_>) -> bool {
             | RespCommand::Exists(_)
             | RespCommand::MGet(_)
             | RespCommand::DbSize
+            | RespCommand::Scan(_)
+            | RespCommand::Keys(_)
     )
 }
 

@@ -114,7 +114,7 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
         }
         (Ok(replies), batch.newest_read())
     });
-    let (replies, read, written) = match applied {
+    let (replies, mut read, written) = match applied {
         Ok(((Ok(replies), read), written)) => (replies, read, written),
         Ok(((Err(too_large), _), _)) => return Outcome::reply(too_large),
         Err(err) => return Outcome::reply(storage_failure(&err).into()),
@@ -125,7 +125,10 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
         if let Ok(Some(request)) = parser.next_request(&requests[range])
             && let Ok(Some(command)) = RespCommand::parse(request.args, max_message_bytes)
         {
-            replies[slot] = execute_resp(shared, command).reply;
+            let outcome = execute_resp(shared, command);
+            // What a deferred reply shows (SCAN's and KEYS's IDs) waits to be committed too.
+            read = read.max(outcome.read);
+            replies[slot] = outcome.reply;
         }
     }
     Outcome { written, read, ..Outcome::reply(RespReply::Array(replies)) }
@@ -197,6 +200,6 @@ fn apply(shared: &Shared, batch: &mut Batch<'_>, command: &RespCommand<'_>) -> O
         }
         RespCommand::Immediate(reply) => Some(reply.clone()),
         RespCommand::Single(_) | RespCommand::Quit | RespCommand::DbSize | RespCommand::Info(_) => None,
-        RespCommand::ConfigGet(_) => None,
+        RespCommand::ConfigGet(_) | RespCommand::Scan(_) | RespCommand::Keys(_) => None,
     }
 }

@@ -19,6 +19,10 @@ pub enum RespCommand<'a> {
     /// `+OK`, then the connection closes.
     Quit,
     DbSize,
+    /// `SCAN cursor [MATCH pattern] [COUNT n] [TYPE type]`.
+    Scan(Scan<'a>),
+    /// `KEYS pattern`: every live ID that matches, in one reply.
+    Keys(&'a [u8]),
     /// The sections asked for; none means the default set.
     Info(Args<'a>),
     /// Glob patterns over the few settings msglog reports.
@@ -35,6 +39,17 @@ impl<'a> Keys<'a> {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + 'a {
         self.0.iter()
     }
+}
+
+/// One step of a `SCAN`. The cursor is a place in the log (README, "Redis protocol").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan<'a> {
+    pub cursor: u64,
+    pub pattern: Option<&'a [u8]>,
+    /// Redis's COUNT: about how many IDs one step should look at.
+    pub count: usize,
+    /// `TYPE` named a type other than `string`, which no msglog ID holds.
+    pub other_type: bool,
 }
 
 /// `key value` pairs whose keys passed [`validate_id`] and values [`check_message`].
@@ -83,6 +98,10 @@ impl<'a> RespCommand<'a> {
             RespCommand::Quit
         } else if is("DBSIZE") {
             no_args(rest, "dbsize", RespCommand::DbSize)?
+        } else if is("SCAN") {
+            parse_scan(rest)?
+        } else if is("KEYS") {
+            RespCommand::Keys(exactly_one(rest, "keys")?)
         } else if is("INFO") {
             RespCommand::Info(rest)
         } else if is("SELECT") {
@@ -111,6 +130,29 @@ fn parse_set<'a>(rest: Args<'a>, max_message_bytes: usize) -> Result<RespCommand
     valid_id(id)?;
     check_message(message, max_message_bytes)?;
     Ok(RespCommand::Single(Command::Set { id, message }))
+}
+
+fn parse_scan(rest: Args<'_>) -> Result<RespCommand<'_>, CommandError> {
+    let Some(cursor) = rest.get(0) else { return Err(CommandError::WrongArity("scan")) };
+    let cursor = std::str::from_utf8(cursor).ok().and_then(|c| c.parse().ok()).ok_or(CommandError::InvalidCursor)?;
+    let mut scan = Scan { cursor, pattern: None, count: 10, other_type: false };
+    let mut options = rest.skip(1).iter();
+    while let Some(option) = options.next() {
+        let value = options.next().ok_or(CommandError::Syntax)?;
+        let is = |name: &[u8]| option.eq_ignore_ascii_case(name);
+        if is(b"MATCH") {
+            scan.pattern = Some(value);
+        } else if is(b"COUNT") {
+            let count: i64 =
+                std::str::from_utf8(value).ok().and_then(|c| c.parse().ok()).ok_or(CommandError::NotAnInteger)?;
+            scan.count = usize::try_from(count).ok().filter(|&c| c >= 1).ok_or(CommandError::Syntax)?;
+        } else if is(b"TYPE") {
+            scan.other_type = !value.eq_ignore_ascii_case(b"string");
+        } else {
+            return Err(CommandError::Syntax);
+        }
+    }
+    Ok(RespCommand::Scan(scan))
 }
 
 fn parse_select(db: &[u8]) -> Result<RespCommand<'static>, CommandError> {

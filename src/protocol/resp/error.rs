@@ -39,6 +39,8 @@ pub enum CommandError {
     NoSuchDb,
     #[error("value is not an integer or out of range")]
     NotAnInteger,
+    #[error("invalid cursor")]
+    InvalidCursor,
     /// `HELLO` with a version other than 2 or 3.
     #[error("unsupported protocol version")]
     NoProto,

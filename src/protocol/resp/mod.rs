@@ -18,7 +18,7 @@ mod proptests;
 mod reply;
 mod session;
 
-pub use command::{Keys, Pairs, RespCommand};
+pub use command::{Keys, Pairs, RespCommand, Scan};
 pub use error::{CommandError, RespError};
 pub use frame::{Args, MAX_ARRAY_ELEMENTS, Request, RespLimits, RespParser};
 pub use reply::{Protocol, RespReply};

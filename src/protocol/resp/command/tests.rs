@@ -13,6 +13,8 @@ enum Parsed {
     MSet(Vec<(Vec<u8>, Vec<u8>)>),
     Quit,
     DbSize,
+    Scan { cursor: u64, pattern: Option<Vec<u8>>, count: usize, other_type: bool },
+    Keys(Vec<u8>),
     Info(Vec<Vec<u8>>),
     ConfigGet(Vec<Vec<u8>>),
     Immediate(RespReply),
@@ -44,6 +46,10 @@ fn parse(args: &[&[u8]]) -> Result<Parsed, CommandError> {
         Some(RespCommand::MSet(pairs)) => Parsed::MSet(pairs.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()),
         Some(RespCommand::Quit) => Parsed::Quit,
         Some(RespCommand::DbSize) => Parsed::DbSize,
+        Some(RespCommand::Scan(Scan { cursor, pattern, count, other_type })) => {
+            Parsed::Scan { cursor, pattern: pattern.map(<[u8]>::to_vec), count, other_type }
+        }
+        Some(RespCommand::Keys(pattern)) => Parsed::Keys(pattern.to_vec()),
         Some(RespCommand::Info(sections)) => Parsed::Info(owned(sections.iter())),
         Some(RespCommand::ConfigGet(patterns)) => Parsed::ConfigGet(owned(patterns.iter())),
         Some(RespCommand::Immediate(reply)) => Parsed::Immediate(reply),
@@ -143,4 +149,21 @@ fn unknown_commands_subcommands_and_databases_are_errors() {
         parse(&[b"COMMAND", b"GETKEYS"]),
         Err(CommandError::UnknownSubcommand { command: "COMMAND", subcommand: "GETKEYS".into() })
     );
+}
+
+#[test]
+fn scan_takes_match_count_and_type_in_any_order_and_keys_one_pattern() {
+    let scan = |cursor, pattern: Option<&[u8]>, count, other_type| {
+        Ok(Parsed::Scan { cursor, pattern: pattern.map(<[u8]>::to_vec), count, other_type })
+    };
+    assert_eq!(parse(&[b"SCAN", b"0"]), scan(0, None, 10, false));
+    assert_eq!(parse(&[b"scan", b"42", b"count", b"5", b"match", b"u:*"]), scan(42, Some(b"u:*"), 5, false));
+    assert_eq!(parse(&[b"SCAN", b"7", b"TYPE", b"STRING"]), scan(7, None, 10, false));
+    assert_eq!(parse(&[b"SCAN", b"7", b"TYPE", b"zset"]), scan(7, None, 10, true));
+    assert_eq!(parse(&[b"SCAN", b"-1"]), Err(CommandError::InvalidCursor));
+    assert_eq!(parse(&[b"SCAN", b"0", b"COUNT", b"x"]), Err(CommandError::NotAnInteger));
+    assert_eq!(parse(&[b"SCAN", b"0", b"COUNT", b"-3"]), Err(CommandError::Syntax));
+    assert_eq!(parse(&[b"SCAN"]), Err(CommandError::WrongArity("scan")));
+    assert_eq!(parse(&[b"KEYS", b"a*"]), Ok(Parsed::Keys(b"a*".to_vec())));
+    assert_eq!(parse(&[b"KEYS", b"a", b"b"]), Err(CommandError::WrongArity("keys")));
 }
