@@ -175,17 +175,9 @@ fn read(data_dir: &Path) -> Result<Option<Lineage>> {
     }
 }
 
-/// 128 random bits as hex; std's hasher keys are seeded from the OS's randomness.
+/// 128 random bits as hex.
 fn new_log_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let half = || {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
-        );
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}", half(), half())
+    format!("{:016x}{:016x}", crate::random::random_u64(), crate::random::random_u64())
 }
 
 #[cfg(test)]
