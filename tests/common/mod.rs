@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod rounds;
 pub mod scenario;
 pub mod tls;
+pub mod wire;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
