@@ -11,11 +11,14 @@
 //! - [`node`]: a running node as a library value: opens the log, binds, wires the server
 //!   and replication, shuts down; tests start whole clusters in-process.
 //! - [`cli`]: clap commands for the `msglog` binary.
+//!
+//! `random` is a leaf any of them may use.
 
 pub mod cli;
 pub mod cluster;
 pub mod node;
 pub mod protocol;
+mod random;
 pub mod replication;
 pub mod server;
 pub mod storage;

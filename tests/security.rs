@@ -13,8 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::TestCluster;
+use common::wire::{Ack, Kind};
 use common::{DEADLINE, TestClient, TestServer, resp};
-use fake_follower::{Ack, Kind, Peer, hello};
+use fake_follower::{Peer, hello};
 use msglog::replication::tail::{TailError, TailRequest, tail};
 use msglog::replication::{ReplicationStatus, Role};
 use msglog::server::{self, Password, ServerConfig};

@@ -54,8 +54,10 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).trim_end().to_string()
 }
 
-fn tls_flags(ca: &Path) -> Vec<String> {
-    vec!["--tls".to_string(), "--cacert".to_string(), ca.display().to_string()]
+/// `msglog client --tls --cacert <ca>` running `command` at `addr`.
+fn client_over_tls(addr: SocketAddr, ca: &Path, command: &[&str]) -> Output {
+    let ca = ca.display().to_string();
+    client(addr, &["--tls", "--cacert", &ca], command)
 }
 
 #[test]
@@ -63,12 +65,10 @@ fn text_protocol_set_and_get_over_tls_with_msglog_client() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
     let server = serve(&dir, "n0", &pki.nodes[0].serve_args(None));
-    let flags = tls_flags(&pki.ca.cert);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let set = client(server.addr, &flags, &["SET", "greeting", "hello", "tls"]);
+    let set = client_over_tls(server.addr, &pki.ca.cert, &["SET", "greeting", "hello", "tls"]);
     assert!(set.status.success(), "SET over TLS: {set:?}");
     assert_eq!(text(&set.stdout), "OK");
-    let get = client(server.addr, &flags, &["GET", "greeting"]);
+    let get = client_over_tls(server.addr, &pki.ca.cert, &["GET", "greeting"]);
     assert_eq!(text(&get.stdout), "hello tls", "{get:?}");
     assert_eq!(request(server.addr, &pki.ca.cert, "GET greeting").expect("GET"), "hello tls");
 }
@@ -135,9 +135,7 @@ fn a_tls_client_on_a_plain_port_says_the_server_did_not_answer_tls() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
     let server = serve(&dir, "plain", &[]);
-    let flags = tls_flags(&pki.ca.cert);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let output = client(server.addr, &flags, &["GET", "k"]);
+    let output = client_over_tls(server.addr, &pki.ca.cert, &["GET", "k"]);
     assert!(!output.status.success(), "{output:?}");
     assert!(text(&output.stderr).contains("did not answer TLS"), "{output:?}");
 }
@@ -147,9 +145,7 @@ fn a_server_certificate_from_another_ca_is_refused_by_the_client() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
     let server = serve(&dir, "n1", &pki.stranger.serve_args(None));
-    let flags = tls_flags(&pki.ca.cert);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let output = client(server.addr, &flags, &["GET", "k"]);
+    let output = client_over_tls(server.addr, &pki.ca.cert, &["GET", "k"]);
     assert!(!output.status.success(), "{output:?}");
     assert!(text(&output.stderr).contains("TLS handshake"), "{output:?}");
 }

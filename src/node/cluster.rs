@@ -268,10 +268,10 @@ impl Identity {
         Identity { path: data_dir.join(IDENTITY_FILE) }
     }
 
-    /// The file's text; `None` before the node first joined.
-    fn read(&self) -> Result<Option<String>, NodeError> {
+    /// What the file records; `None` before the node first joined.
+    fn read(&self) -> Result<Option<Recorded>, NodeError> {
         match std::fs::read_to_string(&self.path) {
-            Ok(text) => Ok(Some(text)),
+            Ok(text) => Ok(Some(Recorded(text))),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(NodeError::Config(format!("cannot read {}: {err}", self.path.display()))),
         }
@@ -280,8 +280,8 @@ impl Identity {
     /// Refuses to start a cluster member's data dir outside its cluster: epochs there come
     /// from the quorum, and one begun here could repeat one the quorum gives another leader.
     pub(super) fn refuse_outside_cluster(&self) -> Result<(), NodeError> {
-        let Some(text) = self.read()? else { return Ok(()) };
-        let cluster = text.lines().find_map(|l| l.strip_prefix("cluster_id=")).unwrap_or_default();
+        let Some(file) = self.read()? else { return Ok(()) };
+        let cluster = file.field("cluster_id").unwrap_or_default();
         Err(NodeError::Config(format!(
             "{} says this data dir belongs to cluster {cluster}: start it with that cluster's --cluster \
              (and its --node-id), or give this node another data dir",
@@ -292,8 +292,8 @@ impl Identity {
     fn check(&self, cluster_id: &str, node_id: &str) -> Result<(), NodeError> {
         let expected = format!("cluster_id={cluster_id}\nnode_id={node_id}\n");
         match self.read()? {
-            Some(text) if text == expected => Ok(()),
-            Some(text) => Err(NodeError::Config(format!(
+            Some(Recorded(text)) if text == expected => Ok(()),
+            Some(Recorded(text)) => Err(NodeError::Config(format!(
                 "{} says this data dir belongs to {}, but this node is {node_id} in cluster {cluster_id}; \
                  give each node its own data dir (an empty one to join a new cluster)",
                 self.path.display(),
@@ -306,8 +306,8 @@ impl Identity {
 
     /// Refuses a data dir that belongs to another node id, before anything is started.
     pub(super) fn check_node(&self, node_id: &str) -> Result<(), NodeError> {
-        let Some(text) = self.read()? else { return Ok(()) };
-        let recorded = text.lines().find_map(|l| l.strip_prefix("node_id=")).unwrap_or_default();
+        let Some(file) = self.read()? else { return Ok(()) };
+        let recorded = file.field("node_id").unwrap_or_default();
         if recorded != node_id {
             let data_dir = self.path.parent().unwrap_or(&self.path);
             return Err(NodeError::Config(format!(
@@ -317,6 +317,16 @@ impl Identity {
             )));
         }
         Ok(())
+    }
+}
+
+/// The text of `<data-dir>/cluster`: `key=value` lines.
+struct Recorded(String);
+
+impl Recorded {
+    /// The value of `key`'s line, if there is one.
+    fn field(&self, key: &str) -> Option<&str> {
+        self.0.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{RwLockReadGuard, RwLockWriteGuard};
 
 use super::fs::replace_file;
 use super::{Result, StorageError};
@@ -32,33 +33,80 @@ pub struct Lineage {
     pub origin: Origin,
 }
 
+/// What `log-id` held when the log was opened, or was last written with. Replication asks
+/// on every fetch, so the file is read once; an unreadable one is kept as the reason, and
+/// reported by every ask, as it was when each ask read the file.
+pub(super) type Cached = std::result::Result<Option<Lineage>, Unreadable>;
+
+/// Why `log-id` could not be read at open (errors are not `Clone`; their text is kept).
+#[derive(Debug, Clone)]
+pub(super) enum Unreadable {
+    Damaged { path: PathBuf, reason: String },
+    Io { kind: std::io::ErrorKind, message: String },
+}
+
+impl Unreadable {
+    fn to_error(&self) -> StorageError {
+        match self {
+            Unreadable::Damaged { path, reason } => {
+                StorageError::Corruption { segment: path.clone(), position: 0, reason: reason.clone() }
+            }
+            Unreadable::Io { kind, message } => std::io::Error::new(*kind, message.clone()).into(),
+        }
+    }
+}
+
+/// Reads `log-id` for the cache, when the log is opened.
+pub(super) fn load(data_dir: &Path) -> Cached {
+    read(data_dir).map_err(|err| match err {
+        StorageError::Corruption { segment, reason, .. } => Unreadable::Damaged { path: segment, reason },
+        StorageError::Io(err) => Unreadable::Io { kind: err.kind(), message: err.to_string() },
+        other => Unreadable::Io { kind: std::io::ErrorKind::Other, message: other.to_string() },
+    })
+}
+
 impl super::Log {
     /// The log this data dir holds; `None` before it first led or copied one (or when it
     /// was written by a version that did not record it).
     pub fn lineage(&self) -> Result<Option<Lineage>> {
-        read(&self.shared.data_dir)
+        self.cached_lineage().clone().map_err(|unreadable| unreadable.to_error())
     }
 
     /// This data dir's lineage, begun here with a new id if it has none yet.
     pub fn begin_lineage(&self) -> Result<Lineage> {
-        if let Some(lineage) = self.lineage()? {
+        // Held from the look to the write, so two callers cannot begin two different logs.
+        let mut cached = self.cached_lineage_mut();
+        if let Some(lineage) = cached.clone().map_err(|unreadable| unreadable.to_error())? {
             return Ok(lineage);
         }
         let lineage = Lineage { log_id: new_log_id(), origin: Origin::Began };
-        self.write_lineage(&lineage)?;
+        self.write_lineage(&mut cached, &lineage)?;
         Ok(lineage)
     }
 
     /// Records that this data dir holds a copy of `log_id`, before any of it is appended.
     /// Refused if the dir holds records of another log; an empty one has nothing to lose
-    /// and becomes a copy.
+    /// and becomes a copy. A malformed id is refused too: written, it would make the next
+    /// open of this data dir fail.
     pub fn adopt_lineage(&self, log_id: &str) -> Result<()> {
-        match self.lineage()? {
+        if !is_log_id(log_id) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the leader names its log {:?}, which is not a log id (32 lowercase hex digits); \
+                     refusing to copy it (is the leader another program?)",
+                    log_id.chars().take(80).collect::<String>()
+                ),
+            )
+            .into());
+        }
+        let mut cached = self.cached_lineage_mut();
+        match cached.clone().map_err(|unreadable| unreadable.to_error())? {
             Some(ours) if ours.log_id == log_id => Ok(()),
             Some(ours) if self.last_record().is_some() => {
                 Err(StorageError::OtherLog { ours: ours.log_id, theirs: log_id.to_string() })
             }
-            _ => self.write_lineage(&Lineage { log_id: log_id.to_string(), origin: Origin::Copied }),
+            _ => self.write_lineage(&mut cached, &Lineage { log_id: log_id.to_string(), origin: Origin::Copied }),
         }
     }
 
@@ -66,20 +114,37 @@ impl super::Log {
     /// holds no records.
     pub fn begin_new_lineage(&self) -> Result<Lineage> {
         debug_assert!(self.last_record().is_none(), "a new lineage over records");
+        let mut cached = self.cached_lineage_mut();
         let lineage = Lineage { log_id: new_log_id(), origin: Origin::Began };
-        self.write_lineage(&lineage)?;
+        self.write_lineage(&mut cached, &lineage)?;
         Ok(lineage)
     }
 
-    fn write_lineage(&self, lineage: &Lineage) -> Result<()> {
+    /// Writes the file, then the cache: a failed write leaves the cache saying what the
+    /// file said before.
+    fn write_lineage(&self, cached: &mut Cached, lineage: &Lineage) -> Result<()> {
         let origin = match lineage.origin {
             Origin::Began => "began",
             Origin::Copied => "copied",
         };
         let text = format!("log_id={}\norigin={origin}\n", lineage.log_id);
         replace_file(self.shared.fs.as_ref(), &path(&self.shared.data_dir), text.as_bytes())?;
+        *cached = Ok(Some(lineage.clone()));
         Ok(())
     }
+
+    fn cached_lineage(&self) -> RwLockReadGuard<'_, Cached> {
+        self.shared.lineage.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cached_lineage_mut(&self) -> RwLockWriteGuard<'_, Cached> {
+        self.shared.lineage.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// What `new_log_id` makes: 32 lowercase hex digits.
+fn is_log_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn path(data_dir: &Path) -> PathBuf {
@@ -94,7 +159,7 @@ fn read(data_dir: &Path) -> Result<Option<Lineage>> {
         Err(e) => return Err(e.into()),
     };
     let field = |key: &str| text.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('='));
-    let log_id = field("log_id").filter(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+    let log_id = field("log_id").filter(|id| is_log_id(id));
     let origin = match field("origin") {
         Some("began") => Some(Origin::Began),
         Some("copied") => Some(Origin::Copied),
@@ -110,17 +175,9 @@ fn read(data_dir: &Path) -> Result<Option<Lineage>> {
     }
 }
 
-/// 128 random bits as hex; std's hasher keys are seeded from the OS's randomness.
+/// 128 random bits as hex.
 fn new_log_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let half = || {
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
-        );
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}", half(), half())
+    format!("{:016x}{:016x}", crate::random::random_u64(), crate::random::random_u64())
 }
 
 #[cfg(test)]
@@ -154,7 +211,57 @@ mod tests {
         let id = new_log_id();
         log.adopt_lineage(&id).expect("adopt");
         assert_eq!(log.lineage().expect("read"), Some(Lineage { log_id: id, origin: Origin::Copied }));
+        drop(log);
         std::fs::write(dir.path().join(LINEAGE_FILE), "log_id=zz\n").expect("write");
+        // The log still opens (offline tools must reach a damaged dir); asking says why not.
+        let log = Log::open(dir.path(), Config::default()).expect("reopen");
         assert!(matches!(log.lineage(), Err(StorageError::Corruption { .. })), "a damaged file is reported");
+        assert!(matches!(log.begin_lineage(), Err(StorageError::Corruption { .. })), "and not replaced");
+    }
+
+    #[test]
+    fn the_lineage_is_read_at_open_and_kept_in_step_with_its_writes() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let log = Log::open(dir.path(), Config::default()).expect("open");
+        let began = log.begin_lineage().expect("begin");
+        drop(log);
+        let log = Log::open(dir.path(), Config::default()).expect("reopen");
+        // Gone from disk after the open, still known: the file is not read again.
+        std::fs::remove_file(dir.path().join(LINEAGE_FILE)).expect("remove");
+        assert_eq!(log.lineage().expect("cached"), Some(began.clone()));
+        let copied = new_log_id();
+        log.adopt_lineage(&copied).expect("an empty log adopts");
+        assert_eq!(log.lineage().expect("cached").map(|l| l.log_id), Some(copied.clone()));
+        let fresh = log.begin_new_lineage().expect("a new log");
+        assert_ne!(fresh.log_id, copied);
+        assert_eq!(log.lineage().expect("cached"), Some(fresh.clone()));
+        drop(log);
+        let log = Log::open(dir.path(), Config::default()).expect("reopen");
+        assert_eq!(log.lineage().expect("read"), Some(fresh), "the file says what the cache said");
+    }
+
+    #[test]
+    fn a_malformed_log_id_from_a_leader_is_refused_and_nothing_is_written() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let log = Log::open(dir.path(), Config::default()).expect("open");
+        let good = "0123456789abcdef0123456789abcdef".to_string();
+        let malformed = [
+            String::new(),
+            good[..31].to_string(),
+            format!("{good}0"),
+            good.to_uppercase(),
+            format!("{}g", &good[..31]),
+            format!("{}\norigin=began", &good[..31]),
+        ];
+        for id in &malformed {
+            let refused = log.adopt_lineage(id).expect_err(id);
+            assert!(refused.to_string().contains("not a log id"), "{id:?}: {refused}");
+            assert_eq!(log.lineage().expect("read"), None, "{id:?} was not adopted");
+            assert!(!dir.path().join(LINEAGE_FILE).exists(), "{id:?} was written");
+        }
+        log.adopt_lineage(&good).expect("a well-formed id is adopted");
+        drop(log);
+        let log = Log::open(dir.path(), Config::default()).expect("reopen");
+        assert_eq!(log.lineage().expect("read"), Some(Lineage { log_id: good, origin: Origin::Copied }));
     }
 }

@@ -107,6 +107,8 @@ pub(super) struct Shared {
     pub fs: Arc<dyn FileSystem>,
     pub state: RwLock<State>,
     pub commit: Commit,
+    /// `<data_dir>/log-id`, read at open and kept in step by whatever writes it.
+    pub lineage: RwLock<super::lineage::Cached>,
 }
 
 /// An open log. `Send + Sync`: share it with `Arc<Log>`.
@@ -159,6 +161,7 @@ impl Log {
             config,
             fs,
             state: RwLock::new(state),
+            lineage: RwLock::new(super::lineage::load(data_dir)),
         });
         let syncer = match shared.config.fsync {
             FsyncPolicy::Interval(every) => Some(IntervalSyncer::start(shared.clone(), every)?),

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod rounds;
 pub mod scenario;
 pub mod tls;
+pub mod wire;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
@@ -245,7 +246,17 @@ pub struct ServerProcess {
     pub grpc: SocketAddr,
     pub data_dir: PathBuf,
     stderr_path: PathBuf,
+    /// Where this run's lines start in the stderr file, which a restart on the same port
+    /// appends to: an earlier run's ready line must not count.
+    stderr_from: u64,
+    /// Whether its INFO lines, the ready line among them, reach stderr.
+    logs_info: bool,
 }
+
+/// What a node logs once it has bound its ports and taken its role and epoch. Its ports
+/// accept connections (into the backlog) before that, so a connection alone can reach a
+/// node that has not yet begun its epoch.
+const READY_LINE: &str = "msglog listening";
 
 impl ServerProcess {
     /// Starts `msglog serve` on `data_dir` and a free port, and waits until it accepts
@@ -309,6 +320,13 @@ impl ServerProcess {
         let parent = data_dir.parent().expect("data dir inside a temporary directory");
         let stderr_path = parent.join(format!("serve-{}.stderr", addr.port()));
         let stderr = std::fs::File::options().create(true).append(true).open(&stderr_path).expect("stderr file");
+        let stderr_from = stderr.metadata().expect("stderr file's length").len();
+        // A level or a config file of the test's choosing may hide INFO: then the port is
+        // all there is to wait for.
+        let chooses_logging = |arg: &&str| arg.starts_with("--log-level") || arg.starts_with("--config");
+        let logs_info = !extra_args.iter().any(chooses_logging)
+            && std::env::var_os("MSGLOG_LOG_LEVEL").is_none()
+            && std::env::var_os("MSGLOG_CONFIG").is_none();
         let mut command = msglog();
         configure(&mut command);
         let child = command
@@ -326,17 +344,27 @@ impl ServerProcess {
             .stderr(stderr)
             .spawn()
             .expect("spawn msglog serve");
-        ServerProcess { child, addr, grpc, data_dir: data_dir.to_path_buf(), stderr_path }
+        ServerProcess { child, addr, grpc, data_dir: data_dir.to_path_buf(), stderr_path, stderr_from, logs_info }
     }
 
+    /// Waits until the server has logged that it is ready (when its INFO lines are on) and
+    /// accepts connections; panics if it exits first.
     pub fn wait_until_ready(&mut self) {
         let addr = self.addr;
-        poll_until("the server to accept connections", || {
+        poll_until("the server to log that it listens and accept connections", || {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 panic!("server exited early with {status}:\n{}", self.stderr());
             }
-            StdStream::connect(addr).ok()
+            let announced = !self.logs_info || self.stderr_of_this_run().contains(READY_LINE);
+            (announced && StdStream::connect(addr).is_ok()).then_some(())
         });
+    }
+
+    /// What this run wrote to the stderr file, without earlier runs' lines.
+    fn stderr_of_this_run(&self) -> String {
+        let bytes = std::fs::read(&self.stderr_path).unwrap_or_default();
+        let from = (self.stderr_from as usize).min(bytes.len());
+        String::from_utf8_lossy(&bytes[from..]).into_owned()
     }
 
     pub fn pid(&self) -> libc::pid_t {

@@ -14,6 +14,8 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use super::wire::{Ack, AckSummary, FetchRequest, FetchResponse};
+
 /// A CA that signs node and client certificates into `dir`.
 pub struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -121,31 +123,6 @@ pub fn grpc_client(ca: &Path, identity: Option<&Issued>) -> ClientTlsConfig {
     config
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct FetchRequest {
-    #[prost(string, tag = "1")]
-    pub follower_id: String,
-    #[prost(uint64, tag = "2")]
-    pub next_offset: u64,
-    #[prost(bool, tag = "4")]
-    pub follow: bool,
-}
-
-/// Only whether a message came matters to these tests.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct FetchResponse {}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Ack {
-    #[prost(string, tag = "1")]
-    pub follower_id: String,
-    #[prost(uint64, tag = "2")]
-    pub durable_offset: u64,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AckSummary {}
-
 /// A replication caller that says what it likes about who it is.
 pub struct Caller {
     grpc: tonic::client::Grpc<tonic::transport::Channel>,
@@ -172,7 +149,7 @@ impl Caller {
     /// Sends one acknowledgement as `follower_id` and returns how the call ended.
     pub async fn acknowledge(&mut self, follower_id: &str) -> Result<AckSummary, Status> {
         self.grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
-        let ack = Ack { follower_id: follower_id.to_string(), durable_offset: 1 };
+        let ack = Ack { follower_id: follower_id.to_string(), durable_offset: 1, session: Vec::new() };
         let path = PathAndQuery::from_static("/msglog.v1.Replication/Acknowledge");
         let codec = ProstCodec::<Ack, AckSummary>::default();
         let acks = tokio_stream::iter([ack]);

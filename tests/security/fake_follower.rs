@@ -1,5 +1,4 @@
-//! A hand-made replication peer: the messages of proto/replication.proto mirrored with
-//! prost's derives (the generated types are private to the crate) and sent with tonic's
+//! A hand-made replication peer: the mirrored messages of `common::wire` sent with tonic's
 //! generic client, so a test can say what a real follower never would.
 
 use std::net::SocketAddr;
@@ -11,58 +10,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct FetchRequest {
-    #[prost(string, tag = "1")]
-    pub follower_id: String,
-    #[prost(uint64, tag = "2")]
-    pub next_offset: u64,
-    #[prost(bool, tag = "4")]
-    pub follow: bool,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct FetchResponse {
-    #[prost(oneof = "Kind", tags = "1, 2")]
-    pub kind: Option<Kind>,
-}
-
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub enum Kind {
-    #[prost(message, tag = "1")]
-    Hello(Hello),
-    #[prost(message, tag = "2")]
-    Records(Records),
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Hello {
-    #[prost(uint64, tag = "4")]
-    pub next_offset: u64,
-    #[prost(bytes = "vec", tag = "6")]
-    pub session: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Records {
-    #[prost(bytes = "vec", tag = "1")]
-    pub frames: Vec<u8>,
-    #[prost(uint64, tag = "2")]
-    pub leader_next_offset: u64,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Ack {
-    #[prost(string, tag = "1")]
-    pub follower_id: String,
-    #[prost(uint64, tag = "2")]
-    pub durable_offset: u64,
-    #[prost(bytes = "vec", tag = "3")]
-    pub session: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AckSummary {}
+use crate::common::wire::{Ack, AckSummary, FetchRequest, FetchResponse, Hello, Kind};
 
 pub struct Peer {
     grpc: tonic::client::Grpc<Channel>,

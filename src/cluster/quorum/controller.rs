@@ -211,5 +211,5 @@ impl Quorum {
 
 /// A cluster id: 16 random hex digits.
 fn random_hex() -> String {
-    format!("{:016x}", super::startup::random_u64())
+    format!("{:016x}", crate::random::random_u64())
 }

@@ -51,7 +51,7 @@ pub(super) async fn open(
     Ok(Quorum {
         voter: voters.0.contains_key(&config.node_id),
         voters,
-        incarnation: random_u64(),
+        incarnation: crate::random::random_u64(),
         config,
         raft,
         peers,
@@ -129,15 +129,4 @@ pub(super) fn check_voters(ours: &VoterMap, committed: &VoterMap) -> Result<(), 
         return Ok(());
     }
     Err(QuorumError::VoterMismatch { ours: ours.to_string(), committed: committed.to_string() })
-}
-
-/// Random per call (a process's incarnation, a cluster id); std's hasher keys are seeded
-/// from the OS's randomness.
-pub(super) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher
-        .write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    hasher.write_u32(std::process::id());
-    hasher.finish()
 }
