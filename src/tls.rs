@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
@@ -165,11 +165,12 @@ impl PeerCertificate {
         request.peer_certs().filter(|certs| !certs.is_empty()).map(PeerCertificate)
     }
 
-    /// Whether it names `node_id`: a DNS subject alternative name equal to it.
+    /// Whether it names `node_id`: a DNS subject alternative name equal to it, byte for
+    /// byte. Not host name matching: a wildcard such as `*.example` names no node, so one
+    /// certificate can never speak for a whole domain of node ids.
     pub fn names(&self, node_id: &str) -> bool {
-        let Ok(name) = ServerName::try_from(node_id) else { return false };
-        let Ok(parsed) = ParsedCertificate::try_from(&self.0[0]) else { return false };
-        rustls::client::verify_server_name(&parsed, &name).is_ok()
+        let Ok(cert) = webpki::EndEntityCert::try_from(&self.0[0]) else { return false };
+        cert.valid_dns_names().any(|name| name == node_id && !name.contains('*'))
     }
 }
 
@@ -194,15 +195,17 @@ pub enum HandshakeFailure {
 
 /// The server side of the client port's handshake, bounded by [`HANDSHAKE_TIMEOUT`].
 pub async fn accept(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
+    // One bound for the first byte and the handshake together.
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
         Err(_) => return Err(HandshakeFailure::TimedOut),
         Ok(Err(err)) => return Err(HandshakeFailure::Failed(err)),
         Ok(Ok(0)) => return Err(HandshakeFailure::Failed(io::ErrorKind::UnexpectedEof.into())),
         Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => return Err(HandshakeFailure::Plain(tcp)),
         Ok(Ok(_)) => {}
     }
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.0.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, tls.0.accept(tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(err)) => Err(HandshakeFailure::Failed(err)),
         Err(_) => Err(HandshakeFailure::TimedOut),
@@ -250,6 +253,9 @@ pub fn connect_client_port(addr: &str, ca: &Path) -> anyhow::Result<std::net::Tc
     })?;
     let user = std::net::TcpStream::connect(local_addr).context("connecting the local relay")?;
     let relay = accept_only(&local, user.local_addr()?)?;
+    // Small requests and replies cross the relay one at a time: no Nagle delay on either leg.
+    user.set_nodelay(true)?;
+    relay.set_nodelay(true)?;
     std::thread::spawn(move || {
         runtime.block_on(async move {
             relay.set_nonblocking(true)?;
@@ -321,4 +327,29 @@ fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError
         path: path.to_path_buf(),
         reason: format!("holds no PEM private key (PKCS#8, RSA or EC): {err}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate (self-signed: `names` looks only at its names) with these DNS SANs.
+    fn certificate(names: &[&str]) -> PeerCertificate {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(names).expect("params").self_signed(&key).expect("cert");
+        PeerCertificate(Arc::new(vec![cert.der().clone()]))
+    }
+
+    #[test]
+    fn a_certificate_names_a_node_only_by_an_exact_dns_name() {
+        let cert = certificate(&["n1", "n1.cluster.example"]);
+        assert!(cert.names("n1"));
+        assert!(cert.names("n1.cluster.example"));
+        assert!(!cert.names("n2"));
+        assert!(!cert.names("N1"), "node ids are compared byte for byte");
+        let wildcard = certificate(&["*.cluster.example"]);
+        assert!(!wildcard.names("n1.cluster.example"), "a wildcard names no node");
+        assert!(!wildcard.names("*.cluster.example"), "not even one called like it");
+    }
 }

@@ -448,3 +448,32 @@ fn export_since_past_the_end_of_the_log_says_so() {
     assert!(at_end.status.success(), "{at_end:?}");
     assert_eq!(stderr(&at_end), "", "the next offset an export printed is no surprise");
 }
+
+/// A follower's copy, or any cluster member's dir, is not where records are added: they
+/// would be on no other copy, and cut when the node next follows its leader.
+#[test]
+fn import_refuses_a_followers_copy_and_a_cluster_members_dir_and_adds_nothing() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let from = tmp.path().join("in");
+    fs::create_dir_all(&from).unwrap();
+    fs::write(from.join("new.msg"), b"imported").unwrap();
+    let copy = tmp.path().join("copy");
+    set_all(&copy, &[b"a"], b"from the leader");
+    fs::write(copy.join("log-id"), "log_id=0123456789abcdef0123456789abcdef\norigin=copied\n").unwrap();
+    let member = tmp.path().join("member");
+    set_all(&member, &[b"a"], b"from the leader");
+    fs::write(member.join("cluster"), "cluster_id=1\nnode_id=n1\n").unwrap();
+    for (dir, says) in
+        [(&copy, "holds a copy of log 0123456789abcdef0123456789abcdef"), (&member, "belongs to a cluster")]
+    {
+        let out = run(&["import", "--data-dir", path(dir), "--from", path(&from)]);
+        assert!(!out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+        assert_eq!(open(dir).get(b"new").unwrap(), None, "nothing was imported into {}", dir.display());
+    }
+    // The leader's own dir (origin began) takes the import.
+    fs::write(copy.join("log-id"), "log_id=0123456789abcdef0123456789abcdef\norigin=began\n").unwrap();
+    assert!(import_ok(&copy, &from).contains("imported 1 file(s)"));
+}

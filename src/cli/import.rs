@@ -11,7 +11,7 @@ use anyhow::Context;
 use indicatif::ProgressBar;
 
 use crate::protocol::validate_id;
-use crate::storage::{Config, FsyncPolicy, Log, Offset};
+use crate::storage::{Config, FsyncPolicy, Lineage, Log, Offset, Origin};
 
 use super::msg_files::{EXTENSION, decode_file_name, progress};
 
@@ -44,6 +44,7 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let config = Config { fsync: FsyncPolicy::Never, ..super::check::offline_config() };
     let log = Log::open(&args.data_dir, config)
         .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
+    refuse_a_copy(&log, &args.data_dir)?;
     let start = log.next_offset();
     let bar = progress(names.len() as u64, "importing");
     let appended = append_all(&log, &args, names, &bar);
@@ -60,6 +61,28 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     }
     println!("imported {imported} file(s), skipped {}, into {}", skipped.len(), args.data_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Records appended to a follower's copy are not on its leader: the follower would cut
+/// them when it next fetches, or hold writes no other copy has.
+fn refuse_a_copy(log: &Log, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let lineage = log.lineage().with_context(|| format!("cannot read which log {} holds", data_dir.display()))?;
+    if crate::node::is_cluster_member(data_dir) {
+        anyhow::bail!(
+            "{} belongs to a cluster: records imported into one member's files would be on no other \
+             member (and cut when it next follows a leader). Send the messages through any node instead",
+            data_dir.display()
+        );
+    }
+    if let Some(Lineage { origin: Origin::Copied, log_id }) = lineage {
+        anyhow::bail!(
+            "{} holds a copy of log {log_id}, made by following its leader: records imported here would \
+             not be on the leader and would be cut when this node next follows it. Import into the \
+             leader's data dir (stopped), or send the messages through the leader",
+            data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Appends every good file as a SET, in `names` order, and lists the entries skipped and

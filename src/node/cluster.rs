@@ -257,6 +257,11 @@ impl Driver {
 
 const IDENTITY_FILE: &str = "cluster";
 
+/// Whether `data_dir` has joined a cluster (it holds the file [`Identity`] writes).
+pub(crate) fn is_cluster_member(data_dir: &std::path::Path) -> bool {
+    data_dir.join(IDENTITY_FILE).exists()
+}
+
 /// `<data-dir>/cluster`: the cluster and node this data dir belongs to, written the first
 /// time the node joins; a data dir is never used by another cluster or under another id.
 pub(super) struct Identity {

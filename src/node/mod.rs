@@ -26,6 +26,7 @@ use crate::server::{self, Cluster, ForwardEndpoint, Forwarding, ServerConfig};
 use crate::storage::{Epoch, FileSystem, Lineage, Log, LogStats, Origin, RealFs};
 
 pub use cluster::ClusterConfig;
+pub(crate) use cluster::is_cluster_member;
 pub use config::{NodeConfig, max_record_bytes};
 pub use error::NodeError;
 

@@ -102,7 +102,12 @@ impl super::Log {
         }
         let mut cached = self.cached_lineage_mut();
         match cached.clone().map_err(|unreadable| unreadable.to_error())? {
-            Some(ours) if ours.log_id == log_id => Ok(()),
+            Some(ours) if ours.log_id == log_id && ours.origin == Origin::Copied => Ok(()),
+            // The same log, but recorded as begun here: this dir was seeded by copying the
+            // leader's files. It is a copy, and must never lead the log on its own.
+            Some(ours) if ours.log_id == log_id => {
+                self.write_lineage(&mut cached, &Lineage { origin: Origin::Copied, ..ours })
+            }
             Some(ours) if self.last_record().is_some() => {
                 Err(StorageError::OtherLog { ours: ours.log_id, theirs: log_id.to_string() })
             }
@@ -193,14 +198,14 @@ mod tests {
         let began = log.begin_lineage().expect("begin");
         assert_eq!(began.origin, Origin::Began);
         assert_eq!(log.begin_lineage().expect("again"), began, "an existing lineage is kept");
-        log.adopt_lineage(&began.log_id).expect("its own id is accepted");
         log.append(b"k", b"v").expect("append");
         let other = new_log_id();
         assert_ne!(other, began.log_id);
         assert!(matches!(log.adopt_lineage(&other), Err(StorageError::OtherLog { .. })));
         drop(log);
         let log = Log::open(dir.path(), Config::default()).expect("reopen");
-        assert_eq!(log.lineage().expect("read"), Some(began), "it survives a restart");
+        assert_eq!(log.lineage().expect("read"), Some(began.clone()), "it survives a restart");
+        log.adopt_lineage(&began.log_id).expect("its own id is accepted");
     }
 
     #[test]
@@ -263,5 +268,21 @@ mod tests {
         drop(log);
         let log = Log::open(dir.path(), Config::default()).expect("reopen");
         assert_eq!(log.lineage().expect("read"), Some(Lineage { log_id: good, origin: Origin::Copied }));
+    }
+
+    #[test]
+    fn a_dir_seeded_with_a_copy_of_the_leaders_files_becomes_a_copy_when_it_follows() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let log = Log::open(dir.path(), Config::default()).expect("open");
+        let began = log.begin_lineage().expect("begin");
+        assert_eq!(began.origin, Origin::Began);
+        log.adopt_lineage(&began.log_id).expect("the leader's own log");
+        assert_eq!(
+            log.lineage().expect("read"),
+            Some(Lineage { log_id: began.log_id.clone(), origin: Origin::Copied })
+        );
+        drop(log);
+        let log = Log::open(dir.path(), Config::default()).expect("reopen");
+        assert_eq!(log.lineage().expect("read").map(|l| l.origin), Some(Origin::Copied), "and it is on disk");
     }
 }
