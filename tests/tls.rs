@@ -267,10 +267,8 @@ fn tail_reads_a_mutual_tls_node_with_a_client_certificate_and_not_without() {
     assert!(!text(&without.stdout).contains("tailed"), "{without:?}");
 }
 
-#[test]
-fn three_nodes_in_cluster_mode_elect_and_replicate_over_mutual_tls() {
-    let pki = pki();
-    let dir = TempDir::new().expect("tempdir");
+/// Three voters n0..n2 in cluster mode over mutual TLS; returns them and the leader's index.
+fn cluster_over_mutual_tls(pki: &Pki, dir: &TempDir) -> (Vec<ServerProcess>, usize) {
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3)
         .map(|_| {
             let client = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
@@ -300,6 +298,14 @@ fn three_nodes_in_cluster_mode_elect_and_replicate_over_mutual_tls() {
         let name = format!("n{leader}");
         views.iter().enumerate().all(|(i, v)| i == leader || v.get("leader") == Some(&name)).then_some(leader)
     });
+    (nodes, leader)
+}
+
+#[test]
+fn three_nodes_in_cluster_mode_elect_and_replicate_over_mutual_tls() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let (nodes, leader) = cluster_over_mutual_tls(&pki, &dir);
     // Every follower in the ISR means each one fetched over mutual TLS as itself.
     poll_until("all three nodes in the ISR", || {
         let isr = stats(nodes[leader].addr, &pki.ca.cert)?.get("isr")?.clone();
@@ -321,4 +327,29 @@ fn three_nodes_in_cluster_mode_elect_and_replicate_over_mutual_tls() {
     for name in ["n0", "n1", "n2"] {
         assert!(text(&status.stdout).contains(name), "cluster status over TLS lists {name}: {status:?}");
     }
+}
+
+/// A metadata proposal speaks for the node it is about: a certificate of the cluster's CA
+/// that names neither that node nor a voter (a consumer's) cannot change the ISR.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quorum_proposal_about_another_node_needs_that_nodes_or_a_voters_certificate() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let (nodes, leader) = tokio::task::block_in_place(|| cluster_over_mutual_tls(&pki, &dir));
+    let leader_id = format!("n{leader}");
+    let voters: Vec<String> = nodes.iter().enumerate().map(|(i, node)| format!("n{i}={}", node.grpc)).collect();
+    let voters = voters.join(",");
+    let widen = format!(
+        r#"{{"AlterIsr":{{"leader":"{leader_id}","epoch":1,"expected":["n0","n1","n2"],"isr":["n0","n1","n2","client"]}}}}"#
+    );
+    let mut consumer =
+        Caller::connect(nodes[leader].grpc, &grpc_client(&pki.ca.cert, Some(&pki.client))).await.expect("connect");
+    let refused =
+        consumer.propose(&voters, &widen).await.expect_err("a consumer proposing an ISR change as the leader");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // About itself it may propose: the refusal above was about whom the proposal concerns.
+    let own = r#"{"Fence":{"id":"client","incarnation":1,"reason":"ControlledShutdown"}}"#;
+    consumer.propose(&voters, own).await.expect("a proposal about the caller itself passes the certificate check");
+    let isr = tokio::task::block_in_place(|| stats(nodes[leader].addr, &pki.ca.cert)).expect("STATS")["isr"].clone();
+    assert!(!isr.contains("client"), "the ISR was not widened: {isr}");
 }

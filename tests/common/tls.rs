@@ -14,7 +14,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::{Request, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use super::wire::{Ack, AckSummary, FetchRequest, FetchResponse};
+use super::wire::{Ack, AckSummary, FetchRequest, FetchResponse, ProposeReply, ProposeRequest};
 
 /// A CA that signs node and client certificates into `dir`.
 pub struct Ca {
@@ -144,6 +144,17 @@ impl Caller {
         let mut stream: Streaming<FetchResponse> =
             self.grpc.server_streaming(Request::new(request), path, codec).await?.into_inner();
         stream.message().await?.ok_or_else(|| Status::unknown("the stream ended without a message"))
+    }
+
+    /// Proposes a metadata command (its serde_json) to the quorum, naming `voters` (the
+    /// cluster's `--cluster` list, sorted) as a member would.
+    pub async fn propose(&mut self, voters: &str, command: &str) -> Result<ProposeReply, Status> {
+        self.grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut request = Request::new(ProposeRequest { command: command.as_bytes().to_vec() });
+        request.metadata_mut().insert("x-msglog-voters", voters.parse().expect("ASCII voter list"));
+        let path = PathAndQuery::from_static("/msglog.quorum.v1.Quorum/Propose");
+        let codec = ProstCodec::<ProposeRequest, ProposeReply>::default();
+        Ok(self.grpc.unary(request, path, codec).await?.into_inner())
     }
 
     /// Sends one acknowledgement as `follower_id` and returns how the call ended.

@@ -54,3 +54,14 @@ pub struct Ack {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AckSummary {}
+
+/// proto/quorum.proto's `ProposeRequest`: a serde_json `MetaCommand`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProposeRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    pub command: Vec<u8>,
+}
+
+/// proto/quorum.proto's `ProposeReply`, its outcome left undecoded.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProposeReply {}
