@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
@@ -68,6 +70,8 @@ impl std::fmt::Debug for ClientPortTls {
 pub struct GrpcTls {
     pub server: ServerTlsConfig,
     pub client: ClientTlsConfig,
+    /// Tells a node's certificate (one a server may present) from a consumer's.
+    node_certificates: Arc<WebPkiServerVerifier>,
 }
 
 /// A node's TLS, loaded at start.
@@ -116,9 +120,13 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         Some(ca_path) => {
             let (ca_pem, roots) = read_roots(ca_path)?;
             // Checked here so a bad bundle names its file; tonic builds the same from PEM.
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|err| {
-                TlsError::Invalid { what: "--tls-ca", path: ca_path.clone(), reason: err.to_string() }
-            })?;
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider()).build().map_err(
+                |err| TlsError::Invalid { what: "--tls-ca", path: ca_path.clone(), reason: err.to_string() },
+            )?;
+            let node_certificates =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|err| {
+                    TlsError::Invalid { what: "--tls-ca", path: ca_path.clone(), reason: err.to_string() }
+                })?;
             let identity = Identity::from_pem(&cert_pem, &key_pem);
             let ca = Certificate::from_pem(&ca_pem);
             Some(GrpcTls {
@@ -127,6 +135,7 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
                     .client_ca_root(ca.clone())
                     .timeout(HANDSHAKE_TIMEOUT),
                 client: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
+                node_certificates,
             })
         }
     };
@@ -171,6 +180,19 @@ impl PeerCertificate {
     pub fn names(&self, node_id: &str) -> bool {
         let Ok(cert) = webpki::EndEntityCert::try_from(&self.0[0]) else { return false };
         cert.valid_dns_names().any(|name| name == node_id && !name.contains('*'))
+    }
+}
+
+impl PeerCertificate {
+    /// Whether it is the certificate of node `node_id`: it names the node (see
+    /// [`names`](Self::names)) and a server may present it (its extended key usage, if it
+    /// has one, allows serverAuth, as every node's own certificate must). A consumer's
+    /// client-only certificate therefore cannot pose as a replica, even one called like it.
+    pub fn is_node(&self, grpc: &GrpcTls, node_id: &str) -> bool {
+        let Ok(name) = ServerName::try_from(node_id.to_string()) else { return false };
+        let (end_entity, intermediates) = (&self.0[0], &self.0[1..]);
+        self.names(node_id)
+            && grpc.node_certificates.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()).is_ok()
     }
 }
 

@@ -221,6 +221,26 @@ async fn a_caller_whose_certificate_names_another_node_is_refused() {
     n2.fetch("n2").await.expect("n2 fetching as n2");
 }
 
+/// Outside cluster mode there is no member list: what keeps a consumer's certificate (for
+/// `msglog tail`) from fetching and acknowledging as a replica called like it is that it is
+/// not a node's certificate (no serverAuth).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_certificate_cannot_fetch_or_acknowledge_as_a_replica() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
+    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
+    let leader = serve(&dir, "n0", &args);
+    let reader = pki.ca.issue_consumer("reader");
+    let mut caller = Caller::connect(leader.grpc, &grpc_client(&pki.ca.cert, Some(&reader))).await.expect("connect");
+    let as_replica = caller.fetch("reader").await.expect_err("a consumer fetching as replica 'reader'");
+    assert_eq!(as_replica.code(), tonic::Code::PermissionDenied, "{as_replica:?}");
+    let ack = caller.acknowledge("reader").await.expect_err("a consumer acknowledging as 'reader'");
+    assert_eq!(ack.code(), tonic::Code::PermissionDenied, "{ack:?}");
+    // As a consumer it is served.
+    caller.fetch("").await.expect("a consumer reading the log");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_caller_without_a_client_certificate_or_from_another_ca_is_refused() {
     let pki = pki();

@@ -169,7 +169,7 @@ impl ReplicationRpc for Service {
 
     async fn acknowledge(&self, request: Request<Streaming<Ack>>) -> Result<Response<AckSummary>, Status> {
         self.authorize(&request, "Acknowledge")?;
-        let certificate = self.node.config.tls.as_ref().and(crate::tls::PeerCertificate::of(&request));
+        let certificate = self.node.config.tls.as_ref().map(|grpc| (grpc, crate::tls::PeerCertificate::of(&request)));
         let mut acks = request.into_inner();
         let mut shutdown = self.node.shutdown.clone();
         loop {
@@ -179,12 +179,12 @@ impl ReplicationRpc for Service {
                 _ = shutdown.wait_for(|&stop| stop) => None,
             };
             let Some(ack) = ack else { break };
-            if let Some(certificate) = &certificate
-                && !certificate.names(&ack.follower_id)
+            if let Some((grpc, certificate)) = &certificate
+                && !certificate.as_ref().is_some_and(|certificate| certificate.is_node(grpc, &ack.follower_id))
             {
                 tracing::warn!(follower = %ack.follower_id, "refusing acknowledgements for a node the caller's certificate does not name");
                 return Err(Status::permission_denied(format!(
-                    "Acknowledge as {} needs a certificate naming {}",
+                    "Acknowledge as {} needs the node certificate of {}",
                     ack.follower_id, ack.follower_id
                 )));
             }
@@ -227,13 +227,15 @@ impl Service {
     /// Under mutual TLS, refuses a caller that claims a node id its certificate does not
     /// carry: one node's certificate must not let it fetch or acknowledge as another.
     fn certified_as<T>(&self, request: &Request<T>, claimed: &str, call: &str) -> Result<(), Status> {
-        if self.node.config.tls.is_none() || crate::tls::peer_certified_as(request, claimed) == Some(true) {
+        let Some(grpc) = &self.node.config.tls else { return Ok(()) };
+        if crate::tls::PeerCertificate::of(request).is_some_and(|certificate| certificate.is_node(grpc, claimed)) {
             return Ok(());
         }
         let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
         tracing::warn!(%peer, call, claimed, "refusing a caller whose certificate does not name the node id it claims");
         Err(Status::permission_denied(format!(
-            "{call} as {claimed} needs a certificate naming {claimed} (a DNS name equal to the node id)"
+            "{call} as {claimed} needs {claimed}'s node certificate (a DNS name equal to the node id, \
+             and an extended key usage that allows serverAuth)"
         )))
     }
 }
