@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use msglog::cluster::metadata::{MetaCommand, Metadata};
+use msglog::cluster::metadata::{FenceReason, MetaCommand, Metadata};
 use msglog::cluster::quorum::{Quorum, QuorumConfig, QuorumError};
 use msglog::server::Password;
 use tempfile::TempDir;
@@ -294,5 +294,53 @@ async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
     }
     assert!(all.iter().all(|n| !n.metadata().members.contains_key("x")), "x never registered");
     outsider.crash().await;
+    crash_all(&mut nodes).await;
+}
+
+/// The partition's leader and the controller on one node make a crash of that node cost
+/// two failovers in a row; the controller hands its role over when it finds itself leading
+/// the partition. If they start out apart, the test makes the controller the leader: it
+/// adds the controller to the ISR and fences the leader, as a crash would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_hands_its_role_over_when_it_leads_the_partition() {
+    init_tracing();
+    let root = TempDir::new().expect("tempdir");
+    let (mut nodes, _) = start_voters(&["a", "b", "c"], root.path()).await;
+    let all: Vec<&Node> = nodes.iter().collect();
+    let (controller, formed) = eventually("all three registered, one controller and one leader", || {
+        let controller = agreed_controller(&all)?;
+        let metadata = all[0].metadata();
+        let complete = ["a", "b", "c"].iter().all(|id| live(&metadata, id)) && metadata.partition.leader.is_some();
+        complete.then_some((controller, metadata))
+    })
+    .await;
+    let leader = formed.partition.leader.clone().expect("a leader");
+    if leader != controller {
+        let mut isr = formed.partition.isr.clone();
+        isr.insert(controller.clone());
+        let widen = MetaCommand::AlterIsr {
+            leader: leader.clone(),
+            epoch: formed.partition.epoch,
+            expected: formed.partition.isr.clone(),
+            isr,
+        };
+        nodes[0].quorum.propose(widen).await.expect("the controller joins the ISR");
+        let fence = MetaCommand::Fence {
+            id: leader.clone(),
+            incarnation: formed.members[&leader].incarnation,
+            reason: FenceReason::ControlledShutdown,
+        };
+        nodes[0].quorum.propose(fence).await.expect("the leader is fenced");
+        let now = nodes[0].metadata().partition.leader.clone();
+        assert_eq!(now.as_ref(), Some(&controller), "the controller, the only other ISR member, leads");
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    eventually("the partition's leader and the controller on different nodes", || {
+        let controller = agreed_controller(&all)?;
+        let leader = all[0].metadata().partition.leader.clone()?;
+        let agreed = all.iter().all(|n| n.metadata().partition.leader.as_ref() == Some(&leader));
+        (agreed && leader != controller).then_some(())
+    })
+    .await;
     crash_all(&mut nodes).await;
 }

@@ -29,6 +29,8 @@ pub struct Sessions {
     /// Members being fenced: their heartbeats are not answered "ok" meanwhile, so none
     /// gets a lease from this controller while it fences them.
     fencing: HashSet<String>,
+    /// When this controller last handed its role over because it also leads the partition.
+    stepped_aside: Option<Instant>,
 }
 
 impl Sessions {
@@ -68,6 +70,42 @@ impl Quorum {
         }
         self.fence_expired(&metadata).await;
         self.add_learners(&metadata).await;
+        self.step_aside(&metadata).await;
+    }
+
+    /// A controller that also leads the partition makes a crash of its node cost two
+    /// failovers in a row: a Raft election, then a whole session timeout counted from the
+    /// new controller's takeover before the dead leader is fenced. So it hands the
+    /// controller role to a voter that holds its whole Raft log (the partition's leadership
+    /// does not move: no write waits for this). At most once per session timeout, so that a
+    /// transfer that does not take is not retried in a loop.
+    async fn step_aside(&self, metadata: &Metadata) {
+        let me = &self.config.node_id;
+        if metadata.partition.leader.as_ref() != Some(me) {
+            return;
+        }
+        let metrics = self.raft_metrics();
+        let Some(last) = metrics.last_log_index else { return };
+        let replication = metrics.replication.unwrap_or_default();
+        let caught_up = |id: &String| replication.get(id).and_then(Option::as_ref).is_some_and(|m| m.index() >= last);
+        let Some(successor) =
+            metadata.live_members().find(|(id, m)| m.voter && *id != me && caught_up(id)).map(|(id, _)| id.clone())
+        else {
+            return;
+        };
+        {
+            let Some(mut sessions) = self.controlled_sessions() else { return };
+            if sessions.stepped_aside.is_some_and(|at| at.elapsed() < self.config.session_timeout) {
+                return;
+            }
+            sessions.stepped_aside = Some(Instant::now());
+        }
+        match self.raft.trigger().transfer_leader(successor.clone()).await {
+            Ok(()) => {
+                tracing::info!(node = %me, %successor, "this node leads the partition: handing the controller role over")
+            }
+            Err(e) => tracing::warn!(node = %me, %successor, "could not hand the controller role over: {e}"),
+        }
     }
 
     /// Proposes a command only while this node controls: a decision taken on this
