@@ -141,7 +141,8 @@ pub(super) fn latest_offsets(
 pub(super) struct Rules<'a> {
     pub latest: &'a HashMap<Vec<u8>, Offset>,
     pub tombstone_horizon: Offset,
-    /// Tombstones written before this (ms since the Unix epoch) are past retention.
+    /// Tombstones written at or before this (ms since the Unix epoch) are past retention,
+    /// so a retention of 0 drops every tombstone below the horizon.
     pub tombstones_before_ms: i64,
 }
 
@@ -150,7 +151,7 @@ impl Rules<'_> {
         if self.latest.get(r.id).is_some_and(|&newer| newer > r.offset) {
             return false;
         }
-        let expired = r.offset < self.tombstone_horizon && r.timestamp_ms < self.tombstones_before_ms;
+        let expired = r.offset < self.tombstone_horizon && r.timestamp_ms <= self.tombstones_before_ms;
         !(r.kind == RecordKind::Delete && expired)
     }
 }
