@@ -192,3 +192,222 @@ fn random_histories_keep_the_latest_records_and_the_same_live_set_however_cleane
         run_history(seed);
     }
 }
+
+#[test]
+fn reads_by_offset_and_the_epoch_lookups_land_on_the_next_surviving_record() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    // Three epochs of the same four IDs: cleaning removes most of epochs 1 and 2,
+    // including the first records of epochs 2 and 3.
+    for epoch in 1..=3 {
+        log.set_epoch(epoch);
+        for round in 0..20 {
+            log.append(format!("id-{}", round % 4).as_bytes(), format!("e{epoch} r{round}").as_bytes()).unwrap();
+        }
+    }
+    log.append(b"tail", b"keeps the last epoch-3 records in the active segment").unwrap();
+    log.sync().unwrap();
+    let before = records(&log);
+    let upto = log.next_offset();
+    log.clean(&options(upto)).unwrap().expect("sealed segments to clean");
+    let survivors = records(&log);
+    assert!(survivors.len() < before.len(), "something was cleaned");
+    let removed: Vec<u64> = before.iter().map(|r| r.offset).filter(|o| !survivors.iter().any(|s| s.offset == *o)).collect();
+    let first_of = |epoch| before.iter().find(|r| r.epoch == epoch).unwrap().offset;
+    assert!(removed.contains(&first_of(2)) && removed.contains(&first_of(3)), "epoch starts removed: {removed:?}");
+    assert_reads_land_on_survivors(&log, &survivors, "one pass");
+    assert_eq!(log.start_offset().unwrap(), survivors[0].offset);
+    for &o in removed.iter().filter(|&&o| o >= survivors[0].offset) {
+        let next = survivors.iter().find(|r| r.offset > o).unwrap();
+        assert_eq!(log.epoch_at(o).unwrap(), Some(next.epoch), "epoch_at({o}) is the next survivor's");
+    }
+    for epoch in 0..=4 {
+        let shared = survivors.iter().filter(|r| r.epoch <= epoch).map(|r| r.epoch).max();
+        let end = survivors.iter().find(|r| r.epoch > epoch).map_or(log.next_offset(), |r| r.offset);
+        assert_eq!(log.epoch_end(epoch).unwrap(), (shared, end), "epoch_end({epoch})");
+    }
+    // What `msglog export` and replication read: every survivor once, in order.
+    let exported: Vec<u64> = log.chunks_from(before[5].offset, 64).flat_map(|c| {
+        c.unwrap().records().map(|r| r.unwrap().offset).collect::<Vec<_>>()
+    }).collect();
+    let expected: Vec<u64> = survivors.iter().map(|r| r.offset).filter(|&o| o >= before[5].offset).collect();
+    assert_eq!(exported, expected);
+    log.close().unwrap();
+}
+
+#[test]
+fn disk_use_shrinks_to_about_the_live_set() {
+    let dir = temp_dir();
+    let config = Config { segment_bytes: 64 * 1024, max_record_bytes: 4096, index_interval_bytes: 4096, ..config() };
+    let log = Log::open(dir.path(), config.clone()).unwrap();
+    for round in 0..50 {
+        for id in 0..1000 {
+            log.append(format!("id-{id:04}").as_bytes(), format!("round {round:02} of id {id:04}").as_bytes()).unwrap();
+        }
+    }
+    log.sync().unwrap();
+    let before = log.stats().bytes;
+    let summary = log.clean(&options(log.next_offset())).unwrap().expect("a pass");
+    let mut live = 0;
+    log.for_each_live(|id, message| {
+        live += 31 + id.len() as u64 + message.len() as u64;
+        Ok::<_, msglog::storage::StorageError>(())
+    })
+    .unwrap();
+    let on_disk: u64 = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(on_disk < 2 * live + config.segment_bytes, "{on_disk} bytes on disk for {live} live ({summary:?})");
+    assert!(before > 20 * on_disk, "{before} bytes before, {on_disk} after");
+    assert_eq!(summary.records_dropped + summary.records_kept, 50_000 - (log.stats().records - summary.records_kept));
+    for id in [0, 499, 999] {
+        let expected = format!("round 49 of id {id:04}").into_bytes();
+        assert_eq!(log.get(format!("id-{id:04}").as_bytes()).unwrap(), Some(expected));
+    }
+    log.close().unwrap();
+}
+
+/// A process crash at a chosen step: the first operation `trip` picks fails, and so does
+/// every later one, while what was done before stays on disk (as after `kill -9`).
+#[derive(Debug)]
+struct CrashFs {
+    trip: fn(&str, &Path) -> bool,
+    armed: AtomicBool,
+    crashed: AtomicBool,
+}
+
+impl CrashFs {
+    fn step(&self, op: &str, path: &Path) -> io::Result<()> {
+        let trips = self.armed.load(Ordering::SeqCst) && (self.trip)(op, path);
+        if trips {
+            self.crashed.store(true, Ordering::SeqCst);
+        }
+        match self.crashed.load(Ordering::SeqCst) {
+            true => Err(io::Error::other(format!("crashed before {op} {}", path.display()))),
+            false => Ok(()),
+        }
+    }
+}
+
+impl FileSystem for CrashFs {
+    fn create_new(&self, path: &Path) -> io::Result<std::fs::File> {
+        self.step("create", path).and_then(|()| RealFs.create_new(path))
+    }
+    fn create(&self, path: &Path) -> io::Result<std::fs::File> {
+        self.step("create", path).and_then(|()| RealFs.create(path))
+    }
+    fn open(&self, path: &Path) -> io::Result<std::fs::File> {
+        self.step("open", path).and_then(|()| RealFs.open(path))
+    }
+    fn write_at(&self, file: &std::fs::File, path: &Path, bytes: &[u8], at: u64) -> io::Result<()> {
+        self.step("write", path).and_then(|()| RealFs.write_at(file, path, bytes, at))
+    }
+    fn set_len(&self, file: &std::fs::File, path: &Path, len: u64) -> io::Result<()> {
+        self.step("set_len", path).and_then(|()| RealFs.set_len(file, path, len))
+    }
+    fn sync_data(&self, file: &std::fs::File, path: &Path) -> io::Result<()> {
+        self.step("sync", path).and_then(|()| RealFs.sync_data(file, path))
+    }
+    fn sync_all(&self, file: &std::fs::File, path: &Path) -> io::Result<()> {
+        self.step("sync", path).and_then(|()| RealFs.sync_all(file, path))
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.step("sync_dir", dir).and_then(|()| RealFs.sync_dir(dir))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.step("rename", to).and_then(|()| RealFs.rename(from, to))
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.step("remove", path).and_then(|()| RealFs.remove(path))
+    }
+}
+
+fn named(path: &Path, suffix: &str) -> bool {
+    path.to_string_lossy().ends_with(suffix)
+}
+
+/// Crashes a pass at one step of the swap, then checks that strict recovery accepts what
+/// is left and holds either the old segments or the new ones, never a mix.
+fn crash_during_swap(trip: fn(&str, &Path) -> bool, swapped: bool) {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    for n in 0..400u32 {
+        log.append(format!("id-{}", n % 7).as_bytes(), format!("value {n}").as_bytes()).unwrap();
+    }
+    log.close().unwrap();
+    let (digest, records_before) = {
+        let report = check(dir.path(), &config(), |_| {}).unwrap();
+        (report.logical_digest, report.records())
+    };
+    let fs = std::sync::Arc::new(CrashFs { trip, armed: AtomicBool::new(false), crashed: AtomicBool::new(false) });
+    let log = Log::open_with(dir.path(), config(), fs.clone()).unwrap();
+    let expected: Vec<Option<Vec<u8>>> = (0..7).map(|n| log.get(format!("id-{n}").as_bytes()).unwrap()).collect();
+    fs.armed.store(true, Ordering::SeqCst);
+    let _ = log.clean(&options(log.next_offset()));
+    assert!(fs.crashed.load(Ordering::SeqCst), "the pass reached the step");
+    drop(log);
+
+    let log = Log::open(dir.path(), config()).expect("strict recovery accepts an interrupted swap");
+    let found: Vec<Option<Vec<u8>>> = (0..7).map(|n| log.get(format!("id-{n}").as_bytes()).unwrap()).collect();
+    assert_eq!(found, expected);
+    let records_after = log.stats().records;
+    log.close().unwrap();
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".swap") || n.ends_with(".cleaned"))
+        .collect();
+    assert!(leftovers.is_empty(), "recovery finished or removed {leftovers:?}");
+    let report = check(dir.path(), &config(), |_| {}).unwrap();
+    assert!(report.damage.is_none(), "{:?}", report.damage);
+    assert_eq!(report.logical_digest, digest, "the live set is the same");
+    match swapped {
+        true => assert!(records_after < records_before, "the cleaned segments are in"),
+        false => assert_eq!(records_after, records_before, "the old segments are kept"),
+    }
+}
+
+#[test]
+fn a_crash_after_the_cleaned_files_are_written_keeps_the_old_segments() {
+    crash_during_swap(|op, path| op == "rename" && named(path, ".swap"), false);
+}
+
+#[test]
+fn a_crash_after_the_swap_rename_rolls_forward() {
+    crash_during_swap(|op, path| op == "create" && named(path, "MANIFEST.tmp"), true);
+}
+
+#[test]
+fn a_crash_after_the_manifest_is_rewritten_rolls_forward() {
+    crash_during_swap(|op, _| op == "remove", true);
+}
+
+#[test]
+fn a_crash_after_the_merged_segments_are_deleted_rolls_forward() {
+    crash_during_swap(|op, path| op == "rename" && named(path, ".log"), true);
+}
+
+#[test]
+fn a_missing_segment_is_still_corruption_after_cleaning() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    for n in 0..400u32 {
+        log.append(format!("id-{}", n % 50).as_bytes(), format!("value {n}").as_bytes()).unwrap();
+    }
+    log.sync().unwrap();
+    log.clean(&options(log.next_offset())).unwrap().expect("a pass");
+    log.close().unwrap();
+    let mut segments: Vec<_> = std::fs::read_dir(dir.path().join("log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| named(p, ".log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    std::fs::remove_file(&segments[1]).unwrap();
+    let err = Log::open(dir.path(), config()).err().expect("a hole is refused");
+    assert!(err.to_string().contains("segment missing"), "{err}");
+}
