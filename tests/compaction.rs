@@ -212,7 +212,8 @@ fn reads_by_offset_and_the_epoch_lookups_land_on_the_next_surviving_record() {
     log.clean(&options(upto)).unwrap().expect("sealed segments to clean");
     let survivors = records(&log);
     assert!(survivors.len() < before.len(), "something was cleaned");
-    let removed: Vec<u64> = before.iter().map(|r| r.offset).filter(|o| !survivors.iter().any(|s| s.offset == *o)).collect();
+    let removed: Vec<u64> =
+        before.iter().map(|r| r.offset).filter(|o| !survivors.iter().any(|s| s.offset == *o)).collect();
     let first_of = |epoch| before.iter().find(|r| r.epoch == epoch).unwrap().offset;
     assert!(removed.contains(&first_of(2)) && removed.contains(&first_of(3)), "epoch starts removed: {removed:?}");
     assert_reads_land_on_survivors(&log, &survivors, "one pass");
@@ -227,9 +228,10 @@ fn reads_by_offset_and_the_epoch_lookups_land_on_the_next_surviving_record() {
         assert_eq!(log.epoch_end(epoch).unwrap(), (shared, end), "epoch_end({epoch})");
     }
     // What `msglog export` and replication read: every survivor once, in order.
-    let exported: Vec<u64> = log.chunks_from(before[5].offset, 64).flat_map(|c| {
-        c.unwrap().records().map(|r| r.unwrap().offset).collect::<Vec<_>>()
-    }).collect();
+    let exported: Vec<u64> = log
+        .chunks_from(before[5].offset, 64)
+        .flat_map(|c| c.unwrap().records().map(|r| r.unwrap().offset).collect::<Vec<_>>())
+        .collect();
     let expected: Vec<u64> = survivors.iter().map(|r| r.offset).filter(|&o| o >= before[5].offset).collect();
     assert_eq!(exported, expected);
     log.close().unwrap();
@@ -410,4 +412,48 @@ fn a_missing_segment_is_still_corruption_after_cleaning() {
     std::fs::remove_file(&segments[1]).unwrap();
     let err = Log::open(dir.path(), config()).err().expect("a hole is refused");
     assert!(err.to_string().contains("segment missing"), "{err}");
+}
+
+/// The `logical-digest:` (and `digest:`) lines `msglog check` prints for a data dir.
+fn check_lines(data_dir: &Path) -> (String, String) {
+    let out = msglog().args(["check", "--data-dir"]).arg(data_dir).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {text}"));
+    (line("digest: ").to_string(), line("logical-digest: ").to_string())
+}
+
+#[test]
+fn serve_cleans_in_the_background_and_cleanup_none_never_does() {
+    let dir = TempDir::new().unwrap();
+    let args = |cleanup| ["--segment-bytes", "64K", "--fsync", "never", "--cleanup", cleanup, "--stats-interval", "0s"];
+    let mut compact = ServerProcess::start(&dir.path().join("compact"), &args("compact"));
+    let mut none = ServerProcess::start(&dir.path().join("none"), &args("none"));
+    let mut clients = [LineClient::connect(compact.addr).unwrap(), LineClient::connect(none.addr).unwrap()];
+    // 2000 SETs of 20 IDs: about five 64 KiB segments, nearly all of it superseded.
+    for n in 0..2000 {
+        let line = format!("SET id-{} {n:05}-{}", n % 20, "x".repeat(100));
+        for client in &mut clients {
+            assert_eq!(client.request(line.as_bytes()).unwrap(), b"OK");
+        }
+    }
+    let cleaned = poll_until("a background pass", || {
+        let stats = common::stats(compact.addr);
+        (stats["cleaner_runs"] != "0").then_some(stats)
+    });
+    assert!(cleaned["cleaned_bytes"].parse::<u64>().unwrap() > 64 * 1024, "{cleaned:?}");
+    assert_eq!(clients[0].request(b"GET id-7").unwrap(), format!("{:05}-{}", 1987, "x".repeat(100)).as_bytes());
+    let kept = common::stats(none.addr);
+    assert_eq!((kept["cleaner_runs"].as_str(), kept["cleaned_bytes"].as_str()), ("0", "0"), "{kept:?}");
+    assert_eq!(kept["records"], "2000");
+    assert!(kept["dirty_ratio"].parse::<f64>().unwrap() > 0.5, "{kept:?}");
+    for server in [&mut compact, &mut none] {
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_for_exit().success(), "{}", server.stderr());
+    }
+    assert!(compact.stderr().contains("cleaned the log"), "one INFO line per pass: {}", compact.stderr());
+    let (digest, logical) = check_lines(&dir.path().join("compact"));
+    let (digest_none, logical_none) = check_lines(&dir.path().join("none"));
+    assert_ne!(digest, digest_none, "the cleaned log holds fewer records");
+    assert_eq!(logical, logical_none, "the same live set");
 }

@@ -194,7 +194,8 @@ impl Log {
             tracing::info!("log cleaning abandoned: the log was truncated meanwhile");
             return Ok(None);
         }
-        let swapped: Vec<(Offset, Offset)> = groups.iter().filter(|g| g.new.is_some()).map(|g| (g.base, g.end)).collect();
+        let swapped: Vec<(Offset, Offset)> =
+            groups.iter().filter(|g| g.new.is_some()).map(|g| (g.base, g.end)).collect();
         let merged_away: Vec<Offset> =
             groups.iter().flat_map(|g| snapshot.prefix[g.inputs.clone()].iter().skip(1).map(|i| i.base)).collect();
         if !swapped.is_empty() {
@@ -298,6 +299,9 @@ impl Drop for Running<'_> {
 
 /// Puts the swapped groups in place of the first `count` sealed segments and moves the ID
 /// index's positions along (kept records to their new place, later segments down).
+/// A rewritten segment's kept records: (old position, new position), by old position.
+type Moved = Vec<(u32, u32)>;
+
 /// Returns false if some position did not map (then the index must be rebuilt).
 fn install(st: &mut State, groups: &mut [Group], count: usize) -> (CleanSummary, bool) {
     let old: Vec<_> = st.sealed.drain(..count).collect();
@@ -305,7 +309,7 @@ fn install(st: &mut State, groups: &mut [Group], count: usize) -> (CleanSummary,
     summary.bytes_in = old.iter().map(|s| s.map.len() as u64).sum();
     let mut old: Vec<Option<_>> = old.into_iter().map(Some).collect();
     // Per old segment: its new segment number and (old, new) positions, or `None` if kept.
-    let mut moves: Vec<(u32, Option<Vec<(u32, u32)>>)> = Vec::with_capacity(count);
+    let mut moves: Vec<(u32, Option<Moved>)> = Vec::with_capacity(count);
     let mut new = Vec::with_capacity(groups.len());
     for (n, group) in groups.iter_mut().enumerate() {
         summary.bytes_out += group.bytes_out;

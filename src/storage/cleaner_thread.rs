@@ -50,8 +50,7 @@ impl Signal {
     /// Waits up to `timeout`; true once stopped.
     fn wait(&self, timeout: Duration) -> bool {
         let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        let (stopped, _) =
-            self.wake.wait_timeout_while(stopped, timeout, |s| !*s).unwrap_or_else(|e| e.into_inner());
+        let (stopped, _) = self.wake.wait_timeout_while(stopped, timeout, |s| !*s).unwrap_or_else(|e| e.into_inner());
         *stopped
     }
 
@@ -114,7 +113,8 @@ fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> (Offs
             delete_retention: settings.delete_retention,
             bytes_per_sec: settings.bytes_per_sec,
         };
-        let mut pace = Stoppable { signal: &signal, bytes_per_sec: settings.bytes_per_sec, started: Instant::now(), bytes: 0 };
+        let mut pace =
+            Stoppable { signal: &signal, bytes_per_sec: settings.bytes_per_sec, started: Instant::now(), bytes: 0 };
         if let Err(e) = log.clean_paced(&opts, &mut pace) {
             tracing::warn!(error = %e, "log cleaning failed; retrying at the next check");
         }
