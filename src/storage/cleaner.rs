@@ -241,30 +241,28 @@ impl Log {
         if count == 0 || st.compaction.running || st.failed.is_some() {
             return Ok(None);
         }
-        let input = |s: &super::segment::SealedSegment| -> Result<Input> {
-            Ok(Input {
-                base: s.base,
-                path: s.path.clone(),
-                file: std::sync::Arc::new(std::fs::File::open(&s.path)?),
-                len: s.map.len() as u64,
-                last_offset: s.last_offset,
-                buffered: Vec::new(),
-            })
+        let input = |s: &super::segment::SealedSegment| Input {
+            base: s.base,
+            path: s.path.clone(),
+            file: None,
+            len: s.map.len() as u64,
+            last_offset: s.last_offset,
+            buffered: Vec::new(),
         };
-        let prefix = st.sealed[..count].iter().map(input).collect::<Result<Vec<_>>>()?;
+        let prefix: Vec<Input> = st.sealed[..count].iter().map(input).collect();
         let cleaned = st.compaction.cleaned;
         // Only records in `[cleaned, upto)` decide; they lie in the prefix's dirty part and
         // in the segments after it that start below `upto`.
         let mut readers = Vec::new();
         for s in st.sealed.iter().filter(|s| s.last_offset.is_some_and(|last| last >= cleaned) && s.base < upto) {
-            readers.push(input(s)?);
+            readers.push(input(s));
         }
         let active = &st.active;
         if active.base < upto {
             readers.push(Input {
                 base: active.base,
                 path: active.path.clone(),
-                file: active.file.clone(),
+                file: Some(active.file.clone()),
                 len: active.written,
                 last_offset: active.last_offset,
                 buffered: active.buffer.clone(),

@@ -104,7 +104,9 @@ fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> (Offs
     while !signal.wait(settings.check_every) {
         let Some(log) = log.upgrade() else { return };
         let (upto, tombstone_horizon) = points(&log);
-        if upto == 0 || log.dirty_ratio(upto) < settings.min_cleanable_ratio {
+        // Nothing dirty means nothing new to drop, whatever the minimum ratio.
+        let ratio = log.dirty_ratio(upto);
+        if upto == 0 || ratio == 0.0 || ratio < settings.min_cleanable_ratio {
             continue;
         }
         let opts = CleanOptions {

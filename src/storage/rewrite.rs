@@ -1,10 +1,15 @@
 //! The cleaner's heavy I/O, done without the log's lock: reading segments, deciding which
 //! records survive, and writing the cleaned files (see [`cleaner`](super::cleaner)).
 //!
-//! Segments are read with positioned reads through file handles opened under the lock,
-//! never through fresh mappings: a truncation that raced the pass could shrink a mapped
-//! file under us (SIGBUS), while a short or odd read only makes the pass fail or be
-//! abandoned when the swap sees the truncation.
+//! Segments are read with positioned reads, never through fresh mappings: a truncation
+//! that raced the pass could shrink a mapped file under us (SIGBUS), while a short or odd
+//! read only makes the pass fail, or be abandoned when the swap sees the truncation.
+//! Sealed segments are opened by name one at a time as the pass reaches them (only the
+//! cleaner renames or deletes sealed files, and passes do not overlap), so a long log does
+//! not take a file descriptor per segment.
+//!
+//! Memory: the pass holds a map of every ID written since the clean point (the ID and an
+//! offset each) and one output segment (up to `--segment-bytes`) at a time.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,7 +33,8 @@ const READ_CHUNK: usize = 1 << 20;
 pub(super) struct Input {
     pub base: Offset,
     pub path: PathBuf,
-    pub file: Arc<File>,
+    /// The active segment's handle; a sealed segment is opened by `path` when read.
+    pub file: Option<Arc<File>>,
     /// Bytes of the file that hold records (header included).
     pub len: u64,
     pub last_offset: Option<Offset>,
@@ -50,6 +56,10 @@ pub(super) fn for_each_record(
     max: usize,
     mut f: impl FnMut(&RecordRef<'_>, &[u8], u64) -> bool,
 ) -> Result<()> {
+    let file = match &input.file {
+        Some(file) => Arc::clone(file),
+        None => Arc::new(File::open(&input.path)?),
+    };
     let mut buf: Vec<u8> = Vec::new();
     let mut start = HEADER_LEN as u64;
     let mut at = 0;
@@ -85,7 +95,7 @@ pub(super) fn for_each_record(
         let more = ((input.len - file_end) as usize).min(READ_CHUNK.max(wanted.min(max)));
         let old = buf.len();
         buf.resize(old + more, 0);
-        input.file.read_exact_at(&mut buf[old..], file_end)?;
+        file.read_exact_at(&mut buf[old..], file_end)?;
     }
     for (i, record) in Records::new(&input.buffered, max).enumerate() {
         let r = record.map_err(|(p, reason)| damage(&input.path, input.len + p as u64, reason))?;
