@@ -48,11 +48,7 @@ impl super::Log {
         Ok(())
     }
 
-    /// Epoch of the record at `offset`, if the log holds one there. Below the log's next
-    /// offset, an offset compaction removed answers with the next surviving record's
-    /// epoch: a peer whose record at `offset` has that epoch agrees with this log there
-    /// (the leader of that epoch wrote both), and any other answer can only make the peer
-    /// cut further back, never keep a record this log lacks.
+    /// Epoch of the record at exactly `offset`, if the log holds one there.
     pub fn epoch_at(&self, offset: Offset) -> Result<Option<Epoch>> {
         epoch_at(&self.shared.read(), &self.shared.config, offset)
     }
@@ -100,9 +96,7 @@ fn first_at_or_after(st: &State, config: &Config, offset: Offset) -> Result<Opti
 }
 
 pub(super) fn epoch_at(st: &State, config: &Config, offset: Offset) -> Result<Option<Epoch>> {
-    let start = start_offset(st, config)?;
-    let found = first_at_or_after(st, config, offset)?;
-    Ok(found.filter(|&(at, _)| at == offset || offset >= start).map(|(_, epoch)| epoch))
+    Ok(first_at_or_after(st, config, offset)?.filter(|&(at, _)| at == offset).map(|(_, epoch)| epoch))
 }
 
 pub(super) fn start_offset(st: &State, config: &Config) -> Result<Offset> {
