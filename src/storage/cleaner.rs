@@ -169,6 +169,14 @@ impl Log {
         let started = Instant::now();
         let shared = &self.shared;
         let max = shared.config.max_record_bytes as usize;
+        // Under `--fsync never` or `interval` the caller's durable offset only means
+        // written to the OS: a record that supersedes another must be fsynced before the
+        // other is dropped, or a power cut could lose both. Sealed segments already are.
+        let upto = opts.upto.min(self.next_offset());
+        if upto > 0 && shared.commit.durable.load(std::sync::atomic::Ordering::Acquire) < upto {
+            shared.commit.sync_through(shared, upto - 1)?;
+        }
+        let opts = &CleanOptions { upto, ..opts.clone() };
         let Some(snapshot) = self.snapshot(opts.upto)? else { return Ok(None) };
         let _running = Running(self);
         let Some(latest) = rewrite::latest_offsets(&snapshot.readers, snapshot.cleaned, opts.upto, max, pace)? else {
