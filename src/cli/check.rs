@@ -14,8 +14,10 @@ use super::units::{byte_progress, human_bytes};
 
 /// Verify a data dir: every record's CRC, the segment headers and offset order.
 ///
-/// Prints per-segment and total counts and a `digest:` line (SHA-256 over every record's
-/// bytes in log order; equal on replicas holding the same records). Exits 0 when clean, 1
+/// Prints per-segment and total counts, a `digest:` line (SHA-256 over every record's
+/// bytes in log order; equal on replicas holding the same records) and a `logical-digest:`
+/// line (over the live IDs, their offsets and messages; equal on logs that held the same
+/// records, however compaction has cleaned them since). Exits 0 when clean, 1
 /// naming the file and byte offset of the first problem. Holds the data-dir lock, so it
 /// refuses to run while a server owns the directory.
 #[derive(Debug, clap::Args)]
@@ -87,6 +89,7 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         None => {
             println!("repaired: {} records, last offset {}", after.records(), or_none(after.last_offset()));
             println!("digest: {}", after.digest_hex());
+            println!("logical-digest: {}", after.logical_digest_hex());
             Ok(ExitCode::SUCCESS)
         }
         Some(d) => {
@@ -153,4 +156,5 @@ fn print(report: &CheckReport) {
         or_none(report.last_offset())
     );
     println!("digest: {}", report.digest_hex());
+    println!("logical-digest: {}", report.logical_digest_hex());
 }

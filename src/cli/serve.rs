@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::node::{ClusterConfig, Node, NodeConfig};
 use crate::replication::Role;
 use crate::server::{self, DescriptorError, Password};
-use crate::storage::FsyncPolicy;
+use crate::storage::{CleanerSettings, FsyncPolicy};
 
 use super::tail::parse_password;
 use super::tolerance::read_tolerance_file;
@@ -57,6 +57,20 @@ pub(crate) struct ServeArgs {
     /// This node's name in STATS and logs [default: the listen address].
     #[arg(long, env = "MSGLOG_NODE_ID", value_parser = parse_node_id)]
     node_id: Option<String>,
+    /// Log compaction: `compact` rewrites sealed segments in the background keeping each
+    /// ID's latest record (README, "Compaction"); `none` keeps every record.
+    #[arg(long, env = "MSGLOG_CLEANUP", default_value = "compact", value_parser = ["compact", "none"])]
+    cleanup: String,
+    /// Clean once this share (0 to 1) of the committed sealed bytes was written since the
+    /// last cleaning.
+    #[arg(long, env = "MSGLOG_MIN_CLEANABLE_RATIO", default_value = "0.5", value_parser = parse_ratio)]
+    min_cleanable_ratio: f64,
+    /// How long compaction keeps a tombstone after its DEL (e.g. 24h, 30m, 0s).
+    #[arg(long, env = "MSGLOG_DELETE_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    delete_retention: Duration,
+    /// The cleaner's read plus write rate limit, in MiB per second [default: unlimited].
+    #[arg(long, env = "MSGLOG_CLEANER_MB_PER_SEC", value_parser = parse_mb_per_sec)]
+    cleaner_mb_per_sec: Option<f64>,
     /// How often to log a line of counts (e.g. 500ms, 10s, 1m; 0s for never).
     #[arg(long, env = "MSGLOG_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     stats_interval: Duration,
@@ -188,6 +202,12 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         metrics_listen: args.metrics_listen.clone(),
         cluster,
         tls: crate::tls::TlsFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone(), ca: args.tls_ca.clone() },
+        cleaner: (args.cleanup == "compact").then(|| CleanerSettings {
+            min_cleanable_ratio: args.min_cleanable_ratio,
+            delete_retention: args.delete_retention,
+            bytes_per_sec: args.cleaner_mb_per_sec.map(|mb| (mb * 1024.0 * 1024.0) as u64),
+            ..CleanerSettings::default()
+        }),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -374,6 +394,20 @@ fn max_connections(args: &ServeArgs) -> anyhow::Result<usize> {
 
 /// Below this a segment holds only a few records and every roll costs two fsyncs.
 const MIN_SEGMENT_BYTES: u64 = 64 * 1024;
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("'{text}' is not a ratio between 0 and 1")),
+    }
+}
+
+fn parse_mb_per_sec(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
+        _ => Err(format!("'{text}' is not a positive rate in MiB per second")),
+    }
+}
 
 fn parse_segment_bytes(text: &str) -> Result<u64, String> {
     match parse_bytes(text)? {

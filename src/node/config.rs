@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
 use crate::replication::Role;
 use crate::server::{DEFAULT_MAX_BUFFER_BYTES, Password};
-use crate::storage::{Config, FsyncPolicy};
+use crate::storage::{CleanerSettings, Config, FsyncPolicy};
 
 use super::NodeError;
 use super::cluster::ClusterConfig;
@@ -45,6 +45,9 @@ pub struct NodeConfig {
     pub cluster: Option<ClusterConfig>,
     /// `--tls-cert`, `--tls-key`, `--tls-ca` (docs/SECURITY.md); all empty: plain TCP.
     pub tls: crate::tls::TlsFiles,
+    /// The background log cleaner (`--cleanup compact`); `None` (`--cleanup none`) keeps
+    /// every record.
+    pub cleaner: Option<CleanerSettings>,
 }
 
 impl NodeConfig {
@@ -70,6 +73,9 @@ impl NodeConfig {
             metrics_listen: None,
             cluster: None,
             tls: crate::tls::TlsFiles::default(),
+            // Off unless a test asks: a cleaning pass's file operations would shift the
+            // counts of tests that inject faults by operation number.
+            cleaner: None,
         }
     }
 

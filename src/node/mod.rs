@@ -23,7 +23,7 @@ use crate::replication::{
 };
 use crate::server::metrics::{ClusterFigures, Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ForwardEndpoint, Forwarding, ServerConfig};
-use crate::storage::{Epoch, FileSystem, Lineage, Log, LogStats, Origin, RealFs};
+use crate::storage::{Cleaner, Epoch, FileSystem, Lineage, Log, LogStats, Origin, RealFs};
 
 pub use cluster::ClusterConfig;
 pub(crate) use cluster::is_cluster_member;
@@ -229,6 +229,10 @@ impl Node {
                 let _ = stopped.wait_for(|&stop| stop).await;
             },
         ));
+        let cleaner_task = match config.cleaner.clone() {
+            Some(settings) => Some(start_cleaner(&log, settings, &config.role, stop_replication.subscribe())?),
+            None => None,
+        };
         Ok(RunningNode {
             node_id,
             client_addr,
@@ -243,9 +247,34 @@ impl Node {
             quorum,
             driver_task,
             stop_driver,
-            background: metrics_task.into_iter().chain([watch_task]).collect(),
+            background: metrics_task.into_iter().chain([watch_task]).chain(cleaner_task).collect(),
         })
     }
+}
+
+/// Starts the background log cleaner, stopped (and joined) once replication is told to
+/// stop, so that the log is free to close. Only a node that leads its own log cleans, up to
+/// its durable offset. A follower or cluster member may still have its tail cut back by a
+/// leader, so it must clean only below the high watermark it learns from replication:
+/// until that is passed in here, its clean point is 0, which cleans nothing.
+fn start_cleaner(
+    log: &Arc<Log>,
+    settings: crate::storage::CleanerSettings,
+    role: &Role,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, NodeError> {
+    let started = match role {
+        Role::Leader { .. } => Cleaner::start(Arc::clone(log), settings, |log: &Log| {
+            let durable = log.durable_offset();
+            (durable, durable)
+        }),
+        Role::Follower { .. } | Role::Cluster { .. } => Cleaner::start(Arc::clone(log), settings, |_: &Log| (0, 0)),
+    };
+    let cleaner = started.map_err(NodeError::Server)?;
+    Ok(tokio::spawn(async move {
+        let _ = stopping.wait_for(|&stop| stop).await;
+        let _ = tokio::task::spawn_blocking(move || cleaner.stop()).await;
+    }))
 }
 
 /// What a starting node has bound.

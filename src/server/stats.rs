@@ -96,6 +96,11 @@ pub(crate) struct Snapshot {
     /// The highest leader epoch this node has begun or seen.
     pub(crate) epoch: u32,
     pub(crate) fsyncs: u64,
+    /// Share of the durable sealed bytes not yet cleaned by compaction (0 to 1).
+    pub(crate) dirty_ratio: f64,
+    /// Bytes compaction removed from disk, and its passes, since start.
+    pub(crate) cleaned_bytes: u64,
+    pub(crate) cleaner_runs: u64,
     pub(crate) connections: u64,
     /// Bytes of the buffer budget that connections hold now.
     pub(crate) buffered_bytes: u64,
@@ -112,6 +117,7 @@ impl Snapshot {
     /// Takes the numbers; with `roll`, also starts a new rate window (the periodic line does).
     pub(crate) fn take(shared: &Shared, roll: bool) -> Snapshot {
         let log = shared.log.stats();
+        let cleaner = shared.log.cleaner_stats();
         let metrics = &shared.metrics;
         let sets = metrics.sets.load(Ordering::Relaxed);
         let gets = metrics.gets.load(Ordering::Relaxed);
@@ -137,6 +143,9 @@ impl Snapshot {
             durable_offset: log.durable_offset.checked_sub(1),
             epoch: log.epoch,
             fsyncs: log.fsyncs,
+            dirty_ratio: shared.log.dirty_ratio(log.durable_offset),
+            cleaned_bytes: cleaner.cleaned_bytes,
+            cleaner_runs: cleaner.runs,
             connections: metrics.connections.load(Ordering::Relaxed),
             buffered_bytes: shared.budget.used() as u64,
             sets,
@@ -158,6 +167,7 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             "role={} node_id={} records={} ids={} segments={} bytes={} last_offset={} durable_offset={} epoch={} fsyncs={} \
+             dirty_ratio={:.3} cleaned_bytes={} cleaner_runs={} \
              connections={} buffered_bytes={} sets={} gets={} set_per_sec={:.0} get_per_sec={:.0}",
             self.role,
             self.node_id,
@@ -169,6 +179,9 @@ impl fmt::Display for Snapshot {
             OrNone(self.durable_offset),
             self.epoch,
             self.fsyncs,
+            self.dirty_ratio,
+            self.cleaned_bytes,
+            self.cleaner_runs,
             self.connections,
             self.buffered_bytes,
             self.sets,
@@ -303,6 +316,7 @@ impl Snapshot {
             (self.role, self.records, self.ids, self.segments, self.bytes, self.last_offset, self.durable_offset),
             (self.epoch, self.fsyncs, self.connections, self.buffered_bytes, self.sets, self.gets, self.dels),
             self.replication.clone(),
+            (self.cleaned_bytes, self.cleaner_runs, self.dirty_ratio.to_bits()),
         )
     }
 }
@@ -341,6 +355,9 @@ pub(crate) async fn report_every(
             durable_offset = %OrNone(s.durable_offset),
             epoch = s.epoch,
             fsyncs = s.fsyncs,
+            dirty_ratio = format_args!("{:.3}", s.dirty_ratio),
+            cleaned_bytes = s.cleaned_bytes,
+            cleaner_runs = s.cleaner_runs,
             connections = s.connections,
             buffered_bytes = s.buffered_bytes,
             sets = s.sets,

@@ -3,7 +3,10 @@
 //! The walk is recovery's own scan (same CRC, length and offset rules), run read-only with
 //! a visitor that counts records, and a SHA-256 digest of every record's framed bytes in
 //! log order. Replicas holding the same records therefore print the same digest,
-//! wherever their segments happen to roll.
+//! wherever their segments happen to roll. Compaction changes that digest, so a second,
+//! *logical* digest covers only the live set (each live ID, in ID order, with its record's
+//! offset and message): logs that held the same records print the same one however they
+//! were cleaned since.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -45,7 +48,8 @@ pub struct Damage {
     /// IDs written by those records: each loses its newest value (older ones may show).
     pub lost_ids: u64,
     /// Records in the cut bytes of the damaged segment, readable or not; known when a
-    /// later segment's base offset says where they end.
+    /// later segment's base offset says where they end (at most that many once
+    /// compaction has left gaps in the offsets).
     pub cut_records: Option<u64>,
     /// What is wrong: bad bytes, or a hole in the segment chain.
     pub kind: DamageKind,
@@ -70,6 +74,9 @@ pub struct CheckReport {
     pub live_ids: u64,
     /// SHA-256 over the framed bytes of every good record, in offset order.
     pub digest: [u8; 32],
+    /// SHA-256 over the live set: for each live ID in byte order, `u32` ID length, ID,
+    /// `u64` offset, `u32` message length, message (little-endian).
+    pub logical_digest: [u8; 32],
     pub damage: Option<Damage>,
 }
 
@@ -92,6 +99,9 @@ impl CheckReport {
     pub fn digest_hex(&self) -> String {
         self.digest.iter().map(|b| format!("{b:02x}")).collect()
     }
+    pub fn logical_digest_hex(&self) -> String {
+        self.logical_digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 /// Verifies every segment under `data_dir`, holding the data-dir lock (so a running server
@@ -101,7 +111,14 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
     let _lock = super::lock::acquire(data_dir)?;
     let dir = log_dir(data_dir);
     let files = if dir.exists() { list_segments(&dir)? } else { Vec::new() };
-    let (bases, hole) = chain(&dir, files)?;
+    // A swap a crash left committed is checked as the next open will finish it.
+    let swaps = super::swap::pending(&dir)?;
+    let files = files.into_iter().filter(|&b| !super::swap::merged_away(&swaps, b)).collect();
+    let path_of = |base: Offset| match swaps.iter().find(|s| s.0 == base) {
+        Some((_, _, swap)) => swap.clone(),
+        None => segment_path(&dir, base),
+    };
+    let (bases, hole) = chain(&dir, files, &swaps)?;
     let mut hasher = Sha256::new();
     let mut ids = IdIndex::default();
     let mut sealed: Vec<SealedSegment> = Vec::new();
@@ -109,7 +126,7 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
     let mut prev = None;
     let mut damage = None;
     for (i, &base) in bases.iter().enumerate() {
-        let path = segment_path(&dir, base);
+        let path = path_of(base);
         let len = std::fs::metadata(&path)?.len();
         let map = match len {
             0 => None,
@@ -162,7 +179,8 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
             report.bytes = position as u64;
             let cut_from = prev.map_or(base, |last| last + 1);
             let cut = Cut { segment: path, position: position as u64, len, from: cut_from };
-            damage = Some(lost_after(&dir, &bases[i + 1..], config, cut, reason)?);
+            let later: Vec<(Offset, PathBuf)> = bases[i + 1..].iter().map(|&b| (b, path_of(b))).collect();
+            damage = Some(lost_after(&later, config, cut, reason)?);
             reports.push(report);
             break;
         }
@@ -170,12 +188,40 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         sealed.push(SealedSegment::open(path, base, len, OffsetIndex::Empty, prev)?);
     }
     let damage = hole.or(damage);
-    Ok(CheckReport { segments: reports, live_ids: ids.len() as u64, digest: hasher.finalize().into(), damage })
+    let logical_digest = logical_digest(&ids, &sealed, config);
+    Ok(CheckReport {
+        segments: reports,
+        live_ids: ids.len() as u64,
+        digest: hasher.finalize().into(),
+        logical_digest,
+        damage,
+    })
+}
+
+/// The digest of the live set (see [`CheckReport::logical_digest`]). IDs whose record lies
+/// past damage are left out: the report then names the damage anyway.
+fn logical_digest(ids: &IdIndex, sealed: &[SealedSegment], config: &Config) -> [u8; 32] {
+    let max = config.max_record_bytes as usize;
+    let mut live: Vec<RecordRef<'_>> = ids
+        .positions()
+        .filter_map(|at| sealed.get(at.segment as usize).map(|s| &s.map[at.position as usize..]))
+        .filter_map(|bytes| Records::new(bytes, max).next()?.ok())
+        .collect();
+    live.sort_unstable_by(|a, b| a.id.cmp(b.id));
+    let mut hasher = Sha256::new();
+    for r in live {
+        hasher.update((r.id.len() as u32).to_le_bytes());
+        hasher.update(r.id);
+        hasher.update(r.offset.to_le_bytes());
+        hasher.update((r.message.len() as u32).to_le_bytes());
+        hasher.update(r.message);
+    }
+    hasher.finalize().into()
 }
 
 /// The segments to check (files after the manifest's last segment are leftovers recovery
 /// deletes), and the first hole in the chain, if any.
-fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)> {
+fn chain(dir: &Path, files: Vec<Offset>, swaps: &[(Offset, Offset, PathBuf)]) -> Result<(Vec<Offset>, Option<Damage>)> {
     let hole = |segment, kind, reason: &str| Damage {
         segment,
         position: 0,
@@ -192,6 +238,7 @@ fn chain(dir: &Path, files: Vec<Offset>) -> Result<(Vec<Offset>, Option<Damage>)
             .map(|_| hole(manifest::manifest_path(dir), DamageKind::MissingSegment, manifest::MISSING_MANIFEST));
         return Ok((files, damage));
     };
+    let listed: Vec<Offset> = listed.into_iter().filter(|&b| !super::swap::merged_away(swaps, b)).collect();
     let found = manifest::reconcile(&listed, &files);
     let missing = "segment missing: the manifest lists it but the file is gone";
     let damage = match (found.missing.first(), found.unlisted.first()) {
@@ -214,7 +261,7 @@ struct Cut {
 }
 
 /// What a repair at `cut` drops: the rest of its segment and every later segment.
-fn lost_after(dir: &Path, later: &[Offset], config: &Config, cut: Cut, reason: String) -> Result<Damage> {
+fn lost_after(later: &[(Offset, PathBuf)], config: &Config, cut: Cut, reason: String) -> Result<Damage> {
     let mut damage = Damage {
         lost_bytes: cut.len - cut.position,
         segment: cut.segment,
@@ -223,13 +270,14 @@ fn lost_after(dir: &Path, later: &[Offset], config: &Config, cut: Cut, reason: S
         lost_segments: later.len() as u64,
         lost_records: 0,
         lost_ids: 0,
-        // Offsets are dense, so the next segment's base is where the cut records end.
-        cut_records: later.first().map(|&next| next.saturating_sub(cut.from)),
+        // The next segment's base is where the cut records end; compaction may have left
+        // gaps there, so this is at most the count.
+        cut_records: later.first().map(|&(next, _)| next.saturating_sub(cut.from)),
         kind: DamageKind::Bytes,
     };
     let mut ids = std::collections::HashSet::new();
-    for &base in later {
-        let bytes = std::fs::read(segment_path(dir, base))?;
+    for (_, path) in later {
+        let bytes = std::fs::read(path)?;
         damage.lost_bytes += bytes.len() as u64;
         let records = bytes.get(super::segment::HEADER_LEN..).unwrap_or(&[]);
         let max = config.max_record_bytes as usize;

@@ -73,6 +73,19 @@ impl IdIndex {
         self.table.iter().map(|e| e.at)
     }
 
+    /// Moves every entry to `f(position)` (the cleaner rewrote segments); returns false,
+    /// leaving such entries as they were, if `f` had no new place for some.
+    pub fn remap(&mut self, mut f: impl FnMut(Position) -> Option<Position>) -> bool {
+        let mut whole = true;
+        for entry in self.table.iter_mut() {
+            match f(entry.at) {
+                Some(at) => entry.at = at,
+                None => whole = false,
+            }
+        }
+        whole
+    }
+
     /// Heap bytes held by the index.
     pub fn heap_bytes(&self) -> usize {
         self.table.allocation_size()

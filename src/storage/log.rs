@@ -87,6 +87,8 @@ pub(super) struct State {
     /// Bumped by every truncation that cut something: an fsync that started before the
     /// cut must not raise the durable mark over records appended after it.
     pub truncations: u64,
+    /// The clean point and the cleaner's counters (see `cleaner`).
+    pub compaction: super::cleaner::Compaction,
 }
 
 /// The first write or fsync that failed.
@@ -141,6 +143,11 @@ impl Log {
         };
         let epoch = last.map_or(0, |(_, e)| e);
         let persisted_epoch = super::epoch::read(data_dir)?;
+        let mut compaction = super::cleaner::Compaction::load(&dir)?;
+        // A repair may have cut below it; what is appended from here on was never cleaned.
+        if compaction.cleaned > next_offset {
+            compaction.set_clean_point(fs.as_ref(), &dir, next_offset);
+        }
         tracing::debug!(dir = %dir.display(), records, ids = ids.len(), next_offset, "log recovered");
         let state = State {
             sealed,
@@ -153,6 +160,7 @@ impl Log {
             failed: None,
             persisted_epoch,
             truncations: 0,
+            compaction,
         };
         let shared = Arc::new(Shared {
             data_dir: data_dir.to_path_buf(),

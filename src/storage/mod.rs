@@ -67,6 +67,8 @@ impl Default for Config {
 
 mod batch;
 pub mod check;
+mod cleaner;
+mod cleaner_thread;
 mod commit;
 mod epoch;
 mod error;
@@ -79,11 +81,15 @@ mod manifest;
 mod offset_index;
 pub mod record;
 mod recovery;
+mod rewrite;
 mod segment;
 mod state;
+mod swap;
 mod tail;
 
 pub use batch::Batch;
+pub use cleaner::{CleanOptions, CleanSummary, CleanerStats};
+pub use cleaner_thread::{Cleaner, CleanerSettings};
 pub use error::StorageError;
 pub(crate) use fs::replace_file;
 pub use fs::{FileSystem, RealFs};

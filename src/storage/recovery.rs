@@ -183,6 +183,7 @@ pub(super) fn reserve(config: &Config, len: u64) -> u64 {
 
 pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> Result<Recovered> {
     std::fs::create_dir_all(dir)?;
+    super::swap::roll_forward(fs.as_ref(), dir)?;
     let files = list_segments(dir)?;
     let (bases, listed) = manifest::chain(fs.as_ref(), dir, &files, config.recovery)?;
     let mut ids = IdIndex::default();

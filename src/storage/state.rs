@@ -293,11 +293,15 @@ impl State {
             cut += len;
         }
         self.active.truncate(cut as u64)?;
+        // Records re-appended above the cut were never cleaned against each other.
+        if offset < self.compaction.cleaned {
+            self.compaction.set_clean_point(shared.fs.as_ref(), &shared.dir, offset);
+        }
         self.rebuild_indexes(shared)
     }
 
     /// Rescans every segment to rebuild the ID index and the active offset index.
-    fn rebuild_indexes(&mut self, shared: &Shared) -> Result<()> {
+    pub(super) fn rebuild_indexes(&mut self, shared: &Shared) -> Result<()> {
         self.ids.clear();
         self.records = 0;
         let mut prev = None;

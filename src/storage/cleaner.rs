@@ -1,0 +1,349 @@
+//! Log compaction (Kafka's log cleaner): sealed segments are rewritten keeping only the
+//! latest record of each ID, offsets unchanged (`docs/FORMAT.md`, "Compaction").
+//!
+//! A pass is given a clean point `upto` that the caller knows committed (the durable
+//! offset standalone, the high watermark when replicated), so what it decides never
+//! depends on a record that could still be cut. Only sealed segments wholly below `upto`
+//! are rewritten. A record at offset `o` of ID `x` is dropped iff `x` has a newer record
+//! in `(o, upto)`; the newest record of an ID is dropped only if it is a tombstone below
+//! the caller's tombstone horizon and older than the delete retention. So passes with a
+//! rising `upto` end where one pass with the last `upto` would.
+//!
+//! The pass reads and writes without the log's lock ([`rewrite`](super::rewrite)); only
+//! the swap ([`swap`](super::swap)) takes the write lock, after checking that nothing it
+//! read was truncated meanwhile (else it abandons the pass). The clean point reached is
+//! persisted in `log/CLEANED`, so a restart does not clean everything again.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::fs::replace_file;
+use super::log::{State, now_ms};
+use super::rewrite::{self, Group, Input, Pace, Rules};
+use super::{Log, Offset, Result, StorageError};
+
+/// What one pass may clean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleanOptions {
+    /// Committed end of the log: only sealed segments wholly below it are cleaned, and only
+    /// records below it decide what is dropped.
+    pub upto: Offset,
+    /// A tombstone is dropped only below this offset (and once past `delete_retention`).
+    pub tombstone_horizon: Offset,
+    /// How long a tombstone is kept after it was written.
+    pub delete_retention: Duration,
+    /// Read plus write rate limit; `None`: unlimited.
+    pub bytes_per_sec: Option<u64>,
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CleanSummary {
+    pub segments_in: u64,
+    pub segments_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub records_kept: u64,
+    pub records_dropped: u64,
+    pub seconds: f64,
+}
+
+/// Cleaner counters for STATS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanerStats {
+    /// Passes that swapped cleaned segments in since open.
+    pub runs: u64,
+    /// Bytes of segments the cleaner removed from disk since open.
+    pub cleaned_bytes: u64,
+}
+
+/// The cleaner's part of the log state.
+#[derive(Debug, Default)]
+pub(super) struct Compaction {
+    /// Records below this offset were cleaned against each other (the clean point).
+    pub cleaned: Offset,
+    /// A pass is under way (passes do not overlap).
+    pub running: bool,
+    pub stats: CleanerStats,
+}
+
+const CLEANED_FILE: &str = "CLEANED";
+const CLEANED_FIRST_LINE: &str = "msglog-cleaned 1";
+
+impl Compaction {
+    /// The persisted clean point of the log in `dir` (0 when none was written).
+    pub fn load(dir: &Path) -> Result<Compaction> {
+        let path = dir.join(CLEANED_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Compaction::default()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut lines = text.lines();
+        let cleaned = match (lines.next(), lines.next().map(str::parse::<Offset>)) {
+            (Some(CLEANED_FIRST_LINE), Some(Ok(offset))) => offset,
+            _ => {
+                let reason = format!("clean point file holds {:?}", text.chars().take(48).collect::<String>());
+                return Err(StorageError::Corruption { segment: path, position: 0, reason });
+            }
+        };
+        Ok(Compaction { cleaned, ..Compaction::default() })
+    }
+
+    /// Moves the clean point and persists it. Failing to persist only costs cleaning work
+    /// (a lower point on disk is always true), except when lowering it, which says so.
+    pub fn set_clean_point(&mut self, fs: &dyn super::FileSystem, dir: &Path, cleaned: Offset) {
+        if cleaned == self.cleaned {
+            return;
+        }
+        let text = format!("{CLEANED_FIRST_LINE}\n{cleaned}\n");
+        if let Err(e) = replace_file(fs, &dir.join(CLEANED_FILE), text.as_bytes()) {
+            tracing::warn!(error = %e, cleaned, "persisting the clean point failed");
+        }
+        self.cleaned = cleaned;
+    }
+}
+
+/// Sealed segments the pass may clean: the longest prefix wholly below `upto`.
+fn cleanable(st: &State, upto: Offset) -> usize {
+    st.sealed.iter().take_while(|s| s.last_offset.map_or(s.base < upto, |last| last < upto)).count()
+}
+
+/// No pacing: `Log::clean` called directly runs flat out unless asked not to.
+struct Unpaced;
+
+impl Pace for Unpaced {
+    fn pace(&mut self, _: u64) -> bool {
+        true
+    }
+}
+
+/// Paces to a byte rate by sleeping.
+struct RateLimit {
+    bytes_per_sec: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pace for RateLimit {
+    fn pace(&mut self, bytes: u64) -> bool {
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec.max(1) as f64);
+        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        true
+    }
+}
+
+impl Log {
+    /// Bytes of sealed segments below `upto` not yet cleaned, over all sealed bytes below
+    /// `upto` (0 when there are none).
+    pub fn dirty_ratio(&self, upto: Offset) -> f64 {
+        let st = self.shared.read();
+        let prefix = &st.sealed[..cleanable(&st, upto)];
+        let total: u64 = prefix.iter().map(|s| s.map.len() as u64).sum();
+        let dirty: u64 = prefix.iter().filter(|s| s.base >= st.compaction.cleaned).map(|s| s.map.len() as u64).sum();
+        if total == 0 { 0.0 } else { dirty as f64 / total as f64 }
+    }
+
+    /// Cleans the sealed segments wholly below `opts.upto`. `None` when there was nothing
+    /// to clean, another pass was under way, or the log was truncated meanwhile (the pass
+    /// is abandoned and its files removed).
+    pub fn clean(&self, opts: &CleanOptions) -> Result<Option<CleanSummary>> {
+        match opts.bytes_per_sec {
+            Some(bytes_per_sec) => {
+                self.clean_paced(opts, &mut RateLimit { bytes_per_sec, started: Instant::now(), bytes: 0 })
+            }
+            None => self.clean_paced(opts, &mut Unpaced),
+        }
+    }
+
+    /// Cleaner counters since open.
+    pub fn cleaner_stats(&self) -> CleanerStats {
+        self.shared.read().compaction.stats
+    }
+
+    /// [`clean`](Log::clean), with `pace` deciding the rate and when to give up.
+    pub(crate) fn clean_paced(&self, opts: &CleanOptions, pace: &mut dyn Pace) -> Result<Option<CleanSummary>> {
+        let started = Instant::now();
+        let shared = &self.shared;
+        let max = shared.config.max_record_bytes as usize;
+        // Under `--fsync never` or `interval` the caller's durable offset only means
+        // written to the OS: a record that supersedes another must be fsynced before the
+        // other is dropped, or a power cut could lose both. Sealed segments already are.
+        let upto = opts.upto.min(self.next_offset());
+        if upto > 0 && shared.commit.durable.load(std::sync::atomic::Ordering::Acquire) < upto {
+            shared.commit.sync_through(shared, upto - 1)?;
+        }
+        let opts = &CleanOptions { upto, ..opts.clone() };
+        let Some(snapshot) = self.snapshot(opts.upto)? else { return Ok(None) };
+        let _running = Running(self);
+        let Some(latest) = rewrite::latest_offsets(&snapshot.readers, snapshot.cleaned, opts.upto, max, pace)? else {
+            return Ok(None);
+        };
+        let retention_ms = i64::try_from(opts.delete_retention.as_millis()).unwrap_or(i64::MAX);
+        let rules = Rules {
+            latest: &latest,
+            tombstone_horizon: opts.tombstone_horizon.min(opts.upto),
+            tombstones_before_ms: now_ms().saturating_sub(retention_ms),
+        };
+        let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
+        let groups = rewrite::rewrite(fs, dir, &shared.config, &snapshot.prefix, snapshot.next_base, &rules, pace);
+        let Some(mut groups) = groups? else { return Ok(None) };
+        let mut st = shared.write();
+        let unchanged = st.truncations == snapshot.truncations
+            && st.failed.is_none()
+            && st.sealed.len() >= snapshot.prefix.len()
+            && st.sealed.iter().zip(&snapshot.prefix).all(|(s, i)| s.base == i.base && s.map.len() as u64 == i.len);
+        if !unchanged {
+            drop(st);
+            rewrite::discard(fs, dir, &groups);
+            tracing::info!("log cleaning abandoned: the log was truncated meanwhile");
+            return Ok(None);
+        }
+        let swapped: Vec<(Offset, Offset)> =
+            groups.iter().filter(|g| g.new.is_some()).map(|g| (g.base, g.end)).collect();
+        let merged_away: Vec<Offset> =
+            groups.iter().flat_map(|g| snapshot.prefix[g.inputs.clone()].iter().skip(1).map(|i| i.base)).collect();
+        if !swapped.is_empty() {
+            let bases: Vec<Offset> = st.sealed.iter().map(|s| s.base).chain([st.active.base]).collect();
+            let after: Vec<Offset> = bases.into_iter().filter(|b| !merged_away.contains(b)).collect();
+            if let Err(e) = super::swap::commit(fs, dir, &swapped, &after, &merged_away) {
+                return Err(st.fail(format!("swapping cleaned segments in failed: {e}")));
+            }
+        }
+        let (summary, whole) = install(&mut st, &mut groups, snapshot.prefix.len());
+        if !whole {
+            // Only a bug gets here (the index points at an ID's newest record, which is
+            // always kept), but the index can always be rebuilt from the segments.
+            tracing::error!("the ID index pointed at a record the cleaner dropped; rebuilding it");
+            if let Err(e) = st.rebuild_indexes(shared) {
+                return Err(st.fail(format!("rebuilding the ID index after cleaning failed: {e}")));
+            }
+        }
+        let cleaned = snapshot.next_base.max(st.compaction.cleaned);
+        st.compaction.set_clean_point(fs, dir, cleaned);
+        st.compaction.stats.runs += 1;
+        st.compaction.stats.cleaned_bytes += summary.bytes_in.saturating_sub(summary.bytes_out);
+        drop(st);
+        let summary = CleanSummary { seconds: started.elapsed().as_secs_f64(), ..summary };
+        tracing::info!(
+            segments_in = summary.segments_in,
+            segments_out = summary.segments_out,
+            bytes_in = summary.bytes_in,
+            bytes_out = summary.bytes_out,
+            records_kept = summary.records_kept,
+            records_dropped = summary.records_dropped,
+            seconds = format_args!("{:.3}", summary.seconds),
+            "cleaned the log"
+        );
+        Ok(Some(summary))
+    }
+
+    /// What the pass reads, taken under the lock, and the pass marked as running. `None`
+    /// when there is nothing to clean or a pass is running.
+    fn snapshot(&self, upto: Offset) -> Result<Option<Snapshot>> {
+        let mut st = self.shared.write();
+        let count = cleanable(&st, upto);
+        if count == 0 || st.compaction.running || st.failed.is_some() {
+            return Ok(None);
+        }
+        let input = |s: &super::segment::SealedSegment| Input {
+            base: s.base,
+            path: s.path.clone(),
+            file: None,
+            len: s.map.len() as u64,
+            last_offset: s.last_offset,
+            buffered: Vec::new(),
+        };
+        let prefix: Vec<Input> = st.sealed[..count].iter().map(input).collect();
+        let cleaned = st.compaction.cleaned;
+        // Only records in `[cleaned, upto)` decide; they lie in the prefix's dirty part and
+        // in the segments after it that start below `upto`.
+        let mut readers = Vec::new();
+        for s in st.sealed.iter().filter(|s| s.last_offset.is_some_and(|last| last >= cleaned) && s.base < upto) {
+            readers.push(input(s));
+        }
+        let active = &st.active;
+        if active.base < upto {
+            readers.push(Input {
+                base: active.base,
+                path: active.path.clone(),
+                file: Some(active.file.clone()),
+                len: active.written,
+                last_offset: active.last_offset,
+                buffered: active.buffer.clone(),
+            });
+        }
+        let next_base = st.sealed.get(count).map_or(st.active.base, |s| s.base);
+        let truncations = st.truncations;
+        st.compaction.running = true;
+        Ok(Some(Snapshot { prefix, readers, next_base, cleaned, truncations }))
+    }
+}
+
+struct Snapshot {
+    /// The sealed segments to clean.
+    prefix: Vec<Input>,
+    /// The segments holding records in `[cleaned, upto)`.
+    readers: Vec<Input>,
+    /// Base of the first segment after the prefix.
+    next_base: Offset,
+    cleaned: Offset,
+    truncations: u64,
+}
+
+/// Clears the running mark when the pass ends, however it ends.
+struct Running<'a>(&'a Log);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.shared.write().compaction.running = false;
+    }
+}
+
+/// Puts the swapped groups in place of the first `count` sealed segments and moves the ID
+/// index's positions along (kept records to their new place, later segments down).
+/// A rewritten segment's kept records: (old position, new position), by old position.
+type Moved = Vec<(u32, u32)>;
+
+/// Returns false if some position did not map (then the index must be rebuilt).
+fn install(st: &mut State, groups: &mut [Group], count: usize) -> (CleanSummary, bool) {
+    let old: Vec<_> = st.sealed.drain(..count).collect();
+    let mut summary = CleanSummary { segments_in: count as u64, ..CleanSummary::default() };
+    summary.bytes_in = old.iter().map(|s| s.map.len() as u64).sum();
+    let mut old: Vec<Option<_>> = old.into_iter().map(Some).collect();
+    // Per old segment: its new segment number and (old, new) positions, or `None` if kept.
+    let mut moves: Vec<(u32, Option<Moved>)> = Vec::with_capacity(count);
+    let mut new = Vec::with_capacity(groups.len());
+    for (n, group) in groups.iter_mut().enumerate() {
+        summary.bytes_out += group.bytes_out;
+        summary.records_kept += group.kept;
+        summary.records_dropped += group.dropped;
+        let moved = std::mem::take(&mut group.moved);
+        match group.new.take() {
+            Some(segment) => {
+                new.push(segment);
+                moves.extend(moved.into_iter().map(|m| (n as u32, Some(m))));
+            }
+            None => {
+                new.push(old[group.inputs.start].take().expect("each input in one group"));
+                moves.push((n as u32, None));
+            }
+        }
+    }
+    summary.segments_out = new.len() as u64;
+    let shift = count as u32 - new.len() as u32;
+    st.sealed.splice(0..0, new);
+    st.records -= summary.records_dropped;
+    let whole = st.ids.remap(|at| match moves.get(at.segment as usize) {
+        None => Some(super::id_index::Position { segment: at.segment - shift, ..at }),
+        Some((segment, None)) => Some(super::id_index::Position { segment: *segment, ..at }),
+        Some((segment, Some(moved))) => moved
+            .binary_search_by_key(&at.position, |&(old, _)| old)
+            .ok()
+            .map(|i| super::id_index::Position { segment: *segment, position: moved[i].1 }),
+    });
+    (summary, whole)
+}

@@ -1,0 +1,145 @@
+//! The background cleaner: a thread that wakes periodically and cleans the log once
+//! enough of it is dirty (`msglog serve --cleanup compact`).
+
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::cleaner::CleanOptions;
+use super::rewrite::Pace;
+use super::{Log, Offset};
+
+/// How the background cleaner runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanerSettings {
+    /// Clean once dirty bytes reach this share of the cleanable ones (`--min-cleanable-ratio`).
+    pub min_cleanable_ratio: f64,
+    /// How long tombstones are kept (`--delete-retention`).
+    pub delete_retention: Duration,
+    /// Read plus write rate limit (`--cleaner-mb-per-sec`); `None`: unlimited.
+    pub bytes_per_sec: Option<u64>,
+    /// How often the cleaner looks at the dirty ratio.
+    pub check_every: Duration,
+}
+
+impl Default for CleanerSettings {
+    fn default() -> Self {
+        CleanerSettings {
+            min_cleanable_ratio: 0.5,
+            delete_retention: Duration::from_secs(24 * 3600),
+            bytes_per_sec: None,
+            check_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The running background cleaner. Dropping it (or [`stop`](Cleaner::stop)) stops the
+/// thread promptly, abandoning a pass under way, and waits for it.
+pub struct Cleaner {
+    signal: Arc<Signal>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Signal {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Signal {
+    /// Waits up to `timeout`; true once stopped.
+    fn wait(&self, timeout: Duration) -> bool {
+        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        let (stopped, _) = self.wake.wait_timeout_while(stopped, timeout, |s| !*s).unwrap_or_else(|e| e.into_inner());
+        *stopped
+    }
+
+    fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_all();
+    }
+}
+
+impl Cleaner {
+    /// Starts cleaning `log` in the background. `points` gives each pass its clean point
+    /// `upto` and tombstone horizon; an `upto` of 0 cleans nothing. The thread holds the
+    /// log only during a pass, so the log's owner can still take it back once this is
+    /// stopped.
+    pub fn start(
+        log: Arc<Log>,
+        settings: CleanerSettings,
+        points: impl Fn(&Log) -> (Offset, Offset) + Send + 'static,
+    ) -> std::io::Result<Cleaner> {
+        let signal = Arc::new(Signal::default());
+        let weak = Arc::downgrade(&log);
+        drop(log);
+        let thread = std::thread::Builder::new().name("msglog-cleaner".to_string()).spawn({
+            let signal = Arc::clone(&signal);
+            move || run(weak, settings, points, signal)
+        })?;
+        Ok(Cleaner { signal, thread: Some(thread) })
+    }
+
+    pub fn stop(mut self) {
+        self.join();
+    }
+
+    fn join(&mut self) {
+        self.signal.stop();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the cleaner thread panicked");
+        }
+    }
+}
+
+impl Drop for Cleaner {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> (Offset, Offset), signal: Arc<Signal>) {
+    while !signal.wait(settings.check_every) {
+        let Some(log) = log.upgrade() else { return };
+        let (upto, tombstone_horizon) = points(&log);
+        // Nothing dirty means nothing new to drop, whatever the minimum ratio.
+        let ratio = log.dirty_ratio(upto);
+        if upto == 0 || ratio == 0.0 || ratio < settings.min_cleanable_ratio {
+            continue;
+        }
+        let opts = CleanOptions {
+            upto,
+            tombstone_horizon,
+            delete_retention: settings.delete_retention,
+            bytes_per_sec: settings.bytes_per_sec,
+        };
+        let mut pace =
+            Stoppable { signal: &signal, bytes_per_sec: settings.bytes_per_sec, started: Instant::now(), bytes: 0 };
+        if let Err(e) = log.clean_paced(&opts, &mut pace) {
+            tracing::warn!(error = %e, "log cleaning failed; retrying at the next check");
+        }
+    }
+}
+
+/// Paces a background pass, and ends it when the cleaner stops.
+struct Stoppable<'a> {
+    signal: &'a Signal,
+    bytes_per_sec: Option<u64>,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Pace for Stoppable<'_> {
+    fn pace(&mut self, bytes: u64) -> bool {
+        self.bytes += bytes;
+        let wait = match self.bytes_per_sec {
+            Some(rate) => Duration::from_secs_f64(self.bytes as f64 / rate.max(1) as f64)
+                .checked_sub(self.started.elapsed())
+                .unwrap_or_default(),
+            None => Duration::ZERO,
+        };
+        !self.signal.wait(wait)
+    }
+}
