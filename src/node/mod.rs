@@ -253,8 +253,8 @@ impl Node {
 }
 
 /// Starts the background log cleaner, stopped (and joined) once replication is told to
-/// stop, so that the log is free to close. Only a node that leads its own log cleans, up to
-/// its durable offset. A follower or cluster member may still have its tail cut back by a
+/// stop, so that the log is free to close. Only a node that leads its own log without
+/// `--tolerance` cleans, up to its durable offset. A follower or cluster member may still have its tail cut back by a
 /// leader, so it must clean only below the high watermark it learns from replication:
 /// until that is passed in here, its clean point is 0, which cleans nothing.
 fn start_cleaner(
@@ -264,11 +264,16 @@ fn start_cleaner(
     mut stopping: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, NodeError> {
     let started = match role {
-        Role::Leader { .. } => Cleaner::start(Arc::clone(log), settings, |log: &Log| {
+        Role::Leader { tolerance: 0, .. } => Cleaner::start(Arc::clone(log), settings, |log: &Log| {
             let durable = log.durable_offset();
             (durable, durable)
         }),
-        Role::Follower { .. } | Role::Cluster { .. } => Cleaner::start(Arc::clone(log), settings, |_: &Log| (0, 0)),
+        // A leader that waits for followers does not clean either, for now: a follower whose
+        // last record was cleaned away here would be told it diverged, and a tombstone must
+        // reach every follower before it is dropped.
+        Role::Leader { .. } | Role::Follower { .. } | Role::Cluster { .. } => {
+            Cleaner::start(Arc::clone(log), settings, |_: &Log| (0, 0))
+        }
     };
     let cleaner = started.map_err(NodeError::Server)?;
     Ok(tokio::spawn(async move {
