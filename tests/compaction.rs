@@ -10,30 +10,15 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
+use common::compaction::{options, small_segments as config, temp_dir};
 use common::{LineClient, ServerProcess, msglog, poll_until};
 use msglog::storage::check::check;
-use msglog::storage::{CleanOptions, Config, FsyncPolicy, Log, RecordKind};
+use msglog::storage::{Config, Log, RecordKind};
 use tempfile::TempDir;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn config() -> Config {
-    Config {
-        segment_bytes: 512,
-        max_record_bytes: 400,
-        index_interval_bytes: 64,
-        fsync: FsyncPolicy::Never,
-        ..Config::default()
-    }
-}
-
-/// Every tombstone below `upto` may go: retention 0, horizon at the clean point.
-fn options(upto: u64) -> CleanOptions {
-    CleanOptions { upto, tombstone_horizon: upto, delete_retention: Duration::ZERO, bytes_per_sec: None }
 }
 
 struct Rng(u64);
@@ -119,16 +104,6 @@ fn assert_reads_land_on_survivors(log: &Log, survivors: &[Rec], what: &str) {
         let expected = survivors.iter().find(|r| r.offset >= o).map(|r| r.offset);
         let found = log.read_from(o, 1).unwrap().records().next().map(|r| r.unwrap().offset);
         assert_eq!(found, expected, "{what}: read_from({o})");
-    }
-}
-
-/// A temporary dir in memory where there is one: these tests fsync a lot (tiny segments
-/// roll every few records) and what they check does not depend on the disk.
-fn temp_dir() -> TempDir {
-    let shm = Path::new("/dev/shm");
-    match shm.is_dir() {
-        true => tempfile::Builder::new().prefix("msglog-compaction").tempdir_in(shm).unwrap(),
-        false => TempDir::new().unwrap(),
     }
 }
 

@@ -2,36 +2,15 @@
 //! segments or the cleaned ones, which strict recovery accepts; the manifest still refuses
 //! a real hole; and a batch whose last records were cleaned away still passes recovery.
 
+mod common;
+
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
+use common::compaction::{options, small_segments as config, temp_dir};
 use msglog::storage::check::check;
-use msglog::storage::{CleanOptions, Config, FileSystem, FsyncPolicy, Log, RealFs};
-use tempfile::TempDir;
-
-fn config() -> Config {
-    Config {
-        segment_bytes: 512,
-        max_record_bytes: 400,
-        index_interval_bytes: 64,
-        fsync: FsyncPolicy::Never,
-        ..Config::default()
-    }
-}
-
-fn options(upto: u64) -> CleanOptions {
-    CleanOptions { upto, tombstone_horizon: upto, delete_retention: Duration::ZERO, bytes_per_sec: None }
-}
-
-fn temp_dir() -> TempDir {
-    let shm = Path::new("/dev/shm");
-    match shm.is_dir() {
-        true => tempfile::Builder::new().prefix("msglog-compaction-swap").tempdir_in(shm).unwrap(),
-        false => TempDir::new().unwrap(),
-    }
-}
+use msglog::storage::{FileSystem, Log, RealFs};
 
 /// A process crash at a chosen step: the first operation `trip` picks fails, and so does
 /// every later one, while what was done before stays on disk (as after `kill -9`).

@@ -4,6 +4,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod compaction;
 pub mod fs;
 pub mod history;
 pub mod netns;

@@ -46,23 +46,22 @@ impl Ca {
     /// A certificate with CN `name`, a DNS SAN `name` and IP SANs for 127.0.0.1 (what
     /// peers dial) — the node identity rule of docs/SECURITY.md.
     pub fn issue(&self, name: &str) -> Issued {
-        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        let issued = Issued { cert: self.dir.join(format!("{name}.pem")), key: self.dir.join(format!("{name}.key")) };
-        std::fs::write(&issued.cert, cert.pem()).expect("write cert");
-        std::fs::write(&issued.key, key.serialize_pem()).expect("write key");
-        issued
+        self.issue_with(name, |params| {
+            params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("ip")))
+        })
     }
 
     /// A consumer's certificate (`msglog tail`), as docs/SECURITY.md makes one: DNS name
     /// `name`, extended key usage clientAuth only.
     pub fn issue_consumer(&self, name: &str) -> Issued {
+        self.issue_with(name, |params| params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth])
+    }
+
+    /// A certificate with CN and DNS SAN `name`, adjusted by `adjust`, signed by this CA.
+    fn issue_with(&self, name: &str, adjust: impl FnOnce(&mut CertificateParams)) -> Issued {
         let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        adjust(&mut params);
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         let issued = Issued { cert: self.dir.join(format!("{name}.pem")), key: self.dir.join(format!("{name}.key")) };
