@@ -12,25 +12,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::compaction::{options, small_segments as config, temp_dir};
+use common::seeded::{Rng, env_u64};
 use common::{LineClient, ServerProcess, msglog, poll_until};
 use msglog::storage::check::check;
 use msglog::storage::{Config, Log, RecordKind};
 use tempfile::TempDir;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
-}
 
 /// A record as reads by offset return it (timestamps differ between logs written apart).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fs::PowerCutFs;
+use common::power_cut::History;
+use common::seeded::{Rng, env_u64};
 use msglog::storage::{CleanOptions, Config, FsyncPolicy, Log, RecoveryMode};
 use tempfile::TempDir;
 
@@ -29,40 +31,8 @@ const IDS: u64 = 5;
 /// A run of the writes and passes above takes about this many file operations.
 const MAX_OPS_BEFORE_CUT: u64 = 1700;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn config(fsync: FsyncPolicy) -> Config {
     Config { fsync, segment_bytes: 384, max_record_bytes: 256, index_interval_bytes: 64, ..Config::default() }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// Every write tried on one ID (`None` a DEL), in order, and how many were acknowledged.
-#[derive(Default, Debug)]
-struct History {
-    writes: Vec<Option<Vec<u8>>>,
-    acked: usize,
-}
-
-impl History {
-    /// The states the ID may be in after the cut: after any write from the last
-    /// acknowledged one on (state 0 is "absent").
-    fn allowed(&self) -> Vec<Option<&[u8]>> {
-        let states: Vec<Option<&[u8]>> =
-            std::iter::once(None).chain(self.writes.iter().map(|w| w.as_deref())).collect();
-        states[self.acked..].to_vec()
-    }
 }
 
 /// Writes, acknowledges and cleans until the writes run out or the power goes. Under

@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::fs::PowerCutFs;
+use common::power_cut::History;
+use common::seeded::{Rng, env_u64};
 use msglog::storage::{Config, FsyncPolicy, Log, RecoveryMode};
 use tempfile::TempDir;
 
@@ -29,10 +31,6 @@ const IDS_PER_WRITER: u64 = 4;
 /// the writers above takes about this many.
 const MAX_OPS_BEFORE_CUT: u64 = 600;
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
 fn config() -> Config {
     Config {
         fsync: FsyncPolicy::Always,
@@ -40,36 +38,6 @@ fn config() -> Config {
         max_record_bytes: 4096,
         index_interval_bytes: 256,
         ..Config::default()
-    }
-}
-
-/// Small deterministic generator for the writers' choices.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
-/// What one ID went through: every write tried (`None` a DEL), in order, and how many
-/// of them were acknowledged durable.
-#[derive(Default, Debug)]
-struct History {
-    writes: Vec<Option<Vec<u8>>>,
-    acked: usize,
-}
-
-impl History {
-    /// The values the ID may hold after the cut: the state after any write from the
-    /// last acknowledged one on (state 0 is "absent").
-    fn allowed(&self) -> Vec<Option<&[u8]>> {
-        let states: Vec<Option<&[u8]>> =
-            std::iter::once(None).chain(self.writes.iter().map(|w| w.as_deref())).collect();
-        states[self.acked..].to_vec()
     }
 }
 

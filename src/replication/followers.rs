@@ -110,18 +110,20 @@ impl Registration {
 
     /// Records below `next` are about to go out on the stream. Called before they are
     /// sent, so the follower's ack for them can never arrive first.
-    pub fn sending(&self, next: Offset) {
-        let mut table = self.followers.lock();
-        if let Some(session) = table.sessions.get_mut(&self.token) {
-            session.sent = session.sent.max(next);
-        }
-    }
-
-    /// Whether its session still counts: a new leadership forgets every session, and a
-    /// stream whose session is gone must end so that the follower fetches again and
+    ///
+    /// Returns whether the session still counts: a new leadership forgets every session,
+    /// and a stream whose session is gone must end so that the follower fetches again and
     /// opens one (its acknowledgements would be ignored until then).
-    pub fn is_open(&self) -> bool {
-        self.followers.lock().sessions.contains_key(&self.token)
+    #[must_use]
+    pub fn sending(&self, next: Offset) -> bool {
+        let mut table = self.followers.lock();
+        match table.sessions.get_mut(&self.token) {
+            Some(session) => {
+                session.sent = session.sent.max(next);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -371,8 +373,8 @@ mod tests {
         let followers = Arc::new(Followers::new(AckRule::Count(2)));
         let a = followers.connect("a", 0);
         let b = followers.connect("b", 0);
-        a.sending(11);
-        b.sending(11);
+        assert!(a.sending(11));
+        assert!(b.sending(11));
         followers.acknowledge(&a.token(), "a", 11).unwrap();
         let timeout = Duration::from_millis(20);
         assert_eq!(followers.wait(10, timeout).await.unwrap_err().0, "replication timeout (acked 1 of 2)");
@@ -396,7 +398,7 @@ mod tests {
         assert_eq!(followers.acknowledge(b"short", "a", 3), Err(AckRefusal::UnknownSession));
         assert_eq!(durable(&followers), [0, 0]);
         followers.acknowledge(&a.token(), "a", 5).expect("a held offsets below 5 when it connected");
-        a.sending(9);
+        assert!(a.sending(9));
         followers.acknowledge(&a.token(), "a", 9).expect("sent up to 9");
         assert_eq!(durable(&followers), [9, 0]);
         let token = a.token();
@@ -416,7 +418,7 @@ mod tests {
         let c = followers.connect("c", 0);
         let d = followers.connect("d", 0);
         for f in [&b, &c, &d] {
-            f.sending(10);
+            assert!(f.sending(10));
         }
         followers.acknowledge(&b.token(), "b", 10).unwrap();
         followers.acknowledge(&d.token(), "d", 10).unwrap();
@@ -447,7 +449,7 @@ mod tests {
     fn a_follower_back_with_less_no_longer_counts_for_its_old_acks() {
         let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
         let b = followers.connect("b", 0);
-        b.sending(50);
+        assert!(b.sending(50));
         followers.acknowledge(&b.token(), "b", 50).unwrap();
         drop(b);
         let _b = followers.connect("b", 20);
@@ -460,7 +462,7 @@ mod tests {
     async fn a_write_waiting_when_the_isr_shrinks_below_min_insync_is_never_acknowledged() {
         let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
         let b = followers.connect("b", 0);
-        b.sending(5);
+        assert!(b.sending(5));
         followers.acknowledge(&b.token(), "b", 5).unwrap();
         assert_eq!(followers.replicated(), 5);
         // b is dropped from the ISR while a write at offset 7 waits: the ISR is now the
@@ -475,7 +477,7 @@ mod tests {
     fn a_new_leadership_counts_no_acknowledgement_given_to_an_earlier_one() {
         let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
         let b = followers.connect("b", 0);
-        b.sending(100);
+        assert!(b.sending(100));
         followers.acknowledge(&b.token(), "b", 100).unwrap();
         followers.set_rule(AckRule::NotLeading);
         followers.forget_acknowledgements();
@@ -488,12 +490,11 @@ mod tests {
     fn a_new_leadership_closes_the_sessions_of_an_earlier_one_and_a_new_fetch_counts_again() {
         let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
         let old = followers.connect("b", 0);
-        assert!(old.is_open());
+        assert!(old.sending(0));
         followers.forget_acknowledgements();
-        assert!(!old.is_open(), "its stream must end so that the follower fetches again");
+        assert!(!old.sending(0), "its stream must end so that the follower fetches again");
         let new = followers.connect("b", 0);
-        assert!(new.is_open());
-        new.sending(10);
+        assert!(new.sending(10));
         followers.acknowledge(&new.token(), "b", 10).unwrap();
         assert_eq!(followers.replicated(), 10);
     }
@@ -502,7 +503,7 @@ mod tests {
     fn a_follower_being_added_does_not_move_the_watermark_back() {
         let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
         let b = followers.connect("b", 0);
-        b.sending(50);
+        assert!(b.sending(50));
         followers.acknowledge(&b.token(), "b", 50).unwrap();
         let _c = followers.connect("c", 30);
         followers.set_rule(isr(&["b", "c"], 2, 2));

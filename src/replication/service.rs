@@ -172,6 +172,9 @@ impl ReplicationRpc for Service {
         let certificate = self.node.config.tls.as_ref().map(|grpc| (grpc, crate::tls::PeerCertificate::of(&request)));
         let mut acks = request.into_inner();
         let mut shutdown = self.node.shutdown.clone();
+        // The caller's certificate cannot change within one call, and checking it costs a
+        // chain verification: the follower id it was found to name is remembered.
+        let mut certified: Option<String> = None;
         loop {
             let ack = tokio::select! {
                 ack = acks.message() => ack?,
@@ -180,13 +183,17 @@ impl ReplicationRpc for Service {
             };
             let Some(ack) = ack else { break };
             if let Some((grpc, certificate)) = &certificate
-                && !certificate.as_ref().is_some_and(|certificate| certificate.is_node(grpc, &ack.follower_id))
+                && certified.as_deref() != Some(ack.follower_id.as_str())
             {
-                tracing::warn!(follower = %ack.follower_id, "refusing acknowledgements for a node the caller's certificate does not name");
-                return Err(Status::permission_denied(format!(
-                    "Acknowledge as {} needs the node certificate of {}",
-                    ack.follower_id, ack.follower_id
-                )));
+                if certificate.as_ref().is_some_and(|certificate| certificate.is_node(grpc, &ack.follower_id)) {
+                    certified = Some(ack.follower_id.clone());
+                } else {
+                    tracing::warn!(follower = %ack.follower_id, "refusing acknowledgements for a node the caller's certificate does not name");
+                    return Err(Status::permission_denied(format!(
+                        "Acknowledge as {} needs the node certificate of {}",
+                        ack.follower_id, ack.follower_id
+                    )));
+                }
             }
             if let Err(refusal) = self.node.followers.acknowledge(&ack.session, &ack.follower_id, ack.durable_offset) {
                 tracing::warn!(follower = %ack.follower_id, %refusal, "ignoring an acknowledgement");
@@ -305,13 +312,6 @@ async fn stream_log(
     let tells_watermark = node.is_cluster() && registration.is_some();
     let mut told_watermark = 0;
     while next < until {
-        if registration.as_ref().is_some_and(|r| !r.is_open()) {
-            // This node began a new leadership (possibly of the same epoch, after its
-            // lease lapsed and came back): acknowledgements count only on a new session.
-            let why = "this node's leadership began again; fetch again to open a new session";
-            let _ = tx.send(Err(Status::aborted(why))).await;
-            return;
-        }
         // Marked seen before reading, so an append after the read wakes the wait below.
         appended.borrow_and_update();
         let cut_now = truncations.has_changed().unwrap_or(false) || std::mem::take(&mut woken_by_cut);
@@ -361,8 +361,14 @@ async fn stream_log(
             continue;
         }
         next = chunk.next;
-        if let Some(registration) = &registration {
-            registration.sending(next);
+        if let Some(registration) = &registration
+            && !registration.sending(next)
+        {
+            // This node began a new leadership (possibly of the same epoch, after its
+            // lease lapsed and came back): acknowledgements count only on a new session.
+            let why = "this node's leadership began again; fetch again to open a new session";
+            let _ = tx.send(Err(Status::aborted(why))).await;
+            return;
         }
         let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
         told_watermark = told_watermark.max(high_watermark);

@@ -8,10 +8,12 @@ pub mod compaction;
 pub mod fs;
 pub mod history;
 pub mod netns;
+pub mod power_cut;
 pub mod prometheus;
 pub mod proxy;
 pub mod rounds;
 pub mod scenario;
+pub mod seeded;
 pub mod tls;
 pub mod wire;
 
