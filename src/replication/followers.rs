@@ -125,6 +125,12 @@ impl Registration {
             None => false,
         }
     }
+
+    /// Whether its session still counts, for a stream with no records to send (see
+    /// [`sending`](Registration::sending)).
+    pub fn is_open(&self) -> bool {
+        self.followers.lock().sessions.contains_key(&self.token)
+    }
 }
 
 impl Drop for Registration {
@@ -492,7 +498,8 @@ mod tests {
         let old = followers.connect("b", 0);
         assert!(old.sending(0));
         followers.forget_acknowledgements();
-        assert!(!old.sending(0), "its stream must end so that the follower fetches again");
+        assert!(!old.is_open(), "its stream must end so that the follower fetches again");
+        assert!(!old.sending(0));
         let new = followers.connect("b", 0);
         assert!(new.sending(10));
         followers.acknowledge(&new.token(), "b", 10).unwrap();

@@ -286,6 +286,11 @@ pub(super) fn with_password<T>(message: T, password: Option<&crate::server::Pass
 
 /// Sends the log from `request.next_offset` until the caller goes away or the node shuts
 /// down; without `follow`, only up to the log's end as of the request.
+/// Why a fetch stream ends when its session is forgotten: this node began a new leadership
+/// (possibly of the same epoch, after its lease lapsed and came back), and acknowledgements
+/// count only on a session opened since.
+const LEADERSHIP_BEGAN_AGAIN: &str = "this node's leadership began again; fetch again to open a new session";
+
 async fn stream_log(
     node: Arc<Replication>,
     request: FetchRequest,
@@ -336,6 +341,13 @@ async fn stream_log(
             if !request.follow {
                 return;
             }
+            // Checked here too, not only when records go out: a follower that already holds
+            // everything gets no records, and a leader that counts none of its acks lets no
+            // write in (the ISR shrinks below min-insync), so only this ends its stream.
+            if registration.as_ref().is_some_and(|r| !r.is_open()) {
+                let _ = tx.send(Err(Status::aborted(LEADERSHIP_BEGAN_AGAIN))).await;
+                return;
+            }
             if tells_watermark && node.high_watermark() > told_watermark {
                 told_watermark = node.high_watermark();
                 let records = Records {
@@ -364,10 +376,7 @@ async fn stream_log(
         if let Some(registration) = &registration
             && !registration.sending(next)
         {
-            // This node began a new leadership (possibly of the same epoch, after its
-            // lease lapsed and came back): acknowledgements count only on a new session.
-            let why = "this node's leadership began again; fetch again to open a new session";
-            let _ = tx.send(Err(Status::aborted(why))).await;
+            let _ = tx.send(Err(Status::aborted(LEADERSHIP_BEGAN_AGAIN))).await;
             return;
         }
         let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
