@@ -12,7 +12,7 @@
 //!   and replication, shuts down; tests start whole clusters in-process.
 //! - [`cli`]: clap commands for the `msglog` binary.
 //!
-//! `random` is a leaf any of them may use.
+//! `random` and `throttle` (warnings a peer cannot flood) are leaves any of them may use.
 
 pub mod cli;
 pub mod cluster;
@@ -22,4 +22,5 @@ mod random;
 pub mod replication;
 pub mod server;
 pub mod storage;
+mod throttle;
 pub mod tls;

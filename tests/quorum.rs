@@ -44,6 +44,7 @@ fn config(id: &str, addr: SocketAddr, voters: &[(String, String)], dir: &Path) -
         replication_factor: 3,
         min_insync: 2,
         password: Some(Password::new("quorum-secret").expect("password")),
+        node_tls: None,
         bind_source_addr: None,
         log_epoch: 0,
     }
@@ -293,6 +294,10 @@ async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
         other => panic!("a proposal without the password went through: {other:?}"),
     }
     assert!(all.iter().all(|n| !n.metadata().members.contains_key("x")), "x never registered");
+    // Its own registration was refused too: the node learns it should stop, and why.
+    let refusal = outsider.quorum.refusal();
+    let why = eventually("x to learn that its registration was refused", || refusal.borrow().clone()).await;
+    assert!(why.contains("password"), "{why}");
     outsider.crash().await;
     crash_all(&mut nodes).await;
 }

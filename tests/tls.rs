@@ -370,6 +370,13 @@ async fn a_quorum_proposal_about_another_node_needs_that_nodes_or_a_voters_certi
     // About itself it may propose: the refusal above was about whom the proposal concerns.
     let own = r#"{"Fence":{"id":"client","incarnation":1,"reason":"ControlledShutdown"}}"#;
     consumer.propose(&voters, own).await.expect("a proposal about the caller itself passes the certificate check");
+    // A consumer's certificate (clientAuth only, as `msglog tail` gets) is no node's, even
+    // about itself: it cannot register and become a member.
+    let tail = pki.ca.issue_consumer("tail");
+    let mut tail = Caller::connect(nodes[leader].grpc, &grpc_client(&pki.ca.cert, Some(&tail))).await.expect("connect");
+    let register = r#"{"Register":{"id":"tail","grpc_addr":"127.0.0.1:1","client_addr":"127.0.0.1:2","voter":false,"incarnation":7,"log_epoch":0}}"#;
+    let refused = tail.propose(&voters, register).await.expect_err("a consumer registering as a member");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let isr = tokio::task::block_in_place(|| stats(nodes[leader].addr, &pki.ca.cert)).expect("STATS")["isr"].clone();
     assert!(!isr.contains("client"), "the ISR was not widened: {isr}");
 }

@@ -95,7 +95,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub preload: bool,
     /// The server's password (its --requirepass): each connection sends AUTH first.
-    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::password::PasswordParser)]
     pub password: Option<crate::server::Password>,
 }
 

@@ -30,7 +30,7 @@ pub(crate) struct ClientArgs {
     port: Option<u16>,
     /// The server's password (its --requirepass), sent with AUTH before anything else;
     /// `-a` as in redis-cli. Prefer the environment variable, as a flag shows in `ps`.
-    #[arg(short = 'a', long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
+    #[arg(short = 'a', long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::password::PasswordParser)]
     password: Option<Password>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]

@@ -36,7 +36,7 @@ struct StatusArgs {
     addr: String,
     /// The nodes' password (their --requirepass); prefer the environment variable, as a
     /// flag shows in `ps`.
-    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::tail::parse_password)]
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::password::PasswordParser)]
     password: Option<Password>,
     /// Speak TLS to client ports started with --tls-cert; needs --cacert.
     #[arg(long, requires = "cacert")]

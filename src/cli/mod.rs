@@ -8,6 +8,7 @@ mod config_file;
 mod export;
 mod import;
 mod msg_files;
+mod password;
 mod serve;
 mod tail;
 mod tolerance;
@@ -81,4 +82,36 @@ fn parse() -> anyhow::Result<Cli> {
     let argv = config_file::with_file_settings(&command, &matches, argv)?;
     let matches = command.get_matches_from(argv);
     Cli::from_arg_matches(&matches).map_err(|err| err.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(argv: &[&str]) -> Result<serve::ServeArgs, clap::Error> {
+        let argv = ["msglog", "serve"].iter().chain(argv);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(args) => Ok(*args),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    #[test]
+    fn protected_mode_takes_a_value_on_the_command_line_and_in_the_config_file() {
+        assert!(!serve_args(&["--protected-mode", "no"]).unwrap().protected_mode);
+        assert!(serve_args(&["--protected-mode=yes"]).unwrap().protected_mode);
+        assert!(serve_args(&[]).unwrap().protected_mode, "on by default");
+        assert!(serve_args(&["--protected-mode"]).is_err(), "a value is required");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("msglog.toml");
+        std::fs::write(&path, "protected-mode = \"no\"\n").unwrap();
+        let argv: Vec<std::ffi::OsString> =
+            ["msglog", "serve", "--config", path.to_str().unwrap()].iter().map(Into::into).collect();
+        let command = Cli::command();
+        let matches = command.clone().try_get_matches_from(argv.clone()).unwrap();
+        let argv = config_file::with_file_settings(&command, &matches, argv).unwrap();
+        let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else { unreachable!() };
+        assert!(!args.protected_mode);
+    }
 }

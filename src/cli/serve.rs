@@ -14,7 +14,6 @@ use crate::replication::Role;
 use crate::server::{self, DescriptorError, Password};
 use crate::storage::{CleanerSettings, FsyncPolicy};
 
-use super::tail::parse_password;
 use super::tolerance::read_tolerance_file;
 use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
 
@@ -122,12 +121,13 @@ pub(crate) struct ServeArgs {
     /// followers and `msglog tail` must present to the replication port. A follower sends
     /// its own, so every node of a cluster takes the same one. Prefer the environment
     /// variable: a flag shows in `ps`.
-    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_name = "PASSWORD", value_parser = parse_password)]
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_name = "PASSWORD", value_parser = super::password::PasswordParser)]
     requirepass: Option<Password>,
     /// Redis's protected mode: without a password, a --listen address other than loopback
     /// serves only clients on this machine. `no` serves everyone (a trusted network only).
-    #[arg(long, env = "MSGLOG_PROTECTED_MODE", default_value = "yes", value_parser = parse_yes_no)]
-    protected_mode: bool,
+    #[arg(long, env = "MSGLOG_PROTECTED_MODE", default_value = "yes", value_name = "yes|no",
+          action = clap::ArgAction::Set, value_parser = parse_yes_no)]
+    pub(super) protected_mode: bool,
     /// This node's certificate chain (PEM). With --tls-key, the client port speaks TLS only
     /// (`redis-cli --tls --cacert ca.pem`); there is no second, plain port.
     #[arg(long, env = "MSGLOG_TLS_CERT", value_name = "PEM")]
@@ -432,10 +432,11 @@ fn parse_host_port(text: &str) -> Result<String, String> {
     }
 }
 
+/// Redis's words, and TOML's booleans for a config file that writes `protected-mode = false`.
 fn parse_yes_no(text: &str) -> Result<bool, String> {
     match text {
-        "yes" => Ok(true),
-        "no" => Ok(false),
+        "yes" | "true" => Ok(true),
+        "no" | "false" => Ok(false),
         _ => Err(format!("expected yes or no, not '{text}'")),
     }
 }

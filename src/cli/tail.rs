@@ -35,7 +35,7 @@ pub(crate) struct TailArgs {
     json: bool,
     /// The node's password (its --requirepass); prefer the environment variable, as a
     /// flag shows in `ps`.
-    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = parse_password)]
+    #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::password::PasswordParser)]
     password: Option<Password>,
     /// Speak TLS to a node started with --tls-ca (its gRPC port is then mutual TLS, so
     /// give --cert and --key too); needs --cacert.
@@ -50,11 +50,6 @@ pub(crate) struct TailArgs {
     /// The private key of --cert (PEM).
     #[arg(long, env = "MSGLOG_TLS_KEY", value_name = "PEM", requires = "cert")]
     key: Option<std::path::PathBuf>,
-}
-
-/// Kept only as a [`Password`], whose `Debug` does not show it.
-pub(crate) fn parse_password(text: &str) -> Result<Password, String> {
-    Password::new(text).map_err(|err| err.to_string())
 }
 
 #[derive(Serialize)]

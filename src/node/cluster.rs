@@ -82,11 +82,16 @@ impl Driver {
     /// a log that cannot record its epoch).
     pub(super) async fn run(mut self, mut stopping: watch::Receiver<bool>) -> Result<(), NodeError> {
         let mut metadata = self.quorum.metadata();
+        let mut refusal = self.quorum.refusal();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 changed = metadata.changed() => if changed.is_err() { break },
+                Ok(()) = refusal.changed() => if let Some(why) = refusal.borrow().clone() {
+                    // Serving on would tell clients an election is under way, forever.
+                    return Err(NodeError::Refused(why));
+                },
                 _ = tick.tick() => {}
                 _ = stopping.wait_for(|&stop| stop) => break,
             }
@@ -343,6 +348,7 @@ pub(super) fn quorum_config(
     grpc_addr: std::net::SocketAddr,
     client_addr: std::net::SocketAddr,
     log_epoch: crate::storage::Epoch,
+    node_tls: Option<crate::tls::GrpcTls>,
 ) -> crate::cluster::quorum::QuorumConfig {
     crate::cluster::quorum::QuorumConfig {
         node_id: node_id.to_string(),
@@ -354,6 +360,7 @@ pub(super) fn quorum_config(
         replication_factor: cluster.replication_factor,
         min_insync: cluster.min_insync,
         password: config.password.clone(),
+        node_tls,
         bind_source_addr: config.bind_source_addr,
         log_epoch,
     }

@@ -22,6 +22,11 @@ pub enum NodeError {
     Config(String),
     #[error("the client server failed: {0}")]
     Server(std::io::Error),
+    #[error(
+        "the cluster refused this node ({0}); check that it has the cluster's password, its node certificate \
+         and the same --cluster as the other nodes"
+    )]
+    Refused(String),
     #[error("the replication server failed: {0}")]
     Replication(String),
     #[error("closing the log: {0}")]

@@ -114,7 +114,8 @@ impl Node {
             max_fetch_streams: config.max_replication_streams,
             bind_source_addr: config.bind_source_addr,
             password: config.password.clone(),
-            tls: grpc_tls,
+            protected_mode: config.protected_mode,
+            tls: grpc_tls.clone(),
         };
         let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
         tracing::info!(
@@ -148,6 +149,7 @@ impl Node {
                     grpc_addr,
                     client_addr,
                     log.stats().epoch,
+                    grpc_tls,
                 );
                 match Quorum::start_with_tls(quorum_config, grpc_client_tls.clone()).await {
                     Ok(quorum) => {

@@ -15,6 +15,7 @@
 mod follower;
 mod followers;
 mod forward;
+mod guard;
 mod leadership;
 mod rules;
 mod service;
@@ -111,6 +112,9 @@ pub struct ReplicationConfig {
     pub bind_source_addr: Option<IpAddr>,
     /// Fetch and Acknowledge callers must present it; a follower sends it to its leader.
     pub password: Option<Password>,
+    /// Without a password or mutual TLS, a port beyond loopback serves only this machine
+    /// (`--protected-mode`, as on the client port).
+    pub protected_mode: bool,
     /// Mutual TLS on the gRPC port and towards the leader (`--tls-ca`); `None`: plain.
     pub tls: Option<crate::tls::GrpcTls>,
 }

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::storage::{Chunk, Offset, StorageError};
 
 use super::followers::Registration;
+use super::guard::Guard;
 use super::proto::replication_server::{Replication as ReplicationRpc, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
 use super::rules::{FetchFacts, FetchRefusal, LastRecordCheck, admit_fetch, cut_passes_cursor, diverges};
@@ -45,14 +46,18 @@ pub(super) async fn serve(
     let max_message = node.config.max_record_bytes + CHUNK_BYTES;
     let streams = Arc::new(Semaphore::new(node.config.max_fetch_streams));
     let max_streams = u32::try_from(node.config.max_fetch_streams).unwrap_or(u32::MAX);
-    let service = ReplicationServer::new(Service { node: Arc::clone(&node), streams })
+    let service = ReplicationServer::new(Service { node: Arc::clone(&node), streams, refusals: Default::default() })
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
+    // Unknown, the address counts as exposed: screening a loopback port costs nothing.
+    let listen = listener.local_addr().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
+    let guard = Guard::new(&node.config, listen);
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &node.config.tls {
         server = server.tls_config(tls.server.clone())?;
     }
     server
+        .layer(tonic::service::InterceptorLayer::new(move |request| guard.screen(request)))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .tcp_nodelay(true)
@@ -70,6 +75,7 @@ struct Service {
     node: Arc<Replication>,
     /// One permit per fetch stream being served.
     streams: Arc<Semaphore>,
+    refusals: crate::throttle::Throttle,
 }
 
 type Sender = mpsc::Sender<Result<FetchResponse, Status>>;
@@ -219,10 +225,18 @@ impl Service {
             Some(token) if password.matches(token.as_bytes()) => Ok(()),
             _ => {
                 let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                tracing::warn!(%peer, call, presented = presented.is_some(), "refusing a replication call without the password");
+                // A follower with the wrong password retries every few hundred milliseconds.
+                if let Some(held_back) = self.refusals.admit() {
+                    tracing::warn!(%peer, call, presented = presented.is_some(), held_back,
+                        "refusing a replication call without the password (such refusals are logged once per 10 s)");
+                }
+                let problem = match presented {
+                    Some(_) => "the password presented is not this node's",
+                    None => "no password was presented",
+                };
                 Err(Status::unauthenticated(format!(
-                    "{} requires the cluster's password for {call}: start followers with the same --requirepass \
-                     (or MSGLOG_PASSWORD), and give `msglog tail` --password",
+                    "{} requires the cluster's password for {call} ({problem}): start followers with the same \
+                     --requirepass (or MSGLOG_PASSWORD), and give `msglog tail` --password",
                     self.node.config.node_id
                 )))
             }

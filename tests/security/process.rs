@@ -82,3 +82,47 @@ fn a_server_exposed_without_a_password_warns_at_start() {
     let warning = warning.unwrap_or_else(|| panic!("no protected-mode warning in:\n{log}"));
     assert!(warning.contains("--requirepass") && warning.contains("127.0.0.1"), "{warning}");
 }
+
+/// Protected mode covers the replication port too: exposed without a password or mutual
+/// TLS, it serves followers on this machine and refuses one connecting from elsewhere.
+#[test]
+fn protected_mode_keeps_remote_followers_off_an_exposed_replication_port() {
+    let Some(remote) = super::non_loopback_ipv4() else {
+        assert!(std::env::var("MSGLOG_REQUIRE_TOOLS").as_deref() != Ok("1"), "no non-loopback address");
+        eprintln!("SKIPPED: this machine has no non-loopback IPv4 address to connect from");
+        return;
+    };
+    let dir = TempDir::new().expect("temp dir");
+    let grpc_port = common::free_port();
+    let client = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
+    let grpc = std::net::SocketAddr::from(([0, 0, 0, 0], grpc_port));
+    let leader = common::ServerProcess::start_on(&dir.path().join("leader"), client, grpc, &[]);
+    assert!(leader.stderr().contains("only peers on this machine"), "no warning at start:\n{}", leader.stderr());
+    let upstream = format!("127.0.0.1:{grpc_port}");
+    let remote = remote.to_string();
+    let outsider = common::ServerProcess::start(
+        &dir.path().join("outsider"),
+        &["--follow", &upstream, "--bind-source-addr", &remote],
+    );
+    common::poll_until("the outsider's refusal", || outsider.stderr().contains("protected mode").then_some(()));
+    assert_eq!(common::stats(leader.addr)["followers"], "0", "a follower from another address was served");
+    let _neighbour = common::ServerProcess::start(&dir.path().join("neighbour"), &["--follow", &upstream]);
+    common::poll_until("the local follower", || (common::stats(leader.addr)["followers"] == "1").then_some(()));
+}
+
+/// A password the server refuses (here: it holds a space) is not echoed in the error.
+#[test]
+fn a_refused_password_is_never_printed() {
+    let dir = TempDir::new().expect("temp dir");
+    for args in [&["serve", "--data-dir"][..], &["client", "--addr", "127.0.0.1:1", "PING"][..]] {
+        let mut command = common::msglog();
+        command.args(args);
+        if args[0] == "serve" {
+            command.arg(dir.path().join("data"));
+        }
+        let output = command.env("MSGLOG_PASSWORD", "Real Secret With Space").output().expect("run msglog");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{stderr}");
+        assert!(stderr.contains("MSGLOG_PASSWORD") && !stderr.contains("Secret"), "{stderr}");
+    }
+}

@@ -62,6 +62,9 @@ pub struct QuorumConfig {
     pub min_insync: usize,
     /// Presented on every quorum call, required on incoming ones.
     pub password: Option<Password>,
+    /// Mutual TLS (`--tls-ca`): tells a node's certificate from a consumer's, so only
+    /// nodes take part in the quorum.
+    pub node_tls: Option<crate::tls::GrpcTls>,
     pub bind_source_addr: Option<std::net::IpAddr>,
     /// Highest epoch this node's log holds (sent in `Register`).
     pub log_epoch: u32,
@@ -107,6 +110,9 @@ pub struct Quorum {
     /// The controller's view of members' sessions (in memory, never in the log).
     sessions: Mutex<controller::Sessions>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Why the cluster refused this node's registration for good (another cluster's
+    /// password, a consumer's certificate): the node cannot serve and should stop.
+    refusal: watch::Sender<Option<String>>,
 }
 
 impl Quorum {
@@ -137,6 +143,11 @@ impl Quorum {
     /// The tonic service to serve on the node's gRPC port.
     pub fn service(self: &Arc<Self>) -> QuorumService {
         service::new(Arc::clone(self))
+    }
+
+    /// Set once the cluster refuses this node's registration for good, with why.
+    pub fn refusal(&self) -> watch::Receiver<Option<String>> {
+        self.refusal.subscribe()
     }
 
     /// The applied metadata, updated on each apply, on voters and learners alike.

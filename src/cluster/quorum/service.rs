@@ -25,11 +25,12 @@ pub struct Service {
     quorum: Arc<Quorum>,
     /// This node's `--cluster` as calls carry it.
     voters: String,
+    refusals: crate::throttle::Throttle,
 }
 
 pub(super) fn new(quorum: Arc<Quorum>) -> QuorumService {
     let voters = voters_fingerprint(&quorum.config.voters);
-    QuorumServer::new(Service { quorum, voters })
+    QuorumServer::new(Service { quorum, voters, refusals: Default::default() })
 }
 
 impl Service {
@@ -42,7 +43,7 @@ impl Service {
     /// certificate must name one of `--cluster`'s node ids.
     fn caller_is_voter<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
         let Some(certificate) = crate::tls::PeerCertificate::of(request) else { return Ok(()) };
-        if self.quorum.config.voters.iter().any(|(id, _)| certificate.names(id)) {
+        if self.quorum.config.voters.iter().any(|(id, _)| self.is_node(&certificate, id)) {
             return Ok(());
         }
         tracing::warn!(call, "refusing a quorum call whose certificate names no voter");
@@ -54,7 +55,7 @@ impl Service {
     /// may propose anything (their controllers form the cluster and fence other nodes).
     fn certified_for<T>(&self, request: &Request<T>, command: &MetaCommand) -> Result<(), Status> {
         let Some(certificate) = crate::tls::PeerCertificate::of(request) else { return Ok(()) };
-        if self.quorum.config.voters.iter().any(|(id, _)| certificate.names(id)) {
+        if self.quorum.config.voters.iter().any(|(id, _)| self.is_node(&certificate, id)) {
             return Ok(());
         }
         let subject = match command {
@@ -63,11 +64,11 @@ impl Service {
             MetaCommand::Init { .. } => None,
         };
         match subject {
-            Some(id) if certificate.names(id) => Ok(()),
+            Some(id) if self.is_node(&certificate, id) => Ok(()),
             _ => {
                 tracing::warn!(?command, "refusing a proposal about a node the caller's certificate does not name");
                 Err(Status::permission_denied(
-                    "Propose needs a certificate naming the node the proposal is about (or a voter's)",
+                    "Propose needs the node certificate of the node the proposal is about (or a voter's)",
                 ))
             }
         }
@@ -75,7 +76,7 @@ impl Service {
 
     /// Under mutual TLS, a call made on behalf of node `id` must carry that node's certificate.
     fn certified_as<T>(&self, request: &Request<T>, id: &str, call: &str) -> Result<(), Status> {
-        match crate::tls::peer_certified_as(request, id) {
+        match crate::tls::PeerCertificate::of(request).map(|certificate| self.is_node(&certificate, id)) {
             None | Some(true) => Ok(()),
             Some(false) => {
                 tracing::warn!(
@@ -83,8 +84,18 @@ impl Service {
                     claimed = id,
                     "refusing a quorum call whose certificate does not name its node id"
                 );
-                Err(Status::permission_denied(format!("{call} as {id} needs a certificate naming {id}")))
+                Err(Status::permission_denied(format!("{call} as {id} needs the node certificate of {id}")))
             }
+        }
+    }
+
+    /// Whether `certificate` is node `id`'s: it names `id`, and (with the CA's verifier at
+    /// hand) a server may present it. A consumer's client-only certificate (`msglog tail`'s)
+    /// is not a node's, whatever it is called, so it can never join the cluster.
+    fn is_node(&self, certificate: &crate::tls::PeerCertificate, id: &str) -> bool {
+        match &self.quorum.config.node_tls {
+            Some(grpc) => certificate.is_node(grpc, id),
+            None => certificate.names(id),
         }
     }
 
@@ -124,9 +135,18 @@ impl Service {
             Some(token) if password.matches(token.as_bytes()) => Ok(()),
             _ => {
                 let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                tracing::warn!(%peer, call, presented = presented.is_some(), "refusing a quorum call without the password");
+                // A node with the wrong password retries many times a second.
+                if let Some(held_back) = self.refusals.admit() {
+                    tracing::warn!(%peer, call, presented = presented.is_some(), held_back,
+                        "refusing a quorum call without the password (such refusals are logged once per 10 s)");
+                }
+                let problem = match presented {
+                    Some(_) => "the password presented is not the cluster's",
+                    None => "no password was presented",
+                };
                 Err(Status::unauthenticated(format!(
-                    "{} requires the cluster's password for {call}: start every node with the same --requirepass",
+                    "{} requires the cluster's password for {call} ({problem}): start every node with the same \
+                     --requirepass",
                     self.quorum.config.node_id
                 )))
             }

@@ -31,6 +31,7 @@ pub(super) async fn run(quorum: Weak<Quorum>) {
                     // A node of another cluster (or with a different --cluster) must not
                     // take part: retrying cannot help, the operator has to fix the flags.
                     tracing::error!(node = %node.config.node_id, "registration refused, not retrying: {e}");
+                    node.refusal.send_replace(Some(e.to_string()));
                     return;
                 }
                 Err(e) => {

@@ -60,6 +60,7 @@ pub(super) async fn open(
         lease_until: Mutex::new(None),
         sessions: Mutex::new(controller::Sessions::default()),
         tasks: Mutex::new(Vec::new()),
+        refusal: tokio::sync::watch::Sender::new(None),
     })
 }
 
