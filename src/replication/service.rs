@@ -342,6 +342,7 @@ async fn stream_log(
                     frames: Vec::new(),
                     leader_next_offset: node.log.next_offset(),
                     high_watermark: told_watermark,
+                    log_start_offset: node.log.log_start_offset(),
                 };
                 if tx.send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Records(records)) })).await.is_err() {
                     return;
@@ -366,7 +367,9 @@ async fn stream_log(
         }
         let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
         told_watermark = told_watermark.max(high_watermark);
-        let records = Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset(), high_watermark };
+        let log_start_offset = node.log.log_start_offset();
+        let records =
+            Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset(), high_watermark, log_start_offset };
         let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
         tokio::select! {
             sent = tx.send(Ok(response)) => if sent.is_err() { return },
