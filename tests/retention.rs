@@ -264,3 +264,17 @@ fn retention_on_a_follower_is_a_clear_startup_error() {
     assert!(stderr.contains("retention needs a standalone node for now: --retention-age cannot be used with --follow"), "{stderr}");
     assert!(!Path::new(&data).exists(), "a failed start leaves no data dir");
 }
+
+#[test]
+fn a_leader_running_retention_refuses_followers_but_serves_consumers() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let leader = ServerProcess::start(&dir.path().join("leader"), &["--retention-age", "7d", "--stats-interval", "0s"]);
+    let grpc = leader.grpc.to_string();
+    let follower = ServerProcess::start(&dir.path().join("follower"), &["--follow", &grpc, "--stats-interval", "0s"]);
+    poll_until("the follower to be refused", || follower.stderr().contains("runs retention").then_some(()));
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    assert_eq!(client.request(b"SET a 1").unwrap(), b"OK");
+    let tail = msglog().args(["tail", "--no-follow", "--from", &grpc]).output().unwrap();
+    assert!(tail.status.success(), "{tail:?}");
+    assert_eq!(String::from_utf8(tail.stdout).unwrap().lines().count(), 1);
+}

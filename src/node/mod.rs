@@ -116,6 +116,7 @@ impl Node {
             bind_source_addr: config.bind_source_addr,
             password: config.password.clone(),
             tls: grpc_tls,
+            retention: config.cleaner.as_ref().is_some_and(|c| !c.retention.is_off()),
         };
         let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
         tracing::info!(

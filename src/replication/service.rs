@@ -108,6 +108,13 @@ impl ReplicationRpc for Service {
                 )));
             }
         }
+        if replica && node.config.retention {
+            return Err(Status::failed_precondition(format!(
+                "{} runs retention (--retention-bytes or --retention-age), which needs a standalone node for now: \
+                 a follower would keep the records it deletes (README, \"Retention\")",
+                node.config.node_id
+            )));
+        }
         if replica && node.is_cluster() {
             fence_replica_fetch(node, &request)?;
         }
