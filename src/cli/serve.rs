@@ -504,3 +504,17 @@ fn init_tracing(level: Option<&str>, format: LogFormat) {
         LogFormat::Json => logs.json().with_current_span(true).init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_age_takes_days_as_well_as_the_shared_units_and_is_never_zero() {
+        assert_eq!(parse_retention_age("7d"), Ok(Duration::from_secs(7 * 24 * 3600)));
+        assert_eq!(parse_retention_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert!(parse_retention_age("0d").is_err());
+        assert!(parse_retention_age("xd").is_err());
+        assert!(parse_retention_age("7").is_err());
+    }
+}
