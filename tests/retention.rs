@@ -102,7 +102,8 @@ fn retention_by_age_deletes_segments_whose_newest_record_is_older_than_the_age()
     // Records stamped one second apart: the clock is the caller's, so no test waits.
     let mut frames = Vec::new();
     for offset in 0..100u64 {
-        encode(&mut frames, offset, 0, 1_000 * offset as i64, RecordKind::Set, b"id", format!("{offset:040}").as_bytes());
+        let message = format!("{offset:040}");
+        encode(&mut frames, offset, 0, 1_000 * offset as i64, RecordKind::Set, b"id", message.as_bytes());
         log.append_raw(&std::mem::take(&mut frames)).unwrap();
     }
     log.sync().unwrap();
@@ -199,10 +200,8 @@ fn serve_with_retention_bytes_deletes_old_segments_and_reports_the_log_start() {
     let data = dir.path().join("data");
     let metrics: SocketAddr = format!("127.0.0.1:{}", common::free_port()).parse().unwrap();
     let metrics_arg = metrics.to_string();
-    let args = [
-        "--segment-bytes", "64K", "--fsync", "never", "--cleanup", "none", "--retention-bytes", "128K",
-        "--stats-interval", "0s", "--metrics-listen", &metrics_arg,
-    ];
+    let flags = "--segment-bytes 64K --fsync never --cleanup none --retention-bytes 128K --stats-interval 0s";
+    let args: Vec<&str> = flags.split(' ').chain(["--metrics-listen", &metrics_arg]).collect();
     let mut server = ServerProcess::start(&data, &args);
     let mut client = LineClient::connect(server.addr).unwrap();
     assert_eq!(metric(metrics, "msglog_log_start_offset"), 0.0);
@@ -261,7 +260,10 @@ fn retention_on_a_follower_is_a_clear_startup_error() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("retention needs a standalone node for now: --retention-age cannot be used with --follow"), "{stderr}");
+    assert!(
+        stderr.contains("retention needs a standalone node for now: --retention-age cannot be used with --follow"),
+        "{stderr}"
+    );
     assert!(!Path::new(&data).exists(), "a failed start leaves no data dir");
 }
 

@@ -375,8 +375,12 @@ async fn stream_log(
         let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
         told_watermark = told_watermark.max(high_watermark);
         let log_start_offset = node.log.log_start_offset();
-        let records =
-            Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset(), high_watermark, log_start_offset };
+        let records = Records {
+            frames: chunk.bytes,
+            leader_next_offset: node.log.next_offset(),
+            high_watermark,
+            log_start_offset,
+        };
         let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
         tokio::select! {
             sent = tx.send(Ok(response)) => if sent.is_err() { return },

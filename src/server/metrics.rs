@@ -362,7 +362,8 @@ impl Collector for NodeCollector {
             ratio.encode(e.encode_descriptor("cleaner_dirty_ratio", help, None, ratio.metric_type())?)?;
             let help = "Bytes of segments compaction removed from disk since start.";
             counter(e, "cleaner_cleaned_bytes", help, cleaner.cleaned_bytes)?;
-            counter(e, "cleaner_runs", "Compaction passes that swapped cleaned segments in since start.", cleaner.runs)?;
+            let help = "Compaction passes that swapped cleaned segments in since start.";
+            counter(e, "cleaner_runs", help, cleaner.runs)?;
             gauge(e, "log_start_offset", "First offset the log keeps; retention moves it up.", log_start)?;
             let help = "Bytes of old segments retention deleted since start.";
             counter(e, "retention_deleted_bytes", help, retention.deleted_bytes)?;

@@ -161,7 +161,7 @@ impl Log {
 
     /// Deletes the first `count` sealed segments: the manifest first (the commit point),
     /// then the state, then the files.
-    fn delete_leading(&self, st: &mut std::sync::RwLockWriteGuard<'_, State>, count: usize) -> Result<RetentionSummary> {
+    fn delete_leading(&self, st: &mut State, count: usize) -> Result<RetentionSummary> {
         let shared = &self.shared;
         let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
         let kept: Vec<Offset> = st.sealed[count..].iter().map(|s| s.base).chain([st.active.base]).collect();
