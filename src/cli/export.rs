@@ -50,6 +50,13 @@ pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
             if since > next {
                 eprintln!("msglog: note: nothing since offset {since}: the log ends at {next}");
             }
+            let start = log.log_start_offset();
+            if since < start {
+                eprintln!(
+                    "msglog: note: offset {since} is below the log start {start}: retention deleted the records \
+                     before it; refreshing from {start} (IDs deleted only by retention keep their files)"
+                );
+            }
             refresh(&log, &args.out, since, &mut tally)?;
         }
     }

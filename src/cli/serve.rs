@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::node::{ClusterConfig, Node, NodeConfig};
 use crate::replication::Role;
 use crate::server::{self, DescriptorError, Password};
-use crate::storage::{CleanerSettings, FsyncPolicy};
+use crate::storage::{CleanerSettings, FsyncPolicy, Retention};
 
 use super::tolerance::read_tolerance_file;
 use super::units::{parse_bytes, parse_duration, parse_fsync, parse_node_id};
@@ -70,6 +70,14 @@ pub(crate) struct ServeArgs {
     /// The cleaner's read plus write rate limit, in MiB per second [default: unlimited].
     #[arg(long, env = "MSGLOG_CLEANER_MB_PER_SEC", value_parser = parse_mb_per_sec)]
     cleaner_mb_per_sec: Option<f64>,
+    /// Retention by size: delete the oldest sealed segments while the log stays at least
+    /// this big without them (e.g. 10G) [default: off]. Standalone nodes only, for now.
+    #[arg(long, env = "MSGLOG_RETENTION_BYTES", value_parser = parse_bytes)]
+    retention_bytes: Option<u64>,
+    /// Retention by age: delete sealed segments whose newest record was written longer ago
+    /// than this (e.g. 7d, 12h) [default: off]. Standalone nodes only, for now.
+    #[arg(long, env = "MSGLOG_RETENTION_AGE", value_parser = parse_retention_age)]
+    retention_age: Option<Duration>,
     /// How often to log a line of counts (e.g. 500ms, 10s, 1m; 0s for never).
     #[arg(long, env = "MSGLOG_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     stats_interval: Duration,
@@ -202,12 +210,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         metrics_listen: args.metrics_listen.clone(),
         cluster,
         tls: crate::tls::TlsFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone(), ca: args.tls_ca.clone() },
-        cleaner: (args.cleanup == "compact").then(|| CleanerSettings {
-            min_cleanable_ratio: args.min_cleanable_ratio,
-            delete_retention: args.delete_retention,
-            bytes_per_sec: args.cleaner_mb_per_sec.map(|mb| (mb * 1024.0 * 1024.0) as u64),
-            ..CleanerSettings::default()
-        }),
+        cleaner: cleaner_settings(&args),
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
@@ -402,6 +405,35 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
     }
 }
 
+/// The cleaner thread runs for compaction, retention or both; with neither, not at all.
+fn cleaner_settings(args: &ServeArgs) -> Option<CleanerSettings> {
+    let retention = Retention { bytes: args.retention_bytes, age: args.retention_age };
+    let compact = args.cleanup == "compact";
+    (compact || !retention.is_off()).then(|| CleanerSettings {
+        min_cleanable_ratio: args.min_cleanable_ratio,
+        delete_retention: args.delete_retention,
+        bytes_per_sec: args.cleaner_mb_per_sec.map(|mb| (mb * 1024.0 * 1024.0) as u64),
+        compact,
+        retention,
+        ..CleanerSettings::default()
+    })
+}
+
+/// A retention age is usually days, which the shared duration units lack.
+fn parse_retention_age(text: &str) -> Result<Duration, String> {
+    let age = match text.trim().strip_suffix('d') {
+        Some(days) => match days.parse::<u64>() {
+            Ok(days) => Duration::from_secs(days.saturating_mul(24 * 3600)),
+            Err(_) => return Err(format!("bad duration '{text}': expected a number and a unit, e.g. 7d, 12h, 30m")),
+        },
+        None => parse_duration(text)?,
+    };
+    match age.is_zero() {
+        true => Err("must be more than 0 (leave it unset to keep every segment)".to_string()),
+        false => Ok(age),
+    }
+}
+
 fn parse_mb_per_sec(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(rate) if rate > 0.0 && rate.is_finite() => Ok(rate),
@@ -471,5 +503,19 @@ fn init_tracing(level: Option<&str>, format: LogFormat) {
     match format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_age_takes_days_as_well_as_the_shared_units_and_is_never_zero() {
+        assert_eq!(parse_retention_age("7d"), Ok(Duration::from_secs(7 * 24 * 3600)));
+        assert_eq!(parse_retention_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert!(parse_retention_age("0d").is_err());
+        assert!(parse_retention_age("xd").is_err());
+        assert!(parse_retention_age("7").is_err());
     }
 }

@@ -79,6 +79,30 @@ impl NodeConfig {
         }
     }
 
+    /// Retention deletes segments a follower may still need, and a follower would have to
+    /// learn the leader's log start: until the fetch stream carries it, only a standalone
+    /// leader (no `--follow`, `--tolerance` or `--cluster`) applies retention.
+    pub(super) fn check_retention(&self) -> Result<(), NodeError> {
+        let Some(retention) = self.cleaner.as_ref().map(|c| c.retention).filter(|r| !r.is_off()) else {
+            return Ok(());
+        };
+        let role = match &self.role {
+            Role::Leader { tolerance: 0, .. } if self.cluster.is_none() => return Ok(()),
+            Role::Leader { .. } => "--tolerance above 0",
+            Role::Follower { .. } => "--follow",
+            Role::Cluster { .. } => "--cluster",
+        };
+        let flags = match (retention.bytes, retention.age) {
+            (Some(_), Some(_)) => "--retention-bytes and --retention-age",
+            (Some(_), None) => "--retention-bytes",
+            _ => "--retention-age",
+        };
+        Err(NodeError::Config(format!(
+            "retention needs a standalone node for now: {flags} cannot be used with {role} (followers would not \
+             learn the leader's log start; see README \"Retention\")"
+        )))
+    }
+
     pub(super) fn log_config(&self) -> Result<Config, NodeError> {
         Ok(Config {
             segment_bytes: self.segment_bytes,

@@ -44,6 +44,7 @@ impl Node {
     /// [`Node::start`] on a file system of the caller's choosing (tests inject faults).
     pub async fn start_with_fs(config: NodeConfig, fs: Arc<dyn FileSystem>) -> Result<RunningNode, NodeError> {
         let log_config = config.log_config()?;
+        config.check_retention()?;
         // Loaded first: a wrong certificate file fails the start before anything is opened.
         let tls = crate::tls::load_node(&config.tls).map_err(|err| NodeError::Config(err.to_string()))?;
         let grpc_tls = tls.as_ref().and_then(|tls| tls.grpc.clone());
@@ -116,6 +117,7 @@ impl Node {
             password: config.password.clone(),
             protected_mode: config.protected_mode,
             tls: grpc_tls.clone(),
+            retention: config.cleaner.as_ref().is_some_and(|c| !c.retention.is_off()),
         };
         let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
         tracing::info!(
@@ -232,7 +234,7 @@ impl Node {
             },
         ));
         let cleaner_task = match config.cleaner.clone() {
-            Some(settings) => Some(start_cleaner(&log, settings, &config.role, stop_replication.subscribe())?),
+            Some(settings) => start_cleaner(&log, settings, &config.role, stop_replication.subscribe())?,
             None => None,
         };
         Ok(RunningNode {
@@ -254,34 +256,35 @@ impl Node {
     }
 }
 
-/// Starts the background log cleaner, stopped (and joined) once replication is told to
-/// stop, so that the log is free to close. Only a node that leads its own log without
-/// `--tolerance` cleans, up to its durable offset. A follower or cluster member may still have its tail cut back by a
-/// leader, so it must clean only below the high watermark it learns from replication:
-/// until that is passed in here, its clean point is 0, which cleans nothing.
+/// Starts the background log cleaner (compaction and retention), stopped (and joined) once
+/// replication is told to stop, so that the log is free to close. Only a node that leads
+/// its own log without `--tolerance` gets one, cleaning up to its durable offset: a
+/// follower or cluster member may still have its tail cut back by a leader, so it could
+/// clean only below a high watermark replication does not pass in yet, and a leader that
+/// waits for followers does not clean either (a follower whose last record was cleaned
+/// away here would be told it diverged, and a tombstone must reach every follower before
+/// it is dropped). Elsewhere no thread is started, rather than one that never acts.
 fn start_cleaner(
     log: &Arc<Log>,
     settings: crate::storage::CleanerSettings,
     role: &Role,
     mut stopping: watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, NodeError> {
-    let started = match role {
-        Role::Leader { tolerance: 0, .. } => Cleaner::start(Arc::clone(log), settings, |log: &Log| {
-            let durable = log.durable_offset();
-            (durable, durable)
-        }),
-        // A leader that waits for followers does not clean either, for now: a follower whose
-        // last record was cleaned away here would be told it diverged, and a tombstone must
-        // reach every follower before it is dropped.
-        Role::Leader { .. } | Role::Follower { .. } | Role::Cluster { .. } => {
-            Cleaner::start(Arc::clone(log), settings, |_: &Log| (0, 0))
+) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+    if !matches!(role, Role::Leader { tolerance: 0, .. }) {
+        if settings.compact {
+            tracing::info!("compaction is off on this node: only a standalone leader cleans its log for now");
         }
-    };
+        return Ok(None);
+    }
+    let started = Cleaner::start(Arc::clone(log), settings, |log: &Log| {
+        let durable = log.durable_offset();
+        (durable, durable)
+    });
     let cleaner = started.map_err(NodeError::Server)?;
-    Ok(tokio::spawn(async move {
+    Ok(Some(tokio::spawn(async move {
         let _ = stopping.wait_for(|&stop| stop).await;
         let _ = tokio::task::spawn_blocking(move || cleaner.stop()).await;
-    }))
+    })))
 }
 
 /// What a starting node has bound.

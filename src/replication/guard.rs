@@ -98,6 +98,7 @@ mod tests {
             password: password.map(|p| crate::server::Password::new(p).unwrap()),
             protected_mode,
             tls: None,
+            retention: false,
         }
     }
 

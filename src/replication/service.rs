@@ -114,6 +114,13 @@ impl ReplicationRpc for Service {
                 )));
             }
         }
+        if replica && node.config.retention {
+            return Err(Status::failed_precondition(format!(
+                "{} runs retention (--retention-bytes or --retention-age), which needs a standalone node for now: \
+                 a follower would keep the records it deletes (README, \"Retention\")",
+                node.config.node_id
+            )));
+        }
         if replica && node.is_cluster() {
             fence_replica_fetch(node, &request)?;
         }
@@ -368,6 +375,7 @@ async fn stream_log(
                     frames: Vec::new(),
                     leader_next_offset: node.log.next_offset(),
                     high_watermark: told_watermark,
+                    log_start_offset: node.log.log_start_offset(),
                 };
                 if tx.send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Records(records)) })).await.is_err() {
                     return;
@@ -395,7 +403,13 @@ async fn stream_log(
         }
         let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
         told_watermark = told_watermark.max(high_watermark);
-        let records = Records { frames: chunk.bytes, leader_next_offset: node.log.next_offset(), high_watermark };
+        let log_start_offset = node.log.log_start_offset();
+        let records = Records {
+            frames: chunk.bytes,
+            leader_next_offset: node.log.next_offset(),
+            high_watermark,
+            log_start_offset,
+        };
         let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
         tokio::select! {
             sent = tx.send(Ok(response)) => if sent.is_err() { return },

@@ -92,10 +92,19 @@ pub async fn tail_with_tls(
         log_id: String::new(),
     };
     let mut stream = client.fetch(super::service::with_password(fetch, request.password.as_ref())).await?.into_inner();
+    let mut told = false;
     while let Some(message) = stream.message().await? {
         match message.kind {
             Some(fetch_response::Kind::Hello(_)) => {}
             Some(fetch_response::Kind::Records(records)) => {
+                if !told && request.offset < records.log_start_offset {
+                    told = true;
+                    eprintln!(
+                        "msglog: note: offset {} is below the log start {}: retention deleted the records before it; \
+                         starting at {}",
+                        request.offset, records.log_start_offset, records.log_start_offset
+                    );
+                }
                 for record in Records::new(&records.frames, usize::MAX) {
                     let record = record
                         .map_err(|(position, reason)| TailError::Corrupt { position, reason: reason.to_string() })?;

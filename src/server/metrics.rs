@@ -345,6 +345,9 @@ impl Collector for NodeCollector {
         if let Some(log) = self.log.upgrade() {
             let stats = log.stats();
             let fsync = log.fsync_stats();
+            let (cleaner, retention) = (log.cleaner_stats(), log.retention_stats());
+            let dirty_ratio = log.dirty_ratio(stats.durable_offset);
+            let log_start = log.log_start_offset();
             drop(log);
             gauge(e, "log_records", "Records in the log (messages and tombstones).", stats.records)?;
             gauge(e, "log_ids", "IDs holding a message.", stats.ids)?;
@@ -354,6 +357,16 @@ impl Collector for NodeCollector {
             gauge(e, "log_durable_offset", "Every record below this offset is durable.", stats.durable_offset)?;
             gauge(e, "epoch", "The highest leader epoch this node has begun or seen.", u64::from(stats.epoch))?;
             counter(e, "fsyncs", "Fsyncs of the log since it was opened.", fsync.fsyncs)?;
+            let ratio = ConstGauge::new(dirty_ratio);
+            let help = "Share of the committed sealed bytes not yet cleaned by compaction (0 to 1).";
+            ratio.encode(e.encode_descriptor("cleaner_dirty_ratio", help, None, ratio.metric_type())?)?;
+            let help = "Bytes of segments compaction removed from disk since start.";
+            counter(e, "cleaner_cleaned_bytes", help, cleaner.cleaned_bytes)?;
+            let help = "Compaction passes that swapped cleaned segments in since start.";
+            counter(e, "cleaner_runs", help, cleaner.runs)?;
+            gauge(e, "log_start_offset", "First offset the log keeps; retention moves it up.", log_start)?;
+            let help = "Bytes of old segments retention deleted since start.";
+            counter(e, "retention_deleted_bytes", help, retention.deleted_bytes)?;
             let micros = &fsync.micros;
             histogram(
                 e,

@@ -182,6 +182,7 @@ fn info(shared: &Shared, sections: Args<'_>) -> String {
             ("get_per_sec", format!("{:.0}", s.get_per_sec)),
         ],
     );
+    section("compaction", &s.info_compaction());
     let replication = s.info_replication();
     section("replication", &replication.iter().map(|(k, v)| (k.as_str(), v.clone())).collect::<Vec<_>>());
     section("keyspace", &[("db0", format!("keys={},expires=0,avg_ttl=0", s.ids))]);

@@ -101,6 +101,10 @@ pub(crate) struct Snapshot {
     /// Bytes compaction removed from disk, and its passes, since start.
     pub(crate) cleaned_bytes: u64,
     pub(crate) cleaner_runs: u64,
+    /// First offset the log keeps (retention moves it up), and what retention deleted.
+    pub(crate) log_start_offset: u64,
+    pub(crate) retention_deleted_segments: u64,
+    pub(crate) retention_deleted_bytes: u64,
     pub(crate) connections: u64,
     /// Bytes of the buffer budget that connections hold now.
     pub(crate) buffered_bytes: u64,
@@ -118,6 +122,7 @@ impl Snapshot {
     pub(crate) fn take(shared: &Shared, roll: bool) -> Snapshot {
         let log = shared.log.stats();
         let cleaner = shared.log.cleaner_stats();
+        let retention = shared.log.retention_stats();
         let metrics = &shared.metrics;
         let sets = metrics.sets.load(Ordering::Relaxed);
         let gets = metrics.gets.load(Ordering::Relaxed);
@@ -146,6 +151,9 @@ impl Snapshot {
             dirty_ratio: shared.log.dirty_ratio(log.durable_offset),
             cleaned_bytes: cleaner.cleaned_bytes,
             cleaner_runs: cleaner.runs,
+            log_start_offset: shared.log.log_start_offset(),
+            retention_deleted_segments: retention.deleted_segments,
+            retention_deleted_bytes: retention.deleted_bytes,
             connections: metrics.connections.load(Ordering::Relaxed),
             buffered_bytes: shared.budget.used() as u64,
             sets,
@@ -168,6 +176,7 @@ impl fmt::Display for Snapshot {
             f,
             "role={} node_id={} records={} ids={} segments={} bytes={} last_offset={} durable_offset={} epoch={} fsyncs={} \
              dirty_ratio={:.3} cleaned_bytes={} cleaner_runs={} \
+             log_start_offset={} retention_deleted_segments={} retention_deleted_bytes={} \
              connections={} buffered_bytes={} sets={} gets={} set_per_sec={:.0} get_per_sec={:.0}",
             self.role,
             self.node_id,
@@ -182,6 +191,9 @@ impl fmt::Display for Snapshot {
             self.dirty_ratio,
             self.cleaned_bytes,
             self.cleaner_runs,
+            self.log_start_offset,
+            self.retention_deleted_segments,
+            self.retention_deleted_bytes,
             self.connections,
             self.buffered_bytes,
             self.sets,
@@ -197,6 +209,18 @@ impl fmt::Display for Snapshot {
 }
 
 impl Snapshot {
+    /// INFO's `# Compaction` lines: the cleaner's and retention's figures, as in STATS.
+    pub(crate) fn info_compaction(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("dirty_ratio", format!("{:.3}", self.dirty_ratio)),
+            ("cleaned_bytes", self.cleaned_bytes.to_string()),
+            ("cleaner_runs", self.cleaner_runs.to_string()),
+            ("log_start_offset", self.log_start_offset.to_string()),
+            ("retention_deleted_segments", self.retention_deleted_segments.to_string()),
+            ("retention_deleted_bytes", self.retention_deleted_bytes.to_string()),
+        ]
+    }
+
     /// INFO's `# Replication` lines: Redis's fields first where one fits, so that tools
     /// reading `role:` or `master_link_status:` understand msglog, then msglog's own pairs.
     /// Offsets count records, not bytes: `master_repl_offset` is the next offset, a
@@ -317,6 +341,7 @@ impl Snapshot {
             (self.epoch, self.fsyncs, self.connections, self.buffered_bytes, self.sets, self.gets, self.dels),
             self.replication.clone(),
             (self.cleaned_bytes, self.cleaner_runs, self.dirty_ratio.to_bits()),
+            (self.log_start_offset, self.retention_deleted_segments, self.retention_deleted_bytes),
         )
     }
 }
@@ -358,6 +383,8 @@ pub(crate) async fn report_every(
             dirty_ratio = format_args!("{:.3}", s.dirty_ratio),
             cleaned_bytes = s.cleaned_bytes,
             cleaner_runs = s.cleaner_runs,
+            log_start_offset = s.log_start_offset,
+            retention_deleted_bytes = s.retention_deleted_bytes,
             connections = s.connections,
             buffered_bytes = s.buffered_bytes,
             sets = s.sets,

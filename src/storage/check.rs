@@ -219,8 +219,8 @@ fn logical_digest(ids: &IdIndex, sealed: &[SealedSegment], config: &Config) -> [
     hasher.finalize().into()
 }
 
-/// The segments to check (files after the manifest's last segment are leftovers recovery
-/// deletes), and the first hole in the chain, if any.
+/// The segments to check (files after the manifest's last segment, or before its first,
+/// are leftovers recovery deletes), and the first hole in the chain, if any.
 fn chain(dir: &Path, files: Vec<Offset>, swaps: &[(Offset, Offset, PathBuf)]) -> Result<(Vec<Offset>, Option<Damage>)> {
     let hole = |segment, kind, reason: &str| Damage {
         segment,
@@ -248,7 +248,8 @@ fn chain(dir: &Path, files: Vec<Offset>, swaps: &[(Offset, Offset, PathBuf)]) ->
         }
         (None, None) => None,
     };
-    Ok((files.into_iter().filter(|b| !found.leftover.contains(b)).collect(), damage))
+    let leftover = |b: &Offset| found.leftover.contains(b) || found.below_start.contains(b);
+    Ok((files.into_iter().filter(|b| !leftover(b)).collect(), damage))
 }
 
 /// Where a repair cuts: byte `position` of `segment` (`len` bytes long), whose first cut

@@ -1,11 +1,14 @@
-//! The background cleaner: a thread that wakes periodically and cleans the log once
-//! enough of it is dirty (`msglog serve --cleanup compact`).
+//! The background cleaner: a thread that wakes periodically, deletes segments past
+//! retention (`--retention-bytes`, `--retention-age`) and cleans the log once enough of it
+//! is dirty (`msglog serve --cleanup compact`).
 
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::cleaner::CleanOptions;
+use super::log::now_ms;
+use super::retention::Retention;
 use super::rewrite::Pace;
 use super::{Log, Offset};
 
@@ -18,8 +21,12 @@ pub struct CleanerSettings {
     pub delete_retention: Duration,
     /// Read plus write rate limit (`--cleaner-mb-per-sec`); `None`: unlimited.
     pub bytes_per_sec: Option<u64>,
-    /// How often the cleaner looks at the dirty ratio.
+    /// How often the cleaner looks at the dirty ratio and retention.
     pub check_every: Duration,
+    /// Whether to compact (`--cleanup compact`); off, the thread only applies retention.
+    pub compact: bool,
+    /// Whole old segments to delete; off by default.
+    pub retention: Retention,
 }
 
 impl Default for CleanerSettings {
@@ -29,6 +36,8 @@ impl Default for CleanerSettings {
             delete_retention: Duration::from_secs(24 * 3600),
             bytes_per_sec: None,
             check_every: Duration::from_secs(1),
+            compact: true,
+            retention: Retention::default(),
         }
     }
 }
@@ -104,9 +113,16 @@ fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> (Offs
     while !signal.wait(settings.check_every) {
         let Some(log) = log.upgrade() else { return };
         let (upto, tombstone_horizon) = points(&log);
+        if upto == 0 {
+            continue;
+        }
+        // First, so the cleaner does not rewrite segments about to be deleted.
+        if let Err(e) = log.apply_retention(&settings.retention, upto, now_ms()) {
+            tracing::warn!(error = %e, "deleting segments past retention failed; retrying at the next check");
+        }
         // Nothing dirty means nothing new to drop, whatever the minimum ratio.
         let ratio = log.dirty_ratio(upto);
-        if upto == 0 || ratio == 0.0 || ratio < settings.min_cleanable_ratio {
+        if !settings.compact || ratio == 0.0 || ratio < settings.min_cleanable_ratio {
             continue;
         }
         let opts = CleanOptions {

@@ -86,6 +86,18 @@ impl IdIndex {
         whole
     }
 
+    /// Moves every entry to `f(position)`, dropping those `f` has no place for (retention
+    /// deleted the segment holding the ID's latest record).
+    pub fn retain_moved(&mut self, mut f: impl FnMut(Position) -> Option<Position>) {
+        self.table.retain(|entry| match f(entry.at) {
+            Some(at) => {
+                entry.at = at;
+                true
+            }
+            None => false,
+        });
+    }
+
     /// Heap bytes held by the index.
     pub fn heap_bytes(&self) -> usize {
         self.table.allocation_size()

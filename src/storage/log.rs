@@ -89,6 +89,7 @@ pub(super) struct State {
     pub truncations: u64,
     /// The clean point and the cleaner's counters (see `cleaner`).
     pub compaction: super::cleaner::Compaction,
+    pub retention: super::retention::Tracker,
 }
 
 /// The first write or fsync that failed.
@@ -161,6 +162,7 @@ impl Log {
             persisted_epoch,
             truncations: 0,
             compaction,
+            retention: Default::default(),
         };
         let shared = Arc::new(Shared {
             data_dir: data_dir.to_path_buf(),

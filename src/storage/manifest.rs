@@ -9,11 +9,14 @@
 //! - a truncation (follower divergence, repair) lists only the kept segments, then
 //!   deletes the others.
 //!
+//! - retention lists only the segments it keeps, then deletes the oldest ones.
+//!
 //! So a crash leaves at most segment files *after* the last listed one that the manifest
 //! does not list: either a roll's new file, which never held a record (appends to it
 //! begin only after the manifest lists it), or files a truncation had already decided to
-//! drop. Recovery deletes both. A listed file that is missing, or an unlisted one before
-//! the last listed, is corruption nothing explains.
+//! drop; or files *before* the first listed one, which retention had decided to delete.
+//! Recovery deletes all of them. A listed file that is missing, or an unlisted one between
+//! listed ones, is corruption nothing explains.
 
 use std::path::{Path, PathBuf};
 
@@ -67,21 +70,25 @@ pub(super) fn write(fs: &dyn FileSystem, dir: &Path, bases: &[Offset]) -> Result
 pub(super) struct Reconciled {
     /// Listed segments whose file is gone.
     pub missing: Vec<Offset>,
-    /// Unlisted files before the last listed segment.
+    /// Unlisted files between listed segments.
     pub unlisted: Vec<Offset>,
+    /// Unlisted files before the first listed segment: left by a crash in retention,
+    /// which lists only what it keeps before deleting the rest.
+    pub below_start: Vec<Offset>,
     /// Unlisted files after the last listed segment: left by a crash in a roll or a
     /// truncation, never holding an acknowledged record the manifest still counts.
     pub leftover: Vec<Offset>,
 }
 
 pub(super) fn reconcile(listed: &[Offset], files: &[Offset]) -> Reconciled {
-    let last = listed.last().copied();
+    let (first, last) = (listed.first().copied(), listed.last().copied());
     let mut r =
         Reconciled { missing: listed.iter().filter(|b| !files.contains(b)).copied().collect(), ..Default::default() };
     for &base in files.iter().filter(|b| !listed.contains(b)) {
         // An empty list explains nothing: every file is unlisted.
-        match last {
-            Some(last) if base > last => r.leftover.push(base),
+        match (first, last) {
+            (_, Some(last)) if base > last => r.leftover.push(base),
+            (Some(first), _) if base < first => r.below_start.push(base),
             _ => r.unlisted.push(base),
         }
     }
@@ -150,6 +157,10 @@ pub(super) fn chain(
         tracing::warn!(segment = %path.display(), to = %aside.display(), "repair: setting aside a segment the manifest does not list");
         fs.rename(&path, &aside)?;
     }
+    if !found.below_start.is_empty() {
+        tracing::info!(dir = %dir.display(), segments = ?found.below_start, "deleting segments retention had dropped from the manifest before a restart");
+        remove_segment_files(fs, dir, &found.below_start)?;
+    }
     if !found.leftover.is_empty() {
         tracing::warn!(dir = %dir.display(), segments = ?found.leftover, "deleting segments an interrupted roll or truncation left after the last listed one");
         remove_segment_files(fs, dir, &found.leftover)?;
@@ -167,6 +178,12 @@ mod tests {
     #[test]
     fn files_after_the_last_listed_segment_are_leftovers_and_gaps_are_missing() {
         let r = reconcile(&[0, 10, 20], &[0, 5, 20, 30]);
-        assert_eq!(r, Reconciled { missing: vec![10], unlisted: vec![5], leftover: vec![30] });
+        assert_eq!(r, Reconciled { missing: vec![10], unlisted: vec![5], leftover: vec![30], below_start: vec![] });
+    }
+
+    #[test]
+    fn files_before_the_first_listed_segment_are_retention_leftovers() {
+        let r = reconcile(&[20, 30], &[0, 10, 20, 25, 30]);
+        assert_eq!(r, Reconciled { below_start: vec![0, 10], unlisted: vec![25], ..Reconciled::default() });
     }
 }

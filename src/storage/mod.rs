@@ -81,6 +81,7 @@ mod manifest;
 mod offset_index;
 pub mod record;
 mod recovery;
+mod retention;
 mod rewrite;
 mod segment;
 mod state;
@@ -96,6 +97,7 @@ pub use fs::{FileSystem, RealFs};
 pub use lineage::{Lineage, Origin};
 pub use log::{Chunk, Log, LogStats};
 pub use record::{RecordKind, RecordRef};
+pub use retention::{Retention, RetentionStats, RetentionSummary};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 

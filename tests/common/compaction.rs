@@ -2,10 +2,12 @@
 //! cleaner has sealed segments to work on), clean passes that may drop every tombstone,
 //! and temporary dirs in memory.
 
+use std::fs::File;
+use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use msglog::storage::{CleanOptions, Config, FsyncPolicy};
+use msglog::storage::{CleanOptions, Config, FileSystem, FsyncPolicy};
 use tempfile::TempDir;
 
 pub fn small_segments() -> Config {
@@ -30,5 +32,71 @@ pub fn temp_dir() -> TempDir {
     match shm.is_dir() {
         true => tempfile::Builder::new().prefix("msglog-compaction").tempdir_in(shm).unwrap(),
         false => TempDir::new().unwrap(),
+    }
+}
+
+/// Base offsets of the segment files in a data dir's `log/`, ascending.
+pub fn segment_bases(data_dir: &Path) -> Vec<u64> {
+    let mut bases: Vec<u64> = std::fs::read_dir(data_dir.join("log"))
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".log")?.parse().ok())
+        .collect();
+    bases.sort_unstable();
+    bases
+}
+
+/// Counts the operations passed on to another file system, so a test can aim a fault at
+/// the operations of one step (run it once to count, then cut at each).
+#[derive(Debug)]
+pub struct CountingFs<F> {
+    inner: std::sync::Arc<F>,
+    ops: std::sync::atomic::AtomicU64,
+}
+
+impl<F: FileSystem> CountingFs<F> {
+    pub fn new(inner: std::sync::Arc<F>) -> CountingFs<F> {
+        CountingFs { inner, ops: Default::default() }
+    }
+
+    pub fn ops(&self) -> u64 {
+        self.ops.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn count(&self) -> &F {
+        self.ops.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        &self.inner
+    }
+}
+
+impl<F: FileSystem> FileSystem for CountingFs<F> {
+    fn create_new(&self, path: &Path) -> io::Result<File> {
+        self.count().create_new(path)
+    }
+    fn create(&self, path: &Path) -> io::Result<File> {
+        self.count().create(path)
+    }
+    fn open(&self, path: &Path) -> io::Result<File> {
+        self.count().open(path)
+    }
+    fn write_at(&self, file: &File, path: &Path, bytes: &[u8], position: u64) -> io::Result<()> {
+        self.count().write_at(file, path, bytes, position)
+    }
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
+        self.count().set_len(file, path, len)
+    }
+    fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
+        self.count().sync_data(file, path)
+    }
+    fn sync_all(&self, file: &File, path: &Path) -> io::Result<()> {
+        self.count().sync_all(file, path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.count().sync_dir(dir)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.count().rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        self.count().remove(path)
     }
 }

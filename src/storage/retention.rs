@@ -1,0 +1,194 @@
+//! Retention (Kafka's `cleanup.policy=delete`): whole sealed segments are deleted from the
+//! oldest end once the log is over `--retention-bytes` or their newest record is older
+//! than `--retention-age` (`docs/FORMAT.md`, "Retention").
+//!
+//! Deleting is crash-atomic like the compaction swap: the manifest is rewritten without
+//! the deleted bases (the commit point), then their files are unlinked. Recovery deletes
+//! files below the first listed base with a log line. The log start offset is the first
+//! listed base, so it survives a restart with the manifest.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+
+use super::log::State;
+use super::manifest;
+use super::record::peek;
+use super::recovery::remove_segment_files;
+use super::segment::{HEADER_LEN, SealedSegment};
+use super::{Log, Offset, Result};
+
+/// When whole old segments are deleted; both off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete the oldest segments while the log stays at or above this size without them.
+    pub bytes: Option<u64>,
+    /// Delete segments whose newest record was written longer ago than this.
+    pub age: Option<Duration>,
+}
+
+impl Retention {
+    pub fn is_off(&self) -> bool {
+        self.bytes.is_none() && self.age.is_none()
+    }
+}
+
+/// What one retention step deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionSummary {
+    pub segments: u64,
+    pub bytes: u64,
+    /// The first offset the log keeps from now on.
+    pub log_start: Offset,
+}
+
+/// Retention counters since open, for STATS, INFO and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetentionStats {
+    pub deleted_segments: u64,
+    pub deleted_bytes: u64,
+}
+
+/// The retention part of the log state.
+#[derive(Debug, Default)]
+pub(super) struct Tracker {
+    pub stats: RetentionStats,
+    /// Figures of sealed segments by (base, length): a cleaned segment keeps its base but
+    /// not its length, so the pair names one immutable file content.
+    figures: Mutex<HashMap<(Offset, u64), Figures>>,
+}
+
+/// What deciding and deleting needs to know of a sealed segment.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    records: u64,
+    /// Largest record timestamp (Kafka's rule: a segment is as young as its newest record).
+    newest_ms: Option<i64>,
+}
+
+fn figures_of(segment: &SealedSegment) -> Figures {
+    let bytes = &segment.map[..];
+    let (mut records, mut newest_ms, mut at) = (0, None::<i64>, HEADER_LEN);
+    while let Some((len, _)) = peek(bytes.get(at..).unwrap_or(&[])) {
+        if at + len > bytes.len() {
+            break;
+        }
+        let ts = LE::read_i64(&bytes[at + 20..at + 28]);
+        newest_ms = Some(newest_ms.map_or(ts, |n| n.max(ts)));
+        records += 1;
+        at += len;
+    }
+    Figures { records, newest_ms }
+}
+
+impl Tracker {
+    fn figures(&self, segment: &SealedSegment) -> Figures {
+        let key = (segment.base, segment.map.len() as u64);
+        let mut cache = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        *cache.entry(key).or_insert_with(|| figures_of(segment))
+    }
+
+    fn forget_except(&self, sealed: &[SealedSegment]) {
+        let mut cache = self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        cache.retain(|&(base, len), _| sealed.iter().any(|s| s.base == base && s.map.len() as u64 == len));
+    }
+}
+
+/// How many leading sealed segments `policy` deletes: only segments wholly below `upto`,
+/// and by size only while what remains is still at least the limit (Kafka's rule).
+fn doomed(st: &State, policy: &Retention, upto: Offset, now_ms: i64) -> usize {
+    let total: u64 = st.sealed.iter().map(|s| s.map.len() as u64).sum::<u64>() + st.active.len();
+    let mut remaining = total;
+    let mut count = 0;
+    for segment in &st.sealed {
+        let below = segment.last_offset.map_or(segment.base < upto, |last| last < upto);
+        if !below {
+            break;
+        }
+        let len = segment.map.len() as u64;
+        let by_size = policy.bytes.is_some_and(|limit| remaining - len >= limit);
+        let by_age = policy.age.is_some_and(|age| {
+            let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+            // An empty segment has no age of its own; it goes once a later one would.
+            st.retention.figures(segment).newest_ms.is_none_or(|newest| newest < now_ms.saturating_sub(age_ms))
+        });
+        if !(by_size || by_age) {
+            break;
+        }
+        remaining -= len;
+        count += 1;
+    }
+    count
+}
+
+impl Log {
+    /// The first offset the log holds or will hold: the base of its first segment.
+    /// Retention moves it up; nothing else does.
+    pub fn log_start_offset(&self) -> Offset {
+        let st = self.shared.read();
+        st.sealed.first().map_or(st.active.base, |s| s.base)
+    }
+
+    pub fn retention_stats(&self) -> RetentionStats {
+        self.shared.read().retention.stats
+    }
+
+    /// Deletes the oldest sealed segments `policy` says are past retention, only ones whose
+    /// records all lie below `upto` (a committed offset), judging age against `now_ms`.
+    /// `None` when nothing is due, or a cleaning pass is under way (it would swap segments
+    /// this deletes).
+    pub fn apply_retention(&self, policy: &Retention, upto: Offset, now_ms: i64) -> Result<Option<RetentionSummary>> {
+        if policy.is_off() {
+            return Ok(None);
+        }
+        // Figures are read under the shared lock first, so the write lock below only
+        // finds them cached.
+        if doomed(&self.shared.read(), policy, upto, now_ms) == 0 {
+            return Ok(None);
+        }
+        let mut st = self.shared.write();
+        if st.failed.is_some() || st.compaction.running {
+            return Ok(None);
+        }
+        let count = doomed(&st, policy, upto, now_ms);
+        if count == 0 {
+            return Ok(None);
+        }
+        self.delete_leading(&mut st, count).map(Some)
+    }
+
+    /// Deletes the first `count` sealed segments: the manifest first (the commit point),
+    /// then the state, then the files.
+    fn delete_leading(&self, st: &mut State, count: usize) -> Result<RetentionSummary> {
+        let shared = &self.shared;
+        let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
+        let kept: Vec<Offset> = st.sealed[count..].iter().map(|s| s.base).chain([st.active.base]).collect();
+        if let Err(e) = manifest::write(fs, dir, &kept) {
+            return Err(st.fail(format!("rewriting the manifest for retention failed: {e}")));
+        }
+        let gone: Vec<SealedSegment> = st.sealed.drain(..count).collect();
+        let records: u64 = gone.iter().map(|s| st.retention.figures(s).records).sum();
+        st.records = st.records.saturating_sub(records);
+        let shift = count as u32;
+        // An ID whose latest record was deleted is gone, as in Kafka with `delete`.
+        st.ids.retain_moved(|at| {
+            (at.segment >= shift).then_some(super::id_index::Position { segment: at.segment - shift, ..at })
+        });
+        st.retention.forget_except(&st.sealed);
+        let bytes: u64 = gone.iter().map(|s| s.map.len() as u64).sum();
+        st.retention.stats.deleted_segments += count as u64;
+        st.retention.stats.deleted_bytes += bytes;
+        let log_start = kept[0];
+        let bases: Vec<Offset> = gone.iter().map(|s| s.base).collect();
+        drop(gone);
+        let summary = RetentionSummary { segments: count as u64, bytes, log_start };
+        tracing::info!(segments = summary.segments, bytes, log_start, "retention deleted old segments");
+        // Committed already: a failed unlink only leaves a file the next open deletes.
+        if let Err(e) = remove_segment_files(fs, dir, &bases) {
+            tracing::warn!(error = %e, "deleting segment files past retention failed; the next start removes them");
+        }
+        Ok(summary)
+    }
+}
