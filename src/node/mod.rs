@@ -89,6 +89,8 @@ impl Node {
             };
         let log = Arc::new(log);
         let node_id = config.node_id.clone().unwrap_or_else(|| client_addr.to_string());
+        let certificate_reload =
+            tls.as_ref().map(|tls| crate::tls::CertificateReload::new(config.tls.clone(), tls.client_port.clone()));
         let server_config = ServerConfig {
             node_id: node_id.clone(),
             fsync: config.fsync,
@@ -206,6 +208,8 @@ impl Node {
             _ => None,
         };
         let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stop_replication.subscribe()));
+        let hangup_task =
+            crate::tls::watch_hangup(certificate_reload, stop_replication.subscribe()).map_err(NodeError::Server)?;
         let mut stopped = clients_stopping;
         let cluster: Arc<dyn Cluster> = match &quorum {
             Some(quorum) => Arc::new(cluster::Member::new(Arc::clone(&replication), Arc::clone(quorum))),
@@ -247,7 +251,7 @@ impl Node {
             quorum,
             driver_task,
             stop_driver,
-            background: metrics_task.into_iter().chain([watch_task]).chain(cleaner_task).collect(),
+            background: metrics_task.into_iter().chain([watch_task, hangup_task]).chain(cleaner_task).collect(),
         })
     }
 }
@@ -358,7 +362,8 @@ pub struct RunningNode {
     quorum: Option<Arc<Quorum>>,
     driver_task: Option<JoinHandle<Result<(), NodeError>>>,
     stop_driver: watch::Sender<bool>,
-    /// The metrics server and the follower watch: they end on the stop signal.
+    /// The metrics server, the follower watch and the SIGHUP watch: they end on the stop
+    /// signal.
     background: Vec<JoinHandle<()>>,
 }
 

@@ -7,11 +7,14 @@
 //! claim against it.
 //!
 //! Everything is loaded and checked at start, so a wrong file fails `msglog serve` with a
-//! message naming it rather than failing each handshake later.
+//! message naming it rather than failing each handshake later. SIGHUP loads them again
+//! ([`reload`]).
+
+mod reload;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
@@ -55,9 +58,27 @@ pub enum TlsError {
     Setup(String),
 }
 
-/// The client port's TLS: what each accepted connection's handshake uses.
+pub use reload::{CertificateReload, watch_hangup};
+
+/// The client port's TLS: what each accepted connection's handshake uses. Clones share one
+/// acceptor, which a reload replaces; a connection keeps the one it was accepted with.
 #[derive(Clone)]
-pub struct ClientPortTls(tokio_rustls::TlsAcceptor);
+pub struct ClientPortTls(Arc<RwLock<tokio_rustls::TlsAcceptor>>);
+
+impl ClientPortTls {
+    fn new(acceptor: tokio_rustls::TlsAcceptor) -> ClientPortTls {
+        ClientPortTls(Arc::new(RwLock::new(acceptor)))
+    }
+
+    /// An acceptor is an `Arc` inside: the clone is cheap and the lock is held only for it.
+    fn current(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn replace(&self, acceptor: tokio_rustls::TlsAcceptor) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = acceptor;
+    }
+}
 
 impl std::fmt::Debug for ClientPortTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +101,8 @@ pub struct NodeTls {
     pub client_port: ClientPortTls,
     /// Present with `--tls-ca`.
     pub grpc: Option<GrpcTls>,
+    /// The DNS and IP names of the node's certificate, for the log.
+    names: Vec<String>,
 }
 
 /// The client port's side of an accepted TLS connection.
@@ -101,6 +124,7 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         }
     };
     let (cert_pem, certs) = read_certs(cert_path, "--tls-cert")?;
+    let names = certificate_names(&certs[0]);
     let key_pem = read(key_path, "--tls-key")?;
     let key = parse_key(&key_pem, key_path)?;
     let mismatch = |err: rustls::Error| TlsError::Mismatch {
@@ -114,7 +138,7 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(mismatch)?;
-    let client_port = ClientPortTls(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
+    let client_port = ClientPortTls::new(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
     let grpc = match &files.ca {
         None => None,
         Some(ca_path) => {
@@ -139,7 +163,7 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
             })
         }
     };
-    Ok(Some(NodeTls { client_port, grpc }))
+    Ok(Some(NodeTls { client_port, grpc, names }))
 }
 
 /// What a TLS client (`msglog client|tail`) trusts, and the certificate it may present.
@@ -227,7 +251,7 @@ pub async fn accept(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream,
         Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => return Err(HandshakeFailure::Plain(tcp)),
         Ok(Ok(_)) => {}
     }
-    match tokio::time::timeout_at(deadline, tls.0.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, tls.current().accept(tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(err)) => Err(HandshakeFailure::Failed(err)),
         Err(_) => Err(HandshakeFailure::TimedOut),
@@ -307,6 +331,12 @@ fn accept_only(local: &std::net::TcpListener, user: std::net::SocketAddr) -> any
         }
     }
     anyhow::bail!("the local relay socket was taken by other processes")
+}
+
+/// What a certificate names: enough for an operator to tell which one a node loaded.
+fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok(cert) = webpki::EndEntityCert::try_from(cert) else { return Vec::new() };
+    cert.valid_dns_names().map(str::to_string).collect()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
