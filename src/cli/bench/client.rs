@@ -4,14 +4,18 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::tls::{ClientPortConnector, ClientTlsStream};
 
 use super::codec::{Desync, Encoder, Protocol, Reply, describe, parse_reply};
 use super::workload::{Op, Rng, Workload, key_bytes};
@@ -156,7 +160,7 @@ struct InFlight {
 /// buffers to the socket, so a large pipelined batch is never stuck writing while the
 /// server waits for us to read its replies.
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Transport,
     rbuf: BytesMut,
     wbuf: WriteBuf,
     inflight: VecDeque<InFlight>,
@@ -195,36 +199,145 @@ impl WriteBuf {
     }
 }
 
+/// The socket a client speaks on. Plain TCP is driven by readiness and `try_*` calls;
+/// a TLS stream has no such calls, so it is polled for a write and a read together.
+enum Transport {
+    Plain(TcpStream),
+    Tls {
+        stream: Box<ClientTlsStream>,
+        /// Where decrypted bytes land before they join the read buffer.
+        scratch: Vec<u8>,
+    },
+}
+
+impl Transport {
+    /// Writes what it can of `wbuf` and reads what has arrived into `rbuf`, waiting until
+    /// one of them makes progress. `true` when bytes were read.
+    async fn exchange(&mut self, wbuf: &mut WriteBuf, rbuf: &mut BytesMut, inflight: usize) -> Result<bool, String> {
+        let closed = || format!("connection closed by the server with {inflight} requests in flight");
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+            // Reclaims the consumed front of the buffer when it can, so steady state
+            // does not allocate.
+            rbuf.reserve(READ_CHUNK);
+        }
+        let (stream, scratch) = match self {
+            Transport::Plain(stream) => return exchange_plain(stream, wbuf, rbuf, closed).await,
+            Transport::Tls { stream, scratch } => (stream, scratch),
+        };
+        std::future::poll_fn(|cx| {
+            let mut wrote = false;
+            if !wbuf.unwritten().is_empty() {
+                match Pin::new(&mut **stream).poll_write(cx, wbuf.unwritten()) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err("write failed: the connection is closed".into())),
+                    Poll::Ready(Ok(n)) => {
+                        wbuf.mark_written(n);
+                        wrote = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("write failed: {e}"))),
+                    Poll::Pending => {}
+                }
+            } else if let Poll::Ready(Err(e)) = Pin::new(&mut **stream).poll_flush(cx) {
+                // TLS records still queued after the last accepted write go out here.
+                return Poll::Ready(Err(format!("write failed: {e}")));
+            }
+            let mut read = ReadBuf::new(scratch);
+            match Pin::new(&mut **stream).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Err(closed())),
+                Poll::Ready(Ok(())) => {
+                    rbuf.extend_from_slice(read.filled());
+                    Poll::Ready(Ok(true))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(format!("read failed: {e}"))),
+                Poll::Pending if wrote => Poll::Ready(Ok(false)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// [`Transport::exchange`] on plain TCP: reads and writes go straight from the buffers to
+/// the socket, no copy beyond the kernel's.
+async fn exchange_plain(
+    stream: &TcpStream,
+    wbuf: &mut WriteBuf,
+    rbuf: &mut BytesMut,
+    closed: impl FnOnce() -> String,
+) -> Result<bool, String> {
+    if !wbuf.unwritten().is_empty() {
+        match stream.try_write(wbuf.unwritten()) {
+            Ok(n) => wbuf.mark_written(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(format!("write failed: {e}")),
+        }
+    }
+    let interest = match wbuf.unwritten().is_empty() {
+        true => Interest::READABLE,
+        false => Interest::READABLE | Interest::WRITABLE,
+    };
+    let ready = stream.ready(interest).await.map_err(|e| format!("socket failed: {e}"))?;
+    if !ready.is_readable() {
+        return Ok(false);
+    }
+    match stream.try_read_buf(rbuf) {
+        Ok(0) => Err(closed()),
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(format!("read failed: {e}")),
+    }
+}
+
+/// Sends AUTH on `stream` and reads its one-line reply.
+async fn send_auth(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &[u8]) -> Result<String, String> {
+    stream.write_all(request).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    // The reply is one short line; nothing else is in flight on the connection yet.
+    let mut reply = Vec::new();
+    while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte).await {
+            Ok(0) => return Err("the server closed the connection".to_string()),
+            Ok(_) => reply.push(byte[0]),
+            Err(err) => return Err(err.to_string()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&reply).trim_end().to_string())
+}
+
 impl Conn {
     /// Sends AUTH and waits for its `OK`, before anything is measured. The error is the
     /// server's reply.
     pub(super) async fn authenticate(&mut self, protocol: Protocol, password: &str) -> Result<(), String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let request = match protocol {
             Protocol::Text => format!("AUTH {password}\r\n"),
             Protocol::Resp => format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len()),
         };
-        self.stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        // The reply is one short line; nothing else is in flight on the connection yet.
-        let mut reply = Vec::new();
-        while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
-            let mut byte = [0u8; 1];
-            match self.stream.read(&mut byte).await {
-                Ok(0) => return Err("the server closed the connection".to_string()),
-                Ok(_) => reply.push(byte[0]),
-                Err(err) => return Err(err.to_string()),
-            }
-        }
-        let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
+        let reply = match &mut self.stream {
+            Transport::Plain(stream) => send_auth(stream, request.as_bytes()).await?,
+            Transport::Tls { stream, .. } => send_auth(&mut **stream, request.as_bytes()).await?,
+        };
         match reply.as_str() {
             "OK" | "+OK" => Ok(()),
             _ => Err(reply),
         }
     }
 
-    pub(super) async fn connect(addr: SocketAddr, pipeline: usize) -> io::Result<Conn> {
+    /// Connects to `addr`; over TLS when `tls` gives the connector and the name the
+    /// user gave the server (`--addr`), whose host its certificate must carry.
+    pub(super) async fn connect(
+        addr: SocketAddr,
+        pipeline: usize,
+        tls: Option<(ClientPortConnector, String)>,
+    ) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            None => Transport::Plain(stream),
+            Some((connector, name)) => Transport::Tls {
+                stream: Box::new(connector.handshake(&name, stream).await?),
+                scratch: vec![0; READ_CHUNK],
+            },
+        };
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -274,36 +387,8 @@ impl Conn {
             if self.inflight.is_empty() {
                 break;
             }
-            if !self.wbuf.unwritten().is_empty() {
-                match self.stream.try_write(self.wbuf.unwritten()) {
-                    Ok(n) => self.wbuf.mark_written(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(format!("write failed: {e}")),
-                }
-            }
-            let interest = match self.wbuf.unwritten().is_empty() {
-                true => Interest::READABLE,
-                false => Interest::READABLE | Interest::WRITABLE,
-            };
-            let ready = self.stream.ready(interest).await.map_err(|e| format!("socket failed: {e}"))?;
-            if !ready.is_readable() {
+            if !self.stream.exchange(&mut self.wbuf, &mut self.rbuf, self.inflight.len()).await? {
                 continue;
-            }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
-                // Reclaims the consumed front of the buffer when it can, so steady state
-                // does not allocate.
-                self.rbuf.reserve(READ_CHUNK);
-            }
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => {
-                    return Err(format!(
-                        "connection closed by the server with {} requests in flight",
-                        self.inflight.len()
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(format!("read failed: {e}")),
             }
             *unreported += self.take_replies(shared, stats)?;
             if *unreported >= PROGRESS_BATCH {
