@@ -337,6 +337,15 @@ fn lead_own_log(log: &Log) -> Result<(), NodeError> {
                  nodes in cluster mode (--cluster), which replaces a failed leader by itself"
             )));
         }
+        // Written by a msglog from before `log-id`: a follower's copy looks the same as
+        // the leader's dir, and only the operator knows which this was.
+        None if log.last_record().is_some() => {
+            return Err(NodeError::Config(
+                "this data dir has records but no log-id (written by an older msglog); if this node was \
+                 the leader, start it once with --adopt-log to mark it; a follower's copy must not lead"
+                    .to_string(),
+            ));
+        }
         Some(Lineage { origin: Origin::Copied, .. }) => log.begin_new_lineage(),
         _ => log.begin_lineage(),
     };
