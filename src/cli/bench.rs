@@ -8,11 +8,13 @@
 //! - [`workload`]: the SET/GET mix, keys, values and the PRNG that picks them.
 //! - [`codec`]: request encoding and incremental reply parsing, text and RESP2.
 //! - [`client`]: one connection's send/verify loop.
+//! - [`transport`]: its socket, plain or TLS.
 //! - [`report`]: merged results, printed as a table or JSON.
 
 mod client;
 mod codec;
 mod report;
+mod transport;
 mod workload;
 
 use std::io::IsTerminal;

@@ -2,26 +2,23 @@
 //! verifies every reply in order and records its latency.
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::tls::{ClientPortConnector, ClientTlsStream};
+use super::transport::{Transport, send_auth};
+use crate::tls::ClientPortConnector;
 
 use super::codec::{Desync, Encoder, Protocol, Reply, describe, parse_reply};
 use super::workload::{Op, Rng, Workload, key_bytes};
 
 /// Read buffer growth step; large enough that one read drains many pipelined replies.
-const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// Completed requests are added to the shared progress counter in batches this big, so
 /// clients do not contend on it for every reply.
 const PROGRESS_BATCH: u64 = 64;
@@ -173,7 +170,7 @@ pub(super) struct Conn {
 /// and it would otherwise keep every request ever sent (1 GB within seconds of 1 MB SETs
 /// at `--pipeline 16`). So it holds at most about twice the requests in flight, and the
 /// bytes moved are fewer than the bytes written.
-struct WriteBuf {
+pub(super) struct WriteBuf {
     bytes: Vec<u8>,
     written: usize,
 }
@@ -183,11 +180,11 @@ impl WriteBuf {
         WriteBuf { bytes: Vec::with_capacity(capacity), written: 0 }
     }
 
-    fn unwritten(&self) -> &[u8] {
+    pub(super) fn unwritten(&self) -> &[u8] {
         &self.bytes[self.written..]
     }
 
-    fn mark_written(&mut self, n: usize) {
+    pub(super) fn mark_written(&mut self, n: usize) {
         self.written += n;
         if self.written == self.bytes.len() {
             self.bytes.clear();
@@ -197,111 +194,6 @@ impl WriteBuf {
             self.written = 0;
         }
     }
-}
-
-/// The socket a client speaks on. Plain TCP is driven by readiness and `try_*` calls;
-/// a TLS stream has no such calls, so it is polled for a write and a read together.
-enum Transport {
-    Plain(TcpStream),
-    Tls {
-        stream: Box<ClientTlsStream>,
-        /// Where decrypted bytes land before they join the read buffer.
-        scratch: Vec<u8>,
-    },
-}
-
-impl Transport {
-    /// Writes what it can of `wbuf` and reads what has arrived into `rbuf`, waiting until
-    /// one of them makes progress. `true` when bytes were read.
-    async fn exchange(&mut self, wbuf: &mut WriteBuf, rbuf: &mut BytesMut, inflight: usize) -> Result<bool, String> {
-        let closed = || format!("connection closed by the server with {inflight} requests in flight");
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-            // Reclaims the consumed front of the buffer when it can, so steady state
-            // does not allocate.
-            rbuf.reserve(READ_CHUNK);
-        }
-        let (stream, scratch) = match self {
-            Transport::Plain(stream) => return exchange_plain(stream, wbuf, rbuf, closed).await,
-            Transport::Tls { stream, scratch } => (stream, scratch),
-        };
-        std::future::poll_fn(|cx| {
-            let mut wrote = false;
-            if !wbuf.unwritten().is_empty() {
-                match Pin::new(&mut **stream).poll_write(cx, wbuf.unwritten()) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err("write failed: the connection is closed".into())),
-                    Poll::Ready(Ok(n)) => {
-                        wbuf.mark_written(n);
-                        wrote = true;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(format!("write failed: {e}"))),
-                    Poll::Pending => {}
-                }
-            } else if let Poll::Ready(Err(e)) = Pin::new(&mut **stream).poll_flush(cx) {
-                // TLS records still queued after the last accepted write go out here.
-                return Poll::Ready(Err(format!("write failed: {e}")));
-            }
-            let mut read = ReadBuf::new(scratch);
-            match Pin::new(&mut **stream).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Err(closed())),
-                Poll::Ready(Ok(())) => {
-                    rbuf.extend_from_slice(read.filled());
-                    Poll::Ready(Ok(true))
-                }
-                Poll::Ready(Err(e)) => Poll::Ready(Err(format!("read failed: {e}"))),
-                Poll::Pending if wrote => Poll::Ready(Ok(false)),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
-
-/// [`Transport::exchange`] on plain TCP: reads and writes go straight from the buffers to
-/// the socket, no copy beyond the kernel's.
-async fn exchange_plain(
-    stream: &TcpStream,
-    wbuf: &mut WriteBuf,
-    rbuf: &mut BytesMut,
-    closed: impl FnOnce() -> String,
-) -> Result<bool, String> {
-    if !wbuf.unwritten().is_empty() {
-        match stream.try_write(wbuf.unwritten()) {
-            Ok(n) => wbuf.mark_written(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(format!("write failed: {e}")),
-        }
-    }
-    let interest = match wbuf.unwritten().is_empty() {
-        true => Interest::READABLE,
-        false => Interest::READABLE | Interest::WRITABLE,
-    };
-    let ready = stream.ready(interest).await.map_err(|e| format!("socket failed: {e}"))?;
-    if !ready.is_readable() {
-        return Ok(false);
-    }
-    match stream.try_read_buf(rbuf) {
-        Ok(0) => Err(closed()),
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(format!("read failed: {e}")),
-    }
-}
-
-/// Sends AUTH on `stream` and reads its one-line reply.
-async fn send_auth(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), request: &[u8]) -> Result<String, String> {
-    stream.write_all(request).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
-    // The reply is one short line; nothing else is in flight on the connection yet.
-    let mut reply = Vec::new();
-    while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
-        let mut byte = [0u8; 1];
-        match stream.read(&mut byte).await {
-            Ok(0) => return Err("the server closed the connection".to_string()),
-            Ok(_) => reply.push(byte[0]),
-            Err(err) => return Err(err.to_string()),
-        }
-    }
-    Ok(String::from_utf8_lossy(&reply).trim_end().to_string())
 }
 
 impl Conn {
