@@ -85,6 +85,33 @@ fn pipelined_replies_larger_than_the_socket_buffers_arrive_whole_over_tls() {
     assert!(values.iter().all(|got| got == &value), "every GET returns the whole value");
 }
 
+/// `msglog bench` at `addr` with `flags`.
+fn bench(addr: SocketAddr, flags: &[&str]) -> Output {
+    let mut command = common::msglog();
+    command.arg("bench").arg("--addr").arg(addr.to_string()).args(flags).env_remove("MSGLOG_PASSWORD");
+    command.output().expect("run msglog bench")
+}
+
+#[test]
+fn bench_loads_a_tls_port_with_tls_and_cacert_and_asks_for_the_ca() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let server = serve(&dir, "n0", &pki.nodes[0].serve_args(None));
+    let ca = pki.ca.cert.display().to_string();
+    // Values larger than one TLS record, several in flight: partial writes and reads.
+    let flags = ["--requests", "400", "--clients", "4", "--pipeline", "16", "--value-size", "20000"];
+    let run =
+        bench(server.addr, &[&["--tls", "--cacert", &ca, "--workload", "mixed:50", "--json"], &flags[..]].concat());
+    assert!(run.status.success(), "bench over TLS: {run:?}");
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("a JSON report");
+    assert_eq!(report["requests"], 400, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["ok"], 400, "{report}");
+    let missing = bench(server.addr, &["--tls", "--requests", "10"]);
+    assert!(!missing.status.success(), "--tls without --cacert ran: {missing:?}");
+    assert!(text(&missing.stderr).contains("--tls needs --cacert"), "{}", text(&missing.stderr));
+}
+
 #[test]
 fn redis_cli_set_and_get_over_tls() {
     let pki = pki();

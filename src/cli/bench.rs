@@ -8,11 +8,13 @@
 //! - [`workload`]: the SET/GET mix, keys, values and the PRNG that picks them.
 //! - [`codec`]: request encoding and incremental reply parsing, text and RESP2.
 //! - [`client`]: one connection's send/verify loop.
+//! - [`transport`]: its socket, plain or TLS.
 //! - [`report`]: merged results, printed as a table or JSON.
 
 mod client;
 mod codec;
 mod report;
+mod transport;
 mod workload;
 
 use std::io::IsTerminal;
@@ -97,6 +99,12 @@ pub struct BenchArgs {
     /// The server's password (its --requirepass): each connection sends AUTH first.
     #[arg(long, env = "MSGLOG_PASSWORD", hide_env_values = true, value_parser = super::password::PasswordParser)]
     pub password: Option<crate::server::Password>,
+    /// Speak TLS to a server started with --tls-cert; needs --cacert.
+    #[arg(long)]
+    pub tls: bool,
+    /// The CA certificate (PEM) that signed the server's certificate, for --tls.
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 /// Runs the preload (if asked) and the measured load, and returns the report.
@@ -107,6 +115,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.duration.is_none() || args.requests.is_none(), "give --requests or --duration, not both");
     anyhow::ensure!(args.value_size <= MAX_VALUE_SIZE, "--value-size must be at most {MAX_VALUE_SIZE}");
     anyhow::ensure!(args.duration.is_none_or(|d| d <= MAX_RUN_TIME), "--duration must be at most {MAX_RUN_HOURS}h");
+    let tls = match (args.tls, &args.cacert) {
+        (true, Some(ca)) => Some(crate::tls::ClientPortConnector::new(ca)?),
+        (true, None) => anyhow::bail!("--tls needs --cacert <PEM>: the CA certificate that signed the server's"),
+        (false, Some(_)) => anyhow::bail!("--cacert is for TLS: add --tls"),
+        (false, None) => None,
+    };
     let buffered = peak_buffered_bytes(&args);
     anyhow::ensure!(
         buffered <= MAX_BUFFERED_BYTES,
@@ -128,7 +142,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<BenchReport> {
         reply_limit: 2 * args.value_size + (1 << 20),
         progress: AtomicU64::new(0),
     });
-    let mut conns = connect_all(&args.addr, args.clients, args.pipeline).await?;
+    let mut conns = connect_all(&args.addr, args.clients, args.pipeline, tls).await?;
     if let Some(password) = &args.password {
         for conn in &mut conns {
             conn.authenticate(args.protocol, password.reveal())
@@ -220,13 +234,19 @@ fn peak_buffered_bytes(args: &BenchArgs) -> u128 {
 }
 
 /// Opens every connection before the clock starts, so connecting is not measured.
-async fn connect_all(addr: &str, clients: usize, pipeline: usize) -> anyhow::Result<Vec<Conn>> {
+async fn connect_all(
+    addr: &str,
+    clients: usize,
+    pipeline: usize,
+    tls: Option<crate::tls::ClientPortConnector>,
+) -> anyhow::Result<Vec<Conn>> {
     let target: SocketAddr = tokio::net::lookup_host(addr)
         .await
         .with_context(|| format!("cannot resolve {addr}"))?
         .next()
         .with_context(|| format!("{addr} resolves to no address"))?;
-    let connecting: Vec<_> = (0..clients).map(|_| tokio::spawn(Conn::connect(target, pipeline))).collect();
+    let tls = tls.map(|connector| (connector, addr.to_string()));
+    let connecting: Vec<_> = (0..clients).map(|_| tokio::spawn(Conn::connect(target, pipeline, tls.clone()))).collect();
     let mut conns = Vec::with_capacity(clients);
     for task in connecting {
         conns.push(task.await?.with_context(|| format!("cannot connect to {addr}"))?);

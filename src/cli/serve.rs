@@ -95,6 +95,11 @@ pub(crate) struct ServeArgs {
     /// non-voting member. See README "Cluster mode".
     #[arg(long, env = "MSGLOG_CLUSTER", value_name = "ID=HOST:PORT,...", value_parser = parse_cluster)]
     cluster: Option<Voters>,
+    /// This data dir, written by a msglog from before `log-id`, was the leader's: record
+    /// that it began its log, so it may lead. Once; never on a follower's copy (README
+    /// "Replication").
+    #[arg(long, conflicts_with_all = ["follow", "cluster"])]
+    adopt_log: bool,
     /// Cluster mode: a node not heard from for this long is fenced, and a leader it was
     /// is replaced; also how long a follower may lag before it leaves the in-sync replicas.
     #[arg(long, env = "MSGLOG_SESSION_TIMEOUT", default_value = "1500ms", value_parser = parse_session_timeout)]
@@ -212,6 +217,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tls: crate::tls::TlsFiles { cert: args.tls_cert.clone(), key: args.tls_key.clone(), ca: args.tls_ca.clone() },
         cleaner: cleaner_settings(&args),
     };
+    if args.adopt_log {
+        adopt_log(&config)?;
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -239,6 +247,28 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--adopt-log`: marks the data dir as having begun its log, under the data dir's lock
+/// (the log is opened as the node opens it), before the node starts.
+fn adopt_log(config: &NodeConfig) -> anyhow::Result<()> {
+    let log_config = crate::storage::Config {
+        segment_bytes: config.segment_bytes,
+        fsync: config.fsync,
+        max_record_bytes: crate::node::max_record_bytes(config.max_message_bytes)?,
+        ..crate::storage::Config::default()
+    };
+    let dir = config.data_dir.display();
+    let log = crate::storage::Log::open(&config.data_dir, log_config).with_context(|| format!("opening {dir}"))?;
+    let adopted = log.adopt_unrecorded_log().with_context(|| format!("recording the log-id of {dir}"))?;
+    match log.lineage() {
+        Ok(Some(lineage)) if adopted => {
+            tracing::warn!(log_id = %lineage.log_id, "--adopt-log: {dir} now records that it began its log")
+        }
+        _ => tracing::info!("--adopt-log: {dir} needs no adopting (it records its log-id or holds no records)"),
+    }
+    log.close().with_context(|| format!("closing {dir}"))?;
+    Ok(())
 }
 
 /// Tells systemd (a `Type=notify` unit, which sets NOTIFY_SOCKET) that the node is serving,

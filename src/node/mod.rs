@@ -90,6 +90,8 @@ impl Node {
             };
         let log = Arc::new(log);
         let node_id = config.node_id.clone().unwrap_or_else(|| client_addr.to_string());
+        let certificate_reload =
+            tls.as_ref().map(|tls| crate::tls::CertificateReload::new(config.tls.clone(), tls.client_port.clone()));
         let server_config = ServerConfig {
             node_id: node_id.clone(),
             fsync: config.fsync,
@@ -210,6 +212,8 @@ impl Node {
             _ => None,
         };
         let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stop_replication.subscribe()));
+        let hangup_task =
+            crate::tls::watch_hangup(certificate_reload, stop_replication.subscribe()).map_err(NodeError::Server)?;
         let mut stopped = clients_stopping;
         let cluster: Arc<dyn Cluster> = match &quorum {
             Some(quorum) => Arc::new(cluster::Member::new(Arc::clone(&replication), Arc::clone(quorum))),
@@ -251,7 +255,7 @@ impl Node {
             quorum,
             driver_task,
             stop_driver,
-            background: metrics_task.into_iter().chain([watch_task]).chain(cleaner_task).collect(),
+            background: metrics_task.into_iter().chain([watch_task, hangup_task]).chain(cleaner_task).collect(),
         })
     }
 }
@@ -338,6 +342,15 @@ fn lead_own_log(log: &Log) -> Result<(), NodeError> {
                  nodes in cluster mode (--cluster), which replaces a failed leader by itself"
             )));
         }
+        // Written by a msglog from before `log-id`: a follower's copy looks the same as
+        // the leader's dir, and only the operator knows which this was.
+        None if log.last_record().is_some() => {
+            return Err(NodeError::Config(
+                "this data dir has records but no log-id (written by an older msglog); if this node was \
+                 the leader, start it once with --adopt-log to mark it; a follower's copy must not lead"
+                    .to_string(),
+            ));
+        }
         Some(Lineage { origin: Origin::Copied, .. }) => log.begin_new_lineage(),
         _ => log.begin_lineage(),
     };
@@ -363,7 +376,8 @@ pub struct RunningNode {
     quorum: Option<Arc<Quorum>>,
     driver_task: Option<JoinHandle<Result<(), NodeError>>>,
     stop_driver: watch::Sender<bool>,
-    /// The metrics server and the follower watch: they end on the stop signal.
+    /// The metrics server, the follower watch and the SIGHUP watch: they end on the stop
+    /// signal.
     background: Vec<JoinHandle<()>>,
 }
 

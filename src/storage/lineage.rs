@@ -84,6 +84,21 @@ impl super::Log {
         Ok(lineage)
     }
 
+    /// Records, on the operator's word (`msglog serve --adopt-log`), that this data dir
+    /// began the log it holds: for a dir written by a msglog from before `log-id`, which
+    /// holds records and no lineage. Whether it led cannot be read from the records (a
+    /// follower's copy looks the same), which is why a leader start refuses such a dir
+    /// without the word. `true` when it wrote the file; a dir with a lineage, or with no
+    /// records, is left as it is.
+    pub fn adopt_unrecorded_log(&self) -> Result<bool> {
+        let mut cached = self.cached_lineage_mut();
+        if cached.clone().map_err(|unreadable| unreadable.to_error())?.is_some() || self.last_record().is_none() {
+            return Ok(false);
+        }
+        self.write_lineage(&mut cached, &Lineage { log_id: new_log_id(), origin: Origin::Began })?;
+        Ok(true)
+    }
+
     /// Records that this data dir holds a copy of `log_id`, before any of it is appended.
     /// Refused if the dir holds records of another log; an empty one has nothing to lose
     /// and becomes a copy. A malformed id is refused too: written, it would make the next
@@ -189,6 +204,22 @@ fn new_log_id() -> String {
 mod tests {
     use super::*;
     use crate::storage::{Config, Log};
+
+    #[test]
+    fn only_a_dir_with_records_and_no_lineage_is_adopted_as_begun() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let log = Log::open(dir.path(), Config::default()).expect("open");
+        assert!(!log.adopt_unrecorded_log().expect("empty"), "an empty dir has nothing to adopt");
+        assert_eq!(log.lineage().expect("read"), None);
+        log.append(b"k", b"v").expect("append");
+        assert!(log.adopt_unrecorded_log().expect("adopt"));
+        let adopted = log.lineage().expect("read").expect("a lineage");
+        assert_eq!(adopted.origin, Origin::Began);
+        assert!(!log.adopt_unrecorded_log().expect("again"), "a recorded lineage is kept");
+        drop(log);
+        let log = Log::open(dir.path(), Config::default()).expect("reopen");
+        assert_eq!(log.lineage().expect("read"), Some(adopted), "it is on disk");
+    }
 
     #[test]
     fn a_begun_lineage_is_kept_and_a_log_holding_records_refuses_another() {

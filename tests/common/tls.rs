@@ -94,6 +94,23 @@ pub fn request(addr: SocketAddr, ca: &Path, line: &str) -> std::io::Result<Strin
 
 /// Text-protocol requests sent at once over TLS; their reply lines, in order.
 pub fn pipeline(addr: SocketAddr, ca: &Path, lines: &[&str]) -> std::io::Result<Vec<String>> {
+    let mut stream = connect(addr, ca)?;
+    let requests: String = lines.iter().map(|line| format!("{line}\n")).collect();
+    stream.write_all(requests.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut replies = Vec::new();
+    for _ in lines {
+        let mut reply = String::new();
+        reader.read_line(&mut reply)?;
+        replies.push(reply.trim_end().to_string());
+    }
+    Ok(replies)
+}
+
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A TLS connection to the client port trusting `ca`; the handshake runs on first use.
+fn connect(addr: SocketAddr, ca: &Path) -> std::io::Result<TlsStream> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(ca).expect("read CA") {
         roots.add(cert.expect("CA PEM")).expect("CA");
@@ -107,17 +124,34 @@ pub fn pipeline(addr: SocketAddr, ca: &Path, lines: &[&str]) -> std::io::Result<
     let connection = rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(super::DEADLINE))?;
-    let mut stream = rustls::StreamOwned::new(connection, tcp);
-    let requests: String = lines.iter().map(|line| format!("{line}\n")).collect();
-    stream.write_all(requests.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut replies = Vec::new();
-    for _ in lines {
-        let mut reply = String::new();
-        reader.read_line(&mut reply)?;
-        replies.push(reply.trim_end().to_string());
+    Ok(rustls::StreamOwned::new(connection, tcp))
+}
+
+/// One TLS connection kept open across requests (to show what a reload leaves alone).
+pub struct TlsLineClient {
+    reader: BufReader<TlsStream>,
+}
+
+impl TlsLineClient {
+    pub fn connect(addr: SocketAddr, ca: &Path) -> std::io::Result<TlsLineClient> {
+        Ok(TlsLineClient { reader: BufReader::new(connect(addr, ca)?) })
     }
-    Ok(replies)
+
+    /// Sends `line` and returns the reply line without its newline.
+    pub fn request(&mut self, line: &str) -> std::io::Result<String> {
+        self.reader.get_mut().write_all(format!("{line}\n").as_bytes())?;
+        let mut reply = String::new();
+        if self.reader.read_line(&mut reply)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(reply.trim_end().to_string())
+    }
+
+    /// The certificate chain the server presented in this connection's handshake.
+    pub fn server_certificate(&self) -> Option<Vec<u8>> {
+        let certs = self.reader.get_ref().conn.peer_certificates()?;
+        certs.first().map(|cert| cert.to_vec())
+    }
 }
 
 /// STATS over TLS as a map of its `key=value` pairs; `None` while the node cannot answer.

@@ -2,7 +2,6 @@
 //! verifies every reply in order and records its latency.
 
 use std::collections::VecDeque;
-use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,14 +9,16 @@ use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::Interest;
 use tokio::net::TcpStream;
+
+use super::transport::{Transport, send_auth};
+use crate::tls::ClientPortConnector;
 
 use super::codec::{Desync, Encoder, Protocol, Reply, describe, parse_reply};
 use super::workload::{Op, Rng, Workload, key_bytes};
 
 /// Read buffer growth step; large enough that one read drains many pipelined replies.
-const READ_CHUNK: usize = 64 * 1024;
+pub(super) const READ_CHUNK: usize = 64 * 1024;
 /// Completed requests are added to the shared progress counter in batches this big, so
 /// clients do not contend on it for every reply.
 const PROGRESS_BATCH: u64 = 64;
@@ -156,7 +157,7 @@ struct InFlight {
 /// buffers to the socket, so a large pipelined batch is never stuck writing while the
 /// server waits for us to read its replies.
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Transport,
     rbuf: BytesMut,
     wbuf: WriteBuf,
     inflight: VecDeque<InFlight>,
@@ -169,7 +170,7 @@ pub(super) struct Conn {
 /// and it would otherwise keep every request ever sent (1 GB within seconds of 1 MB SETs
 /// at `--pipeline 16`). So it holds at most about twice the requests in flight, and the
 /// bytes moved are fewer than the bytes written.
-struct WriteBuf {
+pub(super) struct WriteBuf {
     bytes: Vec<u8>,
     written: usize,
 }
@@ -179,11 +180,11 @@ impl WriteBuf {
         WriteBuf { bytes: Vec::with_capacity(capacity), written: 0 }
     }
 
-    fn unwritten(&self) -> &[u8] {
+    pub(super) fn unwritten(&self) -> &[u8] {
         &self.bytes[self.written..]
     }
 
-    fn mark_written(&mut self, n: usize) {
+    pub(super) fn mark_written(&mut self, n: usize) {
         self.written += n;
         if self.written == self.bytes.len() {
             self.bytes.clear();
@@ -199,32 +200,36 @@ impl Conn {
     /// Sends AUTH and waits for its `OK`, before anything is measured. The error is the
     /// server's reply.
     pub(super) async fn authenticate(&mut self, protocol: Protocol, password: &str) -> Result<(), String> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let request = match protocol {
             Protocol::Text => format!("AUTH {password}\r\n"),
             Protocol::Resp => format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n", password.len()),
         };
-        self.stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        // The reply is one short line; nothing else is in flight on the connection yet.
-        let mut reply = Vec::new();
-        while !reply.ends_with(b"\r\n") && reply.len() < 4096 {
-            let mut byte = [0u8; 1];
-            match self.stream.read(&mut byte).await {
-                Ok(0) => return Err("the server closed the connection".to_string()),
-                Ok(_) => reply.push(byte[0]),
-                Err(err) => return Err(err.to_string()),
-            }
-        }
-        let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
+        let reply = match &mut self.stream {
+            Transport::Plain(stream) => send_auth(stream, request.as_bytes()).await?,
+            Transport::Tls { stream, .. } => send_auth(&mut **stream, request.as_bytes()).await?,
+        };
         match reply.as_str() {
             "OK" | "+OK" => Ok(()),
             _ => Err(reply),
         }
     }
 
-    pub(super) async fn connect(addr: SocketAddr, pipeline: usize) -> io::Result<Conn> {
+    /// Connects to `addr`; over TLS when `tls` gives the connector and the name the
+    /// user gave the server (`--addr`), whose host its certificate must carry.
+    pub(super) async fn connect(
+        addr: SocketAddr,
+        pipeline: usize,
+        tls: Option<(ClientPortConnector, String)>,
+    ) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        let stream = match tls {
+            None => Transport::Plain(stream),
+            Some((connector, name)) => Transport::Tls {
+                stream: Box::new(connector.handshake(&name, stream).await?),
+                scratch: vec![0; READ_CHUNK],
+            },
+        };
         Ok(Conn {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
@@ -274,36 +279,8 @@ impl Conn {
             if self.inflight.is_empty() {
                 break;
             }
-            if !self.wbuf.unwritten().is_empty() {
-                match self.stream.try_write(self.wbuf.unwritten()) {
-                    Ok(n) => self.wbuf.mark_written(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Err(format!("write failed: {e}")),
-                }
-            }
-            let interest = match self.wbuf.unwritten().is_empty() {
-                true => Interest::READABLE,
-                false => Interest::READABLE | Interest::WRITABLE,
-            };
-            let ready = self.stream.ready(interest).await.map_err(|e| format!("socket failed: {e}"))?;
-            if !ready.is_readable() {
+            if !self.stream.exchange(&mut self.wbuf, &mut self.rbuf, self.inflight.len()).await? {
                 continue;
-            }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 2 {
-                // Reclaims the consumed front of the buffer when it can, so steady state
-                // does not allocate.
-                self.rbuf.reserve(READ_CHUNK);
-            }
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(0) => {
-                    return Err(format!(
-                        "connection closed by the server with {} requests in flight",
-                        self.inflight.len()
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(format!("read failed: {e}")),
             }
             *unreported += self.take_replies(shared, stats)?;
             if *unreported >= PROGRESS_BATCH {

@@ -7,11 +7,15 @@
 //! claim against it.
 //!
 //! Everything is loaded and checked at start, so a wrong file fails `msglog serve` with a
-//! message naming it rather than failing each handshake later.
+//! message naming it rather than failing each handshake later. SIGHUP loads them again
+//! ([`reload`]).
+
+mod client;
+mod reload;
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
@@ -19,7 +23,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
 
@@ -55,9 +59,28 @@ pub enum TlsError {
     Setup(String),
 }
 
-/// The client port's TLS: what each accepted connection's handshake uses.
+pub use client::{ClientPortConnector, ClientTlsStream, connect_client_port};
+pub use reload::{CertificateReload, watch_hangup};
+
+/// The client port's TLS: what each accepted connection's handshake uses. Clones share one
+/// acceptor, which a reload replaces; a connection keeps the one it was accepted with.
 #[derive(Clone)]
-pub struct ClientPortTls(tokio_rustls::TlsAcceptor);
+pub struct ClientPortTls(Arc<RwLock<tokio_rustls::TlsAcceptor>>);
+
+impl ClientPortTls {
+    fn new(acceptor: tokio_rustls::TlsAcceptor) -> ClientPortTls {
+        ClientPortTls(Arc::new(RwLock::new(acceptor)))
+    }
+
+    /// An acceptor is an `Arc` inside: the clone is cheap and the lock is held only for it.
+    fn current(&self) -> tokio_rustls::TlsAcceptor {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    fn replace(&self, acceptor: tokio_rustls::TlsAcceptor) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = acceptor;
+    }
+}
 
 impl std::fmt::Debug for ClientPortTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +103,8 @@ pub struct NodeTls {
     pub client_port: ClientPortTls,
     /// Present with `--tls-ca`.
     pub grpc: Option<GrpcTls>,
+    /// The DNS and IP names of the node's certificate, for the log.
+    names: Vec<String>,
 }
 
 /// The client port's side of an accepted TLS connection.
@@ -101,6 +126,7 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         }
     };
     let (cert_pem, certs) = read_certs(cert_path, "--tls-cert")?;
+    let names = certificate_names(&certs[0]);
     let key_pem = read(key_path, "--tls-key")?;
     let key = parse_key(&key_pem, key_path)?;
     let mismatch = |err: rustls::Error| TlsError::Mismatch {
@@ -114,7 +140,7 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(mismatch)?;
-    let client_port = ClientPortTls(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
+    let client_port = ClientPortTls::new(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
     let grpc = match &files.ca {
         None => None,
         Some(ca_path) => {
@@ -139,7 +165,7 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
             })
         }
     };
-    Ok(Some(NodeTls { client_port, grpc }))
+    Ok(Some(NodeTls { client_port, grpc, names }))
 }
 
 /// What a TLS client (`msglog client|tail`) trusts, and the certificate it may present.
@@ -227,86 +253,17 @@ pub async fn accept(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream,
         Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => return Err(HandshakeFailure::Plain(tcp)),
         Ok(Ok(_)) => {}
     }
-    match tokio::time::timeout_at(deadline, tls.0.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, tls.current().accept(tcp)).await {
         Ok(Ok(stream)) => Ok(stream),
         Ok(Err(err)) => Err(HandshakeFailure::Failed(err)),
         Err(_) => Err(HandshakeFailure::TimedOut),
     }
 }
 
-/// The CLI's TLS connection to a client port, as a plain loopback socket: a thread relays
-/// between it and the TLS stream, so `msglog client` works the same over both.
-pub fn connect_client_port(addr: &str, ca: &Path) -> anyhow::Result<std::net::TcpStream> {
-    use anyhow::Context;
-    let (_, roots) = read_roots(ca)?;
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
-    let server_name =
-        ServerName::try_from(host.to_string()).with_context(|| format!("{host} is not a TLS server name"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-    let local = std::net::TcpListener::bind("127.0.0.1:0").context("binding the local relay")?;
-    let local_addr = local.local_addr()?;
-    let tls = runtime.block_on(async {
-        let connecting = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr));
-        let tcp = connecting
-            .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
-            .and_then(|connected| connected)
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, tcp)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(err)) if spoke_no_tls(&err) => {
-                Err(anyhow::anyhow!("the server at {addr} did not answer TLS ({err}): is it started with --tls-cert?"))
-            }
-            Ok(Err(err)) => Err(anyhow::anyhow!(
-                "TLS handshake with {addr} failed: {err} (is its certificate signed by {}?)",
-                ca.display()
-            )),
-            Err(_) => Err(anyhow::anyhow!(
-                "the server at {addr} did not answer TLS within {HANDSHAKE_TIMEOUT:?}: is it started with --tls-cert?"
-            )),
-        }
-    })?;
-    let user = std::net::TcpStream::connect(local_addr).context("connecting the local relay")?;
-    let relay = accept_only(&local, user.local_addr()?)?;
-    // Small requests and replies cross the relay one at a time: no Nagle delay on either leg.
-    user.set_nodelay(true)?;
-    relay.set_nodelay(true)?;
-    std::thread::spawn(move || {
-        runtime.block_on(async move {
-            relay.set_nonblocking(true)?;
-            let mut relay = TcpStream::from_std(relay)?;
-            let mut tls = tls;
-            tokio::io::copy_bidirectional(&mut relay, &mut tls).await.map(|_| ())
-        })
-    });
-    Ok(user)
-}
-
-/// A handshake that got bytes which are not TLS, or none at all: a plain server.
-fn spoke_no_tls(err: &io::Error) -> bool {
-    let rustls_error = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    matches!(rustls_error, Some(rustls::Error::InvalidMessage(_)))
-        || matches!(err.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
-}
-
-/// The relay's end of `user`'s connection: another local process that raced to connect
-/// first must not be handed the TLS session.
-fn accept_only(local: &std::net::TcpListener, user: std::net::SocketAddr) -> anyhow::Result<std::net::TcpStream> {
-    use anyhow::Context;
-    for _ in 0..16 {
-        let (relay, from) = local.accept().context("accepting the local relay")?;
-        if from == user {
-            return Ok(relay);
-        }
-    }
-    anyhow::bail!("the local relay socket was taken by other processes")
+/// What a certificate names: enough for an operator to tell which one a node loaded.
+fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    let Ok(cert) = webpki::EndEntityCert::try_from(cert) else { return Vec::new() };
+    cert.valid_dns_names().map(str::to_string).collect()
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

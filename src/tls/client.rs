@@ -1,0 +1,125 @@
+//! The client side of the client port's TLS, for msglog's own tools: `msglog bench` speaks
+//! it directly, `msglog client` and `msglog cluster` through a local relay.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::{HANDSHAKE_TIMEOUT, provider, read_roots};
+
+/// A TLS connection to a client port.
+pub type ClientTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// What a tool trusts when it connects to a client port over TLS (`--cacert`).
+#[derive(Clone)]
+pub struct ClientPortConnector {
+    connector: tokio_rustls::TlsConnector,
+    ca: PathBuf,
+}
+
+impl std::fmt::Debug for ClientPortConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientPortConnector({})", self.ca.display())
+    }
+}
+
+impl ClientPortConnector {
+    /// Trusts the CA certificates in `ca` (PEM).
+    pub fn new(ca: &Path) -> anyhow::Result<ClientPortConnector> {
+        let (_, roots) = read_roots(ca)?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(ClientPortConnector { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), ca: ca.to_path_buf() })
+    }
+
+    /// The handshake over `tcp`, connected to `addr` (`host:port`, as the user gave it: its
+    /// host is the name the server's certificate must carry), bounded by
+    /// [`HANDSHAKE_TIMEOUT`]. The errors say which side is likely wrong.
+    pub async fn handshake(&self, addr: &str, tcp: TcpStream) -> anyhow::Result<ClientTlsStream> {
+        let server_name = server_name(addr)?;
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.connector.connect(server_name, tcp)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(err)) if spoke_no_tls(&err) => {
+                Err(anyhow::anyhow!("the server at {addr} did not answer TLS ({err}): is it started with --tls-cert?"))
+            }
+            Ok(Err(err)) => Err(anyhow::anyhow!(
+                "TLS handshake with {addr} failed: {err} (is its certificate signed by {}?)",
+                self.ca.display()
+            )),
+            Err(_) => Err(anyhow::anyhow!(
+                "the server at {addr} did not answer TLS within {HANDSHAKE_TIMEOUT:?}: is it started with --tls-cert?"
+            )),
+        }
+    }
+
+    /// Connects to `addr` and completes the handshake.
+    pub async fn connect(&self, addr: &str) -> anyhow::Result<ClientTlsStream> {
+        let connecting = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr));
+        let tcp = connecting
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))
+            .and_then(|connected| connected)
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        self.handshake(addr, tcp).await
+    }
+}
+
+/// The host part of `host:port`, as a TLS server name (a DNS name or an IP address).
+fn server_name(addr: &str) -> anyhow::Result<ServerName<'static>> {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).with_context(|| format!("{host} is not a TLS server name"))
+}
+
+/// The CLI's TLS connection to a client port, as a plain loopback socket: a thread relays
+/// between it and the TLS stream. `msglog client` pipes stdin on one thread while it reads
+/// replies on another, over `try_clone`d halves of one socket; a blocking rustls stream has
+/// one owner, so the relay is what gives TLS the same two halves.
+pub fn connect_client_port(addr: &str, ca: &Path) -> anyhow::Result<std::net::TcpStream> {
+    let connector = ClientPortConnector::new(ca)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    let local = std::net::TcpListener::bind("127.0.0.1:0").context("binding the local relay")?;
+    let local_addr = local.local_addr()?;
+    let tls = runtime.block_on(connector.connect(addr))?;
+    let user = std::net::TcpStream::connect(local_addr).context("connecting the local relay")?;
+    let relay = accept_only(&local, user.local_addr()?)?;
+    // Small requests and replies cross the relay one at a time: no Nagle delay on either leg.
+    user.set_nodelay(true)?;
+    relay.set_nodelay(true)?;
+    std::thread::spawn(move || {
+        runtime.block_on(async move {
+            relay.set_nonblocking(true)?;
+            let mut relay = TcpStream::from_std(relay)?;
+            let mut tls = tls;
+            tokio::io::copy_bidirectional(&mut relay, &mut tls).await.map(|_| ())
+        })
+    });
+    Ok(user)
+}
+
+/// A handshake that got bytes which are not TLS, or none at all: a plain server.
+fn spoke_no_tls(err: &io::Error) -> bool {
+    let rustls_error = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    matches!(rustls_error, Some(rustls::Error::InvalidMessage(_)))
+        || matches!(err.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset)
+}
+
+/// The relay's end of `user`'s connection: another local process that raced to connect
+/// first must not be handed the TLS session.
+fn accept_only(local: &std::net::TcpListener, user: std::net::SocketAddr) -> anyhow::Result<std::net::TcpStream> {
+    for _ in 0..16 {
+        let (relay, from) = local.accept().context("accepting the local relay")?;
+        if from == user {
+            return Ok(relay);
+        }
+    }
+    anyhow::bail!("the local relay socket was taken by other processes")
+}
