@@ -168,6 +168,11 @@ async fn an_old_leader_following_its_replacement_drops_the_records_the_replaceme
     for i in 0..2 {
         std::fs::remove_file(cluster.config_mut(i).data_dir.join("log-id")).expect("remove log-id");
     }
+    // Such a dir leads only on the operator's word that it led (`msglog serve --adopt-log`).
+    let data_dir = cluster.config_mut(1).data_dir.clone();
+    let log = Log::open(&data_dir, Config::default()).expect("open n1's log");
+    assert!(log.adopt_unrecorded_log().expect("adopt"), "n1's dir had records and no log-id");
+    log.close().expect("close n1's log");
     cluster.config_mut(1).role = Role::Leader { tolerance: 0, ack_timeout: common::DEADLINE };
     cluster.restart(1).await;
     set_many(&cluster, 1, "new", 5).await;

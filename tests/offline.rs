@@ -98,6 +98,9 @@ fn export_writes_exactly_the_live_ids_and_import_restores_them() {
 
     let imported = import_ok(&copy, &out);
     assert!(imported.contains("imported 6 file(s), skipped 0"), "{imported}");
+    // The import began a log in the empty dir, so the dir may lead it (no --adopt-log).
+    let lineage = std::fs::read_to_string(copy.join("log-id")).expect("the import records a log-id");
+    assert!(lineage.contains("origin=began"), "{lineage}");
     let (original, restored) = (open(&data), open(&copy));
     assert_eq!(restored.stats().ids, original.stats().ids);
     for id in AWKWARD {

@@ -46,6 +46,10 @@ pub(crate) fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
     refuse_a_copy(&log, &args.data_dir)?;
     let start = log.next_offset();
+    if start == 0 {
+        // An import into an empty dir begins a log, which this dir may then lead.
+        log.begin_lineage().with_context(|| format!("cannot record the log-id of {}", args.data_dir.display()))?;
+    }
     let bar = progress(names.len() as u64, "importing");
     let appended = append_all(&log, &args, names, &bar);
     bar.finish_and_clear();
