@@ -111,8 +111,9 @@ fn check_speaks_msglog(stream: &mut (impl Read + Write), addr: &str) -> anyhow::
     let mut answer = Vec::new();
     let mut chunk = [0u8; 256];
     // msglog answers PING with one line and sends nothing else unasked, so reading in
-    // chunks cannot take bytes belonging to a later reply.
-    while !answer.contains(&b'\n') && answer.len() < 256 && could_be_msglog(&answer) {
+    // chunks cannot take bytes belonging to a later reply. Its refusals (protected mode)
+    // run to a few hundred bytes; a line this long is read whole.
+    while !answer.contains(&b'\n') && answer.len() < MAX_PROBE_ANSWER && could_be_msglog(&answer) {
         match stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => answer.extend_from_slice(&chunk[..n]),
@@ -138,6 +139,9 @@ fn check_speaks_msglog(stream: &mut (impl Read + Write), addr: &str) -> anyhow::
         _ => bail!("{addr} does not speak msglog's protocol (it answered with {})", foreign(&answer)),
     }
 }
+
+/// The longest answer to the PING probe read before judging it.
+const MAX_PROBE_ANSWER: usize = 4096;
 
 /// msglog's text replies to PING are `PONG` or `ERR <reason>`: printable UTF-8 lines.
 fn could_be_msglog(answer: &[u8]) -> bool {
@@ -346,4 +350,41 @@ fn stdout_failure(err: io::Error) -> anyhow::Result<ExitCode> {
 
 fn exit_code(reply: &[u8]) -> ExitCode {
     if reply.starts_with(b"ERR") { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server's scripted answer; what the client writes is dropped.
+    struct Answer(io::Cursor<Vec<u8>>);
+
+    impl Read for Answer {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+
+    impl Write for Answer {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn probe(answer: &[u8]) -> anyhow::Result<()> {
+        check_speaks_msglog(&mut Answer(io::Cursor::new(answer.to_vec())), "127.0.0.1:1")
+    }
+
+    #[test]
+    fn a_long_refusal_is_shown_whole() {
+        let refusal = format!("ERR DENIED msglog is in protected mode: {}; listen on 127.0.0.1", "x".repeat(400));
+        let err = probe(format!("{refusal}\r\n").as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("refused the connection") && err.ends_with("listen on 127.0.0.1"), "{err}");
+        assert!(probe(b"PONG\r\n").is_ok());
+        let foreign = probe(b"SSH-2.0-OpenSSH\r\n").unwrap_err().to_string();
+        assert!(foreign.contains("does not speak msglog's protocol"), "{foreign}");
+    }
 }

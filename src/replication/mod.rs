@@ -76,7 +76,9 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 fn describe_status(status: &tonic::Status) -> String {
     match std::error::Error::source(status).map(root_cause) {
         Some(cause) if cause.contains("frame with invalid size") => format!(
-            "the peer does not speak gRPC ({cause}); give the node's --grpc-listen address, not its client port"
+            "the peer does not speak plain gRPC ({cause}): if that is the node's --grpc-listen port, it requires \
+             TLS (give --tls, --cacert and, for a node with --tls-ca, a certificate); otherwise give the node's \
+             --grpc-listen address, not its client port"
         ),
         Some(cause) => format!("connection lost: {cause}"),
         None => format!("{:?}: {}", status.code(), status.message()),
