@@ -280,3 +280,25 @@ fn a_leader_running_retention_refuses_followers_but_serves_consumers() {
     assert!(tail.status.success(), "{tail:?}");
     assert_eq!(String::from_utf8(tail.stdout).unwrap().lines().count(), 1);
 }
+
+/// A leader whose log retention has cut keeps refusing followers after a restart without
+/// the flags: a follower would otherwise be handed a log starting past its own end.
+#[test]
+fn a_log_retention_has_cut_refuses_followers_even_without_the_flags() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let data = dir.path().join("leader");
+    {
+        let log = Log::open(&data, config()).unwrap();
+        write_ids(&log, 300);
+        let limit = log.stats().bytes / 3;
+        log.apply_retention(&BY_BYTES(limit), log.next_offset(), 0).unwrap().expect("segments deleted");
+        assert!(log.log_start_offset() > 0);
+        log.begin_lineage().unwrap();
+        log.close().unwrap();
+    }
+    let leader = ServerProcess::start(&data, &["--stats-interval", "0s"]);
+    let grpc = leader.grpc.to_string();
+    let follower = ServerProcess::start(&dir.path().join("follower"), &["--follow", &grpc, "--stats-interval", "0s"]);
+    poll_until("the follower to be refused", || follower.stderr().contains("its log starts at offset").then_some(()));
+    assert_eq!(common::stats(follower.addr)["records"], "0", "the follower copied nothing");
+}

@@ -312,6 +312,7 @@ fn tail_reads_a_mutual_tls_node_with_a_client_certificate_and_not_without() {
     let without = tail(&[]);
     assert!(!without.status.success(), "a tail without a client certificate must fail: {without:?}");
     assert!(!text(&without.stdout).contains("tailed"), "{without:?}");
+    assert!(text(&without.stderr).contains("give --cert and --key"), "says what is missing: {without:?}");
 }
 
 /// Three voters n0..n2 in cluster mode over mutual TLS; returns them and the leader's index.

@@ -101,6 +101,17 @@ pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         Err(crate::replication::tail::TailError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             return Ok(ExitCode::SUCCESS);
         }
+        // Under TLS 1.3 a server that wanted a client certificate drops the connection
+        // after the handshake, which reaches this side only as a broken stream.
+        Err(e @ crate::replication::tail::TailError::Stream(_)) if args.tls && args.cert.is_none() => {
+            return Err(e).with_context(|| {
+                format!(
+                    "tailing {} (a node started with --tls-ca requires a client certificate of its CA, or the \
+                     password: give --cert and --key, or --password)",
+                    args.from
+                )
+            });
+        }
         Err(e) => return Err(e).with_context(|| format!("tailing {}", args.from)),
     }
     match out.flush() {

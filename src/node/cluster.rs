@@ -83,6 +83,10 @@ impl Driver {
     pub(super) async fn run(mut self, mut stopping: watch::Receiver<bool>) -> Result<(), NodeError> {
         let mut metadata = self.quorum.metadata();
         let mut refusal = self.quorum.refusal();
+        // The session may have been refused before this subscribed, which `changed` misses.
+        if let Some(why) = refusal.borrow_and_update().clone() {
+            return Err(NodeError::Refused(why));
+        }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tonic::{Request, Status};
 
@@ -24,9 +23,8 @@ const REFUSAL: &str = "msglog is in protected mode: its replication port listens
 #[derive(Clone)]
 pub(super) struct Guard {
     protecting: bool,
-    /// The first refusal is logged at WARN, later ones at DEBUG: a peer retrying in a loop
-    /// must not flood the log.
-    warned: Arc<AtomicBool>,
+    /// A peer retrying in a loop must not flood the log.
+    refusals: Arc<crate::throttle::Throttle>,
 }
 
 impl Guard {
@@ -55,7 +53,7 @@ impl Guard {
                  in clear text; give --tls-cert, --tls-key and --tls-ca to encrypt it"
             ),
         }
-        Guard { protecting, warned: Arc::new(AtomicBool::new(false)) }
+        Guard { protecting, refusals: Arc::default() }
     }
 
     /// Passes the call on, or refuses it with PERMISSION_DENIED before any service sees it.
@@ -71,10 +69,9 @@ impl Guard {
         match admission(None, true, IpAddr::from([0, 0, 0, 0]), peer) {
             Admission::Admit => Ok(request),
             Admission::Protected => {
-                match self.warned.swap(true, Ordering::Relaxed) {
-                    false => tracing::warn!(%peer, "protected mode: refusing a replication peer not on this machine \
-                        (further refusals are logged at DEBUG)"),
-                    true => tracing::debug!(%peer, "protected mode: refusing a replication peer not on this machine"),
+                if let Some(held_back) = self.refusals.admit() {
+                    tracing::warn!(%peer, held_back, "protected mode: refusing a replication peer not on this machine \
+                        (such refusals are logged once per 10 s)");
                 }
                 Err(Status::permission_denied(REFUSAL))
             }

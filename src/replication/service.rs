@@ -114,11 +114,15 @@ impl ReplicationRpc for Service {
                 )));
             }
         }
-        if replica && node.config.retention {
+        // Also once retention has run, with or without the flags now: a follower would keep
+        // what was deleted, or be handed a log that silently starts past its own end.
+        if replica && (node.config.retention || node.log.log_start_offset() > 0) {
             return Err(Status::failed_precondition(format!(
-                "{} runs retention (--retention-bytes or --retention-age), which needs a standalone node for now: \
-                 a follower would keep the records it deletes (README, \"Retention\")",
-                node.config.node_id
+                "{} runs retention (--retention-bytes or --retention-age) or did (its log starts at offset {}), \
+                 which needs a standalone node for now: a follower would keep the records it deletes \
+                 (README, \"Retention\")",
+                node.config.node_id,
+                node.log.log_start_offset()
             )));
         }
         if replica && node.is_cluster() {

@@ -68,8 +68,8 @@ struct Figures {
     newest_ms: Option<i64>,
 }
 
-fn figures_of(segment: &SealedSegment) -> Figures {
-    let bytes = &segment.map[..];
+/// Counts the records of a sealed segment's bytes and finds its newest timestamp.
+fn figures_of(bytes: &[u8]) -> Figures {
     let (mut records, mut newest_ms, mut at) = (0, None::<i64>, HEADER_LEN);
     while let Some((len, _)) = peek(bytes.get(at..).unwrap_or(&[])) {
         if at + len > bytes.len() {
@@ -83,17 +83,35 @@ fn figures_of(segment: &SealedSegment) -> Figures {
     Figures { records, newest_ms }
 }
 
+/// A sealed segment's file content, named by its base and length: a cleaned segment keeps
+/// its base but not its length.
+fn key(segment: &SealedSegment) -> (Offset, u64) {
+    (segment.base, segment.map.len() as u64)
+}
+
 impl Tracker {
-    fn figures(&self, segment: &SealedSegment) -> Figures {
-        let key = (segment.base, segment.map.len() as u64);
-        let mut cache = self.figures.lock().unwrap_or_else(|e| e.into_inner());
-        *cache.entry(key).or_insert_with(|| figures_of(segment))
+    /// The figures of `segment`, if read already (by [`Log::read_figures`]).
+    fn figures(&self, segment: &SealedSegment) -> Option<Figures> {
+        self.figures.lock().unwrap_or_else(|e| e.into_inner()).get(&key(segment)).copied()
+    }
+
+    fn knows(&self, segment: &SealedSegment) -> bool {
+        self.figures(segment).is_some()
+    }
+
+    fn remember(&self, key: (Offset, u64), figures: Figures) {
+        self.figures.lock().unwrap_or_else(|e| e.into_inner()).insert(key, figures);
     }
 
     fn forget_except(&self, sealed: &[SealedSegment]) {
         let mut cache = self.figures.lock().unwrap_or_else(|e| e.into_inner());
         cache.retain(|&(base, len), _| sealed.iter().any(|s| s.base == base && s.map.len() as u64 == len));
     }
+}
+
+/// Whether every record of `segment` lies below `upto`.
+fn wholly_below(segment: &SealedSegment, upto: Offset) -> bool {
+    segment.last_offset.map_or(segment.base < upto, |last| last < upto)
 }
 
 /// How many leading sealed segments `policy` deletes: only segments wholly below `upto`,
@@ -103,16 +121,14 @@ fn doomed(st: &State, policy: &Retention, upto: Offset, now_ms: i64) -> usize {
     let mut remaining = total;
     let mut count = 0;
     for segment in &st.sealed {
-        let below = segment.last_offset.map_or(segment.base < upto, |last| last < upto);
-        if !below {
-            break;
-        }
+        // Figures not read yet (a segment sealed since the read): judged next round.
+        let Some(figures) = st.retention.figures(segment).filter(|_| wholly_below(segment, upto)) else { break };
         let len = segment.map.len() as u64;
         let by_size = policy.bytes.is_some_and(|limit| remaining - len >= limit);
         let by_age = policy.age.is_some_and(|age| {
             let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
-            // An empty segment has no age of its own; it goes once a later one would.
-            st.retention.figures(segment).newest_ms.is_none_or(|newest| newest < now_ms.saturating_sub(age_ms))
+            // An empty segment has no age of its own: it goes with the oldest end.
+            figures.newest_ms.is_none_or(|newest| newest < now_ms.saturating_sub(age_ms))
         });
         if !(by_size || by_age) {
             break;
@@ -143,8 +159,9 @@ impl Log {
         if policy.is_off() {
             return Ok(None);
         }
-        // Figures are read under the shared lock first, so the write lock below only
-        // finds them cached.
+        // Reading a segment's records takes as long as its size: done with no lock held,
+        // so appends never wait for it; under the locks only cached figures are used.
+        self.read_figures(upto)?;
         if doomed(&self.shared.read(), policy, upto, now_ms) == 0 {
             return Ok(None);
         }
@@ -156,20 +173,49 @@ impl Log {
         if count == 0 {
             return Ok(None);
         }
-        self.delete_leading(&mut st, count).map(Some)
+        let (summary, bases) = self.delete_leading(&mut st, count)?;
+        drop(st);
+        // Committed already (the manifest no longer lists them), and no reader can reach
+        // them: unlinked without the lock. A failure only leaves files the next open deletes.
+        let (fs, dir) = (self.shared.fs.as_ref(), self.shared.dir.as_path());
+        if let Err(e) = remove_segment_files(fs, dir, &bases) {
+            tracing::warn!(error = %e, "deleting segment files past retention failed; the next start removes them");
+        }
+        Ok(Some(summary))
+    }
+
+    /// Reads the figures of the leading sealed segments below `upto` not yet known, from
+    /// their files, holding the log's lock only to list them.
+    fn read_figures(&self, upto: Offset) -> Result<()> {
+        let unread: Vec<((Offset, u64), std::path::PathBuf)> = {
+            let st = self.shared.read();
+            let leading = st.sealed.iter().take_while(|s| wholly_below(s, upto));
+            leading.filter(|s| !st.retention.knows(s)).map(|s| (key(s), s.path.clone())).collect()
+        };
+        for ((base, len), path) in unread {
+            let file = std::fs::File::open(&path)?;
+            // SAFETY: a sealed segment's file is never written again; compaction and
+            // retention replace or delete it whole, so the mapping sees fixed bytes.
+            let map = unsafe { memmap2::Mmap::map(&file)? };
+            let Some(bytes) = map.get(..len as usize) else { continue };
+            let figures = figures_of(bytes);
+            self.shared.read().retention.remember((base, len), figures);
+        }
+        Ok(())
     }
 
     /// Deletes the first `count` sealed segments: the manifest first (the commit point),
     /// then the state, then the files.
-    fn delete_leading(&self, st: &mut State, count: usize) -> Result<RetentionSummary> {
+    fn delete_leading(&self, st: &mut State, count: usize) -> Result<(RetentionSummary, Vec<Offset>)> {
         let shared = &self.shared;
         let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
         let kept: Vec<Offset> = st.sealed[count..].iter().map(|s| s.base).chain([st.active.base]).collect();
-        if let Err(e) = manifest::write(fs, dir, &kept) {
-            return Err(st.fail(format!("rewriting the manifest for retention failed: {e}")));
-        }
+        // Nothing has changed yet if this fails, and either manifest opens (recovery deletes
+        // files below the first listed segment): the log keeps taking writes (a full disk
+        // is when retention matters most) and the next round tries again.
+        manifest::write(fs, dir, &kept)?;
         let gone: Vec<SealedSegment> = st.sealed.drain(..count).collect();
-        let records: u64 = gone.iter().map(|s| st.retention.figures(s).records).sum();
+        let records: u64 = gone.iter().map(|s| st.retention.figures(s).map_or(0, |f| f.records)).sum();
         st.records = st.records.saturating_sub(records);
         let shift = count as u32;
         // An ID whose latest record was deleted is gone, as in Kafka with `delete`.
@@ -185,10 +231,6 @@ impl Log {
         drop(gone);
         let summary = RetentionSummary { segments: count as u64, bytes, log_start };
         tracing::info!(segments = summary.segments, bytes, log_start, "retention deleted old segments");
-        // Committed already: a failed unlink only leaves a file the next open deletes.
-        if let Err(e) = remove_segment_files(fs, dir, &bases) {
-            tracing::warn!(error = %e, "deleting segment files past retention failed; the next start removes them");
-        }
-        Ok(summary)
+        Ok((summary, bases))
     }
 }
