@@ -16,9 +16,20 @@ use common::fs::PowerCutFs;
 use common::{LineClient, ServerProcess, msglog, poll_until};
 use msglog::storage::check::check;
 use msglog::storage::record::encode;
-use msglog::storage::{Log, RecordKind, Retention};
+use msglog::storage::{Log, RecordKind, Retention, StorageError};
 
 const BY_BYTES: fn(u64) -> Retention = |bytes| Retention { bytes: Some(bytes), age: None };
+
+/// Opens the log in `dir` again once the previous handle is gone. Another test of this
+/// binary spawning a process can hold a copy of the lock's descriptor for the moment
+/// between its fork and exec, so `Locked` is waited out (bounded); any other error is
+/// returned.
+fn reopen(dir: &Path) -> Result<Log, StorageError> {
+    poll_until("the data dir's lock to be free", || match Log::open(dir, config()) {
+        Err(StorageError::Locked { .. }) => None,
+        other => Some(other),
+    })
+}
 
 /// Writes `count` distinct IDs (so every record stays live until retention) and returns
 /// each ID's offset and message.
@@ -69,7 +80,7 @@ fn retention_by_bytes_deletes_whole_old_segments_down_to_the_limit_and_a_restart
     assert_eq!(log.apply_retention(&BY_BYTES(limit), log.next_offset(), 0).unwrap(), None, "nothing more is due");
     log.close().unwrap();
 
-    let log = Log::open(dir.path(), config()).expect("a log starting above 0 opens");
+    let log = reopen(dir.path()).expect("a log starting above 0 opens");
     assert_eq!(log.log_start_offset(), summary.log_start);
     assert_eq!(log.stats().records, after.records);
     assert_reads(&log, &written, summary.log_start);
@@ -129,7 +140,7 @@ fn a_missing_segment_in_the_middle_is_still_refused_after_retention() {
     let bases = segment_bases(dir.path());
     assert!(bases.len() >= 3, "{bases:?}");
     std::fs::remove_file(dir.path().join("log").join(format!("{:020}.log", bases[1]))).unwrap();
-    let err = Log::open(dir.path(), config()).err().expect("a hole is refused");
+    let err = reopen(dir.path()).err().expect("a hole is refused");
     assert!(err.to_string().contains("segment missing"), "{err}");
 }
 
@@ -150,7 +161,7 @@ fn a_power_cut_during_retention_leaves_the_old_or_the_new_set() {
         power.cut_power();
         drop(log);
         power.restore();
-        let log = Log::open(dir.path(), config()).expect("strict recovery accepts an interrupted retention");
+        let log = reopen(dir.path()).expect("strict recovery accepts an interrupted retention");
         let start = log.log_start_offset();
         assert_reads(&log, &written, start);
         log.close().unwrap();
