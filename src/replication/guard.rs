@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Status};
 
-use crate::server::{Admission, admission, is_loopback};
+use crate::server::is_loopback;
 
 use super::ReplicationConfig;
 
@@ -65,17 +65,14 @@ impl Guard {
         let Some(peer) = request.remote_addr() else {
             return Err(Status::permission_denied(REFUSAL));
         };
-        // The listen address only decides whether to screen; here a loopback peer passes.
-        match admission(None, true, IpAddr::from([0, 0, 0, 0]), peer) {
-            Admission::Admit => Ok(request),
-            Admission::Protected => {
-                if let Some(held_back) = self.refusals.admit() {
-                    tracing::warn!(%peer, held_back, "protected mode: refusing a replication peer not on this machine \
-                        (such refusals are logged once per 10 s)");
-                }
-                Err(Status::permission_denied(REFUSAL))
-            }
+        if is_loopback(peer.ip()) {
+            return Ok(request);
         }
+        if let Some(held_back) = self.refusals.admit() {
+            tracing::warn!(%peer, held_back, "protected mode: refusing a replication peer not on this machine \
+                (such refusals are logged once per 10 s)");
+        }
+        Err(Status::permission_denied(REFUSAL))
     }
 }
 

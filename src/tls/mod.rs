@@ -3,8 +3,8 @@
 //! `--tls-cert` + `--tls-key` make the client port speak TLS only. With `--tls-ca` as well,
 //! the gRPC port speaks mutual TLS: it asks every caller for a certificate signed by that
 //! CA, and the node presents its own when it calls peers. A node's identity is a DNS
-//! subject alternative name equal to its node id; [`peer_certified_as`] checks a caller's
-//! claim against it.
+//! subject alternative name equal to its node id; [`PeerCertificate::is_node`] checks a
+//! caller's claim against it.
 //!
 //! Everything is loaded and checked at start, so a wrong file fails `msglog serve` with a
 //! message naming it rather than failing each handshake later. SIGHUP loads them again
@@ -225,11 +225,6 @@ impl PeerCertificate {
 /// Whether the caller presented a certificate of the cluster's CA.
 pub fn peer_certified<T>(request: &tonic::Request<T>) -> bool {
     PeerCertificate::of(request).is_some()
-}
-
-/// Whether a gRPC caller's certificate names `node_id`; `None` without a certificate.
-pub fn peer_certified_as<T>(request: &tonic::Request<T>, node_id: &str) -> Option<bool> {
-    PeerCertificate::of(request).map(|cert| cert.names(node_id))
 }
 
 /// Why an accepted connection did not become a TLS stream.
