@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -27,7 +27,7 @@ use crate::server::{
     ReplySlot,
 };
 
-use super::service::{AUTHORIZATION, BEARER, with_password};
+use super::service::{incoming, with_password};
 use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, describe_status};
 
 #[allow(clippy::all, clippy::pedantic)]
@@ -253,9 +253,8 @@ pub async fn serve_forwarding(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_nodelay(true)
         .add_service(service(endpoint, config))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }
 
@@ -310,12 +309,9 @@ impl Service {
     /// password, certificate or not (any certificate of the CA, a consumer's too, passes
     /// the handshake). Forwarding nodes always present theirs.
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(password) = &self.config.password else { return Ok(()) };
-        let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
-        match presented.and_then(|value| value.strip_prefix(BEARER)) {
-            Some(token) if password.matches(token.as_bytes()) => Ok(()),
-            _ => Err(Status::unauthenticated("forwarding requires the cluster's password")),
-        }
+        crate::bearer::check(request, self.config.password.as_ref()).map_err(|presented| {
+            presented.refusal("this node", "Forward", "start every node with the same --requirepass")
+        })
     }
 }
 

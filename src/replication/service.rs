@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::storage::{Chunk, Offset, StorageError};
@@ -60,15 +60,22 @@ pub(super) async fn serve(
         .layer(tonic::service::InterceptorLayer::new(move |request| guard.screen(request)))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .tcp_nodelay(true)
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
         // Each follower also holds an Acknowledge call; the permits bound Fetch streams.
         .max_concurrent_streams(Some(max_streams.saturating_mul(2).max(8)))
         .add_routes(extra)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
+}
+
+/// Connections accepted on `listener`, with Nagle's algorithm off: the builder's
+/// `tcp_nodelay` applies only to listeners tonic binds itself. Left on, a small message
+/// (a high watermark, a reply) waits for the peer's delayed ACK, about 40 ms, and every
+/// write in cluster mode waited with it.
+pub(super) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 struct Service {
@@ -229,29 +236,16 @@ impl Service {
         if crate::tls::peer_certified(request) {
             return Ok(());
         }
-        let Some(password) = &self.node.config.password else { return Ok(()) };
-        let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
-        let token = presented.and_then(|value| value.strip_prefix(BEARER));
-        match token {
-            Some(token) if password.matches(token.as_bytes()) => Ok(()),
-            _ => {
-                let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                // A follower with the wrong password retries every few hundred milliseconds.
-                if let Some(held_back) = self.refusals.admit() {
-                    tracing::warn!(%peer, call, presented = presented.is_some(), held_back,
-                        "refusing a replication call without the password (such refusals are logged once per 10 s)");
-                }
-                let problem = match presented {
-                    Some(_) => "the password presented is not this node's",
-                    None => "no password was presented",
-                };
-                Err(Status::unauthenticated(format!(
-                    "{} requires the cluster's password for {call} ({problem}): start followers with the same \
-                     --requirepass (or MSGLOG_PASSWORD), and give `msglog tail` --password",
-                    self.node.config.node_id
-                )))
-            }
+        let Err(presented) = crate::bearer::check(request, self.node.config.password.as_ref()) else { return Ok(()) };
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        // A follower with the wrong password retries every few hundred milliseconds.
+        if let Some(held_back) = self.refusals.admit() {
+            tracing::warn!(%peer, call, presented = presented.any(), held_back,
+                "refusing a replication call without the password (such refusals are logged once per 10 s)");
         }
+        let remedy =
+            "start followers with the same --requirepass (or MSGLOG_PASSWORD), and give `msglog tail` --password";
+        Err(presented.refusal(&self.node.config.node_id, call, remedy))
     }
 }
 
@@ -295,17 +289,10 @@ fn fence_replica_fetch(node: &Replication, request: &FetchRequest) -> Result<(),
     Ok(())
 }
 
-/// The metadata a replication call presents the password in: `authorization: Bearer <pw>`.
-pub(super) const AUTHORIZATION: &str = "authorization";
-pub(super) const BEARER: &str = "Bearer ";
-
 /// `request` with this node's password attached, if it has one.
 pub(super) fn with_password<T>(message: T, password: Option<&crate::server::Password>) -> Request<T> {
     let mut request = Request::new(message);
-    // A password is printable ASCII (checked when made), so it is always a valid value.
-    if let Some(value) = password.and_then(|p| format!("{BEARER}{}", p.reveal()).parse().ok()) {
-        request.metadata_mut().insert(AUTHORIZATION, value);
-    }
+    crate::bearer::present(&mut request, crate::bearer::value(password).as_ref());
     request
 }
 
@@ -436,4 +423,19 @@ fn read_below(node: &Replication, next: Offset, limit: Offset) -> Result<Chunk, 
 
 fn internal(err: StorageError) -> Status {
     Status::internal(format!("storage failure: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn grpc_connections_are_accepted_with_nagles_algorithm_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut accepted = super::incoming(listener);
+        let _caller = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = accepted.next().await.expect("a connection").unwrap();
+        assert!(stream.nodelay().unwrap(), "TCP_NODELAY on an accepted connection");
+    }
 }
