@@ -14,6 +14,7 @@
 //!
 //! `random` and `throttle` (warnings a peer cannot flood) are leaves any of them may use.
 
+mod bearer;
 pub mod cli;
 pub mod cluster;
 pub mod node;

@@ -30,8 +30,6 @@ use crate::server::Password;
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub const AUTHORIZATION: &str = "authorization";
-pub const BEARER: &str = "Bearer ";
 /// Every quorum call names the caller's `--cluster` voter list: a node of another cluster
 /// (or one started with another list) must never take part in this one's elections.
 pub const VOTERS: &str = "x-msglog-voters";
@@ -56,8 +54,7 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(bind_source_addr: Option<IpAddr>, password: Option<Password>, voters: &[(String, String)]) -> Peers {
-        // A password is printable ASCII (checked when made), so it is always a valid value.
-        let authorization = password.and_then(|p| format!("{BEARER}{}", p.reveal()).parse().ok());
+        let authorization = crate::bearer::value(password.as_ref());
         // Node ids and addresses are checked printable at start, so this always parses.
         let voters = voters_fingerprint(voters).parse().ok();
         Peers { channels: Arc::default(), bind_source_addr, authorization, voters, tls: None }
@@ -86,9 +83,7 @@ impl Peers {
     pub fn request<T>(&self, message: T, timeout: Duration) -> Request<T> {
         let mut request = Request::new(message);
         request.set_timeout(timeout);
-        if let Some(value) = &self.authorization {
-            request.metadata_mut().insert(AUTHORIZATION, value.clone());
-        }
+        crate::bearer::present(&mut request, self.authorization.as_ref());
         if let Some(value) = &self.voters {
             request.metadata_mut().insert(VOTERS, value.clone());
         }

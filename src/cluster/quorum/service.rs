@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tonic::{Request, Response, Status};
 
-use super::network::{AUTHORIZATION, BEARER, RPC_TIMEOUT, VOTERS, decode, encode, voters_fingerprint};
+use super::network::{RPC_TIMEOUT, VOTERS, decode, encode, voters_fingerprint};
 use super::propose::Elsewhere;
 use super::proto::quorum_server::{Quorum as QuorumRpc, QuorumServer};
 use super::proto::{
@@ -129,28 +129,14 @@ impl Service {
         if crate::tls::peer_certified(request) {
             return Ok(());
         }
-        let Some(password) = &self.quorum.config.password else { return Ok(()) };
-        let presented = request.metadata().get(AUTHORIZATION).and_then(|value| value.to_str().ok());
-        match presented.and_then(|value| value.strip_prefix(BEARER)) {
-            Some(token) if password.matches(token.as_bytes()) => Ok(()),
-            _ => {
-                let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
-                // A node with the wrong password retries many times a second.
-                if let Some(held_back) = self.refusals.admit() {
-                    tracing::warn!(%peer, call, presented = presented.is_some(), held_back,
-                        "refusing a quorum call without the password (such refusals are logged once per 10 s)");
-                }
-                let problem = match presented {
-                    Some(_) => "the password presented is not the cluster's",
-                    None => "no password was presented",
-                };
-                Err(Status::unauthenticated(format!(
-                    "{} requires the cluster's password for {call} ({problem}): start every node with the same \
-                     --requirepass",
-                    self.quorum.config.node_id
-                )))
-            }
+        let Err(presented) = crate::bearer::check(request, self.quorum.config.password.as_ref()) else { return Ok(()) };
+        let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        // A node with the wrong password retries many times a second.
+        if let Some(held_back) = self.refusals.admit() {
+            tracing::warn!(%peer, call, presented = presented.any(), held_back,
+                "refusing a quorum call without the password (such refusals are logged once per 10 s)");
         }
+        Err(presented.refusal(&self.quorum.config.node_id, call, "start every node with the same --requirepass"))
     }
 }
 
