@@ -144,6 +144,27 @@ fn a_missing_segment_in_the_middle_is_still_refused_after_retention() {
     assert!(err.to_string().contains("segment missing"), "{err}");
 }
 
+/// Only retention licenses deleting a file before the first listed segment: a manifest
+/// that lost its first line (hand-edited, or written by a bug) makes recovery refuse, not
+/// delete the oldest records.
+#[test]
+fn a_segment_before_the_first_listed_one_is_refused_unless_retention_deleted_it() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    write_ids(&log, 200);
+    log.close().unwrap();
+    let bases = segment_bases(dir.path());
+    assert!(bases.len() >= 3, "{bases:?}");
+    let manifest = dir.path().join("log").join("MANIFEST");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(!text.contains("log-start"), "no retention ran: {text}");
+    let without_first: String = text.lines().filter(|l| *l != bases[0].to_string()).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&manifest, &without_first).unwrap();
+    let err = reopen(dir.path()).err().expect("an unexplained first segment is refused");
+    assert!(err.to_string().contains("not in the manifest"), "{err}");
+    assert_eq!(segment_bases(dir.path()), bases, "nothing deleted");
+}
+
 /// A power cut at every file operation of a retention step: the reopened log (strict
 /// recovery) holds either the old segments or the new set, never a mix, and no file
 /// below its start.

@@ -238,7 +238,10 @@ fn chain(dir: &Path, files: Vec<Offset>, swaps: &[(Offset, Offset, PathBuf)]) ->
             .map(|_| hole(manifest::manifest_path(dir), DamageKind::MissingSegment, manifest::MISSING_MANIFEST));
         return Ok((files, damage));
     };
-    let listed: Vec<Offset> = listed.into_iter().filter(|&b| !super::swap::merged_away(swaps, b)).collect();
+    let listed = manifest::Listed {
+        bases: listed.bases.into_iter().filter(|&b| !super::swap::merged_away(swaps, b)).collect(),
+        ..listed
+    };
     let found = manifest::reconcile(&listed, &files);
     let missing = "segment missing: the manifest lists it but the file is gone";
     let damage = match (found.missing.first(), found.unlisted.first()) {

@@ -2,9 +2,10 @@
 //! segment file that goes missing (first, middle or last) is noticed instead of its
 //! records silently vanishing, or older values of their IDs coming back.
 //!
-//! Text: a first line `msglog-manifest 1`, then the base offset of every segment in
-//! ascending order, one decimal number per line. It is replaced atomically (temp file,
-//! fsync, rename, directory fsync) whenever the chain changes:
+//! Text: a first line `msglog-manifest 1`, then, once retention has deleted segments, a
+//! line `log-start <offset>` (the first offset retention kept), then the base offset of
+//! every segment in ascending order, one decimal number per line. It is replaced
+//! atomically (temp file, fsync, rename, directory fsync) whenever the chain changes:
 //! - a roll creates the new segment file durably, then lists it;
 //! - a truncation (follower divergence, repair) lists only the kept segments, then
 //!   deletes the others.
@@ -14,9 +15,10 @@
 //! So a crash leaves at most segment files *after* the last listed one that the manifest
 //! does not list: either a roll's new file, which never held a record (appends to it
 //! begin only after the manifest lists it), or files a truncation had already decided to
-//! drop; or files *before* the first listed one, which retention had decided to delete.
-//! Recovery deletes all of them. A listed file that is missing, or an unlisted one between
-//! listed ones, is corruption nothing explains.
+//! drop; or files *before* the `log-start` line, which retention had decided to delete.
+//! Recovery deletes all of them. A listed file that is missing, or any other unlisted one,
+//! is corruption nothing explains: only the `log-start` line, which every rewrite carries
+//! over, licenses deleting a file before the first listed segment.
 
 use std::path::{Path, PathBuf};
 
@@ -26,13 +28,23 @@ use super::segment::segment_path;
 use super::{Offset, RecoveryMode, Result, StorageError};
 
 const FIRST_LINE: &str = "msglog-manifest 1";
+const LOG_START: &str = "log-start ";
+
+/// A manifest as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Listed {
+    pub bases: Vec<Offset>,
+    /// The first offset retention kept; 0 if it never deleted a segment. Files below it
+    /// are ones retention decided to delete.
+    pub log_start: Offset,
+}
 
 pub(super) fn manifest_path(dir: &Path) -> PathBuf {
     dir.join("MANIFEST")
 }
 
-/// The listed bases; `None` for a log written before manifests existed.
-pub(super) fn read(dir: &Path) -> Result<Option<Vec<Offset>>> {
+/// The manifest; `None` for a log written before manifests existed.
+pub(super) fn read(dir: &Path) -> Result<Option<Listed>> {
     let path = manifest_path(dir);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -45,19 +57,34 @@ pub(super) fn read(dir: &Path) -> Result<Option<Vec<Offset>>> {
         return Err(bad(format!("manifest does not start with {FIRST_LINE:?}")));
     }
     let mut bases: Vec<Offset> = Vec::new();
+    let mut log_start = 0;
     for line in lines {
+        if let (true, Some(at)) = (bases.is_empty(), line.strip_prefix(LOG_START)) {
+            log_start = at.parse().map_err(|_| bad(format!("manifest line {line:?} has no log start offset")))?;
+            continue;
+        }
         let base = line.parse().map_err(|_| bad(format!("manifest line {line:?} is not a base offset")))?;
         if bases.last().is_some_and(|&b| b >= base) {
             return Err(bad(format!("manifest bases are not ascending at {base}")));
         }
         bases.push(base);
     }
-    Ok(Some(bases))
+    Ok(Some(Listed { bases, log_start }))
 }
 
-/// Replaces the manifest with `bases`, durably.
+/// Replaces the manifest with `bases`, durably, keeping its `log-start` line: a rewrite
+/// that dropped it would turn retention's leftovers into unexplained files.
 pub(super) fn write(fs: &dyn FileSystem, dir: &Path, bases: &[Offset]) -> Result<()> {
+    let log_start = read(dir)?.map_or(0, |listed| listed.log_start);
+    write_with_start(fs, dir, bases, log_start)
+}
+
+/// Replaces the manifest with `bases` and the log start retention moved to, durably.
+pub(super) fn write_with_start(fs: &dyn FileSystem, dir: &Path, bases: &[Offset], log_start: Offset) -> Result<()> {
     let mut text = format!("{FIRST_LINE}\n");
+    if log_start > 0 {
+        text.push_str(&format!("{LOG_START}{log_start}\n"));
+    }
     for base in bases {
         text.push_str(&format!("{base}\n"));
     }
@@ -72,15 +99,16 @@ pub(super) struct Reconciled {
     pub missing: Vec<Offset>,
     /// Unlisted files between listed segments.
     pub unlisted: Vec<Offset>,
-    /// Unlisted files before the first listed segment: left by a crash in retention,
-    /// which lists only what it keeps before deleting the rest.
+    /// Unlisted files below the log start: left by a crash in retention, which lists only
+    /// what it keeps before deleting the rest.
     pub below_start: Vec<Offset>,
     /// Unlisted files after the last listed segment: left by a crash in a roll or a
     /// truncation, never holding an acknowledged record the manifest still counts.
     pub leftover: Vec<Offset>,
 }
 
-pub(super) fn reconcile(listed: &[Offset], files: &[Offset]) -> Reconciled {
+pub(super) fn reconcile(manifest: &Listed, files: &[Offset]) -> Reconciled {
+    let listed = &manifest.bases;
     let (first, last) = (listed.first().copied(), listed.last().copied());
     let mut r =
         Reconciled { missing: listed.iter().filter(|b| !files.contains(b)).copied().collect(), ..Default::default() };
@@ -88,7 +116,7 @@ pub(super) fn reconcile(listed: &[Offset], files: &[Offset]) -> Reconciled {
         // An empty list explains nothing: every file is unlisted.
         match (first, last) {
             (_, Some(last)) if base > last => r.leftover.push(base),
-            (Some(first), _) if base < first => r.below_start.push(base),
+            (Some(first), _) if base < first && base < manifest.log_start => r.below_start.push(base),
             _ => r.unlisted.push(base),
         }
     }
@@ -114,7 +142,7 @@ pub(super) fn written_with_manifest(dir: &Path, files: &[Offset]) -> Option<Offs
     })
 }
 
-/// The segments recovery scans, in order, and the manifest as read (`None` if absent):
+/// The segments recovery scans, in order, and the manifest's bases as read (`None` if absent):
 /// refuses a hole in the chain (or, in repair mode, forgets the missing segments and
 /// sets unlisted ones aside), and deletes leftovers of an interrupted roll or truncation.
 pub(super) fn chain(
@@ -123,7 +151,7 @@ pub(super) fn chain(
     files: &[Offset],
     mode: RecoveryMode,
 ) -> Result<(Vec<Offset>, Option<Vec<Offset>>)> {
-    let Some(listed) = read(dir)? else {
+    let Some(manifest) = read(dir)? else {
         if let (true, Some(base)) = (mode == RecoveryMode::Strict, written_with_manifest(dir, files)) {
             return Err(StorageError::Corruption {
                 segment: manifest_path(dir),
@@ -138,7 +166,8 @@ pub(super) fn chain(
         }
         return Ok((files.to_vec(), None));
     };
-    let found = reconcile(&listed, files);
+    let found = reconcile(&manifest, files);
+    let listed = manifest.bases;
     let strict = mode == RecoveryMode::Strict;
     if let (true, Some(&base)) = (strict, found.missing.first()) {
         let reason = "segment missing: the manifest lists it but the file is gone (a hole in the log; `msglog check --repair` drops it from the chain)";
@@ -175,15 +204,38 @@ pub(super) fn chain(
 mod tests {
     use super::*;
 
+    fn listed(bases: &[Offset], log_start: Offset) -> Listed {
+        Listed { bases: bases.to_vec(), log_start }
+    }
+
     #[test]
     fn files_after_the_last_listed_segment_are_leftovers_and_gaps_are_missing() {
-        let r = reconcile(&[0, 10, 20], &[0, 5, 20, 30]);
+        let r = reconcile(&listed(&[0, 10, 20], 0), &[0, 5, 20, 30]);
         assert_eq!(r, Reconciled { missing: vec![10], unlisted: vec![5], leftover: vec![30], below_start: vec![] });
     }
 
     #[test]
-    fn files_before_the_first_listed_segment_are_retention_leftovers() {
-        let r = reconcile(&[20, 30], &[0, 10, 20, 25, 30]);
+    fn files_below_the_log_start_are_retention_leftovers() {
+        let r = reconcile(&listed(&[20, 30], 20), &[0, 10, 20, 25, 30]);
         assert_eq!(r, Reconciled { below_start: vec![0, 10], unlisted: vec![25], ..Reconciled::default() });
+    }
+
+    #[test]
+    fn files_before_the_first_listed_segment_are_unexplained_unless_retention_moved_the_start() {
+        let r = reconcile(&listed(&[20, 30], 0), &[0, 10, 20, 30]);
+        assert_eq!(r, Reconciled { unlisted: vec![0, 10], ..Reconciled::default() });
+        let r = reconcile(&listed(&[20, 30], 10), &[0, 10, 20, 30]);
+        assert_eq!(r, Reconciled { below_start: vec![0], unlisted: vec![10], ..Reconciled::default() });
+    }
+
+    #[test]
+    fn the_log_start_line_survives_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = super::super::fs::RealFs;
+        write_with_start(&fs, dir.path(), &[20, 30], 20).unwrap();
+        write(&fs, dir.path(), &[20, 30, 40]).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(listed(&[20, 30, 40], 20)));
+        let text = std::fs::read_to_string(manifest_path(dir.path())).unwrap();
+        assert_eq!(text, "msglog-manifest 1\nlog-start 20\n20\n30\n40\n");
     }
 }

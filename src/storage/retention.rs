@@ -211,9 +211,9 @@ impl Log {
         let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
         let kept: Vec<Offset> = st.sealed[count..].iter().map(|s| s.base).chain([st.active.base]).collect();
         // Nothing has changed yet if this fails, and either manifest opens (recovery deletes
-        // files below the first listed segment): the log keeps taking writes (a full disk
+        // files below the log start it records): the log keeps taking writes (a full disk
         // is when retention matters most) and the next round tries again.
-        manifest::write(fs, dir, &kept)?;
+        manifest::write_with_start(fs, dir, &kept, kept[0])?;
         let gone: Vec<SealedSegment> = st.sealed.drain(..count).collect();
         let records: u64 = gone.iter().map(|s| st.retention.figures(s).map_or(0, |f| f.records)).sum();
         st.records = st.records.saturating_sub(records);

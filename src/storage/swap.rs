@@ -99,7 +99,7 @@ pub(super) fn roll_forward(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    if let Some(listed) = manifest::read(dir)? {
+    if let Some(listed) = manifest::read(dir)?.map(|m| m.bases) {
         let kept: Vec<Offset> = listed.iter().copied().filter(|&b| !merged_away(&swaps, b)).collect();
         if kept != listed {
             manifest::write(fs, dir, &kept)?;
