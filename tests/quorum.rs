@@ -41,6 +41,7 @@ fn config(id: &str, addr: SocketAddr, voters: &[(String, String)], dir: &Path) -
         client_addr: format!("127.0.0.1:{}", 1000 + addr.port() % 1000),
         dir: dir.to_path_buf(),
         session_timeout: SESSION_TIMEOUT,
+        replace_dead_after: None,
         replication_factor: 3,
         min_insync: 2,
         password: Some(Password::new("quorum-secret").expect("password")),

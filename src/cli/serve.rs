@@ -104,6 +104,13 @@ pub(crate) struct ServeArgs {
     /// is replaced; also how long a follower may lag before it leaves the in-sync replicas.
     #[arg(long, env = "MSGLOG_SESSION_TIMEOUT", default_value = "1500ms", value_parser = parse_session_timeout)]
     session_timeout: Duration,
+    /// Cluster mode: a replica whose node has been gone (fenced) this long gives its place
+    /// to a live node that holds no copy, which copies the log and joins the in-sync
+    /// replicas, so the partition is back to --replication-factor copies; `never` keeps
+    /// waiting for the node to return.
+    #[arg(long, env = "MSGLOG_REPLACE_DEAD_AFTER", default_value = "30s", value_name = "DURATION|never",
+          value_parser = parse_replace_dead_after)]
+    replace_dead_after: ReplaceDeadAfter,
     /// Cluster mode: copies of each record, counting the leader [default: 3, at most the
     /// number of nodes that join].
     #[arg(long, env = "MSGLOG_REPLICATION_FACTOR", value_parser = clap::value_parser!(u32).range(1..=7))]
@@ -353,6 +360,23 @@ fn parse_session_timeout(text: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
+/// `--replace-dead-after`: a duration, or never.
+#[derive(Debug, Clone, Copy)]
+struct ReplaceDeadAfter(Option<Duration>);
+
+fn parse_replace_dead_after(text: &str) -> Result<ReplaceDeadAfter, String> {
+    if text.trim() == "never" {
+        return Ok(ReplaceDeadAfter(None));
+    }
+    let after = parse_duration(text)?;
+    if after < Duration::from_secs(1) {
+        return Err(format!(
+            "{text} would copy a whole log to another node for every restart; use at least 1s, or never"
+        ));
+    }
+    Ok(ReplaceDeadAfter(Some(after)))
+}
+
 /// Cluster mode's settings from the flags; `None` without `--cluster`.
 fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<ClusterConfig>> {
     let Some(Voters(voters)) = &args.cluster else {
@@ -384,6 +408,7 @@ fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<Clu
     Ok(Some(ClusterConfig {
         voters: voters.clone(),
         session_timeout: args.session_timeout,
+        replace_dead_after: args.replace_dead_after.0,
         replication_factor,
         min_insync,
     }))

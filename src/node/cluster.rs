@@ -31,6 +31,8 @@ pub struct ClusterConfig {
     pub voters: Vec<(String, String)>,
     /// A node not heard from for this long is fenced (`--session-timeout`).
     pub session_timeout: Duration,
+    /// A replica fenced this long is replaced (`--replace-dead-after`); `None`: never.
+    pub replace_dead_after: Option<Duration>,
     /// Copies of each record, counting the leader (`--replication-factor`).
     pub replication_factor: usize,
     /// Members an acknowledged write is on, counting the leader (`--min-insync`).
@@ -361,6 +363,7 @@ pub(super) fn quorum_config(
         client_addr: client_addr.to_string(),
         dir: config.data_dir.join("quorum"),
         session_timeout: cluster.session_timeout,
+        replace_dead_after: cluster.replace_dead_after,
         replication_factor: cluster.replication_factor,
         min_insync: cluster.min_insync,
         password: config.password.clone(),

@@ -60,6 +60,8 @@ pub struct ProcessCluster {
     voters: Option<String>,
     /// Cluster mode: `--replication-factor`, when not the default (3).
     replication_factor: Option<usize>,
+    /// Cluster mode: more flags every member is started with.
+    member_args: Vec<String>,
 }
 
 /// A failed scenario keeps its data dirs and each node's stderr for a post-mortem.
@@ -101,8 +103,22 @@ impl ProcessCluster {
         copies: Option<usize>,
         addressing: Addressing,
     ) -> ProcessCluster {
+        ProcessCluster::start_cluster_with_args(n, voters, tolerance, copies, addressing, &[])
+    }
+
+    /// [`start_cluster_with_copies`](Self::start_cluster_with_copies), every member also
+    /// started (and restarted) with `member_args`.
+    pub fn start_cluster_with_args(
+        n: usize,
+        voters: usize,
+        tolerance: u32,
+        copies: Option<usize>,
+        addressing: Addressing,
+        member_args: &[&str],
+    ) -> ProcessCluster {
         let mut cluster = ProcessCluster::new(n, tolerance, addressing);
         cluster.replication_factor = copies;
+        cluster.member_args = member_args.iter().map(|a| a.to_string()).collect();
         let list: Vec<String> =
             cluster.nodes[..voters].iter().map(|node| format!("{}={}", node.name, node.grpc)).collect();
         cluster.voters = Some(list.join(","));
@@ -155,6 +171,7 @@ impl ProcessCluster {
             leader,
             voters: None,
             replication_factor: None,
+            member_args: Vec::new(),
         }
     }
 
@@ -191,6 +208,8 @@ impl ProcessCluster {
         if let Some(copies) = &copies {
             extra.extend(["--replication-factor", copies]);
         }
+        let member_args = self.member_args.clone();
+        extra.extend(member_args.iter().map(String::as_str));
         let args = self.args(i, &source, &extra);
         let node = &self.nodes[i];
         let process = ServerProcess::spawn_on(&node.data_dir, node.addr, node.grpc, &args);

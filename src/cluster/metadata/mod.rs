@@ -13,6 +13,9 @@
 //! - The ISR is changed by its leader only under the epoch it leads (a deposed leader's
 //!   change is refused), and by the controller when it fences a member; it never loses
 //!   its last member.
+//! - A replica is replaced only while it is fenced and out of the ISR: the ISR, which
+//!   holds every acknowledged write, is untouched, and the new replica joins it only once
+//!   its leader has seen it catch up.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -49,6 +52,10 @@ pub struct Member {
     pub fenced: bool,
     /// Random per process start: a second process under the same id is told apart.
     pub incarnation: u64,
+    /// The highest epoch its log held when it registered: if it is made a replica later,
+    /// the partition's next epoch goes above it too.
+    #[serde(default)]
+    pub log_epoch: Epoch,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +86,9 @@ pub enum MetaCommand {
     /// saw (`expected`): a change based on an ISR that has changed since is refused, as it
     /// could put back a member that missed writes acknowledged in between.
     AlterIsr { leader: NodeId, epoch: Epoch, expected: BTreeSet<NodeId>, isr: BTreeSet<NodeId> },
+    /// The controller gives `dead`'s place among the replicas to `with`, a live member
+    /// holding none (`--replace-dead-after`), from the replicas it last saw (`expected`).
+    ReplaceReplica { dead: NodeId, with: NodeId, expected: Vec<NodeId> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +143,7 @@ impl Metadata {
                     voter: *voter,
                     fenced: false,
                     incarnation: *incarnation,
+                    log_epoch: *log_epoch,
                 };
                 self.members.insert(id.clone(), member);
                 let partition = &mut self.partition;
@@ -196,7 +207,44 @@ impl Metadata {
                 self.partition.isr = isr.clone();
                 MetaOutcome::Applied
             }
+            MetaCommand::ReplaceReplica { dead, with, expected } => match self.replacement(dead, with, expected) {
+                Err(why) => MetaOutcome::Rejected(why),
+                Ok(at) => {
+                    let log_epoch = self.members.get(with).map_or(0, |m| m.log_epoch);
+                    let partition = &mut self.partition;
+                    partition.replicas[at] = with.clone();
+                    partition.epoch_floor = partition.epoch_floor.max(log_epoch);
+                    MetaOutcome::Applied
+                }
+            },
         }
+    }
+
+    /// Where `dead` sits among the replicas, if `with` may take its place.
+    fn replacement(&self, dead: &NodeId, with: &NodeId, expected: &[NodeId]) -> Result<usize, String> {
+        let partition = &self.partition;
+        if partition.replicas != expected {
+            return Err(format!(
+                "the replicas are {:?} now, not {expected:?} as the change assumed",
+                partition.replicas
+            ));
+        }
+        let at =
+            partition.replicas.iter().position(|id| id == dead).ok_or_else(|| format!("{dead} is not a replica"))?;
+        if self.members.get(dead).is_some_and(|m| !m.fenced) {
+            return Err(format!("{dead} is alive"));
+        }
+        // Fencing keeps the last ISR member, which alone may hold every acknowledged write.
+        if partition.isr.contains(dead) || partition.leader.as_ref() == Some(dead) {
+            return Err(format!("{dead} is in the ISR: it may hold acknowledged writes no other replica has"));
+        }
+        if partition.replicas.contains(with) {
+            return Err(format!("{with} is a replica already"));
+        }
+        if self.members.get(with).is_none_or(|m| m.fenced) {
+            return Err(format!("{with} is not a live member"));
+        }
+        Ok(at)
     }
 
     /// `id` leads nothing and leaves the ISR (unless it is the last member there).

@@ -141,3 +141,63 @@ fn an_isr_change_based_on_an_isr_that_has_changed_since_is_refused() {
     assert!(matches!(meta.apply(&stale), MetaOutcome::Rejected(_)));
     assert_eq!(meta.partition.isr, set(&["a", "b"]));
 }
+
+fn replace(dead: &str, with: &str, expected: &[&str]) -> MetaCommand {
+    MetaCommand::ReplaceReplica {
+        dead: dead.into(),
+        with: with.into(),
+        expected: expected.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn a_fenced_replica_out_of_the_isr_is_replaced_by_a_live_member_in_its_place() {
+    let mut meta = three();
+    meta.apply(&register("d", 1));
+    assert_eq!(meta.partition.replicas, ["a", "b", "c"], "d is beyond the replication factor");
+    assert!(matches!(meta.apply(&replace("b", "d", &["a", "b", "c"])), MetaOutcome::Rejected(_)), "b is alive");
+    meta.apply(&fence("b", 1));
+    assert_eq!(meta.partition.isr, set(&["a", "c"]));
+    let (leader, epoch) = (meta.partition.leader.clone(), meta.partition.epoch);
+    assert_eq!(meta.apply(&replace("b", "d", &["a", "b", "c"])), MetaOutcome::Applied);
+    assert_eq!(meta.partition.replicas, ["a", "d", "c"]);
+    assert_eq!(meta.partition.isr, set(&["a", "c"]), "d joins the ISR only once its leader sees it caught up");
+    assert_eq!((meta.partition.leader.clone(), meta.partition.epoch), (leader, epoch), "no new epoch");
+    // b comes back: it is a member again, not a replica.
+    meta.apply(&register("b", 2));
+    assert_eq!(meta.partition.replicas, ["a", "d", "c"]);
+    let stale = replace("b", "d", &["a", "b", "c"]);
+    assert!(matches!(meta.apply(&stale), MetaOutcome::Rejected(_)), "based on replicas that changed since");
+}
+
+#[test]
+fn a_replica_that_may_hold_acknowledged_writes_is_never_replaced() {
+    let mut meta = three();
+    meta.apply(&register("d", 1));
+    // c, then a (the leader) die: b leads alone; then b dies too and stays the last ISR member.
+    meta.apply(&fence("c", 1));
+    meta.apply(&fence("a", 1));
+    meta.apply(&fence("b", 1));
+    assert_eq!(meta.partition.isr, set(&["b"]));
+    assert!(matches!(meta.apply(&replace("b", "d", &["a", "b", "c"])), MetaOutcome::Rejected(_)), "b holds it all");
+    assert_eq!(meta.apply(&replace("c", "d", &["a", "b", "c"])), MetaOutcome::Applied);
+    let fenced = replace("a", "c", &["a", "b", "d"]);
+    assert!(matches!(meta.apply(&fenced), MetaOutcome::Rejected(_)), "c is fenced, not a live member");
+    let replica = replace("a", "d", &["a", "b", "d"]);
+    assert!(matches!(meta.apply(&replica), MetaOutcome::Rejected(_)), "d is a replica already");
+}
+
+#[test]
+fn a_replacement_raises_the_epoch_floor_to_the_new_replicas_log() {
+    let mut meta = three();
+    let mut old = register("d", 1);
+    if let MetaCommand::Register { log_epoch, .. } = &mut old {
+        *log_epoch = 40;
+    }
+    meta.apply(&old);
+    meta.apply(&fence("b", 1));
+    meta.apply(&replace("b", "d", &["a", "b", "c"]));
+    meta.apply(&fence("a", 1));
+    assert_eq!(meta.partition.leader.as_deref(), Some("c"));
+    assert!(meta.partition.epoch > 40, "epoch {} must exceed every replica's log", meta.partition.epoch);
+}

@@ -31,6 +31,8 @@ pub struct Sessions {
     fencing: HashSet<String>,
     /// When this controller last handed its role over because it also leads the partition.
     stepped_aside: Option<Instant>,
+    /// Since when this controller has seen each fenced replica fenced.
+    dead_since: HashMap<String, Instant>,
 }
 
 impl Sessions {
@@ -69,6 +71,7 @@ impl Quorum {
             return;
         }
         self.fence_expired(&metadata).await;
+        self.replace_dead(&metadata).await;
         self.add_learners(&metadata).await;
         self.step_aside(&metadata).await;
     }
@@ -160,6 +163,47 @@ impl Quorum {
         }
     }
 
+    /// Gives the place of a replica fenced for `--replace-dead-after` (on this controller's
+    /// clock, so a new controller waits the whole time again) to a live member that holds
+    /// no copy, so the partition gets back to its replication factor. The new replica
+    /// copies the log from the leader and joins the ISR once caught up. A replica still in
+    /// the ISR (the last one, which may alone hold acknowledged writes) is never replaced.
+    async fn replace_dead(&self, metadata: &Metadata) {
+        let Some(after) = self.config.replace_dead_after else { return };
+        let partition = &metadata.partition;
+        let dead = {
+            let Some(mut sessions) = self.controlled_sessions() else { return };
+            let now = Instant::now();
+            let fenced = |id: &String| metadata.members.get(id).is_none_or(|m| m.fenced);
+            sessions.dead_since.retain(|id, _| partition.replicas.contains(id) && fenced(id));
+            let mut due = None;
+            for id in partition.replicas.iter().filter(|id| fenced(id)) {
+                let since = *sessions.dead_since.entry(id.clone()).or_insert(now);
+                if due.is_none() && now.duration_since(since) >= after && !partition.isr.contains(id) {
+                    due = Some(id.clone());
+                }
+            }
+            due
+        };
+        let Some(dead) = dead else { return };
+        let Some(with) = metadata.live_members().map(|(id, _)| id).find(|id| !partition.replicas.contains(id)) else {
+            return;
+        };
+        tracing::info!(%dead, %with, "replacing a replica gone for {after:?}: its copy will be made on another node");
+        let command = MetaCommand::ReplaceReplica {
+            dead: dead.clone(),
+            with: with.clone(),
+            expected: partition.replicas.clone(),
+        };
+        match self.propose_as_controller(command).await {
+            Ok(Some(MetaOutcome::Rejected(why))) => {
+                tracing::warn!(%dead, %with, %why, "replacing a dead replica was refused")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%dead, %with, "could not replace a dead replica: {e}"),
+        }
+    }
+
     /// Every live non-voter becomes a learner, so the metadata reaches it.
     async fn add_learners(&self, metadata: &Metadata) {
         let membership = self.raft_metrics().membership_config.clone();
@@ -238,6 +282,7 @@ impl Quorum {
         if sessions.took_over.is_none_or(|(term, _)| term != metrics.current_term) {
             sessions.took_over = Some((metrics.current_term, Instant::now()));
             sessions.last_seen.clear();
+            sessions.dead_since.clear();
         }
         Some(sessions)
     }

@@ -57,6 +57,9 @@ pub struct QuorumConfig {
     pub dir: PathBuf,
     /// A dead node is fenced after this long without a heartbeat (`--session-timeout`).
     pub session_timeout: Duration,
+    /// A replica fenced this long is replaced by a live member that holds none
+    /// (`--replace-dead-after`); `None`: never.
+    pub replace_dead_after: Option<Duration>,
     /// Used by the controller that forms the cluster (`MetaCommand::Init`).
     pub replication_factor: usize,
     pub min_insync: usize,

@@ -61,7 +61,8 @@ impl Service {
         let subject = match command {
             MetaCommand::Register { id, .. } | MetaCommand::Fence { id, .. } => Some(id),
             MetaCommand::AlterIsr { leader, .. } => Some(leader),
-            MetaCommand::Init { .. } => None,
+            // Only a controller (a voter) re-places replicas.
+            MetaCommand::Init { .. } | MetaCommand::ReplaceReplica { .. } => None,
         };
         match subject {
             Some(id) if self.is_node(&certificate, id) => Ok(()),
