@@ -330,3 +330,24 @@ fn reads_never_see_a_write_that_a_failover_loses() {
         });
     });
 }
+
+/// With two of three voters gone, no leader can be elected: the survivor refuses writes
+/// and reads with an error that says the cluster has no quorum, not that an election is
+/// merely under way.
+#[test]
+fn with_a_majority_of_voters_down_requests_are_refused_saying_there_is_no_quorum() {
+    let mut cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Shared);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let mut client = LineClient::connect(cluster.nodes[leader].addr).expect("connect");
+    assert_eq!(client.request(b"SET before-outage 1").expect("SET"), b"OK");
+    let survivor = (leader + 1) % 3;
+    for i in (0..3).filter(|&i| i != survivor) {
+        cluster.kill(i);
+    }
+    let mut client = LineClient::connect(cluster.nodes[survivor].addr).expect("connect");
+    for request in [&b"SET during-outage 2"[..], b"GET before-outage"] {
+        let reply = String::from_utf8(client.request(request).expect("a reply")).expect("text");
+        assert!(reply.starts_with("ERR") && reply.contains("no quorum"), "{reply}");
+        assert!(reply.contains("was not applied"), "{reply}");
+    }
+}

@@ -25,7 +25,7 @@ fn set_keys(cluster: &ProcessCluster, node: usize, prefix: &str, count: usize) {
 fn a_replica_gone_past_replace_dead_after_is_remade_on_a_node_that_held_no_copy() {
     // Four nodes, three voters, three copies: one node holds nothing until it is needed.
     let mut cluster =
-        ProcessCluster::start_cluster_with_args(4, 3, 1, None, Addressing::Shared, &["--replace-dead-after", "1s"]);
+        ProcessCluster::start_cluster_with_args(4, 3, 1, None, Addressing::Shared, &["--replace-dead-after", "2s"]);
     let leader = cluster.wait_for_leader(&[0, 1, 2, 3]);
     let replicas = list(&cluster.stats(leader), "replicas");
     assert_eq!(replicas.len(), 3, "{replicas:?}");
@@ -41,8 +41,7 @@ fn a_replica_gone_past_replace_dead_after_is_remade_on_a_node_that_held_no_copy(
     poll_until("the spare to replace the dead replica and join the ISR", || {
         let stats = cluster.stats(leader);
         let (replicas, isr) = (list(&stats, "replicas"), list(&stats, "isr"));
-        (replicas.contains(&spare_name) && !replicas.contains(&victim_name) && isr.contains(&spare_name))
-            .then_some(())
+        (replicas.contains(&spare_name) && !replicas.contains(&victim_name) && isr.contains(&spare_name)).then_some(())
     });
     set_keys(&cluster, leader, "after-", 100);
     cluster.wait_converged(leader);
@@ -62,14 +61,27 @@ fn a_replica_gone_past_replace_dead_after_is_remade_on_a_node_that_held_no_copy(
     assert!(digests.iter().all(|(_, d)| *d == digests[0].1), "the new replica's log is the leader's: {digests:?}");
 }
 
-#[test]
-fn replace_dead_after_refuses_a_delay_that_would_copy_a_log_on_every_restart() {
+/// `msglog serve` with `args` (after a three-voter `--cluster`) fails; its stderr.
+fn refused(args: &[&str]) -> String {
     let out = msglog()
         .args(["serve", "--node-id", "a", "--cluster", "a=127.0.0.1:1,b=127.0.0.1:2,c=127.0.0.1:3"])
-        .args(["--replace-dead-after", "200ms"])
+        .args(args)
         .output()
         .expect("run msglog");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn replace_dead_after_refuses_a_delay_that_would_copy_a_log_on_every_restart() {
+    let err = refused(&["--replace-dead-after", "200ms"]);
     assert!(err.contains("--replace-dead-after") && err.contains("at least 1s, or never"), "{err}");
+    let err = refused(&["--replace-dead-after", "1s", "--session-timeout", "3s"]);
+    assert!(err.contains("is not longer than --session-timeout"), "{err}");
+}
+
+#[test]
+fn a_min_insync_below_what_the_tolerance_promises_is_refused() {
+    let err = refused(&["--tolerance", "2", "--min-insync", "2"]);
+    assert!(err.contains("--min-insync 2 breaks --tolerance 2"), "{err}");
 }

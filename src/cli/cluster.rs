@@ -94,6 +94,9 @@ pub(crate) struct MemberStatus {
 pub(crate) enum MemberState {
     Leader,
     Follower,
+    /// Alive, but holds no copy of the partition (not among its replicas): it forwards,
+    /// and is what `--replace-dead-after` draws on.
+    Spare,
     Fenced,
     Unreachable,
 }
@@ -103,6 +106,7 @@ impl MemberState {
         match self {
             MemberState::Leader => "leader",
             MemberState::Follower => "follower",
+            MemberState::Spare => "spare",
             MemberState::Fenced => "fenced",
             MemberState::Unreachable => "unreachable",
         }
@@ -246,6 +250,7 @@ impl ClusterStatus {
         let view = leader_stats.unwrap_or(asked);
         let isr = list(view, "isr");
         let fenced = list(view, "fenced");
+        let replicas = list(view, "replicas");
         let members = answers
             .iter()
             .map(|answer| {
@@ -257,11 +262,14 @@ impl ClusterStatus {
                     match own.and_then(|s| s.get("role")).map(String::as_str) {
                         None => MemberState::Unreachable,
                         Some("leader") => MemberState::Leader,
+                        Some(_) if !replicas.is_empty() && !replicas.contains(&answer.id) => MemberState::Spare,
                         Some(_) => MemberState::Follower,
                     }
                 };
                 let lag = match state {
-                    MemberState::Leader => None,
+                    // A spare copies nothing, so it lags nothing (its figures are what it
+                    // held when it was last a replica, if ever).
+                    MemberState::Leader | MemberState::Spare => None,
                     _ => leader_stats.and_then(|l| lag_reported_by_leader(l, &answer.id)).or_else(|| own_number("lag")),
                 };
                 MemberStatus {
@@ -282,7 +290,8 @@ impl ClusterStatus {
             controller: view.get("controller").filter(|c| *c != "none").cloned(),
             leader: named_leader(view),
             epoch: number(view, "epoch"),
-            hw: number(view, "hw"),
+            // With no leader nobody vouches for a high watermark: a node's own is stale.
+            hw: named_leader(view).and_then(|_| number(view, "hw")),
             isr,
             min_insync: number(view, "min_insync"),
             members,
@@ -381,6 +390,35 @@ mod tests {
     }
 
     #[test]
+    fn a_live_member_that_is_no_replica_is_a_spare_with_no_lag() {
+        let leader = LEADER.replace("replicas=n0,n1,n2,n3", "replicas=n0,n1,n2");
+        let spare = FOLLOWER.replace("node_id=n0", "node_id=n3").replace("lag=1", "lag=600");
+        let asked = parse_stats(&leader);
+        let answers: Vec<MemberAnswer> = members(&asked)
+            .into_iter()
+            .map(|(id, client_addr)| {
+                let stats = match id.as_str() {
+                    "n1" => Some(asked.clone()),
+                    "n3" => Some(parse_stats(&spare)),
+                    _ => None,
+                };
+                MemberAnswer { id, client_addr, stats }
+            })
+            .collect();
+        let status = ClusterStatus::from_stats(&asked, &answers);
+        let n3 = status.members.iter().find(|m| m.id == "n3").unwrap();
+        assert_eq!((n3.state, n3.lag, n3.in_isr), (MemberState::Spare, None, false));
+        assert!(status.to_text().contains("n3  127.0.0.1:7003  spare"), "{}", status.to_text());
+    }
+
+    #[test]
+    fn with_no_leader_known_the_header_shows_no_high_watermark() {
+        let asked = parse_stats(&FOLLOWER.replace("leader=n1", "leader=none"));
+        let status = ClusterStatus::from_stats(&asked, &[]);
+        assert_eq!((status.leader.clone(), status.hw), (None, None));
+    }
+
+    #[test]
     fn without_the_leader_the_header_is_the_asked_nodes_view_and_lag_its_own() {
         let asked = parse_stats(FOLLOWER);
         let answers = vec![
@@ -441,6 +479,6 @@ n3  127.0.0.1:7003  unreachable  -      -        -    42   no
             ("forming", None, None)
         );
         assert!(status.isr.is_empty());
-        assert!(status.to_text().starts_with("cluster forming  controller none  leader none  epoch 0  hw 0  isr -  "));
+        assert!(status.to_text().starts_with("cluster forming  controller none  leader none  epoch 0  hw -  isr -  "));
     }
 }

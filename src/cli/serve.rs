@@ -365,7 +365,7 @@ fn parse_session_timeout(text: &str) -> Result<Duration, String> {
 struct ReplaceDeadAfter(Option<Duration>);
 
 fn parse_replace_dead_after(text: &str) -> Result<ReplaceDeadAfter, String> {
-    if text.trim() == "never" {
+    if text.trim().eq_ignore_ascii_case("never") {
         return Ok(ReplaceDeadAfter(None));
     }
     let after = parse_duration(text)?;
@@ -399,6 +399,24 @@ fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<Clu
         None if tolerance_given => tolerance as usize + 1,
         None => 2.min(replication_factor),
     };
+    if let (true, Some(given)) = (tolerance_given, args.min_insync)
+        && (given as usize) < tolerance as usize + 1
+    {
+        anyhow::bail!(
+            "--min-insync {given} breaks --tolerance {tolerance}: an OK'd write must be on {} nodes to survive the \
+             loss of any {tolerance}; leave out --min-insync (it follows --tolerance) or raise it",
+            tolerance + 1
+        );
+    }
+    if let Some(after) = args.replace_dead_after.0
+        && after <= args.session_timeout
+    {
+        anyhow::bail!(
+            "--replace-dead-after {after:?} is not longer than --session-timeout {:?}: a node would be replaced as \
+             soon as it is fenced, and every restart would copy a whole log",
+            args.session_timeout
+        );
+    }
     if min_insync > replication_factor {
         anyhow::bail!(
             "--min-insync {min_insync} (or --tolerance {}) needs at least as many copies, but --replication-factor is {replication_factor}",

@@ -418,6 +418,30 @@ impl crate::server::Cluster for Member {
         self.replication.role()
     }
 
+    fn unavailable(&self, seen: String) -> String {
+        if self.quorum.controller().is_none() {
+            // Without a quorum no leader can be named or replaced, so waiting longer helps
+            // only once enough voters are back.
+            return format!(
+                "{seen}; the cluster has no quorum: the metadata quorum does not answer (a majority of the \
+                 voters {} must be up and reach each other)",
+                self.quorum.voter_ids().join(",")
+            );
+        }
+        let meta = self.quorum.metadata().borrow().clone();
+        let partition = &meta.partition;
+        let live = |id: &String| meta.members.get(id).is_some_and(|m| !m.fenced);
+        if partition.leader.is_none() && !partition.isr.iter().any(live) {
+            let isr: Vec<&str> = partition.isr.iter().map(String::as_str).collect();
+            return format!(
+                "no leader: no in-sync replica is alive ({} may hold acknowledged writes no other node has); \
+                 writes wait for one to return",
+                isr.join(",")
+            );
+        }
+        seen
+    }
+
     fn routes(&self) -> Option<watch::Receiver<crate::server::Route>> {
         self.replication.routes()
     }

@@ -23,6 +23,9 @@ pub enum Route {
     Electing,
 }
 
+/// The usual reason a request finds no leader.
+pub const NO_LEADER: &str = "no leader is known (an election is under way)";
+
 pub type Replicated<'a> = Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send + 'a>>;
 
 pub trait Cluster: Send + Sync + 'static {
@@ -44,6 +47,12 @@ pub trait Cluster: Send + Sync + 'static {
     /// here.
     fn routes(&self) -> Option<tokio::sync::watch::Receiver<Route>> {
         None
+    }
+
+    /// Why a request that waited in vain for a leader could not run, given what the wait
+    /// saw last (`seen`): the cluster may know a deeper cause.
+    fn unavailable(&self, seen: String) -> String {
+        seen
     }
 
     /// `key=value` pairs appended to STATS and the stats line (followers and their lag, or

@@ -31,8 +31,9 @@ pub struct Sessions {
     fencing: HashSet<String>,
     /// When this controller last handed its role over because it also leads the partition.
     stepped_aside: Option<Instant>,
-    /// Since when this controller has seen each fenced replica fenced.
-    dead_since: HashMap<String, Instant>,
+    /// Since when this controller has seen each fenced replica fenced, and whether it has
+    /// warned that no spare member can take its place.
+    dead_since: HashMap<String, (Instant, bool)>,
 }
 
 impl Sessions {
@@ -178,7 +179,7 @@ impl Quorum {
             sessions.dead_since.retain(|id, _| partition.replicas.contains(id) && fenced(id));
             let mut due = None;
             for id in partition.replicas.iter().filter(|id| fenced(id)) {
-                let since = *sessions.dead_since.entry(id.clone()).or_insert(now);
+                let (since, _) = *sessions.dead_since.entry(id.clone()).or_insert((now, false));
                 if due.is_none() && now.duration_since(since) >= after && !partition.isr.contains(id) {
                     due = Some(id.clone());
                 }
@@ -187,6 +188,13 @@ impl Quorum {
         };
         let Some(dead) = dead else { return };
         let Some(with) = metadata.live_members().map(|(id, _)| id).find(|id| !partition.replicas.contains(id)) else {
+            let mut sessions = self.lock_sessions();
+            if let Some((_, warned @ false)) = sessions.dead_since.get_mut(&dead) {
+                *warned = true;
+                tracing::warn!(%dead, replicas = ?partition.replicas,
+                    "a replica has been gone for {after:?} but no live member without a copy can take its place: the \
+                     partition has fewer copies than --replication-factor until a node joins or it returns");
+            }
             return;
         };
         tracing::info!(%dead, %with, "replacing a replica gone for {after:?}: its copy will be made on another node");

@@ -159,6 +159,11 @@ impl Quorum {
     }
 
     /// The current controller (Raft leader) node id, if known.
+    /// The voters' ids, as `--cluster` lists them.
+    pub fn voter_ids(&self) -> Vec<&str> {
+        self.config.voters.iter().map(|(id, _)| id.as_str()).collect()
+    }
+
     pub fn controller(&self) -> Option<String> {
         self.raft_metrics().current_leader
     }

@@ -199,7 +199,7 @@ impl Connection {
                 // Never sent: it may go again, to wherever the route says now.
                 Err(why) => why.unwrap_or_else(|| "the link to the leader closed".to_string()),
             },
-            State::Held => "no leader is known (an election is under way)".to_string(),
+            State::Held => crate::server::cluster::NO_LEADER.to_string(),
         };
         let mut deadline = Instant::now() + route_wait;
         while let Some(diverter) = self.diverter.as_mut() {
@@ -220,6 +220,9 @@ impl Connection {
             }
             let now = Instant::now();
             if now >= deadline {
+                if let Some(cluster) = &self.shared.cluster {
+                    why = cluster.unavailable(why);
+                }
                 break;
             }
             let retry = (now + RETRY_EVERY).min(deadline);
