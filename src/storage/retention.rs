@@ -8,7 +8,7 @@
 //! listed base, so it survives a restart with the manifest.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLockWriteGuard};
 use std::time::Duration;
 
 use byteorder::{ByteOrder, LittleEndian as LE};
@@ -16,9 +16,9 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use super::log::State;
 use super::manifest;
 use super::record::peek;
-use super::recovery::remove_segment_files;
-use super::segment::{HEADER_LEN, SealedSegment};
-use super::{Log, Offset, Result};
+use super::recovery::{remove_segment_files, reserve};
+use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
+use super::{Log, Offset, Result, StorageError};
 
 /// When whole old segments are deleted; both off by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -165,11 +165,85 @@ impl Log {
         if doomed(&self.shared.read(), policy, upto, now_ms) == 0 {
             return Ok(None);
         }
-        let mut st = self.shared.write();
+        let st = self.shared.write();
         if st.failed.is_some() || st.compaction.running {
             return Ok(None);
         }
         let count = doomed(&st, policy, upto, now_ms);
+        self.delete_and_unlink(st, count)
+    }
+
+    /// A follower's leader keeps no record below `start` (its retention deleted them):
+    /// deletes this log's leading sealed segments wholly below `start`. A segment holding
+    /// records on both sides stays, so a follower's log may start up to a segment below
+    /// its leader's. `None` when nothing is due, or a cleaning pass is under way (the next
+    /// call deletes them).
+    pub fn follow_log_start(&self, start: Offset) -> Result<Option<RetentionSummary>> {
+        let due = |st: &State| st.sealed.iter().take_while(|s| wholly_below(s, start) && st.retention.knows(s)).count();
+        if self.shared.read().sealed.first().is_none_or(|s| !wholly_below(s, start)) {
+            return Ok(None);
+        }
+        self.read_figures(start)?;
+        let st = self.shared.write();
+        if st.failed.is_some() || st.compaction.running {
+            return Ok(None);
+        }
+        let count = due(&st);
+        self.delete_and_unlink(st, count)
+    }
+
+    /// Begins the log anew at `start`, dropping every record it holds, which must all lie
+    /// below `start`: a follower whose leader's log starts past everything it holds (its
+    /// retention deleted them, or the follower is new), so what it holds has nothing to
+    /// join. The first segment's base is `start` and the manifest's `log-start` line says
+    /// so, as if retention had deleted everything below. Returns how many records went.
+    pub fn begin_at(&self, start: Offset) -> Result<u64> {
+        let shared = &self.shared;
+        let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
+        let mut st = shared.write();
+        st.check_writable()?;
+        if st.next_offset > start {
+            let why = format!("the log holds records up to offset {}, not all below {start}", st.next_offset - 1);
+            return Err(StorageError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why)));
+        }
+        // An active segment based at `start` is empty (every record lies below), and stays.
+        let old: Vec<Offset> =
+            st.sealed.iter().map(|s| s.base).chain([st.active.base]).filter(|&base| base != start).collect();
+        // Created durably before the manifest lists it, as a roll does: a crash before the
+        // manifest leaves a leftover file after the old chain, after it files below the
+        // log start; recovery deletes either.
+        let fresh = match st.active.base == start {
+            true => None,
+            false => Some(ActiveSegment::create(shared.fs.clone(), dir, start, reserve(&shared.config, 0))?),
+        };
+        manifest::write_with_start(fs, dir, &[start], start)?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let dropped = st.records;
+        st.sealed.clear();
+        if let Some(fresh) = fresh {
+            st.active = fresh;
+        }
+        st.ids.clear();
+        st.records = 0;
+        st.next_offset = start;
+        st.last = None;
+        // A cleaning pass under way read segments that are gone: it must not swap them in.
+        st.truncations += 1;
+        st.retention.forget_except(&[]);
+        st.compaction.set_clean_point(fs, dir, start);
+        shared.commit.reset(start);
+        drop(st);
+        if let Err(e) = remove_segment_files(fs, dir, &old) {
+            tracing::warn!(error = %e, "deleting the old segment files failed; the next start removes them");
+        }
+        Ok(dropped)
+    }
+
+    /// Deletes the first `count` sealed segments (none: `None`), then unlinks their files
+    /// with the lock released.
+    fn delete_and_unlink(&self, mut st: RwLockWriteGuard<'_, State>, count: usize) -> Result<Option<RetentionSummary>> {
         if count == 0 {
             return Ok(None);
         }
