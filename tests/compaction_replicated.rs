@@ -70,6 +70,8 @@ fn a_leader_with_tolerance_and_its_follower_both_clean_and_keep_the_same_live_se
     let mut leader = ServerProcess::start(&dir.path().join("leader"), &flags(&["--tolerance", "1"]));
     let grpc = leader.grpc.to_string();
     let mut follower = ServerProcess::start(&dir.path().join("follower"), &flags(&["--follow", &grpc]));
+    // Writes wait for the follower (`--tolerance 1`) and are refused until it connects.
+    poll_until("the follower to connect", || (stats(leader.addr)["followers"] == "1").then_some(()));
     let mut client = LineClient::connect(leader.addr).unwrap();
     // 3500 writes of ~130 bytes: about seven 64 KiB segments, nearly all superseded.
     write_churn(&mut client, 3500);

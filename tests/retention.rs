@@ -337,6 +337,8 @@ fn a_follower_started_after_retention_cut_the_log_begins_at_the_leaders_log_star
     let grpc = leader.grpc.to_string();
     let follower_flags: Vec<&str> = ["--follow", &grpc, "--segment-bytes", "64K", "--stats-interval", "0s"].to_vec();
     let early = ServerProcess::start(&dir.path().join("early"), &follower_flags);
+    // Writes wait for a follower (`--tolerance 1`) and are refused until one connects.
+    poll_until("the follower to connect", || (common::stats(leader.addr)["followers"] == "1").then_some(()));
     // 3000 IDs of ~130 bytes: about six 64 KiB segments, so retention deletes some.
     set_ids(leader.addr, 0..3000);
     let start = poll_until("retention to cut the leader's log", || {
