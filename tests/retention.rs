@@ -341,8 +341,11 @@ fn a_follower_started_after_retention_cut_the_log_begins_at_the_leaders_log_star
     poll_until("the follower to connect", || (common::stats(leader.addr)["followers"] == "1").then_some(()));
     // 3000 IDs of ~130 bytes: about six 64 KiB segments, so retention deletes some.
     set_ids(leader.addr, 0..3000);
-    let start = poll_until("retention to cut the leader's log", || {
-        Some(stat(leader.addr, "log_start_offset")).filter(|&start| start > 0)
+    // Down to the limit, so the log start stays put: retention follows the committed
+    // offset, which moves as the follower acknowledges.
+    let start = poll_until("retention to cut the leader's log down to the limit", || {
+        let start = stat(leader.addr, "log_start_offset");
+        (start > 0 && stat(leader.addr, "bytes") < (128 + 64) * 1024).then_some(start)
     });
     let late = ServerProcess::start(&dir.path().join("late"), &follower_flags);
     wait_caught_up(&leader, &late);
@@ -373,8 +376,8 @@ fn a_follower_whose_records_all_lie_below_the_leaders_log_start_drops_them_and_b
     follower.signal(libc::SIGTERM);
     assert!(follower.wait_for_exit().success(), "{}", follower.stderr());
     set_ids(leader.addr, 100..3000);
-    poll_until("retention to cut past the follower's end", || {
-        (stat(leader.addr, "log_start_offset") > 100).then_some(())
+    poll_until("retention to cut past the follower's end, down to the limit", || {
+        (stat(leader.addr, "log_start_offset") > 100 && stat(leader.addr, "bytes") < (128 + 64) * 1024).then_some(())
     });
     let follower = ServerProcess::start(&follower_dir, &follower_flags);
     wait_caught_up(&leader, &follower);
