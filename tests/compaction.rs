@@ -99,7 +99,14 @@ fn logical_digest(dir: &Path) -> [u8; 32] {
 
 fn run_history(seed: u64) {
     let dirs: Vec<TempDir> = (0..3).map(|_| temp_dir()).collect();
-    let open = |i: usize| Log::open(dirs[i].path(), config()).unwrap();
+    // A sibling test's spawned process holds a copy of a just-closed log's lock for the
+    // instant between its fork and exec: a reopen waits that out (bounded).
+    let open = |i: usize| {
+        poll_until("the data dir's lock to be free", || match Log::open(dirs[i].path(), config()) {
+            Err(msglog::storage::StorageError::Locked { .. }) => None,
+            other => Some(other.unwrap()),
+        })
+    };
     // `stepwise` is cleaned along the way, `once` only at the end, `never` not at all.
     let (stepwise, once, never) = (open(0), open(1), open(2));
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);

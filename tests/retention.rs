@@ -293,44 +293,138 @@ fn retention_on_a_follower_is_a_clear_startup_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("retention needs a standalone node for now: --retention-age cannot be used with --follow"),
+        stderr.contains("--retention-age cannot be used with --follow: a follower deletes what its leader's retention"),
         "{stderr}"
     );
     assert!(!Path::new(&data).exists(), "a failed start leaves no data dir");
 }
 
-#[test]
-fn a_leader_running_retention_refuses_followers_but_serves_consumers() {
-    let dir = tempfile::TempDir::new().unwrap();
-    let leader = ServerProcess::start(&dir.path().join("leader"), &["--retention-age", "7d", "--stats-interval", "0s"]);
-    let grpc = leader.grpc.to_string();
-    let follower = ServerProcess::start(&dir.path().join("follower"), &["--follow", &grpc, "--stats-interval", "0s"]);
-    poll_until("the follower to be refused", || follower.stderr().contains("runs retention").then_some(()));
-    let mut client = LineClient::connect(leader.addr).unwrap();
-    assert_eq!(client.request(b"SET a 1").unwrap(), b"OK");
-    let tail = msglog().args(["tail", "--no-follow", "--from", &grpc]).output().unwrap();
-    assert!(tail.status.success(), "{tail:?}");
-    assert_eq!(String::from_utf8(tail.stdout).unwrap().lines().count(), 1);
+/// Flags of a node whose 64 KiB segments retention deletes down to 128 KiB.
+const RETAINING: &str = "--segment-bytes 64K --fsync never --cleanup none --retention-bytes 128K --stats-interval 0s";
+
+/// Writes `SET id-<n> ...` for `n` in `range`, one record per ID.
+fn set_ids(addr: SocketAddr, range: std::ops::Range<u32>) {
+    let mut client = LineClient::connect(addr).unwrap();
+    for n in range {
+        let line = format!("SET id-{n:05} {n}-{}", "x".repeat(100));
+        assert_eq!(client.request(line.as_bytes()).unwrap(), b"OK");
+    }
 }
 
-/// A leader whose log retention has cut keeps refusing followers after a restart without
-/// the flags: a follower would otherwise be handed a log starting past its own end.
-#[test]
-fn a_log_retention_has_cut_refuses_followers_even_without_the_flags() {
-    let dir = tempfile::TempDir::new().unwrap();
-    let data = dir.path().join("leader");
-    {
-        let log = Log::open(&data, config()).unwrap();
-        write_ids(&log, 300);
-        let limit = log.stats().bytes / 3;
-        log.apply_retention(&BY_BYTES(limit), log.next_offset(), 0).unwrap().expect("segments deleted");
-        assert!(log.log_start_offset() > 0);
-        log.begin_lineage().unwrap();
-        log.close().unwrap();
+fn stat(addr: SocketAddr, key: &str) -> u64 {
+    common::stats(addr)[key].parse().unwrap()
+}
+
+fn wait_caught_up(leader: &ServerProcess, follower: &ServerProcess) {
+    let end = common::stats(leader.addr)["last_offset"].clone();
+    poll_until("the follower to catch up", || (common::stats(follower.addr)["last_offset"] == end).then_some(()));
+}
+
+/// Every ID `n` in `range` reads the same on both nodes.
+fn assert_same_reads(a: SocketAddr, b: SocketAddr, range: std::ops::Range<u32>) {
+    let (mut a, mut b) = (LineClient::connect(a).unwrap(), LineClient::connect(b).unwrap());
+    for n in range {
+        let get = format!("GET id-{n:05}");
+        assert_eq!(a.request(get.as_bytes()).unwrap(), b.request(get.as_bytes()).unwrap(), "{get}");
     }
-    let leader = ServerProcess::start(&data, &["--stats-interval", "0s"]);
+}
+
+#[test]
+fn a_follower_started_after_retention_cut_the_log_begins_at_the_leaders_log_start() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let leader_flags: Vec<&str> = RETAINING.split(' ').chain(["--tolerance", "1"]).collect();
+    let leader = ServerProcess::start(&dir.path().join("leader"), &leader_flags);
     let grpc = leader.grpc.to_string();
-    let follower = ServerProcess::start(&dir.path().join("follower"), &["--follow", &grpc, "--stats-interval", "0s"]);
-    poll_until("the follower to be refused", || follower.stderr().contains("its log starts at offset").then_some(()));
-    assert_eq!(common::stats(follower.addr)["records"], "0", "the follower copied nothing");
+    let follower_flags: Vec<&str> = ["--follow", &grpc, "--segment-bytes", "64K", "--stats-interval", "0s"].to_vec();
+    let early = ServerProcess::start(&dir.path().join("early"), &follower_flags);
+    // Writes wait for a follower (`--tolerance 1`) and are refused until one connects.
+    poll_until("the follower to connect", || (common::stats(leader.addr)["followers"] == "1").then_some(()));
+    // 3000 IDs of ~130 bytes: about six 64 KiB segments, so retention deletes some.
+    set_ids(leader.addr, 0..3000);
+    // Down to the limit, so the log start stays put: retention follows the committed
+    // offset, which moves as the follower acknowledges.
+    let start = poll_until("retention to cut the leader's log down to the limit", || {
+        let start = stat(leader.addr, "log_start_offset");
+        (start > 0 && stat(leader.addr, "bytes") < (128 + 64) * 1024).then_some(start)
+    });
+    let late = ServerProcess::start(&dir.path().join("late"), &follower_flags);
+    wait_caught_up(&leader, &late);
+    let late_stats = common::stats(late.addr);
+    let late_start: u64 = late_stats["log_start_offset"].parse().unwrap();
+    assert!(late_start >= start, "the new follower began at the leader's log start: {late_stats:?}");
+    assert_eq!(stat(late.addr, "records"), 3000 - late_start, "and copied every record from there");
+    assert!(late.stderr().contains("this log begins there"), "{}", late.stderr());
+    assert_same_reads(leader.addr, late.addr, stat(leader.addr, "log_start_offset") as u32..3000);
+    // The follower that was there all along deletes its own segments below the start.
+    poll_until("the early follower to follow the leader's log start", || {
+        (stat(early.addr, "log_start_offset") > 0).then_some(())
+    });
+    assert!(stat(early.addr, "log_start_offset") <= stat(leader.addr, "log_start_offset"));
+    assert_same_reads(leader.addr, early.addr, stat(leader.addr, "log_start_offset") as u32..3000);
+}
+
+#[test]
+fn a_follower_whose_records_all_lie_below_the_leaders_log_start_drops_them_and_begins_there() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let leader = ServerProcess::start(&dir.path().join("leader"), &RETAINING.split(' ').collect::<Vec<_>>());
+    let grpc = leader.grpc.to_string();
+    let follower_flags = ["--follow", &grpc, "--stats-interval", "0s"];
+    let follower_dir = dir.path().join("follower");
+    let mut follower = ServerProcess::start(&follower_dir, &follower_flags);
+    set_ids(leader.addr, 0..100);
+    wait_caught_up(&leader, &follower);
+    follower.signal(libc::SIGTERM);
+    assert!(follower.wait_for_exit().success(), "{}", follower.stderr());
+    set_ids(leader.addr, 100..3000);
+    poll_until("retention to cut past the follower's end, down to the limit", || {
+        (stat(leader.addr, "log_start_offset") > 100 && stat(leader.addr, "bytes") < (128 + 64) * 1024).then_some(())
+    });
+    let follower = ServerProcess::start(&follower_dir, &follower_flags);
+    wait_caught_up(&leader, &follower);
+    let start = stat(leader.addr, "log_start_offset");
+    assert!(stat(follower.addr, "log_start_offset") > 100, "the follower's log starts past all it held");
+    assert!(
+        follower.stderr().contains("dropped=100") && follower.stderr().contains("dropping them"),
+        "a WARN line says how many records went and why: {}",
+        follower.stderr()
+    );
+    assert_eq!(common::stats(follower.addr)["records"], (3000 - stat(follower.addr, "log_start_offset")).to_string());
+    let mut client = LineClient::connect(follower.addr).unwrap();
+    assert_eq!(client.request(b"GET id-00000").unwrap(), b"NOT_FOUND", "nothing below the start is left");
+    assert_same_reads(leader.addr, follower.addr, start as u32..3000);
+}
+
+#[test]
+fn begin_at_drops_every_record_below_and_the_log_starts_there_after_a_restart() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    write_ids(&log, 50);
+    assert!(log.begin_at(49).is_err(), "a record at 49 lies at the new start");
+    assert_eq!(log.begin_at(1000).unwrap(), 50);
+    assert_eq!((log.next_offset(), log.log_start_offset(), log.stats().records), (1000, 1000, 0));
+    assert_eq!(log.get(b"id-0001").unwrap(), None);
+    let offset = log.append(b"after", b"the reset").unwrap();
+    assert_eq!(offset, 1000);
+    log.close().unwrap();
+    assert_eq!(segment_bases(dir.path()), [1000], "the old segment files are gone");
+    let log = reopen(dir.path()).unwrap();
+    assert_eq!((log.log_start_offset(), log.next_offset()), (1000, 1001));
+    assert_eq!(log.get(b"after").unwrap(), Some(b"the reset".to_vec()));
+    log.close().unwrap();
+}
+
+#[test]
+fn following_a_log_start_deletes_only_segments_wholly_below_it() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    let written = write_ids(&log, 300);
+    let bases = segment_bases(dir.path());
+    // Inside the fourth segment: the first three go, the fourth keeps records below it.
+    let start = bases[3] + 1;
+    let summary = log.follow_log_start(start).unwrap().expect("segments deleted");
+    assert_eq!((summary.segments, summary.log_start), (3, bases[3]));
+    assert_eq!(log.log_start_offset(), bases[3]);
+    assert_reads(&log, &written, bases[3]);
+    assert_eq!(log.follow_log_start(start).unwrap(), None, "nothing more is below it");
+    log.close().unwrap();
 }

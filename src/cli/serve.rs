@@ -71,11 +71,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_CLEANER_MB_PER_SEC", value_parser = parse_mb_per_sec)]
     cleaner_mb_per_sec: Option<f64>,
     /// Retention by size: delete the oldest sealed segments while the log stays at least
-    /// this big without them (e.g. 10G) [default: off]. Standalone nodes only, for now.
+    /// this big without them (e.g. 10G) [default: off]. On a leader; followers follow its
+    /// log start.
     #[arg(long, env = "MSGLOG_RETENTION_BYTES", value_parser = parse_bytes)]
     retention_bytes: Option<u64>,
     /// Retention by age: delete sealed segments whose newest record was written longer ago
-    /// than this (e.g. 7d, 12h) [default: off]. Standalone nodes only, for now.
+    /// than this (e.g. 7d, 12h) [default: off]. On a leader; followers follow its log start.
     #[arg(long, env = "MSGLOG_RETENTION_AGE", value_parser = parse_retention_age)]
     retention_age: Option<Duration>,
     /// How often to log a line of counts (e.g. 500ms, 10s, 1m; 0s for never).

@@ -79,27 +79,25 @@ impl NodeConfig {
         }
     }
 
-    /// Retention deletes segments a follower may still need, and a follower would have to
-    /// learn the leader's log start: until the fetch stream carries it, only a standalone
-    /// leader (no `--follow`, `--tolerance` or `--cluster`) applies retention.
+    /// A follower deletes what its leader's retention deleted (the fetch stream carries the
+    /// leader's log start), never by a policy of its own, which would make it keep other
+    /// records than its leader: `--retention-*` with `--follow` is refused rather than
+    /// ignored. A cluster member applies its flags whenever it leads.
     pub(super) fn check_retention(&self) -> Result<(), NodeError> {
         let Some(retention) = self.cleaner.as_ref().map(|c| c.retention).filter(|r| !r.is_off()) else {
             return Ok(());
         };
-        let role = match &self.role {
-            Role::Leader { tolerance: 0, .. } if self.cluster.is_none() => return Ok(()),
-            Role::Leader { .. } => "--tolerance above 0",
-            Role::Follower { .. } => "--follow",
-            Role::Cluster { .. } => "--cluster",
-        };
+        if !matches!(self.role, Role::Follower { .. }) {
+            return Ok(());
+        }
         let flags = match (retention.bytes, retention.age) {
             (Some(_), Some(_)) => "--retention-bytes and --retention-age",
             (Some(_), None) => "--retention-bytes",
             _ => "--retention-age",
         };
         Err(NodeError::Config(format!(
-            "retention needs a standalone node for now: {flags} cannot be used with {role} (followers would not \
-             learn the leader's log start; see README \"Retention\")"
+            "{flags} cannot be used with --follow: a follower deletes what its leader's retention deletes; \
+             give the flags to the leader (see README \"Retention\")"
         )))
     }
 

@@ -238,7 +238,7 @@ impl Node {
             },
         ));
         let cleaner_task = match config.cleaner.clone() {
-            Some(settings) => start_cleaner(&log, settings, &config.role, stop_replication.subscribe())?,
+            Some(settings) => start_cleaner(&log, settings, &replication, stop_replication.subscribe())?,
             None => None,
         };
         Ok(RunningNode {
@@ -261,28 +261,21 @@ impl Node {
 }
 
 /// Starts the background log cleaner (compaction and retention), stopped (and joined) once
-/// replication is told to stop, so that the log is free to close. Only a node that leads
-/// its own log without `--tolerance` gets one, cleaning up to its durable offset: a
-/// follower or cluster member may still have its tail cut back by a leader, so it could
-/// clean only below a high watermark replication does not pass in yet, and a leader that
-/// waits for followers does not clean either (a follower whose last record was cleaned
-/// away here would be told it diverged, and a tombstone must reach every follower before
-/// it is dropped). Elsewhere no thread is started, rather than one that never acts.
+/// replication is told to stop, so that the log is free to close. Every role cleans, at
+/// the points replication gives ([`Replication::clean_points`]): a leader below what is
+/// committed, a follower below what its leader shipped, so that replicas cleaning at
+/// different times remove the same records.
 fn start_cleaner(
     log: &Arc<Log>,
     settings: crate::storage::CleanerSettings,
-    role: &Role,
+    replication: &Arc<Replication>,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
-    if !matches!(role, Role::Leader { tolerance: 0, .. }) {
-        if settings.compact {
-            tracing::info!("compaction is off on this node: only a standalone leader cleans its log for now");
-        }
-        return Ok(None);
-    }
-    let started = Cleaner::start(Arc::clone(log), settings, |log: &Log| {
-        let durable = log.durable_offset();
-        (durable, durable)
+    // Weak: the cleaner must not keep replication, and through it the log, alive at
+    // shutdown; once replication is gone there is nothing left to clean for.
+    let replication = Arc::downgrade(replication);
+    let started = Cleaner::start(Arc::clone(log), settings, move |_: &Log| {
+        replication.upgrade().map(|replication| replication.clean_points()).unwrap_or_default()
     });
     let cleaner = started.map_err(NodeError::Server)?;
     Ok(Some(tokio::spawn(async move {

@@ -17,14 +17,15 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::storage::{Epoch, Log, Offset, StorageError};
+use crate::storage::{CleanPoints, Epoch, Log, Offset, StorageError};
 
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
 use super::rules::divergence_cut;
 use super::service::with_password;
 use super::{
-    CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication, describe_status, root_cause,
+    CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replication, Role, describe_status,
+    root_cause,
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -164,9 +165,9 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
     let hello = match stream.message().await?.and_then(|m| m.kind) {
         Some(fetch_response::Kind::Hello(hello)) => hello,
         Some(fetch_response::Kind::Diverged(diverged)) => {
-            let (last_offset, _) = last.ok_or(SessionError::Protocol("divergence reported for an empty log"))?;
+            let last = last.ok_or(SessionError::Protocol("divergence reported for an empty log"))?;
             let committed = node.upstream.high_watermark.load(Ordering::Relaxed);
-            truncate_divergent_tail(log, &diverged, last_offset, committed)?;
+            truncate_divergent_tail(log, &diverged, last, committed)?;
             node.truncated(log.next_offset());
             return Ok(SessionEnd::Truncated);
         }
@@ -219,6 +220,11 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
             Some(_) => break Err(SessionError::Protocol("a second hello or divergence mid-stream")),
             None => break Err(SessionError::Closed),
         };
+        if records.log_start_offset > log.next_offset()
+            && let Err(err) = tokio::task::block_in_place(|| begin_at_leaders_start(log, records.log_start_offset))
+        {
+            break Err(err.into());
+        }
         // CRCs and offsets are checked for the whole chunk before any of it is appended.
         if !records.frames.is_empty()
             && let Err(err) = log.append_raw(&records.frames)
@@ -228,6 +234,13 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         let next = log.next_offset();
         node.upstream.leader_next.store(records.leader_next_offset, Ordering::Relaxed);
         node.upstream.high_watermark.fetch_max(records.high_watermark, Ordering::Relaxed);
+        log.set_leader_clean_points(records.high_watermark, records.tombstone_horizon);
+        if records.log_start_offset > log.log_start_offset()
+            && let Err(err) = tokio::task::block_in_place(|| log.follow_log_start(records.log_start_offset))
+        {
+            // Only disk is at stake: the next chunk tries again.
+            tracing::warn!(%err, leader_log_start = records.log_start_offset, "deleting segments below the leader's log start failed");
+        }
         node.announce(next);
         // A chunk that only moved the high watermark has nothing new to sync or acknowledge.
         appended_tx.send_if_modified(|appended| std::mem::replace(appended, next) != next);
@@ -264,12 +277,29 @@ async fn sync_and_acknowledge(
     Ok(SessionEnd::Shutdown)
 }
 
+/// The leader keeps nothing at or above our log's end (its retention deleted it, or this
+/// log is new): what we hold cannot be continued, so the log begins again at the leader's
+/// log start, and copies from there.
+fn begin_at_leaders_start(log: &Log, start: Offset) -> Result<(), StorageError> {
+    let dropped = log.begin_at(start)?;
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            leader_log_start = start,
+            "the leader's retention deleted every record this log holds; dropping them and copying from its log start"
+        );
+    } else {
+        tracing::info!(leader_log_start = start, "the leader's log starts at {start}; this log begins there");
+    }
+    Ok(())
+}
+
 /// Cuts our log where the leader says it diverges: at the lower of the leader's end of the
 /// largest epoch we share and our own end of it, and always below our last record.
 fn truncate_divergent_tail(
     log: &Log,
     diverged: &Diverged,
-    last_offset: Offset,
+    (last_offset, last_epoch): (Offset, Epoch),
     committed: Offset,
 ) -> Result<(), SessionError> {
     let ours = match diverged.epoch {
@@ -277,7 +307,11 @@ fn truncate_divergent_tail(
         None => log.start_offset()?,
     };
     let target = divergence_cut(diverged.end_offset, ours, last_offset);
-    if target < committed.min(log.next_offset()) {
+    // The leader holds our last record's epoch past it, so it held that very record and
+    // cleaned it away (it superseded it below its committed offset): cutting it, and
+    // copying the leader's next surviving record, loses nothing.
+    let cleaned_away = diverged.epoch == Some(last_epoch) && diverged.end_offset > last_offset;
+    if target < committed.min(log.next_offset()) && !cleaned_away {
         return Err(SessionError::BelowCommitted { committed });
     }
     let next = log.next_offset();
@@ -286,4 +320,43 @@ fn truncate_divergent_tail(
         leader_end_offset = diverged.end_offset, "our log holds records the leader does not; truncating them"
     );
     Ok(log.truncate_to(target)?)
+}
+
+impl Replication {
+    /// What a leader ships with its records for its followers' cleaners: its committed
+    /// offset (cluster mode: the high watermark; otherwise what `--tolerance` followers and
+    /// this node hold durably) and its tombstone horizon (every replica holds every record
+    /// below it; never above the committed offset).
+    pub(super) fn shipped_clean_points(&self) -> (Offset, Offset) {
+        let committed = match &self.config.role {
+            Role::Cluster { .. } => self.high_watermark(),
+            _ => self.followers.replicated().min(self.log.durable_offset()).min(self.log.next_offset()),
+        };
+        let horizon = match (&self.config.role, self.position()) {
+            (Role::Cluster { .. }, Position::Leading { replicas, .. }) => {
+                let others: Vec<String> = replicas.into_iter().filter(|id| *id != self.config.node_id).collect();
+                self.followers.tombstone_horizon(Some(&others), 0)
+            }
+            // Not leading in cluster mode: no replica's word counts for anything.
+            (Role::Cluster { .. }, _) => 0,
+            (Role::Leader { tolerance, .. }, _) => self.followers.tombstone_horizon(None, *tolerance),
+            (Role::Follower { .. }, _) => 0,
+        };
+        (committed, horizon.min(committed))
+    }
+
+    /// Where this node's cleaner may act now (`docs/FORMAT.md`, "Compaction"): a leader
+    /// below its own committed offset and horizon, applying its own retention; a follower
+    /// below what its leader shipped (and its own durable offset), never by its own view,
+    /// so that every replica removes the same records. A follower only cleans below the
+    /// leader's committed offset, which no leader ever cuts.
+    pub fn clean_points(&self) -> CleanPoints {
+        if self.is_leader() {
+            let (upto, tombstone_horizon) = self.shipped_clean_points();
+            return CleanPoints { upto, tombstone_horizon, own_retention: true };
+        }
+        let (committed, horizon) = self.log.leader_clean_points();
+        let upto = committed.min(self.log.durable_offset());
+        CleanPoints { upto, tombstone_horizon: horizon.min(upto), own_retention: false }
+    }
 }

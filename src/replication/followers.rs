@@ -289,6 +289,22 @@ impl Followers {
         self.lock().followers.get(id).map_or(0, |e| e.durable)
     }
 
+    /// Every replica holds every record below this, as acknowledged: a tombstone may go
+    /// only below it (README, "Compaction"). `replicas` names them where they are known
+    /// (cluster mode; this node left out), and one never heard from counts 0. A manual
+    /// leader knows its followers only once they have connected since it started: each
+    /// counts, and until `tolerance` of them have, nothing does.
+    pub fn tombstone_horizon(&self, replicas: Option<&[String]>, tolerance: usize) -> Offset {
+        let table = self.lock();
+        match replicas {
+            Some(replicas) => {
+                replicas.iter().map(|id| table.followers.get(id).map_or(0, |e| e.durable)).min().unwrap_or(Offset::MAX)
+            }
+            None if table.followers.len() < tolerance => 0,
+            None => table.followers.values().map(|e| e.durable).min().unwrap_or(Offset::MAX),
+        }
+    }
+
     /// Whether `id` has a fetch stream open.
     pub fn is_connected(&self, id: &str) -> bool {
         self.lock().followers.get(id).is_some_and(|e| e.streams > 0)
@@ -504,6 +520,22 @@ mod tests {
         assert!(new.sending(10));
         followers.acknowledge(&new.token(), "b", 10).unwrap();
         assert_eq!(followers.replicated(), 10);
+    }
+
+    #[test]
+    fn the_tombstone_horizon_waits_for_every_replica_not_only_the_quorum() {
+        let followers = Arc::new(Followers::new(AckRule::Count(1)));
+        assert_eq!(followers.tombstone_horizon(None, 1), 0, "no follower known yet");
+        let a = followers.connect("a", 0);
+        let b = followers.connect("b", 0);
+        assert!(a.sending(40) && b.sending(40));
+        followers.acknowledge(&a.token(), "a", 40).unwrap();
+        followers.acknowledge(&b.token(), "b", 10).unwrap();
+        assert_eq!(followers.replicated(), 40, "one follower is the quorum");
+        assert_eq!(followers.tombstone_horizon(None, 1), 10, "the slowest follower holds up to 10");
+        let replicas = ["a".to_string(), "b".to_string(), "c".to_string()];
+        assert_eq!(followers.tombstone_horizon(Some(&replicas), 1), 0, "c was never heard from");
+        assert_eq!(followers.tombstone_horizon(Some(&replicas[..1]), 1), 40);
     }
 
     #[test]

@@ -121,17 +121,6 @@ impl ReplicationRpc for Service {
                 )));
             }
         }
-        // Also once retention has run, with or without the flags now: a follower would keep
-        // what was deleted, or be handed a log that silently starts past its own end.
-        if replica && (node.config.retention || node.log.log_start_offset() > 0) {
-            return Err(Status::failed_precondition(format!(
-                "{} runs retention (--retention-bytes or --retention-age) or did (its log starts at offset {}), \
-                 which needs a standalone node for now: a follower would keep the records it deletes \
-                 (README, \"Retention\")",
-                node.config.node_id,
-                node.log.log_start_offset()
-            )));
-        }
         if replica && node.is_cluster() {
             fence_replica_fetch(node, &request)?;
         }
@@ -155,7 +144,11 @@ impl ReplicationRpc for Service {
             )));
         };
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
-        if let Some(last) = &request.last {
+        // A last record below our log start cannot be compared (retention deleted ours),
+        // and need not be: every record the caller holds lies below it, so the first
+        // chunk's `log_start_offset` has it begin again there (README, "Retention").
+        let log_start = node.log.log_start_offset();
+        if let Some(last) = request.last.as_ref().filter(|last| last.offset >= log_start) {
             let epoch_here = node.log.epoch_at(last.offset).map_err(internal)?;
             if diverges(LastRecordCheck { offset: last.offset, caller_epoch: last.epoch, epoch_here }) {
                 let (epoch, end_offset) = node.log.epoch_end(last.epoch).map_err(internal)?;
@@ -323,11 +316,12 @@ async fn stream_log(
     let mut woken_by_cut = false;
     let mut shutdown = node.shutdown.clone();
     let mut next = request.next_offset;
-    // Cluster mode: a replica is told when the high watermark moves even when no record
-    // does, so that it knows what is committed (its reads and truncation depend on it).
+    // A replica is told when the committed offset (cluster mode: the high watermark) or
+    // the tombstone horizon moves even when no record does: its reads and truncation
+    // depend on what is committed, and its cleaner on both.
     let mut replicated = node.followers.watch_replicated();
-    let tells_watermark = node.is_cluster() && registration.is_some();
-    let mut told_watermark = 0;
+    let tells_watermark = registration.is_some();
+    let mut told = (0, 0);
     while next < until {
         // Marked seen before reading, so an append after the read wakes the wait below.
         appended.borrow_and_update();
@@ -360,13 +354,15 @@ async fn stream_log(
                 let _ = tx.send(Err(Status::aborted(LEADERSHIP_BEGAN_AGAIN))).await;
                 return;
             }
-            if tells_watermark && node.high_watermark() > told_watermark {
-                told_watermark = node.high_watermark();
+            let points = node.shipped_clean_points();
+            if tells_watermark && (points.0 > told.0 || points.1 > told.1) {
+                told = points;
                 let records = Records {
                     frames: Vec::new(),
                     leader_next_offset: node.log.next_offset(),
-                    high_watermark: told_watermark,
+                    high_watermark: points.0,
                     log_start_offset: node.log.log_start_offset(),
+                    tombstone_horizon: points.1,
                 };
                 if tx.send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Records(records)) })).await.is_err() {
                     return;
@@ -392,14 +388,15 @@ async fn stream_log(
             let _ = tx.send(Err(Status::aborted(LEADERSHIP_BEGAN_AGAIN))).await;
             return;
         }
-        let high_watermark = if node.is_cluster() { node.high_watermark() } else { 0 };
-        told_watermark = told_watermark.max(high_watermark);
+        let (high_watermark, tombstone_horizon) = node.shipped_clean_points();
+        told = (told.0.max(high_watermark), told.1.max(tombstone_horizon));
         let log_start_offset = node.log.log_start_offset();
         let records = Records {
             frames: chunk.bytes,
             leader_next_offset: node.log.next_offset(),
             high_watermark,
             log_start_offset,
+            tombstone_horizon,
         };
         let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
         tokio::select! {

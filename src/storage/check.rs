@@ -185,7 +185,9 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
             break;
         }
         reports.push(report);
-        sealed.push(SealedSegment::open(path, base, len, OffsetIndex::Empty, prev)?);
+        // What retention needs is of no use to a check.
+        let figures = Default::default();
+        sealed.push(SealedSegment::open(path, base, len, OffsetIndex::Empty, prev, figures)?);
     }
     let damage = hole.or(damage);
     let logical_digest = logical_digest(&ids, &sealed, config);

@@ -15,6 +15,7 @@
 //! persisted in `log/CLEANED`, so a restart does not clean everything again.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::fs::replace_file;
@@ -65,6 +66,11 @@ pub(super) struct Compaction {
     /// A pass is under way (passes do not overlap).
     pub running: bool,
     pub stats: CleanerStats,
+    /// On a follower, the leader's word on where it may clean (see
+    /// [`Log::leader_clean_points`]). Atomics: the follower loop sets them per chunk under
+    /// the read lock.
+    leader_committed: AtomicU64,
+    leader_horizon: AtomicU64,
 }
 
 const CLEANED_FILE: &str = "CLEANED";
@@ -137,6 +143,26 @@ impl Pace for RateLimit {
 }
 
 impl Log {
+    /// A follower's leader shipped its committed offset (every record below it is never
+    /// cut) and its tombstone horizon (every replica holds every record below it). Kept as
+    /// the highest heard, as both stay true once said: committed records are never cut,
+    /// and a tombstone every replica held may go whatever replicas come later (the leader
+    /// drops it only once older values of its ID are gone too).
+    pub fn set_leader_clean_points(&self, committed: Offset, tombstone_horizon: Offset) {
+        let st = self.shared.read();
+        st.compaction.leader_committed.fetch_max(committed, Ordering::Relaxed);
+        st.compaction.leader_horizon.fetch_max(tombstone_horizon, Ordering::Relaxed);
+    }
+
+    /// What [`set_leader_clean_points`](Log::set_leader_clean_points) was last told, (0, 0)
+    /// until then: a follower cleans below the committed offset (and its own durable one),
+    /// dropping tombstones only below the horizon, so that what it removes depends only on
+    /// its log and what the leader shipped.
+    pub fn leader_clean_points(&self) -> (Offset, Offset) {
+        let st = self.shared.read();
+        (st.compaction.leader_committed.load(Ordering::Relaxed), st.compaction.leader_horizon.load(Ordering::Relaxed))
+    }
+
     /// Bytes of sealed segments below `upto` not yet cleaned, over all sealed bytes below
     /// `upto` (0 when there are none).
     pub fn dirty_ratio(&self, upto: Offset) -> f64 {

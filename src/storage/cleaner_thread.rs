@@ -42,6 +42,20 @@ impl Default for CleanerSettings {
     }
 }
 
+/// Where one check of the background cleaner may act, as the node's role decides
+/// (`docs/FORMAT.md`, "Compaction" and "Retention").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CleanPoints {
+    /// Only records below this decide what a pass drops, and only segments wholly below it
+    /// are cleaned or deleted (0: nothing is).
+    pub upto: Offset,
+    /// A tombstone is dropped only below this.
+    pub tombstone_horizon: Offset,
+    /// Whether this node's own retention policy applies: only where it leads. A follower
+    /// deletes what its leader's retention deleted instead, as the fetch stream says.
+    pub own_retention: bool,
+}
+
 /// The running background cleaner. Dropping it (or [`stop`](Cleaner::stop)) stops the
 /// thread promptly, abandoning a pass under way, and waits for it.
 pub struct Cleaner {
@@ -70,14 +84,13 @@ impl Signal {
 }
 
 impl Cleaner {
-    /// Starts cleaning `log` in the background. `points` gives each pass its clean point
-    /// `upto` and tombstone horizon; an `upto` of 0 cleans nothing. The thread holds the
-    /// log only during a pass, so the log's owner can still take it back once this is
-    /// stopped.
+    /// Starts cleaning `log` in the background. `points` gives each check where it may
+    /// act; an `upto` of 0 cleans nothing. The thread holds the log only during a pass, so
+    /// the log's owner can still take it back once this is stopped.
     pub fn start(
         log: Arc<Log>,
         settings: CleanerSettings,
-        points: impl Fn(&Log) -> (Offset, Offset) + Send + 'static,
+        points: impl Fn(&Log) -> CleanPoints + Send + 'static,
     ) -> std::io::Result<Cleaner> {
         let signal = Arc::new(Signal::default());
         let weak = Arc::downgrade(&log);
@@ -109,15 +122,15 @@ impl Drop for Cleaner {
     }
 }
 
-fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> (Offset, Offset), signal: Arc<Signal>) {
+fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> CleanPoints, signal: Arc<Signal>) {
     while !signal.wait(settings.check_every) {
         let Some(log) = log.upgrade() else { return };
-        let (upto, tombstone_horizon) = points(&log);
+        let CleanPoints { upto, tombstone_horizon, own_retention } = points(&log);
         if upto == 0 {
             continue;
         }
         // First, so the cleaner does not rewrite segments about to be deleted.
-        if let Err(e) = log.apply_retention(&settings.retention, upto, now_ms()) {
+        if own_retention && let Err(e) = log.apply_retention(&settings.retention, upto, now_ms()) {
             tracing::warn!(error = %e, "deleting segments past retention failed; retrying at the next check");
         }
         // Nothing dirty means nothing new to drop, whatever the minimum ratio.

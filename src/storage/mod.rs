@@ -90,7 +90,7 @@ mod tail;
 
 pub use batch::Batch;
 pub use cleaner::{CleanOptions, CleanSummary, CleanerStats};
-pub use cleaner_thread::{Cleaner, CleanerSettings};
+pub use cleaner_thread::{CleanPoints, Cleaner, CleanerSettings};
 pub use error::StorageError;
 pub(crate) use fs::replace_file;
 pub use fs::{FileSystem, RealFs};

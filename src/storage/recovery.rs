@@ -28,7 +28,8 @@ use super::manifest;
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{Decoded, RecordKind, RecordRef, decode};
 use super::segment::{
-    ActiveSegment, HEADER_LEN, SealedSegment, check_header, durable_len, header, index_path, segment_path, write_mark,
+    ActiveSegment, Figures, HEADER_LEN, SealedSegment, check_header, durable_len, header, index_path, segment_path,
+    write_mark,
 };
 use super::tail;
 use super::{Config, Epoch, Offset, RecoveryMode, Result, StorageError};
@@ -50,6 +51,8 @@ pub(super) struct Scan {
     pub last_offset: Option<Offset>,
     pub last_epoch: Option<Epoch>,
     pub last_indexed: u64,
+    /// Of the records counted in `records`.
+    pub figures: Figures,
     /// First bad bytes: position and reason.
     pub damage: Option<(usize, &'static str)>,
 }
@@ -94,6 +97,7 @@ pub(super) fn scan(
         last_offset: None,
         last_epoch: None,
         last_indexed: HEADER_LEN as u64,
+        figures: Figures::default(),
         damage: None,
     };
     let mut prev = after;
@@ -141,6 +145,7 @@ pub(super) fn scan(
             scan.last_offset = Some(record.offset);
             scan.last_epoch = Some(record.epoch);
             scan.records += 1;
+            scan.figures.count(record.timestamp_ms);
         }
         scan.end = at;
     }
@@ -284,6 +289,7 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
             let mut active =
                 ActiveSegment::open(fs.clone(), path, base, end, mark, reserve(config, end), index, last_offset)?;
             active.last_indexed = scan.last_indexed;
+            active.figures = scan.figures;
             // Bytes a crashed process left in the page cache were never fsynced: make them
             // durable now (and the watermark exact), so everything recovered is durable.
             active.sync_exact()?;
@@ -295,7 +301,7 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
             return Ok(Recovered { sealed, active, ids, records, last });
         }
         let index = index.seal(fs.as_ref(), &index_path(dir, base))?;
-        sealed.push(SealedSegment::open(path, base, len, index, scan.last_offset)?);
+        sealed.push(SealedSegment::open(path, base, len, index, scan.last_offset, scan.figures)?);
     }
     let active = ActiveSegment::create(fs.clone(), dir, 0, reserve(config, 0))?;
     manifest::write(fs.as_ref(), dir, &[0])?;

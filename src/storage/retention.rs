@@ -7,18 +7,14 @@
 //! files below the first listed base with a log line. The log start offset is the first
 //! listed base, so it survives a restart with the manifest.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::RwLockWriteGuard;
 use std::time::Duration;
-
-use byteorder::{ByteOrder, LittleEndian as LE};
 
 use super::log::State;
 use super::manifest;
-use super::record::peek;
-use super::recovery::remove_segment_files;
-use super::segment::{HEADER_LEN, SealedSegment};
-use super::{Log, Offset, Result};
+use super::recovery::{remove_segment_files, reserve};
+use super::segment::{ActiveSegment, SealedSegment};
+use super::{Log, Offset, Result, StorageError};
 
 /// When whole old segments are deleted; both off by default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,58 +51,6 @@ pub struct RetentionStats {
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     pub stats: RetentionStats,
-    /// Figures of sealed segments by (base, length): a cleaned segment keeps its base but
-    /// not its length, so the pair names one immutable file content.
-    figures: Mutex<HashMap<(Offset, u64), Figures>>,
-}
-
-/// What deciding and deleting needs to know of a sealed segment.
-#[derive(Debug, Clone, Copy)]
-struct Figures {
-    records: u64,
-    /// Largest record timestamp (Kafka's rule: a segment is as young as its newest record).
-    newest_ms: Option<i64>,
-}
-
-/// Counts the records of a sealed segment's bytes and finds its newest timestamp.
-fn figures_of(bytes: &[u8]) -> Figures {
-    let (mut records, mut newest_ms, mut at) = (0, None::<i64>, HEADER_LEN);
-    while let Some((len, _)) = peek(bytes.get(at..).unwrap_or(&[])) {
-        if at + len > bytes.len() {
-            break;
-        }
-        let ts = LE::read_i64(&bytes[at + 20..at + 28]);
-        newest_ms = Some(newest_ms.map_or(ts, |n| n.max(ts)));
-        records += 1;
-        at += len;
-    }
-    Figures { records, newest_ms }
-}
-
-/// A sealed segment's file content, named by its base and length: a cleaned segment keeps
-/// its base but not its length.
-fn key(segment: &SealedSegment) -> (Offset, u64) {
-    (segment.base, segment.map.len() as u64)
-}
-
-impl Tracker {
-    /// The figures of `segment`, if read already (by [`Log::read_figures`]).
-    fn figures(&self, segment: &SealedSegment) -> Option<Figures> {
-        self.figures.lock().unwrap_or_else(|e| e.into_inner()).get(&key(segment)).copied()
-    }
-
-    fn knows(&self, segment: &SealedSegment) -> bool {
-        self.figures(segment).is_some()
-    }
-
-    fn remember(&self, key: (Offset, u64), figures: Figures) {
-        self.figures.lock().unwrap_or_else(|e| e.into_inner()).insert(key, figures);
-    }
-
-    fn forget_except(&self, sealed: &[SealedSegment]) {
-        let mut cache = self.figures.lock().unwrap_or_else(|e| e.into_inner());
-        cache.retain(|&(base, len), _| sealed.iter().any(|s| s.base == base && s.map.len() as u64 == len));
-    }
 }
 
 /// Whether every record of `segment` lies below `upto`.
@@ -121,14 +65,15 @@ fn doomed(st: &State, policy: &Retention, upto: Offset, now_ms: i64) -> usize {
     let mut remaining = total;
     let mut count = 0;
     for segment in &st.sealed {
-        // Figures not read yet (a segment sealed since the read): judged next round.
-        let Some(figures) = st.retention.figures(segment).filter(|_| wholly_below(segment, upto)) else { break };
+        if !wholly_below(segment, upto) {
+            break;
+        }
         let len = segment.map.len() as u64;
         let by_size = policy.bytes.is_some_and(|limit| remaining - len >= limit);
         let by_age = policy.age.is_some_and(|age| {
             let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
             // An empty segment has no age of its own: it goes with the oldest end.
-            figures.newest_ms.is_none_or(|newest| newest < now_ms.saturating_sub(age_ms))
+            segment.figures.newest_ms.is_none_or(|newest| newest < now_ms.saturating_sub(age_ms))
         });
         if !(by_size || by_age) {
             break;
@@ -159,17 +104,85 @@ impl Log {
         if policy.is_off() {
             return Ok(None);
         }
-        // Reading a segment's records takes as long as its size: done with no lock held,
-        // so appends never wait for it; under the locks only cached figures are used.
-        self.read_figures(upto)?;
         if doomed(&self.shared.read(), policy, upto, now_ms) == 0 {
             return Ok(None);
         }
-        let mut st = self.shared.write();
+        let st = self.shared.write();
         if st.failed.is_some() || st.compaction.running {
             return Ok(None);
         }
         let count = doomed(&st, policy, upto, now_ms);
+        self.delete_and_unlink(st, count)
+    }
+
+    /// A follower's leader keeps no record below `start` (its retention deleted them):
+    /// deletes this log's leading sealed segments wholly below `start`. A segment holding
+    /// records on both sides stays, so a follower's log may start up to a segment below
+    /// its leader's. `None` when nothing is due, or a cleaning pass is under way (the next
+    /// call deletes them).
+    pub fn follow_log_start(&self, start: Offset) -> Result<Option<RetentionSummary>> {
+        if self.shared.read().sealed.first().is_none_or(|s| !wholly_below(s, start)) {
+            return Ok(None);
+        }
+        let st = self.shared.write();
+        if st.failed.is_some() || st.compaction.running {
+            return Ok(None);
+        }
+        let count = st.sealed.iter().take_while(|s| wholly_below(s, start)).count();
+        self.delete_and_unlink(st, count)
+    }
+
+    /// Begins the log anew at `start`, dropping every record it holds, which must all lie
+    /// below `start`: a follower whose leader's log starts past everything it holds (its
+    /// retention deleted them, or the follower is new), so what it holds has nothing to
+    /// join. The first segment's base is `start` and the manifest's `log-start` line says
+    /// so, as if retention had deleted everything below. Returns how many records went.
+    pub fn begin_at(&self, start: Offset) -> Result<u64> {
+        let shared = &self.shared;
+        let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
+        let mut st = shared.write();
+        st.check_writable()?;
+        if st.next_offset > start {
+            let why = format!("the log holds records up to offset {}, not all below {start}", st.next_offset - 1);
+            return Err(StorageError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why)));
+        }
+        // An active segment based at `start` is empty (every record lies below), and stays.
+        let old: Vec<Offset> =
+            st.sealed.iter().map(|s| s.base).chain([st.active.base]).filter(|&base| base != start).collect();
+        // Created durably before the manifest lists it, as a roll does: a crash before the
+        // manifest leaves a leftover file after the old chain, after it files below the
+        // log start; recovery deletes either.
+        let fresh = match st.active.base == start {
+            true => None,
+            false => Some(ActiveSegment::create(shared.fs.clone(), dir, start, reserve(&shared.config, 0))?),
+        };
+        manifest::write_with_start(fs, dir, &[start], start)?;
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let dropped = st.records;
+        st.sealed.clear();
+        if let Some(fresh) = fresh {
+            st.active = fresh;
+        }
+        st.ids.clear();
+        st.records = 0;
+        st.next_offset = start;
+        st.last = None;
+        // A cleaning pass under way read segments that are gone: it must not swap them in.
+        st.truncations += 1;
+        st.compaction.set_clean_point(fs, dir, start);
+        shared.commit.reset(start);
+        drop(st);
+        if let Err(e) = remove_segment_files(fs, dir, &old) {
+            tracing::warn!(error = %e, "deleting the old segment files failed; the next start removes them");
+        }
+        Ok(dropped)
+    }
+
+    /// Deletes the first `count` sealed segments (none: `None`), then unlinks their files
+    /// with the lock released.
+    fn delete_and_unlink(&self, mut st: RwLockWriteGuard<'_, State>, count: usize) -> Result<Option<RetentionSummary>> {
         if count == 0 {
             return Ok(None);
         }
@@ -184,26 +197,6 @@ impl Log {
         Ok(Some(summary))
     }
 
-    /// Reads the figures of the leading sealed segments below `upto` not yet known, from
-    /// their files, holding the log's lock only to list them.
-    fn read_figures(&self, upto: Offset) -> Result<()> {
-        let unread: Vec<((Offset, u64), std::path::PathBuf)> = {
-            let st = self.shared.read();
-            let leading = st.sealed.iter().take_while(|s| wholly_below(s, upto));
-            leading.filter(|s| !st.retention.knows(s)).map(|s| (key(s), s.path.clone())).collect()
-        };
-        for ((base, len), path) in unread {
-            let file = std::fs::File::open(&path)?;
-            // SAFETY: a sealed segment's file is never written again; compaction and
-            // retention replace or delete it whole, so the mapping sees fixed bytes.
-            let map = unsafe { memmap2::Mmap::map(&file)? };
-            let Some(bytes) = map.get(..len as usize) else { continue };
-            let figures = figures_of(bytes);
-            self.shared.read().retention.remember((base, len), figures);
-        }
-        Ok(())
-    }
-
     /// Deletes the first `count` sealed segments: the manifest first (the commit point),
     /// then the state, then the files.
     fn delete_leading(&self, st: &mut State, count: usize) -> Result<(RetentionSummary, Vec<Offset>)> {
@@ -215,14 +208,13 @@ impl Log {
         // is when retention matters most) and the next round tries again.
         manifest::write_with_start(fs, dir, &kept, kept[0])?;
         let gone: Vec<SealedSegment> = st.sealed.drain(..count).collect();
-        let records: u64 = gone.iter().map(|s| st.retention.figures(s).map_or(0, |f| f.records)).sum();
+        let records: u64 = gone.iter().map(|s| s.figures.records).sum();
         st.records = st.records.saturating_sub(records);
         let shift = count as u32;
         // An ID whose latest record was deleted is gone, as in Kafka with `delete`.
         st.ids.retain_moved(|at| {
             (at.segment >= shift).then_some(super::id_index::Position { segment: at.segment - shift, ..at })
         });
-        st.retention.forget_except(&st.sealed);
         let bytes: u64 = gone.iter().map(|s| s.map.len() as u64).sum();
         st.retention.stats.deleted_segments += count as u64;
         st.retention.stats.deleted_bytes += bytes;

@@ -23,7 +23,7 @@ use memmap2::Mmap;
 use super::fs::FileSystem;
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{BATCH_CONTINUES, Decoded, FRAME_HEADER, RecordKind, RecordRef, Records, decode};
-use super::segment::{HEADER_LEN, SealedSegment, header, index_path, segment_path};
+use super::segment::{Figures, HEADER_LEN, SealedSegment, header, index_path, segment_path};
 use super::{Config, Offset, Result, StorageError};
 
 /// Bytes read per positioned read.
@@ -354,6 +354,7 @@ impl Building {
             map,
             index,
             last_offset: self.last_offset,
+            figures: Figures::of(&self.bytes),
         });
         Ok(group)
     }

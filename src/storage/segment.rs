@@ -80,6 +80,36 @@ pub fn index_path(dir: &Path, base: Offset) -> PathBuf {
     dir.join(format!("{base:020}.index"))
 }
 
+/// What retention needs to know of a segment: kept as the segment is written, sealed,
+/// cleaned and recovered, so that deciding never reads segment files again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub records: u64,
+    /// Largest record timestamp (Kafka's rule: a segment is as young as its newest record).
+    pub newest_ms: Option<i64>,
+}
+
+impl Figures {
+    pub fn count(&mut self, timestamp_ms: i64) {
+        self.records += 1;
+        self.newest_ms = Some(self.newest_ms.map_or(timestamp_ms, |n| n.max(timestamp_ms)));
+    }
+
+    /// The figures of a segment file's bytes, header included (whole records only).
+    pub fn of(bytes: &[u8]) -> Figures {
+        let mut figures = Figures::default();
+        let mut at = HEADER_LEN;
+        while let Some((len, _)) = super::record::peek(bytes.get(at..).unwrap_or(&[])) {
+            if at + len > bytes.len() {
+                break;
+            }
+            figures.count(LE::read_i64(&bytes[at + 20..at + 28]));
+            at += len;
+        }
+        figures
+    }
+}
+
 /// The segment being appended to.
 pub struct ActiveSegment {
     pub base: Offset,
@@ -95,6 +125,8 @@ pub struct ActiveSegment {
     pub last_indexed: u64,
     /// Offset of the last record, if the segment holds any.
     pub last_offset: Option<Offset>,
+    /// Of the records appended (buffered ones included).
+    pub figures: Figures,
     /// The durable length last written to the header.
     pub marked: u64,
     fs: Arc<dyn FileSystem>,
@@ -131,6 +163,7 @@ impl ActiveSegment {
             index,
             last_indexed: 0,
             last_offset,
+            figures: Figures::default(),
             marked,
             fs,
         })
@@ -259,6 +292,7 @@ pub struct SealedSegment {
     pub map: Mmap,
     pub index: OffsetIndex,
     pub last_offset: Option<Offset>,
+    pub figures: Figures,
 }
 
 impl SealedSegment {
@@ -268,10 +302,11 @@ impl SealedSegment {
         len: u64,
         index: OffsetIndex,
         last_offset: Option<Offset>,
+        figures: Figures,
     ) -> io::Result<SealedSegment> {
         let file = File::open(&path)?;
         // SAFETY: sealed segments are never written again while the flock is held.
         let map = unsafe { MmapOptions::new().len(len as usize).map(&file)? };
-        Ok(SealedSegment { base, path, map, index, last_offset })
+        Ok(SealedSegment { base, path, map, index, last_offset, figures })
     }
 }

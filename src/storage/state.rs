@@ -51,8 +51,9 @@ impl State {
         let offset = self.next_offset;
         self.before_append(shared, offset, len)?;
         let position = self.active.len();
-        record::encode(&mut self.active.buffer, offset, self.epoch, now_ms(), kind, id, message);
-        self.after_append(shared, kind, id, offset, self.epoch, position)?;
+        let timestamp = now_ms();
+        record::encode(&mut self.active.buffer, offset, self.epoch, timestamp, kind, id, message);
+        self.after_append(shared, kind, id, (offset, self.epoch, timestamp), position)?;
         self.flush_if_full(shared)?;
         Ok(offset)
     }
@@ -78,7 +79,7 @@ impl State {
             let offset = self.next_offset;
             let position = self.active.len();
             record::encode_in_batch(&mut self.active.buffer, offset, epoch, timestamp, kind, id, message, i < last);
-            self.after_append(shared, kind, id, offset, epoch, position)?;
+            self.after_append(shared, kind, id, (offset, epoch, timestamp), position)?;
         }
         let last_offset = self.next_offset - 1;
         self.flush_if_full(shared)?;
@@ -100,7 +101,7 @@ impl State {
         }
         let position = self.active.len();
         self.active.buffer.extend_from_slice(framed);
-        self.after_append(shared, r.kind, r.id, r.offset, r.epoch, position)?;
+        self.after_append(shared, r.kind, r.id, (r.offset, r.epoch, r.timestamp_ms), position)?;
         // Only between batches: a write that failed mid-batch would leave half of it in
         // the ID index of a log that keeps serving reads.
         match r.continues {
@@ -148,8 +149,7 @@ impl State {
         shared: &Shared,
         kind: RecordKind,
         id: &[u8],
-        offset: Offset,
-        epoch: super::Epoch,
+        (offset, epoch, timestamp_ms): (Offset, super::Epoch, i64),
         position: u64,
     ) -> Result<()> {
         let active = &mut self.active;
@@ -158,6 +158,7 @@ impl State {
             active.last_indexed = position;
         }
         active.last_offset = Some(offset);
+        active.figures.count(timestamp_ms);
         let at = Position { segment: self.sealed.len() as u32, position: position as u32 };
         let id_at = |p| id_of(bytes_at(&self.sealed, &self.active, p));
         match kind {
@@ -192,7 +193,7 @@ impl State {
             _ => OffsetIndex::Empty,
         };
         let old = &self.active;
-        let sealed = SealedSegment::open(old.path.clone(), old.base, old.written, index, old.last_offset)?;
+        let sealed = SealedSegment::open(old.path.clone(), old.base, old.written, index, old.last_offset, old.figures)?;
         let fresh = ActiveSegment::create(shared.fs.clone(), &shared.dir, base, reserve(&shared.config, 0))?;
         let bases: Vec<Offset> = self.sealed.iter().map(|s| s.base).chain([old.base, base]).collect();
         manifest::write(fs, &shared.dir, &bases)?;
@@ -330,6 +331,7 @@ impl State {
         self.active.index = index;
         self.active.last_indexed = scan.last_indexed;
         self.active.last_offset = scan.last_offset;
+        self.active.figures = scan.figures;
         self.last = scan.last_offset.zip(scan.last_epoch).or(last);
         self.next_offset = self.last.map_or(self.active.base, |(o, _)| o + 1);
         Ok(())

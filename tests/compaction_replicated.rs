@@ -1,0 +1,135 @@
+//! Compaction on replicated nodes: a leader cleans below what is committed, a follower
+//! below what its leader shipped (committed offset, tombstone horizon), so replicas that
+//! cleaned at different times hold the same live set (`msglog check`'s `logical-digest:`)
+//! even where their bytes differ. Real `msglog serve` processes on loopback.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use common::{LineClient, ServerProcess, msglog, poll_until, stats};
+use tempfile::TempDir;
+
+/// Tiny segments and an eager cleaner that may drop every tombstone at once: the cleaner
+/// has sealed segments to work on after a few thousand writes.
+const CLEANER_FLAGS: [&str; 10] = [
+    "--segment-bytes",
+    "64K",
+    "--min-cleanable-ratio",
+    "0.1",
+    "--delete-retention",
+    "0s",
+    "--fsync",
+    "never",
+    "--stats-interval",
+    "0s",
+];
+
+fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    CLEANER_FLAGS.iter().copied().chain(extra.iter().copied()).collect()
+}
+
+/// Overwrites 20 IDs many times and deletes some of them now and then: most of the log is
+/// superseded, and tombstones lie in the sealed segments.
+fn write_churn(client: &mut LineClient, count: u32) {
+    for n in 0..count {
+        let reply = match n % 7 {
+            6 => client.request(format!("DEL id-{}", n % 20).as_bytes()).unwrap(),
+            _ => client.request(format!("SET id-{} {n:05}-{}", n % 20, "x".repeat(100)).as_bytes()).unwrap(),
+        };
+        assert!(reply == b"OK" || reply == b"NOT_FOUND", "{}", String::from_utf8_lossy(&reply));
+    }
+}
+
+/// The `digest:` and `logical-digest:` lines `msglog check` prints for a data dir.
+fn check_lines(data_dir: &Path) -> (String, String) {
+    let out = msglog().args(["check", "--data-dir"]).arg(data_dir).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {text}"));
+    (line("digest: ").to_string(), line("logical-digest: ").to_string())
+}
+
+/// Waits until the node at `addr` has finished a cleaning pass that dropped records.
+fn wait_cleaned(addr: std::net::SocketAddr, what: &str) -> HashMap<String, String> {
+    poll_until(&format!("{what} to clean its log"), || {
+        let stats = stats(addr);
+        (stats["cleaner_runs"] != "0" && stats["cleaned_bytes"] != "0").then_some(stats)
+    })
+}
+
+fn stop(server: &mut ServerProcess) {
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_for_exit().success(), "{}", server.stderr());
+}
+
+#[test]
+fn a_leader_with_tolerance_and_its_follower_both_clean_and_keep_the_same_live_set() {
+    let dir = TempDir::new().unwrap();
+    let mut leader = ServerProcess::start(&dir.path().join("leader"), &flags(&["--tolerance", "1"]));
+    let grpc = leader.grpc.to_string();
+    let mut follower = ServerProcess::start(&dir.path().join("follower"), &flags(&["--follow", &grpc]));
+    // Writes wait for the follower (`--tolerance 1`) and are refused until it connects.
+    poll_until("the follower to connect", || (stats(leader.addr)["followers"] == "1").then_some(()));
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    // 3500 writes of ~130 bytes: about seven 64 KiB segments, nearly all superseded.
+    write_churn(&mut client, 3500);
+    let end = stats(leader.addr)["last_offset"].clone();
+    poll_until("the follower to catch up", || (stats(follower.addr)["last_offset"] == end).then_some(()));
+    let leader_stats = wait_cleaned(leader.addr, "the leader");
+    let follower_stats = wait_cleaned(follower.addr, "the follower");
+    for (what, s) in [("leader", &leader_stats), ("follower", &follower_stats)] {
+        assert!(s["records"].parse::<u64>().unwrap() < 3500, "the {what} dropped superseded records: {s:?}");
+    }
+    assert_eq!(client.request(b"GET id-3").unwrap(), format!("{:05}-{}", 3483, "x".repeat(100)).as_bytes());
+    stop(&mut follower);
+    stop(&mut leader);
+    let (_, leader_logical) = check_lines(&leader.data_dir);
+    let (_, follower_logical) = check_lines(&follower.data_dir);
+    // The byte digests may differ: each replica cleaned at its own time.
+    assert_eq!(leader_logical, follower_logical, "the replicas hold the same live set");
+}
+
+/// Starts three `--cluster` members with the cleaner flags and returns them once one leads
+/// and every member is in sync, with the leader's index.
+fn start_cluster(dir: &Path) -> (Vec<ServerProcess>, usize) {
+    let port = || -> std::net::SocketAddr { format!("127.0.0.1:{}", common::free_port()).parse().unwrap() };
+    let addrs: Vec<_> = (0..3).map(|_| (port(), port())).collect();
+    let voters: Vec<String> = addrs.iter().enumerate().map(|(i, (_, grpc))| format!("n{i}={grpc}")).collect();
+    let voters = voters.join(",");
+    let mut nodes: Vec<ServerProcess> = (0..3)
+        .map(|i| {
+            let name = format!("n{i}");
+            let args = flags(&["--node-id", &name, "--cluster", &voters, "--tolerance", "1", "--ack-timeout", "30s"]);
+            ServerProcess::spawn_on(&dir.join(&name), addrs[i].0, addrs[i].1, &args)
+        })
+        .collect();
+    for node in &mut nodes {
+        node.wait_until_ready();
+    }
+    let leader = poll_until("one leader with every member in sync", || {
+        let leader = nodes.iter().position(|n| stats(n.addr).get("leader").map(String::as_str) == Some("self"))?;
+        let isr = stats(nodes[leader].addr).get("isr").cloned().unwrap_or_default();
+        (isr.split(',').filter(|id| !id.is_empty()).count() == 3).then_some(leader)
+    });
+    (nodes, leader)
+}
+
+#[test]
+fn three_cluster_members_clean_and_keep_the_same_live_set() {
+    let dir = TempDir::new().unwrap();
+    let (mut nodes, leader) = start_cluster(dir.path());
+    let mut client = LineClient::connect(nodes[leader].addr).unwrap();
+    write_churn(&mut client, 3500);
+    let end = stats(nodes[leader].addr)["last_offset"].clone();
+    for (i, node) in nodes.iter().enumerate() {
+        poll_until("every member to catch up", || (stats(node.addr)["last_offset"] == end).then_some(()));
+        wait_cleaned(node.addr, &format!("n{i}"));
+    }
+    for node in &mut nodes {
+        stop(node);
+    }
+    let logical: Vec<String> = nodes.iter().map(|n| check_lines(&n.data_dir).1).collect();
+    assert!(logical.iter().all(|l| *l == logical[0]), "the members hold the same live set: {logical:?}");
+}
