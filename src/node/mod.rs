@@ -119,7 +119,6 @@ impl Node {
             password: config.password.clone(),
             protected_mode: config.protected_mode,
             tls: grpc_tls.clone(),
-            retention: config.cleaner.as_ref().is_some_and(|c| !c.retention.is_off()),
         };
         let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
         tracing::info!(

@@ -92,7 +92,6 @@ mod tests {
             password: password.map(|p| crate::server::Password::new(p).unwrap()),
             protected_mode,
             tls: None,
-            retention: false,
         }
     }
 

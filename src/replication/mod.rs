@@ -119,9 +119,6 @@ pub struct ReplicationConfig {
     pub protected_mode: bool,
     /// Mutual TLS on the gRPC port and towards the leader (`--tls-ca`); `None`: plain.
     pub tls: Option<crate::tls::GrpcTls>,
-    /// Retention deletes old segments here. Replicas are refused: they do not apply the
-    /// log start yet, so they would keep what this node deleted (consumers are served).
-    pub retention: bool,
 }
 
 /// One node's replication state, shared by the gRPC service, the follower loop and the
