@@ -168,6 +168,27 @@ fn a_tls_client_on_a_plain_port_says_the_server_did_not_answer_tls() {
 }
 
 #[test]
+fn a_tls_client_refused_before_the_handshake_shows_the_servers_line() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let mut args = pki.nodes[0].serve_args(None);
+    args.extend(["--max-connections", "1"].map(String::from));
+    let server = serve(&dir, "n0", &args);
+    // Holds the only connection the node allows, so the next one is refused in plain text.
+    let mut held = common::tls::TlsLineClient::connect(server.addr, &pki.ca.cert).expect("connect");
+    assert_eq!(held.request("PING").expect("PING"), "PONG");
+    let output = client_over_tls(server.addr, &pki.ca.cert, &["GET", "k"]);
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("refused before TLS: ERR too many connections"), "{stderr}");
+    assert!(!stderr.contains("--tls-cert"), "no hint that the server lacks TLS: {stderr}");
+    let ca = pki.ca.cert.display().to_string();
+    let run = bench(server.addr, &["--tls", "--cacert", &ca, "--requests", "10", "--clients", "1"]);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(text(&run.stderr).contains("refused before TLS: ERR too many connections"), "{run:?}");
+}
+
+#[test]
 fn a_server_certificate_from_another_ca_is_refused_by_the_client() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");

@@ -59,7 +59,7 @@ pub enum TlsError {
     Setup(String),
 }
 
-pub use client::{ClientPortConnector, ClientTlsStream, connect_client_port};
+pub use client::{ClientPortConnector, ClientTlsStream, ServerSocket, connect_client_port};
 pub use reload::{CertificateReload, watch_hangup};
 
 /// The client port's TLS: what each accepted connection's handshake uses. Clones share one
