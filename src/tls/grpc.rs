@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity as TonicIdentity};
 
-use super::{Acceptor, HANDSHAKE_TIMEOUT, ServerStream, TlsError, parse_key, provider, read, read_certs, read_roots};
+use super::{Acceptor, ServerStream, TlsError, parse_key, provider, read, read_certs, read_roots};
 
 /// Mutual TLS on the gRPC port: the server side, and what this node presents to peers.
 #[derive(Clone, Debug)]
@@ -79,7 +79,7 @@ impl GrpcTls {
     }
 
     /// The TLS connections accepted on `listener`, for tonic to serve. Each handshake runs in
-    /// a task of its own, bounded by [`HANDSHAKE_TIMEOUT`], so a silent caller holds up no
+    /// a task of its own, bounded by `HANDSHAKE_TIMEOUT`, so a silent caller holds up no
     /// other; refused ones are logged (see [`Acceptor`]). Accepted sockets get TCP_NODELAY,
     /// as plain ones do: a small reply must not wait for the peer's delayed ACK. Ends when
     /// the server stops reading it.
@@ -92,15 +92,13 @@ impl GrpcTls {
             loop {
                 tokio::select! {
                     connection = listener.accept() => match connection {
-                        Ok((tcp, peer)) => {
+                        Ok((tcp, _)) => {
                             backoff = Duration::from_millis(5);
                             if let Err(err) = tcp.set_nodelay(true) {
                                 tracing::debug!(%err, "could not set TCP_NODELAY");
                             }
-                            let tls = acceptor.current();
-                            handshakes.spawn(async move {
-                                (peer, tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await)
-                            });
+                            let acceptor = acceptor.clone();
+                            handshakes.spawn(async move { acceptor.accept(tcp).await });
                         }
                         // Out of file descriptors, say: back off rather than spin or stop.
                         Err(err) => {
@@ -110,15 +108,14 @@ impl GrpcTls {
                         }
                     },
                     Some(done) = handshakes.join_next() => match done {
-                        Ok((_, Ok(Ok(stream)))) => {
+                        Ok(Ok(stream)) => {
                             if accepted.send(Ok(stream)).await.is_err() {
                                 return;
                             }
                         }
-                        Ok((peer, Ok(Err(err)))) => acceptor.refused(Some(peer), &err),
-                        Ok((peer, Err(_))) => {
-                            acceptor.refused(Some(peer), &format_args!("no handshake within {HANDSHAKE_TIMEOUT:?}"))
-                        }
+                        // Refusals are logged by the acceptor; a plain-text caller gets no
+                        // answer here (it would have to be HTTP/2's).
+                        Ok(Err(_)) => {}
                         Err(err) => tracing::warn!(%err, "a gRPC TLS handshake task failed"),
                     },
                     () = accepted.closed() => return,

@@ -186,34 +186,37 @@ pub enum HandshakeFailure {
 /// The server side of the client port's handshake, bounded by [`HANDSHAKE_TIMEOUT`]. A
 /// refusal is logged here (see [`Acceptor`]).
 pub async fn accept(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
-    let peer = tcp.peer_addr().ok();
-    let accepted = handshake(tls, tcp).await;
-    match &accepted {
-        Ok(_) => {}
-        Err(HandshakeFailure::Plain(_)) => tls.refused(peer, &"the client spoke plain text, not TLS"),
-        Err(HandshakeFailure::Failed(err)) => tls.refused(peer, err),
-        Err(HandshakeFailure::TimedOut) => {
-            tls.refused(peer, &format_args!("no handshake within {HANDSHAKE_TIMEOUT:?}"))
-        }
-    }
-    accepted
+    tls.accept(tcp).await
 }
 
-async fn handshake(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
-    // One bound for the first byte and the handshake together.
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-        Err(_) => return Err(HandshakeFailure::TimedOut),
-        Ok(Err(err)) => return Err(HandshakeFailure::Failed(err)),
-        Ok(Ok(0)) => return Err(HandshakeFailure::Failed(io::ErrorKind::UnexpectedEof.into())),
-        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => return Err(HandshakeFailure::Plain(tcp)),
-        Ok(Ok(_)) => {}
-    }
-    match tokio::time::timeout_at(deadline, tls.current().accept(tcp)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(HandshakeFailure::Failed(err)),
-        Err(_) => Err(HandshakeFailure::TimedOut),
+impl Acceptor {
+    async fn accept(&self, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
+        let peer = tcp.peer_addr().ok();
+        // One bound for the first byte and the handshake together.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut first = [0u8; 1];
+        let (refusal, reason) = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            // Closed before a byte: a health check or a port probe, not a refused handshake.
+            Ok(Ok(0)) => return Err(HandshakeFailure::Failed(io::ErrorKind::UnexpectedEof.into())),
+            Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                (HandshakeFailure::Plain(tcp), "the client spoke plain text, not TLS".to_string())
+            }
+            Ok(Ok(_)) => match tokio::time::timeout_at(deadline, self.current().accept(tcp)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(err)) => (HandshakeFailure::Failed(err), String::new()),
+                Err(_) => (HandshakeFailure::TimedOut, String::new()),
+            },
+            Ok(Err(err)) => (HandshakeFailure::Failed(err), String::new()),
+            Err(_) => (HandshakeFailure::TimedOut, String::new()),
+        };
+        match &refusal {
+            HandshakeFailure::Failed(err) => self.refused(peer, err),
+            HandshakeFailure::TimedOut => {
+                self.refused(peer, &format_args!("no handshake within {HANDSHAKE_TIMEOUT:?}"))
+            }
+            HandshakeFailure::Plain(_) => self.refused(peer, &reason),
+        }
+        Err(refusal)
     }
 }
 
