@@ -168,6 +168,55 @@ fn a_tls_client_on_a_plain_port_says_the_server_did_not_answer_tls() {
 }
 
 #[test]
+fn a_tls_client_refused_before_the_handshake_shows_the_servers_line() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let mut args = pki.nodes[0].serve_args(None);
+    args.extend(["--max-connections", "1"].map(String::from));
+    let server = serve(&dir, "n0", &args);
+    // Holds the only connection the node allows, so the next one is refused in plain text.
+    let mut held = common::tls::TlsLineClient::connect(server.addr, &pki.ca.cert).expect("connect");
+    assert_eq!(held.request("PING").expect("PING"), "PONG");
+    let output = client_over_tls(server.addr, &pki.ca.cert, &["GET", "k"]);
+    assert!(!output.status.success(), "{output:?}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("refused before TLS: ERR too many connections"), "{stderr}");
+    assert!(!stderr.contains("--tls-cert"), "no hint that the server lacks TLS: {stderr}");
+    let ca = pki.ca.cert.display().to_string();
+    let run = bench(server.addr, &["--tls", "--cacert", &ca, "--requests", "10", "--clients", "1"]);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(text(&run.stderr).contains("refused before TLS: ERR too many connections"), "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_handshakes_are_logged_with_the_peer_and_the_reason_on_both_ports() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
+    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
+    let node = serve(&dir, "n0", &args);
+    let plain = tokio::net::TcpStream::connect(node.addr).await.expect("connect");
+    let plain_peer = plain.local_addr().expect("local address").to_string();
+    let (mut reader, mut writer) = plain.into_split();
+    tokio::io::AsyncWriteExt::write_all(&mut writer, b"PING\r\n").await.expect("write");
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut answer).await.expect("read");
+    assert!(answer.contains("speaks TLS only"), "{answer}");
+    // A certificate of another CA on the gRPC port.
+    let stranger = grpc_client(&pki.ca.cert, Some(&pki.stranger));
+    assert!(Caller::connect(node.grpc, &stranger).await.expect("connect").fetch("").await.is_err());
+    let logged = |port: &str, peer: &str, reason: &str| {
+        let stderr = node.stderr();
+        let line = stderr.lines().find(|line| line.contains(&format!("TLS handshake refused on the {port} port")));
+        line.filter(|line| line.contains("INFO") && line.contains(peer) && line.contains(reason)).map(str::to_string)
+    };
+    poll_until("the client port to log the plain-text client", || logged("client", &plain_peer, "plain text"));
+    poll_until("the gRPC port to log the certificate of another CA", || {
+        logged("gRPC", "127.0.0.1:", "invalid peer certificate")
+    });
+}
+
+#[test]
 fn a_server_certificate_from_another_ca_is_refused_by_the_client() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
@@ -202,6 +251,35 @@ fn serve_refuses_incomplete_or_mismatched_tls_files() {
     let not_pem = start(&["--tls-cert", &key, "--tls-key", &key]);
     assert!(!not_pem.status.success());
     assert!(text(&not_pem.stderr).contains("no PEM certificate"), "{not_pem:?}");
+}
+
+#[test]
+fn serve_refuses_its_own_certificate_when_expired_client_only_or_naming_another_node() {
+    let pki = pki();
+    let dir = TempDir::new().expect("tempdir");
+    let start = |issued: &Issued, extra: &[&str]| {
+        common::msglog()
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("d"))
+            .args(["--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0"])
+            .args(issued.serve_args(None))
+            .args(extra)
+            .output()
+            .expect("run msglog serve")
+    };
+    let refused = |issued: &Issued, extra: &[&str], why: &[&str]| {
+        let output = start(issued, extra);
+        assert!(!output.status.success(), "{output:?}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains(&issued.cert.display().to_string()), "names the file: {stderr}");
+        assert!(why.iter().all(|part| stderr.contains(part)), "says why ({why:?}): {stderr}");
+    };
+    refused(&pki.ca.issue_expired("n0-expired"), &[], &["expired"]);
+    refused(&pki.ca.issue_consumer("n0-client-only"), &[], &["serverAuth"]);
+    let ca = pki.ca.cert.display().to_string();
+    // n1's certificate given to a node started as n0: peers would refuse every call of it.
+    refused(&pki.nodes[1], &["--tls-ca", &ca, "--node-id", "n0"], &["\"n0\"", "[n1]"]);
 }
 
 /// A leader n0 with `--tolerance 1` and a follower n1, both under mutual TLS.

@@ -46,7 +46,8 @@ impl Node {
         let log_config = config.log_config()?;
         config.check_retention()?;
         // Loaded first: a wrong certificate file fails the start before anything is opened.
-        let tls = crate::tls::load_node(&config.tls).map_err(|err| NodeError::Config(err.to_string()))?;
+        let tls = crate::tls::load_node(&config.tls, config.node_id.as_deref())
+            .map_err(|err| NodeError::Config(err.to_string()))?;
         let grpc_tls = tls.as_ref().and_then(|tls| tls.grpc.clone());
         let grpc_client_tls = grpc_tls.as_ref().map(|tls| tls.client.clone());
         if config.cluster.is_some() {
@@ -90,8 +91,7 @@ impl Node {
             };
         let log = Arc::new(log);
         let node_id = config.node_id.clone().unwrap_or_else(|| client_addr.to_string());
-        let certificate_reload =
-            tls.as_ref().map(|tls| crate::tls::CertificateReload::new(config.tls.clone(), tls.client_port.clone()));
+        let certificate_reload = tls.as_ref().map(crate::tls::CertificateReload::new);
         let server_config = ServerConfig {
             node_id: node_id.clone(),
             fsync: config.fsync,

@@ -52,11 +52,7 @@ pub(super) async fn serve(
     // Unknown, the address counts as exposed: screening a loopback port costs nothing.
     let listen = listener.local_addr().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
     let guard = Guard::new(&node.config, listen);
-    let mut server = tonic::transport::Server::builder();
-    if let Some(tls) = &node.config.tls {
-        server = server.tls_config(tls.server.clone())?;
-    }
-    server
+    let router = tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(move |request| guard.screen(request)))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -65,9 +61,12 @@ pub(super) async fn serve(
         // Each follower also holds an Acknowledge call; the permits bound Fetch streams.
         .max_concurrent_streams(Some(max_streams.saturating_mul(2).max(8)))
         .add_routes(extra)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await
+        .add_service(service);
+    // Our own acceptor, not tonic's `tls_config`: a SIGHUP reload swaps its certificates.
+    match &node.config.tls {
+        None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+    }
 }
 
 /// Connections accepted on `listener`, with Nagle's algorithm off: the builder's

@@ -8,24 +8,25 @@
 //!
 //! Everything is loaded and checked at start, so a wrong file fails `msglog serve` with a
 //! message naming it rather than failing each handshake later. SIGHUP loads them again
-//! ([`reload`]).
+//! ([`reload`]). Handshakes either port refuses are logged at INFO, throttled.
 
+mod certificate;
 mod client;
+mod grpc;
 mod reload;
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
+
+use crate::throttle::Throttle;
 
 /// How long a client may take to complete the TLS handshake on either side; a silent
 /// peer would otherwise hold a connection slot (server) or hang the CLI (client).
@@ -59,42 +60,56 @@ pub enum TlsError {
     Setup(String),
 }
 
-pub use client::{ClientPortConnector, ClientTlsStream, connect_client_port};
+pub use client::{ClientPortConnector, ClientTlsStream, ServerSocket, connect_client_port};
+pub use grpc::{GrpcTls, PeerCertificate, endpoint, load_grpc_client, peer_certified};
 pub use reload::{CertificateReload, watch_hangup};
 
-/// The client port's TLS: what each accepted connection's handshake uses. Clones share one
+/// A port's TLS: what each accepted connection's handshake uses. Clones share one
 /// acceptor, which a reload replaces; a connection keeps the one it was accepted with.
 #[derive(Clone)]
-pub struct ClientPortTls(Arc<RwLock<tokio_rustls::TlsAcceptor>>);
+pub struct Acceptor {
+    current: Arc<RwLock<tokio_rustls::TlsAcceptor>>,
+    /// Which port, for the log.
+    port: &'static str,
+    /// Refused handshakes are worth seeing, but a scanner must not flood the journal.
+    refusals: Arc<Throttle>,
+}
 
-impl ClientPortTls {
-    fn new(acceptor: tokio_rustls::TlsAcceptor) -> ClientPortTls {
-        ClientPortTls(Arc::new(RwLock::new(acceptor)))
+/// The client port's TLS.
+pub type ClientPortTls = Acceptor;
+
+impl Acceptor {
+    fn new(port: &'static str, acceptor: tokio_rustls::TlsAcceptor) -> Acceptor {
+        Acceptor { current: Arc::new(RwLock::new(acceptor)), port, refusals: Arc::default() }
     }
 
     /// An acceptor is an `Arc` inside: the clone is cheap and the lock is held only for it.
     fn current(&self) -> tokio_rustls::TlsAcceptor {
-        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     fn replace(&self, acceptor: tokio_rustls::TlsAcceptor) {
-        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = acceptor;
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = acceptor;
+    }
+
+    /// Logs a handshake this port refused, at most once per interval with how many like it
+    /// were left out: wrong CAs, expired or missing client certificates and plain text are
+    /// otherwise invisible on the server.
+    fn refused(&self, peer: Option<SocketAddr>, reason: &dyn std::fmt::Display) {
+        if let Some(held_back) = self.refusals.admit() {
+            let peer = peer.map_or_else(|| "unknown".to_string(), |peer| peer.to_string());
+            tracing::info!(
+                %peer, %reason, held_back,
+                "TLS handshake refused on the {} port (such refusals are logged once per 10 s)", self.port
+            );
+        }
     }
 }
 
-impl std::fmt::Debug for ClientPortTls {
+impl std::fmt::Debug for Acceptor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClientPortTls")
+        write!(f, "Acceptor({})", self.port)
     }
-}
-
-/// Mutual TLS on the gRPC port: the server side, and what this node presents to peers.
-#[derive(Clone, Debug)]
-pub struct GrpcTls {
-    pub server: ServerTlsConfig,
-    pub client: ClientTlsConfig,
-    /// Tells a node's certificate (one a server may present) from a consumer's.
-    node_certificates: Arc<WebPkiServerVerifier>,
 }
 
 /// A node's TLS, loaded at start.
@@ -105,13 +120,17 @@ pub struct NodeTls {
     pub grpc: Option<GrpcTls>,
     /// The DNS and IP names of the node's certificate, for the log.
     names: Vec<String>,
+    /// What a reload reads again, and checks as at start.
+    files: TlsFiles,
+    node_id: Option<String>,
 }
 
 /// The client port's side of an accepted TLS connection.
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// Loads and checks the files; `None` when none was given.
-pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
+/// Loads and checks the files; `None` when none was given. `node_id` (`--node-id`) must be a
+/// DNS name of the certificate under mutual TLS, where peers take a node's id from it.
+pub fn load_node(files: &TlsFiles, node_id: Option<&str>) -> Result<Option<NodeTls>, TlsError> {
     let (cert_path, key_path) = match (&files.cert, &files.key, &files.ca) {
         (None, None, None) => return Ok(None),
         (Some(cert), Some(key), _) => (cert, key),
@@ -126,6 +145,9 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         }
     };
     let (cert_pem, certs) = read_certs(cert_path, "--tls-cert")?;
+    if let Some(reason) = certificate::unfit(&certs[0], files.ca.is_some(), node_id) {
+        return Err(TlsError::Invalid { what: "--tls-cert", path: cert_path.clone(), reason });
+    }
     let names = certificate_names(&certs[0]);
     let key_pem = read(key_path, "--tls-key")?;
     let key = parse_key(&key_pem, key_path)?;
@@ -138,93 +160,18 @@ pub fn load_node(files: &TlsFiles) -> Result<Option<NodeTls>, TlsError> {
         .with_safe_default_protocol_versions()
         .map_err(|err| TlsError::Setup(err.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
+        .with_single_cert(certs.clone(), key.clone_key())
         .map_err(mismatch)?;
-    let client_port = ClientPortTls::new(tokio_rustls::TlsAcceptor::from(Arc::new(server)));
+    let client_port = Acceptor::new("client", tokio_rustls::TlsAcceptor::from(Arc::new(server)));
     let grpc = match &files.ca {
         None => None,
         Some(ca_path) => {
-            let (ca_pem, roots) = read_roots(ca_path)?;
-            // Checked here so a bad bundle names its file; tonic builds the same from PEM.
-            WebPkiClientVerifier::builder_with_provider(Arc::new(roots.clone()), provider()).build().map_err(
-                |err| TlsError::Invalid { what: "--tls-ca", path: ca_path.clone(), reason: err.to_string() },
-            )?;
-            let node_certificates =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).build().map_err(|err| {
-                    TlsError::Invalid { what: "--tls-ca", path: ca_path.clone(), reason: err.to_string() }
-                })?;
-            let identity = Identity::from_pem(&cert_pem, &key_pem);
-            let ca = Certificate::from_pem(&ca_pem);
-            Some(GrpcTls {
-                server: ServerTlsConfig::new()
-                    .identity(identity.clone())
-                    .client_ca_root(ca.clone())
-                    .timeout(HANDSHAKE_TIMEOUT),
-                client: ClientTlsConfig::new().ca_certificate(ca).identity(identity),
-                node_certificates,
-            })
+            let identity = grpc::Identity { certs, key, cert_pem: &cert_pem, key_pem: &key_pem };
+            Some(GrpcTls::load(ca_path, identity)?)
         }
     };
-    Ok(Some(NodeTls { client_port, grpc, names }))
-}
-
-/// What a TLS client (`msglog client|tail`) trusts, and the certificate it may present.
-pub fn load_grpc_client(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientTlsConfig, TlsError> {
-    let (ca_pem, _) = read_roots(ca)?;
-    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-    if let Some((cert, key)) = identity {
-        let (cert_pem, _) = read_certs(cert, "--cert")?;
-        let key_pem = read(key, "--key")?;
-        parse_key(&key_pem, key)?;
-        config = config.identity(Identity::from_pem(cert_pem, key_pem));
-    }
-    Ok(config)
-}
-
-/// A gRPC endpoint for `addr` (`host:port`): `https` with `tls`, `http` without.
-pub fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, tonic::transport::Error> {
-    match tls {
-        None => Endpoint::from_shared(format!("http://{addr}")),
-        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls.clone()),
-    }
-}
-
-/// The certificate a gRPC caller presented, already verified against `--tls-ca` by the
-/// handshake.
-#[derive(Clone)]
-pub struct PeerCertificate(Arc<Vec<CertificateDer<'static>>>);
-
-impl PeerCertificate {
-    /// The caller's certificate, if it presented one (only under mutual TLS).
-    pub fn of<T>(request: &tonic::Request<T>) -> Option<PeerCertificate> {
-        request.peer_certs().filter(|certs| !certs.is_empty()).map(PeerCertificate)
-    }
-
-    /// Whether it names `node_id`: a DNS subject alternative name equal to it, byte for
-    /// byte. Not host name matching: a wildcard such as `*.example` names no node, so one
-    /// certificate can never speak for a whole domain of node ids.
-    pub fn names(&self, node_id: &str) -> bool {
-        let Ok(cert) = webpki::EndEntityCert::try_from(&self.0[0]) else { return false };
-        cert.valid_dns_names().any(|name| name == node_id && !name.contains('*'))
-    }
-}
-
-impl PeerCertificate {
-    /// Whether it is the certificate of node `node_id`: it names the node (see
-    /// [`names`](Self::names)) and a server may present it (its extended key usage, if it
-    /// has one, allows serverAuth, as every node's own certificate must). A consumer's
-    /// client-only certificate therefore cannot pose as a replica, even one called like it.
-    pub fn is_node(&self, grpc: &GrpcTls, node_id: &str) -> bool {
-        let Ok(name) = ServerName::try_from(node_id.to_string()) else { return false };
-        let (end_entity, intermediates) = (&self.0[0], &self.0[1..]);
-        self.names(node_id)
-            && grpc.node_certificates.verify_server_cert(end_entity, intermediates, &name, &[], UnixTime::now()).is_ok()
-    }
-}
-
-/// Whether the caller presented a certificate of the cluster's CA.
-pub fn peer_certified<T>(request: &tonic::Request<T>) -> bool {
-    PeerCertificate::of(request).is_some()
+    let node_id = node_id.map(str::to_string);
+    Ok(Some(NodeTls { client_port, grpc, names, files: files.clone(), node_id }))
 }
 
 /// Why an accepted connection did not become a TLS stream.
@@ -236,22 +183,40 @@ pub enum HandshakeFailure {
     TimedOut,
 }
 
-/// The server side of the client port's handshake, bounded by [`HANDSHAKE_TIMEOUT`].
+/// The server side of the client port's handshake, bounded by [`HANDSHAKE_TIMEOUT`]. A
+/// refusal is logged here (see [`Acceptor`]).
 pub async fn accept(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
-    // One bound for the first byte and the handshake together.
-    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
-    let mut first = [0u8; 1];
-    match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-        Err(_) => return Err(HandshakeFailure::TimedOut),
-        Ok(Err(err)) => return Err(HandshakeFailure::Failed(err)),
-        Ok(Ok(0)) => return Err(HandshakeFailure::Failed(io::ErrorKind::UnexpectedEof.into())),
-        Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => return Err(HandshakeFailure::Plain(tcp)),
-        Ok(Ok(_)) => {}
-    }
-    match tokio::time::timeout_at(deadline, tls.current().accept(tcp)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(err)) => Err(HandshakeFailure::Failed(err)),
-        Err(_) => Err(HandshakeFailure::TimedOut),
+    tls.accept(tcp).await
+}
+
+impl Acceptor {
+    async fn accept(&self, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
+        let peer = tcp.peer_addr().ok();
+        // One bound for the first byte and the handshake together.
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+        let mut first = [0u8; 1];
+        let (refusal, reason) = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
+            // Closed before a byte: a health check or a port probe, not a refused handshake.
+            Ok(Ok(0)) => return Err(HandshakeFailure::Failed(io::ErrorKind::UnexpectedEof.into())),
+            Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                (HandshakeFailure::Plain(tcp), "the client spoke plain text, not TLS".to_string())
+            }
+            Ok(Ok(_)) => match tokio::time::timeout_at(deadline, self.current().accept(tcp)).await {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(err)) => (HandshakeFailure::Failed(err), String::new()),
+                Err(_) => (HandshakeFailure::TimedOut, String::new()),
+            },
+            Ok(Err(err)) => (HandshakeFailure::Failed(err), String::new()),
+            Err(_) => (HandshakeFailure::TimedOut, String::new()),
+        };
+        match &refusal {
+            HandshakeFailure::Failed(err) => self.refused(peer, err),
+            HandshakeFailure::TimedOut => {
+                self.refused(peer, &format_args!("no handshake within {HANDSHAKE_TIMEOUT:?}"))
+            }
+            HandshakeFailure::Plain(_) => self.refused(peer, &reason),
+        }
+        Err(refusal)
     }
 }
 
@@ -301,29 +266,4 @@ fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError
         path: path.to_path_buf(),
         reason: format!("holds no PEM private key (PKCS#8, RSA or EC): {err}"),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A certificate (self-signed: `names` looks only at its names) with these DNS SANs.
-    fn certificate(names: &[&str]) -> PeerCertificate {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(names).expect("params").self_signed(&key).expect("cert");
-        PeerCertificate(Arc::new(vec![cert.der().clone()]))
-    }
-
-    #[test]
-    fn a_certificate_names_a_node_only_by_an_exact_dns_name() {
-        let cert = certificate(&["n1", "n1.cluster.example"]);
-        assert!(cert.names("n1"));
-        assert!(cert.names("n1.cluster.example"));
-        assert!(!cert.names("n2"));
-        assert!(!cert.names("N1"), "node ids are compared byte for byte");
-        let wildcard = certificate(&["*.cluster.example"]);
-        assert!(!wildcard.names("n1.cluster.example"), "a wildcard names no node");
-        assert!(!wildcard.names("*.cluster.example"), "not even one called like it");
-    }
 }

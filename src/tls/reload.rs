@@ -1,37 +1,49 @@
 //! Certificate reload on SIGHUP (docs/SECURITY.md): renewed certificates take effect
-//! without a restart, for connections made from then on.
+//! without a restart, for connections accepted from then on.
 //!
-//! Only the client port's acceptor is swapped. The gRPC port's TLS is tonic's, which takes a
-//! fixed `ServerTlsConfig`/`ClientTlsConfig` when the server and channels are built, so
-//! mutual TLS between nodes keeps the certificates it started with until the node restarts;
-//! the reload still loads and checks `--tls-ca`, so a broken bundle is reported at once
-//! rather than at the next restart.
+//! Both ports' acceptors are swapped: the client port's, and the gRPC port's (its
+//! certificate, and the CA it checks callers and node certificates against). What this node
+//! presents when it calls peers is tonic's `ClientTlsConfig`, fixed into each channel when
+//! it is built, so outgoing calls (following, forwarding, the quorum) keep the certificate
+//! the node started with until it restarts.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{ClientPortTls, TlsError, TlsFiles, load_node};
+use super::{ClientPortTls, GrpcTls, NodeTls, TlsError, TlsFiles, load_node};
 
-/// What a reload reads, and the acceptor it replaces.
+/// What a reload reads, and the acceptors it replaces.
+#[derive(Clone)]
 pub struct CertificateReload {
     files: TlsFiles,
+    node_id: Option<String>,
     client_port: ClientPortTls,
+    grpc: Option<GrpcTls>,
 }
 
 impl CertificateReload {
-    /// Reloads `files` into `client_port`, the acceptor the client port reads per accept.
-    pub fn new(files: TlsFiles, client_port: ClientPortTls) -> CertificateReload {
-        CertificateReload { files, client_port }
+    /// Reloads the files `tls` was loaded from into its acceptors, which each port reads
+    /// per accept.
+    pub fn new(tls: &NodeTls) -> CertificateReload {
+        CertificateReload {
+            files: tls.files.clone(),
+            node_id: tls.node_id.clone(),
+            client_port: tls.client_port.clone(),
+            grpc: tls.grpc.clone(),
+        }
     }
 
-    /// Loads and checks all the files; only if every one is usable does the client port
-    /// take the new certificate. Returns the names the new certificate carries.
+    /// Loads and checks all the files as at start; only if every one is usable do the ports
+    /// take the new certificates. Returns the names the new certificate carries.
     pub fn reload(&self) -> Result<Vec<String>, TlsError> {
-        let Some(loaded) = load_node(&self.files)? else {
+        let Some(loaded) = load_node(&self.files, self.node_id.as_deref())? else {
             return Err(TlsError::Combination("no TLS files to reload"));
         };
         self.client_port.replace(loaded.client_port.current());
+        if let (Some(grpc), Some(renewed)) = (&self.grpc, &loaded.grpc) {
+            grpc.replace(renewed);
+        }
         Ok(loaded.names)
     }
 }
@@ -56,14 +68,14 @@ pub fn watch_hangup(
                 continue;
             };
             // Files are read off the runtime's workers: a slow disk must not stall clients.
-            let files = reload.files.clone();
-            let client_port = reload.client_port.clone();
-            let reloaded = tokio::task::spawn_blocking(move || CertificateReload { files, client_port }.reload()).await;
+            let reloading = reload.clone();
+            let reloaded = tokio::task::spawn_blocking(move || reloading.reload()).await;
             match reloaded {
                 Ok(Ok(names)) => tracing::info!(
                     names = %names.join(","),
-                    "SIGHUP: reloaded the TLS certificate; new client-port connections use it \
-                     (the gRPC port keeps its certificates until a restart)"
+                    "SIGHUP: reloaded the TLS certificate; new connections to the client port{} use it \
+                     (calls this node makes to its peers keep their certificate until a restart)",
+                    if reload.grpc.is_some() { " and the gRPC port" } else { "" }
                 ),
                 Ok(Err(err)) => tracing::error!("SIGHUP: keeping the TLS certificates in use: {err}"),
                 Err(err) => tracing::error!("SIGHUP: the certificate reload failed: {err}"),

@@ -57,6 +57,14 @@ impl Ca {
         self.issue_with(name, |params| params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth])
     }
 
+    /// A node certificate as [`issue`](Self::issue) makes one, but valid only in 2000.
+    pub fn issue_expired(&self, name: &str) -> Issued {
+        self.issue_with(name, |params| {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        })
+    }
+
     /// A certificate with CN and DNS SAN `name`, adjusted by `adjust`, signed by this CA.
     fn issue_with(&self, name: &str, adjust: impl FnOnce(&mut CertificateParams)) -> Issued {
         let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
