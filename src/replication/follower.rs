@@ -299,7 +299,7 @@ fn begin_at_leaders_start(log: &Log, start: Offset) -> Result<(), StorageError> 
 fn truncate_divergent_tail(
     log: &Log,
     diverged: &Diverged,
-    (last_offset, last_epoch): (Offset, Epoch),
+    (last_offset, _): (Offset, Epoch),
     committed: Offset,
 ) -> Result<(), SessionError> {
     let ours = match diverged.epoch {
@@ -307,11 +307,7 @@ fn truncate_divergent_tail(
         None => log.start_offset()?,
     };
     let target = divergence_cut(diverged.end_offset, ours, last_offset);
-    // The leader holds our last record's epoch past it, so it held that very record and
-    // cleaned it away (it superseded it below its committed offset): cutting it, and
-    // copying the leader's next surviving record, loses nothing.
-    let cleaned_away = diverged.epoch == Some(last_epoch) && diverged.end_offset > last_offset;
-    if target < committed.min(log.next_offset()) && !cleaned_away {
+    if target < committed.min(log.next_offset()) {
         return Err(SessionError::BelowCommitted { committed });
     }
     let next = log.next_offset();

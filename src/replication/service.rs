@@ -148,7 +148,14 @@ impl ReplicationRpc for Service {
         // chunk's `log_start_offset` has it begin again there (README, "Retention").
         let log_start = node.log.log_start_offset();
         if let Some(last) = request.last.as_ref().filter(|last| last.offset >= log_start) {
-            let epoch_here = node.log.epoch_at(last.offset).map_err(internal)?;
+            let mut epoch_here = node.log.epoch_at(last.offset).map_err(internal)?;
+            if epoch_here.is_none() {
+                // Compaction may have removed our record there. A later record of the
+                // caller's epoch shows we held that very record (one leader per epoch
+                // writes each offset once, and both logs copy it), so the logs agree up to
+                // it; telling the caller to cut could lose a tombstone it still needs.
+                epoch_here = node.log.epoch_at_or_after(last.offset).map_err(internal)?.filter(|&e| e == last.epoch);
+            }
             if diverges(LastRecordCheck { offset: last.offset, caller_epoch: last.epoch, epoch_here }) {
                 let (epoch, end_offset) = node.log.epoch_end(last.epoch).map_err(internal)?;
                 tracing::info!(

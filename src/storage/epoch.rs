@@ -53,6 +53,12 @@ impl super::Log {
         epoch_at(&self.shared.read(), &self.shared.config, offset)
     }
 
+    /// Epoch of the first record at or after `offset` (compaction may have removed the one
+    /// at `offset`), if the log holds one.
+    pub fn epoch_at_or_after(&self, offset: Offset) -> Result<Option<Epoch>> {
+        Ok(first_at_or_after(&self.shared.read(), &self.shared.config, offset)?.map(|(_, epoch)| epoch))
+    }
+
     /// Where the log stops agreeing with a peer whose last record has `epoch` (KIP-279):
     /// the largest epoch ≤ `epoch` this log holds records of (`None` if none), and the
     /// offset where that epoch ends here (the first record of a later epoch, or the next

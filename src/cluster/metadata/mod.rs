@@ -241,8 +241,14 @@ impl Metadata {
         if partition.replicas.contains(with) {
             return Err(format!("{with} is a replica already"));
         }
-        if self.members.get(with).is_none_or(|m| m.fenced) {
+        let Some(member) = self.members.get(with).filter(|m| !m.fenced) else {
             return Err(format!("{with} is not a live member"));
+        };
+        // A member that registered holding records (a replica replaced earlier, back with
+        // its old copy) would resume from that copy, and tombstones dropped meanwhile
+        // would not reach it: a deleted ID could come back. Only an empty log starts clean.
+        if member.log_epoch > 0 {
+            return Err(format!("{with} holds records from an earlier copy (log epoch {})", member.log_epoch));
         }
         Ok(at)
     }

@@ -187,12 +187,16 @@ impl Quorum {
             due
         };
         let Some(dead) = dead else { return };
-        let Some(with) = metadata.live_members().map(|(id, _)| id).find(|id| !partition.replicas.contains(id)) else {
+        // Only a member that registered with an empty log: see `Metadata::apply`.
+        let spare = |(id, m): &(&String, &crate::cluster::metadata::Member)| {
+            m.log_epoch == 0 && !partition.replicas.contains(*id)
+        };
+        let Some(with) = metadata.live_members().find(spare).map(|(id, _)| id) else {
             let mut sessions = self.lock_sessions();
             if let Some((_, warned @ false)) = sessions.dead_since.get_mut(&dead) {
                 *warned = true;
                 tracing::warn!(%dead, replicas = ?partition.replicas,
-                    "a replica has been gone for {after:?} but no live member without a copy can take its place: the \
+                    "a replica has been gone for {after:?} but no live member with an empty log can take its place: the \
                      partition has fewer copies than --replication-factor until a node joins or it returns");
             }
             return;
