@@ -11,9 +11,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use common::compaction::{options, small_segments as config, temp_dir};
+use common::compaction::{check_lines, options, small_segments as config, temp_dir};
 use common::seeded::{Rng, env_u64};
-use common::{LineClient, ServerProcess, msglog, poll_until};
+use common::{LineClient, ServerProcess, poll_until};
 use msglog::storage::check::check;
 use msglog::storage::{Config, Log, RecordKind};
 use tempfile::TempDir;
@@ -236,15 +236,6 @@ fn disk_use_shrinks_to_about_the_live_set() {
         assert_eq!(log.get(format!("id-{id:04}").as_bytes()).unwrap(), Some(expected));
     }
     log.close().unwrap();
-}
-
-/// The `logical-digest:` (and `digest:`) lines `msglog check` prints for a data dir.
-fn check_lines(data_dir: &Path) -> (String, String) {
-    let out = msglog().args(["check", "--data-dir"]).arg(data_dir).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let line = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {text}"));
-    (line("digest: ").to_string(), line("logical-digest: ").to_string())
 }
 
 #[test]

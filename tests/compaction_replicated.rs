@@ -6,28 +6,21 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use common::{LineClient, ServerProcess, msglog, poll_until, stats};
+use common::compaction::check_lines;
+use common::scenario::{Addressing, ProcessCluster};
+use common::{LineClient, ServerProcess, poll_until, stats};
 use tempfile::TempDir;
 
 /// Tiny segments and an eager cleaner that may drop every tombstone at once: the cleaner
 /// has sealed segments to work on after a few thousand writes.
-const CLEANER_FLAGS: [&str; 10] = [
-    "--segment-bytes",
-    "64K",
-    "--min-cleanable-ratio",
-    "0.1",
-    "--delete-retention",
-    "0s",
-    "--fsync",
-    "never",
-    "--stats-interval",
-    "0s",
-];
+const CLEANER_FLAGS: [&str; 8] =
+    ["--segment-bytes", "64K", "--min-cleanable-ratio", "0.1", "--delete-retention", "0s", "--fsync", "never"];
 
+/// The cleaner flags, no periodic stats line, and `extra`: a standalone node's arguments
+/// (the cluster harness adds its own `--stats-interval`).
 fn flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
-    CLEANER_FLAGS.iter().copied().chain(extra.iter().copied()).collect()
+    CLEANER_FLAGS.iter().copied().chain(["--stats-interval", "0s"]).chain(extra.iter().copied()).collect()
 }
 
 /// Overwrites 20 IDs many times and deletes some of them now and then: most of the log is
@@ -40,15 +33,6 @@ fn write_churn(client: &mut LineClient, count: u32) {
         };
         assert!(reply == b"OK" || reply == b"NOT_FOUND", "{}", String::from_utf8_lossy(&reply));
     }
-}
-
-/// The `digest:` and `logical-digest:` lines `msglog check` prints for a data dir.
-fn check_lines(data_dir: &Path) -> (String, String) {
-    let out = msglog().args(["check", "--data-dir"]).arg(data_dir).output().unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let line = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {text}"));
-    (line("digest: ").to_string(), line("logical-digest: ").to_string())
 }
 
 /// Waits until the node at `addr` has finished a cleaning pass that dropped records.
@@ -91,45 +75,19 @@ fn a_leader_with_tolerance_and_its_follower_both_clean_and_keep_the_same_live_se
     assert_eq!(leader_logical, follower_logical, "the replicas hold the same live set");
 }
 
-/// Starts three `--cluster` members with the cleaner flags and returns them once one leads
-/// and every member is in sync, with the leader's index.
-fn start_cluster(dir: &Path) -> (Vec<ServerProcess>, usize) {
-    let port = || -> std::net::SocketAddr { format!("127.0.0.1:{}", common::free_port()).parse().unwrap() };
-    let addrs: Vec<_> = (0..3).map(|_| (port(), port())).collect();
-    let voters: Vec<String> = addrs.iter().enumerate().map(|(i, (_, grpc))| format!("n{i}={grpc}")).collect();
-    let voters = voters.join(",");
-    let mut nodes: Vec<ServerProcess> = (0..3)
-        .map(|i| {
-            let name = format!("n{i}");
-            let args = flags(&["--node-id", &name, "--cluster", &voters, "--tolerance", "1", "--ack-timeout", "30s"]);
-            ServerProcess::spawn_on(&dir.join(&name), addrs[i].0, addrs[i].1, &args)
-        })
-        .collect();
-    for node in &mut nodes {
-        node.wait_until_ready();
-    }
-    let leader = poll_until("one leader with every member in sync", || {
-        let leader = nodes.iter().position(|n| stats(n.addr).get("leader").map(String::as_str) == Some("self"))?;
-        let isr = stats(nodes[leader].addr).get("isr").cloned().unwrap_or_default();
-        (isr.split(',').filter(|id| !id.is_empty()).count() == 3).then_some(leader)
-    });
-    (nodes, leader)
-}
-
 #[test]
 fn three_cluster_members_clean_and_keep_the_same_live_set() {
-    let dir = TempDir::new().unwrap();
-    let (mut nodes, leader) = start_cluster(dir.path());
-    let mut client = LineClient::connect(nodes[leader].addr).unwrap();
+    let mut cluster = ProcessCluster::start_cluster_with_args(3, 3, 1, None, Addressing::Shared, &CLEANER_FLAGS);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let mut client = LineClient::connect(cluster.nodes[leader].addr).unwrap();
     write_churn(&mut client, 3500);
-    let end = stats(nodes[leader].addr)["last_offset"].clone();
-    for (i, node) in nodes.iter().enumerate() {
-        poll_until("every member to catch up", || (stats(node.addr)["last_offset"] == end).then_some(()));
-        wait_cleaned(node.addr, &format!("n{i}"));
+    cluster.wait_converged(leader);
+    for node in &cluster.nodes {
+        wait_cleaned(node.addr, &node.name);
     }
-    for node in &mut nodes {
-        stop(node);
+    for i in 0..3 {
+        cluster.stop(i);
     }
-    let logical: Vec<String> = nodes.iter().map(|n| check_lines(&n.data_dir).1).collect();
+    let logical: Vec<String> = cluster.nodes.iter().map(|n| check_lines(&n.data_dir).1).collect();
     assert!(logical.iter().all(|l| *l == logical[0]), "the members hold the same live set: {logical:?}");
 }

@@ -144,6 +144,25 @@ fn a_missing_segment_in_the_middle_is_still_refused_after_retention() {
     assert!(err.to_string().contains("segment missing"), "{err}");
 }
 
+/// The manifest's `log-start` line is what lets recovery delete retention's leftovers, so
+/// the rewrites that follow (a roll lists every new segment) must keep it.
+#[test]
+fn the_log_start_retention_records_survives_later_rolls_and_a_reopen() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    write_ids(&log, 200);
+    let start = log.apply_retention(&BY_BYTES(log.stats().bytes / 2), log.next_offset(), 0).unwrap().unwrap().log_start;
+    let segments = segment_bases(dir.path()).len();
+    write_ids(&log, 50);
+    log.close().unwrap();
+    assert!(segment_bases(dir.path()).len() > segments, "the later writes rolled new segments");
+    let manifest = std::fs::read_to_string(dir.path().join("log").join("MANIFEST")).unwrap();
+    assert!(manifest.lines().any(|l| l == format!("log-start {start}")), "{manifest}");
+    let log = reopen(dir.path()).unwrap();
+    assert_eq!(log.log_start_offset(), start);
+    log.close().unwrap();
+}
+
 /// Only retention licenses deleting a file before the first listed segment: a manifest
 /// that lost its first line (hand-edited, or written by a bug) makes recovery refuse, not
 /// delete the oldest records.

@@ -38,6 +38,13 @@ fn serve(dir: &TempDir, name: &str, args: &[String]) -> ServerProcess {
     ServerProcess::start(&dir.path().join(name), &args)
 }
 
+/// Node n0 with mutual TLS on its gRPC port (`--tls-ca`).
+fn mutual_tls_node(pki: &Pki, dir: &TempDir) -> ServerProcess {
+    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
+    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
+    serve(dir, "n0", &args)
+}
+
 fn client(addr: SocketAddr, extra: &[&str], command: &[&str]) -> Output {
     common::msglog()
         .arg("client")
@@ -195,9 +202,7 @@ fn a_tls_client_refused_before_the_handshake_shows_the_servers_line() {
 async fn refused_handshakes_are_logged_with_the_peer_and_the_reason_on_both_ports() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
-    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
-    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
-    let node = serve(&dir, "n0", &args);
+    let node = mutual_tls_node(&pki, &dir);
     let plain = tokio::net::TcpStream::connect(node.addr).await.expect("connect");
     let plain_peer = plain.local_addr().expect("local address").to_string();
     let (mut reader, mut writer) = plain.into_split();
@@ -317,9 +322,7 @@ fn a_leader_and_follower_replicate_over_mutual_tls() {
 async fn a_caller_whose_certificate_names_another_node_is_refused() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
-    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
-    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
-    let leader = serve(&dir, "n0", &args);
+    let leader = mutual_tls_node(&pki, &dir);
     let mut n2 = Caller::connect(leader.grpc, &grpc_client(&pki.ca.cert, Some(&pki.nodes[2]))).await.expect("connect");
     let spoofed = n2.fetch("n1").await.expect_err("n2 fetching as n1");
     assert_eq!(spoofed.code(), tonic::Code::PermissionDenied, "{spoofed:?}");
@@ -336,9 +339,7 @@ async fn a_caller_whose_certificate_names_another_node_is_refused() {
 async fn a_consumer_certificate_cannot_fetch_or_acknowledge_as_a_replica() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
-    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
-    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
-    let leader = serve(&dir, "n0", &args);
+    let leader = mutual_tls_node(&pki, &dir);
     let reader = pki.ca.issue_consumer("reader");
     let mut caller = Caller::connect(leader.grpc, &grpc_client(&pki.ca.cert, Some(&reader))).await.expect("connect");
     let as_replica = caller.fetch("reader").await.expect_err("a consumer fetching as replica 'reader'");
@@ -353,9 +354,7 @@ async fn a_consumer_certificate_cannot_fetch_or_acknowledge_as_a_replica() {
 async fn a_caller_without_a_client_certificate_or_from_another_ca_is_refused() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
-    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
-    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
-    let leader = serve(&dir, "n0", &args);
+    let leader = mutual_tls_node(&pki, &dir);
     for (who, identity) in [("no certificate", None), ("another CA's certificate", Some(&pki.stranger))] {
         let tls = grpc_client(&pki.ca.cert, identity);
         let outcome = match Caller::connect(leader.grpc, &tls).await {
@@ -373,9 +372,7 @@ async fn a_caller_without_a_client_certificate_or_from_another_ca_is_refused() {
 fn tail_reads_a_mutual_tls_node_with_a_client_certificate_and_not_without() {
     let pki = pki();
     let dir = TempDir::new().expect("tempdir");
-    let mut args = pki.nodes[0].serve_args(Some(&pki.ca.cert));
-    args.extend(["--node-id", "n0", "--stats-interval", "0s"].map(String::from));
-    let node = serve(&dir, "n0", &args);
+    let node = mutual_tls_node(&pki, &dir);
     assert_eq!(request(node.addr, &pki.ca.cert, "SET k tailed").expect("SET"), "OK");
     let tail = |identity: &[&str]| {
         common::msglog()

@@ -24,8 +24,7 @@ use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
 use super::rules::divergence_cut;
 use super::service::with_password;
 use super::{
-    CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replication, Role, describe_status,
-    root_cause,
+    CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication, Role, describe_status, root_cause,
 };
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -328,15 +327,14 @@ impl Replication {
             Role::Cluster { .. } => self.high_watermark(),
             _ => self.followers.replicated().min(self.log.durable_offset()).min(self.log.next_offset()),
         };
-        let horizon = match (&self.config.role, self.position()) {
-            (Role::Cluster { .. }, Position::Leading { replicas, .. }) => {
-                let others: Vec<String> = replicas.into_iter().filter(|id| *id != self.config.node_id).collect();
-                self.followers.tombstone_horizon(Some(&others), 0)
-            }
-            // Not leading in cluster mode: no replica's word counts for anything.
-            (Role::Cluster { .. }, _) => 0,
-            (Role::Leader { tolerance, .. }, _) => self.followers.tombstone_horizon(None, *tolerance),
-            (Role::Follower { .. }, _) => 0,
+        let horizon = match &self.config.role {
+            Role::Cluster { .. } => match self.leadership.leading_replicas() {
+                Some(replicas) => self.followers.tombstone_horizon(Some((&replicas, &self.config.node_id)), 0),
+                // Not leading in cluster mode: no replica's word counts for anything.
+                None => 0,
+            },
+            Role::Leader { tolerance, .. } => self.followers.tombstone_horizon(None, *tolerance),
+            Role::Follower { .. } => 0,
         };
         (committed, horizon.min(committed))
     }

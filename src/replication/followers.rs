@@ -291,15 +291,18 @@ impl Followers {
 
     /// Every replica holds every record below this, as acknowledged: a tombstone may go
     /// only below it (README, "Compaction"). `replicas` names them where they are known
-    /// (cluster mode; this node left out), and one never heard from counts 0. A manual
-    /// leader knows its followers only once they have connected since it started: each
-    /// counts, and until `tolerance` of them have, nothing does.
-    pub fn tombstone_horizon(&self, replicas: Option<&[String]>, tolerance: usize) -> Offset {
+    /// (cluster mode), with this node's id to leave out, and one never heard from counts 0.
+    /// A manual leader knows its followers only once they have connected since it started:
+    /// each counts, and until `tolerance` of them have, nothing does.
+    pub fn tombstone_horizon(&self, replicas: Option<(&[String], &str)>, tolerance: usize) -> Offset {
         let table = self.lock();
         match replicas {
-            Some(replicas) => {
-                replicas.iter().map(|id| table.followers.get(id).map_or(0, |e| e.durable)).min().unwrap_or(Offset::MAX)
-            }
+            Some((replicas, this_node)) => replicas
+                .iter()
+                .filter(|id| *id != this_node)
+                .map(|id| table.followers.get(id).map_or(0, |e| e.durable))
+                .min()
+                .unwrap_or(Offset::MAX),
             None if table.followers.len() < tolerance => 0,
             None => table.followers.values().map(|e| e.durable).min().unwrap_or(Offset::MAX),
         }
@@ -534,8 +537,9 @@ mod tests {
         assert_eq!(followers.replicated(), 40, "one follower is the quorum");
         assert_eq!(followers.tombstone_horizon(None, 1), 10, "the slowest follower holds up to 10");
         let replicas = ["a".to_string(), "b".to_string(), "c".to_string()];
-        assert_eq!(followers.tombstone_horizon(Some(&replicas), 1), 0, "c was never heard from");
-        assert_eq!(followers.tombstone_horizon(Some(&replicas[..1]), 1), 40);
+        assert_eq!(followers.tombstone_horizon(Some((&replicas, "leader")), 1), 0, "c was never heard from");
+        assert_eq!(followers.tombstone_horizon(Some((&replicas[..1], "leader")), 1), 40);
+        assert_eq!(followers.tombstone_horizon(Some((&replicas, "c")), 1), 10, "this node is left out");
     }
 
     #[test]

@@ -95,6 +95,15 @@ impl Leadership {
         self.position.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The partition's replicas while this node leads it (a copy of them alone, not of the
+    /// whole position: asked for every chunk a fetch stream sends).
+    pub fn leading_replicas(&self) -> Option<Vec<String>> {
+        match &*self.position.lock().unwrap_or_else(|e| e.into_inner()) {
+            Position::Leading { replicas, .. } => Some(replicas.clone()),
+            _ => None,
+        }
+    }
+
     pub fn routes(&self) -> watch::Receiver<Route> {
         self.routes.subscribe()
     }

@@ -360,18 +360,13 @@ async fn stream_log(
                 let _ = tx.send(Err(Status::aborted(LEADERSHIP_BEGAN_AGAIN))).await;
                 return;
             }
-            let points = node.shipped_clean_points();
-            if tells_watermark && (points.0 > told.0 || points.1 > told.1) {
-                told = points;
-                let records = Records {
-                    frames: Vec::new(),
-                    leader_next_offset: node.log.next_offset(),
-                    high_watermark: points.0,
-                    log_start_offset: node.log.log_start_offset(),
-                    tombstone_horizon: points.1,
-                };
-                if tx.send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Records(records)) })).await.is_err() {
-                    return;
+            if tells_watermark {
+                let points = node.shipped_clean_points();
+                if points.0 > told.0 || points.1 > told.1 {
+                    told = points;
+                    if tx.send(Ok(records(&node, Vec::new(), points))).await.is_err() {
+                        return;
+                    }
                 }
             }
             tokio::select! {
@@ -394,22 +389,32 @@ async fn stream_log(
             let _ = tx.send(Err(Status::aborted(LEADERSHIP_BEGAN_AGAIN))).await;
             return;
         }
-        let (high_watermark, tombstone_horizon) = node.shipped_clean_points();
-        told = (told.0.max(high_watermark), told.1.max(tombstone_horizon));
-        let log_start_offset = node.log.log_start_offset();
-        let records = Records {
-            frames: chunk.bytes,
-            leader_next_offset: node.log.next_offset(),
-            high_watermark,
-            log_start_offset,
-            tombstone_horizon,
-        };
-        let response = FetchResponse { kind: Some(fetch_response::Kind::Records(records)) };
+        let points = node.shipped_clean_points();
+        told = (told.0.max(points.0), told.1.max(points.1));
+        let response = records(&node, chunk.bytes, points);
         tokio::select! {
             sent = tx.send(Ok(response)) => if sent.is_err() { return },
             _ = shutdown.wait_for(|&stop| stop) => return,
         }
     }
+}
+
+/// A `Records` message: `frames` (none: only the points moved) with what a replica learns
+/// beside them, the leader's end, log start and clean points (committed offset, tombstone
+/// horizon).
+fn records(
+    node: &Replication,
+    frames: Vec<u8>,
+    (high_watermark, tombstone_horizon): (Offset, Offset),
+) -> FetchResponse {
+    let records = Records {
+        frames,
+        leader_next_offset: node.log.next_offset(),
+        high_watermark,
+        log_start_offset: node.log.log_start_offset(),
+        tombstone_horizon,
+    };
+    FetchResponse { kind: Some(fetch_response::Kind::Records(records)) }
 }
 
 /// Whole records from `next`, none at or above `limit`.

@@ -23,9 +23,6 @@ pub enum Route {
     Electing,
 }
 
-/// The usual reason a request finds no leader.
-pub const NO_LEADER: &str = "no leader is known (an election is under way)";
-
 pub type Replicated<'a> = Pin<Box<dyn Future<Output = Result<(), Refusal>> + Send + 'a>>;
 
 pub trait Cluster: Send + Sync + 'static {

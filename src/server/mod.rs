@@ -31,7 +31,7 @@ use crate::protocol::{self, Reply};
 use crate::storage::{FsyncPolicy, Log};
 
 pub use auth::{Admission, InvalidPassword, PROTECTED_MODE_REFUSAL, Password, admission, is_loopback};
-pub use cluster::{Cluster, NO_LEADER, Refusal, Replicated, Route};
+pub use cluster::{Cluster, Refusal, Replicated, Route};
 use connection::{ClientStream, Connection};
 pub use descriptors::{DESCRIPTOR_HEADROOM, DescriptorError, DescriptorLimit, ensure_descriptors};
 pub use forward::{

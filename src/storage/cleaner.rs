@@ -235,7 +235,8 @@ impl Log {
         if !swapped.is_empty() {
             let bases: Vec<Offset> = st.sealed.iter().map(|s| s.base).chain([st.active.base]).collect();
             let after: Vec<Offset> = bases.into_iter().filter(|b| !merged_away.contains(b)).collect();
-            if let Err(e) = super::swap::commit(fs, dir, &swapped, &after, &merged_away) {
+            let chain = (after.as_slice(), st.retention.recorded_start);
+            if let Err(e) = super::swap::commit(fs, dir, &swapped, chain, &merged_away) {
                 return Err(st.fail(format!("swapping cleaned segments in failed: {e}")));
             }
         }

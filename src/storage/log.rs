@@ -137,7 +137,7 @@ impl Log {
         std::fs::create_dir_all(data_dir)?;
         let lock = super::lock::acquire(data_dir)?;
         let dir = log_dir(data_dir);
-        let Recovered { sealed, active, ids, records, last } = recovery::recover(&fs, &dir, &config)?;
+        let Recovered { sealed, active, ids, records, last, log_start } = recovery::recover(&fs, &dir, &config)?;
         let next_offset = match last {
             Some((o, _)) => next_after(o)?,
             None => active.base,
@@ -162,7 +162,7 @@ impl Log {
             persisted_epoch,
             truncations: 0,
             compaction,
-            retention: Default::default(),
+            retention: super::retention::Tracker { recorded_start: log_start, ..Default::default() },
         };
         let shared = Arc::new(Shared {
             data_dir: data_dir.to_path_buf(),

@@ -72,15 +72,11 @@ pub(super) fn read(dir: &Path) -> Result<Option<Listed>> {
     Ok(Some(Listed { bases, log_start }))
 }
 
-/// Replaces the manifest with `bases`, durably, keeping its `log-start` line: a rewrite
-/// that dropped it would turn retention's leftovers into unexplained files.
-pub(super) fn write(fs: &dyn FileSystem, dir: &Path, bases: &[Offset]) -> Result<()> {
-    let log_start = read(dir)?.map_or(0, |listed| listed.log_start);
-    write_with_start(fs, dir, bases, log_start)
-}
-
-/// Replaces the manifest with `bases` and the log start retention moved to, durably.
-pub(super) fn write_with_start(fs: &dyn FileSystem, dir: &Path, bases: &[Offset], log_start: Offset) -> Result<()> {
+/// Replaces the manifest with `bases` and `log_start` (0: retention never moved it),
+/// durably. Every rewrite passes the log start the manifest already records (the log
+/// keeps it in memory): one that dropped it would turn retention's leftovers into
+/// unexplained files.
+pub(super) fn write(fs: &dyn FileSystem, dir: &Path, bases: &[Offset], log_start: Offset) -> Result<()> {
     let mut text = format!("{FIRST_LINE}\n");
     if log_start > 0 {
         text.push_str(&format!("{LOG_START}{log_start}\n"));
@@ -142,7 +138,7 @@ pub(super) fn written_with_manifest(dir: &Path, files: &[Offset]) -> Option<Offs
     })
 }
 
-/// The segments recovery scans, in order, and the manifest's bases as read (`None` if absent):
+/// The segments recovery scans, in order, and the manifest as read (`None` if absent):
 /// refuses a hole in the chain (or, in repair mode, forgets the missing segments and
 /// sets unlisted ones aside), and deletes leftovers of an interrupted roll or truncation.
 pub(super) fn chain(
@@ -150,7 +146,7 @@ pub(super) fn chain(
     dir: &Path,
     files: &[Offset],
     mode: RecoveryMode,
-) -> Result<(Vec<Offset>, Option<Vec<Offset>>)> {
+) -> Result<(Vec<Offset>, Option<Listed>)> {
     let Some(manifest) = read(dir)? else {
         if let (true, Some(base)) = (mode == RecoveryMode::Strict, written_with_manifest(dir, files)) {
             return Err(StorageError::Corruption {
@@ -167,7 +163,6 @@ pub(super) fn chain(
         return Ok((files.to_vec(), None));
     };
     let found = reconcile(&manifest, files);
-    let listed = manifest.bases;
     let strict = mode == RecoveryMode::Strict;
     if let (true, Some(&base)) = (strict, found.missing.first()) {
         let reason = "segment missing: the manifest lists it but the file is gone (a hole in the log; `msglog check --repair` drops it from the chain)";
@@ -196,8 +191,8 @@ pub(super) fn chain(
     } else if !found.unlisted.is_empty() {
         fs.sync_dir(dir)?;
     }
-    let bases = listed.iter().filter(|b| !found.missing.contains(b)).copied().collect();
-    Ok((bases, Some(listed)))
+    let bases = manifest.bases.iter().filter(|b| !found.missing.contains(b)).copied().collect();
+    Ok((bases, Some(manifest)))
 }
 
 #[cfg(test)]
@@ -229,11 +224,12 @@ mod tests {
     }
 
     #[test]
-    fn the_log_start_line_survives_a_rewrite() {
+    fn the_log_start_line_is_written_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let fs = super::super::fs::RealFs;
-        write_with_start(&fs, dir.path(), &[20, 30], 20).unwrap();
-        write(&fs, dir.path(), &[20, 30, 40]).unwrap();
+        write(&fs, dir.path(), &[20, 30], 20).unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(listed(&[20, 30], 20)));
+        write(&fs, dir.path(), &[20, 30, 40], 20).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(listed(&[20, 30, 40], 20)));
         let text = std::fs::read_to_string(manifest_path(dir.path())).unwrap();
         assert_eq!(text, "msglog-manifest 1\nlog-start 20\n20\n30\n40\n");

@@ -41,6 +41,8 @@ pub(super) struct Recovered {
     pub records: u64,
     /// Offset and epoch of the last record.
     pub last: Option<(Offset, Epoch)>,
+    /// The log start the manifest records (0 if none).
+    pub log_start: Offset,
 }
 
 /// What a scan of one segment's bytes found.
@@ -191,6 +193,7 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
     super::swap::roll_forward(fs.as_ref(), dir)?;
     let files = list_segments(dir)?;
     let (bases, listed) = manifest::chain(fs.as_ref(), dir, &files, config.recovery)?;
+    let log_start = listed.as_ref().map_or(0, |listed| listed.log_start);
     let mut ids = IdIndex::default();
     let mut sealed = Vec::new();
     let mut records = 0;
@@ -220,7 +223,7 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
             fs.write_at(&file, &path, &header(base, HEADER_LEN as u32), 0)?;
             fs.sync_all(&file, &path)?;
             if !is_last {
-                drop_segments(fs.as_ref(), dir, &bases[..=i], &bases[i + 1..])?;
+                drop_segments(fs.as_ref(), dir, (&bases[..=i], log_start), &bases[i + 1..])?;
                 (kept, is_last) = (i + 1, true);
             }
         }
@@ -278,7 +281,7 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
             }
             fs.set_len(&file, &path, cut)?;
             fs.sync_all(&file, &path)?;
-            drop_segments(fs.as_ref(), dir, &bases[..=i], later)?;
+            drop_segments(fs.as_ref(), dir, (&bases[..=i], log_start), later)?;
             end = cut;
             (kept, is_last) = (i + 1, true);
         }
@@ -294,27 +297,32 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
             // durable now (and the watermark exact), so everything recovered is durable.
             active.sync_exact()?;
             let bases = &bases[..kept];
-            if listed.as_deref() != Some(bases) {
-                manifest::write(fs.as_ref(), dir, bases)?;
+            if listed.as_ref().map(|l| l.bases.as_slice()) != Some(bases) {
+                manifest::write(fs.as_ref(), dir, bases, log_start)?;
             }
             let last = prev.map(|p| (p, last_epoch));
-            return Ok(Recovered { sealed, active, ids, records, last });
+            return Ok(Recovered { sealed, active, ids, records, last, log_start });
         }
         let index = index.seal(fs.as_ref(), &index_path(dir, base))?;
         sealed.push(SealedSegment::open(path, base, len, index, scan.last_offset, scan.figures)?);
     }
     let active = ActiveSegment::create(fs.clone(), dir, 0, reserve(config, 0))?;
-    manifest::write(fs.as_ref(), dir, &[0])?;
-    Ok(Recovered { sealed, active, ids, records, last: None })
+    manifest::write(fs.as_ref(), dir, &[0], log_start)?;
+    Ok(Recovered { sealed, active, ids, records, last: None, log_start })
 }
 
 /// Drops the segments `dropped` (and their indexes), durably: the manifest lists only
 /// `kept` first, so a crash part way leaves files recovery knows to delete.
-pub(super) fn drop_segments(fs: &dyn FileSystem, dir: &Path, kept: &[Offset], dropped: &[Offset]) -> Result<()> {
+pub(super) fn drop_segments(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    (kept, log_start): (&[Offset], Offset),
+    dropped: &[Offset],
+) -> Result<()> {
     if dropped.is_empty() {
         return Ok(());
     }
-    manifest::write(fs, dir, kept)?;
+    manifest::write(fs, dir, kept, log_start)?;
     remove_segment_files(fs, dir, dropped)
 }
 

@@ -51,6 +51,9 @@ pub struct RetentionStats {
 #[derive(Debug, Default)]
 pub(super) struct Tracker {
     pub stats: RetentionStats,
+    /// The log start the manifest records (its `log-start` line; 0 if retention never
+    /// moved it), for every rewrite of the manifest to carry.
+    pub recorded_start: Offset,
 }
 
 /// Whether every record of `segment` lies below `upto`.
@@ -156,7 +159,8 @@ impl Log {
             true => None,
             false => Some(ActiveSegment::create(shared.fs.clone(), dir, start, reserve(&shared.config, 0))?),
         };
-        manifest::write_with_start(fs, dir, &[start], start)?;
+        manifest::write(fs, dir, &[start], start)?;
+        st.retention.recorded_start = start;
         if old.is_empty() {
             return Ok(0);
         }
@@ -206,7 +210,8 @@ impl Log {
         // Nothing has changed yet if this fails, and either manifest opens (recovery deletes
         // files below the log start it records): the log keeps taking writes (a full disk
         // is when retention matters most) and the next round tries again.
-        manifest::write_with_start(fs, dir, &kept, kept[0])?;
+        manifest::write(fs, dir, &kept, kept[0])?;
+        st.retention.recorded_start = kept[0];
         let gone: Vec<SealedSegment> = st.sealed.drain(..count).collect();
         let records: u64 = gone.iter().map(|s| s.figures.records).sum();
         st.records = st.records.saturating_sub(records);

@@ -171,12 +171,15 @@ struct Filtered {
     bytes: Vec<u8>,
     /// Per kept record: old position, position in `bytes`, offset.
     kept: Vec<(u32, u32, Offset)>,
+    /// Of the kept records.
+    figures: Figures,
     dropped: u64,
     changed: bool,
 }
 
 fn filter(input: &Input, rules: &Rules<'_>, max: usize) -> Result<Filtered> {
-    let mut out = Filtered { bytes: Vec::new(), kept: Vec::new(), dropped: 0, changed: false };
+    let mut out =
+        Filtered { bytes: Vec::new(), kept: Vec::new(), figures: Figures::default(), dropped: 0, changed: false };
     // The last kept record of the batch being read: if the batch's later records are all
     // dropped, it must end the batch instead, or recovery would take it for a torn one.
     let mut last_kept_in_batch: Option<(usize, usize)> = None;
@@ -185,6 +188,7 @@ fn filter(input: &Input, rules: &Rules<'_>, max: usize) -> Result<Filtered> {
             let at = out.bytes.len();
             out.bytes.extend_from_slice(framed);
             out.kept.push((position as u32, at as u32, r.offset));
+            out.figures.count(r.timestamp_ms);
             last_kept_in_batch = r.continues.then_some((at, framed.len()));
         } else {
             out.dropped += 1;
@@ -275,6 +279,7 @@ struct Building {
     last_indexed: u64,
     moved: Vec<Vec<(u32, u32)>>,
     last_offset: Option<Offset>,
+    figures: Figures,
     changed: bool,
     kept: u64,
     dropped: u64,
@@ -290,6 +295,7 @@ impl Building {
             last_indexed: HEADER_LEN as u64,
             moved: Vec::new(),
             last_offset: None,
+            figures: Figures::default(),
             changed: false,
             kept: 0,
             dropped: 0,
@@ -312,6 +318,7 @@ impl Building {
         }
         self.bytes.extend_from_slice(&filtered.bytes);
         self.moved.push(moved);
+        self.figures.add(filtered.figures);
         self.changed |= filtered.changed;
         self.kept += filtered.kept.len() as u64;
         self.dropped += filtered.dropped;
@@ -354,7 +361,7 @@ impl Building {
             map,
             index,
             last_offset: self.last_offset,
-            figures: Figures::of(&self.bytes),
+            figures: self.figures,
         });
         Ok(group)
     }

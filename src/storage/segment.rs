@@ -95,18 +95,10 @@ impl Figures {
         self.newest_ms = Some(self.newest_ms.map_or(timestamp_ms, |n| n.max(timestamp_ms)));
     }
 
-    /// The figures of a segment file's bytes, header included (whole records only).
-    pub fn of(bytes: &[u8]) -> Figures {
-        let mut figures = Figures::default();
-        let mut at = HEADER_LEN;
-        while let Some((len, _)) = super::record::peek(bytes.get(at..).unwrap_or(&[])) {
-            if at + len > bytes.len() {
-                break;
-            }
-            figures.count(LE::read_i64(&bytes[at + 20..at + 28]));
-            at += len;
-        }
-        figures
+    /// Adds the figures of other records (another segment's, merged into this one).
+    pub fn add(&mut self, other: Figures) {
+        self.records += other.records;
+        self.newest_ms = self.newest_ms.max(other.newest_ms);
     }
 }
 

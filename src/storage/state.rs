@@ -196,7 +196,7 @@ impl State {
         let sealed = SealedSegment::open(old.path.clone(), old.base, old.written, index, old.last_offset, old.figures)?;
         let fresh = ActiveSegment::create(shared.fs.clone(), &shared.dir, base, reserve(&shared.config, 0))?;
         let bases: Vec<Offset> = self.sealed.iter().map(|s| s.base).chain([old.base, base]).collect();
-        manifest::write(fs, &shared.dir, &bases)?;
+        manifest::write(fs, &shared.dir, &bases, self.retention.recorded_start)?;
         self.active = fresh;
         self.sealed.push(sealed);
         Ok(())
@@ -278,7 +278,8 @@ impl State {
             let len = reopen.map.len() as u64;
             let (path, base, last) = (reopen.path.clone(), reopen.base, reopen.last_offset);
             drop(reopen);
-            drop_segments(shared.fs.as_ref(), &shared.dir, &bases[..keep], &bases[keep..])?;
+            let log_start = self.retention.recorded_start;
+            drop_segments(shared.fs.as_ref(), &shared.dir, (&bases[..keep], log_start), &bases[keep..])?;
             let index = OffsetIndex::Building(Vec::new());
             let reserve = reserve(&shared.config, len);
             // A sealed segment's watermark is its exact length.

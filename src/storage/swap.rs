@@ -35,19 +35,20 @@ fn parse_swap(name: &str) -> Option<(Offset, Offset)> {
 }
 
 /// Swaps the written groups `(base, end)` in, in order. `bases_after` is the whole chain
-/// once done; `merged_away` the bases it no longer lists.
+/// once done, with the log start the manifest records; `merged_away` the bases it no
+/// longer lists.
 pub(super) fn commit(
     fs: &dyn FileSystem,
     dir: &Path,
     groups: &[(Offset, Offset)],
-    bases_after: &[Offset],
+    (bases_after, log_start): (&[Offset], Offset),
     merged_away: &[Offset],
 ) -> Result<()> {
     for &(base, end) in groups {
         fs.rename(&cleaned_path(dir, base), &swap_path(dir, base, end))?;
         fs.sync_dir(dir)?;
     }
-    manifest::write(fs, dir, bases_after)?;
+    manifest::write(fs, dir, bases_after, log_start)?;
     remove_segment_files(fs, dir, merged_away)?;
     for &(base, end) in groups {
         fs.rename(&swap_path(dir, base, end), &segment_path(dir, base))?;
@@ -99,10 +100,10 @@ pub(super) fn roll_forward(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
         }
         return Ok(());
     }
-    if let Some(listed) = manifest::read(dir)?.map(|m| m.bases) {
-        let kept: Vec<Offset> = listed.iter().copied().filter(|&b| !merged_away(&swaps, b)).collect();
-        if kept != listed {
-            manifest::write(fs, dir, &kept)?;
+    if let Some(listed) = manifest::read(dir)? {
+        let kept: Vec<Offset> = listed.bases.iter().copied().filter(|&b| !merged_away(&swaps, b)).collect();
+        if kept != listed.bases {
+            manifest::write(fs, dir, &kept, listed.log_start)?;
         }
     }
     let files: Vec<Offset> = list_segments(dir)?.into_iter().filter(|&b| merged_away(&swaps, b)).collect();

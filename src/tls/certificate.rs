@@ -2,24 +2,23 @@
 //! otherwise surface only at peers and clients, as handshake failures that name no file.
 
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
 use x509_parser::time::ASN1Time;
 
 /// Why `--tls-cert`'s first certificate cannot serve as this node's; `None` when it can.
-/// `node_id` is given when peers check it (mutual TLS with `--tls-ca` and a `--node-id`).
-pub(super) fn unfit(der: &[u8], mutual: bool, node_id: Option<&str>) -> Option<String> {
+/// `node_id` is given when peers check it (mutual TLS with `--tls-ca` and a `--node-id`)
+/// against `dns_names`, the certificate's DNS names.
+pub(super) fn unfit(der: &[u8], mutual: bool, node_id: Option<&str>, dns_names: &[String]) -> Option<String> {
     let cert = match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => cert,
         Err(err) => return Some(format!("its certificate cannot be parsed: {err}")),
     };
     expired_or_early(&cert, ASN1Time::now()).or_else(|| wrong_usage(&cert, mutual)).or_else(|| {
         let node_id = node_id.filter(|_| mutual)?;
-        let names = dns_names(&cert);
-        (!names.iter().any(|name| name == node_id)).then(|| {
+        (!dns_names.iter().any(|name| name == node_id)).then(|| {
             format!(
                 "it does not name node id {node_id:?} (--node-id): its DNS names are [{}], and peers under \
                  mutual TLS (--tls-ca) take a node's id from them (docs/SECURITY.md)",
-                names.join(", ")
+                dns_names.join(", ")
             )
         })
     })
@@ -61,19 +60,16 @@ fn wrong_usage(cert: &X509Certificate<'_>, mutual: bool) -> Option<String> {
     })
 }
 
-fn dns_names(cert: &X509Certificate<'_>) -> Vec<String> {
-    let Ok(Some(names)) = cert.subject_alternative_name() else { return Vec::new() };
-    let dns = names.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::DNSName(dns) => Some(dns.to_string()),
-        _ => None,
-    });
-    dns.collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
     use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+    use rustls::pki_types::CertificateDer;
+
+    /// [`super::unfit`] with the DNS names read as `load_node` reads them.
+    fn unfit(der: &[u8], mutual: bool, node_id: Option<&str>) -> Option<String> {
+        let names = super::super::certificate_names(&CertificateDer::from(der.to_vec()));
+        super::unfit(der, mutual, node_id, &names)
+    }
 
     fn certificate(names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Vec<u8> {
         let names: Vec<String> = names.iter().map(|name| name.to_string()).collect();

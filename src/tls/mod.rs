@@ -145,10 +145,11 @@ pub fn load_node(files: &TlsFiles, node_id: Option<&str>) -> Result<Option<NodeT
         }
     };
     let (cert_pem, certs) = read_certs(cert_path, "--tls-cert")?;
-    if let Some(reason) = certificate::unfit(&certs[0], files.ca.is_some(), node_id) {
+    // The DNS names as peers read them (`PeerCertificate::names`), for the node id check too.
+    let names = certificate_names(&certs[0]);
+    if let Some(reason) = certificate::unfit(&certs[0], files.ca.is_some(), node_id, &names) {
         return Err(TlsError::Invalid { what: "--tls-cert", path: cert_path.clone(), reason });
     }
-    let names = certificate_names(&certs[0]);
     let key_pem = read(key_path, "--tls-key")?;
     let key = parse_key(&key_pem, key_path)?;
     let mismatch = |err: rustls::Error| TlsError::Mismatch {
@@ -183,44 +184,43 @@ pub enum HandshakeFailure {
     TimedOut,
 }
 
-/// The server side of the client port's handshake, bounded by [`HANDSHAKE_TIMEOUT`]. A
-/// refusal is logged here (see [`Acceptor`]).
-pub async fn accept(tls: &ClientPortTls, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
-    tls.accept(tcp).await
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeFailure::Plain(_) => f.write_str("the client spoke plain text, not TLS"),
+            HandshakeFailure::Failed(err) => write!(f, "{err}"),
+            HandshakeFailure::TimedOut => write!(f, "no handshake within {HANDSHAKE_TIMEOUT:?}"),
+        }
+    }
 }
 
 impl Acceptor {
-    async fn accept(&self, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
+    /// The server side of a handshake on this port, bounded by [`HANDSHAKE_TIMEOUT`]. A
+    /// refusal is logged here, throttled; a connection closed before its first byte (a
+    /// health check, a port probe) is not a refusal.
+    pub async fn accept(&self, tcp: TcpStream) -> Result<ServerStream, HandshakeFailure> {
         let peer = tcp.peer_addr().ok();
         // One bound for the first byte and the handshake together.
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         let mut first = [0u8; 1];
-        let (refusal, reason) = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-            // Closed before a byte: a health check or a port probe, not a refused handshake.
+        let refusal = match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
             Ok(Ok(0)) => return Err(HandshakeFailure::Failed(io::ErrorKind::UnexpectedEof.into())),
-            Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => {
-                (HandshakeFailure::Plain(tcp), "the client spoke plain text, not TLS".to_string())
-            }
+            Ok(Ok(_)) if first[0] != TLS_HANDSHAKE_RECORD => HandshakeFailure::Plain(tcp),
             Ok(Ok(_)) => match tokio::time::timeout_at(deadline, self.current().accept(tcp)).await {
                 Ok(Ok(stream)) => return Ok(stream),
-                Ok(Err(err)) => (HandshakeFailure::Failed(err), String::new()),
-                Err(_) => (HandshakeFailure::TimedOut, String::new()),
+                Ok(Err(err)) => HandshakeFailure::Failed(err),
+                Err(_) => HandshakeFailure::TimedOut,
             },
-            Ok(Err(err)) => (HandshakeFailure::Failed(err), String::new()),
-            Err(_) => (HandshakeFailure::TimedOut, String::new()),
+            Ok(Err(err)) => HandshakeFailure::Failed(err),
+            Err(_) => HandshakeFailure::TimedOut,
         };
-        match &refusal {
-            HandshakeFailure::Failed(err) => self.refused(peer, err),
-            HandshakeFailure::TimedOut => {
-                self.refused(peer, &format_args!("no handshake within {HANDSHAKE_TIMEOUT:?}"))
-            }
-            HandshakeFailure::Plain(_) => self.refused(peer, &reason),
-        }
+        self.refused(peer, &refusal);
         Err(refusal)
     }
 }
 
-/// What a certificate names: enough for an operator to tell which one a node loaded.
+/// The DNS names a certificate carries, read as peers read them (`PeerCertificate::names`):
+/// logged so an operator can tell which one a node loaded, and checked against `--node-id`.
 fn certificate_names(cert: &CertificateDer<'_>) -> Vec<String> {
     let Ok(cert) = webpki::EndEntityCert::try_from(cert) else { return Vec::new() };
     cert.valid_dns_names().map(str::to_string).collect()

@@ -45,6 +45,15 @@ pub fn segment_bases(data_dir: &Path) -> Vec<u64> {
     bases
 }
 
+/// The `digest:` and `logical-digest:` lines `msglog check` prints for a data dir.
+pub fn check_lines(data_dir: &Path) -> (String, String) {
+    let out = super::msglog().args(["check", "--data-dir"]).arg(data_dir).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("{key} in {text}"));
+    (line("digest: ").to_string(), line("logical-digest: ").to_string())
+}
+
 /// Counts the operations passed on to another file system, so a test can aim a fault at
 /// the operations of one step (run it once to count, then cut at each).
 #[derive(Debug)]

@@ -52,8 +52,8 @@ pub struct Member {
     pub fenced: bool,
     /// Random per process start: a second process under the same id is told apart.
     pub incarnation: u64,
-    /// The highest epoch its log held when it registered: if it is made a replica later,
-    /// the partition's next epoch goes above it too.
+    /// The highest epoch its log held when it registered: a member holding records is
+    /// never made a replica in a dead one's place (see [`Metadata::may_take_a_place`]).
     #[serde(default)]
     pub log_epoch: Epoch,
 }
@@ -210,10 +210,8 @@ impl Metadata {
             MetaCommand::ReplaceReplica { dead, with, expected } => match self.replacement(dead, with, expected) {
                 Err(why) => MetaOutcome::Rejected(why),
                 Ok(at) => {
-                    let log_epoch = self.members.get(with).map_or(0, |m| m.log_epoch);
-                    let partition = &mut self.partition;
-                    partition.replicas[at] = with.clone();
-                    partition.epoch_floor = partition.epoch_floor.max(log_epoch);
+                    // Its log is empty (see `may_take_a_place`): no epoch floor to raise.
+                    self.partition.replicas[at] = with.clone();
                     MetaOutcome::Applied
                 }
             },
@@ -238,19 +236,25 @@ impl Metadata {
         if partition.isr.contains(dead) || partition.leader.as_ref() == Some(dead) {
             return Err(format!("{dead} is in the ISR: it may hold acknowledged writes no other replica has"));
         }
-        if partition.replicas.contains(with) {
+        self.may_take_a_place(with)?;
+        Ok(at)
+    }
+
+    /// Whether member `with` may take a dead replica's place: alive, no replica yet, and
+    /// registered with an empty log. One holding records (a replica replaced earlier, back
+    /// with its old copy) would resume from that copy, and tombstones dropped meanwhile
+    /// would not reach it: a deleted ID could come back.
+    pub fn may_take_a_place(&self, with: &NodeId) -> Result<(), String> {
+        if self.partition.replicas.contains(with) {
             return Err(format!("{with} is a replica already"));
         }
         let Some(member) = self.members.get(with).filter(|m| !m.fenced) else {
             return Err(format!("{with} is not a live member"));
         };
-        // A member that registered holding records (a replica replaced earlier, back with
-        // its old copy) would resume from that copy, and tombstones dropped meanwhile
-        // would not reach it: a deleted ID could come back. Only an empty log starts clean.
         if member.log_epoch > 0 {
             return Err(format!("{with} holds records from an earlier copy (log epoch {})", member.log_epoch));
         }
-        Ok(at)
+        Ok(())
     }
 
     /// `id` leads nothing and leaves the ISR (unless it is the last member there).

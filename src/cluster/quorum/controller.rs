@@ -187,11 +187,8 @@ impl Quorum {
             due
         };
         let Some(dead) = dead else { return };
-        // Only a member that registered with an empty log: see `Metadata::apply`.
-        let spare = |(id, m): &(&String, &crate::cluster::metadata::Member)| {
-            m.log_epoch == 0 && !partition.replicas.contains(*id)
-        };
-        let Some(with) = metadata.live_members().find(spare).map(|(id, _)| id) else {
+        let Some(with) = metadata.live_members().map(|(id, _)| id).find(|id| metadata.may_take_a_place(id).is_ok())
+        else {
             let mut sessions = self.lock_sessions();
             if let Some((_, warned @ false)) = sessions.dead_since.get_mut(&dead) {
                 *warned = true;

@@ -199,7 +199,7 @@ impl Connection {
                 // Never sent: it may go again, to wherever the route says now.
                 Err(why) => why.unwrap_or_else(|| "the link to the leader closed".to_string()),
             },
-            State::Held => crate::server::cluster::NO_LEADER.to_string(),
+            State::Held => "no leader is known (an election is under way)".to_string(),
         };
         let mut deadline = Instant::now() + route_wait;
         while let Some(diverter) = self.diverter.as_mut() {

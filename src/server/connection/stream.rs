@@ -20,26 +20,17 @@ pub(crate) enum ClientStream {
 
 impl ClientStream {
     /// Makes `tcp` the connection's stream: as is, or after a TLS handshake when the port
-    /// speaks TLS. `None` when the handshake failed; that is logged here, at DEBUG, since
-    /// scanners and misconfigured clients would otherwise flood the log.
+    /// speaks TLS. `None` when the handshake failed, which the acceptor logs (throttled:
+    /// scanners and misconfigured clients would otherwise flood the log).
     pub(crate) async fn open(tcp: TcpStream, tls: Option<&ClientPortTls>) -> Option<ClientStream> {
         let Some(tls) = tls else { return Some(ClientStream::Plain(tcp)) };
-        let peer = tcp.peer_addr().ok();
-        match crate::tls::accept(tls, tcp).await {
+        match tls.accept(tcp).await {
             Ok(stream) => Some(ClientStream::Tls(Box::new(stream))),
             Err(HandshakeFailure::Plain(tcp)) => {
-                tracing::debug!(?peer, "a client spoke plain text to the TLS port; telling it so");
                 answer_plain_client(tcp).await;
                 None
             }
-            Err(HandshakeFailure::Failed(err)) => {
-                tracing::debug!(?peer, %err, "TLS handshake failed");
-                None
-            }
-            Err(HandshakeFailure::TimedOut) => {
-                tracing::debug!(?peer, "TLS handshake timed out");
-                None
-            }
+            Err(_) => None,
         }
     }
 
