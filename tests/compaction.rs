@@ -272,3 +272,17 @@ fn serve_cleans_in_the_background_and_cleanup_none_never_does() {
     assert_ne!(digest, digest_none, "the cleaned log holds fewer records");
     assert_eq!(logical, logical_none, "the same live set");
 }
+
+#[test]
+fn a_followers_clean_points_are_the_highest_heard_until_a_new_session_forgets_them() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    assert_eq!(log.leader_clean_points(), (0, 0), "nothing heard: nothing to clean");
+    log.set_leader_clean_points(10, 5);
+    log.set_leader_clean_points(8, 3);
+    assert_eq!(log.leader_clean_points(), (10, 5), "within a session, the highest heard");
+    log.forget_leader_clean_points();
+    assert_eq!(log.leader_clean_points(), (0, 0), "a new session starts from nothing");
+    log.set_leader_clean_points(4, 2);
+    assert_eq!(log.leader_clean_points(), (4, 2), "and takes the new leader's lower word");
+}

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use common::compaction::check_lines;
 use common::scenario::{Addressing, ProcessCluster};
 use common::{LineClient, ServerProcess, poll_until, stats};
+use msglog::storage::{Config, Log};
 use tempfile::TempDir;
 
 /// Tiny segments and an eager cleaner that may drop every tombstone at once: the cleaner
@@ -90,4 +91,49 @@ fn three_cluster_members_clean_and_keep_the_same_live_set() {
     }
     let logical: Vec<String> = cluster.nodes.iter().map(|n| check_lines(&n.data_dir).1).collect();
     assert!(logical.iter().all(|l| *l == logical[0]), "the members hold the same live set: {logical:?}");
+}
+
+#[test]
+fn a_follower_whose_last_record_the_leader_cleaned_away_is_not_told_to_cut_it() {
+    let dir = TempDir::new().unwrap();
+    let leader_dir = dir.path().join("leader");
+    // No --tolerance: writes go on while the follower is away.
+    let mut leader = ServerProcess::start(&leader_dir, &flags(&[]));
+    let grpc = leader.grpc.to_string();
+    let mut follower = ServerProcess::start(&dir.path().join("follower"), &flags(&["--follow", &grpc]));
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    write_churn(&mut client, 3500);
+    assert_eq!(client.request(b"SET marker one").unwrap(), b"OK");
+    let end = stats(leader.addr)["last_offset"].clone();
+    poll_until("the follower to catch up", || (stats(follower.addr)["last_offset"] == end).then_some(()));
+    let marker_one: u64 = end.parse().unwrap();
+    stop(&mut follower);
+    // The follower's last record is superseded, and sealed under more churn.
+    assert_eq!(client.request(b"SET marker two").unwrap(), b"OK");
+    write_churn(&mut client, 3500);
+    drop(client);
+    stop(&mut leader);
+    // The first pass after a restart starts after every write above, so it drops the
+    // superseded record.
+    let mut leader = ServerProcess::start(&leader_dir, &flags(&[]));
+    wait_cleaned(leader.addr, "the restarted leader");
+    stop(&mut leader);
+    {
+        let log = Log::open(&leader_dir.join("log"), Config::default()).unwrap();
+        assert_eq!(log.epoch_at(marker_one).unwrap(), None, "the leader's cleaner dropped the follower's last record");
+    }
+    let leader = ServerProcess::start(&leader_dir, &flags(&[]));
+    let grpc = leader.grpc.to_string();
+    let mut follower = ServerProcess::start(&dir.path().join("follower"), &flags(&["--follow", &grpc]));
+    let end = stats(leader.addr)["last_offset"].clone();
+    poll_until("the follower to catch up again", || (stats(follower.addr)["last_offset"] == end).then_some(()));
+    // The leader holds later records of that epoch, so it held the very record the
+    // follower ends with: nothing diverged, and cutting would have walked back into
+    // records (tombstones among them) the follower needs.
+    assert!(!follower.stderr().contains("truncating"), "the follower cut its log: {}", follower.stderr());
+    assert_eq!(LineClient::connect(follower.addr).unwrap().request(b"GET marker").unwrap(), b"two");
+    stop(&mut follower);
+    let mut leader = leader;
+    stop(&mut leader);
+    assert_eq!(check_lines(&leader.data_dir).1, check_lines(&follower.data_dir).1, "the same live set");
 }

@@ -21,7 +21,7 @@ use crate::storage::{CleanPoints, Epoch, Log, Offset, StorageError};
 
 use super::proto::replication_client::ReplicationClient;
 use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
-use super::rules::divergence_cut;
+use super::rules::{begins_at_leaders_start, divergence_cut};
 use super::service::with_password;
 use super::{
     CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication, Role, describe_status, root_cause,
@@ -191,6 +191,9 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
     // Before anything is appended: from now on this data dir is a copy of the leader's log.
     log.adopt_lineage(&hello.log_id)?;
     log.observe_epoch(hello.epoch)?;
+    // What an earlier session's leader said was about the log as it stood then; this
+    // leader's first chunk says it anew.
+    log.forget_leader_clean_points();
     tracing::info!(
         %leader, leader_id = %hello.leader_id, epoch = hello.epoch, from = log.next_offset(),
         leader_next = hello.next_offset, "following"
@@ -219,7 +222,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
             Some(_) => break Err(SessionError::Protocol("a second hello or divergence mid-stream")),
             None => break Err(SessionError::Closed),
         };
-        if records.log_start_offset > log.next_offset()
+        if begins_at_leaders_start(records.log_start_offset, log.next_offset(), log.log_start_offset())
             && let Err(err) = tokio::task::block_in_place(|| begin_at_leaders_start(log, records.log_start_offset))
         {
             break Err(err.into());
@@ -276,9 +279,9 @@ async fn sync_and_acknowledge(
     Ok(SessionEnd::Shutdown)
 }
 
-/// The leader keeps nothing at or above our log's end (its retention deleted it, or this
-/// log is new): what we hold cannot be continued, so the log begins again at the leader's
-/// log start, and copies from there.
+/// Every record we hold lies below the leader's log start (its retention deleted them, or
+/// this log is new; see [`begins_at_leaders_start`]): what we hold cannot be continued or
+/// checked, so the log begins again at the leader's log start, and copies from there.
 fn begin_at_leaders_start(log: &Log, start: Offset) -> Result<(), StorageError> {
     let dropped = log.begin_at(start)?;
     if dropped > 0 {

@@ -62,6 +62,16 @@ pub(super) fn divergence_cut(leader_end: Offset, our_end_of_epoch: Offset, our_l
     leader_end.min(our_end_of_epoch).min(our_last)
 }
 
+/// Whether a follower whose log ends at `next` (its first record at `own_start`) must
+/// begin again at the leader's log start `leader_start`: the leader holds nothing at or
+/// above our end (retention deleted it, or this log is new), or our last record lies just
+/// below its start. The leader compares a caller's last record only where it still holds
+/// one, so such a record was never checked, and it could be a deposed leader's write the
+/// cluster never committed; the leader deleted every record there anyway.
+pub(super) fn begins_at_leaders_start(leader_start: Offset, next: Offset, own_start: Offset) -> bool {
+    leader_start > next || (leader_start == next && next > own_start)
+}
+
 /// Whether a stream that has sent everything below `cursor` must end because this node's
 /// log was cut back to end at `cut`: what it sent past the cut is gone here, and the
 /// reader has to fetch again (and run the divergence check) rather than get a gap.
@@ -137,6 +147,20 @@ mod tests {
             assert_eq!(cut, expected, "{what}");
             assert!(cut <= our_last, "{what}: the cut must remove the last record");
         }
+    }
+
+    #[test]
+    fn a_follower_begins_at_the_leaders_start_when_every_record_it_holds_lies_below() {
+        // The leader's start is past our end: nothing to join.
+        assert!(begins_at_leaders_start(100, 40, 0));
+        // Our last record is just below the leader's start: never compared, so dropped.
+        assert!(begins_at_leaders_start(100, 100, 0));
+        assert!(begins_at_leaders_start(100, 100, 99));
+        // An empty log that already begins there has nothing to drop.
+        assert!(!begins_at_leaders_start(100, 100, 100));
+        // We hold records at or above the leader's start: the divergence check saw them.
+        assert!(!begins_at_leaders_start(100, 101, 0));
+        assert!(!begins_at_leaders_start(0, 0, 0));
     }
 
     #[test]

@@ -145,13 +145,22 @@ impl Pace for RateLimit {
 impl Log {
     /// A follower's leader shipped its committed offset (every record below it is never
     /// cut) and its tombstone horizon (every replica holds every record below it). Kept as
-    /// the highest heard, as both stay true once said: committed records are never cut,
-    /// and a tombstone every replica held may go whatever replicas come later (the leader
-    /// drops it only once older values of its ID are gone too).
+    /// the highest heard in one session with one leader: a session begins with
+    /// [`forget_leader_clean_points`](Log::forget_leader_clean_points), so that only what
+    /// the current leader said of the log as it now stands counts.
     pub fn set_leader_clean_points(&self, committed: Offset, tombstone_horizon: Offset) {
         let st = self.shared.read();
         st.compaction.leader_committed.fetch_max(committed, Ordering::Relaxed);
         st.compaction.leader_horizon.fetch_max(tombstone_horizon, Ordering::Relaxed);
+    }
+
+    /// Back to (0, 0): the follower cleans nothing until its leader ships points again.
+    /// Called when a session with a leader begins (a new leader, or the log was cut or
+    /// begun again since the last points were heard).
+    pub fn forget_leader_clean_points(&self) {
+        let st = self.shared.read();
+        st.compaction.leader_committed.store(0, Ordering::Relaxed);
+        st.compaction.leader_horizon.store(0, Ordering::Relaxed);
     }
 
     /// What [`set_leader_clean_points`](Log::set_leader_clean_points) was last told, (0, 0)

@@ -2,7 +2,7 @@
 //! segment file that goes missing (first, middle or last) is noticed instead of its
 //! records silently vanishing, or older values of their IDs coming back.
 //!
-//! Text: a first line `msglog-manifest 1`, then, once retention has deleted segments, a
+//! Text: a first line `msglog-manifest 2`, then, once retention has deleted segments, a
 //! line `log-start <offset>` (the first offset retention kept), then the base offset of
 //! every segment in ascending order, one decimal number per line. It is replaced
 //! atomically (temp file, fsync, rename, directory fsync) whenever the chain changes:
@@ -19,6 +19,12 @@
 //! Recovery deletes all of them. A listed file that is missing, or any other unlisted one,
 //! is corruption nothing explains: only the `log-start` line, which every rewrite carries
 //! over, licenses deleting a file before the first listed segment.
+//!
+//! Version 1 (msglog before the `log-start` line was versioned) is still read. Its
+//! writers' retention deleted files below the first listed segment with no line saying
+//! so, so for a version 1 manifest without a `log-start` line, files below the first
+//! listed segment are retention's leftovers, as they were then. Every rewrite writes
+//! version 2, which an older msglog refuses rather than misreads.
 
 use std::path::{Path, PathBuf};
 
@@ -27,7 +33,8 @@ use super::recovery::remove_segment_files;
 use super::segment::segment_path;
 use super::{Offset, RecoveryMode, Result, StorageError};
 
-const FIRST_LINE: &str = "msglog-manifest 1";
+const FIRST_LINE: &str = "msglog-manifest 2";
+const FIRST_LINE_V1: &str = "msglog-manifest 1";
 const LOG_START: &str = "log-start ";
 
 /// A manifest as read.
@@ -37,6 +44,9 @@ pub(super) struct Listed {
     /// The first offset retention kept; 0 if it never deleted a segment. Files below it
     /// are ones retention decided to delete.
     pub log_start: Offset,
+    /// A version 1 manifest without a `log-start` line: files below the first listed
+    /// segment are retention's leftovers (that version's rule).
+    pub unversioned_start: bool,
 }
 
 pub(super) fn manifest_path(dir: &Path) -> PathBuf {
@@ -53,14 +63,20 @@ pub(super) fn read(dir: &Path) -> Result<Option<Listed>> {
     };
     let bad = |reason: String| StorageError::Corruption { segment: path.clone(), position: 0, reason };
     let mut lines = text.lines();
-    if lines.next() != Some(FIRST_LINE) {
-        return Err(bad(format!("manifest does not start with {FIRST_LINE:?}")));
-    }
+    let version_1 = match lines.next() {
+        Some(FIRST_LINE) => false,
+        Some(FIRST_LINE_V1) => true,
+        _ => {
+            return Err(bad(format!(
+                "manifest does not start with {FIRST_LINE:?} or {FIRST_LINE_V1:?} (written by a newer msglog?)"
+            )));
+        }
+    };
     let mut bases: Vec<Offset> = Vec::new();
-    let mut log_start = 0;
+    let mut log_start = None;
     for line in lines {
         if let (true, Some(at)) = (bases.is_empty(), line.strip_prefix(LOG_START)) {
-            log_start = at.parse().map_err(|_| bad(format!("manifest line {line:?} has no log start offset")))?;
+            log_start = Some(at.parse().map_err(|_| bad(format!("manifest line {line:?} has no log start offset")))?);
             continue;
         }
         let base = line.parse().map_err(|_| bad(format!("manifest line {line:?} is not a base offset")))?;
@@ -69,7 +85,7 @@ pub(super) fn read(dir: &Path) -> Result<Option<Listed>> {
         }
         bases.push(base);
     }
-    Ok(Some(Listed { bases, log_start }))
+    Ok(Some(Listed { bases, log_start: log_start.unwrap_or(0), unversioned_start: version_1 && log_start.is_none() }))
 }
 
 /// Replaces the manifest with `bases` and `log_start` (0: retention never moved it),
@@ -112,7 +128,9 @@ pub(super) fn reconcile(manifest: &Listed, files: &[Offset]) -> Reconciled {
         // An empty list explains nothing: every file is unlisted.
         match (first, last) {
             (_, Some(last)) if base > last => r.leftover.push(base),
-            (Some(first), _) if base < first && base < manifest.log_start => r.below_start.push(base),
+            (Some(first), _) if base < first && (base < manifest.log_start || manifest.unversioned_start) => {
+                r.below_start.push(base)
+            }
             _ => r.unlisted.push(base),
         }
     }
@@ -200,7 +218,7 @@ mod tests {
     use super::*;
 
     fn listed(bases: &[Offset], log_start: Offset) -> Listed {
-        Listed { bases: bases.to_vec(), log_start }
+        Listed { bases: bases.to_vec(), log_start, unversioned_start: false }
     }
 
     #[test]
@@ -232,6 +250,31 @@ mod tests {
         write(&fs, dir.path(), &[20, 30, 40], 20).unwrap();
         assert_eq!(read(dir.path()).unwrap(), Some(listed(&[20, 30, 40], 20)));
         let text = std::fs::read_to_string(manifest_path(dir.path())).unwrap();
-        assert_eq!(text, "msglog-manifest 1\nlog-start 20\n20\n30\n40\n");
+        assert_eq!(text, "msglog-manifest 2\nlog-start 20\n20\n30\n40\n");
+    }
+
+    #[test]
+    fn a_version_1_manifest_is_read_with_its_own_rule_for_files_below_the_first_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(manifest_path(dir.path()), "msglog-manifest 1\n20\n30\n").unwrap();
+        let old = read(dir.path()).unwrap().unwrap();
+        assert_eq!(old, Listed { bases: vec![20, 30], log_start: 0, unversioned_start: true });
+        // Its retention deleted files below the first listed segment with no line saying so.
+        let r = reconcile(&old, &[0, 10, 20, 30]);
+        assert_eq!(r, Reconciled { below_start: vec![0, 10], ..Reconciled::default() });
+        // A version 1 manifest with the line, and any version 2 one, follow the line.
+        std::fs::write(manifest_path(dir.path()), "msglog-manifest 1\nlog-start 20\n20\n30\n").unwrap();
+        assert_eq!(read(dir.path()).unwrap(), Some(listed(&[20, 30], 20)));
+        std::fs::write(manifest_path(dir.path()), "msglog-manifest 2\n20\n30\n").unwrap();
+        let new = read(dir.path()).unwrap().unwrap();
+        assert_eq!(reconcile(&new, &[0, 20, 30]), Reconciled { unlisted: vec![0], ..Reconciled::default() });
+    }
+
+    #[test]
+    fn a_manifest_of_an_unknown_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(manifest_path(dir.path()), "msglog-manifest 3\n0\n").unwrap();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("newer msglog"), "{err}");
     }
 }
