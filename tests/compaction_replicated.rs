@@ -119,7 +119,7 @@ fn a_follower_whose_last_record_the_leader_cleaned_away_is_not_told_to_cut_it() 
     wait_cleaned(leader.addr, "the restarted leader");
     stop(&mut leader);
     {
-        let log = Log::open(&leader_dir.join("log"), Config::default()).unwrap();
+        let log = Log::open(&leader_dir, Config::default()).unwrap();
         assert_eq!(log.epoch_at(marker_one).unwrap(), None, "the leader's cleaner dropped the follower's last record");
     }
     let leader = ServerProcess::start(&leader_dir, &flags(&[]));
