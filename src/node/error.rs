@@ -18,6 +18,8 @@ pub enum NodeError {
     Epoch(StorageError),
     #[error("cannot read or record which log this data dir holds: {0}")]
     Lineage(StorageError),
+    #[error("cannot read the data dir's `followers` file (the followers this log was copied to): {0}")]
+    Followers(StorageError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("the client server failed: {0}")]

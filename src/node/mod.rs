@@ -121,6 +121,7 @@ impl Node {
             tls: grpc_tls.clone(),
         };
         let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
+        replication.recall_followers().map_err(NodeError::Followers)?;
         tracing::info!(
             addr = %client_addr,
             grpc_addr = %grpc_addr,

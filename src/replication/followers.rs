@@ -154,6 +154,16 @@ impl Followers {
         followers
     }
 
+    /// Followers known from an earlier run (a manual leader's `followers` file): each
+    /// counts, as one that never acknowledged anything, until it connects.
+    pub fn know(&self, ids: &[String]) {
+        self.update(|table| {
+            for id in ids {
+                table.followers.entry(id.clone()).or_default();
+            }
+        });
+    }
+
     /// Replaces whose acknowledgements writes wait for. Leaving the lead fails every
     /// write still waiting: its epoch is over, it will never be acknowledged by it.
     pub fn set_rule(&self, rule: AckRule) {
@@ -292,8 +302,9 @@ impl Followers {
     /// Every replica holds every record below this, as acknowledged: a tombstone may go
     /// only below it (README, "Compaction"). `replicas` names them where they are known
     /// (cluster mode), with this node's id to leave out, and one never heard from counts 0.
-    /// A manual leader knows its followers only once they have connected since it started:
-    /// each counts, and until `tolerance` of them have, nothing does.
+    /// A manual leader knows the followers its log was copied to, in this run or an earlier
+    /// one ([`know`](Self::know)): each counts, and until `tolerance` of them are known,
+    /// nothing does.
     pub fn tombstone_horizon(&self, replicas: Option<(&[String], &str)>, tolerance: usize) -> Offset {
         let table = self.lock();
         match replicas {
@@ -306,6 +317,11 @@ impl Followers {
             None if table.followers.len() < tolerance => 0,
             None => table.followers.values().map(|e| e.durable).min().unwrap_or(Offset::MAX),
         }
+    }
+
+    /// Whether `id` has connected in this run or was known from an earlier one.
+    pub fn is_known(&self, id: &str) -> bool {
+        self.lock().followers.contains_key(id)
     }
 
     /// Whether `id` has a fetch stream open.
@@ -381,6 +397,22 @@ fn new_token() -> Token {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_follower_known_from_an_earlier_run_holds_the_tombstone_horizon_until_it_acknowledges() {
+        let followers = Arc::new(Followers::new(AckRule::Count(1)));
+        followers.know(&["b".to_string()]);
+        assert!(followers.is_known("b") && !followers.is_known("a"));
+        let a = followers.connect("a", 0);
+        assert!(a.sending(100));
+        followers.acknowledge(&a.token(), "a", 100).unwrap();
+        assert_eq!(followers.tombstone_horizon(None, 1), 0, "b is away and may lack any tombstone");
+        assert!(followers.admit().is_ok(), "a known follower that is away does not hold writes back");
+        let b = followers.connect("b", 40);
+        assert!(b.sending(100));
+        followers.acknowledge(&b.token(), "b", 60).unwrap();
+        assert_eq!(followers.tombstone_horizon(None, 1), 60);
+    }
 
     #[test]
     fn admit_counts_connected_followers_only() {

@@ -31,7 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::server::{Cluster, Password, Refusal, Replicated, Route};
-use crate::storage::{Log, Offset};
+use crate::storage::{Log, Offset, StorageError};
 
 use followers::{AckRule, Followers};
 pub use forward::{ForwardClient, ForwardConfig, serve_forwarding};
@@ -152,6 +152,21 @@ struct Upstream {
 }
 
 impl Replication {
+    /// A manual leader's followers from earlier runs (its data dir's `followers` file): each
+    /// holds back the tombstone horizon until it connects again, as one that acknowledged
+    /// nothing. Called once at start.
+    pub fn recall_followers(&self) -> Result<(), StorageError> {
+        if !matches!(self.config.role, Role::Leader { .. }) {
+            return Ok(());
+        }
+        let known = self.log.known_followers()?;
+        if !known.is_empty() {
+            tracing::info!(followers = ?known, "this log was copied to these followers; tombstones wait until each has them (to retire one for good, stop this node and delete its line from the data dir's `followers` file)");
+        }
+        self.followers.know(&known);
+        Ok(())
+    }
+
     /// `shutdown` turning `true` ends the fetch streams and the follower loop.
     pub fn new(log: Arc<Log>, config: ReplicationConfig, shutdown: watch::Receiver<bool>) -> Arc<Replication> {
         let rule = match config.role {

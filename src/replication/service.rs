@@ -26,7 +26,7 @@ use super::guard::Guard;
 use super::proto::replication_server::{Replication as ReplicationRpc, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
 use super::rules::{FetchFacts, FetchRefusal, LastRecordCheck, admit_fetch, cut_passes_cursor, diverges};
-use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replication};
+use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replication, Role};
 
 /// Chunks queued per fetch stream before its task waits for the reader: one queued, one
 /// in flight in HTTP/2 is enough to keep a reading follower busy.
@@ -167,6 +167,9 @@ impl ReplicationRpc for Service {
                 drop(permit);
                 return Ok(Response::new(ReceiverStream::new(rx)));
             }
+        }
+        if replica && matches!(node.config.role, Role::Leader { .. }) {
+            remember_follower(node, &request.follower_id).await?;
         }
         let next_offset = node.log.next_offset();
         // Registered before the hello goes out: the follower's first ack (on its own call)
@@ -415,6 +418,32 @@ fn records(
         tombstone_horizon,
     };
     FetchResponse { kind: Some(fetch_response::Kind::Records(records)) }
+}
+
+/// A manual leader records each follower its log is copied to before it ships any record,
+/// so that tombstones wait for it even across a restart of this node (README, "Compaction").
+async fn remember_follower(node: &Arc<Replication>, id: &str) -> Result<(), Status> {
+    if node.followers.is_known(id) {
+        return Ok(());
+    }
+    let (log, owned) = (Arc::clone(&node.log), id.to_string());
+    let remembered = tokio::task::spawn_blocking(move || log.remember_follower(&owned))
+        .await
+        .map_err(|err| Status::internal(format!("recording a new follower failed: {err}")))?;
+    match remembered {
+        Ok(true) => {
+            tracing::info!(follower = %id, "a new follower: recorded in the data dir's `followers` file; tombstones wait for it from now on, across restarts too");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(StorageError::Io(err)) if err.kind() == std::io::ErrorKind::InvalidInput => {
+            Err(Status::invalid_argument(err.to_string()))
+        }
+        Err(err) => {
+            tracing::error!(follower = %id, %err, "recording a new follower failed");
+            Err(internal(err))
+        }
+    }
 }
 
 /// Whole records from `next`, none at or above `limit`.

@@ -118,7 +118,8 @@ impl ReplicationStatus {
 }
 
 /// `follower.<id>=acked:<last durable offset>,lag:<records>`, like the node's own
-/// `durable_offset`; one pair per follower seen since the start.
+/// `durable_offset`; one pair per follower known (seen since the start, or recorded in
+/// the data dir's `followers` file by an earlier run).
 fn push_followers(pairs: &mut Vec<(String, String)>, followers: &[FollowerStatus]) {
     for f in followers {
         let state = if f.connected { "" } else { ",disconnected" };

@@ -112,6 +112,8 @@ pub(super) struct Shared {
     pub commit: Commit,
     /// `<data_dir>/log-id`, read at open and kept in step by whatever writes it.
     pub lineage: RwLock<super::lineage::Cached>,
+    /// Serializes changes to `<data_dir>/followers`.
+    pub followers_file: std::sync::Mutex<()>,
 }
 
 /// An open log. `Send + Sync`: share it with `Arc<Log>`.
@@ -172,6 +174,7 @@ impl Log {
             fs,
             state: RwLock::new(state),
             lineage: RwLock::new(super::lineage::load(data_dir)),
+            followers_file: std::sync::Mutex::new(()),
         });
         let syncer = match shared.config.fsync {
             FsyncPolicy::Interval(every) => Some(IntervalSyncer::start(shared.clone(), every)?),

@@ -72,6 +72,7 @@ mod cleaner_thread;
 mod commit;
 mod epoch;
 mod error;
+mod followers_file;
 pub mod fs;
 mod id_index;
 mod lineage;
