@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Output;
 
-use common::{DEADLINE, TestServer};
+use common::{DEADLINE, TestServer, resp};
 use msglog::server::ServerConfig;
 use redis::Commands;
 
@@ -112,12 +112,17 @@ async fn redis_cli_and_redis_benchmark_work_with_no_flags() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_cli_and_redis_benchmark_authenticate_with_dash_a() {
-    const SECRET: &str = "s3cret-pw";
+const SECRET: &str = "s3cret-pw";
+
+async fn server_with_password() -> TestServer {
     let password = msglog::server::Password::new(SECRET).expect("password");
     let config = ServerConfig { stats_interval: None, password: Some(password), ..ServerConfig::default() };
-    let server = TestServer::start_with(config, msglog::storage::Config::default()).await;
+    TestServer::start_with(config, msglog::storage::Config::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_and_redis_benchmark_authenticate_with_dash_a() {
+    let server = server_with_password().await;
     let port = server.addr.port().to_string();
     let cli = |args: Vec<&'static str>| {
         let port = port.clone();
@@ -136,5 +141,46 @@ async fn redis_cli_and_redis_benchmark_authenticate_with_dash_a() {
     assert_eq!(stdout(&wrong).trim_end(), "NOAUTH Authentication required.");
 
     benchmark_runs_clean(&port, &["-a", SECRET], &["NOAUTH", "WRONGPASS"]).await;
+    server.stop().await;
+}
+
+/// `redis-cli -u <url> <args>`; `None` if it is not installed.
+async fn redis_cli_url(url: &str, args: &[&str]) -> Option<Output> {
+    run("redis-cli", &[&["--no-auth-warning", "-u", url][..], args].concat()).await
+}
+
+/// `redis-cli -u redis://default:<pw>@…` authenticates as on Redis, whose user `default` is
+/// the requirepass user. With the user left empty, `redis://:<pw>@…`, redis-cli 7.0 sends
+/// `AUTH "" <pw>`, which Redis 7 refuses (there is no user ""): msglog must refuse it alike,
+/// and a redis-cli that sends the password alone for it gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cli_authenticates_from_a_url_as_with_redis() {
+    let server = server_with_password().await;
+    let url = |user: &str, password: &str| format!("redis://{user}:{password}@{}", server.addr);
+    let Some(set) = redis_cli_url(&url("default", SECRET), &["SET", "u", "v"]).await else {
+        eprintln!("SKIPPED: redis-cli is not installed");
+        server.stop().await;
+        return;
+    };
+    assert_eq!(stdout(&set), "OK\n");
+    assert_eq!(stdout(&redis_cli_url(&url("default", SECRET), &["GET", "u"]).await.expect("redis-cli")), "v\n");
+    let wrongpass = "WRONGPASS invalid username-password pair or user is disabled.";
+    let refused = |output: &Output| {
+        let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(err.contains(&format!("AUTH failed: {wrongpass}")), "{output:?}");
+        assert_eq!(out.trim_end(), "NOAUTH Authentication required.", "nothing ran unauthenticated");
+    };
+    refused(&redis_cli_url(&url("default", "wrong"), &["GET", "u"]).await.expect("redis-cli"));
+
+    // What redis-cli 7.0 sends for an empty user, answered as Redis 7 answers it.
+    let mut raw = server.connect().await;
+    raw.send(&resp(&[b"AUTH", b"", SECRET.as_bytes()])).await;
+    assert_eq!(String::from_utf8_lossy(&raw.read_reply().await), format!("-{wrongpass}"));
+    let empty_user = redis_cli_url(&url("", SECRET), &["GET", "u"]).await.expect("redis-cli");
+    if String::from_utf8_lossy(&empty_user.stderr).contains("AUTH failed") {
+        refused(&empty_user);
+    } else {
+        assert_eq!(stdout(&empty_user), "v\n", "a redis-cli that sends the password alone is let in");
+    }
     server.stop().await;
 }

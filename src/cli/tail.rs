@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use serde::Serialize;
 
-use crate::replication::tail::{TailRequest, tail_with_tls};
+use crate::replication::tail::{TailError, TailRequest, tail_with_tls};
 use crate::server::Password;
 use crate::storage::{RecordKind, RecordRef};
 
@@ -98,21 +98,27 @@ pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     match result {
         Ok(()) => {}
         // `msglog tail | head` closing the pipe is a normal way to stop.
-        Err(crate::replication::tail::TailError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+        Err(TailError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
             return Ok(ExitCode::SUCCESS);
         }
-        // Under TLS 1.3 a server that wanted a client certificate drops the connection
-        // after the handshake, which reaches this side only as a broken stream.
-        Err(e @ crate::replication::tail::TailError::Stream(_)) if args.tls && args.cert.is_none() => {
-            return Err(e).with_context(|| {
-                format!(
-                    "tailing {} (a node started with --tls-ca requires a client certificate of its CA, or the \
-                     password: give --cert and --key, or --password)",
-                    args.from
-                )
-            });
+        Err(e) => {
+            // Under TLS 1.3 a node that wants a client certificate takes the handshake and
+            // then drops the connection, which the call sees only as a lost stream (under
+            // TLS 1.2 the connect error names the alert itself).
+            let wants_certificate = match (&e, &args.cacert) {
+                (TailError::Stream(_), Some(ca)) if args.tls && args.cert.is_none() => {
+                    runtime.block_on(crate::tls::requires_client_certificate(&args.from, ca))
+                }
+                _ => false,
+            };
+            let hint = if wants_certificate {
+                " (the node requires a client certificate of its CA, as it was started with --tls-ca: give --cert \
+                 and --key)"
+            } else {
+                ""
+            };
+            return Err(e).with_context(|| format!("tailing {}{hint}", args.from));
         }
-        Err(e) => return Err(e).with_context(|| format!("tailing {}", args.from)),
     }
     match out.flush() {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),

@@ -7,6 +7,7 @@
 //! responder: one request per connection, bounded in size, time and concurrency.
 
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -183,6 +184,16 @@ impl Exporter {
 
     /// Answers `GET /metrics` on `listener` until `shutdown` completes.
     pub async fn serve(mut self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        if let Ok(listen) = listener.local_addr()
+            && exposed(listen.ip())
+        {
+            tracing::warn!(
+                %listen,
+                "the metrics port listens beyond loopback and asks no password (neither --requirepass nor protected \
+                 mode applies to it): anyone who can reach it reads this node's counts, offsets and peers' ids, \
+                 though no message; listen on 127.0.0.1, or keep the port behind a firewall"
+            );
+        }
         let routes = self.routes.take();
         let count_leader_changes = async move {
             match routes {
@@ -236,6 +247,12 @@ async fn count_leader_changes(mut routes: watch::Receiver<Route>, changes: Count
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Whether a metrics port bound to `listen` can be reached from other machines: Prometheus
+/// scrapes without credentials, so nothing but the address keeps others from it.
+fn exposed(listen: IpAddr) -> bool {
+    !super::is_loopback(listen)
 }
 
 /// Scrapes answered at once; more are closed unanswered.
@@ -408,5 +425,20 @@ impl Collector for NodeCollector {
             gauge(e, "replication_lag_records", "Records the leader had that this follower had not appended.", lag)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposed;
+
+    #[test]
+    fn only_a_metrics_port_beyond_loopback_counts_as_exposed() {
+        for local in ["127.0.0.1", "127.0.0.2", "::1", "::ffff:127.0.0.1"] {
+            assert!(!exposed(local.parse().unwrap()), "{local} is this machine only");
+        }
+        for reachable in ["0.0.0.0", "::", "10.1.2.3", "192.168.0.1", "2001:db8::1", "::ffff:10.1.2.3"] {
+            assert!(exposed(reachable.parse().unwrap()), "{reachable} is reachable from other machines");
+        }
     }
 }

@@ -7,6 +7,11 @@ use x509_parser::time::ASN1Time;
 /// Why `--tls-cert`'s first certificate cannot serve as this node's; `None` when it can.
 /// `node_id` is given when peers check it (mutual TLS with `--tls-ca` and a `--node-id`)
 /// against `dns_names`, the certificate's DNS names.
+///
+/// The name is required outside cluster mode too: a leader checks each `--follow`er's
+/// `Fetch` and `Acknowledge` against the caller's certificate just as in a cluster, and a
+/// manual leader becomes a follower by a restart with `--follow`, when such a certificate
+/// would be refused by its peer instead of here.
 pub(super) fn unfit(der: &[u8], mutual: bool, node_id: Option<&str>, dns_names: &[String]) -> Option<String> {
     let cert = match x509_parser::parse_x509_certificate(der) {
         Ok((_, cert)) => cert,

@@ -166,7 +166,7 @@ fn plain_answer(first: &[u8]) -> Option<PlainAnswer> {
 }
 
 /// The host part of `host:port`, as a TLS server name (a DNS name or an IP address).
-fn server_name(addr: &str) -> anyhow::Result<ServerName<'static>> {
+pub(super) fn server_name(addr: &str) -> anyhow::Result<ServerName<'static>> {
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
     ServerName::try_from(host.to_string()).with_context(|| format!("{host} is not a TLS server name"))
 }

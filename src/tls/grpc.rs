@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use rustls::ServerConfig;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
-use tokio::net::TcpListener;
+use rustls::{AlertDescription, ServerConfig};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
@@ -137,6 +138,35 @@ pub fn load_grpc_client(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<C
         config = config.identity(TonicIdentity::from_pem(cert_pem, key_pem));
     }
     Ok(config)
+}
+
+/// Whether the gRPC port at `addr` refuses a caller that presents no client certificate,
+/// as a node started with `--tls-ca` does; `ca` is the CA its certificate is checked
+/// against. For telling a user why a call without `--cert` failed: under TLS 1.3 the node
+/// refuses after the handshake, with an alert a gRPC client that is already writing its
+/// request seldom reads (it sees only a closed connection). This connection writes nothing
+/// once the handshake is done, so the alert is what it reads.
+pub async fn requires_client_certificate(addr: &str, ca: &Path) -> bool {
+    let Ok((_, roots)) = read_roots(ca) else { return false };
+    let Ok(versions) = rustls::ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = versions.with_root_certificates(roots).with_no_client_auth();
+    let Ok(name) = super::client::server_name(addr) else { return false };
+    let probe = async {
+        let tcp = TcpStream::connect(addr).await?;
+        // Under TLS 1.2 the alert ends the handshake itself.
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        tls.read(&mut [0u8; 1]).await
+    };
+    match tokio::time::timeout(super::HANDSHAKE_TIMEOUT, probe).await {
+        Ok(Err(err)) => {
+            let alert = err.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            matches!(alert, Some(rustls::Error::AlertReceived(AlertDescription::CertificateRequired)))
+        }
+        _ => false,
+    }
 }
 
 /// A gRPC endpoint for `addr` (`host:port`): `https` with `tls`, `http` without.

@@ -61,7 +61,7 @@ pub enum TlsError {
 }
 
 pub use client::{ClientPortConnector, ClientTlsStream, ServerSocket, connect_client_port};
-pub use grpc::{GrpcTls, PeerCertificate, endpoint, load_grpc_client, peer_certified};
+pub use grpc::{GrpcTls, PeerCertificate, endpoint, load_grpc_client, peer_certified, requires_client_certificate};
 pub use reload::{CertificateReload, watch_hangup};
 
 /// A port's TLS: what each accepted connection's handshake uses. Clones share one
