@@ -218,8 +218,10 @@ impl Log {
             return Ok(None);
         };
         let retention_ms = i64::try_from(opts.delete_retention.as_millis()).unwrap_or(i64::MAX);
+        let epoch_lasts = super::epoch::last_record_of_each_epoch(&shared.read(), &shared.config)?;
         let rules = Rules {
             latest: &latest,
+            epoch_lasts: &epoch_lasts,
             tombstone_horizon: opts.tombstone_horizon.min(opts.upto),
             tombstones_before_ms: now_ms().saturating_sub(retention_ms),
         };

@@ -68,6 +68,32 @@ impl super::Log {
     }
 }
 
+/// The offset of the last record of each leader epoch in the log, ascending (the current
+/// epoch's included: its last record so far). Compaction keeps these whatever supersedes
+/// them (`docs/FORMAT.md`, "Compaction"), so the divergence check can still tell that a
+/// follower whose last record was cleaned away here holds the same log.
+pub(super) fn last_record_of_each_epoch(st: &State, config: &Config) -> Result<Vec<Offset>> {
+    let mut lasts = Vec::new();
+    let mut at = 0;
+    while let Some((first, epoch)) = first_at_or_after(st, config, at)? {
+        let (_, end) = epoch_end(st, config, epoch)?;
+        // The largest probe in [first, end) with a record at or after it below `end`: the
+        // first record at or after it is the epoch's last.
+        let (mut low, mut high) = (first, end - 1);
+        while low < high {
+            let mid = low + (high - low).div_ceil(2);
+            match first_at_or_after(st, config, mid)? {
+                Some((offset, _)) if offset < end => low = mid,
+                _ => high = mid - 1,
+            }
+        }
+        let last = first_at_or_after(st, config, low)?.map_or(first, |(offset, _)| offset);
+        lasts.push(last);
+        at = end;
+    }
+    Ok(lasts)
+}
+
 const EPOCH_FILE: &str = "epoch";
 
 pub(super) fn epoch_path(data_dir: &Path) -> PathBuf {
@@ -133,4 +159,45 @@ pub(super) fn epoch_end(st: &State, config: &Config, epoch: Epoch) -> Result<(Op
     // The probe just below `low` lands on the last record of the shared epochs.
     let shared = first_at_or_after(st, config, low - 1)?.map(|(_, e)| e).filter(|&e| e <= epoch);
     Ok((shared, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{CleanOptions, Log};
+
+    fn lasts(log: &Log) -> Vec<Offset> {
+        last_record_of_each_epoch(&log.shared.read(), &log.shared.config).unwrap()
+    }
+
+    #[test]
+    fn the_last_record_of_each_epoch_is_found_and_survives_cleaning() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { segment_bytes: 512, max_record_bytes: 400, ..Config::default() };
+        let log = Log::open(dir.path(), config).unwrap();
+        assert!(lasts(&log).is_empty(), "an empty log has no epochs");
+        // Epoch 1: offsets 0..=9, epoch 2: 10..=29, epoch 5: 30..=59; one ID throughout,
+        // so every record but the newest is superseded.
+        for (epoch, count) in [(1, 10), (2, 20), (5, 30)] {
+            log.set_epoch(epoch);
+            for n in 0..count {
+                log.append(b"id", format!("{epoch}-{n}-{}", "x".repeat(40)).as_bytes()).unwrap();
+            }
+        }
+        assert_eq!(lasts(&log), [9, 29, 59]);
+        let upto = log.next_offset();
+        let options = CleanOptions {
+            upto,
+            tombstone_horizon: upto,
+            delete_retention: std::time::Duration::ZERO,
+            bytes_per_sec: None,
+        };
+        log.clean(&options).unwrap();
+        assert!(log.stats().records < 60, "the cleaner dropped superseded records");
+        for (offset, epoch) in [(9, 1), (29, 2)] {
+            assert_eq!(log.epoch_at(offset).unwrap(), Some(epoch), "epoch {epoch}'s last record is kept");
+        }
+        assert_eq!(lasts(&log), [9, 29, 59], "and the epochs still end where they did");
+        assert_eq!(log.get(b"id").unwrap().unwrap(), format!("5-29-{}", "x".repeat(40)).as_bytes());
+    }
 }

@@ -150,6 +150,8 @@ pub(super) fn latest_offsets(
 /// What decides a record's fate (see `docs/FORMAT.md`, "Compaction").
 pub(super) struct Rules<'a> {
     pub latest: &'a HashMap<Vec<u8>, Offset>,
+    /// The last record of each leader epoch, ascending: always kept.
+    pub epoch_lasts: &'a [Offset],
     pub tombstone_horizon: Offset,
     /// Tombstones written at or before this (ms since the Unix epoch) are past retention,
     /// so a retention of 0 drops every tombstone below the horizon.
@@ -158,6 +160,9 @@ pub(super) struct Rules<'a> {
 
 impl Rules<'_> {
     pub fn keeps(&self, r: &RecordRef<'_>) -> bool {
+        if self.epoch_lasts.binary_search(&r.offset).is_ok() {
+            return true;
+        }
         if self.latest.get(r.id).is_some_and(|&newer| newer > r.offset) {
             return false;
         }
