@@ -211,6 +211,7 @@ impl Log {
         let retention_ms = i64::try_from(opts.delete_retention.as_millis()).unwrap_or(i64::MAX);
         let rules = Rules {
             latest: &latest,
+            clean_point: snapshot.cleaned,
             tombstone_horizon: opts.tombstone_horizon.min(opts.upto),
             tombstones_before_ms: now_ms().saturating_sub(retention_ms),
         };
