@@ -199,16 +199,13 @@ fn clean(c: &mut Criterion) {
         bytes
     };
     let mut group = c.benchmark_group("clean");
-    group.sample_size(10).throughput(Throughput::Bytes(bytes));
+    group.sample_size(10).measurement_time(Duration::from_secs(8)).throughput(Throughput::Bytes(bytes));
     group.bench_function("20k_ids_x10", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
                 let dir = TempDir::new().unwrap();
-                for entry in std::fs::read_dir(template.path()).unwrap() {
-                    let entry = entry.unwrap();
-                    std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-                }
+                copy_dir(template.path(), dir.path());
                 let log = Log::open(dir.path(), config.clone()).expect("open log copy");
                 let opts = CleanOptions {
                     upto: log.next_offset(),
@@ -225,6 +222,18 @@ fn clean(c: &mut Criterion) {
         });
     });
     group.finish();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        match entry.file_type().unwrap().is_dir() {
+            true => copy_dir(&entry.path(), &target),
+            false => _ = std::fs::copy(entry.path(), target).unwrap(),
+        }
+    }
 }
 
 criterion_group!(benches, append, group_commit, get, recovery, clean);
