@@ -23,7 +23,7 @@ serve() { # cleanup
   "$msglog" serve --data-dir "$data" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$(free_port)" \
     --fsync "$fsync" --segment-bytes "$segment_bytes" --cleanup "$1" --stats-interval 0s \
     --log-level info 2>>"$work/msglog.err" &
-  pid=$!; wait_ready "$port"
+  pid=$!; wait_ready_within "$port" 600
 }
 stat() { "$msglog" client --addr "127.0.0.1:$port" STATS | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 log_bytes() { du -sb "$data/log" 2>/dev/null | cut -f1; }
@@ -77,6 +77,11 @@ rates=$(grep "cleaned the log" "$work/msglog.err" |
   sed -E 's/.*bytes_in=([0-9]+).*seconds=([0-9.]+).*/\1 \2/' |
   awk '{ b += $1; t += $2 } END { if (t > 0) printf "%.0f", b / t / 1048576; else print "n/a" }')
 
+# The pass length and the wait before the next check set how much dirty log piles up
+# under load, so the high-water mark's cause is in these figures.
+passes=$(grep "cleaned the log" "$work/msglog.err" | sed -E 's/.*bytes_in=([0-9]+).*seconds=([0-9.]+).*/\2 \1/' | sort -n |
+  awk '{ s[NR] = $1; b[NR] = $2 } END { if (NR) printf "median %.2f s (%.0f MB in), longest %.2f s (%.0f MB in)", s[int((NR + 1) / 2)], b[int((NR + 1) / 2)] / 1e6, s[NR], b[NR] / 1e6 }')
+
 seg=$(python3 -c "
 s='$segment_bytes'.upper(); m={'K':1<<10,'M':1<<20,'G':1<<30}
 print(int(s[:-1])*m[s[-1]] if s[-1] in m else int(s))")
@@ -86,4 +91,5 @@ echo "run,set_per_sec,log_at_end,log_high_water,restart_s"
 echo "none,$none_rate,$(mb "$none_bytes"),$(mb "$none_high"),$none_restart"
 echo "compact,$compact_rate,$(mb "$compact_bytes"),$(mb "$compact_high"),$compact_restart"
 echo "cleaner passes=$runs input MiB/s (all passes)=$rates throughput ratio compact/none=$(python3 -c "print('%.2f' % ($compact_rate / $none_rate))")"
+echo "pass length: $passes"
 echo "targets: after cleaning <= 2*live + 1 segment = $(mb $((2 * live + seg))); high water <= 4*live + 2 segments = $(mb $((4 * live + 2 * seg)))"

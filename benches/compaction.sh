@@ -17,7 +17,7 @@ serve() { # port cleanup
   "$msglog" serve --data-dir "$data" --listen "127.0.0.1:$1" --grpc-listen "127.0.0.1:$(free_port)" \
     --fsync never --segment-bytes "$segment_bytes" --cleanup "$2" --min-cleanable-ratio 0.01 \
     --stats-interval 0s --log-level info 2>>"$work/msglog.err" &
-  pid=$!; wait_ready "$1"
+  pid=$!; wait_ready_within "$1" 600
 }
 log_bytes() { du -sb "$data/log" | cut -f1; }
 

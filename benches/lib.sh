@@ -39,3 +39,18 @@ start_redis() { # port appendfsync (no = AOF off)
 }
 
 stop_server() { kill "$pid"; wait "$pid" || true; pid=""; }
+
+# wait_ready's 5 s is too short for a server recovering gigabytes of log on restart;
+# gives up early if the server died.
+wait_ready_within() { # port seconds
+  local deadline=$((SECONDS + $2))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null && break
+    sleep 0.02
+  done
+  echo "server on $1 did not come up within $2 s" >&2; exit 1
+}
+
+# MSGLOG_BIN runs another build (a before/after comparison in one session).
+msglog=${MSGLOG_BIN:-$msglog}

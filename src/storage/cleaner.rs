@@ -222,6 +222,7 @@ impl Log {
         let rules = Rules {
             latest: &latest,
             epoch_lasts: &epoch_lasts,
+            clean_point: snapshot.cleaned,
             tombstone_horizon: opts.tombstone_horizon.min(opts.upto),
             tombstones_before_ms: now_ms().saturating_sub(retention_ms),
         };

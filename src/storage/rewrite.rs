@@ -8,10 +8,10 @@
 //! cleaner renames or deletes sealed files, and passes do not overlap), so a long log does
 //! not take a file descriptor per segment.
 //!
-//! Memory: the pass holds a map of every ID written since the clean point (the ID and an
-//! offset each) and one output segment (up to `--segment-bytes`) at a time.
+//! Memory: the pass holds every ID written since the clean point (its bytes and 32 bytes
+//! of table each), one bit per record read since it, and one output segment (up to
+//! `--segment-bytes`) at a time.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
@@ -25,6 +25,10 @@ use super::offset_index::{OffsetIndex, relative};
 use super::record::{BATCH_CONTINUES, Decoded, FRAME_HEADER, RecordKind, RecordRef, Records, decode};
 use super::segment::{Figures, HEADER_LEN, SealedSegment, header, index_path, segment_path};
 use super::{Config, Offset, Result, StorageError};
+
+mod latest;
+
+pub(super) use latest::{Latest, latest_offsets};
 
 /// Bytes read per positioned read.
 const READ_CHUNK: usize = 1 << 20;
@@ -60,11 +64,14 @@ pub(super) fn for_each_record(
         Some(file) => Arc::clone(file),
         None => Arc::new(File::open(&input.path)?),
     };
+    // `buf[..filled]` holds file bytes from `start`; the buffer is reused, not refilled
+    // with zeros per chunk.
     let mut buf: Vec<u8> = Vec::new();
+    let mut filled = 0;
     let mut start = HEADER_LEN as u64;
     let mut at = 0;
     loop {
-        let need_more = match decode(&buf[at..], max) {
+        let need_more = match decode(&buf[at..filled], max) {
             Decoded::Record(r, len) => {
                 if !f(&r, &buf[at..at + len], start + at as u64) {
                     return Ok(());
@@ -79,23 +86,26 @@ pub(super) fn for_each_record(
             continue;
         }
         let position = start + at as u64;
-        let file_end = start + buf.len() as u64;
+        let file_end = start + filled as u64;
         if file_end >= input.len {
             if position < input.len {
                 return Err(damage(&input.path, position, "truncated record"));
             }
             break;
         }
-        buf.drain(..at);
+        buf.copy_within(at..filled, 0);
+        filled -= at;
         (start, at) = (position, 0);
-        let wanted = match buf.len() >= FRAME_HEADER {
+        let wanted = match filled >= FRAME_HEADER {
             true => FRAME_HEADER + u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes")) as usize,
             false => 0,
         };
         let more = ((input.len - file_end) as usize).min(READ_CHUNK.max(wanted.min(max)));
-        let old = buf.len();
-        buf.resize(old + more, 0);
-        file.read_exact_at(&mut buf[old..], file_end)?;
+        if buf.len() < filled + more {
+            buf.resize(filled + more, 0);
+        }
+        file.read_exact_at(&mut buf[filled..filled + more], file_end)?;
+        filled += more;
     }
     for (i, record) in Records::new(&input.buffered, max).enumerate() {
         let r = record.map_err(|(p, reason)| damage(&input.path, input.len + p as u64, reason))?;
@@ -111,45 +121,10 @@ fn damage(path: &Path, position: u64, reason: &str) -> StorageError {
     StorageError::Corruption { segment: path.to_path_buf(), position, reason: reason.into() }
 }
 
-/// The offset of each ID's last record in `[clean_point, upto)`: what makes an older record
-/// of that ID droppable. Records below the clean point were already cleaned against each
-/// other by an earlier pass, so only newer ones can supersede them.
-pub(super) fn latest_offsets(
-    inputs: &[Input],
-    clean_point: Offset,
-    upto: Offset,
-    max: usize,
-    pace: &mut dyn Pace,
-) -> Result<Option<HashMap<Vec<u8>, Offset>>> {
-    let mut latest: HashMap<Vec<u8>, Offset> = HashMap::new();
-    for input in inputs {
-        let mut past = false;
-        for_each_record(input, max, |r, _, _| {
-            if r.offset >= upto {
-                past = true;
-                return false;
-            }
-            if r.offset >= clean_point {
-                match latest.get_mut(r.id) {
-                    Some(at) => *at = r.offset,
-                    None => _ = latest.insert(r.id.to_vec(), r.offset),
-                }
-            }
-            true
-        })?;
-        if !pace.pace(input.len) {
-            return Ok(None);
-        }
-        if past {
-            break;
-        }
-    }
-    Ok(Some(latest))
-}
-
 /// What decides a record's fate (see `docs/FORMAT.md`, "Compaction").
 pub(super) struct Rules<'a> {
-    pub latest: &'a HashMap<Vec<u8>, Offset>,
+    pub latest: &'a Latest,
+    pub clean_point: Offset,
     /// The last record of each leader epoch, ascending: always kept.
     pub epoch_lasts: &'a [Offset],
     pub tombstone_horizon: Offset,
@@ -159,11 +134,12 @@ pub(super) struct Rules<'a> {
 }
 
 impl Rules<'_> {
-    pub fn keeps(&self, r: &RecordRef<'_>) -> bool {
+    /// `superseded`: a newer record of the ID lies below `upto`.
+    fn keeps(&self, r: &RecordRef<'_>, superseded: bool) -> bool {
         if self.epoch_lasts.binary_search(&r.offset).is_ok() {
             return true;
         }
-        if self.latest.get(r.id).is_some_and(|&newer| newer > r.offset) {
+        if superseded {
             return false;
         }
         let expired = r.offset < self.tombstone_horizon && r.timestamp_ms <= self.tombstones_before_ms;
@@ -188,8 +164,18 @@ fn filter(input: &Input, rules: &Rules<'_>, max: usize) -> Result<Filtered> {
     // The last kept record of the batch being read: if the batch's later records are all
     // dropped, it must end the batch instead, or recovery would take it for a torn one.
     let mut last_kept_in_batch: Option<(usize, usize)> = None;
+    let (first, in_range) = rules.latest.segment(input.base);
+    let mut place = first;
     for_each_record(input, max, |r, framed, position| {
-        if rules.keeps(r) {
+        let superseded = if r.offset < rules.clean_point {
+            rules.latest.holds(r.id)
+        } else {
+            // The same records, in the same order, as `latest_offsets` read (a truncation
+            // meanwhile abandons the pass); one beyond them is kept, which is always safe.
+            place += 1;
+            place <= first + in_range && rules.latest.is_superseded(place - 1)
+        };
+        if rules.keeps(r, superseded) {
             let at = out.bytes.len();
             out.bytes.extend_from_slice(framed);
             out.kept.push((position as u32, at as u32, r.offset));
