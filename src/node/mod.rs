@@ -614,8 +614,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// leader is lost (on a follower): replication reports no such event, so its status is
 /// compared from one look to the next.
 async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping: watch::Receiver<bool>) {
-    // Every follower seen, and whether it was connected at the last look. A follower is
-    // only listed once it has connected, so one first seen disconnected was lost too.
+    // Every follower seen, and whether it was connected at the last look. One first seen
+    // disconnected was lost too if it acknowledged anything in this run; otherwise it is
+    // one known from an earlier run (a manual leader's `followers` file) not back yet.
     let mut known: Vec<(String, bool)> = Vec::new();
     let mut leader_connected = false;
     loop {
@@ -627,7 +628,10 @@ async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping
         match status {
             ReplicationStatus::Leader { followers, .. } | ReplicationStatus::Member { followers, .. } => {
                 for follower in followers.iter().filter(|f| !f.connected) {
-                    let was_connected = known.iter().find(|(id, _)| id == &follower.id).is_none_or(|(_, c)| *c);
+                    let was_connected = match known.iter().find(|(id, _)| id == &follower.id) {
+                        Some((_, connected)) => *connected,
+                        None => follower.durable > 0,
+                    };
                     if was_connected {
                         tracing::warn!(
                             follower = %follower.id, lag = follower.lag,

@@ -36,6 +36,8 @@ struct Table {
     rule: AckRule,
     followers: HashMap<String, Entry>,
     sessions: HashMap<Token, Session>,
+    /// See [`Followers::knew_some_at_start`].
+    knew_some_at_start: bool,
 }
 
 /// Whose acknowledgements a write waits for.
@@ -148,7 +150,7 @@ impl Drop for Registration {
 impl Followers {
     pub fn new(rule: AckRule) -> Followers {
         let (quorum, _) = watch::channel(Quorum::default());
-        let table = Table { rule, followers: HashMap::new(), sessions: HashMap::new() };
+        let table = Table { rule, followers: HashMap::new(), sessions: HashMap::new(), knew_some_at_start: false };
         let followers = Followers { table: Mutex::new(table), quorum };
         followers.update(|_| {});
         followers
@@ -161,6 +163,7 @@ impl Followers {
             for id in ids {
                 table.followers.entry(id.clone()).or_default();
             }
+            table.knew_some_at_start |= !ids.is_empty();
         });
     }
 
@@ -317,6 +320,13 @@ impl Followers {
             None if table.followers.len() < tolerance => 0,
             None => table.followers.values().map(|e| e.durable).min().unwrap_or(Offset::MAX),
         }
+    }
+
+    /// Whether followers were known from an earlier run: the record of who copies this log
+    /// predates this run (a log from a msglog that kept none has a full record only from
+    /// the first run that keeps one).
+    pub fn knew_some_at_start(&self) -> bool {
+        self.lock().knew_some_at_start
     }
 
     /// Whether `id` has connected in this run or was known from an earlier one.

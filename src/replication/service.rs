@@ -169,7 +169,7 @@ impl ReplicationRpc for Service {
             }
         }
         if replica && matches!(node.config.role, Role::Leader { .. }) {
-            remember_follower(node, &request.follower_id).await?;
+            remember_follower(node, &request.follower_id, request.last.is_some()).await?;
         }
         let next_offset = node.log.next_offset();
         // Registered before the hello goes out: the follower's first ack (on its own call)
@@ -305,6 +305,9 @@ pub(super) fn with_password<T>(message: T, password: Option<&crate::server::Pass
 /// count only on a session opened since.
 const LEADERSHIP_BEGAN_AGAIN: &str = "this node's leadership began again; fetch again to open a new session";
 
+/// How often an idle replica's stream looks whether retention moved the log start.
+const LOG_START_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn stream_log(
     node: Arc<Replication>,
     request: FetchRequest,
@@ -331,6 +334,7 @@ async fn stream_log(
     let mut replicated = node.followers.watch_replicated();
     let tells_watermark = registration.is_some();
     let mut told = (0, 0);
+    let mut told_start = 0;
     while next < until {
         // Marked seen before reading, so an append after the read wakes the wait below.
         appended.borrow_and_update();
@@ -365,8 +369,9 @@ async fn stream_log(
             }
             if tells_watermark {
                 let points = node.shipped_clean_points();
-                if points.0 > told.0 || points.1 > told.1 {
-                    told = points;
+                let log_start = node.log.log_start_offset();
+                if points.0 > told.0 || points.1 > told.1 || log_start > told_start {
+                    (told, told_start) = (points, log_start);
                     if tx.send(Ok(records(&node, Vec::new(), points))).await.is_err() {
                         return;
                     }
@@ -377,6 +382,9 @@ async fn stream_log(
                 // A committed-only consumer's next records become readable when the HW moves.
                 changed = replicated.changed(), if tells_watermark || committed_only => if changed.is_err() { return },
                 _ = truncations.changed() => woken_by_cut = true,
+                // Retention moves the log start with no record appended and tells no one:
+                // an idle replica learns of it within this, and deletes its own copy below.
+                () = tokio::time::sleep(LOG_START_CHECK), if tells_watermark => {}
                 () = tx.closed() => return,
                 _ = shutdown.wait_for(|&stop| stop) => return,
             }
@@ -394,6 +402,8 @@ async fn stream_log(
         }
         let points = node.shipped_clean_points();
         told = (told.0.max(points.0), told.1.max(points.1));
+        // Read before the message reads it: it carries this or a later start.
+        told_start = node.log.log_start_offset();
         let response = records(&node, chunk.bytes, points);
         tokio::select! {
             sent = tx.send(Ok(response)) => if sent.is_err() { return },
@@ -422,9 +432,25 @@ fn records(
 
 /// A manual leader records each follower its log is copied to before it ships any record,
 /// so that tombstones wait for it even across a restart of this node (README, "Compaction").
-async fn remember_follower(node: &Arc<Replication>, id: &str) -> Result<(), Status> {
+///
+/// A follower that holds records but is not named, while others are, was retired (its
+/// line deleted) or never recorded: tombstones may have gone without it, so its copy could
+/// still hold IDs deleted since. It is refused until its data dir is emptied.
+async fn remember_follower(node: &Arc<Replication>, id: &str, holds_records: bool) -> Result<(), Status> {
     if node.followers.is_known(id) {
         return Ok(());
+    }
+    if holds_records && node.followers.knew_some_at_start() {
+        tracing::warn!(follower = %id, "refusing a follower that holds records but is not in the data dir's `followers` file");
+        return Err(Status::failed_precondition(format!(
+            "{} does not know follower {id} (it is not in the leader's data dir `followers` file, which names \
+             the followers this log was copied to), yet {id} holds records: tombstones may have been dropped \
+             without it, so its copy could still hold deleted IDs; start {id} from an empty data dir and it \
+             copies the log afresh (or, if it is a follower known under another id, such as its old listen \
+             address, the default id, give it that --node-id; known: {})",
+            node.config.node_id,
+            node.followers.snapshot().iter().map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
+        )));
     }
     let (log, owned) = (Arc::clone(&node.log), id.to_string());
     let remembered = tokio::task::spawn_blocking(move || log.remember_follower(&owned))

@@ -123,7 +123,9 @@ impl Drop for Cleaner {
 }
 
 fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> CleanPoints, signal: Arc<Signal>) {
-    while !signal.wait(settings.check_every) {
+    let mut wait = settings.check_every;
+    while !signal.wait(wait) {
+        wait = settings.check_every;
         let Some(log) = log.upgrade() else { return };
         let CleanPoints { upto, tombstone_horizon, own_retention } = points(&log);
         if upto == 0 {
@@ -146,8 +148,13 @@ fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> Clean
         };
         let mut pace =
             Stoppable { signal: &signal, bytes_per_sec: settings.bytes_per_sec, started: Instant::now(), bytes: 0 };
-        if let Err(e) = log.clean_paced(&opts, &mut pace) {
-            tracing::warn!(error = %e, "log cleaning failed; retrying at the next check");
+        match log.clean_paced(&opts, &mut pace) {
+            // A busy log seals segments while a pass runs: looking again at once, rather
+            // than a whole interval later, keeps what piles up meanwhile (and the disk's
+            // high-water mark) down. The ratio rule above ends the run of passes.
+            Ok(Some(_)) => wait = Duration::ZERO,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "log cleaning failed; retrying at the next check"),
         }
     }
 }

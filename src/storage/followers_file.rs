@@ -26,12 +26,23 @@ fn read(data_dir: &Path) -> Result<Vec<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
+    let damaged = |reason: String| {
+        let reason = format!(
+            "{reason}; it names the followers this log was copied to, one node id per line after a line \
+             {FIRST_LINE:?} (docs/FORMAT.md): repair it by hand, and do not delete it (the leader would then \
+             accept any follower's old copy, which may hold IDs deleted since)"
+        );
+        StorageError::Corruption { segment: path.clone(), position: 0, reason }
+    };
     let mut lines = text.lines();
     if lines.next() != Some(FIRST_LINE) {
-        let reason = format!("does not start with {FIRST_LINE:?}");
-        return Err(StorageError::Corruption { segment: path, position: 0, reason });
+        return Err(damaged(format!("does not start with {FIRST_LINE:?}")));
     }
-    Ok(lines.map(str::trim).filter(|id| !id.is_empty()).map(str::to_string).collect())
+    let ids: Vec<String> = lines.map(str::trim).filter(|id| !id.is_empty()).map(str::to_string).collect();
+    if let Some(bad) = ids.iter().find(|id| id.chars().any(|c| c.is_whitespace() || c.is_control())) {
+        return Err(damaged(format!("line {bad:?} is not a node id")));
+    }
+    Ok(ids)
 }
 
 impl super::Log {
