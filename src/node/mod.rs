@@ -615,8 +615,8 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 /// compared from one look to the next.
 async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping: watch::Receiver<bool>) {
     // Every follower seen, and whether it was connected at the last look. One first seen
-    // disconnected was lost too if it acknowledged anything in this run; otherwise it is
-    // one known from an earlier run (a manual leader's `followers` file) not back yet.
+    // disconnected was lost too (or is known from an earlier run and not back yet: a
+    // manual leader lists those from the start, and reports each once).
     let mut known: Vec<(String, bool)> = Vec::new();
     let mut leader_connected = false;
     loop {
@@ -628,10 +628,7 @@ async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping
         match status {
             ReplicationStatus::Leader { followers, .. } | ReplicationStatus::Member { followers, .. } => {
                 for follower in followers.iter().filter(|f| !f.connected) {
-                    let was_connected = match known.iter().find(|(id, _)| id == &follower.id) {
-                        Some((_, connected)) => *connected,
-                        None => follower.durable > 0,
-                    };
+                    let was_connected = known.iter().find(|(id, _)| id == &follower.id).is_none_or(|(_, c)| *c);
                     if was_connected {
                         tracing::warn!(
                             follower = %follower.id, lag = follower.lag,
