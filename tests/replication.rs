@@ -43,7 +43,10 @@ fn contents(addr: SocketAddr) -> Vec<String> {
 
 fn start_follower(data: &Path, leader: &ServerProcess) -> ServerProcess {
     let leader = leader.grpc.to_string();
-    ServerProcess::start(data, &["--follow", &leader, "--stats-interval", "0s"])
+    // One id across restarts (the default, the listen address, changes with the port): a
+    // leader refuses a follower it does not know that holds records.
+    let id = data.file_name().and_then(|name| name.to_str()).expect("a data dir name").to_string();
+    ServerProcess::start(data, &["--node-id", &id, "--follow", &leader, "--stats-interval", "0s"])
 }
 
 fn wait_for_followers(leader: &ServerProcess, count: usize) {
