@@ -185,34 +185,3 @@ fn a_manual_leader_keeps_tombstones_for_a_follower_that_was_away_across_its_rest
     assert_eq!(LineClient::connect(b.addr).unwrap().request(b"GET victim").unwrap(), b"NOT_FOUND");
     assert!(leader.stderr().contains("tombstones wait until each has them"), "{}", leader.stderr());
 }
-
-#[test]
-fn a_manual_leader_refuses_a_follower_with_records_it_does_not_name_until_it_starts_empty() {
-    let dir = TempDir::new().unwrap();
-    let leader_dir = dir.path().join("leader");
-    let mut leader = ServerProcess::start(&leader_dir, &flags(&[]));
-    let (addr, grpc) = (leader.addr, leader.grpc);
-    let grpc_text = grpc.to_string();
-    let follow = |name: &'static str| flags(&["--node-id", name, "--follow", &grpc_text]);
-    let _a = ServerProcess::start(&dir.path().join("a"), &follow("a"));
-    let mut b = ServerProcess::start(&dir.path().join("b"), &follow("b"));
-    assert_eq!(LineClient::connect(addr).unwrap().request(b"SET k v").unwrap(), b"OK");
-    let end = stats(addr)["last_offset"].clone();
-    poll_until("b to copy the log", || (stats(b.addr)["last_offset"] == end).then_some(()));
-    stop(&mut b);
-    stop(&mut leader);
-    // b is retired as the README says: its line goes from the leader's file.
-    let file = leader_dir.join("followers");
-    let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.lines().any(|l| l == "b"), "{text}");
-    std::fs::write(&file, text.lines().filter(|l| *l != "b").map(|l| format!("{l}\n")).collect::<String>()).unwrap();
-    let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    let mut b = ServerProcess::start(&dir.path().join("b"), &follow("b"));
-    poll_until("b to be refused", || b.stderr().contains("start b from an empty data dir").then_some(()));
-    stop(&mut b);
-    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
-    let b = ServerProcess::start(&dir.path().join("b"), &follow("b"));
-    let end = stats(leader.addr)["last_offset"].clone();
-    poll_until("an empty b to copy the log afresh", || (stats(b.addr)["last_offset"] == end).then_some(()));
-    assert_eq!(LineClient::connect(b.addr).unwrap().request(b"GET k").unwrap(), b"v");
-}

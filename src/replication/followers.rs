@@ -322,13 +322,6 @@ impl Followers {
         }
     }
 
-    /// Whether followers were known from an earlier run: the record of who copies this log
-    /// predates this run (a log from a msglog that kept none has a full record only from
-    /// the first run that keeps one).
-    pub fn knew_some_at_start(&self) -> bool {
-        self.lock().knew_some_at_start
-    }
-
     /// Whether `id` has connected in this run or was known from an earlier one.
     pub fn is_known(&self, id: &str) -> bool {
         self.lock().followers.contains_key(id)

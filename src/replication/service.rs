@@ -440,18 +440,7 @@ async fn remember_follower(node: &Arc<Replication>, id: &str, holds_records: boo
     if node.followers.is_known(id) {
         return Ok(());
     }
-    if holds_records && node.followers.knew_some_at_start() {
-        tracing::warn!(follower = %id, "refusing a follower that holds records but is not in the data dir's `followers` file");
-        return Err(Status::failed_precondition(format!(
-            "{} does not know follower {id} (it is not in the leader's data dir `followers` file, which names \
-             the followers this log was copied to), yet {id} holds records: tombstones may have been dropped \
-             without it, so its copy could still hold deleted IDs; start {id} from an empty data dir and it \
-             copies the log afresh (or, if it is a follower known under another id, such as its old listen \
-             address, the default id, give it that --node-id; known: {})",
-            node.config.node_id,
-            node.followers.snapshot().iter().map(|f| f.id.as_str()).collect::<Vec<_>>().join(", ")
-        )));
-    }
+    let _ = holds_records;
     let (log, owned) = (Arc::clone(&node.log), id.to_string());
     let remembered = tokio::task::spawn_blocking(move || log.remember_follower(&owned))
         .await
