@@ -43,8 +43,8 @@ fn contents(addr: SocketAddr) -> Vec<String> {
 
 fn start_follower(data: &Path, leader: &ServerProcess) -> ServerProcess {
     let leader = leader.grpc.to_string();
-    // One id across restarts (the default, the listen address, changes with the port): a
-    // leader refuses a follower it does not know that holds records.
+    // One id across restarts (the default, the listen address, changes with the port), so
+    // the leader's `followers` file names each follower once.
     let id = data.file_name().and_then(|name| name.to_str()).expect("a data dir name").to_string();
     ServerProcess::start(data, &["--node-id", &id, "--follow", &leader, "--stats-interval", "0s"])
 }

@@ -36,8 +36,6 @@ struct Table {
     rule: AckRule,
     followers: HashMap<String, Entry>,
     sessions: HashMap<Token, Session>,
-    /// See [`Followers::knew_some_at_start`].
-    knew_some_at_start: bool,
 }
 
 /// Whose acknowledgements a write waits for.
@@ -150,7 +148,7 @@ impl Drop for Registration {
 impl Followers {
     pub fn new(rule: AckRule) -> Followers {
         let (quorum, _) = watch::channel(Quorum::default());
-        let table = Table { rule, followers: HashMap::new(), sessions: HashMap::new(), knew_some_at_start: false };
+        let table = Table { rule, followers: HashMap::new(), sessions: HashMap::new() };
         let followers = Followers { table: Mutex::new(table), quorum };
         followers.update(|_| {});
         followers
@@ -163,7 +161,6 @@ impl Followers {
             for id in ids {
                 table.followers.entry(id.clone()).or_default();
             }
-            table.knew_some_at_start |= !ids.is_empty();
         });
     }
 

@@ -169,7 +169,7 @@ impl ReplicationRpc for Service {
             }
         }
         if replica && matches!(node.config.role, Role::Leader { .. }) {
-            remember_follower(node, &request.follower_id, request.last.is_some()).await?;
+            remember_follower(node, &request.follower_id).await?;
         }
         let next_offset = node.log.next_offset();
         // Registered before the hello goes out: the follower's first ack (on its own call)
@@ -372,7 +372,7 @@ async fn stream_log(
                 let log_start = node.log.log_start_offset();
                 if points.0 > told.0 || points.1 > told.1 || log_start > told_start {
                     (told, told_start) = (points, log_start);
-                    if tx.send(Ok(records(&node, Vec::new(), points))).await.is_err() {
+                    if tx.send(Ok(records(&node, Vec::new(), points, log_start))).await.is_err() {
                         return;
                     }
                 }
@@ -402,9 +402,8 @@ async fn stream_log(
         }
         let points = node.shipped_clean_points();
         told = (told.0.max(points.0), told.1.max(points.1));
-        // Read before the message reads it: it carries this or a later start.
         told_start = node.log.log_start_offset();
-        let response = records(&node, chunk.bytes, points);
+        let response = records(&node, chunk.bytes, points, told_start);
         tokio::select! {
             sent = tx.send(Ok(response)) => if sent.is_err() { return },
             _ = shutdown.wait_for(|&stop| stop) => return,
@@ -413,18 +412,19 @@ async fn stream_log(
 }
 
 /// A `Records` message: `frames` (none: only the points moved) with what a replica learns
-/// beside them, the leader's end, log start and clean points (committed offset, tombstone
-/// horizon).
+/// beside them, the leader's end, clean points (committed offset, tombstone horizon) and
+/// log start.
 fn records(
     node: &Replication,
     frames: Vec<u8>,
     (high_watermark, tombstone_horizon): (Offset, Offset),
+    log_start_offset: Offset,
 ) -> FetchResponse {
     let records = Records {
         frames,
         leader_next_offset: node.log.next_offset(),
         high_watermark,
-        log_start_offset: node.log.log_start_offset(),
+        log_start_offset,
         tombstone_horizon,
     };
     FetchResponse { kind: Some(fetch_response::Kind::Records(records)) }
@@ -432,15 +432,10 @@ fn records(
 
 /// A manual leader records each follower its log is copied to before it ships any record,
 /// so that tombstones wait for it even across a restart of this node (README, "Compaction").
-///
-/// A follower that holds records but is not named, while others are, was retired (its
-/// line deleted) or never recorded: tombstones may have gone without it, so its copy could
-/// still hold IDs deleted since. It is refused until its data dir is emptied.
-async fn remember_follower(node: &Arc<Replication>, id: &str, holds_records: bool) -> Result<(), Status> {
+async fn remember_follower(node: &Arc<Replication>, id: &str) -> Result<(), Status> {
     if node.followers.is_known(id) {
         return Ok(());
     }
-    let _ = holds_records;
     let (log, owned) = (Arc::clone(&node.log), id.to_string());
     let remembered = tokio::task::spawn_blocking(move || log.remember_follower(&owned))
         .await

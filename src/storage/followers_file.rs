@@ -30,7 +30,7 @@ fn read(data_dir: &Path) -> Result<Vec<String>> {
         let reason = format!(
             "{reason}; it names the followers this log was copied to, one node id per line after a line \
              {FIRST_LINE:?} (docs/FORMAT.md): repair it by hand, and do not delete it (the leader would then \
-             accept any follower's old copy, which may hold IDs deleted since)"
+             forget which followers its tombstones wait for)"
         );
         StorageError::Corruption { segment: path.clone(), position: 0, reason }
     };
