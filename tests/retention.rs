@@ -433,17 +433,75 @@ fn begin_at_drops_every_record_below_and_the_log_starts_there_after_a_restart() 
 }
 
 #[test]
-fn following_a_log_start_deletes_only_segments_wholly_below_it() {
+fn following_a_log_start_deletes_segments_wholly_below_it_and_leaves_out_the_rest_below() {
     let dir = temp_dir();
     let log = Log::open(dir.path(), config()).unwrap();
     let written = write_ids(&log, 300);
     let bases = segment_bases(dir.path());
-    // Inside the fourth segment: the first three go, the fourth keeps records below it.
+    // Inside the fourth segment: the first three go, and the fourth's records below the
+    // start stay on disk but out of the log, as on the leader.
     let start = bases[3] + 1;
+    let records = log.stats().records;
     let summary = log.follow_log_start(start).unwrap().expect("segments deleted");
-    assert_eq!((summary.segments, summary.log_start), (3, bases[3]));
-    assert_eq!(log.log_start_offset(), bases[3]);
-    assert_reads(&log, &written, bases[3]);
-    assert_eq!(log.follow_log_start(start).unwrap(), None, "nothing more is below it");
+    assert_eq!((summary.segments, summary.log_start), (3, start));
+    assert_eq!(segment_bases(dir.path())[0], bases[3], "the fourth segment's file stays");
+    assert_eq!(log.stats().records, records - start, "one record per offset below the start went");
+    let check = |log: &Log| {
+        assert_eq!(log.log_start_offset(), start);
+        assert_reads(log, &written, start);
+        let first = log.read_from(0, 1 << 20).unwrap().records().next().unwrap().unwrap().offset;
+        assert_eq!(first, start, "a read from below the start begins at it");
+        assert_eq!(log.follow_log_start(start).unwrap(), None, "nothing more is below it");
+    };
+    check(&log);
     log.close().unwrap();
+    let log = reopen(dir.path()).unwrap();
+    check(&log);
+    assert_eq!(log.stats().records, records - start, "and after a restart");
+    log.close().unwrap();
+}
+
+#[test]
+fn a_follower_whose_segments_straddle_the_leaders_log_start_holds_exactly_what_the_leader_holds() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let leader_flags: Vec<&str> = RETAINING.split(' ').chain(["--tolerance", "1"]).collect();
+    let leader = ServerProcess::start(&dir.path().join("leader"), &leader_flags);
+    let grpc = leader.grpc.to_string();
+    // Smaller segments than the leader's: the follower's boundaries fall elsewhere, so the
+    // leader's log start lies inside one of the follower's segments.
+    let follower_flags = ["--follow", &grpc, "--segment-bytes", "80K", "--stats-interval", "0s"];
+    let follower_dir = dir.path().join("follower");
+    let mut follower = ServerProcess::start(&follower_dir, &follower_flags);
+    poll_until("the follower to connect", || (common::stats(leader.addr)["followers"] == "1").then_some(()));
+    // Each ID written once: one whose record lies below the leader's log start is gone.
+    set_ids(leader.addr, 0..3000);
+    let same = |follower: &ServerProcess| {
+        let (l, f) = (common::stats(leader.addr), common::stats(follower.addr));
+        let keys = ["log_start_offset", "ids", "records", "last_offset"];
+        keys.iter().all(|k| l[*k] == f[*k]).then_some(l)
+    };
+    // Down to the limit, so the log start stays put.
+    poll_until("retention to cut the leader's log down to the limit", || {
+        (stat(leader.addr, "log_start_offset") > 0 && stat(leader.addr, "bytes") < (128 + 64) * 1024).then_some(())
+    });
+    // No write after the last retention step: the idle stream carries the log start.
+    let stats = poll_until("the follower to hold what the leader holds", || same(&follower));
+    let start: u32 = stats["log_start_offset"].parse().unwrap();
+    assert!(start > 0, "retention moved the leader's log start: {stats:?}");
+    assert_same_reads(leader.addr, follower.addr, 0..3000);
+    follower.signal(libc::SIGTERM);
+    assert!(follower.wait_for_exit().success(), "{}", follower.stderr());
+    let follower = ServerProcess::start(&follower_dir, &follower_flags);
+    poll_until("the restarted follower to hold what the leader holds", || same(&follower));
+    assert_same_reads(leader.addr, follower.addr, 0..3000);
+    let mut client = LineClient::connect(follower.addr).unwrap();
+    assert_eq!(client.request(b"GET id-00000").unwrap(), b"NOT_FOUND", "below the start, gone on both");
+    drop(client);
+    let (mut leader, mut follower) = (leader, follower);
+    for node in [&mut follower, &mut leader] {
+        node.signal(libc::SIGTERM);
+        assert!(node.wait_for_exit().success(), "{}", node.stderr());
+    }
+    let logical = |node: &ServerProcess| common::compaction::check_lines(&node.data_dir).1;
+    assert_eq!(logical(&leader), logical(&follower), "the same live set");
 }

@@ -118,7 +118,7 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         Some((_, _, swap)) => swap.clone(),
         None => segment_path(&dir, base),
     };
-    let (bases, hole) = chain(&dir, files, &swaps)?;
+    let (bases, hole, log_start) = chain(&dir, files, &swaps)?;
     let mut hasher = Sha256::new();
     let mut ids = IdIndex::default();
     let mut sealed: Vec<SealedSegment> = Vec::new();
@@ -150,7 +150,8 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
                     report.first_offset.get_or_insert(r.offset);
                     report.tombstones += u64::from(r.kind == RecordKind::Delete);
                 };
-                let input = ScanInput { bytes, base, segment: i as u32, after: prev, visit: Some(&mut visit) };
+                let (segment, hidden_below) = (i as u32, log_start);
+                let input = ScanInput { bytes, base, segment, after: prev, visit: Some(&mut visit), hidden_below };
                 // The digest covers the records back to back, which in a clean segment
                 // is everything after the header: hash that on a second core while this
                 // one scans, and redo only the good prefix if the scan finds damage.
@@ -223,7 +224,14 @@ fn logical_digest(ids: &IdIndex, sealed: &[SealedSegment], config: &Config) -> [
 
 /// The segments to check (files after the manifest's last segment, or before its first,
 /// are leftovers recovery deletes), and the first hole in the chain, if any.
-fn chain(dir: &Path, files: Vec<Offset>, swaps: &[(Offset, Offset, PathBuf)]) -> Result<(Vec<Offset>, Option<Damage>)> {
+/// Also the log start the manifest records (0 without one): records below it are not part
+/// of the log's contents.
+#[allow(clippy::type_complexity)]
+fn chain(
+    dir: &Path,
+    files: Vec<Offset>,
+    swaps: &[(Offset, Offset, PathBuf)],
+) -> Result<(Vec<Offset>, Option<Damage>, Offset)> {
     let hole = |segment, kind, reason: &str| Damage {
         segment,
         position: 0,
@@ -238,8 +246,9 @@ fn chain(dir: &Path, files: Vec<Offset>, swaps: &[(Offset, Offset, PathBuf)]) ->
     let Some(listed) = manifest::read(dir)? else {
         let damage = manifest::written_with_manifest(dir, &files)
             .map(|_| hole(manifest::manifest_path(dir), DamageKind::MissingSegment, manifest::MISSING_MANIFEST));
-        return Ok((files, damage));
+        return Ok((files, damage, 0));
     };
+    let log_start = listed.log_start;
     let listed = manifest::Listed {
         bases: listed.bases.into_iter().filter(|&b| !super::swap::merged_away(swaps, b)).collect(),
         ..listed
@@ -254,7 +263,7 @@ fn chain(dir: &Path, files: Vec<Offset>, swaps: &[(Offset, Offset, PathBuf)]) ->
         (None, None) => None,
     };
     let leftover = |b: &Offset| found.leftover.contains(b) || found.below_start.contains(b);
-    Ok((files.into_iter().filter(|b| !leftover(b)).collect(), damage))
+    Ok((files.into_iter().filter(|b| !leftover(b)).collect(), damage, log_start))
 }
 
 /// Where a repair cuts: byte `position` of `segment` (`len` bytes long), whose first cut

@@ -279,7 +279,9 @@ impl Log {
     /// (at least one record if any is there), never crossing a segment. An empty chunk
     /// means the log holds nothing from `offset` yet.
     pub fn read_from(&self, offset: Offset, max_bytes: usize) -> Result<Chunk> {
-        self.shared.read().read_from(&self.shared.config, offset, max_bytes)
+        let st = self.shared.read();
+        // A follower's first segment may hold records below its log start: not served.
+        st.read_from(&self.shared.config, offset.max(st.retention.recorded_start), max_bytes)
     }
 
     /// Every chunk from `offset` to the log's current end, as `read_from` returns them

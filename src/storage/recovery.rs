@@ -69,6 +69,9 @@ pub(super) struct ScanInput<'a> {
     pub after: Option<Offset>,
     /// Called with every good record and its framed bytes (`msglog check` digests them).
     pub visit: Option<Visitor<'a>>,
+    /// The log start: records below it are checked and walked but not indexed or counted
+    /// (a follower's first segment may begin below its leader's log start).
+    pub hidden_below: Offset,
 }
 
 /// Sees every good record a scan passes, with its framed bytes.
@@ -83,7 +86,7 @@ pub(super) fn scan(
     config: &Config,
     earlier: &[SealedSegment],
 ) -> Scan {
-    let ScanInput { bytes, base, segment, after, mut visit } = input;
+    let ScanInput { bytes, base, segment, after, mut visit, hidden_below } = input;
     let id_at = |at: Position| {
         let bytes = match earlier.get(at.segment as usize) {
             Some(s) if at.segment != segment => &s.map[..],
@@ -138,16 +141,19 @@ pub(super) fn scan(
                 index.push(relative(base, record.offset), position as u32);
                 scan.last_indexed = position;
             }
+            scan.last_offset = Some(record.offset);
+            scan.last_epoch = Some(record.epoch);
+            if record.offset < hidden_below {
+                continue;
+            }
+            scan.figures.count(record.timestamp_ms);
             match record.kind {
                 RecordKind::Set => ids.set(record.id, Position { segment, position: position as u32 }, id_at),
                 RecordKind::Delete => {
                     ids.remove(record.id, id_at);
                 }
             }
-            scan.last_offset = Some(record.offset);
-            scan.last_epoch = Some(record.epoch);
             scan.records += 1;
-            scan.figures.count(record.timestamp_ms);
         }
         scan.end = at;
     }
@@ -235,7 +241,8 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
         }
         let mut mark = durable_len(&map);
         let mut index = OffsetIndex::Building(Vec::new());
-        let input = ScanInput { bytes: &map, base, segment: i as u32, after: prev, visit: None };
+        let input =
+            ScanInput { bytes: &map, base, segment: i as u32, after: prev, visit: None, hidden_below: log_start };
         let scan = scan(input, &mut ids, &mut index, config, &sealed);
         records += scan.records;
         let mut end = len;

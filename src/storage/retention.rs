@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use super::log::State;
 use super::manifest;
+use super::record::Records;
 use super::recovery::{remove_segment_files, reserve};
-use super::segment::{ActiveSegment, SealedSegment};
+use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
 use super::{Log, Offset, Result, StorageError};
 
 /// When whole old segments are deleted; both off by default.
@@ -88,11 +89,12 @@ fn doomed(st: &State, policy: &Retention, upto: Offset, now_ms: i64) -> usize {
 }
 
 impl Log {
-    /// The first offset the log holds or will hold: the base of its first segment.
+    /// The first offset the log holds or will hold: the base of its first segment, or, on a
+    /// follower whose first segment began below its leader's log start, that start.
     /// Retention moves it up; nothing else does.
     pub fn log_start_offset(&self) -> Offset {
         let st = self.shared.read();
-        st.sealed.first().map_or(st.active.base, |s| s.base)
+        st.sealed.first().map_or(st.active.base, |s| s.base).max(st.retention.recorded_start)
     }
 
     pub fn retention_stats(&self) -> RetentionStats {
@@ -119,20 +121,85 @@ impl Log {
     }
 
     /// A follower's leader keeps no record below `start` (its retention deleted them):
-    /// deletes this log's leading sealed segments wholly below `start`. A segment holding
-    /// records on both sides stays, so a follower's log may start up to a segment below
-    /// its leader's. `None` when nothing is due, or a cleaning pass is under way (the next
-    /// call deletes them).
+    /// deletes this log's leading sealed segments wholly below `start`, and, in a sealed
+    /// segment holding records on both sides, leaves the records below `start` out of the
+    /// log (not indexed, counted or served, and so after a restart: the manifest records
+    /// `start` as the log start), so that the follower holds what its leader holds. Records
+    /// below `start` in the segment being appended to stay until it is sealed (a later
+    /// call). `None` when nothing is due, or a cleaning pass is under way (the next call
+    /// does it).
     pub fn follow_log_start(&self, start: Offset) -> Result<Option<RetentionSummary>> {
-        if self.shared.read().sealed.first().is_none_or(|s| !wholly_below(s, start)) {
+        if start <= self.log_start_offset() {
             return Ok(None);
         }
-        let st = self.shared.write();
+        let mut st = self.shared.write();
         if st.failed.is_some() || st.compaction.running {
             return Ok(None);
         }
         let count = st.sealed.iter().take_while(|s| wholly_below(s, start)).count();
-        self.delete_and_unlink(st, count)
+        let (deleted, bases) = match count {
+            0 => (None, Vec::new()),
+            _ => {
+                let (summary, bases) = self.delete_leading(&mut st, count)?;
+                (Some(summary), bases)
+            }
+        };
+        let hidden = self.hide_below(&mut st, start)?;
+        drop(st);
+        if !bases.is_empty()
+            && let Err(e) = remove_segment_files(self.shared.fs.as_ref(), &self.shared.dir, &bases)
+        {
+            tracing::warn!(error = %e, "deleting segment files below the leader's log start failed; the next start removes them");
+        }
+        Ok(match (deleted, hidden) {
+            (Some(summary), _) => Some(RetentionSummary { log_start: self.log_start_offset(), ..summary }),
+            (None, true) => Some(RetentionSummary { segments: 0, bytes: 0, log_start: start }),
+            (None, false) => None,
+        })
+    }
+
+    /// Leaves the records below `start` in the first segment, when it is sealed and begins
+    /// below `start`, out of the log: the manifest records `start` as the log start (the
+    /// commit point: every later open leaves them out), then the ID index forgets the IDs
+    /// whose latest record lies there, as retention does for deleted segments. `true` if it
+    /// did.
+    fn hide_below(&self, st: &mut State, start: Offset) -> Result<bool> {
+        let shared = &self.shared;
+        let Some(first) = st.sealed.first() else { return Ok(false) };
+        let was = first.base.max(st.retention.recorded_start);
+        if start <= was || first.last_offset.is_none_or(|last| last < start) {
+            return Ok(false);
+        }
+        let max = shared.config.max_record_bytes as usize;
+        // The position of the first record at or above `start`, and how many records were
+        // still part of the log below it.
+        let (mut end, mut hidden) = (first.map.len(), 0u64);
+        let mut at = HEADER_LEN;
+        for record in Records::new(&first.map[HEADER_LEN..], max) {
+            let r = record.map_err(|(position, reason)| StorageError::Corruption {
+                segment: super::segment::segment_path(&shared.dir, first.base),
+                position: (HEADER_LEN + position) as u64,
+                reason: reason.into(),
+            })?;
+            if r.offset >= start {
+                end = at;
+                break;
+            }
+            hidden += u64::from(r.offset >= was);
+            at += r.framed_len();
+        }
+        let bases: Vec<Offset> = st.sealed.iter().map(|s| s.base).chain([st.active.base]).collect();
+        manifest::write(shared.fs.as_ref(), &shared.dir, &bases, start)?;
+        st.retention.recorded_start = start;
+        st.records = st.records.saturating_sub(hidden);
+        st.sealed[0].figures.records = st.sealed[0].figures.records.saturating_sub(hidden);
+        st.ids.retain_moved(|at| (at.segment != 0 || at.position as usize >= end).then_some(at));
+        tracing::info!(
+            log_start = start,
+            records = hidden,
+            "the leader's log starts inside this log's first segment; the records below its start are no longer served"
+        );
+        Ok(true)
     }
 
     /// Begins the log anew at `start`, dropping every record it holds, which must all lie

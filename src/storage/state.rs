@@ -311,7 +311,9 @@ impl State {
         for (i, s) in self.sealed.iter().enumerate() {
             let mut unused = OffsetIndex::Empty;
             let config = &shared.config;
-            let input = ScanInput { bytes: &s.map, base: s.base, segment: i as u32, after: prev, visit: None };
+            let hidden_below = self.retention.recorded_start;
+            let input =
+                ScanInput { bytes: &s.map, base: s.base, segment: i as u32, after: prev, visit: None, hidden_below };
             let scan = recovery::scan(input, &mut self.ids, &mut unused, config, &self.sealed);
             self.records += scan.records;
             prev = scan.last_offset.or(prev);
@@ -322,7 +324,9 @@ impl State {
         let segment = self.sealed.len() as u32;
         let config = &shared.config;
         let scan = {
-            let input = ScanInput { bytes: file, base: self.active.base, segment, after: prev, visit: None };
+            let hidden_below = self.retention.recorded_start;
+            let input =
+                ScanInput { bytes: file, base: self.active.base, segment, after: prev, visit: None, hidden_below };
             recovery::scan(input, &mut self.ids, &mut index, config, &self.sealed)
         };
         if let Some((position, reason)) = scan.damage {
