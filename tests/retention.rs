@@ -462,6 +462,62 @@ fn following_a_log_start_deletes_segments_wholly_below_it_and_leaves_out_the_res
 }
 
 #[test]
+fn following_a_log_start_inside_the_active_segment_seals_it_and_leaves_out_the_records_below() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    let written = write_ids(&log, 20);
+    let bases = segment_bases(dir.path());
+    let active = *bases.last().unwrap();
+    assert!(bases.len() > 1 && active + 2 < 20, "the active segment holds several records: {bases:?}");
+    // Inside the active segment: every sealed one goes, and the active one's first two
+    // records are left out.
+    let start = active + 2;
+    let summary = log.follow_log_start(start).unwrap().expect("records left out");
+    assert_eq!((summary.segments, summary.log_start), (bases.len() as u64 - 1, start));
+    assert_eq!(log.stats().records, 20 - start);
+    let check = |log: &Log| {
+        assert_eq!(log.log_start_offset(), start);
+        assert_reads(log, &written, start);
+        let first = log.read_from(0, 1 << 20).unwrap().records().next().unwrap().unwrap().offset;
+        assert_eq!(first, start, "a read from below the start begins at it");
+    };
+    check(&log);
+    assert_eq!(log.append(b"after", b"the start").unwrap(), 20, "appends go on at the log's end");
+    log.close().unwrap();
+    let log = reopen(dir.path()).unwrap();
+    check(&log);
+    assert_eq!(log.stats().records, 21 - start, "and after a restart");
+    log.close().unwrap();
+}
+
+#[test]
+fn cleaning_after_following_a_log_start_drops_the_records_left_out_without_counting_them() {
+    let dir = temp_dir();
+    let log = Log::open(dir.path(), config()).unwrap();
+    write_ids(&log, 20);
+    let bases = segment_bases(dir.path());
+    // Inside the second segment: its first two records are left out.
+    let start = bases[1] + 2;
+    log.follow_log_start(start).unwrap().expect("records left out");
+    // One ID left out comes back, one kept is superseded: the pass drops that one.
+    let (back, superseded) = (format!("id-{:04}", bases[1]), format!("id-{start:04}"));
+    log.append(back.as_bytes(), b"back").unwrap();
+    log.append(superseded.as_bytes(), b"newer").unwrap();
+    log.sync().unwrap();
+    let before = log.stats();
+    let summary = log.clean(&common::compaction::options(log.next_offset())).unwrap().expect("a pass");
+    assert_eq!(summary.records_dropped, 1, "only the superseded record counts as dropped: {summary:?}");
+    let counts = |log: &Log| (log.stats().records, log.stats().ids);
+    assert_eq!(counts(&log), (before.records - 1, before.ids));
+    assert_eq!(log.get(back.as_bytes()).unwrap().as_deref(), Some(&b"back"[..]));
+    assert_eq!(log.get(format!("id-{:04}", bases[1] + 1).as_bytes()).unwrap(), None, "left out, still out");
+    log.close().unwrap();
+    let log = reopen(dir.path()).unwrap();
+    assert_eq!(counts(&log), (before.records - 1, before.ids), "the same after a restart");
+    log.close().unwrap();
+}
+
+#[test]
 fn a_follower_whose_segments_straddle_the_leaders_log_start_holds_exactly_what_the_leader_holds() {
     let dir = tempfile::TempDir::new().unwrap();
     let leader_flags: Vec<&str> = RETAINING.split(' ').chain(["--tolerance", "1"]).collect();

@@ -218,9 +218,13 @@ impl Log {
             return Ok(None);
         };
         let retention_ms = i64::try_from(opts.delete_retention.as_millis()).unwrap_or(i64::MAX);
-        let epoch_lasts = super::epoch::last_record_of_each_epoch(&shared.read(), &shared.config)?;
+        let (epoch_lasts, log_start) = {
+            let st = shared.read();
+            (super::epoch::last_record_of_each_epoch(&st, &shared.config)?, st.retention.recorded_start)
+        };
         let rules = Rules {
             latest: &latest,
+            log_start,
             epoch_lasts: &epoch_lasts,
             clean_point: snapshot.cleaned,
             tombstone_horizon: opts.tombstone_horizon.min(opts.upto),

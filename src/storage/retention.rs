@@ -124,10 +124,9 @@ impl Log {
     /// deletes this log's leading sealed segments wholly below `start`, and, in a sealed
     /// segment holding records on both sides, leaves the records below `start` out of the
     /// log (not indexed, counted or served, and so after a restart: the manifest records
-    /// `start` as the log start), so that the follower holds what its leader holds. Records
-    /// below `start` in the segment being appended to stay until it is sealed (a later
-    /// call). `None` when nothing is due, or a cleaning pass is under way (the next call
-    /// does it).
+    /// `start` as the log start), so that the follower holds what its leader holds. The
+    /// segment being appended to is sealed first when `start` lies inside it. `None` when
+    /// nothing is due, or a cleaning pass is under way (the next call does it).
     pub fn follow_log_start(&self, start: Offset) -> Result<Option<RetentionSummary>> {
         if start <= self.log_start_offset() {
             return Ok(None);
@@ -135,6 +134,13 @@ impl Log {
         let mut st = self.shared.write();
         if st.failed.is_some() || st.compaction.running {
             return Ok(None);
+        }
+        // The leader's start lies inside the segment being appended to: sealed here, so that
+        // its records below the start can be left out like those of any first segment.
+        let active = &st.active;
+        if active.base < start && active.last_offset.is_some() && st.sealed.iter().all(|s| wholly_below(s, start)) {
+            let next = st.next_offset;
+            st.roll(&self.shared, next)?;
         }
         let count = st.sealed.iter().take_while(|s| wholly_below(s, start)).count();
         let (deleted, bases) = match count {

@@ -125,6 +125,10 @@ fn damage(path: &Path, position: u64, reason: &str) -> StorageError {
 pub(super) struct Rules<'a> {
     pub latest: &'a Latest,
     pub clean_point: Offset,
+    /// Records below the log start are not part of the log (a follower's first segment
+    /// may begin below its leader's log start): always dropped, and not counted as
+    /// dropped, since the log never counted them.
+    pub log_start: Offset,
     /// The last record of each leader epoch, ascending: always kept.
     pub epoch_lasts: &'a [Offset],
     pub tombstone_horizon: Offset,
@@ -175,14 +179,15 @@ fn filter(input: &Input, rules: &Rules<'_>, max: usize) -> Result<Filtered> {
             place += 1;
             place <= first + in_range && rules.latest.is_superseded(place - 1)
         };
-        if rules.keeps(r, superseded) {
+        let below_start = r.offset < rules.log_start;
+        if !below_start && rules.keeps(r, superseded) {
             let at = out.bytes.len();
             out.bytes.extend_from_slice(framed);
             out.kept.push((position as u32, at as u32, r.offset));
             out.figures.count(r.timestamp_ms);
             last_kept_in_batch = r.continues.then_some((at, framed.len()));
         } else {
-            out.dropped += 1;
+            out.dropped += u64::from(!below_start);
             out.changed = true;
             if !r.continues
                 && let Some((at, len)) = last_kept_in_batch.take()

@@ -182,7 +182,7 @@ impl State {
     /// finds either the old chain plus a leftover file holding no record, or the new one.
     /// Every step can be redone, so a roll refused for want of file descriptors is
     /// retried by the next append.
-    fn roll(&mut self, shared: &Shared, base: Offset) -> Result<()> {
+    pub(super) fn roll(&mut self, shared: &Shared, base: Offset) -> Result<()> {
         self.flush(shared)?;
         self.active.sync_exact()?;
         let fs = shared.fs.as_ref();
