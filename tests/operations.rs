@@ -416,3 +416,47 @@ fn a_lost_follower_is_a_warning_on_the_leader() {
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("follower=f1"), "{line}");
 }
+
+#[test]
+fn a_follower_known_from_an_earlier_run_is_waited_for_and_not_reported_lost() {
+    let dir = TempDir::new().expect("temp dir");
+    let leader_dir = dir.path().join("leader");
+    let args = ["--stats-interval", "0s"];
+    let mut leader = ServerProcess::start(&leader_dir, &args);
+    let grpc = leader.grpc.to_string();
+    let follower_args = ["--follow", grpc.as_str(), "--node-id", "f1", "--stats-interval", "0s"];
+    let mut follower = ServerProcess::start(&dir.path().join("follower"), &follower_args);
+    let mut client = LineClient::connect(leader.addr).expect("connect");
+    assert_eq!(client.request(b"SET a 1").expect("SET"), b"OK");
+    // The leader names a follower in its followers file before shipping it a record.
+    poll_until("the leader to remember the follower", || {
+        let text = std::fs::read_to_string(leader_dir.join("followers")).unwrap_or_default();
+        text.lines().any(|line| line == "f1").then_some(())
+    });
+    drop(client);
+    for node in [&mut follower, &mut leader] {
+        node.signal(libc::SIGTERM);
+        assert!(node.wait_for_exit().success(), "{}", node.stderr());
+    }
+    let leader = ServerProcess::start(&leader_dir, &args);
+    let line = poll_until("the leader to say it waits for f1", || {
+        leader.stderr().lines().find(|line| line.contains("known from an earlier run")).map(str::to_string)
+    });
+    assert!(line.contains("follower=f1"), "{line}");
+    // Said on the same look that would have reported it lost.
+    assert!(!leader.stderr().contains("lost a follower"), "{}", leader.stderr());
+}
+
+#[test]
+fn two_followers_sharing_a_node_id_are_a_warning_on_the_leader() {
+    let dir = TempDir::new().expect("temp dir");
+    let leader = ServerProcess::start(&dir.path().join("leader"), &["--stats-interval", "0s"]);
+    let grpc = leader.grpc.to_string();
+    let follower_args = ["--follow", grpc.as_str(), "--node-id", "twin", "--stats-interval", "0s"];
+    let _first = ServerProcess::start(&dir.path().join("first"), &follower_args);
+    let _second = ServerProcess::start(&dir.path().join("second"), &follower_args);
+    let line = poll_until("a warning about the shared ID", || {
+        leader.stderr().lines().find(|line| line.contains("share this node ID")).map(str::to_string)
+    });
+    assert!(line.contains("WARN") && line.contains("follower=twin") && line.contains("streams=2"), "{line}");
+}

@@ -8,6 +8,7 @@ mod cluster;
 mod config;
 mod error;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -610,14 +611,21 @@ fn cluster_figures(
 /// How often the follower watch looks; a lost follower is reported within this.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
-/// Warns when a follower that was connected is no longer (on a leader), or when the
-/// leader is lost (on a follower): replication reports no such event, so its status is
-/// compared from one look to the next.
+/// Looks in a row a follower ID must have more than one stream open before it is reported
+/// as shared: a follower back from a crash opens a new stream before its old one is seen to
+/// end, and that overlap lasts a look at most.
+const SHARED_ID_LOOKS: u32 = 3;
+
+/// Warns when a follower that was connected is no longer, or when two followers share an
+/// ID (on a leader), or when the leader is lost (on a follower): replication reports no
+/// such event, so its status is compared from one look to the next.
 async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping: watch::Receiver<bool>) {
     // Every follower seen, and whether it was connected at the last look. One first seen
-    // disconnected was lost too (or is known from an earlier run and not back yet: a
-    // manual leader lists those from the start, and reports each once).
+    // disconnected was lost too, unless it has not connected in this run at all (a manual
+    // leader knows it from an earlier run): that one is waited for, said once.
     let mut known: Vec<(String, bool)> = Vec::new();
+    // IDs with more than one stream open, and for how many looks in a row.
+    let mut shared: HashMap<String, u32> = HashMap::new();
     let mut leader_connected = false;
     loop {
         tokio::select! {
@@ -629,7 +637,12 @@ async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping
             ReplicationStatus::Leader { followers, .. } | ReplicationStatus::Member { followers, .. } => {
                 for follower in followers.iter().filter(|f| !f.connected) {
                     let was_connected = known.iter().find(|(id, _)| id == &follower.id).is_none_or(|(_, c)| *c);
-                    if was_connected {
+                    if was_connected && !follower.seen {
+                        tracing::info!(
+                            follower = %follower.id,
+                            "waiting for a follower known from an earlier run to connect; tombstones are kept for it until it does"
+                        );
+                    } else if was_connected {
                         tracing::warn!(
                             follower = %follower.id, lag = follower.lag,
                             "lost a follower: its replication stream ended"
@@ -637,6 +650,17 @@ async fn watch_followers(replication: std::sync::Weak<Replication>, mut stopping
                     }
                 }
                 known = followers.iter().map(|f| (f.id.clone(), f.connected)).collect();
+                shared.retain(|id, _| followers.iter().any(|f| &f.id == id && f.streams > 1));
+                for follower in followers.iter().filter(|f| f.streams > 1) {
+                    let looks = shared.entry(follower.id.clone()).or_default();
+                    *looks += 1;
+                    if *looks == SHARED_ID_LOOKS {
+                        tracing::warn!(
+                            follower = %follower.id, streams = follower.streams,
+                            "followers share this node ID, and the tolerance counts them as one: give each follower its own --node-id"
+                        );
+                    }
+                }
             }
             ReplicationStatus::Follower { leader_addr, connected: now, lag, .. } => {
                 if leader_connected && !now {

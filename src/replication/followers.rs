@@ -75,6 +75,9 @@ struct Entry {
     streams: usize,
     /// Every record below this is durable on it.
     durable: Offset,
+    /// It has opened a fetch stream in this run (one known from an earlier run may not
+    /// have yet).
+    seen: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -93,6 +96,8 @@ pub(super) struct FollowerView {
     pub id: String,
     pub durable: Offset,
     pub connected: bool,
+    pub seen: bool,
+    pub streams: usize,
 }
 
 /// Held by a follower's fetch stream; dropping it marks the follower disconnected and
@@ -202,11 +207,13 @@ impl Followers {
             // back with less (a wiped or restored disk) must not count for its old acks.
             entry.durable = entry.durable.min(holds);
             if entry.streams > 0 {
-                // Either a reconnect racing its old stream's end, or two followers sharing
-                // an ID, which the tolerance would count as one.
-                tracing::warn!(follower = %id, "a second stream for this follower ID; give each follower its own --node-id");
+                // Most often a follower back from a crash before its old stream was seen to
+                // end; two followers sharing an ID keep both open, which the follower watch
+                // reports.
+                tracing::debug!(follower = %id, "a second stream for this follower ID");
             }
             entry.streams += 1;
+            entry.seen = true;
         });
         Registration { followers: Arc::clone(self), id: id.to_string(), token }
     }
@@ -334,7 +341,13 @@ impl Followers {
             .lock()
             .followers
             .iter()
-            .map(|(id, e)| FollowerView { id: id.clone(), durable: e.durable, connected: e.streams > 0 })
+            .map(|(id, e)| FollowerView {
+                id: id.clone(),
+                durable: e.durable,
+                connected: e.streams > 0,
+                seen: e.seen,
+                streams: e.streams,
+            })
             .collect();
         view.sort_by(|a, b| a.id.cmp(&b.id));
         view

@@ -56,6 +56,11 @@ pub struct FollowerStatus {
     pub lag: u64,
     /// It has a fetch stream open now.
     pub connected: bool,
+    /// It has had a fetch stream open in this run (a follower a manual leader knows from an
+    /// earlier run may not have come back yet).
+    pub seen: bool,
+    /// Fetch streams open for its ID: more than one for long means two followers share it.
+    pub streams: usize,
 }
 
 impl ReplicationStatus {
@@ -138,6 +143,8 @@ impl Replication {
                 id: f.id,
                 durable: f.durable,
                 connected: f.connected,
+                seen: f.seen,
+                streams: f.streams,
             })
             .collect()
     }
