@@ -347,13 +347,25 @@ impl Replication {
     /// below what its leader shipped (and its own durable offset), never by its own view,
     /// so that every replica removes the same records. A follower only cleans below the
     /// leader's committed offset, which no leader ever cuts.
+    ///
+    /// The tombstone horizon is recorded in the data dir before the cleaner may use it, so
+    /// that this node, leading, knows which returning replicas missed deletions.
     pub fn clean_points(&self) -> CleanPoints {
-        if self.is_leader() {
+        let mut points = if self.is_leader() {
             let (upto, tombstone_horizon) = self.shipped_clean_points();
-            return CleanPoints { upto, tombstone_horizon, own_retention: true };
-        }
-        let (committed, horizon) = self.log.leader_clean_points();
-        let upto = committed.min(self.log.durable_offset());
-        CleanPoints { upto, tombstone_horizon: horizon.min(upto), own_retention: false }
+            CleanPoints { upto, tombstone_horizon, own_retention: true }
+        } else {
+            let (committed, horizon) = self.log.leader_clean_points();
+            let upto = committed.min(self.log.durable_offset());
+            CleanPoints { upto, tombstone_horizon: horizon.min(upto), own_retention: false }
+        };
+        points.tombstone_horizon = match self.log.let_tombstones_drop_below(points.tombstone_horizon) {
+            Ok(horizon) => horizon,
+            Err(err) => {
+                tracing::warn!(%err, "recording the tombstone horizon failed; tombstones are kept until it succeeds");
+                0
+            }
+        };
+        points
     }
 }

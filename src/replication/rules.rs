@@ -72,6 +72,15 @@ pub(super) fn begins_at_leaders_start(leader_start: Offset, next: Offset, own_st
     leader_start > next || (leader_start == next && next > own_start)
 }
 
+/// Whether a replica holding records, whose log ends at `next`, missed deletions it can
+/// never learn of: the leader's cleaner may have dropped tombstones below `dropped_below`,
+/// some at or after `next`, so an ID they deleted could live on in its copy. It must copy
+/// the log afresh from the leader's log start (one whose log ends at or below that start
+/// begins again there anyway).
+pub(super) fn missed_deletions(next: Offset, leader_start: Offset, dropped_below: Offset) -> bool {
+    next > leader_start && next < dropped_below
+}
+
 /// Whether a stream that has sent everything below `cursor` must end because this node's
 /// log was cut back to end at `cut`: what it sent past the cut is gone here, and the
 /// reader has to fetch again (and run the divergence check) rather than get a gap.
@@ -96,6 +105,22 @@ mod tests {
 
     fn facts(replica: bool, leading: bool, epoch: Epoch, caller_epoch: Epoch) -> FetchFacts {
         FetchFacts { replica, leading, epoch, caller_epoch }
+    }
+
+    #[test]
+    fn a_replica_ending_below_dropped_tombstones_copies_afresh() {
+        let cases: &[(&str, (Offset, Offset, Offset), bool)] = &[
+            ("ends below where tombstones were dropped", (50, 0, 100), true),
+            ("ends exactly there: it missed none", (100, 0, 100), false),
+            ("ends past it", (150, 0, 100), false),
+            ("none dropped", (50, 0, 0), false),
+            ("ends at the leader's start: begins again there anyway", (20, 20, 100), false),
+            ("ends below the leader's start: the same", (10, 20, 100), false),
+            ("ends between the leader's start and the dropped ones", (30, 20, 100), true),
+        ];
+        for (what, (next, start, dropped), expected) in cases {
+            assert_eq!(missed_deletions(*next, *start, *dropped), *expected, "{what}");
+        }
     }
 
     #[test]

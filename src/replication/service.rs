@@ -25,7 +25,9 @@ use super::followers::Registration;
 use super::guard::Guard;
 use super::proto::replication_server::{Replication as ReplicationRpc, ReplicationServer};
 use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, Records, fetch_response};
-use super::rules::{FetchFacts, FetchRefusal, LastRecordCheck, admit_fetch, cut_passes_cursor, diverges};
+use super::rules::{
+    FetchFacts, FetchRefusal, LastRecordCheck, admit_fetch, cut_passes_cursor, diverges, missed_deletions,
+};
 use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replication, Role};
 
 /// Chunks queued per fetch stream before its task waits for the reader: one queued, one
@@ -163,6 +165,20 @@ impl ReplicationRpc for Service {
                     ?epoch, end_offset, "caller's log diverges from ours; telling it where to truncate"
                 );
                 let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset });
+                let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
+                drop(permit);
+                return Ok(Response::new(ReceiverStream::new(rx)));
+            }
+        }
+        if replica && request.last.is_some() {
+            let dropped_below = node.log.tombstones_dropped_below().map_err(internal)?;
+            if missed_deletions(request.next_offset, log_start, dropped_below) {
+                tracing::warn!(
+                    follower = %request.follower_id, from = request.next_offset, tombstones_dropped_below = dropped_below,
+                    "a follower whose log ends below where tombstones were dropped (it was away, or forgotten) \
+                     missed deletions: telling it to copy the log afresh from the log start {log_start}"
+                );
+                let diverged = fetch_response::Kind::Diverged(Diverged { epoch: None, end_offset: log_start });
                 let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
                 drop(permit);
                 return Ok(Response::new(ReceiverStream::new(rx)));

@@ -218,14 +218,21 @@ impl Log {
             return Ok(None);
         };
         let retention_ms = i64::try_from(opts.delete_retention.as_millis()).unwrap_or(i64::MAX);
-        let (epoch_lasts, log_start) = {
+        let (epoch_lasts, epoch_last_ids, log_start) = {
             let st = shared.read();
-            (super::epoch::last_record_of_each_epoch(&st, &shared.config)?, st.retention.recorded_start)
+            let lasts = super::epoch::last_record_of_each_epoch(&st, &shared.config)?;
+            // Only epochs a later one closed: a tombstone that deletes an epoch's last record
+            // lies in a later epoch, so the log's last epoch shields none (and its last record
+            // so far moves as records come, which would make passes depend on their timing).
+            let closed = &lasts[..lasts.len().saturating_sub(1)];
+            let ids = super::epoch::ids_at(&st, &shared.config, closed)?;
+            (lasts, ids, st.retention.recorded_start)
         };
         let rules = Rules {
             latest: &latest,
             log_start,
             epoch_lasts: &epoch_lasts,
+            epoch_last_ids: &epoch_last_ids,
             clean_point: snapshot.cleaned,
             tombstone_horizon: opts.tombstone_horizon.min(opts.upto),
             tombstones_before_ms: now_ms().saturating_sub(retention_ms),

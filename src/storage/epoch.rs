@@ -94,6 +94,20 @@ pub(super) fn last_record_of_each_epoch(st: &State, config: &Config) -> Result<V
     Ok(lasts)
 }
 
+/// The IDs of the records at `offsets` (each must hold one), sorted, without repeats.
+pub(super) fn ids_at(st: &State, config: &Config, offsets: &[Offset]) -> Result<Vec<Vec<u8>>> {
+    let mut ids = Vec::with_capacity(offsets.len());
+    for &offset in offsets {
+        let chunk = st.read_from(config, offset, 1)?;
+        if let Some(Ok(r)) = chunk.records().next().filter(|r| r.as_ref().is_ok_and(|r| r.offset == offset)) {
+            ids.push(r.id.to_vec());
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
 const EPOCH_FILE: &str = "epoch";
 
 pub(super) fn epoch_path(data_dir: &Path) -> PathBuf {
@@ -199,5 +213,33 @@ mod tests {
         }
         assert_eq!(lasts(&log), [9, 29, 59], "and the epochs still end where they did");
         assert_eq!(log.get(b"id").unwrap().unwrap(), format!("5-29-{}", "x".repeat(40)).as_bytes());
+    }
+
+    #[test]
+    fn an_id_whose_set_ends_an_epoch_stays_deleted_after_cleaning_and_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { segment_bytes: 512, max_record_bytes: 400, ..Config::default() };
+        let log = Log::open(dir.path(), config.clone()).unwrap();
+        // The victim's SET is epoch 1's last record, kept whatever supersedes it.
+        log.set_epoch(1);
+        log.append(b"victim", b"old").unwrap();
+        log.set_epoch(2);
+        log.delete(b"victim").unwrap();
+        for n in 0..40 {
+            log.append(format!("id-{}", n % 4).as_bytes(), "x".repeat(40).as_bytes()).unwrap();
+        }
+        let upto = log.next_offset();
+        let options = CleanOptions {
+            upto,
+            tombstone_horizon: upto,
+            delete_retention: std::time::Duration::ZERO,
+            bytes_per_sec: None,
+        };
+        log.clean(&options).unwrap().expect("a pass");
+        assert_eq!(log.epoch_at(0).unwrap(), Some(1), "epoch 1's last record is kept");
+        assert_eq!(log.get(b"victim").unwrap(), None);
+        drop(log);
+        let log = Log::open(dir.path(), config).unwrap();
+        assert_eq!(log.get(b"victim").unwrap(), None, "its tombstone was kept with it");
     }
 }

@@ -114,6 +114,8 @@ pub(super) struct Shared {
     pub lineage: RwLock<super::lineage::Cached>,
     /// Serializes changes to `<data_dir>/followers`.
     pub followers_file: std::sync::Mutex<()>,
+    /// `log/HORIZON` as last read or written (`None`: not read yet).
+    pub horizon_file: std::sync::Mutex<Option<Offset>>,
 }
 
 /// An open log. `Send + Sync`: share it with `Arc<Log>`.
@@ -175,6 +177,7 @@ impl Log {
             state: RwLock::new(state),
             lineage: RwLock::new(super::lineage::load(data_dir)),
             followers_file: std::sync::Mutex::new(()),
+            horizon_file: std::sync::Mutex::new(None),
         });
         let syncer = match shared.config.fsync {
             FsyncPolicy::Interval(every) => Some(IntervalSyncer::start(shared.clone(), every)?),

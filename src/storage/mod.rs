@@ -74,6 +74,7 @@ mod epoch;
 mod error;
 mod followers_file;
 pub mod fs;
+mod horizon_file;
 mod id_index;
 mod lineage;
 mod lock;

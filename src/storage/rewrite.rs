@@ -131,6 +131,10 @@ pub(super) struct Rules<'a> {
     pub log_start: Offset,
     /// The last record of each leader epoch, ascending: always kept.
     pub epoch_lasts: &'a [Offset],
+    /// The IDs of those of epochs a later one closed, sorted: a tombstone of one of them is
+    /// never dropped, or the epoch's last record, kept though the tombstone deleted it,
+    /// would bring the ID back at the next open.
+    pub epoch_last_ids: &'a [Vec<u8>],
     pub tombstone_horizon: Offset,
     /// Tombstones written at or before this (ms since the Unix epoch) are past retention,
     /// so a retention of 0 drops every tombstone below the horizon.
@@ -147,7 +151,8 @@ impl Rules<'_> {
             return false;
         }
         let expired = r.offset < self.tombstone_horizon && r.timestamp_ms <= self.tombstones_before_ms;
-        !(r.kind == RecordKind::Delete && expired)
+        let shields_epoch_last = || self.epoch_last_ids.binary_search_by(|id| id.as_slice().cmp(r.id)).is_ok();
+        !(r.kind == RecordKind::Delete && expired && !shields_epoch_last())
     }
 }
 
