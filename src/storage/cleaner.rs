@@ -14,10 +14,12 @@
 //! read was truncated meanwhile (else it abandons the pass). The clean point reached is
 //! persisted in `log/CLEANED`, so a restart does not clean everything again.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::cleaner_thread::{RateLimit, Unpaced};
 use super::fs::replace_file;
 use super::log::{State, now_ms};
 use super::rewrite::{self, Group, Input, Pace, Rules};
@@ -46,7 +48,24 @@ pub struct CleanSummary {
     pub bytes_out: u64,
     pub records_kept: u64,
     pub records_dropped: u64,
+    /// Swaps the pass made (one per piece of at most two segments' worth of input).
+    pub swaps: u64,
+    /// Bytes of input of the largest piece: what the pass had on disk twice at most.
+    pub largest_swap_bytes_in: u64,
     pub seconds: f64,
+}
+
+impl CleanSummary {
+    fn add(&mut self, piece: CleanSummary) {
+        self.segments_in += piece.segments_in;
+        self.segments_out += piece.segments_out;
+        self.bytes_in += piece.bytes_in;
+        self.bytes_out += piece.bytes_out;
+        self.records_kept += piece.records_kept;
+        self.records_dropped += piece.records_dropped;
+        self.swaps += 1;
+        self.largest_swap_bytes_in = self.largest_swap_bytes_in.max(piece.bytes_in);
+    }
 }
 
 /// Cleaner counters for STATS.
@@ -110,36 +129,30 @@ impl Compaction {
     }
 }
 
+/// A piece's input is at most this many segments' worth of bytes (or one segment).
+const PIECE_SEGMENTS: u64 = 2;
+
+/// The prefix cut into runs of adjacent segments of at most `cap` bytes each (a longer
+/// segment alone), in log order.
+fn pieces(prefix: &[Input], cap: u64) -> Vec<Range<usize>> {
+    let mut pieces = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, input) in prefix.iter().enumerate() {
+        if i > start && bytes + input.len > cap {
+            pieces.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += input.len;
+    }
+    if start < prefix.len() {
+        pieces.push(start..prefix.len());
+    }
+    pieces
+}
+
 /// Sealed segments the pass may clean: the longest prefix wholly below `upto`.
 fn cleanable(st: &State, upto: Offset) -> usize {
     st.sealed.iter().take_while(|s| s.last_offset.map_or(s.base < upto, |last| last < upto)).count()
-}
-
-/// No pacing: `Log::clean` called directly runs flat out unless asked not to.
-struct Unpaced;
-
-impl Pace for Unpaced {
-    fn pace(&mut self, _: u64) -> bool {
-        true
-    }
-}
-
-/// Paces to a byte rate by sleeping.
-struct RateLimit {
-    bytes_per_sec: u64,
-    started: Instant,
-    bytes: u64,
-}
-
-impl Pace for RateLimit {
-    fn pace(&mut self, bytes: u64) -> bool {
-        self.bytes += bytes;
-        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_sec.max(1) as f64);
-        if let Some(wait) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        true
-    }
 }
 
 impl Log {
@@ -182,9 +195,10 @@ impl Log {
         if total == 0 { 0.0 } else { dirty as f64 / total as f64 }
     }
 
-    /// Cleans the sealed segments wholly below `opts.upto`. `None` when there was nothing
-    /// to clean, another pass was under way, or the log was truncated meanwhile (the pass
-    /// is abandoned and its files removed).
+    /// Cleans the sealed segments wholly below `opts.upto`, in pieces (`docs/FORMAT.md`,
+    /// "Compaction"). `None` when there was nothing to clean, another pass was under way,
+    /// or the log was truncated before the first piece was swapped in (the pass is
+    /// abandoned and its files removed); a truncation later ends the pass early.
     pub fn clean(&self, opts: &CleanOptions) -> Result<Option<CleanSummary>> {
         match opts.bytes_per_sec {
             Some(bytes_per_sec) => {
@@ -237,46 +251,21 @@ impl Log {
             tombstone_horizon: opts.tombstone_horizon.min(opts.upto),
             tombstones_before_ms: now_ms().saturating_sub(retention_ms),
         };
-        let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
-        let groups = rewrite::rewrite(fs, dir, &shared.config, &snapshot.prefix, snapshot.next_base, &rules, pace);
-        let Some(mut groups) = groups? else { return Ok(None) };
-        let mut st = shared.write();
-        let unchanged = st.truncations == snapshot.truncations
-            && st.failed.is_none()
-            && st.sealed.len() >= snapshot.prefix.len()
-            && st.sealed.iter().zip(&snapshot.prefix).all(|(s, i)| s.base == i.base && s.map.len() as u64 == i.len);
-        if !unchanged {
-            drop(st);
-            rewrite::discard(fs, dir, &groups);
-            tracing::info!("log cleaning abandoned: the log was truncated meanwhile");
-            return Ok(None);
-        }
-        let swapped: Vec<(Offset, Offset)> =
-            groups.iter().filter(|g| g.new.is_some()).map(|g| (g.base, g.end)).collect();
-        let merged_away: Vec<Offset> =
-            groups.iter().flat_map(|g| snapshot.prefix[g.inputs.clone()].iter().skip(1).map(|i| i.base)).collect();
-        if !swapped.is_empty() {
-            let bases: Vec<Offset> = st.sealed.iter().map(|s| s.base).chain([st.active.base]).collect();
-            let after: Vec<Offset> = bases.into_iter().filter(|b| !merged_away.contains(b)).collect();
-            let chain = (after.as_slice(), st.retention.recorded_start);
-            if let Err(e) = super::swap::commit(fs, dir, &swapped, chain, &merged_away) {
-                return Err(st.fail(format!("swapping cleaned segments in failed: {e}")));
+        // One table for the whole pass, but the segments are rewritten and swapped in
+        // pieces, oldest first: until its swap a piece's input and output are both on
+        // disk, so the piece, not the whole dirty log, bounds what a pass adds to the disk.
+        let mut done = Done::default();
+        for piece in pieces(&snapshot.prefix, PIECE_SEGMENTS * shared.config.segment_bytes) {
+            let inputs = &snapshot.prefix[piece.clone()];
+            let end = snapshot.prefix.get(piece.end).map_or(snapshot.next_base, |i| i.base);
+            let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
+            let Some(groups) = rewrite::rewrite(fs, dir, &shared.config, inputs, end, &rules, pace)? else { break };
+            if !self.swap_piece(&snapshot, inputs, end, groups, &mut done)? {
+                break;
             }
         }
-        let (summary, whole) = install(&mut st, &mut groups, snapshot.prefix.len());
-        if !whole {
-            // Only a bug gets here (the index points at an ID's newest record, which is
-            // always kept), but the index can always be rebuilt from the segments.
-            tracing::error!("the ID index pointed at a record the cleaner dropped; rebuilding it");
-            if let Err(e) = st.rebuild_indexes(shared) {
-                return Err(st.fail(format!("rebuilding the ID index after cleaning failed: {e}")));
-            }
-        }
-        let cleaned = snapshot.next_base.max(st.compaction.cleaned);
-        st.compaction.set_clean_point(fs, dir, cleaned);
-        st.compaction.stats.runs += 1;
-        st.compaction.stats.cleaned_bytes += summary.bytes_in.saturating_sub(summary.bytes_out);
-        drop(st);
+        let Some(summary) = done.summary else { return Ok(None) };
+        self.shared.write().compaction.stats.runs += 1;
         let summary = CleanSummary { seconds: started.elapsed().as_secs_f64(), ..summary };
         tracing::info!(
             segments_in = summary.segments_in,
@@ -285,10 +274,65 @@ impl Log {
             bytes_out = summary.bytes_out,
             records_kept = summary.records_kept,
             records_dropped = summary.records_dropped,
+            swaps = summary.swaps,
             seconds = format_args!("{:.3}", summary.seconds),
             "cleaned the log"
         );
         Ok(Some(summary))
+    }
+
+    /// Swaps one piece's groups in place of its `inputs` and moves the clean point to the
+    /// piece's `end`: every record below it was filtered against every record up to the
+    /// pass's `upto`, as after a whole pass. False, with the piece's files removed, when
+    /// the log was truncated since the snapshot (the pass is then abandoned).
+    fn swap_piece(
+        &self,
+        snapshot: &Snapshot,
+        inputs: &[Input],
+        end: Offset,
+        mut groups: Vec<Group>,
+        done: &mut Done,
+    ) -> Result<bool> {
+        let shared = &self.shared;
+        let (fs, dir) = (shared.fs.as_ref(), shared.dir.as_path());
+        let mut st = shared.write();
+        let at = done.at;
+        let unchanged = st.truncations == snapshot.truncations
+            && st.failed.is_none()
+            && st.sealed.len() >= at + inputs.len()
+            && st.sealed[at..].iter().zip(inputs).all(|(s, i)| s.base == i.base && s.map.len() as u64 == i.len);
+        if !unchanged {
+            drop(st);
+            rewrite::discard(fs, dir, &groups);
+            tracing::info!("log cleaning abandoned: the log was truncated meanwhile");
+            return Ok(false);
+        }
+        let swapped: Vec<(Offset, Offset)> =
+            groups.iter().filter(|g| g.new.is_some()).map(|g| (g.base, g.end)).collect();
+        let merged_away: Vec<Offset> =
+            groups.iter().flat_map(|g| inputs[g.inputs.clone()].iter().skip(1).map(|i| i.base)).collect();
+        if !swapped.is_empty() {
+            let bases: Vec<Offset> = st.sealed.iter().map(|s| s.base).chain([st.active.base]).collect();
+            let after: Vec<Offset> = bases.into_iter().filter(|b| !merged_away.contains(b)).collect();
+            let chain = (after.as_slice(), st.retention.recorded_start);
+            if let Err(e) = super::swap::commit(fs, dir, &swapped, chain, &merged_away) {
+                return Err(st.fail(format!("swapping cleaned segments in failed: {e}")));
+            }
+        }
+        let (summary, whole) = super::swap::install(&mut st, &mut groups, at..at + inputs.len());
+        if !whole {
+            // Only a bug gets here (the index points at an ID's newest record, which is
+            // always kept), but the index can always be rebuilt from the segments.
+            tracing::error!("the ID index pointed at a record the cleaner dropped; rebuilding it");
+            if let Err(e) = st.rebuild_indexes(shared) {
+                return Err(st.fail(format!("rebuilding the ID index after cleaning failed: {e}")));
+            }
+        }
+        let cleaned = end.max(st.compaction.cleaned);
+        st.compaction.set_clean_point(fs, dir, cleaned);
+        st.compaction.stats.cleaned_bytes += summary.bytes_in.saturating_sub(summary.bytes_out);
+        done.add(summary);
+        Ok(true)
     }
 
     /// What the pass reads, taken under the lock, and the pass marked as running. `None`
@@ -344,6 +388,21 @@ struct Snapshot {
     truncations: u64,
 }
 
+/// The pieces of a pass swapped in so far.
+#[derive(Default)]
+struct Done {
+    /// Where the next piece's inputs begin in the log's sealed segments.
+    at: usize,
+    summary: Option<CleanSummary>,
+}
+
+impl Done {
+    fn add(&mut self, piece: CleanSummary) {
+        self.at += piece.segments_out as usize;
+        self.summary.get_or_insert_with(CleanSummary::default).add(piece);
+    }
+}
+
 /// Clears the running mark when the pass ends, however it ends.
 struct Running<'a>(&'a Log);
 
@@ -351,49 +410,4 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0.shared.write().compaction.running = false;
     }
-}
-
-/// Puts the swapped groups in place of the first `count` sealed segments and moves the ID
-/// index's positions along (kept records to their new place, later segments down).
-/// A rewritten segment's kept records: (old position, new position), by old position.
-type Moved = Vec<(u32, u32)>;
-
-/// Returns false if some position did not map (then the index must be rebuilt).
-fn install(st: &mut State, groups: &mut [Group], count: usize) -> (CleanSummary, bool) {
-    let old: Vec<_> = st.sealed.drain(..count).collect();
-    let mut summary = CleanSummary { segments_in: count as u64, ..CleanSummary::default() };
-    summary.bytes_in = old.iter().map(|s| s.map.len() as u64).sum();
-    let mut old: Vec<Option<_>> = old.into_iter().map(Some).collect();
-    // Per old segment: its new segment number and (old, new) positions, or `None` if kept.
-    let mut moves: Vec<(u32, Option<Moved>)> = Vec::with_capacity(count);
-    let mut new = Vec::with_capacity(groups.len());
-    for (n, group) in groups.iter_mut().enumerate() {
-        summary.bytes_out += group.bytes_out;
-        summary.records_kept += group.kept;
-        summary.records_dropped += group.dropped;
-        let moved = std::mem::take(&mut group.moved);
-        match group.new.take() {
-            Some(segment) => {
-                new.push(segment);
-                moves.extend(moved.into_iter().map(|m| (n as u32, Some(m))));
-            }
-            None => {
-                new.push(old[group.inputs.start].take().expect("each input in one group"));
-                moves.push((n as u32, None));
-            }
-        }
-    }
-    summary.segments_out = new.len() as u64;
-    let shift = count as u32 - new.len() as u32;
-    st.sealed.splice(0..0, new);
-    st.records -= summary.records_dropped;
-    let whole = st.ids.remap(|at| match moves.get(at.segment as usize) {
-        None => Some(super::id_index::Position { segment: at.segment - shift, ..at }),
-        Some((segment, None)) => Some(super::id_index::Position { segment: *segment, ..at }),
-        Some((segment, Some(moved))) => moved
-            .binary_search_by_key(&at.position, |&(old, _)| old)
-            .ok()
-            .map(|i| super::id_index::Position { segment: *segment, position: moved[i].1 }),
-    });
-    (summary, whole)
 }

@@ -1,5 +1,5 @@
 //! The crash-atomic swap of cleaned segments into the log, and its recovery (Kafka's
-//! protocol; `docs/FORMAT.md`, "Compaction").
+//! protocol; `docs/FORMAT.md`, "Compaction"), and the switch of the log's state to them.
 //!
 //! A group of adjacent segments `[base, end)` is replaced by one file:
 //! 1. `<base>.log.cleaned` is written and fsynced (before the swap, without the lock);
@@ -13,12 +13,16 @@
 //! so a crash never keeps a later group's cleaning (a dropped tombstone) without an
 //! earlier one's (the older values the tombstone superseded).
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::cleaner::CleanSummary;
 use super::fs::{FileSystem, remove_if_present};
+use super::id_index::Position;
+use super::log::State;
 use super::manifest;
 use super::recovery::{list_segments, remove_segment_files};
-use super::rewrite::cleaned_path;
+use super::rewrite::{Group, cleaned_path};
 use super::segment::segment_path;
 use super::{Offset, Result};
 
@@ -114,6 +118,54 @@ pub(super) fn roll_forward(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     }
     fs.sync_dir(dir)?;
     Ok(())
+}
+
+/// A rewritten segment's kept records: (old position, new position), by old position.
+type Moved = Vec<(u32, u32)>;
+
+/// Puts the swapped groups in place of the sealed segments `replaced` and moves the ID
+/// index's positions along (kept records to their new place, later segments down).
+/// Returns false if some position did not map (then the index must be rebuilt).
+pub(super) fn install(st: &mut State, groups: &mut [Group], replaced: Range<usize>) -> (CleanSummary, bool) {
+    let (at, count) = (replaced.start, replaced.len());
+    let old: Vec<_> = st.sealed.drain(replaced).collect();
+    let mut summary = CleanSummary { segments_in: count as u64, ..CleanSummary::default() };
+    summary.bytes_in = old.iter().map(|s| s.map.len() as u64).sum();
+    let mut old: Vec<Option<_>> = old.into_iter().map(Some).collect();
+    // Per old segment: its new segment number and (old, new) positions, or `None` if kept.
+    let mut moves: Vec<(u32, Option<Moved>)> = Vec::with_capacity(count);
+    let mut new = Vec::with_capacity(groups.len());
+    for (n, group) in groups.iter_mut().enumerate() {
+        let n = (at + n) as u32;
+        summary.bytes_out += group.bytes_out;
+        summary.records_kept += group.kept;
+        summary.records_dropped += group.dropped;
+        let moved = std::mem::take(&mut group.moved);
+        match group.new.take() {
+            Some(segment) => {
+                new.push(segment);
+                moves.extend(moved.into_iter().map(|m| (n, Some(m))));
+            }
+            None => {
+                new.push(old[group.inputs.start].take().expect("each input in one group"));
+                moves.push((n, None));
+            }
+        }
+    }
+    summary.segments_out = new.len() as u64;
+    let shift = count as u32 - new.len() as u32;
+    st.sealed.splice(at..at, new);
+    st.records -= summary.records_dropped;
+    let whole = st.ids.remap(|p| match (p.segment as usize).checked_sub(at).map(|i| moves.get(i)) {
+        None => Some(p),
+        Some(None) => Some(Position { segment: p.segment - shift, ..p }),
+        Some(Some((segment, None))) => Some(Position { segment: *segment, ..p }),
+        Some(Some((segment, Some(moved)))) => moved
+            .binary_search_by_key(&p.position, |&(old, _)| old)
+            .ok()
+            .map(|i| Position { segment: *segment, position: moved[i].1 }),
+    });
+    (summary, whole)
 }
 
 #[cfg(test)]
