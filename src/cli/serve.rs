@@ -28,7 +28,8 @@ pub(crate) struct ServeArgs {
     /// When a write counts as durable: always (fsync before OK), interval=<ms>, or never.
     #[arg(long, env = "MSGLOG_FSYNC", default_value = "always", value_parser = parse_fsync)]
     fsync: FsyncPolicy,
-    /// Size at which a log segment is sealed and a new one started (e.g. 134217728, 128M).
+    /// Size at which a log segment is sealed and a new one started (e.g. 134217728, 128M;
+    /// at least 64K).
     #[arg(long, env = "MSGLOG_SEGMENT_BYTES", default_value = "128M", value_parser = parse_segment_bytes)]
     segment_bytes: u64,
     /// Largest message a SET may carry (e.g. 1048576, 1M).
