@@ -5,6 +5,7 @@
 #
 #   benches/cost_per_request.sh [runs=2] [test=set] [requests=200000]
 #
+# PAIRS="always:always" limits the durability pairs (lib.sh's list by default).
 # Reads utime+stime from /proc/<pid>/stat and voluntary+involuntary context switches of
 # every server thread from /proc/<pid>/task/*/status, before and after the measured run
 # (a 20,000-request warm-up fills the key space first). Prints CSV:
@@ -13,6 +14,7 @@ runs=${1:-2}
 test=${2:-set}
 requests=${3:-200000}
 source "$(dirname "$0")/lib.sh"
+[ -n "${PAIRS:-}" ] && read -ra durability_pairs <<<"$PAIRS"
 
 switches() { cat /proc/"$pid"/task/*/status | awk '/ctxt_switches/ { s += $2 } END { print s }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' /proc/"$pid"/stat; }

@@ -18,6 +18,7 @@
 //! all connections share; the connection that would pass it is told so and closed.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ use crate::storage::Offset;
 
 use super::Shared;
 use super::budget::Reservation;
+use super::committer::ReplySink;
 use super::execute::{Outcome, execute_line};
 use super::forward::ForwardDialect;
 use super::metrics::command_label;
@@ -41,12 +43,14 @@ use super::shutdown::Shutdown;
 
 mod answer;
 mod forwarding;
+mod handoff;
 mod stream;
 mod waits;
 
 use answer::Answer;
 pub(crate) use forwarding::Diversion;
 use forwarding::{Diverter, is_text_data};
+use handoff::{Batch, Handoff, Turn};
 pub(crate) use stream::ClientStream;
 pub(crate) use waits::Failures;
 
@@ -111,6 +115,9 @@ pub(crate) struct Connection {
     /// Present on a node that may forward: sends data commands to the leader.
     diverter: Option<Diverter>,
     shutdown: Shutdown,
+    /// Present when the commit thread may write this connection's replies (plain TCP,
+    /// `--fsync always`).
+    handoff: Option<Arc<Handoff>>,
     _permit: OwnedSemaphorePermit,
     /// Last, so that it is dropped after `shared`: the server treats the channel closing as
     /// "every connection is gone", and then closes the log.
@@ -132,6 +139,15 @@ impl Connection {
         let reservation = Reservation::new(Arc::clone(&shared.budget));
         let authenticated = shared.config.password.is_none();
         let diverter = shared.forwarding.as_ref().map(|forwarding| forwarding.diverter());
+        // Per-command metrics time each reply's write, which the commit thread does not.
+        let handoff = match &stream {
+            ClientStream::Plain(tcp)
+                if handoff::enabled() && shared.commits.is_some() && shared.config.metrics.is_none() =>
+            {
+                Some(Arc::new(Handoff::new(tcp.as_raw_fd())))
+            }
+            _ => None,
+        };
         Connection {
             shared,
             stream,
@@ -146,6 +162,7 @@ impl Connection {
             reservation,
             diverter,
             shutdown,
+            handoff,
             _permit: permit,
             _shutdown_complete: shutdown_complete,
         }
@@ -171,9 +188,11 @@ impl Connection {
             if !self.within_budget() {
                 return self.close_over_budget().await;
             }
+            self.write_handed_back().await?;
             let read = tokio::select! {
                 read = self.stream.read_buf(&mut self.input) => read?,
                 _ = self.shutdown.recv() => break,
+                _ = handed_back(self.handoff.as_deref()) => continue,
             };
             // A clean EOF; bytes of an unfinished last line are dropped, as it never ended.
             if read == 0 {
@@ -182,6 +201,7 @@ impl Connection {
             match self.handle_buffered_requests().await? {
                 Flow::Continue => {}
                 Flow::Close => {
+                    self.drain_handoff().await?;
                     self.stream.shutdown().await?;
                     if let Dialect::Resp(..) = self.dialect {
                         self.linger().await;
@@ -194,7 +214,8 @@ impl Connection {
             // Giving back never fails.
             self.within_budget();
         }
-        Ok(())
+        // The client may have sent its last requests and shut its side: still owed.
+        self.drain_handoff().await
     }
 
     /// Bytes this connection's buffers hold: `capacity`, not `len`, as that is the memory.
@@ -228,6 +249,7 @@ impl Connection {
         self.unsynced = None;
         self.unsynced_read = None;
         self.within_budget();
+        self.drain_handoff().await?;
         match self.dialect {
             Dialect::Resp(_, ref session) => {
                 RespReply::from(Reply::error(OUT_OF_MEMORY)).encode(&mut self.output, session.protocol())
@@ -358,6 +380,10 @@ impl Connection {
             return Ok(Flow::Continue);
         }
         self.resolve_diverted().await;
+        if self.hand_off() {
+            return Ok(Flow::Continue);
+        }
+        self.drain_handoff().await?;
         let failures = Failures::wait(&self.shared, self.unsynced.take(), self.unsynced_read.take()).await;
         let failures = failures.map(|reply: Reply| match self.dialect {
             Dialect::Resp(_, ref session) => Answer::Resp(reply.into(), session.protocol()),
@@ -377,6 +403,81 @@ impl Connection {
         }
         self.write_output().await?;
         Ok(Flow::Continue)
+    }
+
+    /// Gives the batch to the commit thread to write after its fsync, when it may; true
+    /// if it did. Not with an acknowledgement rule to wait for (the followers' rule), nor
+    /// for a batch too large to leave outside the buffer budget.
+    fn hand_off(&mut self) -> bool {
+        let Some(handoff) = &self.handoff else { return false };
+        if self.pending_bytes > handoff::MAX_HANDED_BYTES {
+            return false;
+        }
+        let through = self.unsynced.max(self.unsynced_read);
+        if let (Some(cluster), Some(offset)) = (&self.shared.cluster, through)
+            && cluster.replicated(offset).is_some()
+        {
+            return false;
+        }
+        let durable = self.shared.log.durable_offset();
+        let covered = through.is_none_or(|offset| offset < durable);
+        // Nothing to wait for and nothing queued before it: written at once, as always.
+        if covered && !handoff.busy() {
+            return false;
+        }
+        let Some(commits) = &self.shared.commits else { return false };
+        if let (Some(cluster), Some(written)) = (&self.shared.cluster, self.unsynced) {
+            cluster.appended(written + 1);
+        }
+        let failure_protocol = match &self.dialect {
+            Dialect::Resp(_, session) => Some(session.protocol()),
+            _ => None,
+        };
+        let replies = self.pending.drain(..).map(|p| (p.answer, p.acknowledges_write, p.shows_record)).collect();
+        handoff.queue(Batch {
+            through,
+            written: self.unsynced.take(),
+            read: self.unsynced_read.take(),
+            replies,
+            failure_protocol,
+        });
+        self.pending_bytes = 0;
+        let sink: Arc<dyn ReplySink> = handoff.clone();
+        match through {
+            Some(offset) if !covered => {
+                if let Err(err) = commits.hand_off(offset, sink) {
+                    handoff.durable(self.shared.log.durable_offset(), Some(&err));
+                }
+            }
+            _ => handoff.durable(durable, None),
+        }
+        true
+    }
+
+    /// Writes what the commit thread handed back (the socket was full).
+    async fn write_handed_back(&mut self) -> io::Result<()> {
+        let Some(handoff) = self.handoff.clone() else { return Ok(()) };
+        while let Turn::Write(bytes) = handoff.turn(false) {
+            self.output.extend_from_slice(&bytes);
+            self.write_output().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every handed-over batch is written, writing what comes back; after
+    /// it the task may write by itself.
+    async fn drain_handoff(&mut self) -> io::Result<()> {
+        let Some(handoff) = self.handoff.clone() else { return Ok(()) };
+        loop {
+            match handoff.turn(true) {
+                Turn::Write(bytes) => {
+                    self.output.extend_from_slice(&bytes);
+                    self.write_output().await?;
+                }
+                Turn::Idle => return Ok(()),
+                Turn::Busy => handoff.wake.notified().await,
+            }
+        }
     }
 
     async fn write_output(&mut self) -> io::Result<()> {
@@ -416,6 +517,14 @@ impl Connection {
     }
 }
 
+/// Resolves when the commit thread has something for the task (never without a handoff).
+async fn handed_back(handoff: Option<&Handoff>) {
+    match handoff {
+        Some(handoff) => handoff.wake.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Gives back an empty buffer's allocation if it grew past [`KEEP_CAPACITY`]. Once a
 /// `BytesMut` has been advanced (a request consumed, replies written), `capacity()` counts
 /// only the room after its view, not the allocation: `try_reclaim` asks the allocation, so
@@ -428,6 +537,9 @@ fn release_if_large(buf: &mut BytesMut) {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Some(handoff) = &self.handoff {
+            handoff.detach();
+        }
         self.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(metrics) = &self.shared.config.metrics {
             metrics.connection_closed();
