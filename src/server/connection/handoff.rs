@@ -10,8 +10,9 @@
 //! the bytes for the task, which from then on writes everything until the queue drains.
 
 use std::collections::VecDeque;
+use std::io;
 use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::{Buf, BytesMut};
 use tokio::sync::Notify;
@@ -22,6 +23,7 @@ use crate::server::execute::storage_failure;
 use crate::storage::{Offset, StorageError};
 
 use super::answer::Answer;
+use super::{Connection, Dialect};
 
 /// Handed-over replies are not covered by the connection's buffer reservation, so only
 /// small batches go this way; a batch of large GET replies takes the task's path.
@@ -189,6 +191,91 @@ fn send_now(fd: RawFd, out: &mut BytesMut) {
             _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
             _ => return,
         }
+    }
+}
+
+impl Connection {
+    /// Gives the batch to the commit thread to write after its fsync, when it may; true
+    /// if it did. Not with an acknowledgement rule to wait for (the followers' rule), nor
+    /// for a batch too large to leave outside the buffer budget.
+    pub(super) fn hand_off(&mut self) -> bool {
+        let Some(handoff) = &self.handoff else { return false };
+        if self.pending_bytes > MAX_HANDED_BYTES {
+            return false;
+        }
+        let through = self.unsynced.max(self.unsynced_read);
+        if let (Some(cluster), Some(offset)) = (&self.shared.cluster, through)
+            && cluster.replicated(offset).is_some()
+        {
+            return false;
+        }
+        let durable = self.shared.log.durable_offset();
+        let covered = through.is_none_or(|offset| offset < durable);
+        // Nothing to wait for and nothing queued before it: written at once, as always.
+        if covered && !handoff.busy() {
+            return false;
+        }
+        let Some(commits) = &self.shared.commits else { return false };
+        if let (Some(cluster), Some(written)) = (&self.shared.cluster, self.unsynced) {
+            cluster.appended(written + 1);
+        }
+        let failure_protocol = match &self.dialect {
+            Dialect::Resp(_, session) => Some(session.protocol()),
+            _ => None,
+        };
+        let replies = self.pending.drain(..).map(|p| (p.answer, p.acknowledges_write, p.shows_record)).collect();
+        handoff.queue(Batch {
+            through,
+            written: self.unsynced.take(),
+            read: self.unsynced_read.take(),
+            replies,
+            failure_protocol,
+        });
+        self.pending_bytes = 0;
+        let sink: Arc<dyn ReplySink> = handoff.clone();
+        match through {
+            Some(offset) if !covered => {
+                if let Err(err) = commits.hand_off(offset, sink) {
+                    handoff.durable(self.shared.log.durable_offset(), Some(&err));
+                }
+            }
+            _ => handoff.durable(durable, None),
+        }
+        true
+    }
+
+    /// Writes what the commit thread handed back (the socket was full).
+    pub(super) async fn write_handed_back(&mut self) -> io::Result<()> {
+        let Some(handoff) = self.handoff.clone() else { return Ok(()) };
+        while let Turn::Write(bytes) = handoff.turn(false) {
+            self.output.extend_from_slice(&bytes);
+            self.write_output().await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every handed-over batch is written, writing what comes back; after
+    /// it the task may write by itself.
+    pub(super) async fn drain_handoff(&mut self) -> io::Result<()> {
+        let Some(handoff) = self.handoff.clone() else { return Ok(()) };
+        loop {
+            match handoff.turn(true) {
+                Turn::Write(bytes) => {
+                    self.output.extend_from_slice(&bytes);
+                    self.write_output().await?;
+                }
+                Turn::Idle => return Ok(()),
+                Turn::Busy => handoff.wake.notified().await,
+            }
+        }
+    }
+}
+
+/// Resolves when the commit thread has something for the task (never without a handoff).
+pub(super) async fn handed_back(handoff: Option<&Handoff>) {
+    match handoff {
+        Some(handoff) => handoff.wake.notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -34,7 +34,6 @@ use crate::storage::Offset;
 
 use super::Shared;
 use super::budget::Reservation;
-use super::committer::ReplySink;
 use super::execute::{Outcome, execute_line};
 use super::forward::ForwardDialect;
 use super::metrics::command_label;
@@ -50,7 +49,7 @@ mod waits;
 use answer::Answer;
 pub(crate) use forwarding::Diversion;
 use forwarding::{Diverter, is_text_data};
-use handoff::{Batch, Handoff, Turn};
+use handoff::{Handoff, handed_back};
 pub(crate) use stream::ClientStream;
 pub(crate) use waits::Failures;
 
@@ -405,81 +404,6 @@ impl Connection {
         Ok(Flow::Continue)
     }
 
-    /// Gives the batch to the commit thread to write after its fsync, when it may; true
-    /// if it did. Not with an acknowledgement rule to wait for (the followers' rule), nor
-    /// for a batch too large to leave outside the buffer budget.
-    fn hand_off(&mut self) -> bool {
-        let Some(handoff) = &self.handoff else { return false };
-        if self.pending_bytes > handoff::MAX_HANDED_BYTES {
-            return false;
-        }
-        let through = self.unsynced.max(self.unsynced_read);
-        if let (Some(cluster), Some(offset)) = (&self.shared.cluster, through)
-            && cluster.replicated(offset).is_some()
-        {
-            return false;
-        }
-        let durable = self.shared.log.durable_offset();
-        let covered = through.is_none_or(|offset| offset < durable);
-        // Nothing to wait for and nothing queued before it: written at once, as always.
-        if covered && !handoff.busy() {
-            return false;
-        }
-        let Some(commits) = &self.shared.commits else { return false };
-        if let (Some(cluster), Some(written)) = (&self.shared.cluster, self.unsynced) {
-            cluster.appended(written + 1);
-        }
-        let failure_protocol = match &self.dialect {
-            Dialect::Resp(_, session) => Some(session.protocol()),
-            _ => None,
-        };
-        let replies = self.pending.drain(..).map(|p| (p.answer, p.acknowledges_write, p.shows_record)).collect();
-        handoff.queue(Batch {
-            through,
-            written: self.unsynced.take(),
-            read: self.unsynced_read.take(),
-            replies,
-            failure_protocol,
-        });
-        self.pending_bytes = 0;
-        let sink: Arc<dyn ReplySink> = handoff.clone();
-        match through {
-            Some(offset) if !covered => {
-                if let Err(err) = commits.hand_off(offset, sink) {
-                    handoff.durable(self.shared.log.durable_offset(), Some(&err));
-                }
-            }
-            _ => handoff.durable(durable, None),
-        }
-        true
-    }
-
-    /// Writes what the commit thread handed back (the socket was full).
-    async fn write_handed_back(&mut self) -> io::Result<()> {
-        let Some(handoff) = self.handoff.clone() else { return Ok(()) };
-        while let Turn::Write(bytes) = handoff.turn(false) {
-            self.output.extend_from_slice(&bytes);
-            self.write_output().await?;
-        }
-        Ok(())
-    }
-
-    /// Waits until every handed-over batch is written, writing what comes back; after
-    /// it the task may write by itself.
-    async fn drain_handoff(&mut self) -> io::Result<()> {
-        let Some(handoff) = self.handoff.clone() else { return Ok(()) };
-        loop {
-            match handoff.turn(true) {
-                Turn::Write(bytes) => {
-                    self.output.extend_from_slice(&bytes);
-                    self.write_output().await?;
-                }
-                Turn::Idle => return Ok(()),
-                Turn::Busy => handoff.wake.notified().await,
-            }
-        }
-    }
-
     async fn write_output(&mut self) -> io::Result<()> {
         let (stream, output) = (&mut self.stream, &mut self.output);
         // The flush matters for TLS only: a write that found the socket full leaves its last
@@ -514,14 +438,6 @@ impl Connection {
             _ = tokio::time::timeout(CLOSE_LINGER, drain) => {}
             _ = self.shutdown.recv() => {}
         }
-    }
-}
-
-/// Resolves when the commit thread has something for the task (never without a handoff).
-async fn handed_back(handoff: Option<&Handoff>) {
-    match handoff {
-        Some(handoff) => handoff.wake.notified().await,
-        None => std::future::pending().await,
     }
 }
 
