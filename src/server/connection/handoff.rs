@@ -29,11 +29,18 @@ use super::{Connection, Dialect};
 /// small batches go this way; a batch of large GET replies takes the task's path.
 pub(super) const MAX_HANDED_BYTES: usize = 64 * 1024;
 
-/// Whether connections may hand replies to the commit thread; `MSGLOG_REPLY_FROM_COMMIT=0`
-/// turns it off, so that one binary can be measured both ways.
-pub(super) fn enabled() -> bool {
-    static ENABLED: OnceLock<bool> = OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("MSGLOG_REPLY_FROM_COMMIT").map_or(true, |v| v != "0"))
+/// The most replies a handed batch holds. Writing them costs the commit thread time
+/// before its next fsync: with 50 clients at `-P 16` that cost more throughput than the
+/// saved wake-ups gave back, while at `-P 1` the handoff wins (docs/BENCHMARKS.md).
+const MAX_HANDED_REPLIES: usize = 4;
+
+/// How many replies a batch may hold to be handed to the commit thread (0: never).
+/// `MSGLOG_REPLY_FROM_COMMIT` overrides it, so that one binary can be measured both ways.
+pub(super) fn max_handed_replies() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("MSGLOG_REPLY_FROM_COMMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(MAX_HANDED_REPLIES)
+    })
 }
 
 /// One batch's replies, as the connection would have written them after its wait.
@@ -197,10 +204,10 @@ fn send_now(fd: RawFd, out: &mut BytesMut) {
 impl Connection {
     /// Gives the batch to the commit thread to write after its fsync, when it may; true
     /// if it did. Not with an acknowledgement rule to wait for (the followers' rule), nor
-    /// for a batch too large to leave outside the buffer budget.
+    /// for a batch too large to leave outside the buffer budget, nor a long pipeline.
     pub(super) fn hand_off(&mut self) -> bool {
         let Some(handoff) = &self.handoff else { return false };
-        if self.pending_bytes > MAX_HANDED_BYTES {
+        if self.pending_bytes > MAX_HANDED_BYTES || self.pending.len() > max_handed_replies() {
             return false;
         }
         let through = self.unsynced.max(self.unsynced_read);

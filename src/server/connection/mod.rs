@@ -141,7 +141,7 @@ impl Connection {
         // Per-command metrics time each reply's write, which the commit thread does not.
         let handoff = match &stream {
             ClientStream::Plain(tcp)
-                if handoff::enabled() && shared.commits.is_some() && shared.config.metrics.is_none() =>
+                if handoff::max_handed_replies() > 0 && shared.commits.is_some() && shared.config.metrics.is_none() =>
             {
                 Some(Arc::new(Handoff::new(tcp.as_raw_fd())))
             }
