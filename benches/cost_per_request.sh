@@ -5,6 +5,8 @@
 #
 #   benches/cost_per_request.sh [runs=2] [test=set] [requests=200000]
 #
+# PAIRS="always:always" limits the durability pairs (lib.sh's list by default);
+# PIPELINE=16 measures another -P than 1.
 # Reads utime+stime from /proc/<pid>/stat and voluntary+involuntary context switches of
 # every server thread from /proc/<pid>/task/*/status, before and after the measured run
 # (a 20,000-request warm-up fills the key space first). Prints CSV:
@@ -13,15 +15,17 @@ runs=${1:-2}
 test=${2:-set}
 requests=${3:-200000}
 source "$(dirname "$0")/lib.sh"
+[ -n "${PAIRS:-}" ] && read -ra durability_pairs <<<"$PAIRS"
+pipeline=${PIPELINE:-1}
 
 switches() { cat /proc/"$pid"/task/*/status | awk '/ctxt_switches/ { s += $2 } END { print s }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' /proc/"$pid"/stat; }
 
 measure() { # label
-  redis-benchmark -p "$port" -t "$test" -n 20000 -d 100 -c 50 -r 100000 -P 1 -q >/dev/null
+  redis-benchmark -p "$port" -t "$test" -n 20000 -d 100 -c 50 -r 100000 -P "$pipeline" -q >/dev/null
   local s0 c0 s1 c1 rps
   s0=$(switches); c0=$(cpu_ticks)
-  rps=$(redis-benchmark -p "$port" -t "$test" -n "$requests" -d 100 -c 50 -r 100000 -P 1 --csv |
+  rps=$(redis-benchmark -p "$port" -t "$test" -n "$requests" -d 100 -c 50 -r 100000 -P "$pipeline" --csv |
     tail -n 1 | tr -d '"' | cut -d, -f2)
   s1=$(switches); c1=$(cpu_ticks)
   awk -v l="$1" -v t="$test" -v r="$rps" -v n="$requests" -v c=$((c1 - c0)) -v s=$((s1 - s0)) \

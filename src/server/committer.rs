@@ -6,9 +6,13 @@
 //! read the log's durable mark; whatever arrived during that fsync goes into the next.
 //! Waiting costs a task wake-up, not an OS thread per connection, so the runtime's two
 //! cores keep parsing and appending while an fsync is in flight.
+//!
+//! A connection may instead hand its replies over ([`CommitHandle::hand_off`]): the
+//! committer then gives them to their [`ReplySink`] right after the fsync that covers
+//! them, which writes them from this thread, and the connection's task is not woken.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 
 use tokio::sync::watch;
@@ -33,10 +37,61 @@ enum Stopped {
     ReadOnly(Arc<str>),
 }
 
+impl Stopped {
+    fn error(&self) -> StorageError {
+        match self {
+            Stopped::Failure(why) => StorageError::Failure(why.to_string()),
+            Stopped::ReadOnly(why) => StorageError::Failed(why.to_string()),
+        }
+    }
+}
+
+/// Where replies handed over to the committer go once their records are durable.
+pub(crate) trait ReplySink: Send + Sync {
+    /// Every offset below `durable` is durable now; with `failure`, no more will be, and
+    /// replies waiting for later offsets get that failure.
+    fn durable(&self, durable: Offset, failure: Option<&StorageError>);
+}
+
+/// Sinks waiting for an offset to become durable.
+#[derive(Default)]
+struct Handed {
+    sinks: Vec<(Offset, Arc<dyn ReplySink>)>,
+    stopped: Option<Stopped>,
+}
+
 struct Requests {
     /// One past the highest offset a connection waits for.
     wanted: AtomicU64,
     stop: AtomicBool,
+    handed: Mutex<Handed>,
+}
+
+impl Requests {
+    fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.handed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives every sink whose offset is below `durable` its replies (all of them, with a
+    /// failure). The sinks run outside the lock: they write to sockets.
+    fn complete(&self, durable: Offset, failure: Option<&StorageError>, ready: &mut Vec<Arc<dyn ReplySink>>) {
+        {
+            let mut handed = self.handed();
+            if handed.sinks.is_empty() {
+                return;
+            }
+            handed.sinks.retain(|(offset, sink)| {
+                let done = *offset < durable || failure.is_some();
+                if done {
+                    ready.push(Arc::clone(sink));
+                }
+                !done
+            });
+        }
+        for sink in ready.drain(..) {
+            sink.durable(durable, failure);
+        }
+    }
 }
 
 /// What connections hold: cheap to share.
@@ -54,7 +109,11 @@ pub(crate) struct Committer {
 }
 
 pub(crate) fn start(log: Arc<Log>) -> std::io::Result<(Committer, CommitHandle)> {
-    let requests = Arc::new(Requests { wanted: AtomicU64::new(0), stop: AtomicBool::new(false) });
+    let requests = Arc::new(Requests {
+        wanted: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        handed: Mutex::new(Handed::default()),
+    });
     let (publish, durable) = watch::channel(Durable::default());
     let theirs = Arc::clone(&requests);
     let theirs_log = Arc::clone(&log);
@@ -67,6 +126,7 @@ pub(crate) fn start(log: Arc<Log>) -> std::io::Result<(Committer, CommitHandle)>
 
 fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>) {
     let mut announced = None;
+    let mut ready = Vec::new();
     loop {
         // Clamped to the log's end: after a truncation (a follower cutting a divergent
         // tail) a waiter may want an offset the log no longer holds; it waits until records
@@ -75,12 +135,15 @@ fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>)
         // Others sync too (a follower's replication loop, `Log::sync`): progress they made
         // is announced here, since a waiter woke this thread and waits for a wake-up.
         let durable = log.durable_offset();
+        // Before the wake-ups: these replies are the ones whose tasks stay asleep.
+        requests.complete(durable, None, &mut ready);
         if announced != Some(durable) {
             publish.send_modify(|d| d.syncs += 1);
             announced = Some(durable);
         }
         if wanted <= durable {
             if requests.stop.load(Ordering::Acquire) {
+                requests.complete(log.durable_offset(), None, &mut ready);
                 return;
             }
             // An unpark that raced with the load above makes this return at once.
@@ -95,6 +158,9 @@ fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>)
                     StorageError::Failed(why) => Stopped::ReadOnly(why.into()),
                     err => Stopped::Failure(err.to_string().into()),
                 };
+                let error = stopped.error();
+                requests.handed().stopped = Some(stopped.clone());
+                requests.complete(log.durable_offset(), Some(&error), &mut ready);
                 publish.send_modify(|d| d.failed = Some(stopped));
                 return;
             }
@@ -103,6 +169,21 @@ fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>)
 }
 
 impl CommitHandle {
+    /// Asks for `sink` to be given its replies once every record up to `offset` is
+    /// durable. Fails (and never calls the sink) once the committer has stopped syncing.
+    pub(crate) fn hand_off(&self, offset: Offset, sink: Arc<dyn ReplySink>) -> Result<(), StorageError> {
+        {
+            let mut handed = self.requests.handed();
+            if let Some(stopped) = &handed.stopped {
+                return Err(stopped.error());
+            }
+            handed.sinks.push((offset, sink));
+        }
+        self.requests.wanted.fetch_max(offset + 1, Ordering::AcqRel);
+        self.thread.unpark();
+        Ok(())
+    }
+
     /// Resolves once every record up to `offset` is durable. The log's own durable mark is
     /// the authority (it goes down when a truncation cuts records away, so a record
     /// appended again at a cut offset waits for its own fsync); the channel only wakes.
@@ -122,8 +203,7 @@ impl CommitHandle {
             return Ok(());
         }
         match &state.failed {
-            Some(Stopped::Failure(why)) => Err(StorageError::Failure(why.to_string())),
-            Some(Stopped::ReadOnly(why)) => Err(StorageError::Failed(why.to_string())),
+            Some(stopped) => Err(stopped.error()),
             None => Ok(()),
         }
     }

@@ -18,6 +18,7 @@
 //! all connections share; the connection that would pass it is told so and closed.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -41,12 +42,14 @@ use super::shutdown::Shutdown;
 
 mod answer;
 mod forwarding;
+mod handoff;
 mod stream;
 mod waits;
 
 use answer::Answer;
 pub(crate) use forwarding::Diversion;
 use forwarding::{Diverter, is_text_data};
+use handoff::{Handoff, handed_back};
 pub(crate) use stream::ClientStream;
 pub(crate) use waits::Failures;
 
@@ -111,6 +114,9 @@ pub(crate) struct Connection {
     /// Present on a node that may forward: sends data commands to the leader.
     diverter: Option<Diverter>,
     shutdown: Shutdown,
+    /// Present when the commit thread may write this connection's replies (plain TCP,
+    /// `--fsync always`).
+    handoff: Option<Arc<Handoff>>,
     _permit: OwnedSemaphorePermit,
     /// Last, so that it is dropped after `shared`: the server treats the channel closing as
     /// "every connection is gone", and then closes the log.
@@ -132,6 +138,15 @@ impl Connection {
         let reservation = Reservation::new(Arc::clone(&shared.budget));
         let authenticated = shared.config.password.is_none();
         let diverter = shared.forwarding.as_ref().map(|forwarding| forwarding.diverter());
+        // Per-command metrics time each reply's write, which the commit thread does not.
+        let handoff = match &stream {
+            ClientStream::Plain(tcp)
+                if handoff::max_handed_replies() > 0 && shared.commits.is_some() && shared.config.metrics.is_none() =>
+            {
+                Some(Arc::new(Handoff::new(tcp.as_raw_fd())))
+            }
+            _ => None,
+        };
         Connection {
             shared,
             stream,
@@ -146,6 +161,7 @@ impl Connection {
             reservation,
             diverter,
             shutdown,
+            handoff,
             _permit: permit,
             _shutdown_complete: shutdown_complete,
         }
@@ -171,9 +187,11 @@ impl Connection {
             if !self.within_budget() {
                 return self.close_over_budget().await;
             }
+            self.write_handed_back().await?;
             let read = tokio::select! {
                 read = self.stream.read_buf(&mut self.input) => read?,
                 _ = self.shutdown.recv() => break,
+                _ = handed_back(self.handoff.as_deref()) => continue,
             };
             // A clean EOF; bytes of an unfinished last line are dropped, as it never ended.
             if read == 0 {
@@ -182,6 +200,7 @@ impl Connection {
             match self.handle_buffered_requests().await? {
                 Flow::Continue => {}
                 Flow::Close => {
+                    self.drain_handoff().await?;
                     self.stream.shutdown().await?;
                     if let Dialect::Resp(..) = self.dialect {
                         self.linger().await;
@@ -194,7 +213,8 @@ impl Connection {
             // Giving back never fails.
             self.within_budget();
         }
-        Ok(())
+        // The client may have sent its last requests and shut its side: still owed.
+        self.drain_handoff().await
     }
 
     /// Bytes this connection's buffers hold: `capacity`, not `len`, as that is the memory.
@@ -228,6 +248,7 @@ impl Connection {
         self.unsynced = None;
         self.unsynced_read = None;
         self.within_budget();
+        self.drain_handoff().await?;
         match self.dialect {
             Dialect::Resp(_, ref session) => {
                 RespReply::from(Reply::error(OUT_OF_MEMORY)).encode(&mut self.output, session.protocol())
@@ -358,6 +379,10 @@ impl Connection {
             return Ok(Flow::Continue);
         }
         self.resolve_diverted().await;
+        if self.hand_off() {
+            return Ok(Flow::Continue);
+        }
+        self.drain_handoff().await?;
         let failures = Failures::wait(&self.shared, self.unsynced.take(), self.unsynced_read.take()).await;
         let failures = failures.map(|reply: Reply| match self.dialect {
             Dialect::Resp(_, ref session) => Answer::Resp(reply.into(), session.protocol()),
@@ -428,6 +453,9 @@ fn release_if_large(buf: &mut BytesMut) {
 
 impl Drop for Connection {
     fn drop(&mut self) {
+        if let Some(handoff) = &self.handoff {
+            handoff.detach();
+        }
         self.shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(metrics) = &self.shared.config.metrics {
             metrics.connection_closed();
