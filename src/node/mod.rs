@@ -613,8 +613,9 @@ const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 /// Looks in a row a follower ID must have more than one stream open before it is reported
 /// as shared: a follower back from a crash opens a new stream before its old one is seen to
-/// end, and that overlap lasts a look at most.
-const SHARED_ID_LOOKS: u32 = 3;
+/// end. When its process died, its kernel closes the old one at once; when its host or the
+/// network did, the old one lasts until the stream's keepalive gives up (15 s).
+const SHARED_ID_LOOKS: u32 = 20;
 
 /// Warns when a follower that was connected is no longer, or when two followers share an
 /// ID (on a leader), or when the leader is lost (on a follower): replication reports no

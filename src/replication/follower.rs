@@ -360,12 +360,23 @@ impl Replication {
             CleanPoints { upto, tombstone_horizon: horizon.min(upto), own_retention: false }
         };
         points.tombstone_horizon = match self.log.let_tombstones_drop_below(points.tombstone_horizon) {
-            Ok(horizon) => horizon,
+            // Looked at again once recorded: a follower that registered meanwhile holds it
+            // down now, or read the recorded one when it fetched (service.rs checks after
+            // registering), so no fetch slips between the two.
+            Ok(horizon) => horizon.min(self.horizon_now()),
             Err(err) => {
                 tracing::warn!(%err, "recording the tombstone horizon failed; tombstones are kept until it succeeds");
                 0
             }
         };
         points
+    }
+
+    /// The tombstone horizon as this node's role decides it now.
+    fn horizon_now(&self) -> Offset {
+        match self.is_leader() {
+            true => self.shipped_clean_points().1,
+            false => self.log.leader_clean_points().1,
+        }
     }
 }

@@ -170,6 +170,17 @@ impl ReplicationRpc for Service {
                 return Ok(Response::new(ReceiverStream::new(rx)));
             }
         }
+        if replica && matches!(node.config.role, Role::Leader { .. }) {
+            remember_follower(node, &request.follower_id).await?;
+        }
+        let next_offset = node.log.next_offset();
+        // Registered before the hello goes out: the follower's first ack (on its own call)
+        // may arrive before the stream task runs, and acks of unknown sessions are ignored.
+        let holds = request.next_offset.min(next_offset);
+        let registration = replica.then(|| node.followers.connect(&request.follower_id, holds));
+        // Checked once registered: from then on the horizon waits for this follower, and the
+        // cleaner records a horizon before it re-checks it against the followers and uses
+        // it, so one that passed without this follower is in the file by now.
         if replica && request.last.is_some() {
             let dropped_below = node.log.tombstones_dropped_below().map_err(internal)?;
             if missed_deletions(request.next_offset, log_start, dropped_below) {
@@ -180,18 +191,10 @@ impl ReplicationRpc for Service {
                 );
                 let diverged = fetch_response::Kind::Diverged(Diverged { epoch: None, end_offset: log_start });
                 let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
-                drop(permit);
+                drop((registration, permit));
                 return Ok(Response::new(ReceiverStream::new(rx)));
             }
         }
-        if replica && matches!(node.config.role, Role::Leader { .. }) {
-            remember_follower(node, &request.follower_id).await?;
-        }
-        let next_offset = node.log.next_offset();
-        // Registered before the hello goes out: the follower's first ack (on its own call)
-        // may arrive before the stream task runs, and acks of unknown sessions are ignored.
-        let holds = request.next_offset.min(next_offset);
-        let registration = replica.then(|| node.followers.connect(&request.follower_id, holds));
         let hello = Hello {
             leader_id: node.config.node_id.clone(),
             client_addr: node.config.client_addr.clone(),
