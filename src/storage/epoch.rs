@@ -184,6 +184,18 @@ mod tests {
         last_record_of_each_epoch(&log.shared.read(), &log.shared.config).unwrap()
     }
 
+    /// One pass over every sealed segment, dropping every tombstone it may.
+    fn clean_everything(log: &Log) -> Option<crate::storage::CleanSummary> {
+        let upto = log.next_offset();
+        let options = CleanOptions {
+            upto,
+            tombstone_horizon: upto,
+            delete_retention: std::time::Duration::ZERO,
+            bytes_per_sec: None,
+        };
+        log.clean(&options).unwrap()
+    }
+
     #[test]
     fn the_last_record_of_each_epoch_is_found_and_survives_cleaning() {
         let dir = tempfile::tempdir().unwrap();
@@ -199,14 +211,7 @@ mod tests {
             }
         }
         assert_eq!(lasts(&log), [9, 29, 59]);
-        let upto = log.next_offset();
-        let options = CleanOptions {
-            upto,
-            tombstone_horizon: upto,
-            delete_retention: std::time::Duration::ZERO,
-            bytes_per_sec: None,
-        };
-        log.clean(&options).unwrap();
+        clean_everything(&log);
         assert!(log.stats().records < 60, "the cleaner dropped superseded records");
         for (offset, epoch) in [(9, 1), (29, 2)] {
             assert_eq!(log.epoch_at(offset).unwrap(), Some(epoch), "epoch {epoch}'s last record is kept");
@@ -228,14 +233,7 @@ mod tests {
         for n in 0..40 {
             log.append(format!("id-{}", n % 4).as_bytes(), "x".repeat(40).as_bytes()).unwrap();
         }
-        let upto = log.next_offset();
-        let options = CleanOptions {
-            upto,
-            tombstone_horizon: upto,
-            delete_retention: std::time::Duration::ZERO,
-            bytes_per_sec: None,
-        };
-        log.clean(&options).unwrap().expect("a pass");
+        clean_everything(&log).expect("a pass");
         assert_eq!(log.epoch_at(0).unwrap(), Some(1), "epoch 1's last record is kept");
         assert_eq!(log.get(b"victim").unwrap(), None);
         drop(log);

@@ -40,31 +40,29 @@ fn read(log_dir: &Path) -> Result<Offset> {
     }
 }
 
+/// The recorded horizon, read from `log_dir` the first time.
+fn recorded(held: &mut Option<Offset>, log_dir: &Path) -> Result<Offset> {
+    match *held {
+        Some(offset) => Ok(offset),
+        None => Ok(*held.insert(read(log_dir)?)),
+    }
+}
+
 impl super::Log {
     /// The cleaner may have dropped tombstones below this offset: a replica whose log holds
     /// records and ends below it misses deletions and has to copy the log afresh.
     pub fn tombstones_dropped_below(&self) -> Result<Offset> {
         let mut held = self.shared.horizon_file.lock().unwrap_or_else(|e| e.into_inner());
-        match *held {
-            Some(offset) => Ok(offset),
-            None => {
-                let offset = read(&self.shared.dir)?;
-                *held = Some(offset);
-                Ok(offset)
-            }
-        }
+        recorded(&mut held, &self.shared.dir)
     }
 
     /// Lets the cleaner drop tombstones below `horizon`: raises the recorded horizon to it,
     /// durably, first. Returns the horizon the cleaner may use: `horizon`, or the recorded
     /// one if that is higher.
     pub fn let_tombstones_drop_below(&self, horizon: Offset) -> Result<Offset> {
-        let recorded = self.tombstones_dropped_below()?;
-        if horizon <= recorded {
-            return Ok(horizon);
-        }
+        // Held from the read to the write, so the recorded horizon never goes down.
         let mut held = self.shared.horizon_file.lock().unwrap_or_else(|e| e.into_inner());
-        if held.is_some_and(|recorded| horizon <= recorded) {
+        if horizon <= recorded(&mut held, &self.shared.dir)? {
             return Ok(horizon);
         }
         let text = format!("{FIRST_LINE}\n{horizon}\n");
