@@ -209,19 +209,28 @@ pub fn msglog() -> Command {
     Command::new(env!("CARGO_BIN_EXE_msglog"))
 }
 
-/// A loopback port that was free a moment ago.
 /// A loopback port that is free now, below Linux's ephemeral range (32768 and up): between
 /// this check and the server's bind, an outgoing connection anywhere on the machine could
 /// take a freed ephemeral port, and a node killed and restarted on it must find it free.
+///
+/// A port is handed out once per test binary: tests run in parallel threads, and a port
+/// that is free because its node is down (killed, to be restarted on it) or not yet started
+/// must not go to another test.
 pub fn free_port() -> u16 {
+    use std::collections::HashSet;
     use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
     static CALLS: AtomicU64 = AtomicU64::new(0);
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let seed = u64::from(std::process::id()) << 32 ^ u64::from(nanos) ^ CALLS.fetch_add(1, Ordering::Relaxed) << 20;
     let mut rng = scenario::Rng::new(seed);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let handed_out = handed_out.get_or_insert_with(HashSet::new);
     for _ in 0..10_000 {
         let port = 20_000 + rng.below(12_000) as u16;
-        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && StdListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
             return port;
         }
     }
