@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cluster::metadata::{MetaCommand, MetaOutcome, Metadata};
+use crate::cluster::metadata::{MetaCommand, MetaOutcome, Metadata, PartitionId};
 use crate::cluster::quorum::Quorum;
 use crate::replication::{LeaderInfo, Position, Replication};
 use crate::storage::Offset;
@@ -23,6 +23,9 @@ use super::NodeError;
 /// How often a leader reviews its ISR and every node checks its lease. Cheap: a few
 /// comparisons, no I/O.
 const TICK: Duration = Duration::from_millis(100);
+
+/// The partition this node's log holds: a node serves one partition for now.
+pub(super) const PARTITION: PartitionId = 0;
 
 /// What a node in cluster mode is started with.
 #[derive(Debug, Clone)]
@@ -122,7 +125,7 @@ impl Driver {
             self.identity.check(cluster_id, &self.node_id)?;
             self.identity_checked = Some(cluster_id.clone());
         }
-        let partition = &meta.partition;
+        let partition = meta.partition_or_empty(PARTITION);
         let epoch = partition.epoch;
         let current = self.replication.position();
         // Only what the metadata says of this process counts: until it has registered, a
@@ -191,7 +194,7 @@ impl Driver {
         if self.proposal.as_ref().is_some_and(|p| !p.is_finished()) {
             return;
         }
-        let partition = &meta.partition;
+        let partition = meta.partition_or_empty(PARTITION);
         let since = self.leading_since.unwrap_or(now);
         for replica in partition.replicas.iter().filter(|r| **r != self.node_id) {
             let (durable, connected) = self.replication.follower_progress(replica);
@@ -227,10 +230,16 @@ impl Driver {
     }
 
     fn propose_isr(&mut self, meta: &Metadata, isr: BTreeSet<String>) {
-        let expected = meta.partition.isr.clone();
+        let partition = meta.partition_or_empty(PARTITION);
+        let expected = partition.isr.clone();
         let joining: Vec<String> = isr.difference(&expected).cloned().collect();
-        let command =
-            MetaCommand::AlterIsr { leader: self.node_id.clone(), epoch: meta.partition.epoch, expected, isr };
+        let command = MetaCommand::AlterIsr {
+            partition: PARTITION,
+            leader: self.node_id.clone(),
+            epoch: partition.epoch,
+            expected,
+            isr,
+        };
         let quorum = Arc::clone(&self.quorum);
         self.proposal = Some(tokio::spawn(async move {
             match quorum.propose(command).await {
@@ -429,7 +438,7 @@ impl crate::server::Cluster for Member {
             );
         }
         let meta = self.quorum.metadata().borrow().clone();
-        let partition = &meta.partition;
+        let partition = meta.partition_or_empty(PARTITION);
         let live = |id: &String| meta.members.get(id).is_some_and(|m| !m.fenced);
         if partition.leader.is_none() && !partition.isr.iter().any(live) {
             let isr: Vec<&str> = partition.isr.iter().map(String::as_str).collect();
@@ -453,10 +462,11 @@ impl crate::server::Cluster for Member {
             ("controller".to_string(), self.quorum.controller().unwrap_or_else(|| "none".to_string())),
         ];
         pairs.extend(self.replication.stats());
-        let isr: Vec<&str> = meta.partition.isr.iter().map(String::as_str).collect();
+        let partition = meta.partition_or_empty(PARTITION);
+        let isr: Vec<&str> = partition.isr.iter().map(String::as_str).collect();
         pairs.push(("isr".to_string(), isr.join(",")));
         pairs.push(("min_insync".to_string(), meta.min_insync.to_string()));
-        pairs.push(("replicas".to_string(), meta.partition.replicas.join(",")));
+        pairs.push(("replicas".to_string(), partition.replicas.join(",")));
         // `msglog cluster status` visits every member from here: `id@client address`.
         let members: Vec<String> = meta.members.iter().map(|(id, m)| format!("{id}@{}", m.client_addr)).collect();
         pairs.push(("members".to_string(), members.join(",")));

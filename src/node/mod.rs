@@ -601,8 +601,8 @@ fn cluster_figures(
         let high_watermark = replication.upgrade()?.high_watermark();
         let meta = Arc::clone(&metadata.borrow());
         Some(ClusterFigures {
-            leads_partition: meta.partition.leader.as_deref() == Some(node_id.as_str()),
-            isr_size: meta.partition.isr.len() as u64,
+            leads_partition: meta.partition_or_empty(cluster::PARTITION).leader.as_deref() == Some(node_id.as_str()),
+            isr_size: meta.partition_or_empty(cluster::PARTITION).isr.len() as u64,
             high_watermark,
         })
     })

@@ -218,8 +218,8 @@ pub fn msglog() -> Command {
 /// must not go to another test.
 pub fn free_port() -> u16 {
     use std::collections::HashSet;
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
     static CALLS: AtomicU64 = AtomicU64::new(0);
     static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());

@@ -3,7 +3,11 @@
 //! [`Metadata::apply`], which is pure (no clocks, no I/O), so every node derives the same
 //! leaders, epochs and in-sync replica sets.
 //!
-//! Safety rests on three rules kept here:
+//! The records are split over `partitions` partitions (docs/FORMAT.md, "Partitions"), each
+//! with its own replicas, leader, epoch and ISR; every rule below holds per partition. A
+//! member's death touches every partition it holds a copy of.
+//!
+//! Safety rests on these rules kept here:
 //! - A leader epoch is only ever raised, and only by a committed command, so two leaders
 //!   can never share one (README "Cluster mode").
 //! - A new leader is chosen only from the in-sync replicas (ISR). A write is acknowledged
@@ -23,10 +27,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::storage::Epoch;
 
+use super::partitioning::place;
+
 /// A node's id, as given by `--node-id` and listed in `--cluster`.
 pub type NodeId = String;
 
+/// A partition's number, `0..partitions`.
+pub type PartitionId = u32;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredMetadata")]
 pub struct Metadata {
     /// Chosen when the cluster is formed; every data dir of the cluster remembers it.
     pub cluster_id: Option<String>,
@@ -35,8 +45,37 @@ pub struct Metadata {
     /// Members an acknowledged write must be on, counting the leader.
     pub min_insync: usize,
     pub members: BTreeMap<NodeId, Member>,
-    /// The one partition (every record, for now).
-    pub partition: Partition,
+    /// Every partition, by number; fixed when the cluster is formed (none before).
+    pub partitions: Vec<Partition>,
+}
+
+/// The metadata as stored, also in the form written before partitions (one `partition`).
+#[derive(Deserialize)]
+struct StoredMetadata {
+    cluster_id: Option<String>,
+    replication_factor: usize,
+    min_insync: usize,
+    members: BTreeMap<NodeId, Member>,
+    #[serde(default)]
+    partitions: Vec<Partition>,
+    #[serde(default)]
+    partition: Option<Partition>,
+}
+
+impl From<StoredMetadata> for Metadata {
+    fn from(stored: StoredMetadata) -> Metadata {
+        let mut partitions = stored.partitions;
+        if partitions.is_empty() && stored.cluster_id.is_some() {
+            partitions.push(stored.partition.unwrap_or_default());
+        }
+        Metadata {
+            cluster_id: stored.cluster_id,
+            replication_factor: stored.replication_factor,
+            min_insync: stored.min_insync,
+            members: stored.members,
+            partitions,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,10 +91,26 @@ pub struct Member {
     pub fenced: bool,
     /// Random per process start: a second process under the same id is told apart.
     pub incarnation: u64,
-    /// The highest epoch its log held when it registered: a member holding records is
-    /// never made a replica in a dead one's place (see [`Metadata::may_take_a_place`]).
+    /// The highest epoch its logs held when it registered, over every partition.
     #[serde(default)]
     pub log_epoch: Epoch,
+    /// The highest epoch each partition's log held when it registered (by partition; none
+    /// past the end): a member holding records of a partition is never made its replica in
+    /// a dead one's place (see [`Metadata::may_take_a_place`]). Empty in metadata written
+    /// before partitions, where `log_epoch` is partition 0's.
+    #[serde(default)]
+    pub log_epochs: Vec<Epoch>,
+}
+
+impl Member {
+    /// The highest epoch its log of `partition` held when it registered.
+    pub fn log_epoch_of(&self, partition: PartitionId) -> Epoch {
+        match self.log_epochs.get(partition as usize) {
+            Some(&epoch) => epoch,
+            None if self.log_epochs.is_empty() && partition == 0 => self.log_epoch,
+            None => 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,21 +129,59 @@ pub struct Partition {
 /// A change to the metadata, as proposed to the quorum.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
-    /// Forms the cluster; ignored once it is formed.
-    Init { cluster_id: String, replication_factor: usize, min_insync: usize },
+    /// Forms the cluster; ignored once it is formed. `partitions` (at least 1) are placed
+    /// over `voters` (the `--cluster` ids, sorted) as [`place`] spreads them; a partition
+    /// short of `replication_factor` copies there takes members as they register.
+    Init {
+        cluster_id: String,
+        replication_factor: usize,
+        min_insync: usize,
+        #[serde(default = "one")]
+        partitions: u32,
+        #[serde(default)]
+        voters: Vec<NodeId>,
+    },
     /// A node started (or restarted) and can serve; `log_epoch` is the highest epoch its
-    /// log holds records of.
-    Register { id: NodeId, grpc_addr: String, client_addr: String, voter: bool, incarnation: u64, log_epoch: Epoch },
+    /// logs hold records of, `log_epochs` the same per partition (empty from a node that
+    /// predates partitions: then `log_epoch` is partition 0's).
+    Register {
+        id: NodeId,
+        grpc_addr: String,
+        client_addr: String,
+        voter: bool,
+        incarnation: u64,
+        log_epoch: Epoch,
+        #[serde(default)]
+        log_epochs: Vec<Epoch>,
+    },
     /// The controller stopped hearing from `id` (its session expired), or `id` is shutting
-    /// down: it loses leadership and leaves the ISR.
+    /// down: it loses every leadership and leaves every ISR.
     Fence { id: NodeId, incarnation: u64, reason: FenceReason },
-    /// The partition leader changes the ISR under the epoch it leads, from the ISR it last
+    /// A partition's leader changes its ISR under the epoch it leads, from the ISR it last
     /// saw (`expected`): a change based on an ISR that has changed since is refused, as it
     /// could put back a member that missed writes acknowledged in between.
-    AlterIsr { leader: NodeId, epoch: Epoch, expected: BTreeSet<NodeId>, isr: BTreeSet<NodeId> },
-    /// The controller gives `dead`'s place among the replicas to `with`, a live member
-    /// holding none (`--replace-dead-after`), from the replicas it last saw (`expected`).
-    ReplaceReplica { dead: NodeId, with: NodeId, expected: Vec<NodeId> },
+    AlterIsr {
+        #[serde(default)]
+        partition: PartitionId,
+        leader: NodeId,
+        epoch: Epoch,
+        expected: BTreeSet<NodeId>,
+        isr: BTreeSet<NodeId>,
+    },
+    /// The controller gives `dead`'s place among a partition's replicas to `with`, a live
+    /// member holding no copy of it (`--replace-dead-after`), from the replicas it last saw
+    /// (`expected`).
+    ReplaceReplica {
+        #[serde(default)]
+        partition: PartitionId,
+        dead: NodeId,
+        with: NodeId,
+        expected: Vec<NodeId>,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,16 +205,23 @@ impl Metadata {
     /// give the same metadata on every node.
     pub fn apply(&mut self, command: &MetaCommand) -> MetaOutcome {
         match command {
-            MetaCommand::Init { cluster_id, replication_factor, min_insync } => {
+            MetaCommand::Init { cluster_id, replication_factor, min_insync, partitions, voters } => {
                 if self.cluster_id.is_some() {
                     return MetaOutcome::Unchanged;
                 }
                 self.cluster_id = Some(cluster_id.clone());
                 self.replication_factor = (*replication_factor).max(1);
                 self.min_insync = (*min_insync).max(1);
+                let mut voters = voters.clone();
+                voters.sort();
+                voters.dedup();
+                self.partitions = place((*partitions).max(1), &voters, self.replication_factor)
+                    .into_iter()
+                    .map(|replicas| Partition { replicas, ..Partition::default() })
+                    .collect();
                 MetaOutcome::Applied
             }
-            MetaCommand::Register { id, grpc_addr, client_addr, voter, incarnation, log_epoch } => {
+            MetaCommand::Register { id, grpc_addr, client_addr, voter, incarnation, log_epoch, log_epochs } => {
                 if self.cluster_id.is_none() {
                     return MetaOutcome::Rejected("the cluster is not formed yet".to_string());
                 }
@@ -131,8 +231,8 @@ impl Metadata {
                     }
                     if !old.fenced {
                         // A new process under a live member's id: the old one is gone (or
-                        // about to be). It is fenced first, so its epoch ends and the new
-                        // process never leads on under it (its log may lack the tail that
+                        // about to be). It is fenced first, so its epochs end and the new
+                        // process never leads on under them (its log may lack the tail that
                         // the old process had sent to followers).
                         self.fence(id);
                     }
@@ -144,20 +244,28 @@ impl Metadata {
                     fenced: false,
                     incarnation: *incarnation,
                     log_epoch: *log_epoch,
+                    log_epochs: log_epochs.clone(),
                 };
-                self.members.insert(id.clone(), member);
-                let partition = &mut self.partition;
-                if !partition.replicas.contains(id) && partition.replicas.len() < self.replication_factor {
-                    partition.replicas.push(id.clone());
+                let replication_factor = self.replication_factor;
+                for (p, partition) in self.partitions.iter_mut().enumerate() {
+                    if !partition.replicas.contains(id) && partition.replicas.len() < replication_factor {
+                        partition.replicas.push(id.clone());
+                    }
+                    if !partition.replicas.contains(id) {
+                        continue;
+                    }
                     // Only a replica's log is ever led or followed: only its epochs matter.
-                    partition.epoch_floor = partition.epoch_floor.max(*log_epoch);
-                }
-                if partition.leader.is_none() {
-                    if partition.isr.is_empty() && partition.replicas.contains(id) {
+                    partition.epoch_floor = partition.epoch_floor.max(member.log_epoch_of(p as PartitionId));
+                    if partition.leader.is_none() && partition.isr.is_empty() {
                         // The first replica to arrive starts the partition, alone in its ISR.
                         partition.isr.insert(id.clone());
                     }
-                    self.elect(None);
+                }
+                self.members.insert(id.clone(), member);
+                for p in 0..self.partitions.len() {
+                    if self.partitions[p].leader.is_none() {
+                        self.elect(p, None);
+                    }
                 }
                 MetaOutcome::Applied
             }
@@ -175,8 +283,10 @@ impl Metadata {
                 self.fence(id);
                 MetaOutcome::Applied
             }
-            MetaCommand::AlterIsr { leader, epoch, expected, isr } => {
-                let partition = &self.partition;
+            MetaCommand::AlterIsr { partition: p, leader, epoch, expected, isr } => {
+                let Some(partition) = self.partitions.get(*p as usize) else {
+                    return MetaOutcome::Rejected(format!("no partition {p}"));
+                };
                 if partition.isr != *expected {
                     return MetaOutcome::Rejected(format!(
                         "the ISR is {:?} now, not {expected:?} as the change assumed",
@@ -204,23 +314,39 @@ impl Metadata {
                 if *isr == partition.isr {
                     return MetaOutcome::Unchanged;
                 }
-                self.partition.isr = isr.clone();
+                self.partitions[*p as usize].isr = isr.clone();
                 MetaOutcome::Applied
             }
-            MetaCommand::ReplaceReplica { dead, with, expected } => match self.replacement(dead, with, expected) {
-                Err(why) => MetaOutcome::Rejected(why),
-                Ok(at) => {
-                    // Its log is empty (see `may_take_a_place`): no epoch floor to raise.
-                    self.partition.replicas[at] = with.clone();
-                    MetaOutcome::Applied
+            MetaCommand::ReplaceReplica { partition, dead, with, expected } => {
+                match self.replacement(*partition, dead, with, expected) {
+                    Err(why) => MetaOutcome::Rejected(why),
+                    Ok(at) => {
+                        // Its log of the partition is empty (see `may_take_a_place`): no
+                        // epoch floor to raise.
+                        self.partitions[*partition as usize].replicas[at] = with.clone();
+                        MetaOutcome::Applied
+                    }
                 }
-            },
+            }
         }
     }
 
-    /// Where `dead` sits among the replicas, if `with` may take its place.
-    fn replacement(&self, dead: &NodeId, with: &NodeId, expected: &[NodeId]) -> Result<usize, String> {
-        let partition = &self.partition;
+    /// Partition `p`, if the cluster has it.
+    pub fn partition(&self, p: PartitionId) -> Option<&Partition> {
+        self.partitions.get(p as usize)
+    }
+
+    /// Partition `p`, or one with no replicas and no leader while the cluster has none such
+    /// (not formed yet).
+    pub fn partition_or_empty(&self, p: PartitionId) -> &Partition {
+        static EMPTY: Partition =
+            Partition { replicas: Vec::new(), leader: None, epoch: 0, isr: BTreeSet::new(), epoch_floor: 0 };
+        self.partition(p).unwrap_or(&EMPTY)
+    }
+
+    /// Where `dead` sits among partition `p`'s replicas, if `with` may take its place.
+    fn replacement(&self, p: PartitionId, dead: &NodeId, with: &NodeId, expected: &[NodeId]) -> Result<usize, String> {
+        let partition = self.partition(p).ok_or_else(|| format!("no partition {p}"))?;
         if partition.replicas != expected {
             return Err(format!(
                 "the replicas are {:?} now, not {expected:?} as the change assumed",
@@ -236,51 +362,65 @@ impl Metadata {
         if partition.isr.contains(dead) || partition.leader.as_ref() == Some(dead) {
             return Err(format!("{dead} is in the ISR: it may hold acknowledged writes no other replica has"));
         }
-        self.may_take_a_place(with)?;
+        self.may_take_a_place(p, with)?;
         Ok(at)
     }
 
-    /// Whether member `with` may take a dead replica's place: alive, no replica yet, and
-    /// registered with an empty log. One holding records (a replica replaced earlier, back
-    /// with its old copy) would resume from that copy, and tombstones dropped meanwhile
-    /// would not reach it: a deleted ID could come back.
-    pub fn may_take_a_place(&self, with: &NodeId) -> Result<(), String> {
-        if self.partition.replicas.contains(with) {
+    /// Whether member `with` may take a dead replica's place in partition `p`: alive, no
+    /// replica of it yet, and registered with an empty log of it. One holding records (a
+    /// replica replaced earlier, back with its old copy) would resume from that copy, and
+    /// tombstones dropped meanwhile would not reach it: a deleted ID could come back.
+    pub fn may_take_a_place(&self, p: PartitionId, with: &NodeId) -> Result<(), String> {
+        let partition = self.partition(p).ok_or_else(|| format!("no partition {p}"))?;
+        if partition.replicas.contains(with) {
             return Err(format!("{with} is a replica already"));
         }
         let Some(member) = self.members.get(with).filter(|m| !m.fenced) else {
             return Err(format!("{with} is not a live member"));
         };
-        if member.log_epoch > 0 {
-            return Err(format!("{with} holds records from an earlier copy (log epoch {})", member.log_epoch));
+        let epoch = member.log_epoch_of(p);
+        if epoch > 0 {
+            return Err(format!("{with} holds records from an earlier copy (log epoch {epoch})"));
         }
         Ok(())
     }
 
-    /// `id` leads nothing and leaves the ISR (unless it is the last member there).
+    /// How many partitions list `id` among their replicas.
+    pub fn copies_held(&self, id: &NodeId) -> usize {
+        self.partitions.iter().filter(|p| p.replicas.contains(id)).count()
+    }
+
+    /// How many partitions `id` leads.
+    pub fn leaderships(&self, id: &NodeId) -> usize {
+        self.partitions.iter().filter(|p| p.leader.as_ref() == Some(id)).count()
+    }
+
+    /// `id` leads nothing and leaves every ISR (unless it is the last member there).
     fn fence(&mut self, id: &NodeId) {
         if let Some(member) = self.members.get_mut(id) {
             member.fenced = true;
         }
-        let partition = &mut self.partition;
-        // The last ISR member stays: it alone may hold every acknowledged write.
-        if partition.isr.len() > 1 {
-            partition.isr.remove(id);
-        }
-        if partition.leader.as_ref() == Some(id) {
-            self.elect(Some(id));
+        for p in 0..self.partitions.len() {
+            let partition = &mut self.partitions[p];
+            // The last ISR member stays: it alone may hold every acknowledged write.
+            if partition.isr.len() > 1 {
+                partition.isr.remove(id);
+            }
+            if partition.leader.as_ref() == Some(id) {
+                self.elect(p, Some(id));
+            }
         }
     }
 
-    /// Picks a leader from the live ISR members, preferred replicas first, unless one
-    /// leads already; `deposed` is leaving. Every change of leader, including to none,
-    /// takes a new epoch, so a deposed leader's epoch is stale everywhere.
-    fn elect(&mut self, deposed: Option<&NodeId>) {
-        let partition = &mut self.partition;
+    /// Picks partition `p`'s leader from its live ISR members, preferred replicas first,
+    /// unless one leads already; `deposed` is leaving. Every change of leader, including to
+    /// none, takes a new epoch, so a deposed leader's epoch is stale everywhere.
+    fn elect(&mut self, p: usize, deposed: Option<&NodeId>) {
+        let members = &self.members;
+        let partition = &mut self.partitions[p];
         if partition.leader.is_some() && partition.leader.as_ref() != deposed {
             return;
         }
-        let members = &self.members;
         let live_isr = |id: &&NodeId| partition.isr.contains(*id) && members.get(*id).is_some_and(|m| !m.fenced);
         let next = partition.replicas.iter().find(live_isr).cloned();
         if next.is_none() && partition.leader.is_none() {

@@ -8,6 +8,7 @@ fn register(id: &str, incarnation: u64) -> MetaCommand {
         voter: true,
         incarnation,
         log_epoch: 0,
+        log_epochs: Vec::new(),
     }
 }
 
@@ -16,7 +17,12 @@ fn fence(id: &str, incarnation: u64) -> MetaCommand {
 }
 
 fn alter_isr(leader: &str, epoch: Epoch, expected: &[&str], isr: &[&str]) -> MetaCommand {
-    MetaCommand::AlterIsr { leader: leader.into(), epoch, expected: set(expected), isr: set(isr) }
+    MetaCommand::AlterIsr { partition: 0, leader: leader.into(), epoch, expected: set(expected), isr: set(isr) }
+}
+
+/// Forms a one-partition cluster whose replicas are the first members to register.
+fn init(replication_factor: usize, min_insync: usize) -> MetaCommand {
+    MetaCommand::Init { cluster_id: "x".into(), replication_factor, min_insync, partitions: 1, voters: Vec::new() }
 }
 
 fn set(ids: &[&str]) -> BTreeSet<NodeId> {
@@ -26,7 +32,7 @@ fn set(ids: &[&str]) -> BTreeSet<NodeId> {
 /// A formed cluster of a, b, c (R = 3) where a leads with all three in sync.
 fn three() -> Metadata {
     let mut meta = Metadata::default();
-    let init = MetaCommand::Init { cluster_id: "x".into(), replication_factor: 3, min_insync: 2 };
+    let init = init(3, 2);
     assert_eq!(meta.apply(&init), MetaOutcome::Applied);
     for id in ["a", "b", "c"] {
         assert_eq!(meta.apply(&register(id, 1)), MetaOutcome::Applied);
@@ -40,23 +46,23 @@ fn three() -> Metadata {
 fn the_first_replica_to_register_leads_alone_at_epoch_one() {
     let mut meta = Metadata::default();
     assert!(matches!(meta.apply(&register("a", 1)), MetaOutcome::Rejected(_)), "not formed yet");
-    meta.apply(&MetaCommand::Init { cluster_id: "x".into(), replication_factor: 2, min_insync: 2 });
+    meta.apply(&init(2, 2));
     meta.apply(&register("a", 1));
     meta.apply(&register("b", 1));
     meta.apply(&register("c", 1));
-    assert_eq!(meta.partition.leader.as_deref(), Some("a"));
-    assert_eq!(meta.partition.epoch, 1);
-    assert_eq!(meta.partition.isr, set(&["a"]));
-    assert_eq!(meta.partition.replicas, ["a", "b"], "c is beyond the replication factor");
+    assert_eq!(meta.partitions[0].leader.as_deref(), Some("a"));
+    assert_eq!(meta.partitions[0].epoch, 1);
+    assert_eq!(meta.partitions[0].isr, set(&["a"]));
+    assert_eq!(meta.partitions[0].replicas, ["a", "b"], "c is beyond the replication factor");
 }
 
 #[test]
 fn a_fenced_leader_is_replaced_from_the_isr_under_a_new_epoch() {
     let mut meta = three();
     assert_eq!(meta.apply(&fence("a", 1)), MetaOutcome::Applied);
-    assert_eq!(meta.partition.leader.as_deref(), Some("b"));
-    assert_eq!(meta.partition.epoch, 2);
-    assert_eq!(meta.partition.isr, set(&["b", "c"]));
+    assert_eq!(meta.partitions[0].leader.as_deref(), Some("b"));
+    assert_eq!(meta.partitions[0].epoch, 2);
+    assert_eq!(meta.partitions[0].isr, set(&["b", "c"]));
     assert_eq!(meta.apply(&fence("a", 1)), MetaOutcome::Unchanged);
 }
 
@@ -66,16 +72,16 @@ fn a_replica_outside_the_isr_never_becomes_leader() {
     let shrink = alter_isr("a", 1, &["a", "b", "c"], &["a", "c"]);
     assert_eq!(meta.apply(&shrink), MetaOutcome::Applied);
     meta.apply(&fence("c", 1));
-    assert_eq!(meta.partition.isr, set(&["a"]));
+    assert_eq!(meta.partitions[0].isr, set(&["a"]));
     meta.apply(&fence("a", 1));
-    assert_eq!(meta.partition.leader, None, "b is out of sync: no unclean election");
-    assert_eq!(meta.partition.isr, set(&["a"]), "the last ISR member is kept");
-    assert_eq!(meta.partition.epoch, 2, "losing the leader ends its epoch");
+    assert_eq!(meta.partitions[0].leader, None, "b is out of sync: no unclean election");
+    assert_eq!(meta.partitions[0].isr, set(&["a"]), "the last ISR member is kept");
+    assert_eq!(meta.partitions[0].epoch, 2, "losing the leader ends its epoch");
     meta.apply(&register("b", 2));
-    assert_eq!(meta.partition.leader, None);
+    assert_eq!(meta.partitions[0].leader, None);
     meta.apply(&register("a", 2));
-    assert_eq!(meta.partition.leader.as_deref(), Some("a"));
-    assert_eq!(meta.partition.epoch, 3);
+    assert_eq!(meta.partitions[0].leader.as_deref(), Some("a"));
+    assert_eq!(meta.partitions[0].epoch, 3);
 }
 
 #[test]
@@ -83,10 +89,10 @@ fn a_restarted_leader_never_leads_on_under_its_old_epoch() {
     let mut meta = three();
     // a restarts before its session expired: the new process registers.
     meta.apply(&register("a", 2));
-    assert_eq!(meta.partition.leader.as_deref(), Some("b"));
-    assert_eq!(meta.partition.epoch, 2);
+    assert_eq!(meta.partitions[0].leader.as_deref(), Some("b"));
+    assert_eq!(meta.partitions[0].epoch, 2);
     assert!(!meta.members["a"].fenced);
-    assert!(!meta.partition.isr.contains("a"), "a must catch up before it is in sync again");
+    assert!(!meta.partitions[0].isr.contains("a"), "a must catch up before it is in sync again");
     // A fence for the old process does not touch the new one.
     assert_eq!(meta.apply(&fence("a", 1)), MetaOutcome::Unchanged);
     assert!(!meta.members["a"].fenced);
@@ -95,12 +101,12 @@ fn a_restarted_leader_never_leads_on_under_its_old_epoch() {
 #[test]
 fn a_restarted_sole_isr_member_leads_again_under_a_new_epoch() {
     let mut meta = Metadata::default();
-    meta.apply(&MetaCommand::Init { cluster_id: "x".into(), replication_factor: 1, min_insync: 1 });
+    meta.apply(&init(1, 1));
     meta.apply(&register("a", 1));
-    assert_eq!((meta.partition.leader.as_deref(), meta.partition.epoch), (Some("a"), 1));
+    assert_eq!((meta.partitions[0].leader.as_deref(), meta.partitions[0].epoch), (Some("a"), 1));
     meta.apply(&register("a", 2));
-    assert_eq!(meta.partition.leader.as_deref(), Some("a"));
-    assert!(meta.partition.epoch > 1);
+    assert_eq!(meta.partitions[0].leader.as_deref(), Some("a"));
+    assert!(meta.partitions[0].epoch > 1);
 }
 
 #[test]
@@ -120,13 +126,13 @@ fn only_the_current_leader_under_its_epoch_alters_the_isr() {
 #[test]
 fn epochs_start_above_every_replica_log() {
     let mut meta = Metadata::default();
-    meta.apply(&MetaCommand::Init { cluster_id: "x".into(), replication_factor: 3, min_insync: 1 });
+    meta.apply(&init(3, 1));
     let mut old = register("a", 1);
     if let MetaCommand::Register { log_epoch, .. } = &mut old {
         *log_epoch = 7;
     }
     meta.apply(&old);
-    assert_eq!(meta.partition.epoch, 8);
+    assert_eq!(meta.partitions[0].epoch, 8);
 }
 
 #[test]
@@ -136,14 +142,15 @@ fn an_isr_change_based_on_an_isr_that_has_changed_since_is_refused() {
     let mut meta = three();
     meta.apply(&fence("c", 1));
     meta.apply(&register("c", 2));
-    assert_eq!(meta.partition.isr, set(&["a", "b"]));
+    assert_eq!(meta.partitions[0].isr, set(&["a", "b"]));
     let stale = alter_isr("a", 1, &["a", "b", "c"], &["a", "c"]);
     assert!(matches!(meta.apply(&stale), MetaOutcome::Rejected(_)));
-    assert_eq!(meta.partition.isr, set(&["a", "b"]));
+    assert_eq!(meta.partitions[0].isr, set(&["a", "b"]));
 }
 
 fn replace(dead: &str, with: &str, expected: &[&str]) -> MetaCommand {
     MetaCommand::ReplaceReplica {
+        partition: 0,
         dead: dead.into(),
         with: with.into(),
         expected: expected.iter().map(|s| s.to_string()).collect(),
@@ -154,18 +161,18 @@ fn replace(dead: &str, with: &str, expected: &[&str]) -> MetaCommand {
 fn a_fenced_replica_out_of_the_isr_is_replaced_by_a_live_member_in_its_place() {
     let mut meta = three();
     meta.apply(&register("d", 1));
-    assert_eq!(meta.partition.replicas, ["a", "b", "c"], "d is beyond the replication factor");
+    assert_eq!(meta.partitions[0].replicas, ["a", "b", "c"], "d is beyond the replication factor");
     assert!(matches!(meta.apply(&replace("b", "d", &["a", "b", "c"])), MetaOutcome::Rejected(_)), "b is alive");
     meta.apply(&fence("b", 1));
-    assert_eq!(meta.partition.isr, set(&["a", "c"]));
-    let (leader, epoch) = (meta.partition.leader.clone(), meta.partition.epoch);
+    assert_eq!(meta.partitions[0].isr, set(&["a", "c"]));
+    let (leader, epoch) = (meta.partitions[0].leader.clone(), meta.partitions[0].epoch);
     assert_eq!(meta.apply(&replace("b", "d", &["a", "b", "c"])), MetaOutcome::Applied);
-    assert_eq!(meta.partition.replicas, ["a", "d", "c"]);
-    assert_eq!(meta.partition.isr, set(&["a", "c"]), "d joins the ISR only once its leader sees it caught up");
-    assert_eq!((meta.partition.leader.clone(), meta.partition.epoch), (leader, epoch), "no new epoch");
+    assert_eq!(meta.partitions[0].replicas, ["a", "d", "c"]);
+    assert_eq!(meta.partitions[0].isr, set(&["a", "c"]), "d joins the ISR only once its leader sees it caught up");
+    assert_eq!((meta.partitions[0].leader.clone(), meta.partitions[0].epoch), (leader, epoch), "no new epoch");
     // b comes back: it is a member again, not a replica.
     meta.apply(&register("b", 2));
-    assert_eq!(meta.partition.replicas, ["a", "d", "c"]);
+    assert_eq!(meta.partitions[0].replicas, ["a", "d", "c"]);
     let stale = replace("b", "d", &["a", "b", "c"]);
     assert!(matches!(meta.apply(&stale), MetaOutcome::Rejected(_)), "based on replicas that changed since");
 }
@@ -178,7 +185,7 @@ fn a_replica_that_may_hold_acknowledged_writes_is_never_replaced() {
     meta.apply(&fence("c", 1));
     meta.apply(&fence("a", 1));
     meta.apply(&fence("b", 1));
-    assert_eq!(meta.partition.isr, set(&["b"]));
+    assert_eq!(meta.partitions[0].isr, set(&["b"]));
     assert!(matches!(meta.apply(&replace("b", "d", &["a", "b", "c"])), MetaOutcome::Rejected(_)), "b holds it all");
     assert_eq!(meta.apply(&replace("c", "d", &["a", "b", "c"])), MetaOutcome::Applied);
     let fenced = replace("a", "c", &["a", "b", "d"]);
@@ -198,5 +205,167 @@ fn a_member_holding_an_earlier_copy_never_takes_a_dead_replicas_place() {
     meta.apply(&fence("b", 1));
     let refused = meta.apply(&replace("b", "d", &["a", "b", "c"]));
     assert!(matches!(refused, MetaOutcome::Rejected(ref why) if why.contains("earlier copy")), "{refused:?}");
-    assert_eq!(meta.partition.replicas, ["a", "b", "c"]);
+    assert_eq!(meta.partitions[0].replicas, ["a", "b", "c"]);
+}
+
+// Partitions.
+
+/// Forms a cluster of `partitions` partitions placed over `voters`.
+fn init_placed(partitions: u32, voters: &[&str], replication_factor: usize) -> MetaCommand {
+    MetaCommand::Init {
+        cluster_id: "x".into(),
+        replication_factor,
+        min_insync: 1,
+        partitions,
+        voters: voters.iter().map(|v| v.to_string()).collect(),
+    }
+}
+
+fn register_with_epochs(id: &str, incarnation: u64, log_epochs: &[Epoch]) -> MetaCommand {
+    let mut command = register(id, incarnation);
+    if let MetaCommand::Register { log_epoch, log_epochs: epochs, .. } = &mut command {
+        *log_epoch = log_epochs.iter().copied().max().unwrap_or(0);
+        *epochs = log_epochs.to_vec();
+    }
+    command
+}
+
+/// Eight partitions, two copies each, over a, b, c, d, all registered in order.
+fn eight_over_four() -> Metadata {
+    let mut meta = Metadata::default();
+    // Listed out of order: placement follows the sorted ids, as every node sorts them.
+    assert_eq!(meta.apply(&init_placed(8, &["d", "b", "a", "c"], 2)), MetaOutcome::Applied);
+    for id in ["a", "b", "c", "d"] {
+        assert_eq!(meta.apply(&register(id, 1)), MetaOutcome::Applied);
+    }
+    meta
+}
+
+#[test]
+fn partitions_are_placed_over_the_voters_so_copies_spread_evenly() {
+    let meta = eight_over_four();
+    assert_eq!(meta.partitions.len(), 8);
+    assert_eq!(meta.partitions[0].replicas, ["a", "b"]);
+    assert_eq!(meta.partitions[5].replicas[0], "b", "partition p's first replica is node p mod N");
+    for id in ["a", "b", "c", "d"] {
+        assert_eq!(meta.copies_held(&id.to_string()), 4, "{id}: 8 partitions x 2 copies / 4 nodes");
+    }
+    for (p, partition) in meta.partitions.iter().enumerate() {
+        let leader = partition.leader.clone().unwrap_or_else(|| panic!("partition {p} has no leader"));
+        assert_eq!(partition.isr, set(&[&leader]), "partition {p}: the first replica to register starts it alone");
+        assert_eq!(partition.epoch, 1);
+    }
+}
+
+#[test]
+fn a_cluster_formed_without_voters_fills_its_replicas_as_members_register() {
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(3, &[], 2));
+    meta.apply(&register("a", 1));
+    meta.apply(&register("b", 1));
+    meta.apply(&register("c", 1));
+    for partition in &meta.partitions {
+        assert_eq!(partition.replicas, ["a", "b"]);
+        assert_eq!(partition.leader.as_deref(), Some("a"));
+    }
+}
+
+#[test]
+fn a_dead_member_loses_only_its_own_leaderships_each_under_a_new_epoch() {
+    let mut meta = eight_over_four();
+    for p in 0..8u32 {
+        let partition = &meta.partitions[p as usize];
+        let (leader, epoch) = (partition.leader.clone().expect("leader"), partition.epoch);
+        let isr: Vec<&str> = partition.replicas.iter().map(String::as_str).collect();
+        let grow =
+            MetaCommand::AlterIsr { partition: p, leader, epoch, expected: partition.isr.clone(), isr: set(&isr) };
+        assert_eq!(meta.apply(&grow), MetaOutcome::Applied, "partition {p}");
+    }
+    let before = meta.clone();
+    let a = "a".to_string();
+    assert!(meta.leaderships(&a) > 0, "a, the first to register, leads the partitions it holds");
+    meta.apply(&fence("a", 1));
+    assert_eq!(meta.leaderships(&a), 0);
+    for (p, (old, new)) in before.partitions.iter().zip(&meta.partitions).enumerate() {
+        if old.replicas.contains(&a) {
+            assert!(!new.isr.contains(&a), "partition {p}: a leaves the ISR");
+            assert!(new.leader.is_some(), "partition {p}: its other replica is in sync and takes over");
+        }
+        if old.leader.as_ref() == Some(&a) {
+            assert_eq!(new.epoch, old.epoch + 1, "partition {p}: a new leader, a new epoch");
+        } else {
+            assert_eq!((&new.leader, new.epoch), (&old.leader, old.epoch), "partition {p} is untouched");
+        }
+    }
+}
+
+#[test]
+fn an_isr_change_names_its_partition_and_touches_no_other() {
+    let mut meta = eight_over_four();
+    let partition = meta.partitions[1].clone();
+    let leader = partition.leader.clone().expect("leader");
+    let replicas: Vec<&str> = partition.replicas.iter().map(String::as_str).collect();
+    let grow = |p: PartitionId| MetaCommand::AlterIsr {
+        partition: p,
+        leader: leader.clone(),
+        epoch: partition.epoch,
+        expected: partition.isr.clone(),
+        isr: set(&replicas),
+    };
+    assert!(matches!(meta.apply(&grow(8)), MetaOutcome::Rejected(ref why) if why.contains("no partition")));
+    assert_eq!(meta.apply(&grow(1)), MetaOutcome::Applied);
+    assert_eq!(meta.partitions[1].isr, set(&replicas));
+    let others = meta.partitions.iter().enumerate().filter(|(p, _)| *p != 1);
+    assert!(others.into_iter().all(|(_, other)| other.isr.len() == 1), "{:?}", meta.partitions);
+}
+
+#[test]
+fn each_partition_starts_above_its_own_replicas_logs() {
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(2, &["a"], 1));
+    meta.apply(&register_with_epochs("a", 1, &[5, 2]));
+    assert_eq!((meta.partitions[0].epoch, meta.partitions[1].epoch), (6, 3));
+}
+
+#[test]
+fn a_member_may_take_a_place_only_in_partitions_it_holds_nothing_of() {
+    // Two partitions over a and b, one copy each: a holds 0, b holds 1. c held partition 0
+    // once (its log of 0 is not empty) and nothing of partition 1.
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(2, &["a", "b"], 1));
+    meta.apply(&register("a", 1));
+    meta.apply(&register("b", 1));
+    meta.apply(&register_with_epochs("c", 1, &[4, 0]));
+    let c = "c".to_string();
+    assert!(meta.may_take_a_place(0, &c).is_err());
+    assert!(meta.may_take_a_place(1, &c).is_ok());
+    assert!(meta.may_take_a_place(2, &c).is_err(), "no partition 2");
+}
+
+#[test]
+fn metadata_written_before_partitions_reads_as_one_partition() {
+    let stored = r#"{"cluster_id":"x","replication_factor":3,"min_insync":2,
+        "members":{"a":{"grpc_addr":"a:7100","client_addr":"a:7000","voter":true,"fenced":false,"incarnation":1,"log_epoch":3}},
+        "partition":{"replicas":["a"],"leader":"a","epoch":4,"isr":["a"],"epoch_floor":3}}"#;
+    let meta: Metadata = serde_json::from_str(stored).expect("old metadata");
+    assert_eq!(meta.partitions.len(), 1);
+    assert_eq!(meta.partitions[0].leader.as_deref(), Some("a"));
+    assert_eq!(meta.partitions[0].epoch, 4);
+    assert_eq!(meta.members["a"].log_epoch_of(0), 3, "an old member's one log is partition 0's");
+    assert_eq!(meta.members["a"].log_epoch_of(1), 0);
+    let init = r#"{"Init":{"cluster_id":"x","replication_factor":3,"min_insync":2}}"#;
+    let init: MetaCommand = serde_json::from_str(init).expect("old Init");
+    assert!(matches!(init, MetaCommand::Init { partitions: 1, ref voters, .. } if voters.is_empty()));
+    let alter = r#"{"AlterIsr":{"leader":"a","epoch":4,"expected":["a"],"isr":["a"]}}"#;
+    let alter: MetaCommand = serde_json::from_str(alter).expect("old AlterIsr");
+    assert!(matches!(alter, MetaCommand::AlterIsr { partition: 0, .. }));
+    let round_trip: Metadata = serde_json::from_slice(&serde_json::to_vec(&meta).expect("json")).expect("new");
+    assert_eq!(round_trip, meta);
+}
+
+#[test]
+fn metadata_not_yet_formed_has_no_partitions() {
+    let meta: Metadata =
+        serde_json::from_slice(&serde_json::to_vec(&Metadata::default()).expect("json")).expect("json");
+    assert!(meta.partitions.is_empty());
 }

@@ -11,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::proto::heartbeat_reply::Status as HeartbeatStatus;
 use super::{Quorum, QuorumError};
-use crate::cluster::metadata::{FenceReason, MetaCommand, MetaOutcome, Metadata};
+use crate::cluster::metadata::{FenceReason, MetaCommand, MetaOutcome, Metadata, PartitionId};
 
 /// How long the controller may take to confirm it still leads before a heartbeat is
 /// answered "not controller".
@@ -29,7 +29,7 @@ pub struct Sessions {
     /// Members being fenced: their heartbeats are not answered "ok" meanwhile, so none
     /// gets a lease from this controller while it fences them.
     fencing: HashSet<String>,
-    /// When this controller last handed its role over because it also leads the partition.
+    /// When this controller last handed its role over because it also leads a partition.
     stepped_aside: Option<Instant>,
     /// Since when this controller has seen each fenced replica fenced, and whether it has
     /// warned that no spare member can take its place.
@@ -77,23 +77,26 @@ impl Quorum {
         self.step_aside(&metadata).await;
     }
 
-    /// A controller that also leads the partition makes a crash of its node cost two
+    /// A controller that also leads a partition makes a crash of its node cost two
     /// failovers in a row: a Raft election, then a whole session timeout counted from the
     /// new controller's takeover before the dead leader is fenced. So it hands the
-    /// controller role to a voter that holds its whole Raft log (the partition's leadership
-    /// does not move: no write waits for this). At most once per session timeout, so that a
-    /// transfer that does not take is not retried in a loop.
+    /// controller role to a voter that holds its whole Raft log and leads no partition (the
+    /// leaderships do not move: no write waits for this). With a partition led by every
+    /// voter there is no such voter, and the role stays. At most once per session timeout,
+    /// so that a transfer that does not take is not retried in a loop.
     async fn step_aside(&self, metadata: &Metadata) {
         let me = &self.config.node_id;
-        if metadata.partition.leader.as_ref() != Some(me) {
+        if metadata.leaderships(me) == 0 {
             return;
         }
         let metrics = self.raft_metrics();
         let Some(last) = metrics.last_log_index else { return };
         let replication = metrics.replication.unwrap_or_default();
         let caught_up = |id: &String| replication.get(id).and_then(Option::as_ref).is_some_and(|m| m.index() >= last);
-        let Some(successor) =
-            metadata.live_members().find(|(id, m)| m.voter && *id != me && caught_up(id)).map(|(id, _)| id.clone())
+        let Some(successor) = metadata
+            .live_members()
+            .find(|(id, m)| m.voter && *id != me && caught_up(id) && metadata.leaderships(id) == 0)
+            .map(|(id, _)| id.clone())
         else {
             return;
         };
@@ -106,7 +109,7 @@ impl Quorum {
         }
         match self.raft.trigger().transfer_leader(successor.clone()).await {
             Ok(()) => {
-                tracing::info!(node = %me, %successor, "this node leads the partition: handing the controller role over")
+                tracing::info!(node = %me, %successor, "this node leads a partition: handing the controller role over")
             }
             Err(e) => tracing::warn!(node = %me, %successor, "could not hand the controller role over: {e}"),
         }
@@ -126,6 +129,8 @@ impl Quorum {
             cluster_id: random_hex(),
             replication_factor: self.config.replication_factor,
             min_insync: self.config.min_insync,
+            partitions: 1,
+            voters: self.voter_ids().into_iter().map(str::to_string).collect(),
         }
     }
 
@@ -166,50 +171,62 @@ impl Quorum {
 
     /// Gives the place of a replica fenced for `--replace-dead-after` (on this controller's
     /// clock, so a new controller waits the whole time again) to a live member that holds
-    /// no copy, so the partition gets back to its replication factor. The new replica
+    /// no copy of that partition, the one holding fewest copies of any, so the partition
+    /// gets back to its replication factor and the copies stay spread. The new replica
     /// copies the log from the leader and joins the ISR once caught up. A replica still in
     /// the ISR (the last one, which may alone hold acknowledged writes) is never replaced.
+    /// One replacement per tick: the next one is chosen on the metadata it left.
     async fn replace_dead(&self, metadata: &Metadata) {
         let Some(after) = self.config.replace_dead_after else { return };
-        let partition = &metadata.partition;
-        let dead = {
+        let fenced = |id: &String| metadata.members.get(id).is_none_or(|m| m.fenced);
+        let due = {
             let Some(mut sessions) = self.controlled_sessions() else { return };
             let now = Instant::now();
-            let fenced = |id: &String| metadata.members.get(id).is_none_or(|m| m.fenced);
-            sessions.dead_since.retain(|id, _| partition.replicas.contains(id) && fenced(id));
-            let mut due = None;
-            for id in partition.replicas.iter().filter(|id| fenced(id)) {
-                let (since, _) = *sessions.dead_since.entry(id.clone()).or_insert((now, false));
-                if due.is_none() && now.duration_since(since) >= after && !partition.isr.contains(id) {
-                    due = Some(id.clone());
+            let replica = |id: &String| metadata.partitions.iter().any(|p| p.replicas.contains(id));
+            sessions.dead_since.retain(|id, _| replica(id) && fenced(id));
+            let mut due = Vec::new();
+            for (p, partition) in metadata.partitions.iter().enumerate() {
+                for id in partition.replicas.iter().filter(|id| fenced(id)) {
+                    let (since, _) = *sessions.dead_since.entry(id.clone()).or_insert((now, false));
+                    if now.duration_since(since) >= after && !partition.isr.contains(id) {
+                        due.push((p as PartitionId, id.clone()));
+                    }
                 }
             }
             due
         };
-        let Some(dead) = dead else { return };
-        let Some(with) = metadata.live_members().map(|(id, _)| id).find(|id| metadata.may_take_a_place(id).is_ok())
-        else {
-            let mut sessions = self.lock_sessions();
-            if let Some((_, warned @ false)) = sessions.dead_since.get_mut(&dead) {
-                *warned = true;
-                tracing::warn!(%dead, replicas = ?partition.replicas,
-                    "a replica has been gone for {after:?} but no live member with an empty log can take its place: the \
-                     partition has fewer copies than --replication-factor until a node joins or it returns");
+        let mut stuck = None;
+        for (p, dead) in due {
+            let candidates =
+                metadata.live_members().map(|(id, _)| id).filter(|id| metadata.may_take_a_place(p, id).is_ok());
+            let Some(with) = candidates.min_by_key(|id| (metadata.copies_held(id), *id)).cloned() else {
+                stuck.get_or_insert((p, dead));
+                continue;
+            };
+            let replicas = metadata.partition_or_empty(p).replicas.clone();
+            tracing::info!(partition = p, %dead, %with, "replacing a replica gone for {after:?}: its copy will be made on another node");
+            let command = MetaCommand::ReplaceReplica {
+                partition: p,
+                dead: dead.clone(),
+                with: with.clone(),
+                expected: replicas,
+            };
+            match self.propose_as_controller(command).await {
+                Ok(Some(MetaOutcome::Rejected(why))) => {
+                    tracing::warn!(partition = p, %dead, %with, %why, "replacing a dead replica was refused")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(partition = p, %dead, %with, "could not replace a dead replica: {e}"),
             }
             return;
-        };
-        tracing::info!(%dead, %with, "replacing a replica gone for {after:?}: its copy will be made on another node");
-        let command = MetaCommand::ReplaceReplica {
-            dead: dead.clone(),
-            with: with.clone(),
-            expected: partition.replicas.clone(),
-        };
-        match self.propose_as_controller(command).await {
-            Ok(Some(MetaOutcome::Rejected(why))) => {
-                tracing::warn!(%dead, %with, %why, "replacing a dead replica was refused")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(%dead, %with, "could not replace a dead replica: {e}"),
+        }
+        let Some((p, dead)) = stuck else { return };
+        let mut sessions = self.lock_sessions();
+        if let Some((_, warned @ false)) = sessions.dead_since.get_mut(&dead) {
+            *warned = true;
+            tracing::warn!(partition = p, %dead, replicas = ?metadata.partition_or_empty(p).replicas,
+                "a replica has been gone for {after:?} but no live member with an empty log can take its place: the \
+                 partition has fewer copies than --replication-factor until a node joins or it returns");
         }
     }
 

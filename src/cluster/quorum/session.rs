@@ -76,6 +76,8 @@ impl Quorum {
             voter: self.voter,
             incarnation: self.incarnation,
             log_epoch: self.config.log_epoch,
+            // One log, partition 0's, for now.
+            log_epochs: vec![self.config.log_epoch],
         };
         match self.propose_checked(register, true).await? {
             MetaOutcome::Applied | MetaOutcome::Unchanged => {

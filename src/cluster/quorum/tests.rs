@@ -15,7 +15,13 @@ fn log_id(term: u64, index: u64) -> LogId {
 }
 
 fn entry(term: u64, index: u64) -> Entry {
-    let init = MetaCommand::Init { cluster_id: format!("c{index}"), replication_factor: 3, min_insync: 2 };
+    let init = MetaCommand::Init {
+        cluster_id: format!("c{index}"),
+        replication_factor: 3,
+        min_insync: 2,
+        partitions: 1,
+        voters: Vec::new(),
+    };
     Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Command(init)) }
 }
 
