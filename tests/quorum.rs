@@ -275,6 +275,7 @@ async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
         voter: true,
         incarnation: b.incarnation.wrapping_add(1),
         log_epoch: 0,
+        log_epochs: Vec::new(),
     };
     let refused = nodes[0].quorum.propose(impostor).await;
     match refused {
@@ -288,7 +289,13 @@ async fn a_second_process_under_a_live_id_and_a_wrong_password_are_refused() {
     let mut outsider = config("x", addr, &voters, &root.path().join("x"));
     outsider.password = Some(Password::new("wrong").expect("password"));
     let mut outsider = Node::start(outsider, listener).await.expect("a learner starts alone");
-    let init = MetaCommand::Init { cluster_id: "other".to_string(), replication_factor: 1, min_insync: 1 };
+    let init = MetaCommand::Init {
+        cluster_id: "other".to_string(),
+        replication_factor: 1,
+        min_insync: 1,
+        partitions: 1,
+        voters: Vec::new(),
+    };
     let refused = outsider.quorum.propose(init).await;
     match refused {
         Err(QuorumError::Refused(why)) => assert!(why.contains("password"), "{why}"),
@@ -316,18 +323,20 @@ async fn the_controller_hands_its_role_over_when_it_leads_the_partition() {
     let (controller, formed) = eventually("all three registered, one controller and one leader", || {
         let controller = agreed_controller(&all)?;
         let metadata = all[0].metadata();
-        let complete = ["a", "b", "c"].iter().all(|id| live(&metadata, id)) && metadata.partition.leader.is_some();
+        let complete =
+            ["a", "b", "c"].iter().all(|id| live(&metadata, id)) && metadata.partition_or_empty(0).leader.is_some();
         complete.then_some((controller, metadata))
     })
     .await;
-    let leader = formed.partition.leader.clone().expect("a leader");
+    let leader = formed.partition_or_empty(0).leader.clone().expect("a leader");
     if leader != controller {
-        let mut isr = formed.partition.isr.clone();
+        let mut isr = formed.partition_or_empty(0).isr.clone();
         isr.insert(controller.clone());
         let widen = MetaCommand::AlterIsr {
+            partition: 0,
             leader: leader.clone(),
-            epoch: formed.partition.epoch,
-            expected: formed.partition.isr.clone(),
+            epoch: formed.partition_or_empty(0).epoch,
+            expected: formed.partition_or_empty(0).isr.clone(),
             isr,
         };
         nodes[0].quorum.propose(widen).await.expect("the controller joins the ISR");
@@ -337,14 +346,14 @@ async fn the_controller_hands_its_role_over_when_it_leads_the_partition() {
             reason: FenceReason::ControlledShutdown,
         };
         nodes[0].quorum.propose(fence).await.expect("the leader is fenced");
-        let now = nodes[0].metadata().partition.leader.clone();
+        let now = nodes[0].metadata().partition_or_empty(0).leader.clone();
         assert_eq!(now.as_ref(), Some(&controller), "the controller, the only other ISR member, leads");
     }
     let all: Vec<&Node> = nodes.iter().collect();
     eventually("the partition's leader and the controller on different nodes", || {
         let controller = agreed_controller(&all)?;
-        let leader = all[0].metadata().partition.leader.clone()?;
-        let agreed = all.iter().all(|n| n.metadata().partition.leader.as_ref() == Some(&leader));
+        let leader = all[0].metadata().partition_or_empty(0).leader.clone()?;
+        let agreed = all.iter().all(|n| n.metadata().partition_or_empty(0).leader.as_ref() == Some(&leader));
         (agreed && leader != controller).then_some(())
     })
     .await;

@@ -178,6 +178,11 @@ pub enum MetaCommand {
         with: NodeId,
         expected: Vec<NodeId>,
     },
+    /// A partition's leader hands its leadership to the partition's preferred replica (the
+    /// first in placement order), which is live and in sync, so leaderships spread again
+    /// after a node returns. Proposed by the leader itself once it has stopped serving, so
+    /// that the two never serve at once; refused unless it still leads `epoch`.
+    HandOver { partition: PartitionId, leader: NodeId, epoch: Epoch },
 }
 
 fn one() -> u32 {
@@ -317,6 +322,28 @@ impl Metadata {
                 self.partitions[*p as usize].isr = isr.clone();
                 MetaOutcome::Applied
             }
+            MetaCommand::HandOver { partition: p, leader, epoch } => {
+                let Some(partition) = self.partition(*p) else {
+                    return MetaOutcome::Rejected(format!("no partition {p}"));
+                };
+                if partition.leader.as_ref() != Some(leader) || partition.epoch != *epoch {
+                    return MetaOutcome::Rejected(format!(
+                        "{leader} does not lead epoch {epoch} (the leader is {}, epoch {})",
+                        partition.leader.as_deref().unwrap_or("none"),
+                        partition.epoch
+                    ));
+                }
+                let Some(preferred) = self.preferred_leader_waiting(*p).cloned() else {
+                    return MetaOutcome::Rejected(format!(
+                        "partition {p}'s preferred replica {} is not a live, in-sync replica other than its leader",
+                        partition.replicas.first().map_or("(none)", String::as_str)
+                    ));
+                };
+                let partition = &mut self.partitions[*p as usize];
+                partition.leader = Some(preferred);
+                partition.epoch = partition.epoch.max(partition.epoch_floor) + 1;
+                MetaOutcome::Applied
+            }
             MetaCommand::ReplaceReplica { partition, dead, with, expected } => {
                 match self.replacement(*partition, dead, with, expected) {
                     Err(why) => MetaOutcome::Rejected(why),
@@ -383,6 +410,25 @@ impl Metadata {
             return Err(format!("{with} holds records from an earlier copy (log epoch {epoch})"));
         }
         Ok(())
+    }
+
+    /// Partition `p`'s preferred replica (the first in placement order), if another
+    /// replica leads while it is live and in sync: the leader should hand over to it
+    /// ([`MetaCommand::HandOver`]). Only with several partitions, where leaderships piling
+    /// up on the nodes that stayed up is load out of balance; with one there is nothing to
+    /// spread, and a hand-over would only pause writes.
+    pub fn preferred_leader_waiting(&self, p: PartitionId) -> Option<&NodeId> {
+        if self.partitions.len() < 2 {
+            return None;
+        }
+        let partition = self.partition(p)?;
+        let preferred = partition.replicas.first()?;
+        let live = self.members.get(preferred).is_some_and(|m| !m.fenced);
+        let waiting = partition.leader.is_some()
+            && partition.leader.as_ref() != Some(preferred)
+            && live
+            && partition.isr.contains(preferred);
+        waiting.then_some(preferred)
     }
 
     /// How many partitions list `id` among their replicas.

@@ -369,3 +369,71 @@ fn metadata_not_yet_formed_has_no_partitions() {
         serde_json::from_slice(&serde_json::to_vec(&Metadata::default()).expect("json")).expect("json");
     assert!(meta.partitions.is_empty());
 }
+
+/// Every partition of `meta` with all its replicas in sync.
+fn all_in_sync(meta: &mut Metadata) {
+    for p in 0..meta.partitions.len() as PartitionId {
+        let partition = meta.partitions[p as usize].clone();
+        let Some(leader) = partition.leader.clone() else { continue };
+        let isr: Vec<&str> = partition.replicas.iter().map(String::as_str).collect();
+        let grow = MetaCommand::AlterIsr {
+            partition: p,
+            leader,
+            epoch: partition.epoch,
+            expected: partition.isr,
+            isr: set(&isr),
+        };
+        assert_ne!(meta.apply(&grow), MetaOutcome::Unchanged, "partition {p}");
+    }
+}
+
+/// A partition of `meta` whose preferred replica does not lead (it registered after the
+/// other replica), and that replica.
+fn led_by_another(meta: &Metadata) -> (PartitionId, NodeId) {
+    let (p, partition) = (meta.partitions.iter().enumerate())
+        .find(|(_, partition)| partition.leader.as_ref() != partition.replicas.first())
+        .expect("a partition whose first replica registered second");
+    (p as PartitionId, partition.replicas[0].clone())
+}
+
+#[test]
+fn a_leader_hands_over_to_its_preferred_replica_once_it_is_back_in_sync() {
+    let mut meta = eight_over_four();
+    all_in_sync(&mut meta);
+    let (p, preferred) = led_by_another(&meta);
+    let (leader, epoch) =
+        (meta.partitions[p as usize].leader.clone().expect("leader"), meta.partitions[p as usize].epoch);
+    assert_eq!(meta.preferred_leader_waiting(p), Some(&preferred));
+    let stale = MetaCommand::HandOver { partition: p, leader: leader.clone(), epoch: epoch - 1 };
+    assert!(matches!(meta.apply(&stale), MetaOutcome::Rejected(_)), "only under the epoch it leads");
+    let hand_over = MetaCommand::HandOver { partition: p, leader, epoch };
+    assert_eq!(meta.apply(&hand_over), MetaOutcome::Applied);
+    assert_eq!(meta.partitions[p as usize].leader.as_ref(), Some(&preferred));
+    assert_eq!(meta.partitions[p as usize].epoch, epoch + 1, "a new leader, a new epoch");
+    assert_eq!(meta.preferred_leader_waiting(p), None);
+    assert!(matches!(meta.apply(&hand_over), MetaOutcome::Rejected(_)), "the old leader leads nothing now");
+}
+
+#[test]
+fn no_hand_over_to_a_preferred_replica_that_is_fenced_or_out_of_sync_or_with_one_partition() {
+    let mut meta = eight_over_four();
+    all_in_sync(&mut meta);
+    let (p, preferred) = led_by_another(&meta);
+    meta.apply(&fence(&preferred, 1));
+    assert_eq!(meta.preferred_leader_waiting(p), None, "the preferred replica is fenced");
+    meta.apply(&register(&preferred, 2));
+    assert_eq!(meta.preferred_leader_waiting(p), None, "back, but not in sync yet");
+    let (leader, epoch) =
+        (meta.partitions[p as usize].leader.clone().expect("leader"), meta.partitions[p as usize].epoch);
+    let refused = meta.apply(&MetaCommand::HandOver { partition: p, leader, epoch });
+    assert!(matches!(refused, MetaOutcome::Rejected(ref why) if why.contains("preferred")), "{refused:?}");
+
+    let mut single = three();
+    single.apply(&fence("a", 1));
+    single.apply(&register("a", 2));
+    let (leader, epoch) = (single.partitions[0].leader.clone().expect("b leads"), single.partitions[0].epoch);
+    let widen =
+        MetaCommand::AlterIsr { partition: 0, leader, epoch, expected: set(&["b", "c"]), isr: set(&["a", "b", "c"]) };
+    assert_eq!(single.apply(&widen), MetaOutcome::Applied);
+    assert_eq!(single.preferred_leader_waiting(0), None, "one partition: nothing to spread");
+}

@@ -60,7 +60,7 @@ impl Service {
         }
         let subject = match command {
             MetaCommand::Register { id, .. } | MetaCommand::Fence { id, .. } => Some(id),
-            MetaCommand::AlterIsr { leader, .. } => Some(leader),
+            MetaCommand::AlterIsr { leader, .. } | MetaCommand::HandOver { leader, .. } => Some(leader),
             // Only a controller (a voter) re-places replicas.
             MetaCommand::Init { .. } | MetaCommand::ReplaceReplica { .. } => None,
         };
