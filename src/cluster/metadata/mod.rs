@@ -35,7 +35,7 @@ pub type NodeId = String;
 /// A partition's number, `0..partitions`.
 pub type PartitionId = u32;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "StoredMetadata")]
 pub struct Metadata {
     /// Chosen when the cluster is formed; every data dir of the cluster remembers it.
@@ -60,6 +60,33 @@ struct StoredMetadata {
     partitions: Vec<Partition>,
     #[serde(default)]
     partition: Option<Partition>,
+}
+
+/// The metadata as written: `partition` repeats partition 0, so that a node of a version
+/// before partitions, in a one-partition cluster being upgraded node by node, still reads
+/// it (it ignores `partitions`).
+#[derive(Serialize)]
+struct WrittenMetadata<'a> {
+    cluster_id: &'a Option<String>,
+    replication_factor: usize,
+    min_insync: usize,
+    members: &'a BTreeMap<NodeId, Member>,
+    partitions: &'a [Partition],
+    partition: &'a Partition,
+}
+
+impl Serialize for Metadata {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WrittenMetadata {
+            cluster_id: &self.cluster_id,
+            replication_factor: self.replication_factor,
+            min_insync: self.min_insync,
+            members: &self.members,
+            partitions: &self.partitions,
+            partition: self.partition_or_empty(0),
+        }
+        .serialize(serializer)
+    }
 }
 
 impl From<StoredMetadata> for Metadata {

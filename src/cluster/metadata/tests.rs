@@ -359,8 +359,11 @@ fn metadata_written_before_partitions_reads_as_one_partition() {
     let alter = r#"{"AlterIsr":{"leader":"a","epoch":4,"expected":["a"],"isr":["a"]}}"#;
     let alter: MetaCommand = serde_json::from_str(alter).expect("old AlterIsr");
     assert!(matches!(alter, MetaCommand::AlterIsr { partition: 0, .. }));
-    let round_trip: Metadata = serde_json::from_slice(&serde_json::to_vec(&meta).expect("json")).expect("new");
+    let written = serde_json::to_value(&meta).expect("json");
+    let round_trip: Metadata = serde_json::from_value(written.clone()).expect("new");
     assert_eq!(round_trip, meta);
+    // A node that predates partitions reads `partition` and ignores `partitions`.
+    assert_eq!(written["partition"]["epoch"], 4, "partition 0 is written where old nodes look: {written}");
 }
 
 #[test]
