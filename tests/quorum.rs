@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use msglog::cluster::metadata::{FenceReason, MetaCommand, Metadata};
-use msglog::cluster::quorum::{Quorum, QuorumConfig, QuorumError};
+use msglog::cluster::quorum::{LogEpoch, Quorum, QuorumConfig, QuorumError};
 use msglog::server::Password;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -47,7 +47,7 @@ fn config(id: &str, addr: SocketAddr, voters: &[(String, String)], dir: &Path) -
         password: Some(Password::new("quorum-secret").expect("password")),
         node_tls: None,
         bind_source_addr: None,
-        log_epoch: 0,
+        log_epoch: LogEpoch::fixed(0),
     }
 }
 

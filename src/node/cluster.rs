@@ -362,7 +362,7 @@ pub(super) fn quorum_config(
     node_id: &str,
     grpc_addr: std::net::SocketAddr,
     client_addr: std::net::SocketAddr,
-    log_epoch: crate::storage::Epoch,
+    log_epoch: crate::cluster::quorum::LogEpoch,
     node_tls: Option<crate::tls::GrpcTls>,
 ) -> crate::cluster::quorum::QuorumConfig {
     crate::cluster::quorum::QuorumConfig {

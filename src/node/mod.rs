@@ -153,7 +153,10 @@ impl Node {
                     &node_id,
                     grpc_addr,
                     client_addr,
-                    log.stats().epoch,
+                    {
+                        let log = Arc::downgrade(&log);
+                        crate::cluster::quorum::LogEpoch::new(move || log.upgrade().map_or(0, |log| log.stats().epoch))
+                    },
                     grpc_tls,
                 );
                 match Quorum::start_with_tls(quorum_config, grpc_client_tls.clone()).await {

@@ -17,9 +17,12 @@
 //! - The ISR is changed by its leader only under the epoch it leads (a deposed leader's
 //!   change is refused), and by the controller when it fences a member; it never loses
 //!   its last member.
-//! - A replica is replaced only while it is fenced and out of the ISR: the ISR, which
-//!   holds every acknowledged write, is untouched, and the new replica joins it only once
-//!   its leader has seen it catch up.
+//! - A replica is replaced only while it is fenced (or never registered) and out of the
+//!   ISR: the ISR, which holds every acknowledged write, is untouched, and the new replica
+//!   joins it only once its leader has seen it catch up. Its place goes only to a member
+//!   holding no records of that partition, which could lack deletions made meanwhile.
+//! - Leadership is handed over (to the preferred replica) only by the leader itself,
+//!   under the epoch it leads, to a live ISR member.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +32,8 @@ use crate::storage::Epoch;
 
 use super::partitioning::place;
 
+mod stored;
+
 /// A node's id, as given by `--node-id` and listed in `--cluster`.
 pub type NodeId = String;
 
@@ -36,7 +41,7 @@ pub type NodeId = String;
 pub type PartitionId = u32;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(from = "StoredMetadata")]
+#[serde(from = "stored::StoredMetadata")]
 pub struct Metadata {
     /// Chosen when the cluster is formed; every data dir of the cluster remembers it.
     pub cluster_id: Option<String>,
@@ -49,62 +54,6 @@ pub struct Metadata {
     pub partitions: Vec<Partition>,
 }
 
-/// The metadata as stored, also in the form written before partitions (one `partition`).
-#[derive(Deserialize)]
-struct StoredMetadata {
-    cluster_id: Option<String>,
-    replication_factor: usize,
-    min_insync: usize,
-    members: BTreeMap<NodeId, Member>,
-    #[serde(default)]
-    partitions: Vec<Partition>,
-    #[serde(default)]
-    partition: Option<Partition>,
-}
-
-/// The metadata as written: `partition` repeats partition 0, so that a node of a version
-/// before partitions, in a one-partition cluster being upgraded node by node, still reads
-/// it (it ignores `partitions`).
-#[derive(Serialize)]
-struct WrittenMetadata<'a> {
-    cluster_id: &'a Option<String>,
-    replication_factor: usize,
-    min_insync: usize,
-    members: &'a BTreeMap<NodeId, Member>,
-    partitions: &'a [Partition],
-    partition: &'a Partition,
-}
-
-impl Serialize for Metadata {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        WrittenMetadata {
-            cluster_id: &self.cluster_id,
-            replication_factor: self.replication_factor,
-            min_insync: self.min_insync,
-            members: &self.members,
-            partitions: &self.partitions,
-            partition: self.partition_or_empty(0),
-        }
-        .serialize(serializer)
-    }
-}
-
-impl From<StoredMetadata> for Metadata {
-    fn from(stored: StoredMetadata) -> Metadata {
-        let mut partitions = stored.partitions;
-        if partitions.is_empty() && stored.cluster_id.is_some() {
-            partitions.push(stored.partition.unwrap_or_default());
-        }
-        Metadata {
-            cluster_id: stored.cluster_id,
-            replication_factor: stored.replication_factor,
-            min_insync: stored.min_insync,
-            members: stored.members,
-            partitions,
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
     /// Where other nodes reach its replication (gRPC) port.
@@ -114,7 +63,7 @@ pub struct Member {
     /// Listed in `--cluster`: votes in the metadata quorum.
     pub voter: bool,
     /// The controller stopped hearing from it, or it shut down: it leads nothing and is
-    /// in no ISR until it registers again.
+    /// in no ISR (except as the last member of one) until it registers again.
     pub fenced: bool,
     /// Random per process start: a second process under the same id is told apart.
     pub incarnation: u64,
@@ -148,8 +97,9 @@ pub struct Partition {
     /// The current leader epoch: records its leader appends carry it.
     pub epoch: Epoch,
     pub isr: BTreeSet<NodeId>,
-    /// The highest epoch any replica's log held when it registered: the next epoch is
-    /// above it, so epochs never go down along a log that predates the cluster.
+    /// The highest epoch any replica's log of this partition held when it became a replica
+    /// (or first registered, if placed): the next epoch is above it, so epochs never go
+    /// down along a log that predates the cluster.
     pub epoch_floor: Epoch,
 }
 
@@ -163,7 +113,7 @@ pub enum MetaCommand {
         cluster_id: String,
         replication_factor: usize,
         min_insync: usize,
-        #[serde(default = "one")]
+        #[serde(default = "one_partition")]
         partitions: u32,
         #[serde(default)]
         voters: Vec<NodeId>,
@@ -207,14 +157,22 @@ pub enum MetaCommand {
     },
     /// A partition's leader hands its leadership to the partition's preferred replica (the
     /// first in placement order), which is live and in sync, so leaderships spread again
-    /// after a node returns. Proposed by the leader itself once it has stopped serving, so
-    /// that the two never serve at once; refused unless it still leads `epoch`.
+    /// after a node returns. To be proposed by the leader itself once it has stopped
+    /// serving, so that the two never serve at once; refused unless it still leads `epoch`.
+    /// Nothing proposes it yet (nodes serve one partition, where it is always refused); a
+    /// node of the version before partitions cannot read it, so it must stay unproposed in
+    /// one-partition clusters.
     HandOver { partition: PartitionId, leader: NodeId, epoch: Epoch },
 }
 
-fn one() -> u32 {
+/// Init's partition count when it names none: it was written before partitions.
+fn one_partition() -> u32 {
     1
 }
+
+/// The most partitions a cluster may have: every node keeps a log per partition it holds,
+/// and an Init asking for more is refused rather than replayed into memory on every node.
+pub const MAX_PARTITIONS: u32 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FenceReason {
@@ -241,13 +199,18 @@ impl Metadata {
                 if self.cluster_id.is_some() {
                     return MetaOutcome::Unchanged;
                 }
+                if !(1..=MAX_PARTITIONS).contains(partitions) {
+                    return MetaOutcome::Rejected(format!(
+                        "a cluster has 1 to {MAX_PARTITIONS} partitions, not {partitions}"
+                    ));
+                }
                 self.cluster_id = Some(cluster_id.clone());
                 self.replication_factor = (*replication_factor).max(1);
                 self.min_insync = (*min_insync).max(1);
                 let mut voters = voters.clone();
                 voters.sort();
                 voters.dedup();
-                self.partitions = place((*partitions).max(1), &voters, self.replication_factor)
+                self.partitions = place(*partitions, &voters, self.replication_factor)
                     .into_iter()
                     .map(|replicas| Partition { replicas, ..Partition::default() })
                     .collect();
@@ -279,23 +242,32 @@ impl Metadata {
                     log_epochs: log_epochs.clone(),
                 };
                 let replication_factor = self.replication_factor;
+                let first_registration = !self.members.contains_key(id);
                 for (p, partition) in self.partitions.iter_mut().enumerate() {
-                    if !partition.replicas.contains(id) && partition.replicas.len() < replication_factor {
+                    // A partition short of copies holds every member registered so far
+                    // (placement names voters only, and fills as they come), so no member
+                    // with an old copy of it is taken in here.
+                    let joins = !partition.replicas.contains(id) && partition.replicas.len() < replication_factor;
+                    if joins {
                         partition.replicas.push(id.clone());
                     }
                     if !partition.replicas.contains(id) {
                         continue;
                     }
-                    // Only a replica's log is ever led or followed: only its epochs matter.
-                    partition.epoch_floor = partition.epoch_floor.max(member.log_epoch_of(p as PartitionId));
+                    // Only a replica's log is ever led or followed: only its epochs matter,
+                    // taken when it becomes one (placed replicas: when they first arrive).
+                    // A replica's later registrations hold no epoch above the partition's.
+                    if joins || first_registration {
+                        partition.epoch_floor = partition.epoch_floor.max(member.log_epoch_of(p as PartitionId));
+                    }
                     if partition.leader.is_none() && partition.isr.is_empty() {
                         // The first replica to arrive starts the partition, alone in its ISR.
                         partition.isr.insert(id.clone());
                     }
                 }
                 self.members.insert(id.clone(), member);
-                for p in 0..self.partitions.len() {
-                    if self.partitions[p].leader.is_none() {
+                for p in 0..self.partitions.len() as PartitionId {
+                    if self.partition_or_empty(p).leader.is_none() {
                         self.elect(p, None);
                     }
                 }
@@ -360,6 +332,9 @@ impl Metadata {
                         partition.epoch
                     ));
                 }
+                if self.partitions.len() < 2 {
+                    return MetaOutcome::Rejected("a hand-over needs several partitions to spread".to_string());
+                }
                 let Some(preferred) = self.preferred_leader_waiting(*p).cloned() else {
                     return MetaOutcome::Rejected(format!(
                         "partition {p}'s preferred replica {} is not a live, in-sync replica other than its leader",
@@ -371,13 +346,13 @@ impl Metadata {
                 partition.epoch = partition.epoch.max(partition.epoch_floor) + 1;
                 MetaOutcome::Applied
             }
-            MetaCommand::ReplaceReplica { partition, dead, with, expected } => {
-                match self.replacement(*partition, dead, with, expected) {
+            MetaCommand::ReplaceReplica { partition: p, dead, with, expected } => {
+                match self.replacement(*p, dead, with, expected) {
                     Err(why) => MetaOutcome::Rejected(why),
                     Ok(at) => {
-                        // Its log of the partition is empty (see `may_take_a_place`): no
-                        // epoch floor to raise.
-                        self.partitions[*partition as usize].replicas[at] = with.clone();
+                        // Its log of the partition is empty (see `may_take_a_place`): no epoch
+                        // floor to raise.
+                        self.partitions[*p as usize].replicas[at] = with.clone();
                         MetaOutcome::Applied
                     }
                 }
@@ -390,8 +365,8 @@ impl Metadata {
         self.partitions.get(p as usize)
     }
 
-    /// Partition `p`, or one with no replicas and no leader while the cluster has none such
-    /// (not formed yet).
+    /// Partition `p`; one with no replicas and no leader if the cluster has no such
+    /// partition (not formed yet, or `p` out of range).
     pub fn partition_or_empty(&self, p: PartitionId) -> &Partition {
         static EMPTY: Partition =
             Partition { replicas: Vec::new(), leader: None, epoch: 0, isr: BTreeSet::new(), epoch_floor: 0 };
@@ -458,6 +433,23 @@ impl Metadata {
         waiting.then_some(preferred)
     }
 
+    /// Whom the controller gives `dead`'s place in partition `p` to: of the members that
+    /// may take it, the one holding the fewest copies (then the lowest id), so copies stay
+    /// spread.
+    pub fn replacement_for(&self, p: PartitionId) -> Option<&NodeId> {
+        let candidates = self.live_members().map(|(id, _)| id).filter(|id| self.may_take_a_place(p, id).is_ok());
+        candidates.min_by_key(|id| (self.copies_held(id), *id))
+    }
+
+    /// A voter other than `me` that leads no partition and is `caught_up` with the Raft
+    /// log, for a controller leading a partition to hand its controller role to (so that
+    /// losing one node does not cost two failovers in a row).
+    pub fn controller_successor(&self, me: &NodeId, caught_up: impl Fn(&NodeId) -> bool) -> Option<&NodeId> {
+        self.live_members()
+            .find(|(id, m)| m.voter && *id != me && self.leaderships(id) == 0 && caught_up(id))
+            .map(|(id, _)| id)
+    }
+
     /// How many partitions list `id` among their replicas.
     pub fn copies_held(&self, id: &NodeId) -> usize {
         self.partitions.iter().filter(|p| p.replicas.contains(id)).count()
@@ -473,8 +465,8 @@ impl Metadata {
         if let Some(member) = self.members.get_mut(id) {
             member.fenced = true;
         }
-        for p in 0..self.partitions.len() {
-            let partition = &mut self.partitions[p];
+        for p in 0..self.partitions.len() as PartitionId {
+            let partition = &mut self.partitions[p as usize];
             // The last ISR member stays: it alone may hold every acknowledged write.
             if partition.isr.len() > 1 {
                 partition.isr.remove(id);
@@ -488,9 +480,9 @@ impl Metadata {
     /// Picks partition `p`'s leader from its live ISR members, preferred replicas first,
     /// unless one leads already; `deposed` is leaving. Every change of leader, including to
     /// none, takes a new epoch, so a deposed leader's epoch is stale everywhere.
-    fn elect(&mut self, p: usize, deposed: Option<&NodeId>) {
+    fn elect(&mut self, p: PartitionId, deposed: Option<&NodeId>) {
         let members = &self.members;
-        let partition = &mut self.partitions[p];
+        let partition = &mut self.partitions[p as usize];
         if partition.leader.is_some() && partition.leader.as_ref() != deposed {
             return;
         }

@@ -418,12 +418,11 @@ fn a_leader_hands_over_to_its_preferred_replica_once_it_is_back_in_sync() {
 }
 
 #[test]
-fn no_hand_over_to_a_preferred_replica_that_is_fenced_or_out_of_sync_or_with_one_partition() {
+fn no_hand_over_to_a_preferred_replica_out_of_sync_or_with_one_partition() {
     let mut meta = eight_over_four();
     all_in_sync(&mut meta);
     let (p, preferred) = led_by_another(&meta);
     meta.apply(&fence(&preferred, 1));
-    assert_eq!(meta.preferred_leader_waiting(p), None, "the preferred replica is fenced");
     meta.apply(&register(&preferred, 2));
     assert_eq!(meta.preferred_leader_waiting(p), None, "back, but not in sync yet");
     let (leader, epoch) =
@@ -439,4 +438,176 @@ fn no_hand_over_to_a_preferred_replica_that_is_fenced_or_out_of_sync_or_with_one
         MetaCommand::AlterIsr { partition: 0, leader, epoch, expected: set(&["b", "c"]), isr: set(&["a", "b", "c"]) };
     assert_eq!(single.apply(&widen), MetaOutcome::Applied);
     assert_eq!(single.preferred_leader_waiting(0), None, "one partition: nothing to spread");
+}
+
+#[test]
+fn placed_replicas_lead_in_placement_order_whatever_order_they_register_in() {
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(3, &["a", "b", "c"], 3));
+    for id in ["c", "b", "a"] {
+        meta.apply(&register(id, 1));
+    }
+    assert!(meta.partitions.iter().all(|p| p.leader.as_deref() == Some("c")), "c arrived first");
+    all_in_sync(&mut meta);
+    meta.apply(&fence("c", 1));
+    for (p, partition) in meta.partitions.iter().enumerate() {
+        let first_live = partition.replicas.iter().find(|id| *id != "c").cloned();
+        assert_eq!(partition.leader, first_live, "partition {p}: the first live in-sync replica in placement order");
+    }
+}
+
+#[test]
+fn only_the_placed_voters_hold_copies_and_duplicates_count_once() {
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(2, &["e", "d", "c", "b", "a", "a"], 3));
+    for id in ["e", "d", "a", "b", "c"] {
+        meta.apply(&register(id, 1));
+    }
+    let holders: BTreeSet<&str> = meta.partitions.iter().flat_map(|p| p.replicas.iter().map(String::as_str)).collect();
+    assert_eq!(meta.partitions[0].replicas, ["a", "b", "c"]);
+    assert_eq!(meta.partitions[1].replicas, ["b", "c", "d"]);
+    assert!(!holders.contains("e"), "e registered first but is placed nowhere: {holders:?}");
+}
+
+#[test]
+fn with_fewer_voters_than_copies_members_fill_the_missing_places_as_they_register() {
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(2, &["a", "b"], 3));
+    for id in ["a", "b", "x", "y"] {
+        meta.apply(&register(id, 1));
+    }
+    assert_eq!(meta.partitions[0].replicas, ["a", "b", "x"]);
+    assert_eq!(meta.partitions[1].replicas, ["b", "a", "x"]);
+}
+
+#[test]
+fn a_placed_replica_that_never_registered_is_never_in_sync_or_leader() {
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(1, &["a", "b", "c"], 3));
+    meta.apply(&register("b", 1));
+    meta.apply(&register("c", 1));
+    let partition = meta.partitions[0].clone();
+    assert_eq!(partition.leader.as_deref(), Some("b"));
+    let widen = MetaCommand::AlterIsr {
+        partition: 0,
+        leader: "b".into(),
+        epoch: partition.epoch,
+        expected: partition.isr.clone(),
+        isr: set(&["a", "b", "c"]),
+    };
+    assert!(matches!(meta.apply(&widen), MetaOutcome::Rejected(ref why) if why.contains("a is fenced")));
+    meta.apply(&fence("b", 1));
+    assert_eq!(meta.partitions[0].leader, None, "b was alone in sync: no leader, never a");
+}
+
+#[test]
+fn a_replacement_in_one_partition_is_refused_to_a_member_with_records_of_it() {
+    let mut meta = Metadata::default();
+    meta.apply(&init_placed(2, &["a", "b"], 1));
+    meta.apply(&register("a", 1));
+    meta.apply(&register("b", 1));
+    meta.apply(&register_with_epochs("c", 1, &[0, 4]));
+    meta.apply(&fence("b", 1));
+    // b was the last ISR member of partition 1: it stays there and cannot be replaced.
+    assert!(matches!(meta.apply(&replace_in(1, "b", "c", &["b"])), MetaOutcome::Rejected(_)));
+    meta.partitions[1].isr.clear();
+    let refused = meta.apply(&replace_in(1, "b", "c", &["b"]));
+    assert!(matches!(refused, MetaOutcome::Rejected(ref why) if why.contains("earlier copy")), "{refused:?}");
+    meta.apply(&register_with_epochs("d", 1, &[7, 0]));
+    assert_eq!(meta.apply(&replace_in(1, "b", "d", &["b"])), MetaOutcome::Applied, "d holds nothing of partition 1");
+    assert_eq!(meta.partitions[1].replicas, ["d"]);
+}
+
+fn replace_in(partition: PartitionId, dead: &str, with: &str, expected: &[&str]) -> MetaCommand {
+    MetaCommand::ReplaceReplica {
+        partition,
+        dead: dead.into(),
+        with: with.into(),
+        expected: expected.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[test]
+fn the_controller_gives_a_dead_place_to_the_eligible_member_holding_fewest_copies() {
+    let mut meta = eight_over_four();
+    meta.apply(&register("e", 1));
+    meta.apply(&register_with_epochs("f", 1, &[1; 8]));
+    let e = "e".to_string();
+    assert_eq!(meta.replacement_for(0), Some(&e), "e holds nothing; f holds records of every partition");
+    // e takes a place in partition 0 (its replicas are a, b): then a member holding fewer
+    // copies would come before it, if there were one.
+    meta.apply(&fence("b", 1));
+    meta.partitions[0].isr.remove("b");
+    assert_eq!(meta.apply(&replace_in(0, "b", "e", &["a", "b"])), MetaOutcome::Applied);
+    meta.apply(&register("g", 1));
+    let g = "g".to_string();
+    let p = (meta.partitions.iter().position(|p| !p.replicas.contains(&e) && !p.replicas.contains(&g)))
+        .expect("a partition neither holds") as PartitionId;
+    assert_eq!(meta.replacement_for(p), Some(&g), "g holds no copy, e holds one");
+}
+
+#[test]
+fn a_controller_hands_its_role_only_to_a_caught_up_voter_that_leads_no_partition() {
+    let meta = eight_over_four();
+    let a = "a".to_string();
+    // Every node leads some partition of eight over four... unless it registered last.
+    let leading_none: Vec<&NodeId> = meta.members.keys().filter(|id| meta.leaderships(id) == 0).collect();
+    let successor = meta.controller_successor(&a, |_| true);
+    assert_eq!(successor, leading_none.into_iter().find(|id| **id != a), "{:?}", meta.partitions);
+    assert_eq!(meta.controller_successor(&a, |_| false), None, "none caught up");
+    let single = three();
+    assert_eq!(single.controller_successor(&a, |_| true).map(String::as_str), Some("b"));
+}
+
+#[test]
+fn a_cluster_has_one_to_max_partitions() {
+    for partitions in [0, MAX_PARTITIONS + 1] {
+        let mut meta = Metadata::default();
+        assert!(matches!(meta.apply(&init_placed(partitions, &["a"], 1)), MetaOutcome::Rejected(_)));
+        assert_eq!(meta.cluster_id, None, "{partitions}: not formed");
+    }
+}
+
+#[test]
+fn commands_written_before_partitions_read_as_partition_zero() {
+    let register = r#"{"Register":{"id":"a","grpc_addr":"a:7100","client_addr":"a:7000","voter":true,"incarnation":1,"log_epoch":2}}"#;
+    let register: MetaCommand = serde_json::from_str(register).expect("old Register");
+    assert!(matches!(register, MetaCommand::Register { log_epoch: 2, ref log_epochs, .. } if log_epochs.is_empty()));
+    let replace = r#"{"ReplaceReplica":{"dead":"b","with":"d","expected":["a","b","c"]}}"#;
+    let replace: MetaCommand = serde_json::from_str(replace).expect("old ReplaceReplica");
+    assert!(matches!(replace, MetaCommand::ReplaceReplica { partition: 0, .. }));
+}
+
+/// The metadata as the version before partitions declared it (serde's defaults: unknown
+/// fields ignored, none optional).
+#[derive(Deserialize)]
+struct MetadataBeforePartitions {
+    cluster_id: Option<String>,
+    replication_factor: usize,
+    min_insync: usize,
+    members: BTreeMap<NodeId, MemberBeforePartitions>,
+    partition: Partition,
+}
+
+#[derive(Deserialize)]
+struct MemberBeforePartitions {
+    incarnation: u64,
+    #[serde(default)]
+    log_epoch: Epoch,
+}
+
+#[test]
+fn a_node_of_the_version_before_partitions_reads_what_is_written_now() {
+    let mut meta = three();
+    meta.apply(&fence("a", 1));
+    let written = serde_json::to_vec(&meta).expect("json");
+    let old: MetadataBeforePartitions = serde_json::from_slice(&written).expect("read as before partitions");
+    assert_eq!(old.cluster_id, meta.cluster_id);
+    assert_eq!((old.replication_factor, old.min_insync), (3, 2));
+    assert_eq!(old.partition, meta.partitions[0]);
+    assert_eq!(old.members["b"].incarnation, 1);
+    assert_eq!(old.members["b"].log_epoch, 0);
+    let unformed = serde_json::to_vec(&Metadata::default()).expect("json");
+    let old: MetadataBeforePartitions = serde_json::from_slice(&unformed).expect("unformed, read as before");
+    assert_eq!(old.partition, Partition::default());
 }

@@ -31,8 +31,8 @@ pub struct Sessions {
     fencing: HashSet<String>,
     /// When this controller last handed its role over because it also leads a partition.
     stepped_aside: Option<Instant>,
-    /// Since when this controller has seen each fenced replica fenced, and whether it has
-    /// warned that no spare member can take its place.
+    /// Since when this controller has seen each replica fenced (or not registered), and
+    /// whether it has warned that no spare member can take its place.
     dead_since: HashMap<String, (Instant, bool)>,
 }
 
@@ -93,13 +93,7 @@ impl Quorum {
         let Some(last) = metrics.last_log_index else { return };
         let replication = metrics.replication.unwrap_or_default();
         let caught_up = |id: &String| replication.get(id).and_then(Option::as_ref).is_some_and(|m| m.index() >= last);
-        let Some(successor) = metadata
-            .live_members()
-            .find(|(id, m)| m.voter && *id != me && caught_up(id) && metadata.leaderships(id) == 0)
-            .map(|(id, _)| id.clone())
-        else {
-            return;
-        };
+        let Some(successor) = metadata.controller_successor(me, caught_up).cloned() else { return };
         {
             let Some(mut sessions) = self.controlled_sessions() else { return };
             if sessions.stepped_aside.is_some_and(|at| at.elapsed() < self.config.session_timeout) {
@@ -130,7 +124,10 @@ impl Quorum {
             replication_factor: self.config.replication_factor,
             min_insync: self.config.min_insync,
             partitions: 1,
-            voters: self.voter_ids().into_iter().map(str::to_string).collect(),
+            // One partition keeps its replicas the first members to register, as before
+            // partitions, so that nodes of the earlier version forming a cluster with this
+            // one (they ignore `voters`) agree; placement over the voters is for several.
+            voters: Vec::new(),
         }
     }
 
@@ -197,9 +194,7 @@ impl Quorum {
         };
         let mut stuck = None;
         for (p, dead) in due {
-            let candidates =
-                metadata.live_members().map(|(id, _)| id).filter(|id| metadata.may_take_a_place(p, id).is_ok());
-            let Some(with) = candidates.min_by_key(|id| (metadata.copies_held(id), *id)).cloned() else {
+            let Some(with) = metadata.replacement_for(p).cloned() else {
                 stuck.get_or_insert((p, dead));
                 continue;
             };

@@ -37,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::metadata::{FenceReason, MetaCommand, MetaOutcome, Metadata};
 use crate::server::Password;
+use crate::storage::Epoch;
 
 pub use service::QuorumService;
 
@@ -69,8 +70,34 @@ pub struct QuorumConfig {
     /// nodes take part in the quorum.
     pub node_tls: Option<crate::tls::GrpcTls>,
     pub bind_source_addr: Option<std::net::IpAddr>,
-    /// Highest epoch this node's log holds (sent in `Register`).
-    pub log_epoch: u32,
+    /// Highest epoch this node's log holds, read at every `Register`: a node that copied
+    /// records since it started must not register as holding none.
+    pub log_epoch: LogEpoch,
+}
+
+/// Where the highest epoch of this node's log is read from.
+#[derive(Clone)]
+pub struct LogEpoch(Arc<dyn Fn() -> Epoch + Send + Sync>);
+
+impl LogEpoch {
+    pub fn new(read: impl Fn() -> Epoch + Send + Sync + 'static) -> LogEpoch {
+        LogEpoch(Arc::new(read))
+    }
+
+    /// Always `epoch` (a node without a log of its own, in tests).
+    pub fn fixed(epoch: Epoch) -> LogEpoch {
+        LogEpoch::new(move || epoch)
+    }
+
+    pub fn now(&self) -> Epoch {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for LogEpoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LogEpoch({})", self.now())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

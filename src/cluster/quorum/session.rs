@@ -69,15 +69,16 @@ pub(super) async fn run(quorum: Weak<Quorum>) {
 
 impl Quorum {
     async fn register(&self) -> Result<(), QuorumError> {
+        let log_epoch = self.config.log_epoch.now();
         let register = MetaCommand::Register {
             id: self.config.node_id.clone(),
             grpc_addr: self.config.grpc_addr.clone(),
             client_addr: self.config.client_addr.clone(),
             voter: self.voter,
             incarnation: self.incarnation,
-            log_epoch: self.config.log_epoch,
+            log_epoch,
             // One log, partition 0's, for now.
-            log_epochs: vec![self.config.log_epoch],
+            log_epochs: vec![log_epoch],
         };
         match self.propose_checked(register, true).await? {
             MetaOutcome::Applied | MetaOutcome::Unchanged => {
