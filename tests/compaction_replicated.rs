@@ -227,3 +227,93 @@ fn a_retired_follower_that_returns_copies_the_log_afresh_and_deleted_ids_stay_de
     assert_eq!(LineClient::connect(b.addr).unwrap().request(b"GET victim").unwrap(), b"NOT_FOUND");
     assert!(leader.stderr().contains("missed deletions"), "{}", leader.stderr());
 }
+
+/// What a data dir's `log/HORIZON` says: its log may lack tombstones below it (0: absent).
+fn tombstones_dropped_below(data_dir: &std::path::Path) -> u64 {
+    match std::fs::read_to_string(data_dir.join("log/HORIZON")) {
+        Ok(text) => text.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("HORIZON: {text:?}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => panic!("reading HORIZON: {e}"),
+    }
+}
+
+/// A node `copy` whose cleaner never runs, with `extra`.
+fn without_cleaner<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    flags(&[&["--node-id", "copy", "--cleanup", "none"][..], extra].concat())
+}
+
+#[test]
+fn a_fresh_copy_of_a_cleaned_log_records_the_leaders_tombstone_horizon() {
+    let dir = TempDir::new().unwrap();
+    let mut leader = ServerProcess::start(&dir.path().join("leader"), &flags(&[]));
+    let mut client = LineClient::connect(leader.addr).unwrap();
+    write_churn(&mut client, 3500);
+    wait_cleaned(leader.addr, "the leader");
+    let dropped_below = tombstones_dropped_below(&leader.data_dir);
+    assert!(dropped_below > 0, "the leader's cleaner was let drop tombstones");
+    // The copy's own cleaner is off: only what the leader ships can raise its horizon.
+    let grpc = leader.grpc.to_string();
+    let mut copy = ServerProcess::start(&dir.path().join("copy"), &flags(&["--cleanup", "none", "--follow", &grpc]));
+    let end = stats(leader.addr)["last_offset"].clone();
+    poll_until("the copy to catch up", || (stats(copy.addr)["last_offset"] == end).then_some(()));
+    let copied = tombstones_dropped_below(&copy.data_dir);
+    assert!(copied >= dropped_below, "the copy records the leader's horizon {dropped_below}, not {copied}");
+    stop(&mut copy);
+    stop(&mut leader);
+}
+
+#[test]
+fn a_copy_of_a_cleaned_log_that_leads_has_a_returning_replica_that_missed_deletions_copy_afresh() {
+    let dir = TempDir::new().unwrap();
+    let leader_dir = dir.path().join("leader");
+    let leader = ServerProcess::start(&leader_dir, &flags(&[]));
+    let (addr, grpc) = (leader.addr, leader.grpc);
+    let grpc_text = grpc.to_string();
+    let mut b = ServerProcess::start(&dir.path().join("b"), &flags(&["--node-id", "b", "--follow", &grpc_text]));
+    let mut client = LineClient::connect(addr).unwrap();
+    assert_eq!(client.request(b"SET victim old").unwrap(), b"OK");
+    // Not the epoch's last record, which compaction keeps (with its tombstone).
+    assert_eq!(client.request(b"SET filler 1").unwrap(), b"OK");
+    let end = stats(addr)["last_offset"].clone();
+    poll_until("b to copy the victim", || (stats(b.addr)["last_offset"] == end).then_some(()));
+    stop(&mut b);
+    // b is retired, so tombstones no longer wait for it.
+    let mut leader = leader;
+    stop(&mut leader);
+    let followers = leader_dir.join("followers");
+    let kept: String =
+        std::fs::read_to_string(&followers).unwrap().lines().filter(|l| *l != "b").map(|l| format!("{l}\n")).collect();
+    std::fs::write(&followers, kept).unwrap();
+    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
+    let mut client = LineClient::connect(addr).unwrap();
+    assert_eq!(client.request(b"DEL victim").unwrap(), b"OK");
+    write_churn(&mut client, 3500);
+    drop(client);
+    // A pass that starts after every write above drops the victim's tombstone.
+    stop(&mut leader);
+    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
+    wait_nothing_to_clean(leader.addr, "the restarted leader");
+    // A new copy, whose own cleaner never runs: only what the leader ships can raise its
+    // horizon (a pass of its own, leading with no follower known, would record one too).
+    let copy_dir = dir.path().join("copy");
+    let mut copy = ServerProcess::start(&copy_dir, &without_cleaner(&["--follow", &grpc_text]));
+    let end = stats(addr)["last_offset"].clone();
+    poll_until("the copy to catch up", || (stats(copy.addr)["last_offset"] == end).then_some(()));
+    assert!(tombstones_dropped_below(&copy_dir) >= tombstones_dropped_below(&leader_dir));
+    stop(&mut copy);
+    stop(&mut leader);
+    // The old leader is gone and the copy takes over. A manual copy refuses to lead (cluster
+    // mode promotes one by itself), so the operator's promotion is done by hand: its log-id
+    // file now says it began the log.
+    let log_id = std::fs::read_to_string(copy_dir.join("log-id")).unwrap();
+    assert!(log_id.contains("origin=copied"), "{log_id}");
+    std::fs::write(copy_dir.join("log-id"), log_id.replace("origin=copied", "origin=began")).unwrap();
+    let copy = ServerProcess::start(&copy_dir, &without_cleaner(&[]));
+    // b comes back with its old copy: the victim's SET and none of what deleted it.
+    let copy_grpc = copy.grpc.to_string();
+    let b = ServerProcess::start(&dir.path().join("b"), &flags(&["--node-id", "b", "--follow", &copy_grpc]));
+    let end = stats(copy.addr)["last_offset"].clone();
+    poll_until("b to catch up with the copy", || (stats(b.addr)["last_offset"] == end).then_some(()));
+    assert_eq!(LineClient::connect(b.addr).unwrap().request(b"GET victim").unwrap(), b"NOT_FOUND");
+    assert!(copy.stderr().contains("missed deletions"), "{}", copy.stderr());
+}

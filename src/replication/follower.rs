@@ -191,6 +191,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
     // Before anything is appended: from now on this data dir is a copy of the leader's log.
     log.adopt_lineage(&hello.log_id)?;
     log.observe_epoch(hello.epoch)?;
+    record_leaders_horizon(log, hello.tombstones_dropped_below)?;
     // What an earlier session's leader said was about the log as it stood then; this
     // leader's first chunk says it anew.
     log.forget_leader_clean_points();
@@ -222,6 +223,9 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
             Some(_) => break Err(SessionError::Protocol("a second hello or divergence mid-stream")),
             None => break Err(SessionError::Closed),
         };
+        if let Err(err) = record_leaders_horizon(log, records.tombstones_dropped_below) {
+            break Err(err.into());
+        }
         if begins_at_leaders_start(records.log_start_offset, log.next_offset(), log.log_start_offset())
             && let Err(err) = tokio::task::block_in_place(|| begin_at_leaders_start(log, records.log_start_offset))
         {
@@ -277,6 +281,18 @@ async fn sync_and_acknowledge(
         }
     }
     Ok(SessionEnd::Shutdown)
+}
+
+/// Raises this log's tombstone horizon to the leader's before any record that came with it
+/// is appended: those records may come from segments its cleaner thinned, so should this
+/// node lead, a replica whose log ends below that horizon has to copy the log afresh, as it
+/// would from the old leader. Most messages leave it unchanged and cost no write; a leader
+/// that dropped none (or predates the field) ships 0, and this file is not even read.
+fn record_leaders_horizon(log: &Log, leaders: Offset) -> Result<(), StorageError> {
+    if leaders > 0 && leaders > log.tombstones_dropped_below()? {
+        tokio::task::block_in_place(|| log.let_tombstones_drop_below(leaders))?;
+    }
+    Ok(())
 }
 
 /// Every record we hold lies below the leader's log start (its retention deleted them, or
@@ -348,35 +364,19 @@ impl Replication {
     /// so that every replica removes the same records. A follower only cleans below the
     /// leader's committed offset, which no leader ever cuts.
     ///
-    /// The tombstone horizon is recorded in the data dir before the cleaner may use it, so
-    /// that this node, leading, knows which returning replicas missed deletions.
+    /// The cleaner records the tombstone horizon in the data dir before a pass uses it, then
+    /// asks for these points again and uses the lower horizon, so that this node, leading,
+    /// knows which returning replicas missed deletions: a follower that registers meanwhile
+    /// holds the second answer down, or reads the recorded horizon when it fetches
+    /// (service.rs reads it after registering), so no fetch slips between the two.
     pub fn clean_points(&self) -> CleanPoints {
-        let mut points = if self.is_leader() {
+        if self.is_leader() {
             let (upto, tombstone_horizon) = self.shipped_clean_points();
             CleanPoints { upto, tombstone_horizon, own_retention: true }
         } else {
             let (committed, horizon) = self.log.leader_clean_points();
             let upto = committed.min(self.log.durable_offset());
             CleanPoints { upto, tombstone_horizon: horizon.min(upto), own_retention: false }
-        };
-        points.tombstone_horizon = match self.log.let_tombstones_drop_below(points.tombstone_horizon) {
-            // Looked at again once recorded: a follower that registered meanwhile holds it
-            // down now, or read the recorded one when it fetched (service.rs checks after
-            // registering), so no fetch slips between the two.
-            Ok(horizon) => horizon.min(self.horizon_now()),
-            Err(err) => {
-                tracing::warn!(%err, "recording the tombstone horizon failed; tombstones are kept until it succeeds");
-                0
-            }
-        };
-        points
-    }
-
-    /// The tombstone horizon as this node's role decides it now.
-    fn horizon_now(&self) -> Offset {
-        match self.is_leader() {
-            true => self.shipped_clean_points().1,
-            false => self.log.leader_clean_points().1,
         }
     }
 }

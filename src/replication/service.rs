@@ -178,22 +178,20 @@ impl ReplicationRpc for Service {
         // may arrive before the stream task runs, and acks of unknown sessions are ignored.
         let holds = request.next_offset.min(next_offset);
         let registration = replica.then(|| node.followers.connect(&request.follower_id, holds));
-        // Checked once registered: from then on the horizon waits for this follower, and the
+        // Read once registered: from then on the horizon waits for this follower, and the
         // cleaner records a horizon before it re-checks it against the followers and uses
         // it, so one that passed without this follower is in the file by now.
-        if replica && request.last.is_some() {
-            let dropped_below = node.log.tombstones_dropped_below().map_err(internal)?;
-            if missed_deletions(request.next_offset, log_start, dropped_below) {
-                tracing::warn!(
-                    follower = %request.follower_id, from = request.next_offset, tombstones_dropped_below = dropped_below,
-                    "a follower whose log ends below where tombstones were dropped (it was away, or forgotten) \
-                     missed deletions: telling it to copy the log afresh from the log start {log_start}"
-                );
-                let diverged = fetch_response::Kind::Diverged(Diverged { epoch: None, end_offset: log_start });
-                let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
-                drop((registration, permit));
-                return Ok(Response::new(ReceiverStream::new(rx)));
-            }
+        let dropped_below = tombstones_dropped_below(node, replica).map_err(internal)?;
+        if replica && request.last.is_some() && missed_deletions(request.next_offset, log_start, dropped_below) {
+            tracing::warn!(
+                follower = %request.follower_id, from = request.next_offset, tombstones_dropped_below = dropped_below,
+                "a follower whose log ends below where tombstones were dropped (it was away, or forgotten) \
+                 missed deletions: telling it to copy the log afresh from the log start {log_start}"
+            );
+            let diverged = fetch_response::Kind::Diverged(Diverged { epoch: None, end_offset: log_start });
+            let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
+            drop((registration, permit));
+            return Ok(Response::new(ReceiverStream::new(rx)));
         }
         let hello = Hello {
             leader_id: node.config.node_id.clone(),
@@ -203,6 +201,7 @@ impl ReplicationRpc for Service {
             max_record_bytes: node.config.max_record_bytes as u64,
             session: registration.as_ref().map(|r| r.token().to_vec()).unwrap_or_default(),
             log_id,
+            tombstones_dropped_below: dropped_below,
         };
         let _ = tx.try_send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Hello(hello)) }));
         if replica {
@@ -391,7 +390,9 @@ async fn stream_log(
                 let log_start = node.log.log_start_offset();
                 if points.0 > told.0 || points.1 > told.1 || log_start > told_start {
                     (told, told_start) = (points, log_start);
-                    if tx.send(Ok(records(&node, Vec::new(), points, log_start))).await.is_err() {
+                    let response = records(&node, Vec::new(), points, log_start, tells_watermark);
+                    let failed = response.is_err();
+                    if tx.send(response).await.is_err() || failed {
                         return;
                     }
                 }
@@ -422,31 +423,50 @@ async fn stream_log(
         let points = node.shipped_clean_points();
         told = (told.0.max(points.0), told.1.max(points.1));
         told_start = node.log.log_start_offset();
-        let response = records(&node, chunk.bytes, points, told_start);
+        let response = records(&node, chunk.bytes, points, told_start, tells_watermark);
+        let failed = response.is_err();
         tokio::select! {
-            sent = tx.send(Ok(response)) => if sent.is_err() { return },
+            sent = tx.send(response) => if sent.is_err() || failed { return },
             _ = shutdown.wait_for(|&stop| stop) => return,
         }
     }
 }
 
 /// A `Records` message: `frames` (none: only the points moved) with what a replica learns
-/// beside them, the leader's end, clean points (committed offset, tombstone horizon) and
-/// log start.
+/// beside them, the leader's end, clean points (committed offset, tombstone horizon), log
+/// start and, for a `replica`, where this log may lack tombstones. An error (the horizon
+/// file is unreadable) ends the stream.
 fn records(
     node: &Replication,
     frames: Vec<u8>,
     (high_watermark, tombstone_horizon): (Offset, Offset),
     log_start_offset: Offset,
-) -> FetchResponse {
+    replica: bool,
+) -> Result<FetchResponse, Status> {
+    // Read after `frames`: a cleaner pass records its horizon before it swaps in segments
+    // without tombstones, so what was read then is covered by what this says now.
+    let tombstones_dropped_below = tombstones_dropped_below(node, replica).map_err(|err| {
+        tracing::error!(%err, "reading the tombstone horizon for a fetch stream failed");
+        internal(err)
+    })?;
     let records = Records {
         frames,
         leader_next_offset: node.log.next_offset(),
         high_watermark,
         log_start_offset,
         tombstone_horizon,
+        tombstones_dropped_below,
     };
-    FetchResponse { kind: Some(fetch_response::Kind::Records(records)) }
+    Ok(FetchResponse { kind: Some(fetch_response::Kind::Records(records)) })
+}
+
+/// This log's recorded tombstone horizon, which a replica copies (0 for a consumer, which
+/// keeps no copy: a damaged horizon file does not stop `msglog tail`).
+fn tombstones_dropped_below(node: &Replication, replica: bool) -> Result<Offset, StorageError> {
+    match replica {
+        true => node.log.tombstones_dropped_below(),
+        false => Ok(0),
+    }
 }
 
 /// A manual leader records each follower its log is copied to before it ships any record,

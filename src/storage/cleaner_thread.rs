@@ -155,7 +155,7 @@ fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> Clean
         }
         let opts = CleanOptions {
             upto,
-            tombstone_horizon,
+            tombstone_horizon: recorded_horizon(&log, tombstone_horizon, &points),
             delete_retention: settings.delete_retention,
             bytes_per_sec: settings.bytes_per_sec,
         };
@@ -171,6 +171,22 @@ fn run(log: Weak<Log>, settings: CleanerSettings, points: impl Fn(&Log) -> Clean
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "log cleaning failed; retrying at the next check"),
+        }
+    }
+}
+
+/// The tombstone horizon a pass about to run may use: `horizon` is recorded in the log's
+/// `HORIZON` first (only here, so a look that runs no pass leaves the file as it is), then
+/// the points are asked for again and the lower horizon wins. Whoever the points wait for
+/// (a replica that registers meanwhile) either holds the second answer down or, arriving
+/// after it, finds the recorded horizon and is told it missed deletions. 0 when recording
+/// fails: the pass keeps every tombstone.
+fn recorded_horizon(log: &Log, horizon: Offset, points: &impl Fn(&Log) -> CleanPoints) -> Offset {
+    match log.let_tombstones_drop_below(horizon) {
+        Ok(horizon) => horizon.min(points(log).tombstone_horizon),
+        Err(err) => {
+            tracing::warn!(%err, "recording the tombstone horizon failed; tombstones are kept until it succeeds");
+            0
         }
     }
 }
@@ -220,5 +236,74 @@ impl Pace for RateLimit {
             std::thread::sleep(wait);
         }
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::storage::Config;
+
+    /// Bounds any wait: it only turns a hang into a failure.
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    /// A cleaner on `log` that may clean everything and drop every tombstone, and a
+    /// channel that hears of each look (each time it asks for the points).
+    fn start_eager(log: &Arc<Log>) -> (Cleaner, mpsc::Receiver<()>) {
+        let settings = CleanerSettings {
+            check_every: Duration::from_millis(1),
+            delete_retention: Duration::ZERO,
+            ..CleanerSettings::default()
+        };
+        let (looked, looks) = mpsc::channel();
+        let points = move |log: &Log| {
+            let _ = looked.send(());
+            CleanPoints { upto: log.next_offset(), tombstone_horizon: log.next_offset(), own_retention: false }
+        };
+        (Cleaner::start(Arc::clone(log), settings, points).unwrap(), looks)
+    }
+
+    #[test]
+    fn looks_that_run_no_pass_leave_the_horizon_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), Config::default()).unwrap());
+        // One segment, still the active one: nothing to clean.
+        log.append(b"victim", b"old").unwrap();
+        log.delete(b"victim").unwrap();
+        let (cleaner, looks) = start_eager(&log);
+        for _ in 0..3 {
+            looks.recv_timeout(DEADLINE).expect("the cleaner to look");
+        }
+        cleaner.stop();
+        assert_eq!(log.cleaner_stats().runs, 0, "no pass ran");
+        assert_eq!(log.tombstones_dropped_below().unwrap(), 0, "so no horizon was recorded");
+        assert!(!dir.path().join("log/HORIZON").exists());
+    }
+
+    #[test]
+    fn a_pass_records_its_horizon_before_it_drops_tombstones() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config { segment_bytes: 512, max_record_bytes: 400, ..Config::default() };
+        let log = Arc::new(Log::open(dir.path(), config).unwrap());
+        log.append(b"victim", b"old").unwrap();
+        log.delete(b"victim").unwrap();
+        // Sealed segments of superseded records: a pass has work, the tombstone among it.
+        for n in 0..40 {
+            log.append(format!("id-{}", n % 4).as_bytes(), "x".repeat(40).as_bytes()).unwrap();
+        }
+        let end = log.next_offset();
+        let (cleaner, looks) = start_eager(&log);
+        for _ in 0..1000 {
+            if log.cleaner_stats().runs > 0 {
+                break;
+            }
+            looks.recv_timeout(DEADLINE).expect("the cleaner to look");
+        }
+        cleaner.stop();
+        assert!(log.cleaner_stats().runs > 0, "a pass ran");
+        assert_eq!(log.tombstones_dropped_below().unwrap(), end, "the horizon it was given is recorded");
+        assert_eq!(log.get(b"victim").unwrap(), None);
     }
 }

@@ -4,8 +4,9 @@
 //! file").
 //!
 //! `<data_dir>/log/HORIZON`: a first line `msglog-horizon 1`, then one offset. Raised, and
-//! made durable, before the cleaner is let drop a tombstone below the new value; never
-//! lowered. Absent: 0 (no tombstone was ever dropped).
+//! made durable, before the cleaner is let drop a tombstone below the new value, and by a
+//! replica to its leader's before it appends records copied from that leader (which may
+//! lack tombstones below it); never lowered. Absent: 0 (no tombstone was ever dropped).
 
 use std::path::{Path, PathBuf};
 
