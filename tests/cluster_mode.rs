@@ -67,6 +67,9 @@ fn three_nodes_form_a_cluster_elect_one_leader_and_replicate_to_all() {
         let stats = cluster.stats(i);
         assert_eq!(stats["epoch"], cluster.stats(leader)["epoch"], "{}: one epoch everywhere", cluster.nodes[i].name);
         assert_eq!(stats["hw"], "1", "{} knows the write is committed: {stats:?}", cluster.nodes[i].name);
+        assert_eq!(stats["partitions"], "1", "{stats:?}");
+        let led = if i == leader { "1" } else { "0" };
+        assert_eq!(stats["partitions_led"], led, "{}: {stats:?}", cluster.nodes[i].name);
     }
     let digests = cluster.stop_all_and_digest();
     assert!(digests.iter().all(|(_, d)| *d == digests[0].1), "replicas diverged: {digests:?}");

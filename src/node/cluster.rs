@@ -467,6 +467,9 @@ impl crate::server::Cluster for Member {
         pairs.push(("isr".to_string(), isr.join(",")));
         pairs.push(("min_insync".to_string(), meta.min_insync.to_string()));
         pairs.push(("replicas".to_string(), partition.replicas.join(",")));
+        pairs.push(("partitions".to_string(), meta.partitions.len().to_string()));
+        // Leaderships the quorum gives this node (whether or not it serves them yet).
+        pairs.push(("partitions_led".to_string(), meta.leaderships(self.quorum.node_id()).to_string()));
         // `msglog cluster status` visits every member from here: `id@client address`.
         let members: Vec<String> = meta.members.iter().map(|(id, m)| format!("{id}@{}", m.client_addr)).collect();
         pairs.push(("members".to_string(), members.join(",")));

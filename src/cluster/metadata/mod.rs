@@ -451,13 +451,13 @@ impl Metadata {
     }
 
     /// How many partitions list `id` among their replicas.
-    pub fn copies_held(&self, id: &NodeId) -> usize {
-        self.partitions.iter().filter(|p| p.replicas.contains(id)).count()
+    pub fn copies_held(&self, id: &str) -> usize {
+        self.partitions.iter().filter(|p| p.replicas.iter().any(|r| r == id)).count()
     }
 
     /// How many partitions `id` leads.
-    pub fn leaderships(&self, id: &NodeId) -> usize {
-        self.partitions.iter().filter(|p| p.leader.as_ref() == Some(id)).count()
+    pub fn leaderships(&self, id: &str) -> usize {
+        self.partitions.iter().filter(|p| p.leader.as_deref() == Some(id)).count()
     }
 
     /// `id` leads nothing and leaves every ISR (unless it is the last member there).

@@ -248,7 +248,7 @@ fn partitions_are_placed_over_the_voters_so_copies_spread_evenly() {
     assert_eq!(meta.partitions[0].replicas, ["a", "b"]);
     assert_eq!(meta.partitions[5].replicas[0], "b", "partition p's first replica is node p mod N");
     for id in ["a", "b", "c", "d"] {
-        assert_eq!(meta.copies_held(&id.to_string()), 4, "{id}: 8 partitions x 2 copies / 4 nodes");
+        assert_eq!(meta.copies_held(id), 4, "{id}: 8 partitions x 2 copies / 4 nodes");
     }
     for (p, partition) in meta.partitions.iter().enumerate() {
         let leader = partition.leader.clone().unwrap_or_else(|| panic!("partition {p} has no leader"));

@@ -187,6 +187,11 @@ impl Quorum {
 
     /// The current controller (Raft leader) node id, if known.
     /// The voters' ids, as `--cluster` lists them.
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
     pub fn voter_ids(&self) -> Vec<&str> {
         self.config.voters.iter().map(|(id, _)| id.as_str()).collect()
     }
