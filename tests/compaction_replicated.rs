@@ -8,6 +8,7 @@ mod common;
 use std::collections::HashMap;
 
 use common::compaction::check_lines;
+use common::proxy::{Fault, FaultProxy};
 use common::scenario::{Addressing, ProcessCluster};
 use common::{LineClient, ServerProcess, poll_until, stats};
 use msglog::storage::{Config, Log};
@@ -226,6 +227,49 @@ fn a_retired_follower_that_returns_copies_the_log_afresh_and_deleted_ids_stay_de
     poll_until("b to catch up", || (stats(b.addr)["last_offset"] == end).then_some(()));
     assert_eq!(LineClient::connect(b.addr).unwrap().request(b"GET victim").unwrap(), b"NOT_FOUND");
     assert!(leader.stderr().contains("missed deletions"), "{}", leader.stderr());
+}
+
+#[test]
+fn a_running_follower_cut_off_while_it_was_retired_copies_the_log_afresh_when_it_reconnects() {
+    let dir = TempDir::new().unwrap();
+    let leader_dir = dir.path().join("leader");
+    let leader = ServerProcess::start(&leader_dir, &flags(&[]));
+    let (addr, grpc) = (leader.addr, leader.grpc);
+    // b reaches the leader through a proxy that can cut it off while its process runs on,
+    // remembering the committed offset the leader last told it.
+    let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), grpc);
+    let through_proxy = proxy.addr().to_string();
+    let b = ServerProcess::start(&dir.path().join("b"), &flags(&["--node-id", "b", "--follow", &through_proxy]));
+    let mut client = LineClient::connect(addr).unwrap();
+    assert_eq!(client.request(b"SET victim old").unwrap(), b"OK");
+    // Not the epoch's last record, which compaction keeps (with its tombstone).
+    assert_eq!(client.request(b"SET filler 1").unwrap(), b"OK");
+    let end = stats(addr)["last_offset"].clone();
+    poll_until("b to copy the victim", || (stats(b.addr)["last_offset"] == end).then_some(()));
+    proxy.set(Fault::Drop);
+    // b is retired while cut off: tombstones no longer wait for it.
+    let mut leader = leader;
+    stop(&mut leader);
+    let followers = leader_dir.join("followers");
+    let kept: String =
+        std::fs::read_to_string(&followers).unwrap().lines().filter(|l| *l != "b").map(|l| format!("{l}\n")).collect();
+    std::fs::write(&followers, kept).unwrap();
+    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
+    let mut client = LineClient::connect(addr).unwrap();
+    assert_eq!(client.request(b"DEL victim").unwrap(), b"OK");
+    write_churn(&mut client, 3500);
+    drop(client);
+    // A pass that starts after every write above drops the victim's tombstone.
+    stop(&mut leader);
+    let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
+    wait_nothing_to_clean(leader.addr, "the restarted leader");
+    // b reconnects, never restarted: it must cut even what it was told is committed.
+    proxy.set(Fault::Pass);
+    let end = stats(addr)["last_offset"].clone();
+    poll_until("b to copy the log afresh and catch up", || (stats(b.addr)["last_offset"] == end).then_some(()));
+    assert_eq!(LineClient::connect(b.addr).unwrap().request(b"GET victim").unwrap(), b"NOT_FOUND");
+    assert!(leader.stderr().contains("missed deletions"), "{}", leader.stderr());
+    assert!(!b.stderr().contains("refusing to truncate committed records"), "{}", b.stderr());
 }
 
 /// What a data dir's `log/HORIZON` says: its log may lack tombstones below it (0: absent).

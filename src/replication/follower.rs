@@ -165,7 +165,13 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         Some(fetch_response::Kind::Hello(hello)) => hello,
         Some(fetch_response::Kind::Diverged(diverged)) => {
             let last = last.ok_or(SessionError::Protocol("divergence reported for an empty log"))?;
-            let committed = node.upstream.high_watermark.load(Ordering::Relaxed);
+            // A leader that has us copy afresh holds every committed record: none is lost
+            // by cutting below what it told us was committed (a running follower remembers
+            // that; a restarted one would not, and would copy afresh all the same).
+            let committed = match diverged.copy_afresh {
+                true => 0,
+                false => node.upstream.high_watermark.load(Ordering::Relaxed),
+            };
             truncate_divergent_tail(log, &diverged, last, committed)?;
             node.truncated(log.next_offset());
             return Ok(SessionEnd::Truncated);

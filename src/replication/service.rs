@@ -164,7 +164,7 @@ impl ReplicationRpc for Service {
                     follower = %request.follower_id, last_offset = last.offset, last_epoch = last.epoch,
                     ?epoch, end_offset, "caller's log diverges from ours; telling it where to truncate"
                 );
-                let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset });
+                let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset, copy_afresh: false });
                 let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
                 drop(permit);
                 return Ok(Response::new(ReceiverStream::new(rx)));
@@ -188,7 +188,8 @@ impl ReplicationRpc for Service {
                 "a follower whose log ends below where tombstones were dropped (it was away, or forgotten) \
                  missed deletions: telling it to copy the log afresh from the log start {log_start}"
             );
-            let diverged = fetch_response::Kind::Diverged(Diverged { epoch: None, end_offset: log_start });
+            let diverged = Diverged { epoch: None, end_offset: log_start, copy_afresh: true };
+            let diverged = fetch_response::Kind::Diverged(diverged);
             let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
             drop((registration, permit));
             return Ok(Response::new(ReceiverStream::new(rx)));
