@@ -149,12 +149,7 @@ fn an_isr_change_based_on_an_isr_that_has_changed_since_is_refused() {
 }
 
 fn replace(dead: &str, with: &str, expected: &[&str]) -> MetaCommand {
-    MetaCommand::ReplaceReplica {
-        partition: 0,
-        dead: dead.into(),
-        with: with.into(),
-        expected: expected.iter().map(|s| s.to_string()).collect(),
-    }
+    replace_in(0, dead, with, expected)
 }
 
 #[test]
