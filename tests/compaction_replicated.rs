@@ -56,6 +56,33 @@ fn wait_nothing_to_clean(addr: std::net::SocketAddr, what: &str) {
     });
 }
 
+/// Retires follower `id` the way an operator does, with the leader stopped: deletes its
+/// line from the leader's `followers` file, so tombstones no longer wait for it.
+fn retire_follower(leader_dir: &std::path::Path, id: &str) {
+    let followers = leader_dir.join("followers");
+    let kept: String =
+        std::fs::read_to_string(&followers).unwrap().lines().filter(|l| *l != id).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&followers, kept).unwrap();
+}
+
+/// Deletes `victim` through the leader at `addr` and writes enough churn after it for a
+/// cleaning pass to have work.
+fn delete_victim_and_churn(addr: std::net::SocketAddr) {
+    let mut client = LineClient::connect(addr).unwrap();
+    assert_eq!(client.request(b"DEL victim").unwrap(), b"OK");
+    write_churn(&mut client, 3500);
+}
+
+/// Restarts the leader on its addresses and waits until its cleaner has nothing left to
+/// clean: the pass that ran started after every write made before the restart.
+fn restart_and_clean(mut leader: ServerProcess, leader_dir: &std::path::Path) -> ServerProcess {
+    let (addr, grpc) = (leader.addr, leader.grpc);
+    stop(&mut leader);
+    let leader = ServerProcess::start_on(leader_dir, addr, grpc, &flags(&[]));
+    wait_nothing_to_clean(leader.addr, "the restarted leader");
+    leader
+}
+
 fn stop(server: &mut ServerProcess) {
     server.signal(libc::SIGTERM);
     assert!(server.wait_for_exit().success(), "{}", server.stderr());
@@ -170,16 +197,11 @@ fn a_manual_leader_keeps_tombstones_for_a_follower_that_was_away_across_its_rest
     // The leader restarts while b is away: b is known only from its data dir now.
     let mut leader = leader;
     stop(&mut leader);
-    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    let mut client = LineClient::connect(addr).unwrap();
-    assert_eq!(client.request(b"DEL victim").unwrap(), b"OK");
-    write_churn(&mut client, 3500);
-    drop(client);
+    let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
+    delete_victim_and_churn(addr);
     // A pass that starts after every write above: it would drop the tombstone if only a
     // (connected, holding it) counted.
-    stop(&mut leader);
-    let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    wait_nothing_to_clean(leader.addr, "the restarted leader");
+    let leader = restart_and_clean(leader, &leader_dir);
     let b = ServerProcess::start(&dir.path().join("b"), &follow("b"));
     let end = stats(addr)["last_offset"].clone();
     poll_until("b to catch up", || (stats(b.addr)["last_offset"] == end).then_some(()));
@@ -207,20 +229,12 @@ fn a_retired_follower_that_returns_copies_the_log_afresh_and_deleted_ids_stay_de
     // b is retired: the operator deletes its line, so tombstones no longer wait for it.
     let mut leader = leader;
     stop(&mut leader);
-    let followers = leader_dir.join("followers");
-    let kept: String =
-        std::fs::read_to_string(&followers).unwrap().lines().filter(|l| *l != "b").map(|l| format!("{l}\n")).collect();
-    std::fs::write(&followers, kept).unwrap();
-    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    let mut client = LineClient::connect(addr).unwrap();
-    assert_eq!(client.request(b"DEL victim").unwrap(), b"OK");
-    write_churn(&mut client, 3500);
-    drop(client);
+    retire_follower(&leader_dir, "b");
+    let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
+    delete_victim_and_churn(addr);
     // A pass that starts after every write above drops the victim's tombstone: only a,
     // which holds it, counts now.
-    stop(&mut leader);
-    let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    wait_nothing_to_clean(leader.addr, "the restarted leader");
+    let leader = restart_and_clean(leader, &leader_dir);
     // b comes back with its old copy: the victim's SET and none of what deleted it.
     let b = ServerProcess::start(&dir.path().join("b"), &follow("b"));
     let end = stats(addr)["last_offset"].clone();
@@ -250,19 +264,11 @@ fn a_running_follower_cut_off_while_it_was_retired_copies_the_log_afresh_when_it
     // b is retired while cut off: tombstones no longer wait for it.
     let mut leader = leader;
     stop(&mut leader);
-    let followers = leader_dir.join("followers");
-    let kept: String =
-        std::fs::read_to_string(&followers).unwrap().lines().filter(|l| *l != "b").map(|l| format!("{l}\n")).collect();
-    std::fs::write(&followers, kept).unwrap();
-    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    let mut client = LineClient::connect(addr).unwrap();
-    assert_eq!(client.request(b"DEL victim").unwrap(), b"OK");
-    write_churn(&mut client, 3500);
-    drop(client);
-    // A pass that starts after every write above drops the victim's tombstone.
-    stop(&mut leader);
+    retire_follower(&leader_dir, "b");
     let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    wait_nothing_to_clean(leader.addr, "the restarted leader");
+    delete_victim_and_churn(addr);
+    // A pass that starts after every write above drops the victim's tombstone.
+    let leader = restart_and_clean(leader, &leader_dir);
     // b reconnects, never restarted: it must cut even what it was told is committed.
     proxy.set(Fault::Pass);
     let end = stats(addr)["last_offset"].clone();
@@ -324,19 +330,11 @@ fn a_copy_of_a_cleaned_log_that_leads_has_a_returning_replica_that_missed_deleti
     // b is retired, so tombstones no longer wait for it.
     let mut leader = leader;
     stop(&mut leader);
-    let followers = leader_dir.join("followers");
-    let kept: String =
-        std::fs::read_to_string(&followers).unwrap().lines().filter(|l| *l != "b").map(|l| format!("{l}\n")).collect();
-    std::fs::write(&followers, kept).unwrap();
-    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    let mut client = LineClient::connect(addr).unwrap();
-    assert_eq!(client.request(b"DEL victim").unwrap(), b"OK");
-    write_churn(&mut client, 3500);
-    drop(client);
+    retire_follower(&leader_dir, "b");
+    let leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
+    delete_victim_and_churn(addr);
     // A pass that starts after every write above drops the victim's tombstone.
-    stop(&mut leader);
-    let mut leader = ServerProcess::start_on(&leader_dir, addr, grpc, &flags(&[]));
-    wait_nothing_to_clean(leader.addr, "the restarted leader");
+    let mut leader = restart_and_clean(leader, &leader_dir);
     // A new copy, whose own cleaner never runs: only what the leader ships can raise its
     // horizon (a pass of its own, leading with no follower known, would record one too).
     let copy_dir = dir.path().join("copy");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use msglog::node::{Node, NodeConfig, NodeError, NodeStatus, RunningNode};
 use msglog::replication::{ReplicationStatus, Role};
-use msglog::storage::{Config, FileSystem};
+use msglog::storage::{Config, FileSystem, StorageError};
 use tempfile::TempDir;
 
 use super::{DEADLINE, TestClient};
@@ -162,7 +162,17 @@ impl TestCluster {
     pub async fn restart(&mut self, i: usize) {
         assert!(self.slots[i].node.is_none(), "node n{i} is running");
         let config = self.slots[i].config.clone();
-        let node = Node::start(config).await.unwrap_or_else(|e| panic!("n{i} restarts: {e}"));
+        let deadline = Instant::now() + DEADLINE;
+        let node = loop {
+            match Node::start(config.clone()).await {
+                Err(NodeError::OpenLog { cause, .. })
+                    if locked_by_this_process(&cause) && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                started => break started.unwrap_or_else(|e| panic!("n{i} restarts: {e}")),
+            }
+        };
         self.slots[i].node = Some(node);
     }
 
@@ -179,8 +189,21 @@ impl TestCluster {
 
 /// `msglog check`'s digest of a stopped node's log.
 pub fn digest(data_dir: &std::path::Path) -> String {
-    let report = msglog::storage::check::check(data_dir, &Config::default(), |_| {}).expect("check the log");
-    report.digest_hex()
+    let report = super::poll_until("the stopped node's log lock to be free", || {
+        match msglog::storage::check::check(data_dir, &Config::default(), |_| {}) {
+            Err(err) if locked_by_this_process(&err) => None,
+            checked => Some(checked),
+        }
+    });
+    report.expect("check the log").digest_hex()
+}
+
+/// Whether `err` is the lock of a log this process has closed and still seems to hold. A
+/// child process that another test is spawning holds a copy of every open descriptor from
+/// its fork until its exec closes them (they are close-on-exec), and with the lock file's
+/// descriptor the flock: a node stopped at that moment leaves its lock held for that long.
+fn locked_by_this_process(err: &StorageError) -> bool {
+    matches!(err, StorageError::Locked { holder, .. } if *holder == format!(", PID {}", std::process::id()))
 }
 
 /// Whether `status` is a follower connected to a leader it knows as `leader_id`.
