@@ -230,6 +230,21 @@ fn tail_into_a_pipe_closed_early_exits_zero_quietly_in_json_and_text() {
     }
 }
 
+#[test]
+fn tail_of_a_partition_the_node_holds_no_replica_of_is_refused_and_prints_nothing() {
+    let dir = TempDir::new().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"), &[]);
+    assert_eq!(LineClient::connect(server.addr).unwrap().request(b"SET k v").unwrap(), b"OK");
+    let grpc = server.grpc.to_string();
+    let held = run(&["tail", "--from", &grpc, "--no-follow", "--partition", "0"]);
+    assert!(held.status.success(), "{}", text(&held.stderr));
+    assert!(text(&held.stdout).contains(" k "), "{}", text(&held.stdout));
+    let other = run(&["tail", "--from", &grpc, "--no-follow", "--partition", "3"]);
+    assert!(!other.status.success());
+    assert_eq!(text(&other.stdout), "", "nothing of partition 0's log is printed");
+    assert!(text(&other.stderr).contains("holds no replica of partition 3"), "{}", text(&other.stderr));
+}
+
 fn segments(data: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data.join("log"))
         .unwrap()

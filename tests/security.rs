@@ -245,6 +245,7 @@ async fn tail_needs_the_password() {
         follow: false,
         max_record_bytes: 1 << 21,
         password,
+        partition: 0,
     };
     let mut seen = 0;
     let refused = tail(&request(None), |_| {

@@ -26,6 +26,10 @@ pub(crate) struct TailArgs {
     /// First offset to print (0 is the start of the log).
     #[arg(long, default_value_t = 0)]
     offset: u64,
+    /// The partition whose log to print, in a cluster of several partitions; ask a node
+    /// that holds a replica of it (`msglog cluster status` lists them).
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    partition: u32,
     /// Stop once the records that were in the log when tail started are printed.
     #[arg(long)]
     no_follow: bool,
@@ -75,6 +79,7 @@ pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
         follow: !args.no_follow,
         max_record_bytes: super::check::offline_config().max_record_bytes as usize,
         password: args.password.clone(),
+        partition: args.partition,
     };
     let tls = match (&args.cacert, args.tls) {
         (Some(ca), true) => {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cluster::metadata::{MetaCommand, MetaOutcome, Metadata, PartitionId};
+use crate::cluster::metadata::{MetaCommand, MetaOutcome, Metadata};
 use crate::cluster::quorum::Quorum;
 use crate::replication::{LeaderInfo, Position, Replication};
 use crate::storage::Offset;
@@ -23,9 +23,6 @@ use super::NodeError;
 /// How often a leader reviews its ISR and every node checks its lease. Cheap: a few
 /// comparisons, no I/O.
 const TICK: Duration = Duration::from_millis(100);
-
-/// The partition this node's log holds: a node serves one partition for now.
-pub(super) const PARTITION: PartitionId = 0;
 
 /// What a node in cluster mode is started with.
 #[derive(Debug, Clone)]
@@ -125,7 +122,7 @@ impl Driver {
             self.identity.check(cluster_id, &self.node_id)?;
             self.identity_checked = Some(cluster_id.clone());
         }
-        let partition = meta.partition_or_empty(PARTITION);
+        let partition = meta.partition_or_empty(self.replication.partition());
         let epoch = partition.epoch;
         let current = self.replication.position();
         // Only what the metadata says of this process counts: until it has registered, a
@@ -194,7 +191,7 @@ impl Driver {
         if self.proposal.as_ref().is_some_and(|p| !p.is_finished()) {
             return;
         }
-        let partition = meta.partition_or_empty(PARTITION);
+        let partition = meta.partition_or_empty(self.replication.partition());
         let since = self.leading_since.unwrap_or(now);
         for replica in partition.replicas.iter().filter(|r| **r != self.node_id) {
             let (durable, connected) = self.replication.follower_progress(replica);
@@ -230,11 +227,11 @@ impl Driver {
     }
 
     fn propose_isr(&mut self, meta: &Metadata, isr: BTreeSet<String>) {
-        let partition = meta.partition_or_empty(PARTITION);
+        let partition = meta.partition_or_empty(self.replication.partition());
         let expected = partition.isr.clone();
         let joining: Vec<String> = isr.difference(&expected).cloned().collect();
         let command = MetaCommand::AlterIsr {
-            partition: PARTITION,
+            partition: self.replication.partition(),
             leader: self.node_id.clone(),
             epoch: partition.epoch,
             expected,
@@ -438,7 +435,7 @@ impl crate::server::Cluster for Member {
             );
         }
         let meta = self.quorum.metadata().borrow().clone();
-        let partition = meta.partition_or_empty(PARTITION);
+        let partition = meta.partition_or_empty(self.replication.partition());
         let live = |id: &String| meta.members.get(id).is_some_and(|m| !m.fenced);
         if partition.leader.is_none() && !partition.isr.iter().any(live) {
             let isr: Vec<&str> = partition.isr.iter().map(String::as_str).collect();
@@ -462,7 +459,7 @@ impl crate::server::Cluster for Member {
             ("controller".to_string(), self.quorum.controller().unwrap_or_else(|| "none".to_string())),
         ];
         pairs.extend(self.replication.stats());
-        let partition = meta.partition_or_empty(PARTITION);
+        let partition = meta.partition_or_empty(self.replication.partition());
         let isr: Vec<&str> = partition.isr.iter().map(String::as_str).collect();
         pairs.push(("isr".to_string(), isr.join(",")));
         pairs.push(("min_insync".to_string(), meta.min_insync.to_string()));

@@ -121,7 +121,8 @@ impl Node {
             protected_mode: config.protected_mode,
             tls: grpc_tls.clone(),
         };
-        let replication = Replication::new(Arc::clone(&log), replication_config, replication_stopping);
+        // A node holds partition 0 until it holds one log per partition it replicates.
+        let replication = Replication::new(0, Arc::clone(&log), replication_config, replication_stopping);
         replication.recall_followers().map_err(NodeError::Followers)?;
         tracing::info!(
             addr = %client_addr,
@@ -601,11 +602,12 @@ fn cluster_figures(
     node_id: String,
 ) -> Box<dyn Fn() -> Option<ClusterFigures> + Send + Sync> {
     Box::new(move || {
-        let high_watermark = replication.upgrade()?.high_watermark();
+        let replication = replication.upgrade()?;
+        let (high_watermark, partition) = (replication.high_watermark(), replication.partition());
         let meta = Arc::clone(&metadata.borrow());
         Some(ClusterFigures {
-            leads_partition: meta.partition_or_empty(cluster::PARTITION).leader.as_deref() == Some(node_id.as_str()),
-            isr_size: meta.partition_or_empty(cluster::PARTITION).isr.len() as u64,
+            leads_partition: meta.partition_or_empty(partition).leader.as_deref() == Some(node_id.as_str()),
+            isr_size: meta.partition_or_empty(partition).isr.len() as u64,
             high_watermark,
         })
     })

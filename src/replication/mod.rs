@@ -17,6 +17,7 @@ mod followers;
 mod forward;
 mod guard;
 mod leadership;
+mod replicas;
 mod rules;
 mod service;
 mod status;
@@ -30,12 +31,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::cluster::metadata::PartitionId;
 use crate::server::{Cluster, Password, Refusal, Replicated, Route};
 use crate::storage::{Log, Offset, StorageError};
 
 use followers::{AckRule, Followers};
 pub use forward::{ForwardClient, ForwardConfig, serve_forwarding};
 pub use leadership::{LeaderInfo, Position};
+pub use replicas::Replicas;
 pub use status::{FollowerStatus, KnownLeader, ReplicationStatus};
 
 /// The forward service, to serve on this node's gRPC port beside replication, so that
@@ -124,6 +127,8 @@ pub struct ReplicationConfig {
 /// One node's replication state, shared by the gRPC service, the follower loop and the
 /// client connections (as their [`Cluster`]).
 pub struct Replication {
+    /// The partition whose log this is (0 in a cluster of one partition, and off cluster).
+    partition: PartitionId,
     log: Arc<Log>,
     config: ReplicationConfig,
     /// The log's end as last announced; fetch streams sleep on it when caught up.
@@ -167,8 +172,14 @@ impl Replication {
         Ok(())
     }
 
-    /// `shutdown` turning `true` ends the fetch streams and the follower loop.
-    pub fn new(log: Arc<Log>, config: ReplicationConfig, shutdown: watch::Receiver<bool>) -> Arc<Replication> {
+    /// Replication of partition `partition`'s log. `shutdown` turning `true` ends the fetch
+    /// streams and the follower loop.
+    pub fn new(
+        partition: PartitionId,
+        log: Arc<Log>,
+        config: ReplicationConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Replication> {
         let rule = match config.role {
             Role::Leader { tolerance, .. } => AckRule::Count(tolerance),
             Role::Follower { .. } => AckRule::Count(0),
@@ -177,6 +188,7 @@ impl Replication {
         let (appended, _) = watch::channel(log.next_offset());
         let (truncations, _) = watch::channel(None);
         Arc::new(Replication {
+            partition,
             log,
             config,
             appended,
@@ -186,6 +198,11 @@ impl Replication {
             upstream: Upstream::default(),
             leadership: leadership::Leadership::default(),
         })
+    }
+
+    /// The partition whose log this replicates.
+    pub fn partition(&self) -> PartitionId {
+        self.partition
     }
 
     fn is_leader(&self) -> bool {
@@ -222,7 +239,8 @@ impl Replication {
             Role::Leader { .. } | Role::Cluster { .. } => None,
         };
         let mut shutdown = self.shutdown.clone();
-        let served = service::serve(Arc::clone(&self), listener, extra, async move {
+        let (config, stopping) = (self.config.clone(), self.shutdown.clone());
+        let served = service::serve(Replicas::of(Arc::clone(&self)), config, stopping, listener, extra, async move {
             let _ = shutdown.wait_for(|&stop| stop).await;
         })
         .await;

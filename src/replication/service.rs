@@ -15,10 +15,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cluster::metadata::PartitionId;
 use crate::storage::{Chunk, Offset, StorageError};
 
 use super::followers::Registration;
@@ -28,7 +29,9 @@ use super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello
 use super::rules::{
     FetchFacts, FetchRefusal, LastRecordCheck, admit_fetch, cut_passes_cursor, diverges, missed_deletions,
 };
-use super::{CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replication, Role};
+use super::{
+    CHUNK_BYTES, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Position, Replicas, Replication, ReplicationConfig, Role,
+};
 
 /// Chunks queued per fetch stream before its task waits for the reader: one queued, one
 /// in flight in HTTP/2 is enough to keep a reading follower busy.
@@ -39,21 +42,26 @@ const STREAM_DEPTH: usize = 1;
 const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 
+/// Serves `replicas` on `listener`. `config` is the node's (each replica's is the same but
+/// for its partition); `stopping` turning `true` ends the acknowledgement calls.
 pub(super) async fn serve(
-    node: Arc<Replication>,
+    replicas: Arc<Replicas>,
+    config: ReplicationConfig,
+    stopping: watch::Receiver<bool>,
     listener: TcpListener,
     extra: tonic::service::Routes,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let max_message = node.config.max_record_bytes + CHUNK_BYTES;
-    let streams = Arc::new(Semaphore::new(node.config.max_fetch_streams));
-    let max_streams = u32::try_from(node.config.max_fetch_streams).unwrap_or(u32::MAX);
-    let service = ReplicationServer::new(Service { node: Arc::clone(&node), streams, refusals: Default::default() })
-        .max_decoding_message_size(max_message)
-        .max_encoding_message_size(max_message);
+    let max_message = config.max_record_bytes + CHUNK_BYTES;
+    let streams = Arc::new(Semaphore::new(config.max_fetch_streams));
+    let max_streams = u32::try_from(config.max_fetch_streams).unwrap_or(u32::MAX);
     // Unknown, the address counts as exposed: screening a loopback port costs nothing.
     let listen = listener.local_addr().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |addr| addr.ip());
-    let guard = Guard::new(&node.config, listen);
+    let guard = Guard::new(&config, listen);
+    let tls = config.tls.clone();
+    let service = Service { replicas, config, stopping, streams, refusals: Default::default() };
+    let service =
+        ReplicationServer::new(service).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
     let router = tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(move |request| guard.screen(request)))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -65,7 +73,7 @@ pub(super) async fn serve(
         .add_routes(extra)
         .add_service(service);
     // Our own acceptor, not tonic's `tls_config`: a SIGHUP reload swaps its certificates.
-    match &node.config.tls {
+    match &tls {
         None => router.serve_with_incoming_shutdown(incoming(listener), shutdown).await,
         Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
     }
@@ -80,7 +88,10 @@ pub(super) fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIn
 }
 
 struct Service {
-    node: Arc<Replication>,
+    replicas: Arc<Replicas>,
+    /// The node's replication configuration (its id, password, TLS, limits).
+    config: ReplicationConfig,
+    stopping: watch::Receiver<bool>,
     /// One permit per fetch stream being served.
     streams: Arc<Semaphore>,
     refusals: crate::throttle::Throttle,
@@ -98,7 +109,7 @@ impl ReplicationRpc for Service {
             self.certified_as(&request, &request.get_ref().follower_id, "Fetch")?;
         }
         let request = request.into_inner();
-        let node = &self.node;
+        let node = &self.replica(request.partition)?;
         let replica = !request.follower_id.is_empty();
         let epoch = node.log.stats().epoch;
         let facts = FetchFacts { replica, leading: node.is_leader(), epoch, caller_epoch: request.known_epoch };
@@ -141,7 +152,7 @@ impl ReplicationRpc for Service {
         let Ok(permit) = Arc::clone(&self.streams).try_acquire_owned() else {
             return Err(Status::resource_exhausted(format!(
                 "{} already serves {} replication streams (its --max-replication-streams); try again once one ends",
-                node.config.node_id, node.config.max_fetch_streams
+                self.config.node_id, self.config.max_fetch_streams
             )));
         };
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
@@ -164,7 +175,8 @@ impl ReplicationRpc for Service {
                     follower = %request.follower_id, last_offset = last.offset, last_epoch = last.epoch,
                     ?epoch, end_offset, "caller's log diverges from ours; telling it where to truncate"
                 );
-                let diverged = fetch_response::Kind::Diverged(Diverged { epoch, end_offset, copy_afresh: false });
+                let diverged = Diverged { epoch, end_offset, copy_afresh: false, partition: request.partition };
+                let diverged = fetch_response::Kind::Diverged(diverged);
                 let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
                 drop(permit);
                 return Ok(Response::new(ReceiverStream::new(rx)));
@@ -188,7 +200,8 @@ impl ReplicationRpc for Service {
                 "a follower whose log ends below where tombstones were dropped (it was away, or forgotten) \
                  missed deletions: telling it to copy the log afresh from the log start {log_start}"
             );
-            let diverged = Diverged { epoch: None, end_offset: log_start, copy_afresh: true };
+            let diverged =
+                Diverged { epoch: None, end_offset: log_start, copy_afresh: true, partition: request.partition };
             let diverged = fetch_response::Kind::Diverged(diverged);
             let _ = tx.try_send(Ok(FetchResponse { kind: Some(diverged) }));
             drop((registration, permit));
@@ -203,6 +216,7 @@ impl ReplicationRpc for Service {
             session: registration.as_ref().map(|r| r.token().to_vec()).unwrap_or_default(),
             log_id,
             tombstones_dropped_below: dropped_below,
+            partition: request.partition,
         };
         let _ = tx.try_send(Ok(FetchResponse { kind: Some(fetch_response::Kind::Hello(hello)) }));
         if replica {
@@ -214,9 +228,9 @@ impl ReplicationRpc for Service {
 
     async fn acknowledge(&self, request: Request<Streaming<Ack>>) -> Result<Response<AckSummary>, Status> {
         self.authorize(&request, "Acknowledge")?;
-        let certificate = self.node.config.tls.as_ref().map(|grpc| (grpc, crate::tls::PeerCertificate::of(&request)));
+        let certificate = self.config.tls.as_ref().map(|grpc| (grpc, crate::tls::PeerCertificate::of(&request)));
         let mut acks = request.into_inner();
-        let mut shutdown = self.node.shutdown.clone();
+        let mut shutdown = self.stopping.clone();
         // The caller's certificate cannot change within one call, and checking it costs a
         // chain verification: the follower id it was found to name is remembered.
         let mut certified: Option<String> = None;
@@ -240,7 +254,11 @@ impl ReplicationRpc for Service {
                     )));
                 }
             }
-            if let Err(refusal) = self.node.followers.acknowledge(&ack.session, &ack.follower_id, ack.durable_offset) {
+            let Some(node) = self.replicas.get(ack.partition) else {
+                tracing::warn!(follower = %ack.follower_id, partition = ack.partition, "ignoring an acknowledgement for a partition this node holds no replica of");
+                continue;
+            };
+            if let Err(refusal) = node.followers.acknowledge(&ack.session, &ack.follower_id, ack.durable_offset) {
                 tracing::warn!(follower = %ack.follower_id, %refusal, "ignoring an acknowledgement");
             }
         }
@@ -249,6 +267,22 @@ impl ReplicationRpc for Service {
 }
 
 impl Service {
+    /// The replica of `partition`, or NOT_FOUND when this node holds none.
+    fn replica(&self, partition: PartitionId) -> Result<Arc<Replication>, Status> {
+        self.replicas.get(partition).ok_or_else(|| {
+            let held: Vec<String> = self.replicas.partitions().iter().map(u32::to_string).collect();
+            let held = match held.len() {
+                0 => "none".to_string(),
+                1 => format!("partition {}", held[0]),
+                _ => format!("partitions {}", held.join(", ")),
+            };
+            Status::not_found(format!(
+                "{} holds no replica of partition {partition} (it holds {held}); ask a node that does",
+                self.config.node_id
+            ))
+        })
+    }
+
     /// Refuses a call without this node's password, when it has one. The refusal names no
     /// part of what was presented.
     fn authorize<T>(&self, request: &Request<T>, call: &str) -> Result<(), Status> {
@@ -257,7 +291,7 @@ impl Service {
         if crate::tls::peer_certified(request) {
             return Ok(());
         }
-        let Err(presented) = crate::bearer::check(request, self.node.config.password.as_ref()) else { return Ok(()) };
+        let Err(presented) = crate::bearer::check(request, self.config.password.as_ref()) else { return Ok(()) };
         let peer = request.remote_addr().map_or_else(|| "unknown".to_string(), |a| a.to_string());
         // A follower with the wrong password retries every few hundred milliseconds.
         if let Some(held_back) = self.refusals.admit() {
@@ -266,7 +300,7 @@ impl Service {
         }
         let remedy =
             "start followers with the same --requirepass (or MSGLOG_PASSWORD), and give `msglog tail` --password";
-        Err(presented.refusal(&self.node.config.node_id, call, remedy))
+        Err(presented.refusal(&self.config.node_id, call, remedy))
     }
 }
 
@@ -274,7 +308,7 @@ impl Service {
     /// Under mutual TLS, refuses a caller that claims a node id its certificate does not
     /// carry: one node's certificate must not let it fetch or acknowledge as another.
     fn certified_as<T>(&self, request: &Request<T>, claimed: &str, call: &str) -> Result<(), Status> {
-        let Some(grpc) = &self.node.config.tls else { return Ok(()) };
+        let Some(grpc) = &self.config.tls else { return Ok(()) };
         if crate::tls::PeerCertificate::of(request).is_some_and(|certificate| certificate.is_node(grpc, claimed)) {
             return Ok(());
         }
@@ -514,7 +548,24 @@ fn internal(err: StorageError) -> Status {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
     use tokio_stream::StreamExt;
+
+    use super::{Ack, FetchRequest, Hello};
+
+    #[test]
+    fn partition_0_adds_no_bytes_so_nodes_older_than_partitions_read_the_same_messages() {
+        let request = FetchRequest { follower_id: "a".to_string(), next_offset: 5, ..FetchRequest::default() };
+        assert_eq!(request.encode_to_vec(), b"\x0a\x01a\x10\x05");
+        let ack = Ack { follower_id: "a".to_string(), durable_offset: 5, ..Ack::default() };
+        assert_eq!(ack.encode_to_vec(), b"\x0a\x01a\x10\x05");
+        let hello = Hello { epoch: 2, ..Hello::default() };
+        assert_eq!(hello.encode_to_vec(), b"\x18\x02");
+        // Another partition is field 8 of a request, 4 of an ack, 9 of a hello.
+        assert_eq!(FetchRequest { partition: 3, ..request }.encode_to_vec(), b"\x0a\x01a\x10\x05\x40\x03");
+        assert_eq!(Ack { partition: 3, ..ack }.encode_to_vec(), b"\x0a\x01a\x10\x05\x20\x03");
+        assert_eq!(Hello { partition: 3, ..hello }.encode_to_vec(), b"\x18\x02\x48\x03");
+    }
 
     #[tokio::test]
     async fn grpc_connections_are_accepted_with_nagles_algorithm_off() {

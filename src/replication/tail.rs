@@ -22,6 +22,8 @@ pub enum TailError {
     Ended,
     #[error("the server sent an unexpected message: {0}")]
     Protocol(&'static str),
+    #[error("the node answered for partition {theirs}, not partition {asked} (is it an msglog older than partitions?)")]
+    WrongPartition { theirs: u32, asked: u32 },
     #[error("{0}")]
     Output(std::io::Error),
 }
@@ -50,6 +52,8 @@ pub struct TailRequest {
     pub max_record_bytes: usize,
     /// The node's password, if it has one.
     pub password: Option<crate::server::Password>,
+    /// The partition whose log to read (0 in a cluster of one partition, and off cluster).
+    pub partition: u32,
 }
 
 /// Calls `each` with every record from `request.offset` on, CRC-checked, in order. Returns
@@ -90,11 +94,16 @@ pub async fn tail_with_tls(
         known_epoch: 0,
         leader_epoch: 0,
         log_id: String::new(),
+        partition: request.partition,
     };
     let mut stream = client.fetch(super::service::with_password(fetch, request.password.as_ref())).await?.into_inner();
     let mut told = false;
     while let Some(message) = stream.message().await? {
         match message.kind {
+            // A node older than partitions ignores the one asked for and serves its one log.
+            Some(fetch_response::Kind::Hello(hello)) if hello.partition != request.partition => {
+                return Err(TailError::WrongPartition { theirs: hello.partition, asked: request.partition });
+            }
             Some(fetch_response::Kind::Hello(_)) => {}
             Some(fetch_response::Kind::Records(records)) => {
                 if !told && request.offset < records.log_start_offset {
