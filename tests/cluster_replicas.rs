@@ -35,6 +35,12 @@ fn a_replica_gone_past_replace_dead_after_is_remade_on_a_node_that_held_no_copy(
     let victim = (0..4).find(|&i| i != leader && replicas.contains(&name(i))).expect("a follower replica");
     set_keys(&cluster, leader, "before-", 200);
     assert_eq!(cluster.stats(spare)["records"], "0", "the spare holds no copy yet");
+    // The spare restarts: its log is still empty, though it has seen the cluster's epochs.
+    cluster.stop(spare);
+    cluster.relaunch(spare);
+    poll_until("the restarted spare to know the leader", || {
+        (cluster.stats(spare).get("leader") == Some(&name(leader))).then_some(())
+    });
 
     cluster.kill(victim);
     let (spare_name, victim_name) = (name(spare), name(victim));

@@ -155,8 +155,14 @@ impl Node {
                     grpc_addr,
                     client_addr,
                     {
+                        // What the log holds records of: an empty log claims none, whatever
+                        // epochs it has seen (a spare learns the cluster's epochs and copies
+                        // nothing), so it may still take a dead replica's place.
                         let log = Arc::downgrade(&log);
-                        crate::cluster::quorum::LogEpoch::new(move || log.upgrade().map_or(0, |log| log.stats().epoch))
+                        crate::cluster::quorum::LogEpoch::new(move || match log.upgrade() {
+                            Some(log) if log.next_offset() > 0 => log.stats().epoch,
+                            _ => 0,
+                        })
                     },
                     grpc_tls,
                 );
