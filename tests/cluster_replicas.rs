@@ -41,6 +41,13 @@ fn a_replica_gone_past_replace_dead_after_is_remade_on_a_node_that_held_no_copy(
     poll_until("the restarted spare to know the leader", || {
         (cluster.stats(spare).get("leader") == Some(&name(leader))).then_some(())
     });
+    // Tailing it would print nothing, or an old copy: it refuses and names the leader.
+    let spare_grpc = cluster.process(spare).grpc.to_string();
+    let tail = msglog().args(["tail", "--from", &spare_grpc, "--no-follow"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&tail.stderr);
+    assert!(!tail.status.success() && tail.stdout.is_empty(), "{stderr}");
+    let leader_grpc = cluster.process(leader).grpc.to_string();
+    assert!(stderr.contains("not one of the partition's replicas") && stderr.contains(&leader_grpc), "{stderr}");
 
     cluster.kill(victim);
     let (spare_name, victim_name) = (name(spare), name(victim));

@@ -136,6 +136,13 @@ impl ReplicationRpc for Service {
         if replica && node.is_cluster() {
             fence_replica_fetch(node, &request)?;
         }
+        if !replica && let Position::Following { leader, replicating: false, .. } = node.position() {
+            return Err(Status::failed_precondition(format!(
+                "{} is not one of the partition's replicas and holds no current copy of its log; \
+                 tail its leader at {} (or another replica)",
+                self.config.node_id, leader.grpc_addr
+            )));
+        }
         let log_id = node.log.lineage().map_err(internal)?.map(|lineage| lineage.log_id).unwrap_or_default();
         if replica && !request.log_id.is_empty() && request.log_id != log_id {
             tracing::warn!(
