@@ -4,9 +4,11 @@
 use std::sync::atomic::Ordering;
 
 use crate::protocol::{Command, HELP, Reply, parse_auth};
-use crate::storage::{Offset, StorageError};
+use crate::storage::StorageError;
 
 use super::Shared;
+use super::marks::{Mark, Marks};
+use super::partitions::PartitionServing;
 use super::stats::Snapshot;
 
 /// The result of one command, before its write (if any) is durable. `R` is the reply type:
@@ -14,32 +16,33 @@ use super::stats::Snapshot;
 #[derive(Debug)]
 pub(crate) struct Outcome<R = Reply> {
     pub(crate) reply: R,
-    /// Offset of the record the command appended; its reply waits until it is durable.
-    pub(crate) written: Option<Offset>,
-    /// Offset of the newest record the reply shows (a GET's): the reply waits until it is
-    /// durable too, so no client sees a message that a crash could still take back. Only
-    /// the local sync is awaited, not the followers.
-    pub(crate) read: Option<Offset>,
+    /// The newest record the command appended, per partition it wrote to; its reply waits
+    /// until they are durable.
+    pub(crate) written: Marks,
+    /// The newest record the reply shows (a GET's), per partition: the reply waits until
+    /// they are durable too, so no client sees a message that a crash could still take
+    /// back. Only the local sync is awaited, not the followers.
+    pub(crate) read: Marks,
     /// The connection closes after this reply.
     pub(crate) close: bool,
 }
 
 impl<R> Outcome<R> {
     pub(crate) fn reply(reply: R) -> Outcome<R> {
-        Outcome { reply, written: None, read: None, close: false }
+        Outcome { reply, written: Marks::default(), read: Marks::default(), close: false }
     }
 
-    fn written(reply: R, offset: Offset) -> Outcome<R> {
-        Outcome { reply, written: Some(offset), read: None, close: false }
+    fn written(reply: R, mark: Mark) -> Outcome<R> {
+        Outcome { written: mark.into(), ..Outcome::reply(reply) }
     }
 
-    fn read(reply: R, offset: Offset) -> Outcome<R> {
-        Outcome { reply, written: None, read: Some(offset), close: false }
+    fn read(reply: R, mark: Mark) -> Outcome<R> {
+        Outcome { read: mark.into(), ..Outcome::reply(reply) }
     }
 
     /// A reply after which the connection closes.
     pub(crate) fn closing(reply: R) -> Outcome<R> {
-        Outcome { reply, written: None, read: None, close: true }
+        Outcome { close: true, ..Outcome::reply(reply) }
     }
 
     pub(crate) fn map<S>(self, f: impl FnOnce(R) -> S) -> Outcome<S> {
@@ -70,40 +73,45 @@ pub(crate) fn execute_line(shared: &Shared, authenticated: &mut bool, line: &[u8
 }
 
 pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
-    let log = &shared.log;
     let metrics = &shared.metrics;
     match command {
         Command::Set { id, message } => {
+            let slot = shared.partitions.for_key(id);
             // Refused writes (a follower's, or too few replicas) are not counted as SETs.
-            if let Err(refusal) = shared.admit_write() {
+            if let Err(refusal) = slot.admit_write() {
                 return Outcome::reply(Reply::error(refusal));
             }
             metrics.sets.fetch_add(1, Ordering::Relaxed);
-            match log.append(id, message) {
-                Ok(offset) => Outcome::written(Reply::Ok, offset),
+            match slot.log.append(id, message) {
+                Ok(offset) => Outcome::written(Reply::Ok, Mark::new(slot.partition, offset)),
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
         Command::Get { id } => {
+            let slot = shared.partitions.for_key(id);
             metrics.gets.fetch_add(1, Ordering::Relaxed);
-            match log.get_with_offset(id) {
-                Ok(Some((offset, message))) => Outcome::read(Reply::Value(message), offset),
-                Ok(None) => shows_absence(log, Reply::NotFound),
+            match slot.log.get_with_offset(id) {
+                Ok(Some((offset, message))) => Outcome::read(Reply::Value(message), Mark::new(slot.partition, offset)),
+                Ok(None) => shows_absence(slot, Reply::NotFound),
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
         Command::Del { id } => {
-            if let Err(refusal) = shared.admit_write() {
+            let slot = shared.partitions.for_key(id);
+            if let Err(refusal) = slot.admit_write() {
                 return Outcome::reply(Reply::error(refusal));
             }
             metrics.dels.fetch_add(1, Ordering::Relaxed);
-            match log.delete(id) {
-                Ok(Some(offset)) => Outcome::written(Reply::Ok, offset),
+            match slot.log.delete(id) {
+                Ok(Some(offset)) => Outcome::written(Reply::Ok, Mark::new(slot.partition, offset)),
                 Ok(None) => Outcome::reply(Reply::NotFound),
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
-        Command::Exists { id } => shows_absence(log, if log.contains(id) { Reply::Ok } else { Reply::NotFound }),
+        Command::Exists { id } => {
+            let slot = shared.partitions.for_key(id);
+            shows_absence(slot, if slot.log.contains(id) { Reply::Ok } else { Reply::NotFound })
+        }
         Command::Ping => Outcome::reply(Reply::Pong),
         Command::Help => Outcome::reply(Reply::Info(HELP.to_string())),
         Command::Stats => Outcome::reply(Reply::Info(Snapshot::take(shared, false).to_string())),
@@ -114,11 +122,14 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
 /// A reply that says whether IDs are present, without naming the record that decides it
 /// (an absent ID may be absent because of a tombstone not yet durable): it waits until
 /// everything appended so far is durable, which is usually the case already.
-fn shows_absence(log: &crate::storage::Log, reply: Reply) -> Outcome {
-    match log.next_offset().checked_sub(1) {
-        Some(last) => Outcome { read: Some(last), ..Outcome::reply(reply) },
-        None => Outcome::reply(reply),
-    }
+fn shows_absence(slot: &PartitionServing, reply: Reply) -> Outcome {
+    Outcome { read: newest_of(slot).into(), ..Outcome::reply(reply) }
+}
+
+/// The newest record of `slot`'s log now, if it has any: what a reply about absences (or
+/// the whole key space) waits for.
+pub(crate) fn newest_of(slot: &PartitionServing) -> Option<Mark> {
+    slot.log.next_offset().checked_sub(1).map(|last| Mark::new(slot.partition, last))
 }
 
 /// The one place a storage error becomes a wire reply.

@@ -16,16 +16,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, mpsc, oneshot, watch};
 
-use crate::protocol::Reply;
-use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply};
-use crate::storage::Offset;
-
 use super::budget::Reservation;
 use super::connection::{Diversion, Failures};
 use super::execute::{Outcome, execute_line};
+use super::marks::Marks;
 use super::session::Session;
 use super::shutdown::Shutdown;
 use super::{Route, Shared};
+use crate::protocol::Reply;
+use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply};
 
 /// How a forwarded frame is framed, and how its reply is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +182,7 @@ impl ForwardEndpoint {
     pub fn open_stream(&self) -> Option<ForwardedStream> {
         let serving = self.0.lock().unwrap_or_else(|e| e.into_inner()).upgrade()?;
         let shared = Arc::clone(&serving.shared);
-        let routes = shared.cluster.as_ref().and_then(|cluster| cluster.routes());
+        let routes = shared.cluster().and_then(|cluster| cluster.routes());
         Some(ForwardedStream {
             reservation: Reservation::new(Arc::clone(&shared.budget)),
             limits: RespLimits::for_max_message(shared.config.max_message_bytes),
@@ -261,7 +260,7 @@ impl ForwardedStream {
         // The batch's replies are held until its commit: charged to the buffer budget.
         let mut held = Reservation::new(Arc::clone(&self.shared.budget));
         let mut held_bytes = 0;
-        let (mut written, mut read) = (None::<Offset>, None::<Offset>);
+        let (mut written, mut read) = (Marks::default(), Marks::default());
         let mut executed = Vec::with_capacity(requests.len());
         for request in requests {
             if request.close {
@@ -272,8 +271,8 @@ impl ForwardedStream {
                 Some(why) => Executed::refused(&request, why.clone()),
                 None => {
                     let outcome = self.run(&request);
-                    written = written.max(outcome.written);
-                    read = read.max(outcome.read);
+                    written.merge(&outcome.written);
+                    read.merge(&outcome.read);
                     outcome.reply.encode(request.dialect, &mut encoded);
                     if held.cover(held_bytes + encoded.len()).is_err() {
                         encoded.clear();
@@ -285,8 +284,8 @@ impl ForwardedStream {
                         seq: request.seq,
                         dialect: request.dialect,
                         reply: Ok(encoded.split().freeze()),
-                        acknowledges_write: outcome.written.is_some(),
-                        shows_record: outcome.read.is_some(),
+                        acknowledges_write: !outcome.written.is_empty(),
+                        shows_record: !outcome.read.is_empty(),
                     }
                 }
             };
@@ -393,12 +392,12 @@ impl Executed {
 async fn committed(
     shared: Arc<Shared>,
     executed: Vec<Executed>,
-    written: Option<Offset>,
-    read: Option<Offset>,
+    written: Marks,
+    read: Marks,
     // Given back once the replies are built.
     _held: (Option<OwnedSemaphorePermit>, Reservation, mpsc::Sender<()>),
 ) -> Vec<ForwardedReply> {
-    let failures = Failures::wait(&shared, written, read).await;
+    let failures = Failures::wait(&shared, &written, &read).await;
     let mut encoded = BytesMut::new();
     executed
         .into_iter()

@@ -11,7 +11,9 @@ mod connection;
 mod descriptors;
 mod execute;
 mod forward;
+mod marks;
 pub mod metrics;
+mod partitions;
 mod resp;
 mod session;
 mod shutdown;
@@ -38,6 +40,7 @@ pub use forward::{
     DEFAULT_ROUTE_WAIT, ForwardDialect, ForwardEndpoint, ForwardFailure, ForwardedReply, ForwardedRequest,
     ForwardedStream, Forwarder, Forwarding, Outgoing, ReplySlot,
 };
+use partitions::{PartitionServing, Partitions};
 use shutdown::Shutdown;
 use stats::Metrics;
 
@@ -107,26 +110,29 @@ pub const MAX_REFUSALS_IN_FLIGHT: usize = 16;
 
 /// State every connection shares.
 pub(crate) struct Shared {
-    pub(crate) log: Arc<Log>,
+    /// Each partition's log, committer and replication.
+    pub(crate) partitions: Partitions,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Metrics,
-    /// Present under `--fsync always`: where connections wait for group commits.
-    pub(crate) commits: Option<committer::CommitHandle>,
-    /// Replication; `None` is a lone leader.
-    pub(crate) cluster: Option<Arc<dyn Cluster>>,
     /// What every connection's buffers reserve from.
     pub(crate) budget: Arc<budget::Budget>,
-    /// Present on a node that may forward data commands to a leader.
+    /// Present on a node that may forward data commands to a leader (partition 0's).
     pub(crate) forwarding: Option<connection::Diversion>,
 }
 
 impl Shared {
-    pub(crate) fn admit_write(&self) -> Result<(), Refusal> {
-        self.cluster.as_ref().map_or(Ok(()), |c| c.admit_write())
+    /// Partition 0, for what is not per partition yet (the only one at P = 1).
+    pub(crate) fn first(&self) -> &PartitionServing {
+        self.partitions.first()
+    }
+
+    /// The replication server-wide answers follow: partition 0's.
+    pub(crate) fn cluster(&self) -> Option<&Arc<dyn Cluster>> {
+        self.first().cluster.as_ref()
     }
 
     pub(crate) fn role(&self) -> &'static str {
-        self.cluster.as_ref().map_or("leader", |c| c.role())
+        self.cluster().map_or("leader", |c| c.role())
     }
 }
 
@@ -166,31 +172,70 @@ pub async fn run_node_with(
     forwarding: Forwarding,
     shutdown: impl Future,
 ) -> std::io::Result<()> {
-    let (committer, commits) = match config.fsync {
-        FsyncPolicy::Always => {
-            let (committer, handle) = committer::start(Arc::clone(&log))?;
-            (Some(committer), Some(handle))
-        }
-        _ => (None, None),
-    };
+    serve(listener, vec![(log, cluster)], config, forwarding, shutdown).await
+}
+
+/// [`run`] over several partitions: `logs[p]` holds partition `p`, and each ID is served
+/// from the log `partition_of` names (docs/FORMAT.md, "Partitions"). What nodes will call
+/// once they hold several partitions; for now only tests do.
+#[doc(hidden)]
+pub async fn run_partitioned(
+    listener: TcpListener,
+    logs: Vec<Arc<Log>>,
+    config: ServerConfig,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let partitions = logs.into_iter().map(|log| (log, None)).collect();
+    serve(listener, partitions, config, Forwarding::default(), shutdown).await
+}
+
+/// A partition to serve: its log, and its replication (`None`: a lone leader).
+pub(crate) type PartitionLog = (Arc<Log>, Option<Arc<dyn Cluster>>);
+
+/// Serves `partitions[p]` as partition `p`. Forwarding follows partition 0's routes.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    partitions: Vec<PartitionLog>,
+    config: ServerConfig,
+    forwarding: Forwarding,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    let mut committers = Vec::new();
+    let mut slots = Vec::with_capacity(partitions.len());
+    for (partition, (log, cluster)) in (0u32..).zip(partitions) {
+        let commits = match config.fsync {
+            FsyncPolicy::Always => match committer::start(Arc::clone(&log)) {
+                Ok((committer, handle)) => {
+                    committers.push(committer);
+                    Some(handle)
+                }
+                Err(err) => {
+                    committers.into_iter().for_each(committer::Committer::stop);
+                    return Err(err);
+                }
+            },
+            _ => None,
+        };
+        slots.push(PartitionServing { partition, log, commits, cluster });
+    }
+    let partitions = Partitions::new(slots);
     let (notify_shutdown, _) = broadcast::channel(1);
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
     let stats_interval = config.stats_interval.filter(|every| !every.is_zero());
     let budget = budget::Budget::new(config.max_buffer_bytes);
     let listen_ip = listener.local_addr()?.ip();
     warn_if_exposed(&config, listen_ip);
+    let routes = partitions.first().cluster.as_ref().and_then(|cluster| cluster.routes());
     let mut server = Listener {
         listener,
         listen_ip,
         limit: Arc::new(Semaphore::new(config.max_connections)),
         refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
         shared: Arc::new(Shared {
-            log,
+            partitions,
             config,
             metrics: Metrics::default(),
-            commits,
-            forwarding: forwarding.diversion(cluster.as_ref().and_then(|cluster| cluster.routes())),
-            cluster,
+            forwarding: forwarding.diversion(routes),
             budget,
         }),
         notify_shutdown,
@@ -229,7 +274,7 @@ pub async fn run_node_with(
     drop(notify_shutdown);
     drop(shutdown_complete_tx);
     let _ = shutdown_complete_rx.recv().await;
-    if let Some(committer) = committer {
+    for committer in committers {
         committer.stop();
     }
     Ok(())

@@ -1,8 +1,9 @@
 //! Carries out RESP commands. Single-key SET and GET go through the shared [`execute`];
 //! multi-key commands are atomic as in Redis (MSET and DEL as one batch, see
-//! [`transaction`](super::transaction); MGET and EXISTS read at one instant); this file
-//! also answers the server-level commands (INFO, DBSIZE, CONFIG GET) from the same
-//! numbers as STATS.
+//! [`transaction`](super::transaction); MGET and EXISTS read at one instant) within a
+//! partition, and split by partition and joined when their keys span several; this file
+//! also answers the server-level commands (INFO, DBSIZE, CONFIG GET, SCAN, KEYS) over
+//! every partition, from the same numbers as STATS.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use crate::protocol::resp::{Args, Keys, RespCommand, RespReply, Scan};
 use crate::storage::{Batch, FsyncPolicy};
 
 use super::Shared;
-use super::execute::{Outcome, execute, storage_failure};
+use super::execute::{Outcome, execute, newest_of, storage_failure};
+use super::marks::{Mark, Marks};
 use super::stats::Snapshot;
 
 pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespReply> {
@@ -22,7 +24,10 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
         RespCommand::Exists(keys) => read_keys(shared, keys, true),
         RespCommand::MGet(keys) => read_keys(shared, keys, false),
         RespCommand::Quit => Outcome::closing(RespReply::Simple("OK")),
-        RespCommand::DbSize => Outcome::reply(RespReply::Integer(saturating_i64(shared.log.stats().ids))),
+        RespCommand::DbSize => {
+            let ids = shared.partitions.iter().map(|slot| slot.log.stats().ids).sum();
+            Outcome::reply(RespReply::Integer(saturating_i64(ids)))
+        }
         RespCommand::Scan(scan) => scan_step(shared, scan),
         RespCommand::Keys(pattern) => keys(shared, pattern),
         RespCommand::Info(sections) => Outcome::reply(RespReply::Verbatim(info(shared, sections))),
@@ -31,14 +36,38 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
     }
 }
 
-/// MGET and EXISTS read every key at one instant, as in Redis: never half of a
-/// transaction or MSET that lands meanwhile. The reply waits once, for the newest record it
-/// shows.
+/// MGET and EXISTS read every key of a partition at one instant, as in Redis: never half
+/// of a transaction or MSET that lands meanwhile (which stay within one partition). Keys in
+/// several partitions are read one partition after the other and joined: MGET's values in
+/// key order, EXISTS's counts summed. The reply waits once per partition, for the newest
+/// record it shows there.
 fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply> {
-    let (reply, read) = shared.log.read_at_once(|log| match exists {
-        true => (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), log.newest_read()),
-        false => (mget(shared, log, keys), log.newest_read()),
-    });
+    if shared.partitions.count() == 1 {
+        let slot = shared.first();
+        let (reply, read) = slot.log.read_at_once(|log| match exists {
+            true => (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), log.newest_read()),
+            false => (mget(shared, log, keys), log.newest_read()),
+        });
+        return Outcome { read: read.map(|offset| Mark::new(slot.partition, offset)).into(), ..Outcome::reply(reply) };
+    }
+    let ids: Vec<&[u8]> = keys.iter().collect();
+    let mut read = Marks::default();
+    let mut found = 0i64;
+    let mut values = Values::new(shared, ids.len());
+    for (slot, indices) in shared.partitions.group(ids.iter().copied()) {
+        let newest = slot.log.read_at_once(|log| {
+            match exists {
+                true => found += indices.iter().filter(|&&i| log.contains(ids[i])).count() as i64,
+                false => indices.iter().try_for_each(|&i| values.fill(log, i, ids[i]))?,
+            }
+            Ok(log.newest_read())
+        });
+        match newest {
+            Ok(newest) => read.merge(&newest.map(|offset| Mark::new(slot.partition, offset)).into()),
+            Err(refusal) => return Outcome::reply(refusal),
+        }
+    }
+    let reply = if exists { RespReply::Integer(found) } else { values.into_reply() };
     Outcome { read, ..Outcome::reply(reply) }
 }
 
@@ -46,23 +75,55 @@ fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply
 /// Refused, not built, once the reply would pass the per-reply bound: repeating a large
 /// key is a cheap request that would otherwise cost gigabytes to answer.
 pub(crate) fn mget(shared: &Shared, view: &Batch<'_>, keys: Keys<'_>) -> RespReply {
-    let limit = shared.config.max_reply_bytes();
-    let mut values = Vec::with_capacity(keys.iter().len().min(1024));
-    let mut bytes = 0usize;
-    for id in keys.iter() {
-        shared.metrics.gets.fetch_add(1, Ordering::Relaxed);
+    let mut values = Values::new(shared, keys.iter().len());
+    match keys.iter().enumerate().try_for_each(|(i, id)| values.fill(view, i, id)) {
+        Ok(()) => values.into_reply(),
+        Err(refusal) => refusal,
+    }
+}
+
+/// MGET's reply being built, possibly out of key order (a partition at a time), bounded
+/// in total by the per-reply bound.
+struct Values<'s> {
+    shared: &'s Shared,
+    values: Vec<RespReply>,
+    /// Keys asked for, and how many are read so far.
+    keys: usize,
+    filled: usize,
+    bytes: usize,
+}
+
+impl<'s> Values<'s> {
+    fn new(shared: &'s Shared, keys: usize) -> Values<'s> {
+        let mut values = Vec::with_capacity(keys.min(1024));
+        values.resize(keys.min(1024), RespReply::Nil);
+        Values { shared, values, keys, filled: 0, bytes: 0 }
+    }
+
+    /// Reads key `index` (`id`) from `view`; `Err` is the reply instead of the values.
+    fn fill(&mut self, view: &Batch<'_>, index: usize, id: &[u8]) -> Result<(), RespReply> {
+        self.shared.metrics.gets.fetch_add(1, Ordering::Relaxed);
         let value = match view.get(id) {
             Ok(message) => message.map_or(RespReply::Nil, RespReply::Bulk),
-            Err(err) => return storage_failure(&err).into(),
+            Err(err) => return Err(storage_failure(&err).into()),
         };
-        bytes = bytes.saturating_add(value.encoded_len_hint());
-        if bytes > limit {
-            let at_least = bytes.saturating_add(keys.iter().len().saturating_sub(values.len() + 1) * 5);
-            return RespReply::error(format_args!("reply too large (at least {at_least} bytes, limit {limit})"));
+        let limit = self.shared.config.max_reply_bytes();
+        self.bytes = self.bytes.saturating_add(value.encoded_len_hint());
+        self.filled += 1;
+        if self.bytes > limit {
+            let at_least = self.bytes.saturating_add(self.keys.saturating_sub(self.filled) * 5);
+            return Err(RespReply::error(format_args!("reply too large (at least {at_least} bytes, limit {limit})")));
         }
-        values.push(value);
+        if index >= self.values.len() {
+            self.values.resize(index + 1, RespReply::Nil);
+        }
+        self.values[index] = value;
+        Ok(())
     }
-    RespReply::Array(values)
+
+    fn into_reply(self) -> RespReply {
+        RespReply::Array(self.values)
+    }
 }
 
 /// Most records one SCAN step looks at, whatever its COUNT: the step holds the log's read
@@ -70,49 +131,63 @@ pub(crate) fn mget(shared: &Shared, view: &Batch<'_>, keys: Keys<'_>) -> RespRep
 const MAX_SCAN_STEP: usize = 10_000;
 
 /// One SCAN step: the cursor is the log offset the step starts at, so IDs come in the order
-/// of their latest writes (README, "Redis protocol"). `0` starts a scan and ends one.
+/// of their latest writes (README, "Redis protocol"). `0` starts a scan and ends one. With
+/// `P` partitions the scan goes through them in turn, and the cursor `offset · P + p`
+/// says where in which (docs/FORMAT.md, "Partitions"): at `P = 1` it is the offset.
 fn scan_step(shared: &Shared, scan: Scan<'_>) -> Outcome<RespReply> {
     let done = |ids: Vec<RespReply>| RespReply::Array(vec![RespReply::Bulk(b"0".to_vec()), RespReply::Array(ids)]);
     if scan.other_type {
         return Outcome::reply(done(Vec::new()));
     }
+    let count = u64::from(shared.partitions.count());
+    let slot = shared.partitions.get((scan.cursor % count) as u32);
     let mut ids = Vec::new();
-    let step = shared.log.scan_ids(scan.cursor, scan.count.min(MAX_SCAN_STEP), |id| {
+    let step = slot.log.scan_ids(scan.cursor / count, scan.count.min(MAX_SCAN_STEP), |id| {
         if scan.pattern.is_none_or(|pattern| glob::matches(pattern, id, false)) {
             ids.push(RespReply::Bulk(id.to_vec()));
         }
     });
     match step {
         Ok((next, newest)) => {
+            let next = match next {
+                Some(next) => Some(next.saturating_mul(count) + u64::from(slot.partition)),
+                // This partition is done: the next one starts at its beginning.
+                None => Some(u64::from(slot.partition) + 1).filter(|&next| next < count),
+            };
             let cursor = next.map_or_else(|| b"0".to_vec(), |next| next.to_string().into_bytes());
             let reply = RespReply::Array(vec![RespReply::Bulk(cursor), RespReply::Array(ids)]);
-            Outcome { read: newest, ..Outcome::reply(reply) }
+            Outcome { read: newest.map(|offset| Mark::new(slot.partition, offset)).into(), ..Outcome::reply(reply) }
         }
         Err(err) => Outcome::reply(storage_failure(&err).into()),
     }
 }
 
-/// KEYS: every live ID matching `pattern`, read at one instant (writers wait meanwhile, as
-/// in Redis; README says to prefer SCAN). Refused once the reply would pass the per-reply
-/// bound, like MGET.
+/// KEYS: every live ID matching `pattern`, read at one instant per partition (writers wait
+/// meanwhile, as in Redis; README says to prefer SCAN). Refused once the reply would pass
+/// the per-reply bound, like MGET.
 fn keys(shared: &Shared, pattern: &[u8]) -> Outcome<RespReply> {
     let limit = shared.config.max_reply_bytes();
     let mut ids = Vec::new();
     let mut bytes = 0usize;
-    let listed = shared.log.for_each_live(|id, _| {
-        if glob::matches(pattern, id, false) {
-            bytes = bytes.saturating_add(id.len() + 16);
-            if bytes > limit {
-                return Err(KeysError::TooLarge);
+    let mut read = Marks::default();
+    let listed = shared.partitions.iter().try_for_each(|slot| {
+        slot.log.for_each_live(|id, _| {
+            if glob::matches(pattern, id, false) {
+                bytes = bytes.saturating_add(id.len() + 16);
+                if bytes > limit {
+                    return Err(KeysError::TooLarge);
+                }
+                ids.push(RespReply::Bulk(id.to_vec()));
             }
-            ids.push(RespReply::Bulk(id.to_vec()));
-        }
+            Ok(())
+        })?;
+        // Every ID listed lies below the log's end now: the reply waits until that is
+        // committed.
+        read.merge(&newest_of(slot).into());
         Ok(())
     });
-    // Every ID listed lies below the log's end now: the reply waits until that is committed.
-    let newest = shared.log.next_offset().checked_sub(1);
     match listed {
-        Ok(()) => Outcome { read: newest, ..Outcome::reply(RespReply::Array(ids)) },
+        Ok(()) => Outcome { read, ..Outcome::reply(RespReply::Array(ids)) },
         Err(KeysError::TooLarge) => Outcome::reply(RespReply::error(format_args!(
             "reply too large (more than {limit} bytes of IDs match); use SCAN with MATCH instead"
         ))),

@@ -135,7 +135,7 @@ impl Session {
     }
 
     /// An error answering a request; inside a transaction it also dooms EXEC.
-    fn refuse(&mut self, err: CommandError) -> Outcome<RespReply> {
+    fn refuse(&mut self, err: impl Into<RespReply>) -> Outcome<RespReply> {
         if let Some(open) = &mut self.transaction {
             open.dirty = true;
         }
@@ -306,17 +306,17 @@ mod tests {
     use super::*;
     use crate::protocol::resp::{RespLimits, RespParser};
     use crate::server::budget::Budget;
+    use crate::server::partitions::{PartitionServing, Partitions};
     use crate::server::stats::Metrics;
     use crate::server::{Password, ServerConfig};
     use crate::storage::{Config, Log};
 
     fn shared(dir: &std::path::Path, password: Option<Password>) -> Arc<Shared> {
+        let log = Arc::new(Log::open(dir, Config::default()).expect("open log"));
         Arc::new(Shared {
-            log: Arc::new(Log::open(dir, Config::default()).expect("open log")),
+            partitions: Partitions::new(vec![PartitionServing { partition: 0, log, commits: None, cluster: None }]),
             config: ServerConfig { password, ..ServerConfig::default() },
             metrics: Metrics::default(),
-            commits: None,
-            cluster: None,
             budget: Budget::new(1 << 30),
             forwarding: None,
         })

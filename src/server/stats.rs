@@ -119,10 +119,30 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     /// Takes the numbers; with `roll`, also starts a new rate window (the periodic line does).
+    ///
+    /// With several partitions, counts (records, IDs, segments, bytes, fsyncs, what the
+    /// cleaner and retention removed) are summed over them, the epoch is the highest, and
+    /// the offsets and dirty ratio, which mean something only within one log, are
+    /// partition 0's.
     pub(crate) fn take(shared: &Shared, roll: bool) -> Snapshot {
-        let log = shared.log.stats();
-        let cleaner = shared.log.cleaner_stats();
-        let retention = shared.log.retention_stats();
+        let first = &shared.first().log;
+        let mut log = first.stats();
+        let mut cleaner = first.cleaner_stats();
+        let mut retention = first.retention_stats();
+        for slot in shared.partitions.iter().skip(1) {
+            let (more, more_cleaner, more_retention) =
+                (slot.log.stats(), slot.log.cleaner_stats(), slot.log.retention_stats());
+            log.records += more.records;
+            log.ids += more.ids;
+            log.segments += more.segments;
+            log.bytes += more.bytes;
+            log.fsyncs += more.fsyncs;
+            log.epoch = log.epoch.max(more.epoch);
+            cleaner.cleaned_bytes += more_cleaner.cleaned_bytes;
+            cleaner.runs += more_cleaner.runs;
+            retention.deleted_segments += more_retention.deleted_segments;
+            retention.deleted_bytes += more_retention.deleted_bytes;
+        }
         let metrics = &shared.metrics;
         let sets = metrics.sets.load(Ordering::Relaxed);
         let gets = metrics.gets.load(Ordering::Relaxed);
@@ -148,10 +168,10 @@ impl Snapshot {
             durable_offset: log.durable_offset.checked_sub(1),
             epoch: log.epoch,
             fsyncs: log.fsyncs,
-            dirty_ratio: shared.log.dirty_ratio(log.durable_offset),
+            dirty_ratio: first.dirty_ratio(log.durable_offset),
             cleaned_bytes: cleaner.cleaned_bytes,
             cleaner_runs: cleaner.runs,
-            log_start_offset: shared.log.log_start_offset(),
+            log_start_offset: first.log_start_offset(),
             retention_deleted_segments: retention.deleted_segments,
             retention_deleted_bytes: retention.deleted_bytes,
             connections: metrics.connections.load(Ordering::Relaxed),
@@ -162,8 +182,7 @@ impl Snapshot {
             set_per_sec,
             get_per_sec,
             replication: shared
-                .cluster
-                .as_ref()
+                .cluster()
                 .map_or_else(|| vec![("followers".to_string(), "0".to_string())], |c| c.stats()),
         }
     }

@@ -12,14 +12,23 @@
 //! is answered at once and makes EXEC answer `-EXECABORT`, applying nothing; an error
 //! while executing (a storage failure, a batch over the record limit) is that command's
 //! slot in EXEC's array, and the other commands still apply.
+//!
+//! Partitions: a batch is one log's, so a transaction's keys must all lie in one
+//! partition; a command that would take it into a second is refused at queue time with
+//! `-CROSSPARTITION` (and so EXEC aborts). MSET and DEL outside a transaction whose keys
+//! span partitions run as one batch per partition: atomic per partition only
+//! (docs/FORMAT.md, "Partitions").
 
 use std::sync::atomic::Ordering;
 
+use crate::protocol::Command;
 use crate::protocol::resp::{CommandError, RespCommand, RespLimits, RespParser, RespReply};
 use crate::storage::Batch;
 
 use super::Shared;
 use super::execute::{Outcome, storage_failure};
+use super::marks::{Mark, Marks};
+use super::partitions::PartitionServing;
 use super::resp::execute_resp;
 
 /// Most commands one transaction may queue.
@@ -34,6 +43,13 @@ pub(crate) struct Transaction {
     /// A command failed to queue: EXEC will refuse.
     pub(crate) dirty: bool,
     writes: bool,
+    /// The partition of the first key queued: every later key must be in it too.
+    partition: Option<u32>,
+}
+
+/// The refusal of a command whose keys would take a transaction into a second partition.
+fn cross_partition() -> RespReply {
+    RespReply::Error { code: "CROSSPARTITION", reason: "keys in several partitions".to_string() }
 }
 
 impl Transaction {
@@ -48,10 +64,22 @@ impl Transaction {
 
     /// Queues `command`, whose request bytes are `raw`. Queued bytes are capped at the
     /// record limit: the transaction's writes must fit in one atomic batch.
-    pub(crate) fn queue(&mut self, shared: &Shared, command: &RespCommand<'_>, raw: &[u8]) -> Result<(), CommandError> {
-        let max_bytes = shared.log.max_batch_bytes();
+    pub(crate) fn queue(&mut self, shared: &Shared, command: &RespCommand<'_>, raw: &[u8]) -> Result<(), RespReply> {
+        let max_bytes = shared.first().log.max_batch_bytes();
         if self.count >= MAX_QUEUED_COMMANDS || self.requests.len() + raw.len() > max_bytes {
-            return Err(CommandError::TransactionTooLarge { max_commands: MAX_QUEUED_COMMANDS, max_bytes });
+            return Err(CommandError::TransactionTooLarge { max_commands: MAX_QUEUED_COMMANDS, max_bytes }.into());
+        }
+        if shared.partitions.count() > 1 {
+            let mut partition = self.partition;
+            let mut several = false;
+            for_each_key(command, |id| {
+                let of = shared.partitions.for_key(id).partition;
+                several |= *partition.get_or_insert(of) != of;
+            });
+            if several {
+                return Err(cross_partition());
+            }
+            self.partition = partition;
         }
         self.writes |= is_write(command);
         self.requests.extend_from_slice(raw);
@@ -66,7 +94,6 @@ pub(crate) fn is_queueable(command: &RespCommand<'_>) -> bool {
 }
 
 fn is_write(command: &RespCommand<'_>) -> bool {
-    use crate::protocol::Command;
     matches!(command, RespCommand::Single(Command::Set { .. }) | RespCommand::Del(_) | RespCommand::MSet(_))
 }
 
@@ -75,8 +102,10 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
     if transaction.dirty {
         return Outcome::reply(CommandError::ExecAbort.into());
     }
+    // A transaction that queued no key (PING, DBSIZE) reads no partition's batch.
+    let slot = shared.partitions.get(transaction.partition.unwrap_or(0));
     if transaction.writes
-        && let Err(refusal) = shared.admit_write()
+        && let Err(refusal) = slot.admit_write()
     {
         return Outcome::reply(RespReply::error(refusal));
     }
@@ -89,7 +118,7 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
     // The whole array is bounded like any reply: queued GETs of a large message are cheap
     // to send and would otherwise cost gigabytes to answer.
     let limit = shared.config.max_reply_bytes();
-    let applied = shared.log.transaction(|batch| {
+    let applied = slot.log.transaction(|batch| {
         let mut parser = RespParser::new(limits);
         let mut at = 0;
         let mut replies = Vec::with_capacity(transaction.count);
@@ -114,8 +143,9 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
         }
         (Ok(replies), batch.newest_read())
     });
+    let mark = |offset: Option<crate::storage::Offset>| Marks::from(offset.map(|o| Mark::new(slot.partition, o)));
     let (replies, mut read, written) = match applied {
-        Ok(((Ok(replies), read), written)) => (replies, read, written),
+        Ok(((Ok(replies), read), written)) => (replies, mark(read), mark(written)),
         Ok(((Err(too_large), _), _)) => return Outcome::reply(too_large),
         Err(err) => return Outcome::reply(storage_failure(&err).into()),
     };
@@ -127,20 +157,25 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
         {
             let outcome = execute_resp(shared, command);
             // What a deferred reply shows (SCAN's and KEYS's IDs) waits to be committed too.
-            read = read.max(outcome.read);
+            read.merge(&outcome.read);
             replies[slot] = outcome.reply;
         }
     }
     Outcome { written, read, ..Outcome::reply(RespReply::Array(replies)) }
 }
 
-/// MSET and DEL outside a transaction: all keys in one atomic batch.
+/// MSET and DEL outside a transaction: all keys in one atomic batch, or one per
+/// partition when they span several.
 pub(crate) fn atomic(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespReply> {
-    if let Err(refusal) = shared.admit_write() {
+    if shared.partitions.count() > 1 {
+        return split_by_partition(shared, &command);
+    }
+    let slot = shared.first();
+    if let Err(refusal) = slot.admit_write() {
         return Outcome::reply(RespReply::error(refusal));
     }
     let all_or_nothing = matches!(command, RespCommand::MSet(_));
-    let applied = shared.log.transaction(|batch| {
+    let applied = slot.log.transaction(|batch| {
         let reply = apply(shared, batch, &command).unwrap_or(RespReply::Nil);
         // MSET either sets every key or none of them.
         if all_or_nothing && matches!(reply, RespReply::Error { .. }) {
@@ -149,14 +184,127 @@ pub(crate) fn atomic(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespR
         reply
     });
     match applied {
-        Ok((reply, written)) => Outcome { written, ..Outcome::reply(reply) },
+        Ok((reply, written)) => {
+            Outcome { written: written.map(|offset| Mark::new(slot.partition, offset)).into(), ..Outcome::reply(reply) }
+        }
         Err(err) => Outcome::reply(storage_failure(&err).into()),
     }
 }
 
+/// MSET or DEL over several partitions: the keys grouped by partition, one atomic batch
+/// per partition, the replies joined (DEL's counts summed). Every partition must admit
+/// the write before any is applied; a part that fails later does not undo the others,
+/// and the reply says which partitions were applied and which failed.
+fn split_by_partition(shared: &Shared, command: &RespCommand<'_>) -> Outcome<RespReply> {
+    let pairs: Vec<(&[u8], &[u8])> = match command {
+        RespCommand::MSet(pairs) => pairs.iter().collect(),
+        RespCommand::Del(keys) => keys.iter().map(|id| (id, &[][..])).collect(),
+        _ => return Outcome::reply(RespReply::error("not a multi-key write")),
+    };
+    let mset = matches!(command, RespCommand::MSet(_));
+    let groups = shared.partitions.group(pairs.iter().map(|(id, _)| *id));
+    if let Some(refusal) = groups.iter().find_map(|(slot, _)| slot.admit_write().err()) {
+        return Outcome::reply(RespReply::error(refusal));
+    }
+    let mut written = Marks::default();
+    let (mut applied, mut failed) = (Vec::new(), Vec::new());
+    let mut deleted = 0;
+    for (slot, indices) in groups {
+        let part = slot.log.transaction(|batch| match mset {
+            true => {
+                let reply = set_all(shared, batch, indices.iter().map(|&i| pairs[i]));
+                // MSET sets every key of a partition or none of them.
+                if matches!(reply, RespReply::Error { .. }) {
+                    batch.discard();
+                }
+                reply
+            }
+            false => delete_all(shared, batch, indices.iter().map(|&i| pairs[i].0)),
+        });
+        match part {
+            Ok((reply, appended)) => {
+                written.merge(&appended.map(|offset| Mark::new(slot.partition, offset)).into());
+                match reply {
+                    RespReply::Error { .. } => failed.push((slot, reply)),
+                    RespReply::Integer(n) => {
+                        deleted += n;
+                        applied.push(slot);
+                    }
+                    _ => applied.push(slot),
+                }
+            }
+            Err(err) => failed.push((slot, storage_failure(&err).into())),
+        }
+    }
+    let reply = match failed.first() {
+        None if mset => RespReply::Simple("OK"),
+        None => RespReply::Integer(deleted),
+        Some((_, cause)) if applied.is_empty() => cause.clone(),
+        Some((_, cause)) => partially_applied(&applied, &failed, cause),
+    };
+    Outcome { written, ..Outcome::reply(reply) }
+}
+
+/// `ERR partially applied: partition(s) 0,3 applied, 1 failed: <cause>`.
+fn partially_applied(
+    applied: &[&PartitionServing],
+    failed: &[(&PartitionServing, RespReply)],
+    cause: &RespReply,
+) -> RespReply {
+    let list = |slots: &mut dyn Iterator<Item = &PartitionServing>| {
+        slots.map(|slot| slot.partition.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let cause = match cause {
+        RespReply::Error { code: "ERR", reason } => reason.clone(),
+        RespReply::Error { code, reason } => format!("{code} {reason}"),
+        other => format!("{other:?}"),
+    };
+    RespReply::error(format_args!(
+        "partially applied: partition(s) {} applied, {} failed: {cause}",
+        list(&mut applied.iter().copied()),
+        list(&mut failed.iter().map(|(slot, _)| *slot)),
+    ))
+}
+
+/// Calls `f` with every key `command` reads or writes.
+fn for_each_key<'a>(command: &RespCommand<'a>, mut f: impl FnMut(&'a [u8])) {
+    match command {
+        RespCommand::Single(
+            Command::Set { id, .. } | Command::Get { id } | Command::Del { id } | Command::Exists { id },
+        ) => f(id),
+        RespCommand::Del(keys) | RespCommand::Exists(keys) | RespCommand::MGet(keys) => keys.iter().for_each(f),
+        RespCommand::MSet(pairs) => pairs.iter().for_each(|(id, _)| f(id)),
+        _ => {}
+    }
+}
+
+/// Sets every pair in `batch`; an error at the first that fails.
+fn set_all<'a>(shared: &Shared, batch: &mut Batch<'_>, pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RespReply {
+    for (id, message) in pairs {
+        shared.metrics.sets.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = batch.set(id, message) {
+            return storage_failure(&err).into();
+        }
+    }
+    RespReply::Simple("OK")
+}
+
+/// Deletes every ID in `batch`: how many held a message, or an error at the first that
+/// fails.
+fn delete_all<'a>(shared: &Shared, batch: &mut Batch<'_>, ids: impl Iterator<Item = &'a [u8]>) -> RespReply {
+    let mut deleted = 0;
+    for id in ids {
+        shared.metrics.dels.fetch_add(1, Ordering::Relaxed);
+        match batch.delete(id) {
+            Ok(found) => deleted += i64::from(found),
+            Err(err) => return storage_failure(&err).into(),
+        }
+    }
+    RespReply::Integer(deleted)
+}
+
 /// One command inside a batch; `None` if it must run outside it (see [`exec`]).
 fn apply(shared: &Shared, batch: &mut Batch<'_>, command: &RespCommand<'_>) -> Option<RespReply> {
-    use crate::protocol::Command;
     let metrics = &shared.metrics;
     let failure = |err| Some(RespReply::from(storage_failure(&err)));
     match command {
@@ -175,26 +323,8 @@ fn apply(shared: &Shared, batch: &mut Batch<'_>, command: &RespCommand<'_>) -> O
             }
         }
         RespCommand::MGet(keys) => Some(super::resp::mget(shared, batch, *keys)),
-        RespCommand::MSet(pairs) => {
-            for (id, message) in pairs.iter() {
-                metrics.sets.fetch_add(1, Ordering::Relaxed);
-                if let Err(err) = batch.set(id, message) {
-                    return failure(err);
-                }
-            }
-            Some(RespReply::Simple("OK"))
-        }
-        RespCommand::Del(keys) => {
-            let mut deleted = 0;
-            for id in keys.iter() {
-                metrics.dels.fetch_add(1, Ordering::Relaxed);
-                match batch.delete(id) {
-                    Ok(found) => deleted += i64::from(found),
-                    Err(err) => return failure(err),
-                }
-            }
-            Some(RespReply::Integer(deleted))
-        }
+        RespCommand::MSet(pairs) => Some(set_all(shared, batch, pairs.iter())),
+        RespCommand::Del(keys) => Some(delete_all(shared, batch, keys.iter())),
         RespCommand::Exists(keys) => {
             Some(RespReply::Integer(keys.iter().filter(|id| batch.contains(id)).count() as i64))
         }

@@ -19,7 +19,7 @@ use crate::protocol::resp::{RespLimits, RespParser};
 use crate::protocol::{Command, Reply};
 
 use super::answer::Answer;
-use super::waits::{commit, commit_read};
+use super::waits::Failures;
 use super::{Connection, Dialect};
 use crate::server::Route;
 use crate::server::execute::execute_line;
@@ -220,7 +220,7 @@ impl Connection {
             }
             let now = Instant::now();
             if now >= deadline {
-                if let Some(cluster) = &self.shared.cluster {
+                if let Some(cluster) = self.shared.cluster() {
                     why = cluster.unavailable(why);
                 }
                 break;
@@ -252,13 +252,11 @@ impl Connection {
                 (Answer::Text(outcome.reply), outcome.written, outcome.read)
             }
         };
-        let failure = match (written, read) {
-            (Some(offset), _) => commit(&shared, offset).await.err(),
-            (None, Some(offset)) => commit_read(&shared, offset).await.err(),
-            (None, None) => None,
-        };
-        match failure {
-            Some(failure) => in_dialect(dialect, failure),
+        // A write's reply waits for its commit, a read's for the records it shows.
+        let read = if written.is_empty() { read } else { Default::default() };
+        let failures = Failures::wait(&shared, &written, &read).await;
+        match failures.of(!written.is_empty(), !read.is_empty()) {
+            Some(failure) => in_dialect(dialect, failure.clone()),
             None => answer,
         }
     }

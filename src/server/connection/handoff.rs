@@ -24,6 +24,7 @@ use crate::storage::{Offset, StorageError};
 
 use super::answer::Answer;
 use super::{Connection, Dialect};
+use crate::server::marks::Marks;
 
 /// Handed-over replies are not covered by the connection's buffer reservation, so only
 /// small batches go this way; a batch of large GET replies takes the task's path.
@@ -45,6 +46,9 @@ pub(super) fn max_handed_replies() -> usize {
 
 /// One batch's replies, as the connection would have written them after its wait.
 pub(super) struct Batch {
+    /// The partition of every record the replies wait for: the committer of that
+    /// partition's log writes the batch, so all of a connection's queued batches name one.
+    pub(super) partition: u32,
     /// Every record the replies acknowledge or show is at or below this offset; `None`
     /// when they wait for nothing (they still go out after the batches before them).
     pub(super) through: Option<Offset>,
@@ -127,6 +131,11 @@ impl Handoff {
         self.lock().queued.push_back(batch);
     }
 
+    /// The partition of the batches queued, if any are.
+    fn queued_partition(&self) -> Option<u32> {
+        self.lock().queued.front().map(|batch| batch.partition)
+    }
+
     /// Whether a batch is queued or bytes are owed: the task must not write by itself.
     pub(super) fn busy(&self) -> bool {
         let state = self.lock();
@@ -204,26 +213,41 @@ fn send_now(fd: RawFd, out: &mut BytesMut) {
 impl Connection {
     /// Gives the batch to the commit thread to write after its fsync, when it may; true
     /// if it did. Not with an acknowledgement rule to wait for (the followers' rule), nor
-    /// for a batch too large to leave outside the buffer budget, nor a long pipeline.
+    /// for a batch too large to leave outside the buffer budget, nor a long pipeline, nor
+    /// a batch whose records lie in several partitions or in another partition than the
+    /// batches queued before it: one committer's fsyncs judge a connection's whole queue.
     pub(super) fn hand_off(&mut self) -> bool {
         let Some(handoff) = &self.handoff else { return false };
         if self.pending_bytes > MAX_HANDED_BYTES || self.pending.len() > max_handed_replies() {
             return false;
         }
-        let through = self.unsynced.max(self.unsynced_read);
-        if let (Some(cluster), Some(offset)) = (&self.shared.cluster, through)
+        let mut partition = None;
+        if self.shared.partitions.count() > 1 {
+            partition = handoff.queued_partition();
+            for mark in self.unsynced.iter().chain(self.unsynced_read.iter()) {
+                match partition {
+                    Some(p) if p != mark.partition => return false,
+                    _ => partition = Some(mark.partition),
+                }
+            }
+        }
+        let partition = partition.unwrap_or(0);
+        let slot = self.shared.partitions.get(partition);
+        let (written, read) = (self.unsynced.single().map(|m| m.offset), self.unsynced_read.single().map(|m| m.offset));
+        let through = written.max(read);
+        if let (Some(cluster), Some(offset)) = (&slot.cluster, through)
             && cluster.replicated(offset).is_some()
         {
             return false;
         }
-        let durable = self.shared.log.durable_offset();
+        let durable = slot.log.durable_offset();
         let covered = through.is_none_or(|offset| offset < durable);
         // Nothing to wait for and nothing queued before it: written at once, as always.
         if covered && !handoff.busy() {
             return false;
         }
-        let Some(commits) = &self.shared.commits else { return false };
-        if let (Some(cluster), Some(written)) = (&self.shared.cluster, self.unsynced) {
+        let Some(commits) = &slot.commits else { return false };
+        if let (Some(cluster), Some(written)) = (&slot.cluster, written) {
             cluster.appended(written + 1);
         }
         let failure_protocol = match &self.dialect {
@@ -231,19 +255,15 @@ impl Connection {
             _ => None,
         };
         let replies = self.pending.drain(..).map(|p| (p.answer, p.acknowledges_write, p.shows_record)).collect();
-        handoff.queue(Batch {
-            through,
-            written: self.unsynced.take(),
-            read: self.unsynced_read.take(),
-            replies,
-            failure_protocol,
-        });
+        self.unsynced = Marks::default();
+        self.unsynced_read = Marks::default();
+        handoff.queue(Batch { partition, through, written, read, replies, failure_protocol });
         self.pending_bytes = 0;
         let sink: Arc<dyn ReplySink> = handoff.clone();
         match through {
             Some(offset) if !covered => {
                 if let Err(err) = commits.hand_off(offset, sink) {
-                    handoff.durable(self.shared.log.durable_offset(), Some(&err));
+                    handoff.durable(slot.log.durable_offset(), Some(&err));
                 }
             }
             _ => handoff.durable(durable, None),
@@ -297,7 +317,7 @@ mod tests {
 
     fn text(replies: &[(Reply, bool, bool)], through: Option<Offset>, written: Option<Offset>) -> Batch {
         let replies = replies.iter().map(|(r, w, s)| (Answer::Text(r.clone()), *w, *s)).collect();
-        Batch { through, written, read: None, replies, failure_protocol: None }
+        Batch { partition: 0, through, written, read: None, replies, failure_protocol: None }
     }
 
     /// What the peer can read without blocking.

@@ -7,7 +7,7 @@
 //!
 //! Replies are collected per read ("batch") and written together. Before a batch holding
 //! writes is answered, the connection waits once for `sync_through` the batch's highest
-//! offset, so `OK` means durable under the fsync policy. With `--fsync always` many
+//! offset in each partition it wrote to, so `OK` means durable under the fsync policy. With `--fsync always` many
 //! connections wait at once and the engine serves them with one shared fsync (group commit).
 //! A batch holding GETs waits the same way (without the followers) for the newest record it
 //! shows, so a client never reads a message that a crash could take back.
@@ -28,17 +28,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::Instrument;
 
-use crate::protocol::resp::{RespLimits, RespParser, RespReply, opens_resp};
-use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
-use crate::storage::Offset;
-
 use super::Shared;
 use super::budget::Reservation;
 use super::execute::{Outcome, execute_line};
 use super::forward::ForwardDialect;
+use super::marks::Marks;
 use super::metrics::command_label;
 use super::session::Session;
 use super::shutdown::Shutdown;
+use crate::protocol::resp::{RespLimits, RespParser, RespReply, opens_resp};
+use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
 
 mod answer;
 mod forwarding;
@@ -106,10 +105,11 @@ pub(crate) struct Connection {
     authenticated: bool,
     pending: Vec<Pending>,
     pending_bytes: usize,
-    /// Highest offset appended by this batch and not yet synced.
-    unsynced: Option<Offset>,
-    /// Highest offset this batch's replies show (GET, MGET), to be durable before them.
-    unsynced_read: Option<Offset>,
+    /// Highest offset per partition appended by this batch and not yet synced.
+    unsynced: Marks,
+    /// Highest offset per partition this batch's replies show (GET, MGET), to be durable
+    /// before them.
+    unsynced_read: Marks,
     reservation: Reservation,
     /// Present on a node that may forward: sends data commands to the leader.
     diverter: Option<Diverter>,
@@ -141,7 +141,9 @@ impl Connection {
         // Per-command metrics time each reply's write, which the commit thread does not.
         let handoff = match &stream {
             ClientStream::Plain(tcp)
-                if handoff::max_handed_replies() > 0 && shared.commits.is_some() && shared.config.metrics.is_none() =>
+                if handoff::max_handed_replies() > 0
+                    && shared.first().commits.is_some()
+                    && shared.config.metrics.is_none() =>
             {
                 Some(Arc::new(Handoff::new(tcp.as_raw_fd())))
             }
@@ -156,8 +158,8 @@ impl Connection {
             authenticated,
             pending: Vec::new(),
             pending_bytes: 0,
-            unsynced: None,
-            unsynced_read: None,
+            unsynced: Marks::default(),
+            unsynced_read: Marks::default(),
             reservation,
             diverter,
             shutdown,
@@ -245,8 +247,8 @@ impl Connection {
         self.output = BytesMut::new();
         self.pending.clear();
         self.pending_bytes = 0;
-        self.unsynced = None;
-        self.unsynced_read = None;
+        self.unsynced = Marks::default();
+        self.unsynced_read = Marks::default();
         self.within_budget();
         self.drain_handoff().await?;
         match self.dialect {
@@ -359,13 +361,13 @@ impl Connection {
     }
 
     fn push(&mut self, outcome: Outcome<Answer>, command: &'static str, started: Option<Instant>) {
-        self.unsynced = self.unsynced.max(outcome.written);
-        self.unsynced_read = self.unsynced_read.max(outcome.read);
+        self.unsynced.merge(&outcome.written);
+        self.unsynced_read.merge(&outcome.read);
         self.pending_bytes += outcome.reply.encoded_len_hint();
         self.pending.push(Pending {
             answer: outcome.reply,
-            acknowledges_write: outcome.written.is_some(),
-            shows_record: outcome.read.is_some(),
+            acknowledges_write: !outcome.written.is_empty(),
+            shows_record: !outcome.read.is_empty(),
             command,
             started,
         });
@@ -383,7 +385,7 @@ impl Connection {
             return Ok(Flow::Continue);
         }
         self.drain_handoff().await?;
-        let failures = Failures::wait(&self.shared, self.unsynced.take(), self.unsynced_read.take()).await;
+        let failures = Failures::wait(&self.shared, &self.unsynced.take(), &self.unsynced_read.take()).await;
         let failures = failures.map(|reply: Reply| match self.dialect {
             Dialect::Resp(_, ref session) => Answer::Resp(reply.into(), session.protocol()),
             _ => Answer::Text(reply),

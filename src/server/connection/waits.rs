@@ -1,10 +1,13 @@
 //! What a batch waits for before its replies go out: its writes committed, and the records
-//! (or absences) its replies show committed too.
+//! (or absences) its replies show committed too, in every partition the batch touched,
+//! each through that partition's committer and replication.
 
 use crate::protocol::Reply;
 use crate::storage::{Offset, StorageError};
 
 use crate::server::execute::storage_failure;
+use crate::server::marks::Marks;
+use crate::server::partitions::PartitionServing;
 use crate::server::{Refusal, Shared};
 
 /// Why a wait for commitment failed.
@@ -24,20 +27,30 @@ pub(crate) struct Failures<T> {
 }
 
 impl Failures<Reply> {
-    /// Waits for the batch's writes (through `written`), then for the records its replies
-    /// show (through `read`).
-    pub(crate) async fn wait(shared: &Shared, written: Option<Offset>, read: Option<Offset>) -> Failures<Reply> {
-        let write = match written {
-            Some(offset) => commit(shared, offset).await.err(),
-            None => None,
-        };
+    /// Waits for the batch's writes (through `written`, in each partition it names), then
+    /// for the records its replies show (through `read`). A failure in any partition is
+    /// the failure of every reply of its kind: the batch's replies are not told apart by
+    /// partition, and an error for a write that did apply is the answer a failed commit
+    /// gives anyway.
+    pub(crate) async fn wait(shared: &Shared, written: &Marks, read: &Marks) -> Failures<Reply> {
+        // Every partition's followers hear of their records first, so their replication
+        // runs while this task waits on another partition.
+        for mark in written.iter() {
+            announce(shared.partitions.get(mark.partition), mark.offset);
+        }
+        let mut write = None;
+        for mark in written.iter() {
+            let failed = committed_reply(shared, shared.partitions.get(mark.partition), mark.offset, true).await.err();
+            write = write.or(failed);
+        }
         // Usually already committed by now (an fsync of older writes, or the commit above),
         // and then this costs an atomic load.
-        let read = match read {
-            Some(offset) => commit_read(shared, offset).await.err(),
-            None => None,
-        };
-        Failures { write, read }
+        let mut failed_read = None;
+        for mark in read.iter() {
+            let failed = commit_read(shared, shared.partitions.get(mark.partition), mark.offset).await.err();
+            failed_read = failed_read.or(failed);
+        }
+        Failures { write, read: failed_read }
     }
 }
 
@@ -56,20 +69,11 @@ impl<T> Failures<T> {
     }
 }
 
-/// Waits until everything up to `offset` is durable here and on the followers the
-/// tolerance asks for (both at once: followers receive records before the local fsync).
-/// The error is the reply every write of the batch gets instead of `OK`.
-pub(crate) async fn commit(shared: &Shared, offset: Offset) -> Result<(), Reply> {
-    if let Some(cluster) = &shared.cluster {
+/// Records up to `offset` are in `slot`'s log: its replication may send them.
+fn announce(slot: &PartitionServing, offset: Offset) {
+    if let Some(cluster) = &slot.cluster {
         cluster.appended(offset + 1);
     }
-    committed(shared, offset).await.map_err(|failure| match failure {
-        Uncommitted::Storage(err) => storage_failure(&err),
-        Uncommitted::Replication(refusal) => {
-            shared.metrics.warn_replication_refusal(&refusal.0);
-            Reply::error(refusal)
-        }
-    })
 }
 
 /// A reply that shows a record, or an absence, waits until everything up to `offset`
@@ -77,31 +81,145 @@ pub(crate) async fn commit(shared: &Shared, offset: Offset) -> Result<(), Reply>
 /// cluster mode, the in-sync replica set) asks for. Otherwise a reader could see a write
 /// that a failover then loses, and later read an older value. On a manual follower only the
 /// local wait applies; in cluster mode a node that does not lead forwards reads instead.
-pub(crate) async fn commit_read(shared: &Shared, offset: Offset) -> Result<(), Reply> {
-    committed(shared, offset).await.map_err(|failure| match failure {
+async fn commit_read(shared: &Shared, slot: &PartitionServing, offset: Offset) -> Result<(), Reply> {
+    committed_reply(shared, slot, offset, false).await
+}
+
+/// Waits until everything up to `offset` is durable in `slot`'s log, here and on the
+/// followers the tolerance asks for (both at once: followers receive records before the
+/// local fsync); the failure as the reply every write (`write`) or read of the batch gets
+/// instead. A write's replication refusal is logged.
+async fn committed_reply(shared: &Shared, slot: &PartitionServing, offset: Offset, write: bool) -> Result<(), Reply> {
+    committed(slot, offset).await.map_err(|failure| match failure {
         Uncommitted::Storage(err) => storage_failure(&err),
-        Uncommitted::Replication(refusal) => Reply::error(refusal),
+        Uncommitted::Replication(refusal) => {
+            if write {
+                shared.metrics.warn_replication_refusal(&refusal.0);
+            }
+            Reply::error(refusal)
+        }
     })
 }
 
 /// The wait both share: the local sync and, where the cluster asks for one, the
 /// followers' acknowledgements, at once.
-async fn committed(shared: &Shared, offset: Offset) -> Result<(), Uncommitted> {
-    match shared.cluster.as_ref().and_then(|cluster| cluster.replicated(offset)) {
-        None => sync_through(shared, offset).await.map_err(Uncommitted::Storage),
+async fn committed(slot: &PartitionServing, offset: Offset) -> Result<(), Uncommitted> {
+    match slot.cluster.as_ref().and_then(|cluster| cluster.replicated(offset)) {
+        None => sync_through(slot, offset).await.map_err(Uncommitted::Storage),
         Some(replicated) => {
-            let (local, replicated) = tokio::join!(sync_through(shared, offset), replicated);
+            let (local, replicated) = tokio::join!(sync_through(slot, offset), replicated);
             local.map_err(Uncommitted::Storage)?;
             replicated.map_err(Uncommitted::Replication)
         }
     }
 }
 
-async fn sync_through(shared: &Shared, offset: Offset) -> Result<(), StorageError> {
-    match &shared.commits {
+async fn sync_through(slot: &PartitionServing, offset: Offset) -> Result<(), StorageError> {
+    match &slot.commits {
         // `--fsync always`: the commit thread fsyncs for every waiting connection.
         Some(commits) => commits.wait(offset).await,
         // Only hands the write buffer to the OS: cheap enough to do inline.
-        None => shared.log.sync_through(offset),
+        None => slot.log.sync_through(offset),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::{Notify, oneshot, watch};
+
+    use crate::cluster::partitioning::partition_of;
+    use crate::server::{Cluster, Forwarding, Refusal, Replicated, ServerConfig, serve};
+    use crate::storage::{Config, FsyncPolicy, Log, Offset};
+
+    /// A partition's replication that commits at once, or (`held`) only once released.
+    struct FakeCluster {
+        held: Option<(Arc<Notify>, watch::Receiver<bool>)>,
+    }
+
+    impl Cluster for FakeCluster {
+        fn admit_write(&self) -> Result<(), Refusal> {
+            Ok(())
+        }
+        fn appended(&self, _next_offset: Offset) {}
+        fn replicated(&self, _offset: Offset) -> Option<Replicated<'_>> {
+            let (asked, released) = self.held.as_ref()?;
+            asked.notify_one();
+            let mut released = released.clone();
+            Some(Box::pin(async move {
+                let _ = released.wait_for(|released| *released).await;
+                Ok(())
+            }))
+        }
+        fn role(&self) -> &'static str {
+            "leader"
+        }
+        fn stats(&self) -> Vec<(String, String)> {
+            Vec::new()
+        }
+    }
+
+    /// The first of `id0`, `id1`, … that `partition_of` puts in `partition` of `count`.
+    fn id_in(partition: u32, count: u32) -> String {
+        (0..1000).map(|n| format!("id{n}")).find(|id| partition_of(id.as_bytes(), count) == partition).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_for_each_partition_it_touched() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let log_config = Config { fsync: FsyncPolicy::Never, ..Config::default() };
+        let logs: Vec<Arc<Log>> =
+            dirs.iter().map(|dir| Arc::new(Log::open(dir.path(), log_config.clone()).unwrap())).collect();
+        let asked = Arc::new(Notify::new());
+        let (release, released) = watch::channel(false);
+        let clusters: [Arc<dyn Cluster>; 2] = [
+            Arc::new(FakeCluster { held: None }),
+            Arc::new(FakeCluster { held: Some((Arc::clone(&asked), released)) }),
+        ];
+        let partitions = logs.iter().cloned().zip(clusters.into_iter().map(Some)).collect();
+        let config = ServerConfig { fsync: FsyncPolicy::Never, stats_interval: None, ..ServerConfig::default() };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, partitions, config, Forwarding::default(), stopped));
+
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (p0, p1) = (id_in(0, 2), id_in(1, 2));
+        client.write_all(format!("SET {p0} a\nSET {p1} b\n").as_bytes()).await.unwrap();
+        let deadline = Duration::from_secs(60);
+        // Partition 1's replication is asked, and holds back: nothing may be answered yet,
+        // not even partition 0's write, which is committed (both replies go out together).
+        let mut early = [0u8; 64];
+        let mut nothing_yet = |client: &TcpStream| match client.try_read(&mut early) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            got => panic!("answered before partition 1 committed: {got:?}"),
+        };
+        tokio::time::timeout(deadline, async {
+            loop {
+                tokio::select! {
+                    () = asked.notified() => break,
+                    readable = client.readable() => {
+                        readable.unwrap();
+                        nothing_yet(&client);
+                    }
+                }
+            }
+        })
+        .await
+        .expect("partition 1's replication was never asked");
+        nothing_yet(&client);
+        release.send(true).unwrap();
+        let mut replies = [0u8; 8];
+        tokio::time::timeout(deadline, client.read_exact(&mut replies)).await.unwrap().unwrap();
+        assert_eq!(&replies, b"OK\r\nOK\r\n");
+        assert!(logs[0].get(p0.as_bytes()).unwrap().is_some() && logs[1].get(p1.as_bytes()).unwrap().is_some());
+
+        drop(client);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
     }
 }
