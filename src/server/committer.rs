@@ -48,9 +48,11 @@ impl Stopped {
 
 /// Where replies handed over to the committer go once their records are durable.
 pub(crate) trait ReplySink: Send + Sync {
-    /// Every offset below `durable` is durable now; with `failure`, no more will be, and
-    /// replies waiting for later offsets get that failure.
-    fn durable(&self, durable: Offset, failure: Option<&StorageError>);
+    /// Every offset below `durable` of `partition`'s log is durable now; with `failure`, no
+    /// more will be, and replies waiting for later offsets of that log get that failure.
+    /// A sink may hear of a partition it no longer waits for (it registered for an earlier
+    /// batch), and must then release nothing of another partition's.
+    fn durable(&self, partition: u32, durable: Offset, failure: Option<&StorageError>);
 }
 
 /// Sinks waiting for an offset to become durable.
@@ -61,6 +63,8 @@ struct Handed {
 }
 
 struct Requests {
+    /// The partition whose log this committer syncs.
+    partition: u32,
     /// One past the highest offset a connection waits for.
     wanted: AtomicU64,
     stop: AtomicBool,
@@ -89,7 +93,7 @@ impl Requests {
             });
         }
         for sink in ready.drain(..) {
-            sink.durable(durable, failure);
+            sink.durable(self.partition, durable, failure);
         }
     }
 }
@@ -108,8 +112,10 @@ pub(crate) struct Committer {
     join: JoinHandle<()>,
 }
 
-pub(crate) fn start(log: Arc<Log>) -> std::io::Result<(Committer, CommitHandle)> {
+/// Starts the committer of partition `partition`'s `log`.
+pub(crate) fn start(partition: u32, log: Arc<Log>) -> std::io::Result<(Committer, CommitHandle)> {
     let requests = Arc::new(Requests {
+        partition,
         wanted: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         handed: Mutex::new(Handed::default()),

@@ -204,7 +204,7 @@ pub(crate) async fn serve(
     let mut slots = Vec::with_capacity(partitions.len());
     for (partition, (log, cluster)) in (0u32..).zip(partitions) {
         let commits = match config.fsync {
-            FsyncPolicy::Always => match committer::start(Arc::clone(&log)) {
+            FsyncPolicy::Always => match committer::start(partition, Arc::clone(&log)) {
                 Ok((committer, handle)) => {
                     committers.push(committer);
                     Some(handle)

@@ -252,8 +252,8 @@ impl Connection {
                 (Answer::Text(outcome.reply), outcome.written, outcome.read)
             }
         };
-        // A write's reply waits for its commit, a read's for the records it shows.
-        let read = if written.is_empty() { read } else { Default::default() };
+        // A write's reply waits for its commit, a read's for the records it shows (in every
+        // partition: an EXEC's writes in one do not cover what it shows of another).
         let failures = Failures::wait(&shared, &written, &read).await;
         match failures.of(!written.is_empty(), !read.is_empty()) {
             Some(failure) => in_dialect(dialect, failure.clone()),

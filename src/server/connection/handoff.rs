@@ -46,8 +46,9 @@ pub(super) fn max_handed_replies() -> usize {
 
 /// One batch's replies, as the connection would have written them after its wait.
 pub(super) struct Batch {
-    /// The partition of every record the replies wait for: the committer of that
-    /// partition's log writes the batch, so all of a connection's queued batches name one.
+    /// The partition of every record the replies wait for: only the committer of that
+    /// partition's log releases the batch, and a connection queues one partition's batches
+    /// at a time.
     pub(super) partition: u32,
     /// Every record the replies acknowledge or show is at or below this offset; `None`
     /// when they wait for nothing (they still go out after the batches before them).
@@ -165,10 +166,15 @@ impl Handoff {
 }
 
 impl ReplySink for Handoff {
-    fn durable(&self, durable: Offset, failure: Option<&StorageError>) {
+    fn durable(&self, partition: u32, durable: Offset, failure: Option<&StorageError>) {
         let mut state = self.lock();
         let mut out = BytesMut::new();
         while let Some(batch) = state.queued.front() {
+            // Offsets of another partition's log say nothing of this batch (the queue holds
+            // one partition's batches at a time, so none after it is this partition's).
+            if batch.partition != partition {
+                break;
+            }
             if batch.through.is_some_and(|through| through >= durable) && failure.is_none() {
                 break;
             }
@@ -263,10 +269,10 @@ impl Connection {
         match through {
             Some(offset) if !covered => {
                 if let Err(err) = commits.hand_off(offset, sink) {
-                    handoff.durable(slot.log.durable_offset(), Some(&err));
+                    handoff.durable(partition, slot.log.durable_offset(), Some(&err));
                 }
             }
-            _ => handoff.durable(durable, None),
+            _ => handoff.durable(partition, durable, None),
         }
         true
     }
@@ -342,10 +348,10 @@ mod tests {
         handoff.queue(text(&[(Reply::Ok, true, false)], Some(5), Some(5)));
         // Waits for nothing, but must not overtake the OK before it.
         handoff.queue(text(&[(Reply::Pong, false, false)], None, None));
-        handoff.durable(5, None);
+        handoff.durable(0, 5, None);
         assert_eq!(received(&mut peer), b"", "offset 5 is not durable below 5");
         assert!(handoff.busy());
-        handoff.durable(6, None);
+        handoff.durable(0, 6, None);
         assert_eq!(received(&mut peer), b"OK\r\nPONG\r\n");
         assert!(matches!(handoff.turn(false), Turn::Idle));
     }
@@ -355,7 +361,7 @@ mod tests {
         let (ours, mut peer) = UnixStream::pair().unwrap();
         let handoff = Handoff::new(ours.as_raw_fd());
         handoff.queue(text(&[(Reply::Ok, true, false), (Reply::Pong, false, false)], Some(3), Some(3)));
-        handoff.durable(3, Some(&StorageError::Failure("disk gone".into())));
+        handoff.durable(0, 3, Some(&StorageError::Failure("disk gone".into())));
         let got = String::from_utf8(received(&mut peer)).unwrap();
         assert!(got.starts_with("ERR storage failure: ") && got.contains("disk gone"), "{got}");
         assert!(got.ends_with("\r\nPONG\r\n"), "{got}");
@@ -373,21 +379,36 @@ mod tests {
         }
         let handoff = Handoff::new(ours.as_raw_fd());
         handoff.queue(text(&[(Reply::Ok, true, false)], Some(0), Some(0)));
-        handoff.durable(1, None);
+        handoff.durable(0, 1, None);
         let Turn::Write(first) = handoff.turn(false) else { panic!("the OK was not handed back") };
         assert_eq!(&first[..], b"OK\r\n");
         // Room again; still the task writes until its queue is empty, or replies it has
         // not written yet could be overtaken.
         while !received(&mut peer).is_empty() {}
         handoff.queue(text(&[(Reply::Pong, false, false)], Some(1), None));
-        handoff.durable(2, None);
+        handoff.durable(0, 2, None);
         assert_eq!(received(&mut peer), b"");
         let Turn::Write(second) = handoff.turn(false) else { panic!("the PONG was not handed back") };
         assert_eq!(&second[..], b"PONG\r\n");
         assert!(matches!(handoff.turn(false), Turn::Idle));
         handoff.queue(text(&[(Reply::Ok, true, false)], Some(2), Some(2)));
-        handoff.durable(3, None);
+        handoff.durable(0, 3, None);
         assert_eq!(received(&mut peer), b"OK\r\n", "the commit thread writes again once idle");
+    }
+
+    #[test]
+    fn another_partitions_sync_releases_nothing() {
+        let (ours, mut peer) = UnixStream::pair().unwrap();
+        let handoff = Handoff::new(ours.as_raw_fd());
+        let mut batch = text(&[(Reply::Ok, true, false)], Some(5), Some(5));
+        batch.partition = 1;
+        handoff.queue(batch);
+        // A sink registered for an earlier batch of partition 0 hears of partition 0's log.
+        handoff.durable(0, 100, None);
+        handoff.durable(0, 100, Some(&StorageError::Failure("partition 0's disk".into())));
+        assert_eq!(received(&mut peer), b"", "partition 1's write is not durable");
+        handoff.durable(1, 6, None);
+        assert_eq!(received(&mut peer), b"OK\r\n");
     }
 
     #[test]
@@ -396,7 +417,7 @@ mod tests {
         let handoff = Handoff::new(ours.as_raw_fd());
         handoff.queue(text(&[(Reply::Ok, true, false)], Some(0), Some(0)));
         handoff.detach();
-        handoff.durable(1, None);
+        handoff.durable(0, 1, None);
         assert_eq!(received(&mut peer), b"");
     }
 }

@@ -174,11 +174,13 @@ mod tests {
         let log_config = Config { fsync: FsyncPolicy::Never, ..Config::default() };
         let logs: Vec<Arc<Log>> =
             dirs.iter().map(|dir| Arc::new(Log::open(dir.path(), log_config.clone()).unwrap())).collect();
-        let asked = Arc::new(Notify::new());
-        let (release, released) = watch::channel(false);
+        // Both partitions' replication hold back until released, each when asked.
+        let asked = [Arc::new(Notify::new()), Arc::new(Notify::new())];
+        let (release0, released0) = watch::channel(false);
+        let (release1, released1) = watch::channel(false);
         let clusters: [Arc<dyn Cluster>; 2] = [
-            Arc::new(FakeCluster { held: None }),
-            Arc::new(FakeCluster { held: Some((Arc::clone(&asked), released)) }),
+            Arc::new(FakeCluster { held: Some((Arc::clone(&asked[0]), released0)) }),
+            Arc::new(FakeCluster { held: Some((Arc::clone(&asked[1]), released1)) }),
         ];
         let partitions = logs.iter().cloned().zip(clusters.into_iter().map(Some)).collect();
         let config = ServerConfig { fsync: FsyncPolicy::Never, stats_interval: None, ..ServerConfig::default() };
@@ -189,20 +191,32 @@ mod tests {
 
         let mut client = TcpStream::connect(addr).await.unwrap();
         let (p0, p1) = (id_in(0, 2), id_in(1, 2));
+        // One write, so both requests arrive in one read and form one batch.
         client.write_all(format!("SET {p0} a\nSET {p1} b\n").as_bytes()).await.unwrap();
         let deadline = Duration::from_secs(60);
-        // Partition 1's replication is asked, and holds back: nothing may be answered yet,
-        // not even partition 0's write, which is committed (both replies go out together).
         let mut early = [0u8; 64];
         let mut nothing_yet = |client: &TcpStream| match client.try_read(&mut early) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            got => panic!("answered before partition 1 committed: {got:?}"),
+            got => panic!("answered before both partitions committed: {got:?}"),
         };
+        // Each partition's replication must be asked (a wait that skips one never asks it),
+        // and until the second is released nothing may be answered, not even the write
+        // whose partition committed first.
+        let mut released = [false, false];
         tokio::time::timeout(deadline, async {
-            loop {
+            while released != [true, true] {
                 tokio::select! {
-                    () = asked.notified() => break,
-                    readable = client.readable() => {
+                    () = asked[0].notified(), if !released[0] => {
+                        nothing_yet(&client);
+                        release0.send(true).unwrap();
+                        released[0] = true;
+                    }
+                    () = asked[1].notified(), if !released[1] => {
+                        nothing_yet(&client);
+                        release1.send(true).unwrap();
+                        released[1] = true;
+                    }
+                    readable = client.readable(), if released != [true, true] => {
                         readable.unwrap();
                         nothing_yet(&client);
                     }
@@ -210,9 +224,7 @@ mod tests {
             }
         })
         .await
-        .expect("partition 1's replication was never asked");
-        nothing_yet(&client);
-        release.send(true).unwrap();
+        .unwrap_or_else(|_| panic!("a partition's replication was never asked (released: {released:?})"));
         let mut replies = [0u8; 8];
         tokio::time::timeout(deadline, client.read_exact(&mut replies)).await.unwrap().unwrap();
         assert_eq!(&replies, b"OK\r\nOK\r\n");
