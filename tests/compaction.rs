@@ -13,7 +13,7 @@ use std::path::Path;
 
 use common::compaction::{check_lines, options, small_segments as config, temp_dir};
 use common::seeded::{Rng, env_u64};
-use common::{LineClient, ServerProcess, poll_until};
+use common::{LineClient, ServerProcess, once_unlocked, poll_until};
 use msglog::storage::check::check;
 use msglog::storage::{Config, Log, RecordKind};
 use tempfile::TempDir;
@@ -99,14 +99,8 @@ fn logical_digest(dir: &Path) -> [u8; 32] {
 
 fn run_history(seed: u64) {
     let dirs: Vec<TempDir> = (0..3).map(|_| temp_dir()).collect();
-    // A sibling test's spawned process holds a copy of a just-closed log's lock for the
-    // instant between its fork and exec: a reopen waits that out (bounded).
-    let open = |i: usize| {
-        poll_until("the data dir's lock to be free", || match Log::open(dirs[i].path(), config()) {
-            Err(msglog::storage::StorageError::Locked { .. }) => None,
-            other => Some(other.unwrap()),
-        })
-    };
+    // A just-closed log's lock can still be held for a moment (see `once_unlocked`).
+    let open = |i: usize| once_unlocked(|| Log::open(dirs[i].path(), config())).unwrap();
     // `stepwise` is cleaned along the way, `once` only at the end, `never` not at all.
     let (stepwise, once, never) = (open(0), open(1), open(2));
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{LineClient, ServerProcess, TestServer, msglog, poll_until, resp};
+use common::{LineClient, ServerProcess, TestServer, bulk, msglog, poll_until, resp};
 use msglog::server::ServerConfig;
 use msglog::storage::{Config, FsyncPolicy};
 use tempfile::TempDir;
@@ -17,11 +17,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const MIB: usize = 1024 * 1024;
-
-/// A bulk-string reply header for `len` bytes, and the value's CRLF after it.
-fn bulk(value: &[u8]) -> Vec<u8> {
-    [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
-}
 
 async fn config(max_buffer_bytes: usize) -> TestServer {
     let config = ServerConfig { stats_interval: None, max_buffer_bytes, ..ServerConfig::default() };

@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::{DEADLINE, TestClient, resp};
+use common::{DEADLINE, TestClient, bulk, check, line, read_bulk, read_bulks, resp};
 use msglog::cluster::partitioning::partition_of;
 use msglog::server::{self, ServerConfig};
 use msglog::storage::{Config, Log};
@@ -68,22 +68,6 @@ fn ids_in(partition: u32, partitions: u32, count: usize) -> Vec<Vec<u8>> {
         .filter(|id| partition_of(id, partitions) == partition)
         .take(count)
         .collect()
-}
-
-fn bulk(value: &[u8]) -> Vec<u8> {
-    [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
-}
-
-/// Sends one RESP request and checks its reply, byte for byte.
-async fn check(client: &mut TestClient, args: &[&[u8]], reply: &[u8]) {
-    client.send(&resp(args)).await;
-    client.expect(reply).await;
-}
-
-/// Sends one RESP request and returns its one-line reply, without CRLF.
-async fn line(client: &mut TestClient, args: &[&[u8]]) -> String {
-    client.send(&resp(args)).await;
-    String::from_utf8(client.read_reply().await).expect("UTF-8 reply")
 }
 
 #[tokio::test]
@@ -271,21 +255,4 @@ async fn scan_and_keys_cover_every_partition() {
 async fn check_header(client: &mut TestClient, args: &[&[u8]], header: &[u8]) {
     client.send(&resp(args)).await;
     assert_eq!(client.read_reply().await.escape_ascii().to_string(), header.escape_ascii().to_string());
-}
-
-async fn read_bulk(client: &mut TestClient) -> Vec<u8> {
-    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
-    let len: usize = header.strip_prefix('$').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{header}"));
-    let body = client.read_bytes(len + 2).await;
-    body[..len].to_vec()
-}
-
-async fn read_bulks(client: &mut TestClient) -> Vec<Vec<u8>> {
-    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
-    let n: usize = header.strip_prefix('*').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{header}"));
-    let mut items = Vec::with_capacity(n);
-    for _ in 0..n {
-        items.push(read_bulk(client).await);
-    }
-    items
 }

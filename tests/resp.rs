@@ -6,26 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use common::fs::FaultFs;
-use common::{TestClient, TestServer, resp};
+use common::{TestClient, TestServer, bulk, check, line, read_bulk, read_bulks, resp};
 use msglog::server::ServerConfig;
 use msglog::storage::Config;
-
-/// One request as RESP: an array of bulk strings.
-fn bulk(value: &[u8]) -> Vec<u8> {
-    [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
-}
-
-/// Sends one request and checks its reply, byte for byte.
-async fn check(client: &mut TestClient, args: &[&[u8]], reply: &[u8]) {
-    client.send(&resp(args)).await;
-    client.expect(reply).await;
-}
-
-/// Sends one request and returns its reply line (an error or a status), without CRLF.
-async fn line(client: &mut TestClient, args: &[&[u8]]) -> String {
-    client.send(&resp(args)).await;
-    String::from_utf8(client.read_reply().await).expect("UTF-8 reply")
-}
 
 /// Sends one request whose reply is a bulk string, and returns its text.
 async fn bulk_text(client: &mut TestClient, args: &[&[u8]]) -> String {
@@ -320,27 +303,6 @@ async fn a_resp_client_over_max_connections_gets_a_resp_error() {
     assert_eq!(refused.read_bytes(refusal.len()).await, refusal);
     assert!(refused.is_closed().await);
     server.stop().await;
-}
-
-/// Reads one bulk string reply.
-async fn read_bulk(client: &mut TestClient) -> Vec<u8> {
-    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
-    let len: usize =
-        header.strip_prefix('$').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not a bulk: {header}"));
-    let body = client.read_bytes(len + 2).await;
-    body[..len].to_vec()
-}
-
-/// Reads an array of bulk strings.
-async fn read_bulks(client: &mut TestClient) -> Vec<Vec<u8>> {
-    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
-    let n: usize =
-        header.strip_prefix('*').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not an array: {header}"));
-    let mut items = Vec::with_capacity(n);
-    for _ in 0..n {
-        items.push(read_bulk(client).await);
-    }
-    items
 }
 
 /// One SCAN step: the next cursor and the IDs it returned.

@@ -7,20 +7,9 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{TestClient, TestServer, resp};
+use common::{TestClient, TestServer, check, line, resp};
 use msglog::server::ServerConfig;
 use msglog::storage::Config;
-
-async fn check(client: &mut TestClient, args: &[&[u8]], reply: &[u8]) {
-    client.send(&resp(args)).await;
-    client.expect(reply).await;
-}
-
-/// Sends one request and returns its first reply line, without CRLF.
-async fn line(client: &mut TestClient, args: &[&[u8]]) -> String {
-    client.send(&resp(args)).await;
-    String::from_utf8(client.read_reply().await).expect("UTF-8 reply")
-}
 
 /// The reply to HELLO in RESP3 for connection `id` (Redis's seven fields).
 fn hello_map(proto: u8, id: u64) -> Vec<u8> {

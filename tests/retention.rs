@@ -13,22 +13,16 @@ use std::time::Duration;
 
 use common::compaction::{CountingFs, segment_bases, small_segments as config, temp_dir};
 use common::fs::PowerCutFs;
-use common::{LineClient, ServerProcess, msglog, poll_until};
+use common::{LineClient, ServerProcess, msglog, once_unlocked, poll_until};
 use msglog::storage::check::check;
 use msglog::storage::record::encode;
 use msglog::storage::{Log, RecordKind, Retention, StorageError};
 
 const BY_BYTES: fn(u64) -> Retention = |bytes| Retention { bytes: Some(bytes), age: None };
 
-/// Opens the log in `dir` again once the previous handle is gone. Another test of this
-/// binary spawning a process can hold a copy of the lock's descriptor for the moment
-/// between its fork and exec, so `Locked` is waited out (bounded); any other error is
-/// returned.
+/// Opens the log in `dir` again once the previous handle is gone (see [`once_unlocked`]).
 fn reopen(dir: &Path) -> Result<Log, StorageError> {
-    poll_until("the data dir's lock to be free", || match Log::open(dir, config()) {
-        Err(StorageError::Locked { .. }) => None,
-        other => Some(other),
-    })
+    once_unlocked(|| Log::open(dir, config()))
 }
 
 /// Writes `count` distinct IDs (so every record stays live until retention) and returns

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::cluster::TestCluster;
 use common::wire::{Ack, Kind};
-use common::{DEADLINE, TestClient, TestServer, resp};
+use common::{DEADLINE, TestClient, TestServer, line};
 use fake_follower::{Peer, hello};
 use msglog::replication::tail::{TailError, TailRequest, tail};
 use msglog::replication::{ReplicationStatus, Role};
@@ -26,11 +26,6 @@ const SECRET: &str = "Tr0ub4dor-3-secret";
 
 fn password() -> Password {
     Password::new(SECRET).expect("a valid password")
-}
-
-async fn line(client: &mut TestClient, args: &[&[u8]]) -> String {
-    client.send(&resp(args)).await;
-    String::from_utf8(client.read_reply().await).expect("utf-8 reply")
 }
 
 async fn text(client: &mut TestClient, request: &str) -> String {

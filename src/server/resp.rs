@@ -91,13 +91,15 @@ struct Values<'s> {
     keys: usize,
     filled: usize,
     bytes: usize,
+    /// The per-reply bound.
+    limit: usize,
 }
 
 impl<'s> Values<'s> {
     fn new(shared: &'s Shared, keys: usize) -> Values<'s> {
-        let mut values = Vec::with_capacity(keys.min(1024));
-        values.resize(keys.min(1024), RespReply::Nil);
-        Values { shared, values, keys, filled: 0, bytes: 0 }
+        // Grown as keys are read (in key order within one partition), never ahead of them.
+        let limit = shared.config.max_reply_bytes();
+        Values { shared, values: Vec::with_capacity(keys.min(1024)), keys, filled: 0, bytes: 0, limit }
     }
 
     /// Reads key `index` (`id`) from `view`; `Err` is the reply instead of the values.
@@ -107,7 +109,7 @@ impl<'s> Values<'s> {
             Ok(message) => message.map_or(RespReply::Nil, RespReply::Bulk),
             Err(err) => return Err(storage_failure(&err).into()),
         };
-        let limit = self.shared.config.max_reply_bytes();
+        let limit = self.limit;
         self.bytes = self.bytes.saturating_add(value.encoded_len_hint());
         self.filled += 1;
         if self.bytes > limit {

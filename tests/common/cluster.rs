@@ -165,9 +165,8 @@ impl TestCluster {
         let deadline = Instant::now() + DEADLINE;
         let node = loop {
             match Node::start(config.clone()).await {
-                Err(NodeError::OpenLog { cause, .. })
-                    if locked_by_this_process(&cause) && Instant::now() < deadline =>
-                {
+                // A just-closed log's lock can still be held a moment (see `once_unlocked`).
+                Err(NodeError::OpenLog { cause: StorageError::Locked { .. }, .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await
                 }
                 started => break started.unwrap_or_else(|e| panic!("n{i} restarts: {e}")),
@@ -189,21 +188,8 @@ impl TestCluster {
 
 /// `msglog check`'s digest of a stopped node's log.
 pub fn digest(data_dir: &std::path::Path) -> String {
-    let report = super::poll_until("the stopped node's log lock to be free", || {
-        match msglog::storage::check::check(data_dir, &Config::default(), |_| {}) {
-            Err(err) if locked_by_this_process(&err) => None,
-            checked => Some(checked),
-        }
-    });
+    let report = super::once_unlocked(|| msglog::storage::check::check(data_dir, &Config::default(), |_| {}));
     report.expect("check the log").digest_hex()
-}
-
-/// Whether `err` is the lock of a log this process has closed and still seems to hold. A
-/// child process that another test is spawning holds a copy of every open descriptor from
-/// its fork until its exec closes them (they are close-on-exec), and with the lock file's
-/// descriptor the flock: a node stopped at that moment leaves its lock held for that long.
-fn locked_by_this_process(err: &StorageError) -> bool {
-    matches!(err, StorageError::Locked { holder, .. } if *holder == format!(", PID {}", std::process::id()))
 }
 
 /// Whether `status` is a follower connected to a leader it knows as `leader_id`.

@@ -250,6 +250,18 @@ pub fn poll_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// `open` (of a log, or a check of one) once the data dir is no longer locked, and its
+/// result. A log this process has just closed can still read as locked for a moment: a
+/// process another test is spawning holds a copy of every open descriptor, the lock file's
+/// and with it the flock, from its fork until its exec closes them. That is waited out
+/// (bounded); any other error is returned.
+pub fn once_unlocked<T>(mut open: impl FnMut() -> msglog::storage::Result<T>) -> msglog::storage::Result<T> {
+    poll_until("the data dir's lock to be free", || match open() {
+        Err(msglog::storage::StorageError::Locked { .. }) => None,
+        other => Some(other),
+    })
+}
+
 /// A `msglog serve` process, SIGKILLed by PID when dropped if still running.
 pub struct ServerProcess {
     child: Child,
@@ -436,6 +448,45 @@ pub fn resp(args: &[&[u8]]) -> Vec<u8> {
         out.extend_from_slice(b"\r\n");
     }
     out
+}
+
+/// A RESP bulk string: its header, the bytes and CRLF.
+pub fn bulk(value: &[u8]) -> Vec<u8> {
+    [format!("${}\r\n", value.len()).as_bytes(), value, b"\r\n"].concat()
+}
+
+/// Sends one RESP request and checks its reply, byte for byte.
+pub async fn check(client: &mut TestClient, args: &[&[u8]], reply: &[u8]) {
+    client.send(&resp(args)).await;
+    client.expect(reply).await;
+}
+
+/// Sends one RESP request and returns its first reply line (an error or a status),
+/// without CRLF.
+pub async fn line(client: &mut TestClient, args: &[&[u8]]) -> String {
+    client.send(&resp(args)).await;
+    String::from_utf8(client.read_reply().await).expect("UTF-8 reply")
+}
+
+/// Reads one bulk string reply.
+pub async fn read_bulk(client: &mut TestClient) -> Vec<u8> {
+    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
+    let len: usize =
+        header.strip_prefix('$').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not a bulk: {header}"));
+    let body = client.read_bytes(len + 2).await;
+    body[..len].to_vec()
+}
+
+/// Reads an array of bulk strings.
+pub async fn read_bulks(client: &mut TestClient) -> Vec<Vec<u8>> {
+    let header = String::from_utf8(client.read_reply().await).expect("UTF-8 header");
+    let n: usize =
+        header.strip_prefix('*').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not an array: {header}"));
+    let mut items = Vec::with_capacity(n);
+    for _ in 0..n {
+        items.push(read_bulk(client).await);
+    }
+    items
 }
 
 /// A blocking text-protocol client for process tests.

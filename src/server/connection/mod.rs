@@ -7,8 +7,9 @@
 //!
 //! Replies are collected per read ("batch") and written together. Before a batch holding
 //! writes is answered, the connection waits once for `sync_through` the batch's highest
-//! offset in each partition it wrote to, so `OK` means durable under the fsync policy. With `--fsync always` many
-//! connections wait at once and the engine serves them with one shared fsync (group commit).
+//! offset in each partition it wrote to, so `OK` means durable under the fsync policy.
+//! With `--fsync always` many connections wait at once and the engine serves them with one
+//! shared fsync (group commit).
 //! A batch holding GETs waits the same way (without the followers) for the newest record it
 //! shows, so a client never reads a message that a crash could take back.
 //!
