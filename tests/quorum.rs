@@ -43,6 +43,7 @@ fn config(id: &str, addr: SocketAddr, voters: &[(String, String)], dir: &Path) -
         session_timeout: SESSION_TIMEOUT,
         replace_dead_after: None,
         replication_factor: 3,
+        partitions: 1,
         min_insync: 2,
         password: Some(Password::new("quorum-secret").expect("password")),
         node_tls: None,

@@ -122,6 +122,13 @@ pub(crate) struct ServeArgs {
     /// when given, else 2, at most the replication factor].
     #[arg(long, env = "MSGLOG_MIN_INSYNC", value_parser = clap::value_parser!(u32).range(1..=7))]
     min_insync: Option<u32>,
+    /// Cluster mode: partitions the IDs are spread over (by a hash of the ID, docs/FORMAT.md
+    /// "Partitions"), each with its own leader and --replication-factor copies placed over
+    /// the nodes in --cluster, which may then be any number from 3 to 7. Fixed when the
+    /// cluster forms: give every node the same value. 1 keeps every record on every replica.
+    #[arg(long, env = "MSGLOG_PARTITIONS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::cluster::metadata::MAX_PARTITIONS)))]
+    partitions: u32,
     /// Followers that must hold a SET/DEL durably before the leader answers OK [default: 0].
     #[arg(long, env = "MSGLOG_TOLERANCE", conflicts_with = "tolerance_file", allow_negative_numbers = true,
           value_parser = parse_tolerance)]
@@ -343,10 +350,8 @@ fn parse_cluster(text: &str) -> Result<Voters, String> {
     }
     match voters.len() {
         0 => Err("no voters listed; expected e.g. a=127.0.0.1:7101,b=127.0.0.1:7102,c=127.0.0.1:7103".into()),
-        n if n % 2 == 0 => Err(format!(
-            "{n} voters listed; use an odd number (3, 5 or 7): an even one tolerates no more failures than one fewer"
-        )),
         n if n > 7 => Err(format!("{n} voters listed; at most 7 (more nodes join as non-voting members)")),
+        2 => Err("two voters listed; a cluster needs 3 (or more, up to 7) to replace a failed node".into()),
         1 => Err("one voter listed; a cluster needs 3 (or 5, 7) voters to replace a failed node. \
                   For a single node, leave out --cluster"
             .into()),
@@ -382,9 +387,11 @@ fn parse_replace_dead_after(text: &str) -> Result<ReplaceDeadAfter, String> {
 /// Cluster mode's settings from the flags; `None` without `--cluster`.
 fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<ClusterConfig>> {
     let Some(Voters(voters)) = &args.cluster else {
-        for (given, flag) in
-            [(args.replication_factor.is_some(), "--replication-factor"), (args.min_insync.is_some(), "--min-insync")]
-        {
+        for (given, flag) in [
+            (args.replication_factor.is_some(), "--replication-factor"),
+            (args.min_insync.is_some(), "--min-insync"),
+            (args.partitions > 1, "--partitions"),
+        ] {
             if given {
                 anyhow::bail!("{flag} applies to cluster mode only; give --cluster too");
             }
@@ -393,6 +400,16 @@ fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<Clu
     };
     if args.node_id.is_none() {
         anyhow::bail!("cluster mode needs --node-id: one of the ids in --cluster, or a new one to join as a non-voter");
+    }
+    // With several partitions the voters are also the nodes the partitions are placed on,
+    // so the list names every node; with one, a further node adds no tolerance.
+    if voters.len() % 2 == 0 && args.partitions == 1 {
+        anyhow::bail!(
+            "{} voters listed in --cluster; use an odd number (3, 5 or 7): an even one tolerates no more failures \
+             than one fewer. With --partitions, the list names the nodes the partitions are placed on, and any \
+             number from 3 to 7 may be listed",
+            voters.len()
+        );
     }
     let tolerance_given = args.tolerance.is_some() || args.tolerance_file.is_some();
     let replication_factor = args.replication_factor.unwrap_or(3.max(tolerance + 1)) as usize;
@@ -431,6 +448,7 @@ fn cluster_config(args: &ServeArgs, tolerance: u32) -> anyhow::Result<Option<Clu
         replace_dead_after: args.replace_dead_after.0,
         replication_factor,
         min_insync,
+        partitions: args.partitions,
     }))
 }
 

@@ -37,6 +37,9 @@ pub struct ClusterConfig {
     pub replication_factor: usize,
     /// Members an acknowledged write is on, counting the leader (`--min-insync`).
     pub min_insync: usize,
+    /// Partitions the records are spread over (`--partitions`), fixed when the cluster
+    /// forms; every node of the cluster is started with the same number.
+    pub partitions: u32,
 }
 
 pub(super) struct Driver {
@@ -56,6 +59,8 @@ pub(super) struct Driver {
     proposal: Option<JoinHandle<Vec<String>>>,
     /// What `<data-dir>/cluster` was last found to agree with, so it is read once.
     identity_checked: Option<String>,
+    /// `--partitions`: the cluster's metadata must say the same.
+    partitions: u32,
 }
 
 impl Driver {
@@ -63,20 +68,21 @@ impl Driver {
         quorum: Arc<Quorum>,
         replication: Arc<Replication>,
         node_id: String,
-        session_timeout: Duration,
+        config: &ClusterConfig,
         data_dir: &Path,
     ) -> Driver {
         Driver {
             quorum,
             replication,
             node_id,
-            lag_timeout: session_timeout,
+            lag_timeout: config.session_timeout,
             identity: Identity::new(data_dir),
             caught_up: HashMap::new(),
             previous_end: 0,
             leading_since: None,
             proposal: None,
             identity_checked: None,
+            partitions: config.partitions,
         }
     }
 
@@ -119,6 +125,15 @@ impl Driver {
     async fn reconcile(&mut self, meta: &Metadata) -> Result<(), NodeError> {
         let Some(cluster_id) = &meta.cluster_id else { return Ok(()) };
         if self.identity_checked.as_ref() != Some(cluster_id) {
+            let formed = meta.partitions.len();
+            if formed != self.partitions as usize {
+                // Serving on would put IDs in other partitions than the cluster's nodes do.
+                return Err(NodeError::Config(format!(
+                    "cluster {cluster_id} has {formed} partition(s), but this node was started with --partitions {}; \
+                     a cluster's partition count is fixed when it forms: start every node with --partitions {formed}",
+                    self.partitions
+                )));
+            }
             self.identity.check(cluster_id, &self.node_id)?;
             self.identity_checked = Some(cluster_id.clone());
         }
@@ -272,6 +287,23 @@ impl Driver {
     }
 }
 
+/// Runs one driver per partition this node keeps a log of, until `stopping`; the first
+/// to fail ends them all (the node then shuts down).
+pub(super) async fn run_drivers(drivers: Vec<Driver>, stopping: watch::Receiver<bool>) -> Result<(), NodeError> {
+    let mut running = tokio::task::JoinSet::new();
+    for driver in drivers {
+        running.spawn(driver.run(stopping.clone()));
+    }
+    while let Some(ended) = running.join_next().await {
+        match ended {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(err),
+            Err(err) => return Err(NodeError::Replication(err.to_string())),
+        }
+    }
+    Ok(())
+}
+
 const IDENTITY_FILE: &str = "cluster";
 
 /// Whether `data_dir` has joined a cluster (it holds the file [`Identity`] writes).
@@ -371,6 +403,7 @@ pub(super) fn quorum_config(
         session_timeout: cluster.session_timeout,
         replace_dead_after: cluster.replace_dead_after,
         replication_factor: cluster.replication_factor,
+        partitions: cluster.partitions,
         min_insync: cluster.min_insync,
         password: config.password.clone(),
         node_tls,

@@ -1,7 +1,7 @@
 //! What a node is started with: `msglog serve`'s flags as one value.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::protocol::{LINE_OVERHEAD_BYTES, MAX_ID_BYTES};
@@ -101,6 +101,48 @@ impl NodeConfig {
         )))
     }
 
+    /// How many partitions this node keeps a log of: the cluster's, or 1.
+    pub fn partitions(&self) -> u32 {
+        self.cluster.as_ref().map_or(1, |cluster| cluster.partitions)
+    }
+
+    /// Where each partition's log lives, partition 0 first: the data dir itself with one
+    /// partition (the layout of every msglog before partitions), `<data-dir>/partitions/<p>`
+    /// with several (docs/FORMAT.md, "Data directory"). A data dir laid out for another
+    /// partition count is refused, naming what it holds: the count is fixed when a cluster
+    /// forms, and reading one layout as the other would hide every record.
+    pub(super) fn partition_dirs(&self) -> Result<Vec<PathBuf>, NodeError> {
+        let partitions = self.partitions();
+        let root = self.data_dir.join(PARTITIONS_DIR);
+        let held = partition_dirs_held(&root)?;
+        if partitions == 1 {
+            if held > 0 {
+                return Err(NodeError::Config(format!(
+                    "{} holds the logs of {held} partitions: start this node with --partitions {held} (the \
+                     cluster's count), or give it another data dir",
+                    root.display()
+                )));
+            }
+            return Ok(vec![self.data_dir.clone()]);
+        }
+        if holds_segments(&self.data_dir)? {
+            return Err(NodeError::Config(format!(
+                "{} holds a one-partition log: a node of a cluster with --partitions {partitions} keeps one log \
+                 per partition under {}; start this data dir without --partitions, or give the node an empty one",
+                self.data_dir.display(),
+                root.display()
+            )));
+        }
+        if held > 0 && held != partitions {
+            return Err(NodeError::Config(format!(
+                "{} holds the logs of {held} partitions, but this node was started with --partitions {partitions}; \
+                 a cluster's partition count is fixed when it forms",
+                root.display()
+            )));
+        }
+        Ok((0..partitions).map(|p| root.join(p.to_string())).collect())
+    }
+
     pub(super) fn log_config(&self) -> Result<Config, NodeError> {
         Ok(Config {
             segment_bytes: self.segment_bytes,
@@ -111,6 +153,42 @@ impl NodeConfig {
     }
 }
 
+/// `<data-dir>/partitions`: one directory per partition, named by its number.
+const PARTITIONS_DIR: &str = "partitions";
+
+/// How many partition directories `root` holds (0 when it does not exist).
+fn partition_dirs_held(root: &Path) -> Result<u32, NodeError> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(NodeError::Config(format!("cannot read {}: {err}", root.display()))),
+    };
+    let mut held = 0;
+    for entry in entries {
+        let entry = entry.map_err(|err| NodeError::Config(format!("cannot read {}: {err}", root.display())))?;
+        if entry.file_name().to_str().is_some_and(|name| name.parse::<u32>().is_ok()) {
+            held += 1;
+        }
+    }
+    Ok(held)
+}
+
+/// Whether `dir` holds segment files of a log.
+fn holds_segments(dir: &Path) -> Result<bool, NodeError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(NodeError::Config(format!("cannot read {}: {err}", dir.display()))),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|err| NodeError::Config(format!("cannot read {}: {err}", dir.display())))?;
+        if entry.file_name().to_str().is_some_and(|name| name.ends_with(".log")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The engine's record limit must admit the largest SET the server accepts (the record
 /// header is well under the line overhead).
 pub fn max_record_bytes(max_message_bytes: usize) -> Result<u32, NodeError> {
@@ -118,4 +196,50 @@ pub fn max_record_bytes(max_message_bytes: usize) -> Result<u32, NodeError> {
     let needed =
         u32::try_from(needed).map_err(|_| NodeError::Config("--max-message-bytes is above 4 GiB".to_string()))?;
     Ok(needed.max(Config::default().max_record_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_partitions(dir: &Path, partitions: u32) -> NodeConfig {
+        let mut config = NodeConfig::new(dir);
+        config.cluster = Some(ClusterConfig {
+            voters: Vec::new(),
+            session_timeout: Duration::from_secs(1),
+            replace_dead_after: None,
+            replication_factor: 2,
+            min_insync: 1,
+            partitions,
+        });
+        config
+    }
+
+    #[test]
+    fn one_partition_keeps_the_log_in_the_data_dir_and_several_get_a_dir_each() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(NodeConfig::new(dir.path()).partition_dirs().unwrap(), [dir.path()]);
+        let dirs = with_partitions(dir.path(), 3).partition_dirs().unwrap();
+        let expected: Vec<PathBuf> = (0..3).map(|p| dir.path().join("partitions").join(p.to_string())).collect();
+        assert_eq!(dirs, expected);
+    }
+
+    #[test]
+    fn a_data_dir_laid_out_for_another_partition_count_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for p in 0..4 {
+            std::fs::create_dir_all(dir.path().join("partitions").join(p.to_string())).unwrap();
+        }
+        let refused = |config: NodeConfig| match config.partition_dirs() {
+            Err(NodeError::Config(why)) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(refused(with_partitions(dir.path(), 2)).contains("holds the logs of 4 partitions"));
+        assert!(refused(NodeConfig::new(dir.path())).contains("--partitions 4"));
+        assert_eq!(with_partitions(dir.path(), 4).partition_dirs().unwrap().len(), 4);
+
+        let single = tempfile::tempdir().unwrap();
+        std::fs::write(single.path().join("00000000000000000000.log"), b"").unwrap();
+        assert!(refused(with_partitions(single.path(), 2)).contains("holds a one-partition log"));
+    }
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::quorum::Quorum;
 use crate::replication::{
-    ForwardClient, ForwardConfig, Replication, ReplicationConfig, ReplicationStatus, Role, with_forwarding,
+    ForwardClient, ForwardConfig, Replicas, Replication, ReplicationConfig, ReplicationStatus, Role, with_forwarding,
 };
 use crate::server::metrics::{ClusterFigures, Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ForwardEndpoint, Forwarding, ServerConfig};
@@ -70,27 +70,23 @@ impl Node {
         // naming it, whatever its listen address.
         let max_record_bytes = log_config.max_record_bytes as usize;
         let opening = Instant::now();
-        let log = Log::open_with(&config.data_dir, log_config, fs)
-            .map_err(|cause| NodeError::OpenLog { dir: config.data_dir.clone(), cause })?;
-        let recovered = log.stats();
+        let logs = open_logs(&config.partition_dirs()?, &log_config, &fs)?;
+        let (records, ids) = logs.iter().map(Log::stats).fold((0, 0), |(r, i), s| (r + s.records, i + s.ids));
         tracing::info!(
-            "recovered {} records, {} IDs in {:.3} s",
-            recovered.records,
-            recovered.ids,
+            partitions = logs.len(),
+            "recovered {records} records, {ids} IDs in {:.3} s",
             opening.elapsed().as_secs_f64()
         );
         let Bound { listener, client_addr, grpc_listener, grpc_addr, metrics_listener } =
-            match bind_and_lead(&config, &log).await {
+            match bind_and_lead(&config, &logs[0]).await {
                 Ok(bound) => bound,
                 Err(err) => {
-                    // Closed, not dropped: what recovery wrote is synced and the lock released.
-                    if let Err(close) = log.close() {
-                        tracing::warn!(%close, "closing the log after a failed start");
-                    }
+                    close_all(logs);
                     return Err(err);
                 }
             };
-        let log = Arc::new(log);
+        let logs: Vec<Arc<Log>> = logs.into_iter().map(Arc::new).collect();
+        let log = Arc::clone(&logs[0]);
         let node_id = config.node_id.clone().unwrap_or_else(|| client_addr.to_string());
         let certificate_reload = tls.as_ref().map(crate::tls::CertificateReload::new);
         let server_config = ServerConfig {
@@ -121,9 +117,19 @@ impl Node {
             protected_mode: config.protected_mode,
             tls: grpc_tls.clone(),
         };
-        // A node holds partition 0 until it holds one log per partition it replicates.
-        let replication = Replication::new(0, Arc::clone(&log), replication_config, replication_stopping);
-        replication.recall_followers().map_err(NodeError::Followers)?;
+        // One replication per partition, all served on one gRPC port.
+        let replications: Vec<Arc<Replication>> = (0u32..)
+            .zip(&logs)
+            .map(|(p, log)| {
+                Replication::new(p, Arc::clone(log), replication_config.clone(), replication_stopping.clone())
+            })
+            .collect();
+        for replication in &replications {
+            replication.recall_followers().map_err(NodeError::Followers)?;
+        }
+        let replicas = Arc::new(Replicas::default());
+        replications.iter().for_each(|replication| replicas.hold(Arc::clone(replication)));
+        let replication = Arc::clone(&replications[0]);
         tracing::info!(
             addr = %client_addr,
             grpc_addr = %grpc_addr,
@@ -155,13 +161,17 @@ impl Node {
                     grpc_addr,
                     client_addr,
                     {
-                        // What the log holds records of: an empty log claims none, whatever
+                        // What each log holds records of: an empty log claims none, whatever
                         // epochs it has seen (a spare learns the cluster's epochs and copies
                         // nothing), so it may still take a dead replica's place.
-                        let log = Arc::downgrade(&log);
-                        crate::cluster::quorum::LogEpoch::new(move || match log.upgrade() {
-                            Some(log) if log.next_offset() > 0 => log.stats().epoch,
-                            _ => 0,
+                        let logs: Vec<_> = logs.iter().map(Arc::downgrade).collect();
+                        crate::cluster::quorum::LogEpoch::new(move || {
+                            logs.iter()
+                                .map(|log| match log.upgrade() {
+                                    Some(log) if log.next_offset() > 0 => log.stats().epoch,
+                                    _ => 0,
+                                })
+                                .collect()
                         })
                     },
                     grpc_tls,
@@ -176,28 +186,26 @@ impl Node {
                         (Some(quorum), routes)
                     }
                     Err(err) => {
-                        drop(replication);
-                        if let Ok(log) = Arc::try_unwrap(log)
-                            && let Err(close) = log.close()
-                        {
-                            tracing::warn!(%close, "closing the log after a failed start");
-                        }
+                        drop((replication, replications, replicas, log));
+                        close_all(logs.into_iter().filter_map(|log| Arc::try_unwrap(log).ok()).collect());
                         return Err(NodeError::Config(format!("cannot start the metadata quorum: {err}")));
                     }
                 }
             }
             None => (None, tonic::service::Routes::default()),
         };
-        let replication_task = tokio::spawn(Arc::clone(&replication).run(grpc_listener, routes));
+        let replication_task = tokio::spawn(Arc::clone(&replication).run(replicas, grpc_listener, routes));
         let driver_task = quorum.as_ref().zip(config.cluster.as_ref()).map(|(quorum, cluster_config)| {
-            let driver = cluster::Driver::new(
-                Arc::clone(quorum),
-                Arc::clone(&replication),
-                node_id.clone(),
-                cluster_config.session_timeout,
-                &config.data_dir,
-            );
-            tokio::spawn(driver.run(driver_stopping))
+            let drivers = replications.iter().map(|replication| {
+                cluster::Driver::new(
+                    Arc::clone(quorum),
+                    Arc::clone(replication),
+                    node_id.clone(),
+                    cluster_config,
+                    &config.data_dir,
+                )
+            });
+            tokio::spawn(cluster::run_drivers(drivers.collect(), driver_stopping))
         });
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
         let metrics_task = match (metrics_listener, &server_config.metrics) {
@@ -222,14 +230,24 @@ impl Node {
             }
             _ => None,
         };
-        let watch_task = tokio::spawn(watch_followers(Arc::downgrade(&replication), stop_replication.subscribe()));
+        let watch_tasks: Vec<_> = replications
+            .iter()
+            .map(|replication| tokio::spawn(watch_followers(Arc::downgrade(replication), stop_replication.subscribe())))
+            .collect();
         let hangup_task =
             crate::tls::watch_hangup(certificate_reload, stop_replication.subscribe()).map_err(NodeError::Server)?;
         let mut stopped = clients_stopping;
-        let cluster: Arc<dyn Cluster> = match &quorum {
-            Some(quorum) => Arc::new(cluster::Member::new(Arc::clone(&replication), Arc::clone(quorum))),
-            None => Arc::clone(&replication) as Arc<dyn Cluster>,
-        };
+        let served: Vec<server::PartitionLog> = logs
+            .iter()
+            .zip(&replications)
+            .map(|(log, replication)| {
+                let cluster: Arc<dyn Cluster> = match &quorum {
+                    Some(quorum) => Arc::new(cluster::Member::new(Arc::clone(replication), Arc::clone(quorum))),
+                    None => Arc::clone(replication) as Arc<dyn Cluster>,
+                };
+                (Arc::clone(log), Some(cluster))
+            })
+            .collect();
         let forwarding = match (&quorum, &config.role) {
             (Some(_), &Role::Cluster { ack_timeout }) => Forwarding {
                 forwarder: Some(ForwardClient::with_tls(forward_config, grpc_client_tls) as Arc<dyn server::Forwarder>),
@@ -238,27 +256,24 @@ impl Node {
             },
             _ => Forwarding::default(),
         };
-        let server_task = tokio::spawn(server::run_node_with(
-            listener,
-            Arc::clone(&log),
-            server_config,
-            Some(cluster),
-            forwarding,
-            async move {
-                let _ = stopped.wait_for(|&stop| stop).await;
-            },
-        ));
-        let cleaner_task = match config.cleaner.clone() {
-            Some(settings) => start_cleaner(&log, settings, &replication, stop_replication.subscribe())?,
-            None => None,
-        };
+        let server_task = tokio::spawn(server::serve(listener, served, server_config, forwarding, async move {
+            let _ = stopped.wait_for(|&stop| stop).await;
+        }));
+        let mut cleaner_tasks = Vec::new();
+        if let Some(mut settings) = config.cleaner.clone() {
+            // The partitions' cleaners share the rate limit (they share the disk).
+            settings.bytes_per_sec = settings.bytes_per_sec.map(|rate| (rate / logs.len() as u64).max(1));
+            for (log, replication) in logs.iter().zip(&replications) {
+                cleaner_tasks.extend(start_cleaner(log, settings.clone(), replication, stop_replication.subscribe())?);
+            }
+        }
         Ok(RunningNode {
             node_id,
             client_addr,
             grpc_addr,
             metrics_addr,
-            log,
-            replication,
+            logs,
+            replications,
             stop_clients,
             stop_replication,
             server_task,
@@ -266,8 +281,38 @@ impl Node {
             quorum,
             driver_task,
             stop_driver,
-            background: metrics_task.into_iter().chain([watch_task, hangup_task]).chain(cleaner_task).collect(),
+            background: metrics_task.into_iter().chain(watch_tasks).chain([hangup_task]).chain(cleaner_tasks).collect(),
         })
+    }
+}
+
+/// Opens (and locks) every partition's log, in partition order; on a failure the ones
+/// already open are closed again.
+fn open_logs(
+    dirs: &[std::path::PathBuf],
+    config: &crate::storage::Config,
+    fs: &Arc<dyn FileSystem>,
+) -> Result<Vec<Log>, NodeError> {
+    let mut logs = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        match Log::open_with(dir, config.clone(), Arc::clone(fs)) {
+            Ok(log) => logs.push(log),
+            Err(cause) => {
+                close_all(logs);
+                return Err(NodeError::OpenLog { dir: dir.clone(), cause });
+            }
+        }
+    }
+    Ok(logs)
+}
+
+/// Closes logs after a failed start: closed, not dropped, so what recovery wrote is synced
+/// and the locks released.
+fn close_all(logs: Vec<Log>) {
+    for log in logs {
+        if let Err(close) = log.close() {
+            tracing::warn!(%close, "closing a log after a failed start");
+        }
     }
 }
 
@@ -370,8 +415,9 @@ pub struct RunningNode {
     client_addr: SocketAddr,
     grpc_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    log: Arc<Log>,
-    replication: Arc<Replication>,
+    /// Partition `p`'s log and replication at index `p`.
+    logs: Vec<Arc<Log>>,
+    replications: Vec<Arc<Replication>>,
     stop_clients: watch::Sender<bool>,
     stop_replication: watch::Sender<bool>,
     server_task: JoinHandle<std::io::Result<()>>,
@@ -391,10 +437,13 @@ pub struct NodeStatus {
     pub node_id: String,
     pub client_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    /// The highest leader epoch this node has begun or seen.
+    /// The highest leader epoch this node has begun or seen (partition 0's).
     pub epoch: Epoch,
+    /// Partition 0's log: the node's only one unless the cluster has several partitions.
     pub log: LogStats,
     pub replication: ReplicationStatus,
+    /// Every partition's log, partition 0 first (one entry with one partition).
+    pub partitions: Vec<LogStats>,
 }
 
 /// How long shutdown waits for the last tasks holding the log (fetch streams ending, a
@@ -422,14 +471,16 @@ impl RunningNode {
     }
 
     pub fn status(&self) -> NodeStatus {
-        let log = self.log.stats();
+        let partitions: Vec<LogStats> = self.logs.iter().map(|log| log.stats()).collect();
+        let log = partitions[0].clone();
         NodeStatus {
             node_id: self.node_id.clone(),
             client_addr: self.client_addr,
             grpc_addr: self.grpc_addr,
             epoch: log.epoch,
             log,
-            replication: self.replication.status(),
+            replication: self.replications[0].status(),
+            partitions,
         }
     }
 
@@ -462,8 +513,8 @@ impl RunningNode {
 
     async fn stop(self, early: Option<Ended>) -> Result<(), NodeError> {
         let RunningNode {
-            log,
-            replication,
+            logs,
+            replications,
             stop_clients,
             stop_replication,
             server_task,
@@ -514,10 +565,14 @@ impl RunningNode {
         for task in background {
             let _ = task.await;
         }
-        drop(replication);
-        // Closed whatever else failed, so what is buffered is synced and the lock released;
-        // the first failure is the one reported.
-        let closed = release(log).await.and_then(|log| log.close().map_err(NodeError::Close));
+        drop(replications);
+        // Closed whatever else failed, so what is buffered is synced and the locks
+        // released; the first failure is the one reported.
+        let mut closed = Ok(());
+        for log in logs {
+            let result = release(log).await.and_then(|log| log.close().map_err(NodeError::Close));
+            closed = closed.and(result);
+        }
         served?;
         replicated?;
         driven?;

@@ -217,11 +217,12 @@ impl Replication {
         matches!(self.config.role, Role::Cluster { .. })
     }
 
-    /// Serves the replication service on `listener` and, on a follower, follows the leader,
-    /// until shutdown.
+    /// Serves the replication service of every partition in `replicas` (this one among
+    /// them) on `listener` and, on a follower, follows the leader, until shutdown.
     /// `extra` are further gRPC services served on the same port (the metadata quorum's).
     pub async fn run(
         self: Arc<Replication>,
+        replicas: Arc<Replicas>,
         listener: TcpListener,
         extra: tonic::service::Routes,
     ) -> Result<(), tonic::transport::Error> {
@@ -240,7 +241,7 @@ impl Replication {
         };
         let mut shutdown = self.shutdown.clone();
         let (config, stopping) = (self.config.clone(), self.shutdown.clone());
-        let served = service::serve(Replicas::of(Arc::clone(&self)), config, stopping, listener, extra, async move {
+        let served = service::serve(replicas, config, stopping, listener, extra, async move {
             let _ = shutdown.wait_for(|&stop| stop).await;
         })
         .await;

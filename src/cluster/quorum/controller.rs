@@ -123,11 +123,14 @@ impl Quorum {
             cluster_id: random_hex(),
             replication_factor: self.config.replication_factor,
             min_insync: self.config.min_insync,
-            partitions: 1,
+            partitions: self.config.partitions,
             // One partition keeps its replicas the first members to register, as before
             // partitions, so that nodes of the earlier version forming a cluster with this
             // one (they ignore `voters`) agree; placement over the voters is for several.
-            voters: Vec::new(),
+            voters: match self.config.partitions {
+                1 => Vec::new(),
+                _ => self.config.voters.iter().map(|(id, _)| id.clone()).collect(),
+            },
         }
     }
 

@@ -41,7 +41,8 @@ use crate::storage::Epoch;
 
 pub use service::QuorumService;
 
-/// Voters a Raft group may have: an odd number, so a split leaves one side a majority.
+/// Voters a Raft group may have: an odd number, so a split leaves one side a majority
+/// (any number with several partitions, see [`voter_map`]).
 const MAX_VOTERS: usize = 7;
 /// How long a controlled shutdown waits for its own fence to commit.
 const SHUTDOWN_FENCE_WAIT: Duration = Duration::from_secs(2);
@@ -63,6 +64,9 @@ pub struct QuorumConfig {
     pub replace_dead_after: Option<Duration>,
     /// Used by the controller that forms the cluster (`MetaCommand::Init`).
     pub replication_factor: usize,
+    /// Partitions of the cluster it forms (`--partitions`): with several, they are placed
+    /// over the voters listed in `voters`.
+    pub partitions: u32,
     pub min_insync: usize,
     /// Presented on every quorum call, required on incoming ones.
     pub password: Option<Password>,
@@ -70,33 +74,35 @@ pub struct QuorumConfig {
     /// nodes take part in the quorum.
     pub node_tls: Option<crate::tls::GrpcTls>,
     pub bind_source_addr: Option<std::net::IpAddr>,
-    /// Highest epoch this node's log holds, read at every `Register`: a node that copied
-    /// records since it started must not register as holding none.
+    /// Highest epoch each of this node's logs holds (by partition), read at every
+    /// `Register`: a node that copied records since it started must not register as
+    /// holding none.
     pub log_epoch: LogEpoch,
 }
 
-/// Where the highest epoch of this node's log is read from.
+/// Where the highest epoch of each of this node's logs is read from, by partition.
 #[derive(Clone)]
-pub struct LogEpoch(Arc<dyn Fn() -> Epoch + Send + Sync>);
+pub struct LogEpoch(Arc<dyn Fn() -> Vec<Epoch> + Send + Sync>);
 
 impl LogEpoch {
-    pub fn new(read: impl Fn() -> Epoch + Send + Sync + 'static) -> LogEpoch {
+    /// `read` gives one epoch per partition, partition 0 first.
+    pub fn new(read: impl Fn() -> Vec<Epoch> + Send + Sync + 'static) -> LogEpoch {
         LogEpoch(Arc::new(read))
     }
 
-    /// Always `epoch` (a node without a log of its own, in tests).
+    /// Always `epoch`, one partition (a node without a log of its own, in tests).
     pub fn fixed(epoch: Epoch) -> LogEpoch {
-        LogEpoch::new(move || epoch)
+        LogEpoch::new(move || vec![epoch])
     }
 
-    pub fn now(&self) -> Epoch {
+    pub fn now(&self) -> Vec<Epoch> {
         (self.0)()
     }
 }
 
 impl std::fmt::Debug for LogEpoch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LogEpoch({})", self.now())
+        write!(f, "LogEpoch({:?})", self.now())
     }
 }
 
@@ -158,7 +164,7 @@ impl Quorum {
         config: QuorumConfig,
         tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Result<Arc<Quorum>, QuorumError> {
-        let voters = voter_map(&config.voters)?;
+        let voters = voter_map(&config.voters, config.partitions > 1)?;
         let quorum = Arc::new(startup::open(config, voters, tls).await?);
         if let Err(e) = quorum.form(&quorum.voters).await {
             let _ = quorum.raft.shutdown().await;
@@ -309,13 +315,15 @@ impl Drop for Quorum {
     }
 }
 
-/// The voters by id, after checking the list can form a Raft group.
-fn voter_map(voters: &[(String, String)]) -> Result<VoterMap, QuorumError> {
+/// The voters by id, after checking the list can form a Raft group. An even count is
+/// allowed only where the voters are also the nodes partitions are placed on (`spread`):
+/// it tolerates as many failures as one fewer, but every node listed holds partitions.
+fn voter_map(voters: &[(String, String)], spread: bool) -> Result<VoterMap, QuorumError> {
     let invalid = |why: String| Err(QuorumError::InvalidVoters(why));
     if voters.is_empty() {
         return invalid("no voters listed".to_string());
     }
-    if voters.len().is_multiple_of(2) {
+    if voters.len().is_multiple_of(2) && !spread {
         return invalid(format!(
             "{} voters listed; list an odd number (3 or 5) so a majority survives a split",
             voters.len()

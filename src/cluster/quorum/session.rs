@@ -69,7 +69,9 @@ pub(super) async fn run(quorum: Weak<Quorum>) {
 
 impl Quorum {
     async fn register(&self) -> Result<(), QuorumError> {
-        let log_epoch = self.config.log_epoch.now();
+        let log_epochs = self.config.log_epoch.now();
+        // What a node of the version before partitions reads: its one log's epoch.
+        let log_epoch = log_epochs.iter().copied().max().unwrap_or(0);
         let register = MetaCommand::Register {
             id: self.config.node_id.clone(),
             grpc_addr: self.config.grpc_addr.clone(),
@@ -77,8 +79,7 @@ impl Quorum {
             voter: self.voter,
             incarnation: self.incarnation,
             log_epoch,
-            // One log, partition 0's, for now.
-            log_epochs: vec![log_epoch],
+            log_epochs,
         };
         match self.propose_checked(register, true).await? {
             MetaOutcome::Applied | MetaOutcome::Unchanged => {
