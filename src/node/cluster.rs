@@ -239,6 +239,29 @@ impl Driver {
                 None => {}
             }
         }
+        self.offer_leadership(meta, end);
+    }
+
+    /// With several partitions, a leader that is not its partition's preferred replica
+    /// (the first in placement order, back and in sync after a restart) hands leadership
+    /// to it once it holds the whole log, so leaderships spread over the nodes again. Safe
+    /// at any time: a write is acknowledged only once every ISR member holds it, and the
+    /// preferred replica is one, so it holds every acknowledged write; once it leads it no
+    /// longer fetches from here, so nothing more is acknowledged here.
+    fn offer_leadership(&mut self, meta: &Metadata, end: Offset) {
+        let p = self.replication.partition();
+        let Some(preferred) = meta.preferred_leader_waiting(p) else { return };
+        let (durable, connected) = self.replication.follower_progress(preferred);
+        if !connected || durable < end {
+            return;
+        }
+        tracing::info!(partition = p, to = %preferred, "handing leadership to the partition's preferred replica");
+        let command = MetaCommand::HandOver {
+            partition: p,
+            leader: self.node_id.clone(),
+            epoch: meta.partition_or_empty(p).epoch,
+        };
+        self.propose(command, Vec::new());
     }
 
     fn propose_isr(&mut self, meta: &Metadata, isr: BTreeSet<String>) {
@@ -252,19 +275,25 @@ impl Driver {
             expected,
             isr,
         };
+        self.propose(command, joining);
+    }
+
+    /// Proposes `command` (an ISR change or a hand-over) as the one proposal in flight;
+    /// `joining` are the followers it adds to the ISR.
+    fn propose(&mut self, command: MetaCommand, joining: Vec<String>) {
         let quorum = Arc::clone(&self.quorum);
         self.proposal = Some(tokio::spawn(async move {
             match quorum.propose(command).await {
                 // Refused: those being added are not in the ISR and will not be.
                 Ok(MetaOutcome::Rejected(why)) => {
-                    tracing::warn!(%why, "the ISR change was refused");
+                    tracing::warn!(%why, "the proposed change was refused");
                     joining
                 }
                 // Applied, or unknown (it may still commit): the joiners stay waited for,
                 // and the next review proposes again if the metadata does not show them.
                 Ok(_) => Vec::new(),
                 Err(err) => {
-                    tracing::warn!(%err, "the ISR change may not have been made; it will be proposed again");
+                    tracing::warn!(%err, "the proposed change may not have been made; it will be proposed again");
                     Vec::new()
                 }
             }
