@@ -73,6 +73,44 @@ pub(crate) struct ClusterStatus {
     pub(crate) isr: Vec<String>,
     pub(crate) min_insync: Option<u64>,
     pub(crate) members: Vec<MemberStatus>,
+    /// With several partitions: each one's leader, epoch, ISR and replicas (the header's
+    /// leader, epoch, HW and ISR are then partition 0's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) partitions: Vec<PartitionStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct PartitionStatus {
+    pub(crate) partition: u32,
+    pub(crate) leader: Option<String>,
+    pub(crate) epoch: Option<u64>,
+    pub(crate) isr: Vec<String>,
+    pub(crate) replicas: Vec<String>,
+}
+
+/// STATS `partition.<p>=leader:<id|none>,epoch:<n>,isr:<a+b>,replicas:<a+b>`, in
+/// partition order; none with one partition.
+fn partitions(stats: &Stats) -> Vec<PartitionStatus> {
+    let mut found: Vec<PartitionStatus> = stats
+        .iter()
+        .filter_map(|(key, value)| {
+            let partition = key.strip_prefix("partition.")?.parse().ok()?;
+            let field = |name: &str| value.split(',').find_map(|part| part.strip_prefix(name)?.strip_prefix(':'));
+            let ids = |name: &str| -> Vec<String> {
+                field(name)
+                    .map_or_else(Vec::new, |v| v.split('+').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            };
+            Some(PartitionStatus {
+                partition,
+                leader: field("leader").filter(|l| *l != "none").map(str::to_string),
+                epoch: field("epoch").and_then(|e| e.parse().ok()),
+                isr: ids("isr"),
+                replicas: ids("replicas"),
+            })
+        })
+        .collect();
+    found.sort_by_key(|p| p.partition);
+    found
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -251,6 +289,7 @@ impl ClusterStatus {
         let isr = list(view, "isr");
         let fenced = list(view, "fenced");
         let replicas = list(view, "replicas");
+        let partitions = partitions(view);
         let members = answers
             .iter()
             .map(|answer| {
@@ -261,6 +300,16 @@ impl ClusterStatus {
                 } else {
                     match own.and_then(|s| s.get("role")).map(String::as_str) {
                         None => MemberState::Unreachable,
+                        // Several partitions: a leader of any, a replica of any, or neither.
+                        Some(_) if !partitions.is_empty() => {
+                            if partitions.iter().any(|p| p.leader.as_ref() == Some(&answer.id)) {
+                                MemberState::Leader
+                            } else if partitions.iter().any(|p| p.replicas.contains(&answer.id)) {
+                                MemberState::Follower
+                            } else {
+                                MemberState::Spare
+                            }
+                        }
                         Some("leader") => MemberState::Leader,
                         Some(_) if !replicas.is_empty() && !replicas.contains(&answer.id) => MemberState::Spare,
                         Some(_) => MemberState::Follower,
@@ -280,7 +329,14 @@ impl ClusterStatus {
                     records: own_number("records"),
                     ids: own_number("ids"),
                     lag,
-                    in_isr: isr.contains(&answer.id),
+                    in_isr: match partitions.is_empty() {
+                        true => isr.contains(&answer.id),
+                        // In the ISR of every partition it holds a copy of.
+                        false => {
+                            let held = partitions.iter().filter(|p| p.replicas.contains(&answer.id));
+                            held.clone().count() > 0 && held.into_iter().all(|p| p.isr.contains(&answer.id))
+                        }
+                    },
                 }
             })
             .collect();
@@ -295,6 +351,7 @@ impl ClusterStatus {
             isr,
             min_insync: number(view, "min_insync"),
             members,
+            partitions,
         }
     }
 
@@ -331,13 +388,32 @@ impl ClusterStatus {
                 if m.in_isr { "yes" } else { "no" }.to_string(),
             ]);
         }
-        let widths: Vec<usize> = (0..8).map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
-        for row in &rows {
-            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
-            out.push_str(cells.join("  ").trim_end());
+        aligned(&mut out, &rows);
+        if !self.partitions.is_empty() {
+            let mut rows = vec![["PARTITION", "LEADER", "EPOCH", "ISR", "REPLICAS"].map(str::to_string)];
+            for p in &self.partitions {
+                rows.push([
+                    p.partition.to_string(),
+                    p.leader.clone().unwrap_or_else(|| "none".to_string()),
+                    or_dash(p.epoch),
+                    if p.isr.is_empty() { "-".to_string() } else { p.isr.join(",") },
+                    p.replicas.join(","),
+                ]);
+            }
             out.push('\n');
+            aligned(&mut out, &rows);
         }
         out
+    }
+}
+
+/// `rows` as lines of left-aligned columns two spaces apart.
+fn aligned<const N: usize>(out: &mut String, rows: &[[String; N]]) {
+    let widths: Vec<usize> = (0..N).map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
     }
 }
 
@@ -480,5 +556,39 @@ n3  127.0.0.1:7003  unreachable  -      -        -    42   no
         );
         assert!(status.isr.is_empty());
         assert!(status.to_text().starts_with("cluster forming  controller none  leader none  epoch 0  hw -  isr -  "));
+    }
+
+    #[test]
+    fn several_partitions_get_a_row_each_and_members_are_judged_over_all_of_them() {
+        let node = |id: &str, led: &str| {
+            format!(
+                "role=follower node_id={id} records=5 ids=5 epoch=2 cluster=c7 controller=a leader={led} isr=a,b \
+                 min_insync=2 replicas=a,b partitions=2 members=a@127.0.0.1:7000,b@127.0.0.1:7001,c@127.0.0.1:7002 \
+                 fenced= partition.0=leader:a,epoch:2,isr:a+b,replicas:a+b partition.1=leader:c,epoch:4,isr:c,replicas:c+b"
+            )
+        };
+        let asked = parse_stats(&node("b", "a"));
+        let answers: Vec<MemberAnswer> = [("a", "127.0.0.1:7000"), ("b", "127.0.0.1:7001"), ("c", "127.0.0.1:7002")]
+            .into_iter()
+            .map(|(id, addr)| MemberAnswer {
+                id: id.to_string(),
+                client_addr: addr.to_string(),
+                stats: Some(parse_stats(&node(id, "a"))),
+            })
+            .collect();
+        let status = ClusterStatus::from_stats(&asked, &answers);
+        assert_eq!(status.partitions.len(), 2);
+        assert_eq!(status.partitions[1].leader.as_deref(), Some("c"));
+        assert_eq!(status.partitions[1].isr, ["c"]);
+        assert_eq!(status.partitions[1].replicas, ["c", "b"]);
+        let states: Vec<MemberState> = status.members.iter().map(|m| m.state).collect();
+        // b leads nothing but holds copies of both; c leads partition 1 though partition 0's
+        // role says follower.
+        assert_eq!(states, [MemberState::Leader, MemberState::Follower, MemberState::Leader]);
+        let in_isr: Vec<bool> = status.members.iter().map(|m| m.in_isr).collect();
+        assert_eq!(in_isr, [true, false, true], "b is out of partition 1's ISR");
+        let text = status.to_text();
+        assert!(text.contains("PARTITION  LEADER  EPOCH  ISR  REPLICAS\n"), "{text}");
+        assert!(text.contains("1          c       4      c    c,b\n"), "{text}");
     }
 }

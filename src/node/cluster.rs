@@ -529,6 +529,22 @@ impl crate::server::Cluster for Member {
         pairs.push(("partitions".to_string(), meta.partitions.len().to_string()));
         // Leaderships the quorum gives this node (whether or not it serves them yet).
         pairs.push(("partitions_led".to_string(), meta.leaderships(self.quorum.node_id()).to_string()));
+        if meta.partitions.len() > 1 {
+            // Every partition's leader, epoch, ISR and replicas, for `msglog cluster status`.
+            for (p, partition) in meta.partitions.iter().enumerate() {
+                let isr: Vec<&str> = partition.isr.iter().map(String::as_str).collect();
+                pairs.push((
+                    format!("partition.{p}"),
+                    format!(
+                        "leader:{},epoch:{},isr:{},replicas:{}",
+                        partition.leader.as_deref().unwrap_or("none"),
+                        partition.epoch,
+                        isr.join("+"),
+                        partition.replicas.join("+")
+                    ),
+                ));
+            }
+        }
         // `msglog cluster status` visits every member from here: `id@client address`.
         let members: Vec<String> = meta.members.iter().map(|(id, m)| format!("{id}@{}", m.client_addr)).collect();
         pairs.push(("members".to_string(), members.join(",")));
