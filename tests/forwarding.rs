@@ -12,48 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{DEADLINE, TestClient, resp};
+use common::{DEADLINE, TestClient, TestRoutes, resp};
 use msglog::replication::{ForwardClient, ForwardConfig, serve_forwarding};
-use msglog::server::{
-    self, Cluster, ForwardEndpoint, Forwarder, Forwarding, Outgoing, Password, Refusal, Replicated, Route, ServerConfig,
-};
-use msglog::storage::{Config, Log, Offset};
+use msglog::server::{self, Cluster, ForwardEndpoint, Forwarder, Forwarding, Outgoing, Password, Route, ServerConfig};
+use msglog::storage::{Config, Log};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-/// A cluster that only routes: the test says who leads.
-struct TestRoutes {
-    routes: watch::Sender<Route>,
-}
-
-impl Cluster for TestRoutes {
-    fn admit_write(&self) -> Result<(), Refusal> {
-        match *self.routes.borrow() {
-            Route::Local => Ok(()),
-            _ => Err(Refusal("read-only: this node does not lead".to_string())),
-        }
-    }
-
-    fn appended(&self, _next_offset: Offset) {}
-
-    fn replicated(&self, _offset: Offset) -> Option<Replicated<'_>> {
-        None
-    }
-
-    fn role(&self) -> &'static str {
-        "follower"
-    }
-
-    fn routes(&self) -> Option<watch::Receiver<Route>> {
-        Some(self.routes.subscribe())
-    }
-
-    fn stats(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
-}
 
 /// A server in process; with `routes`, one that follows them.
 struct Node {
@@ -98,7 +64,7 @@ impl Node {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (addr, grpc) = (listener.local_addr().unwrap(), grpc_listener.local_addr().unwrap());
-        let routes = Arc::new(TestRoutes { routes: watch::channel(route).0 });
+        let routes = TestRoutes::new(route);
         let endpoint = ForwardEndpoint::new();
         let forwarding = Forwarding { forwarder, endpoint: Some(endpoint.clone()), route_wait };
         let service_config = forward_config_with(password);

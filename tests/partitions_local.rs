@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use common::{DEADLINE, TestClient, bulk, check, line, read_bulk, read_bulks, resp};
+use common::{DEADLINE, TestClient, bulk, check, ids_in, line, read_bulk, read_bulks, resp};
 use msglog::cluster::partitioning::partition_of;
 use msglog::server::{self, ServerConfig};
 use msglog::storage::{Config, Log};
@@ -59,15 +59,6 @@ impl PartitionedServer {
         }
         self.dirs
     }
-}
-
-/// `count` distinct IDs that `partition_of` puts in `partition` of `partitions`.
-fn ids_in(partition: u32, partitions: u32, count: usize) -> Vec<Vec<u8>> {
-    (0..100_000)
-        .map(|n| format!("id-{n}").into_bytes())
-        .filter(|id| partition_of(id, partitions) == partition)
-        .take(count)
-        .collect()
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ use super::session::Session;
 use super::shutdown::Shutdown;
 use super::{Route, Shared};
 use crate::protocol::Reply;
-use crate::protocol::resp::{Protocol, RespLimits, RespParser, RespReply};
+use crate::protocol::resp::{Protocol, RespCommand, RespLimits, RespParser, RespReply};
 
 /// How a forwarded frame is framed, and how its reply is encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +148,9 @@ impl Forwarding {
         Forwarding { forwarder, endpoint, route_wait: DEFAULT_ROUTE_WAIT }
     }
 
-    /// What connections use, when this node may forward: it has routes and a forwarder.
-    pub(crate) fn diversion(&self, routes: Option<watch::Receiver<Route>>) -> Option<Diversion> {
+    /// What connections use, when this node may forward: it has routes (one per
+    /// partition) and a forwarder.
+    pub(crate) fn diversion(&self, routes: Option<Vec<watch::Receiver<Route>>>) -> Option<Diversion> {
         let forwarder = Arc::clone(self.forwarder.as_ref()?);
         Some(Diversion::new(routes?, forwarder, self.route_wait))
     }
@@ -182,7 +183,7 @@ impl ForwardEndpoint {
     pub fn open_stream(&self) -> Option<ForwardedStream> {
         let serving = self.0.lock().unwrap_or_else(|e| e.into_inner()).upgrade()?;
         let shared = Arc::clone(&serving.shared);
-        let routes = shared.cluster().and_then(|cluster| cluster.routes());
+        let routes = shared.partitions.routes();
         Some(ForwardedStream {
             reservation: Reservation::new(Arc::clone(&shared.budget)),
             limits: RespLimits::for_max_message(shared.config.max_message_bytes),
@@ -218,7 +219,9 @@ const REPLIES_OVER_BUDGET: &str =
 /// The leader's side of one forwarding node's stream.
 pub struct ForwardedStream {
     shared: Arc<Shared>,
-    routes: Option<watch::Receiver<Route>>,
+    /// Each partition's route: a request runs here only while every partition it names
+    /// is led here.
+    routes: Option<Vec<watch::Receiver<Route>>>,
     /// One per forwarded RESP connection: protocol state and an open MULTI.
     sessions: HashMap<u64, Box<Session>>,
     /// What the sessions' open transactions hold, charged to the server's buffer budget.
@@ -255,7 +258,6 @@ impl ForwardedStream {
         requests: Vec<ForwardedRequest>,
     ) -> impl Future<Output = Vec<ForwardedReply>> + Send + 'static {
         let permit = Arc::clone(&self.in_flight).acquire_owned().await.ok();
-        let not_leading = self.not_leading();
         let mut encoded = BytesMut::new();
         // The batch's replies are held until its commit: charged to the buffer budget.
         let mut held = Reservation::new(Arc::clone(&self.shared.budget));
@@ -267,8 +269,8 @@ impl ForwardedStream {
                 self.close(request.connection);
                 continue;
             }
-            let done = match &not_leading {
-                Some(why) => Executed::refused(&request, why.clone()),
+            let done = match self.not_leading(&request) {
+                Some(why) => Executed::refused(&request, why),
                 None => {
                     let outcome = self.run(&request);
                     written.merge(&outcome.written);
@@ -296,14 +298,41 @@ impl ForwardedStream {
         committed(shared, executed, written, read, (permit, held, complete))
     }
 
-    /// Why this node must not execute forwarded requests now, if it must not.
-    fn not_leading(&self) -> Option<String> {
+    /// Why this node must not execute `request` now, if it must not: a partition it names
+    /// is led elsewhere.
+    fn not_leading(&self, request: &ForwardedRequest) -> Option<String> {
         let routes = self.routes.as_ref()?;
         let node = &self.shared.config.node_id;
-        match &*routes.borrow() {
-            Route::Local => None,
-            Route::Forward { leader_id, .. } => Some(format!("{node} no longer leads (the leader is {leader_id})")),
-            Route::Electing => Some(format!("{node} no longer leads (an election is under way)")),
+        let partitions = match routes.len() {
+            1 => vec![0],
+            _ => self.partitions_of(request),
+        };
+        partitions.into_iter().find_map(|partition| {
+            // At P = 1 the words are as they were before partitions had routes of their own.
+            let of = if routes.len() == 1 { String::new() } else { format!(" partition {partition}") };
+            match &*routes[partition as usize].borrow() {
+                Route::Local => None,
+                Route::Forward { leader_id, .. } => {
+                    Some(format!("{node} no longer leads{of} (the leader is {leader_id})"))
+                }
+                Route::Electing => Some(format!("{node} no longer leads{of} (an election is under way)")),
+            }
+        })
+    }
+
+    /// The partitions a forwarded request names: its keys', as the forwarding node found.
+    fn partitions_of(&self, request: &ForwardedRequest) -> Vec<u32> {
+        let shared = &self.shared;
+        if request.dialect == ForwardDialect::Text {
+            return shared.partitions.of_line(&request.frame, shared.config.max_message_bytes).into_iter().collect();
+        }
+        let mut parser = RespParser::new(self.limits);
+        match parser.next_request(&request.frame) {
+            Ok(Some(parsed)) => match RespCommand::parse(parsed.args, shared.config.max_message_bytes) {
+                Ok(Some(command)) => shared.partitions.of_command(&command),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
         }
     }
 

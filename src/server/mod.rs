@@ -116,7 +116,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// What every connection's buffers reserve from.
     pub(crate) budget: Arc<budget::Budget>,
-    /// Present on a node that may forward data commands to a leader (partition 0's).
+    /// Present on a node that may forward data commands to their partitions' leaders.
     pub(crate) forwarding: Option<connection::Diversion>,
 }
 
@@ -189,10 +189,26 @@ pub async fn run_partitioned(
     serve(listener, partitions, config, Forwarding::default(), shutdown).await
 }
 
-/// A partition to serve: its log, and its replication (`None`: a lone leader).
-pub(crate) type PartitionLog = (Arc<Log>, Option<Arc<dyn Cluster>>);
+/// [`run_partitioned`] for a node in a cluster: each partition with its own replication,
+/// whose routes say where that partition's data commands run (here, or forwarded to its
+/// leader through `forwarding`). What nodes will call once they hold several partitions;
+/// for now only tests do.
+#[doc(hidden)]
+pub async fn run_partitioned_node(
+    listener: TcpListener,
+    partitions: Vec<PartitionLog>,
+    config: ServerConfig,
+    forwarding: Forwarding,
+    shutdown: impl Future,
+) -> std::io::Result<()> {
+    serve(listener, partitions, config, forwarding, shutdown).await
+}
 
-/// Serves `partitions[p]` as partition `p`. Forwarding follows partition 0's routes.
+/// A partition to serve: its log, and its replication (`None`: a lone leader).
+pub type PartitionLog = (Arc<Log>, Option<Arc<dyn Cluster>>);
+
+/// Serves `partitions[p]` as partition `p`. Forwarding follows each partition's routes
+/// (every partition has them, or none does).
 pub(crate) async fn serve(
     listener: TcpListener,
     partitions: Vec<PartitionLog>,
@@ -225,7 +241,7 @@ pub(crate) async fn serve(
     let budget = budget::Budget::new(config.max_buffer_bytes);
     let listen_ip = listener.local_addr()?.ip();
     warn_if_exposed(&config, listen_ip);
-    let routes = partitions.first().cluster.as_ref().and_then(|cluster| cluster.routes());
+    let routes = partitions.routes();
     let mut server = Listener {
         listener,
         listen_ip,

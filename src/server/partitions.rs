@@ -4,10 +4,14 @@
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::cluster::partitioning::partition_of;
+use crate::protocol::Command;
+use crate::protocol::resp::RespCommand;
 use crate::storage::Log;
 
-use super::cluster::{Cluster, Refusal};
+use super::cluster::{Cluster, Refusal, Route};
 use super::committer::CommitHandle;
 
 /// One partition as the server serves it.
@@ -56,14 +60,49 @@ impl Partitions {
         &self.slots[partition as usize]
     }
 
-    /// Partition 0: what server-wide answers (role, routes, forwarding) follow until
-    /// routing is per partition, and the only one of a single-partition server.
+    /// Partition 0: what server-wide answers (role, replication stats) follow, and the only
+    /// one of a single-partition server.
     pub(crate) fn first(&self) -> &PartitionServing {
         &self.slots[0]
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &PartitionServing> {
         self.slots.iter()
+    }
+
+    /// Every partition's routes, in partition order; `None` unless each has them.
+    pub(crate) fn routes(&self) -> Option<Vec<watch::Receiver<Route>>> {
+        self.slots.iter().map(|slot| slot.cluster.as_ref().and_then(|cluster| cluster.routes())).collect()
+    }
+
+    /// The partitions `command` reads or writes, in partition order, each once: where its
+    /// keys lie. SCAN reads the partition its cursor names; a command without keys (DBSIZE,
+    /// KEYS) is counted as partition 0's, which is where a forwarding node sends it.
+    pub(crate) fn of_command(&self, command: &RespCommand<'_>) -> Vec<u32> {
+        if self.slots.len() == 1 {
+            return vec![0];
+        }
+        let mut of = Vec::new();
+        match command {
+            RespCommand::Scan(scan) => of.push((scan.cursor % u64::from(self.count())) as u32),
+            command => super::transaction::for_each_key(command, |id| of.push(self.for_key(id).partition)),
+        }
+        of.sort_unstable();
+        of.dedup();
+        if of.is_empty() {
+            of.push(0);
+        }
+        of
+    }
+
+    /// The partition of a text-protocol data command's key; `None` for any other line.
+    pub(crate) fn of_line(&self, line: &[u8], max_message_bytes: usize) -> Option<u32> {
+        match Command::parse_line(line, max_message_bytes) {
+            Ok(Command::Set { id, .. } | Command::Get { id } | Command::Del { id } | Command::Exists { id }) => {
+                Some(self.for_key(id).partition)
+            }
+            _ => None,
+        }
     }
 
     /// The indices of `ids` grouped by partition, in partition order, each group in the

@@ -73,6 +73,9 @@ impl Session {
             };
         }
         match command {
+            // With several partitions a transaction runs here, over partitions led here
+            // (see `transaction`): each may have its own leader.
+            Ok(Some(SessionCommand::Multi)) if shared.partitions.count() > 1 => false,
             Ok(Some(SessionCommand::Multi)) => {
                 self.forwarded_multi = true;
                 true
@@ -82,6 +85,16 @@ impl Session {
                 matches!(RespCommand::parse(args, shared.config.max_message_bytes), Ok(Some(command)) if is_data(&command))
             }
         }
+    }
+
+    /// Whether this request takes part in a transaction that runs here: one is open, or it
+    /// is a MULTI that opens one here. While earlier requests are held, it must wait for
+    /// them, as its EXEC would otherwise overtake them.
+    pub(crate) fn transacts_here(&self, shared: &Shared, args: Args<'_>) -> bool {
+        self.transaction.is_some()
+            || (shared.partitions.count() > 1
+                && self.authenticated
+                && matches!(SessionCommand::parse(args), Ok(Some(SessionCommand::Multi))))
     }
 
     /// Whether a RESET just ended a forwarded MULTI (asked once).

@@ -15,7 +15,8 @@
 //!
 //! Partitions: a batch is one log's, so a transaction's keys must all lie in one
 //! partition; a command that would take it into a second is refused at queue time with
-//! `-CROSSPARTITION` (and so EXEC aborts). MSET and DEL outside a transaction whose keys
+//! `-CROSSPARTITION` (and so EXEC aborts); on a node that forwards, that partition must be
+//! led here (see [`led_elsewhere`]). MSET and DEL outside a transaction whose keys
 //! span partitions run as one batch per partition: atomic per partition only
 //! (docs/FORMAT.md, "Partitions").
 
@@ -28,7 +29,6 @@ use crate::storage::Batch;
 use super::Shared;
 use super::execute::{Outcome, storage_failure};
 use super::marks::{Mark, Marks};
-use super::partitions::PartitionServing;
 use super::resp::execute_resp;
 
 /// Most commands one transaction may queue.
@@ -50,6 +50,14 @@ pub(crate) struct Transaction {
 /// The refusal of a command whose keys would take a transaction into a second partition.
 fn cross_partition() -> RespReply {
     RespReply::Error { code: "CROSSPARTITION", reason: "keys in several partitions".to_string() }
+}
+
+/// With several partitions a transaction is not forwarded: it runs on the node the client
+/// is connected to, over a partition this node leads. One of a partition another node leads
+/// is refused (at queue time, so EXEC aborts; and at EXEC, if the leader changed since),
+/// naming that leader.
+fn led_elsewhere(shared: &Shared, partition: u32) -> Option<RespReply> {
+    shared.forwarding.as_ref()?.led_elsewhere(partition).map(RespReply::error)
 }
 
 impl Transaction {
@@ -79,6 +87,9 @@ impl Transaction {
             if several {
                 return Err(cross_partition());
             }
+            if let Some(refusal) = partition.and_then(|of| led_elsewhere(shared, of)) {
+                return Err(refusal);
+            }
             self.partition = partition;
         }
         self.writes |= is_write(command);
@@ -101,6 +112,9 @@ fn is_write(command: &RespCommand<'_>) -> bool {
 pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespReply> {
     if transaction.dirty {
         return Outcome::reply(CommandError::ExecAbort.into());
+    }
+    if let Some(refusal) = transaction.partition.and_then(|of| led_elsewhere(shared, of)) {
+        return Outcome::reply(refusal);
     }
     // A transaction that queued no key (PING, DBSIZE) reads no partition's batch.
     let slot = shared.partitions.get(transaction.partition.unwrap_or(0));
@@ -240,34 +254,35 @@ fn split_by_partition(shared: &Shared, command: &RespCommand<'_>) -> Outcome<Res
         None if mset => RespReply::Simple("OK"),
         None => RespReply::Integer(deleted),
         Some((_, cause)) if applied.is_empty() => cause.clone(),
-        Some((_, cause)) => partially_applied(&applied, &failed, cause),
+        Some((_, cause)) => {
+            let applied: Vec<u32> = applied.iter().map(|slot| slot.partition).collect();
+            let failed: Vec<u32> = failed.iter().map(|(slot, _)| slot.partition).collect();
+            RespReply::error(partially_applied(&applied, &failed, &cause_of(cause)))
+        }
     };
     Outcome { written, ..Outcome::reply(reply) }
 }
 
-/// `ERR partially applied: partition(s) 0,3 applied, 1 failed: <cause>`.
-fn partially_applied(
-    applied: &[&PartitionServing],
-    failed: &[(&PartitionServing, RespReply)],
-    cause: &RespReply,
-) -> RespReply {
-    let list = |slots: &mut dyn Iterator<Item = &PartitionServing>| {
-        slots.map(|slot| slot.partition.to_string()).collect::<Vec<_>>().join(",")
-    };
-    let cause = match cause {
+/// `partially applied: partition(s) 0,3 applied, 1 failed: <cause>`: the reason of the `ERR`
+/// a multi-key write gets when some of its partitions applied and some did not, whether
+/// split here or across leaders.
+pub(crate) fn partially_applied(applied: &[u32], failed: &[u32], cause: &str) -> String {
+    let list = |partitions: &[u32]| partitions.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    format!("partially applied: partition(s) {} applied, {} failed: {cause}", list(applied), list(failed))
+}
+
+/// An error reply as the cause in [`partially_applied`]: its reason, after its code unless
+/// that is `ERR`.
+fn cause_of(reply: &RespReply) -> String {
+    match reply {
         RespReply::Error { code: "ERR", reason } => reason.clone(),
         RespReply::Error { code, reason } => format!("{code} {reason}"),
         other => format!("{other:?}"),
-    };
-    RespReply::error(format_args!(
-        "partially applied: partition(s) {} applied, {} failed: {cause}",
-        list(&mut applied.iter().copied()),
-        list(&mut failed.iter().map(|(slot, _)| *slot)),
-    ))
+    }
 }
 
 /// Calls `f` with every key `command` reads or writes.
-fn for_each_key<'a>(command: &RespCommand<'a>, mut f: impl FnMut(&'a [u8])) {
+pub(crate) fn for_each_key<'a>(command: &RespCommand<'a>, mut f: impl FnMut(&'a [u8])) {
     match command {
         RespCommand::Single(
             Command::Set { id, .. } | Command::Get { id } | Command::Del { id } | Command::Exists { id },

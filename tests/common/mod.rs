@@ -521,3 +521,59 @@ impl LineClient {
         matches!(std::io::Read::read_to_end(&mut self.reader, &mut rest), Ok(0) | Err(_))
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Routes a test sets
+// ---------------------------------------------------------------------------------------
+
+/// A cluster that only routes: the test says who leads. Writes are admitted while the
+/// route is `Local`.
+pub struct TestRoutes {
+    pub routes: tokio::sync::watch::Sender<msglog::server::Route>,
+}
+
+impl TestRoutes {
+    pub fn new(route: msglog::server::Route) -> Arc<TestRoutes> {
+        Arc::new(TestRoutes { routes: tokio::sync::watch::channel(route).0 })
+    }
+
+    pub fn set(&self, route: msglog::server::Route) {
+        self.routes.send_replace(route);
+    }
+}
+
+impl msglog::server::Cluster for TestRoutes {
+    fn admit_write(&self) -> Result<(), msglog::server::Refusal> {
+        match *self.routes.borrow() {
+            msglog::server::Route::Local => Ok(()),
+            _ => Err(msglog::server::Refusal("read-only: this node does not lead".to_string())),
+        }
+    }
+
+    fn appended(&self, _next_offset: msglog::storage::Offset) {}
+
+    fn replicated(&self, _offset: msglog::storage::Offset) -> Option<msglog::server::Replicated<'_>> {
+        None
+    }
+
+    fn role(&self) -> &'static str {
+        "follower"
+    }
+
+    fn routes(&self) -> Option<tokio::sync::watch::Receiver<msglog::server::Route>> {
+        Some(self.routes.subscribe())
+    }
+
+    fn stats(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// `count` distinct IDs that `partition_of` puts in `partition` of `partitions`.
+pub fn ids_in(partition: u32, partitions: u32, count: usize) -> Vec<Vec<u8>> {
+    (0..100_000)
+        .map(|n| format!("id-{n}").into_bytes())
+        .filter(|id| msglog::cluster::partitioning::partition_of(id, partitions) == partition)
+        .take(count)
+        .collect()
+}

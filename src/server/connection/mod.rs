@@ -37,18 +37,20 @@ use super::marks::Marks;
 use super::metrics::command_label;
 use super::session::Session;
 use super::shutdown::Shutdown;
-use crate::protocol::resp::{RespLimits, RespParser, RespReply, opens_resp};
+use crate::protocol::resp::{RespCommand, RespLimits, RespParser, RespReply, opens_resp};
 use crate::protocol::{Frame, LineFramer, ProtocolError, Reply};
 
 mod answer;
 mod forwarding;
 mod handoff;
+mod resolve;
+mod split;
 mod stream;
 mod waits;
 
 use answer::Answer;
 pub(crate) use forwarding::Diversion;
-use forwarding::{Diverter, is_text_data};
+use forwarding::{Diverter, Plan};
 use handoff::{Handoff, handed_back};
 pub(crate) use stream::ClientStream;
 pub(crate) use waits::Failures;
@@ -112,8 +114,11 @@ pub(crate) struct Connection {
     /// before them.
     unsynced_read: Marks,
     reservation: Reservation,
-    /// Present on a node that may forward: sends data commands to the leader.
+    /// Present on a node that may forward: sends data commands to their partitions' leaders.
     diverter: Option<Diverter>,
+    /// The next request must wait until the held ones before it are resolved: the batch so
+    /// far is flushed first.
+    flush_first: bool,
     shutdown: Shutdown,
     /// Present when the commit thread may write this connection's replies (plain TCP,
     /// `--fsync always`).
@@ -163,6 +168,7 @@ impl Connection {
             unsynced_read: Marks::default(),
             reservation,
             diverter,
+            flush_first: false,
             shutdown,
             handoff,
             _permit: permit,
@@ -279,7 +285,15 @@ impl Connection {
         }
         loop {
             let started = self.shared.config.metrics.as_ref().map(|_| Instant::now());
-            let Some((outcome, command)) = self.next_outcome() else { break };
+            let Some((outcome, command)) = self.next_outcome() else {
+                if std::mem::take(&mut self.flush_first) {
+                    if let Flow::OverBudget = self.flush().await? {
+                        return Ok(Flow::OverBudget);
+                    }
+                    continue;
+                }
+                break;
+            };
             let close = outcome.close;
             self.push(outcome, command, started);
             if !self.within_budget() {
@@ -312,9 +326,10 @@ impl Connection {
                         let label = command_label(line.split(|&b| b == b' ').next().unwrap_or_default());
                         if let Some(diverter) = self.diverter.as_mut().filter(|d| d.active())
                             && self.authenticated
-                            && is_text_data(&line, shared.config.max_message_bytes)
+                            && let Some(partition) = shared.partitions.of_line(&line, shared.config.max_message_bytes)
+                            && let Plan::Whole = diverter.plan(&[partition])
                         {
-                            let diverted = diverter.divert(ForwardDialect::Text, line);
+                            let diverted = diverter.divert(ForwardDialect::Text, line, vec![partition]);
                             return Some((Outcome::reply(Answer::Diverted(Box::new(diverted))), label));
                         }
                         (execute_line(shared, &mut self.authenticated, &line), label)
@@ -338,20 +353,49 @@ impl Connection {
                 };
                 let len = request.len;
                 let label = command_label(request.args.get(0).unwrap_or_default());
-                if let Some(diverter) = self.diverter.as_mut().filter(|d| d.active())
-                    && session.forwards(shared, request.args)
-                {
-                    // The request's own bytes travel on, as a text line's do: no copy.
-                    let frame = self.input.split_to(len).freeze();
-                    let diverted = diverter.divert(ForwardDialect::resp(session.protocol()), frame);
-                    return Some((Outcome::reply(Answer::Diverted(Box::new(diverted))), label));
+                if let Some(diverter) = self.diverter.as_mut().filter(|d| d.active()) {
+                    if diverter.holding() && session.transacts_here(shared, request.args) {
+                        // Left in the buffer, to be read again once the held are resolved.
+                        self.flush_first = true;
+                        return None;
+                    }
+                    if session.forwards(shared, request.args) {
+                        let partitions = match RespCommand::parse(request.args, shared.config.max_message_bytes) {
+                            Ok(Some(command)) if shared.partitions.count() > 1 => {
+                                shared.partitions.of_command(&command)
+                            }
+                            _ => vec![0],
+                        };
+                        let dialect = ForwardDialect::resp(session.protocol());
+                        let plan = diverter.plan(&partitions);
+                        let parts = match plan {
+                            Plan::Split => split::parts(shared, request.args),
+                            Plan::Here | Plan::Whole => None,
+                        };
+                        match (plan, parts) {
+                            (Plan::Here, _) => {}
+                            (_, Some(parts)) => {
+                                self.input.advance(len);
+                                let protocol = session.protocol();
+                                let started = split::start(shared, session, diverter, parts, protocol);
+                                let diverted = started.map(|split| Answer::Diverted(Box::new(diverter.split(split))));
+                                return Some((diverted, label));
+                            }
+                            _ => {
+                                // The request's own bytes travel on, as a text line's do: no copy.
+                                let frame = self.input.split_to(len).freeze();
+                                let diverted = diverter.divert(dialect, frame, partitions);
+                                return Some((Outcome::reply(Answer::Diverted(Box::new(diverted))), label));
+                            }
+                        }
+                    }
                 }
                 let outcome = session.handle(shared, request.args, &self.input[..len]);
                 self.input.advance(len);
                 if session.take_leader_reset()
                     && let Some(diverter) = &mut self.diverter
                 {
-                    diverter.close_leader_session();
+                    diverter.close_leader_sessions();
                 }
                 if let Some(outcome) = outcome {
                     let protocol = session.protocol();
