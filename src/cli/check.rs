@@ -1,5 +1,6 @@
 //! `msglog check`: verify every record and print counts and a digest; `--repair` cuts the
-//! log at the first bad record.
+//! log at the first bad record. Also how the offline tools find the logs of a data dir
+//! ([`Layout`]): one, or one per partition.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,15 +21,24 @@ use super::units::{byte_progress, human_bytes};
 /// records, however compaction has cleaned them since). Exits 0 when clean, 1
 /// naming the file and byte offset of the first problem. Holds the data-dir lock, so it
 /// refuses to run while a server owns the directory.
+///
+/// A data dir of a node with several partitions holds one log per partition
+/// (`partitions/<p>/`): each is checked, and reported under a `partition <p>:` line, with
+/// its own digests; the exit code is 1 if any is damaged.
 #[derive(Debug, clap::Args)]
 pub(crate) struct CheckArgs {
     /// Directory holding the log.
     #[arg(long, env = "MSGLOG_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
     /// Cut the log at the first bad record (dropping every later segment), fsync, and exit
-    /// 0. Prints what is lost first. No prompt.
+    /// 0. Prints what is lost first. No prompt. With partitions, every damaged partition
+    /// (of those checked) is repaired.
     #[arg(long)]
     repair: bool,
+    /// Check only this partition's log (a data dir of several partitions; on a one-log
+    /// data dir only 0, its log, is accepted).
+    #[arg(long, value_name = "P")]
+    partition: Option<u32>,
 }
 
 /// Offline tools accept any record a server could have written.
@@ -47,15 +57,165 @@ pub(crate) fn existing_data_dir(dir: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// `<data-dir>/partitions`: with several partitions, one data dir per partition inside it.
+const PARTITIONS_DIR: &str = "partitions";
+
+/// How a data dir holds its records (README "Data directory", docs/FORMAT.md
+/// "Partitions"). Offline tools cannot know a cluster's partition count, so they read it
+/// from the directories a node made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// One log, in the data dir itself: a standalone node, or a cluster of one partition.
+    OneLog,
+    /// `partitions/<p>/` for every `p` below the count, each laid out as a one-log data dir.
+    Partitions(u32),
+}
+
+impl Layout {
+    /// The layout `data_dir` holds (one log when it holds nothing yet). Refuses a dir with
+    /// both a one-partition log and partition dirs, and one whose partition numbers have a
+    /// gap: reading either as one layout would hide records of the other.
+    pub(crate) fn of(data_dir: &Path) -> anyhow::Result<Layout> {
+        let root = data_dir.join(PARTITIONS_DIR);
+        let numbers = partition_numbers(&root)?;
+        let Some(&highest) = numbers.last() else { return Ok(Layout::OneLog) };
+        let log = crate::storage::log_dir(data_dir);
+        if holds_segments(&log)? {
+            anyhow::bail!(
+                "{} holds both a one-partition log ({}) and the logs of {} partition(s) ({}): a data dir is laid \
+                 out one way or the other; move one of them away",
+                data_dir.display(),
+                log.display(),
+                numbers.len(),
+                root.display()
+            );
+        }
+        let count = numbers.len() as u32;
+        if let Some(missing) = (0..count).find(|p| numbers.binary_search(p).is_err()) {
+            anyhow::bail!(
+                "{} holds partitions up to {highest} but no partition {missing}: a node keeps a directory for \
+                 every partition of its cluster",
+                root.display()
+            );
+        }
+        Ok(Layout::Partitions(count))
+    }
+
+    /// How many logs the layout holds.
+    pub(crate) fn partitions(self) -> u32 {
+        match self {
+            Layout::OneLog => 1,
+            Layout::Partitions(count) => count,
+        }
+    }
+
+    /// The data dir of partition `p`'s log.
+    pub(crate) fn dir(self, data_dir: &Path, p: u32) -> PathBuf {
+        match self {
+            Layout::OneLog => data_dir.to_path_buf(),
+            Layout::Partitions(_) => data_dir.join(PARTITIONS_DIR).join(p.to_string()),
+        }
+    }
+
+    /// The partitions a tool works on: all, or only `only`, which the dir must hold.
+    pub(crate) fn select(self, data_dir: &Path, only: Option<u32>) -> anyhow::Result<Vec<u32>> {
+        match (self, only) {
+            (_, None) => Ok((0..self.partitions()).collect()),
+            (_, Some(p)) if p < self.partitions() => Ok(vec![p]),
+            (Layout::OneLog, Some(p)) => anyhow::bail!(
+                "--partition {p}: {} holds one log, not partitions (its log is partition 0)",
+                data_dir.display()
+            ),
+            (Layout::Partitions(count), Some(p)) => anyhow::bail!(
+                "--partition {p}: {} holds partitions 0 to {}",
+                data_dir.join(PARTITIONS_DIR).display(),
+                count - 1
+            ),
+        }
+    }
+}
+
+/// The partition numbers `root` has a directory for, in order (none when it does not
+/// exist). Other names are not a node's and are left alone.
+fn partition_numbers(root: &Path) -> anyhow::Result<Vec<u32>> {
+    let cannot_read = || format!("cannot read {}", root.display());
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(cannot_read),
+    };
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let name = entry.with_context(cannot_read)?.file_name();
+        // Only the names a node writes (`p.to_string()`): "01" would read as partition 1.
+        if let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok().filter(|p| p.to_string() == n)) {
+            numbers.push(p);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Whether the log dir `dir` holds segment files.
+fn holds_segments(dir: &Path) -> anyhow::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        if entry.file_name().to_str().is_some_and(|name| name.ends_with(".log")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a partition's dir holds a log: a node leaves the dir of a partition it holds no
+/// copy of empty, and a tool that opened a log there would create one.
+pub(crate) fn holds_log(partition_dir: &Path) -> bool {
+    crate::storage::log_dir(partition_dir).is_dir()
+}
+
 pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     existing_data_dir(&args.data_dir)?;
+    let layout = Layout::of(&args.data_dir)?;
+    let partitions = layout.select(&args.data_dir, args.partition)?;
+    if layout == Layout::OneLog {
+        let clean = check_log(&args.data_dir, args.repair)?;
+        return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let mut damaged = Vec::new();
+    for &p in &partitions {
+        let dir = layout.dir(&args.data_dir, p);
+        println!("partition {p}: {}", dir.display());
+        if !holds_log(&dir) {
+            println!("no log: this node holds no copy of partition {p}");
+            continue;
+        }
+        if !check_log(&dir, args.repair).with_context(|| format!("partition {p}"))? {
+            damaged.push(p.to_string());
+        }
+    }
+    if damaged.is_empty() {
+        println!("clean: {} partition(s) checked", partitions.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("damaged: partition(s) {} of {} checked", damaged.join(","), partitions.len());
+    Ok(ExitCode::FAILURE)
+}
+
+/// Checks the log of `data_dir` and prints its report; repairs it when told to. Whether
+/// the log is (now) clean.
+fn check_log(data_dir: &Path, repair: bool) -> anyhow::Result<bool> {
     let config = offline_config();
-    let report = verify(&args, &config)?;
+    let report = verify(data_dir, &config)?;
     print(&report);
-    let Some(damage) = &report.damage else { return Ok(ExitCode::SUCCESS) };
+    let Some(damage) = &report.damage else { return Ok(true) };
     println!("problem: {} at byte {}: {}", damage.segment.display(), damage.position, damage.reason);
-    if !args.repair {
-        return Ok(ExitCode::FAILURE);
+    if !repair {
+        return Ok(false);
     }
     match damage.kind {
         DamageKind::Bytes => {
@@ -81,16 +241,16 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             damage.segment.display()
         ),
     }
-    let log = Log::open(&args.data_dir, Config { recovery: RecoveryMode::Repair, ..config.clone() })
-        .with_context(|| format!("cannot repair {}", args.data_dir.display()))?;
+    let log = Log::open(data_dir, Config { recovery: RecoveryMode::Repair, ..config.clone() })
+        .with_context(|| format!("cannot repair {}", data_dir.display()))?;
     log.close().context("closing the repaired log")?;
-    let after = verify(&args, &config)?;
+    let after = verify(data_dir, &config)?;
     match after.damage {
         None => {
             println!("repaired: {} records, last offset {}", after.records(), or_none(after.last_offset()));
             println!("digest: {}", after.digest_hex());
             println!("logical-digest: {}", after.logical_digest_hex());
-            Ok(ExitCode::SUCCESS)
+            Ok(true)
         }
         Some(d) => {
             anyhow::bail!("still damaged after repair: {} at byte {}: {}", d.segment.display(), d.position, d.reason)
@@ -98,13 +258,13 @@ pub(crate) fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn verify(args: &CheckArgs, config: &Config) -> anyhow::Result<CheckReport> {
-    let dir = crate::storage::log_dir(&args.data_dir);
+fn verify(data_dir: &Path, config: &Config) -> anyhow::Result<CheckReport> {
+    let dir = crate::storage::log_dir(data_dir);
     let total = std::fs::read_dir(&dir)
         .map_or(0, |entries| entries.filter_map(|e| e.ok()?.metadata().ok()).map(|m| m.len()).sum());
     let bar = byte_progress(total, "checking");
-    let report = check(&args.data_dir, config, |bytes| bar.inc(bytes))
-        .with_context(|| format!("cannot check {}", args.data_dir.display()))?;
+    let report = check(data_dir, config, |bytes| bar.inc(bytes))
+        .with_context(|| format!("cannot check {}", data_dir.display()))?;
     bar.finish_and_clear();
     Ok(report)
 }

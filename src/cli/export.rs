@@ -1,4 +1,5 @@
-//! `msglog export`: the latest message of every live ID as `DIR/<id>.msg`.
+//! `msglog export`: the latest message of every live ID as `DIR/<id>.msg`, from one log or
+//! from every partition's.
 
 use std::collections::HashSet;
 use std::fs;
@@ -11,7 +12,7 @@ use indicatif::ProgressBar;
 
 use crate::storage::{Log, Offset, StorageError};
 
-use super::check::{existing_data_dir, offline_config};
+use super::check::{Layout, existing_data_dir, holds_log, offline_config};
 use super::msg_files::{NAME_MAX, file_name, progress, shown_id};
 
 /// Write the latest message of every live ID to `OUT/<id>.msg` (exact bytes).
@@ -22,6 +23,10 @@ use super::msg_files::{NAME_MAX, file_name, progress, shown_id};
 /// with a warning, and the export, otherwise complete, exits 1. Takes the data-dir lock: it
 /// refuses to run while a server owns the directory (stop the server, or export from a
 /// follower's copy).
+///
+/// A data dir of a node with several partitions holds one log per partition
+/// (`partitions/<p>/`); their IDs are disjoint, so every partition's live IDs go into the
+/// one OUT (or only `--partition`'s).
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExportArgs {
     /// Directory holding the log.
@@ -32,42 +37,68 @@ pub(crate) struct ExportArgs {
     out: PathBuf,
     /// Refresh an earlier export: only IDs changed at or after this offset are rewritten,
     /// and files of IDs deleted since then are removed. (Use the `next offset` an earlier
-    /// export printed.)
+    /// export printed.) An offset is within one log: a data dir of several partitions needs
+    /// `--partition` with it.
     #[arg(long)]
     since: Option<Offset>,
+    /// Export only this partition's IDs (a data dir of several partitions; on a one-log
+    /// data dir only 0, its log, is accepted).
+    #[arg(long, value_name = "P")]
+    partition: Option<u32>,
 }
 
 pub(crate) fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     existing_data_dir(&args.data_dir)?;
-    let log = Log::open(&args.data_dir, offline_config())
-        .with_context(|| format!("cannot open the log in {}", args.data_dir.display()))?;
+    let layout = Layout::of(&args.data_dir)?;
+    if let (Layout::Partitions(count), Some(_), None) = (layout, args.since, args.partition) {
+        anyhow::bail!(
+            "--since is an offset within one log, and {} holds the logs of {count} partitions: give --partition \
+             too (export each partition with the next offset its own export printed)",
+            args.data_dir.display()
+        );
+    }
+    // Every log is opened, so locked, before anything is written: a server owning any of
+    // them stops the export before it begins.
+    let mut logs = Vec::new();
+    for p in layout.select(&args.data_dir, args.partition)? {
+        let dir = layout.dir(&args.data_dir, p);
+        if layout != Layout::OneLog && !holds_log(&dir) {
+            eprintln!("msglog: note: partition {p} has no log in {} (this node holds no copy of it)", dir.display());
+            continue;
+        }
+        let log =
+            Log::open(&dir, offline_config()).with_context(|| format!("cannot open the log in {}", dir.display()))?;
+        logs.push((p, log));
+    }
     fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let next = log.stats().next_offset;
     let mut tally = Tally::default();
-    match args.since {
-        None => export_all(&log, &args.out, &mut tally)?,
-        Some(since) => {
-            if since > next {
-                eprintln!("msglog: note: nothing since offset {since}: the log ends at {next}");
-            }
-            let start = log.log_start_offset();
-            if since < start {
-                eprintln!(
-                    "msglog: note: offset {since} is below the log start {start}: retention deleted the records \
-                     before it; refreshing from {start} (IDs deleted only by retention keep their files)"
-                );
-            }
-            refresh(&log, &args.out, since, &mut tally)?;
+    for (_, log) in &logs {
+        match args.since {
+            None => export_all(log, &args.out, &mut tally)?,
+            Some(since) => refresh(log, &args.out, since, &mut tally)?,
         }
     }
     sync_dir(&args.out)?;
-    log.close().context("closing the log")?;
+    let next = match logs.as_slice() {
+        [(_, log)] => Some(log.stats().next_offset),
+        _ => None,
+    };
+    let read = match (layout, logs.as_slice()) {
+        (Layout::OneLog, _) => String::new(),
+        (_, [(p, _)]) => format!(" from partition {p},"),
+        (_, all) => format!(" from {} partition(s),", all.len()),
+    };
+    for (p, log) in logs {
+        log.close().with_context(|| format!("closing the log of partition {p}"))?;
+    }
     let Tally { written, removed, too_long } = tally;
     let skipped = match too_long {
         0 => String::new(),
         n => format!(", skipped {n} ID(s) whose file name would be too long"),
     };
-    println!("exported {written} file(s), removed {removed}{skipped}, to {}; next offset {next}", args.out.display());
+    // The next offset is one log's: with several there is none to pass as --since.
+    let next = next.map_or_else(String::new, |next| format!("; next offset {next}"));
+    println!("exported {written} file(s), removed {removed}{skipped},{read} to {}{next}", args.out.display());
     // An export missing live IDs is not a copy of the log: scripts must notice, though
     // every other file is written.
     Ok(if too_long == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -109,6 +140,17 @@ fn export_all(log: &Log, out: &Path, tally: &mut Tally) -> anyhow::Result<()> {
 
 /// Rewrites the IDs touched by records at or after `since`; removes the deleted ones.
 fn refresh(log: &Log, out: &Path, since: Offset, tally: &mut Tally) -> anyhow::Result<()> {
+    let next = log.stats().next_offset;
+    if since > next {
+        eprintln!("msglog: note: nothing since offset {since}: the log ends at {next}");
+    }
+    let start = log.log_start_offset();
+    if since < start {
+        eprintln!(
+            "msglog: note: offset {since} is below the log start {start}: retention deleted the records before it; \
+             refreshing from {start} (IDs deleted only by retention keep their files)"
+        );
+    }
     let mut touched: HashSet<Vec<u8>> = HashSet::new();
     for chunk in log.chunks_from(since, 1 << 20) {
         let chunk = chunk?;
