@@ -23,6 +23,10 @@ use super::NodeError;
 /// How often a leader reviews its ISR and every node checks its lease. Cheap: a few
 /// comparisons, no I/O.
 const TICK: Duration = Duration::from_millis(100);
+/// A leader hands a partition to its preferred replica between writes, so that none is
+/// caught mid-way; under writes that never pause it hands over after this long anyway
+/// (the writes then in flight are answered that leadership changed).
+const HAND_OVER_UNDER_LOAD: Duration = Duration::from_secs(10);
 
 /// What a node in cluster mode is started with.
 #[derive(Debug, Clone)]
@@ -55,6 +59,8 @@ pub(super) struct Driver {
     previous_end: Offset,
     /// When this node began leading (a follower never seen caught up is judged from it).
     leading_since: Option<Instant>,
+    /// Since when the preferred replica has been ready to take this partition over.
+    hand_over_due: Option<Instant>,
     /// The ISR change in flight, at most one.
     proposal: Option<JoinHandle<Vec<String>>>,
     /// What `<data-dir>/cluster` was last found to agree with, so it is read once.
@@ -69,17 +75,18 @@ impl Driver {
         replication: Arc<Replication>,
         node_id: String,
         config: &ClusterConfig,
-        data_dir: &Path,
+        identity: Identity,
     ) -> Driver {
         Driver {
             quorum,
             replication,
             node_id,
             lag_timeout: config.session_timeout,
-            identity: Identity::new(data_dir),
+            identity,
             caught_up: HashMap::new(),
             previous_end: 0,
             leading_since: None,
+            hand_over_due: None,
             proposal: None,
             identity_checked: None,
             partitions: config.partitions,
@@ -239,7 +246,7 @@ impl Driver {
                 None => {}
             }
         }
-        self.offer_leadership(meta, end);
+        self.offer_leadership(meta, previous_end, end);
     }
 
     /// With several partitions, a leader that is not its partition's preferred replica
@@ -248,13 +255,25 @@ impl Driver {
     /// at any time: a write is acknowledged only once every ISR member holds it, and the
     /// preferred replica is one, so it holds every acknowledged write; once it leads it no
     /// longer fetches from here, so nothing more is acknowledged here.
-    fn offer_leadership(&mut self, meta: &Metadata, end: Offset) {
+    fn offer_leadership(&mut self, meta: &Metadata, previous_end: Offset, end: Offset) {
         let p = self.replication.partition();
-        let Some(preferred) = meta.preferred_leader_waiting(p) else { return };
+        let Some(preferred) = meta.preferred_leader_waiting(p) else {
+            self.hand_over_due = None;
+            return;
+        };
         let (durable, connected) = self.replication.follower_progress(preferred);
-        if !connected || durable < end {
+        if !connected || durable < previous_end {
+            self.hand_over_due = None;
             return;
         }
+        // Between writes (none this tick, the preferred replica holding all) nothing is
+        // caught by the change; every acknowledged write is on it whenever it is handed.
+        let due = *self.hand_over_due.get_or_insert_with(Instant::now);
+        let quiet = end == previous_end && durable >= end;
+        if !quiet && due.elapsed() < HAND_OVER_UNDER_LOAD {
+            return;
+        }
+        self.hand_over_due = None;
         tracing::info!(partition = p, to = %preferred, "handing leadership to the partition's preferred replica");
         let command = MetaCommand::HandOver {
             partition: p,
@@ -342,13 +361,17 @@ pub(crate) fn is_cluster_member(data_dir: &std::path::Path) -> bool {
 
 /// `<data-dir>/cluster`: the cluster and node this data dir belongs to, written the first
 /// time the node joins; a data dir is never used by another cluster or under another id.
+/// Clones share one lock: every partition's driver checks the file, and two first writes
+/// at once would race on the temporary file the replacement goes through.
+#[derive(Clone)]
 pub(super) struct Identity {
     path: std::path::PathBuf,
+    writing: Arc<std::sync::Mutex<()>>,
 }
 
 impl Identity {
     pub(super) fn new(data_dir: &Path) -> Identity {
-        Identity { path: data_dir.join(IDENTITY_FILE) }
+        Identity { path: data_dir.join(IDENTITY_FILE), writing: Arc::default() }
     }
 
     /// What the file records; `None` before the node first joined.
@@ -373,6 +396,7 @@ impl Identity {
     }
 
     fn check(&self, cluster_id: &str, node_id: &str) -> Result<(), NodeError> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let expected = format!("cluster_id={cluster_id}\nnode_id={node_id}\n");
         match self.read()? {
             Some(Recorded(text)) if text == expected => Ok(()),
@@ -487,7 +511,7 @@ impl crate::server::Cluster for Member {
     }
 
     fn unavailable(&self, seen: String) -> String {
-        if self.quorum.controller().is_none() {
+        if !self.quorum.answers() {
             // Without a quorum no leader can be named or replaced, so waiting longer helps
             // only once enough voters are back.
             return format!(

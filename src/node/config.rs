@@ -125,7 +125,7 @@ impl NodeConfig {
             }
             return Ok(vec![self.data_dir.clone()]);
         }
-        if holds_segments(&self.data_dir)? {
+        if holds_segments(&crate::storage::log_dir(&self.data_dir))? {
             return Err(NodeError::Config(format!(
                 "{} holds a one-partition log: a node of a cluster with --partitions {partitions} keeps one log \
                  per partition under {}; start this data dir without --partitions, or give the node an empty one",
@@ -239,7 +239,9 @@ mod tests {
         assert_eq!(with_partitions(dir.path(), 4).partition_dirs().unwrap().len(), 4);
 
         let single = tempfile::tempdir().unwrap();
-        std::fs::write(single.path().join("00000000000000000000.log"), b"").unwrap();
+        let log = crate::storage::log_dir(single.path());
+        std::fs::create_dir_all(&log).unwrap();
+        std::fs::write(log.join("00000000000000000000.log"), b"").unwrap();
         assert!(refused(with_partitions(single.path(), 2)).contains("holds a one-partition log"));
     }
 }

@@ -196,13 +196,15 @@ impl Node {
         };
         let replication_task = tokio::spawn(Arc::clone(&replication).run(replicas, grpc_listener, routes));
         let driver_task = quorum.as_ref().zip(config.cluster.as_ref()).map(|(quorum, cluster_config)| {
+            // One identity for every partition's driver: its file is written once.
+            let identity = cluster::Identity::new(&config.data_dir);
             let drivers = replications.iter().map(|replication| {
                 cluster::Driver::new(
                     Arc::clone(quorum),
                     Arc::clone(replication),
                     node_id.clone(),
                     cluster_config,
-                    &config.data_dir,
+                    identity.clone(),
                 )
             });
             tokio::spawn(cluster::run_drivers(drivers.collect(), driver_stopping))

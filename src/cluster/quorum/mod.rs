@@ -206,6 +206,20 @@ impl Quorum {
         self.raft_metrics().current_leader
     }
 
+    /// Whether the metadata quorum answers now: a controller is known and, where this node
+    /// is it, a majority of voters acknowledged it within two election timeouts (a
+    /// controller cut off from the others keeps its title but decides nothing).
+    pub fn answers(&self) -> bool {
+        let metrics = self.raft_metrics();
+        match metrics.current_leader {
+            None => false,
+            Some(controller) if controller == self.config.node_id => metrics
+                .last_quorum_acked
+                .is_some_and(|acked| openraft::Instant::elapsed(&*acked) < startup::SILENT_QUORUM),
+            Some(_) => true,
+        }
+    }
+
     /// Proposes a command; on a non-controller it is sent to the controller. Returns once
     /// committed and applied locally (so [`Quorum::metadata`] already shows it).
     pub async fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, QuorumError> {

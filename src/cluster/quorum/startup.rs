@@ -17,6 +17,8 @@ use super::{Quorum, QuorumConfig, QuorumError, VoterMap, controller, log_store, 
 const HEARTBEAT_MS: u64 = 50;
 const ELECTION_MIN_MS: u64 = 200;
 const ELECTION_MAX_MS: u64 = 400;
+/// A controller no majority acknowledged for this long has lost its quorum.
+pub(super) const SILENT_QUORUM: Duration = Duration::from_millis(2 * ELECTION_MAX_MS);
 /// Snapshot (and purge the log) every this many entries.
 const SNAPSHOT_EVERY: u64 = 1000;
 /// How long a starting node waits to learn whether the other voters hold a group already.
