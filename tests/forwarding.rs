@@ -9,12 +9,12 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{DEADLINE, TestClient, TestRoutes, resp};
+use common::{CountingForwarder, DEADLINE, TestClient, TestRoutes, resp};
 use msglog::replication::{ForwardClient, ForwardConfig, serve_forwarding};
-use msglog::server::{self, Cluster, ForwardEndpoint, Forwarder, Forwarding, Outgoing, Password, Route, ServerConfig};
+use msglog::server::{self, Cluster, ForwardEndpoint, Forwarder, Forwarding, Password, Route, ServerConfig};
 use msglog::storage::{Config, Log};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -228,21 +228,6 @@ async fn resp_mset_mget_and_multi_exec_through_a_follower() {
     assert_eq!(follower.log.stats().records, 0);
 
     stop_all([follower, leader]).await;
-}
-
-/// Counts the attempts to reach a leader, passing them on.
-struct CountingForwarder {
-    inner: Arc<ForwardClient>,
-    attempts: AtomicUsize,
-}
-
-impl Forwarder for CountingForwarder {
-    fn try_forward(&self, grpc_addr: &str, request: Outgoing) -> Result<(), Outgoing> {
-        if !request.close {
-            self.attempts.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.try_forward(grpc_addr, request)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,13 +11,11 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use common::{DEADLINE, TestClient, TestRoutes, ids_in, line, resp};
+use common::{CountingForwarder, DEADLINE, TestClient, TestRoutes, ids_in, line, resp};
 use msglog::replication::{ForwardClient, ForwardConfig, serve_forwarding};
-use msglog::server::{
-    self, Cluster, ForwardEndpoint, Forwarder, Forwarding, Outgoing, PartitionLog, Route, ServerConfig,
-};
+use msglog::server::{self, Cluster, ForwardEndpoint, Forwarder, Forwarding, PartitionLog, Route, ServerConfig};
 use msglog::storage::{Config, Log};
 use tempfile::TempDir;
 use tokio::net::TcpListener;
@@ -68,7 +66,7 @@ impl Node {
             let stopped = async move {
                 let _ = server_stopped.await;
             };
-            server::run_partitioned_node(listener, partitions, config, forwarding, stopped).await.expect("serve");
+            server::serve(listener, partitions, config, forwarding, stopped).await.expect("serve");
         });
         let grpc_task = tokio::spawn(async move {
             let stopped = async move {
@@ -222,21 +220,6 @@ async fn del_and_exists_across_two_leaders_sum_their_counts() {
     stop(x, y).await;
 }
 
-/// Counts the attempts to reach a leader, passing them on.
-struct CountingForwarder {
-    inner: Arc<ForwardClient>,
-    attempts: AtomicUsize,
-}
-
-impl Forwarder for CountingForwarder {
-    fn try_forward(&self, grpc_addr: &str, request: Outgoing) -> Result<(), Outgoing> {
-        if !request.close {
-            self.attempts.fetch_add(1, Ordering::SeqCst);
-        }
-        self.inner.try_forward(grpc_addr, request)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_without_a_reachable_leader_holds_its_requests_until_it_has_one() {
     let y = Node::start([Route::Electing, Route::Local], None).await;
@@ -276,8 +259,7 @@ async fn a_partition_without_a_reachable_leader_holds_its_requests_until_it_has_
     assert_eq!(y.value(1, &one[0]).as_deref(), Some(&b"later"[..]));
     assert_eq!(x.value(1, &one[0]), None);
 
-    x.stop().await;
-    y.stop().await;
+    stop(x, y).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

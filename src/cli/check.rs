@@ -58,8 +58,6 @@ pub(crate) fn existing_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// `<data-dir>/partitions`: with several partitions, one data dir per partition inside it.
-const PARTITIONS_DIR: &str = "partitions";
-
 /// How a data dir holds its records (README "Data directory", docs/FORMAT.md
 /// "Partitions"). Offline tools cannot know a cluster's partition count, so they read it
 /// from the directories a node made.
@@ -76,11 +74,12 @@ impl Layout {
     /// both a one-partition log and partition dirs, and one whose partition numbers have a
     /// gap: reading either as one layout would hide records of the other.
     pub(crate) fn of(data_dir: &Path) -> anyhow::Result<Layout> {
-        let root = data_dir.join(PARTITIONS_DIR);
-        let numbers = partition_numbers(&root)?;
+        let root = crate::storage::partitions_dir(data_dir);
+        let numbers =
+            crate::storage::partition_numbers(&root).with_context(|| format!("cannot read {}", root.display()))?;
         let Some(&highest) = numbers.last() else { return Ok(Layout::OneLog) };
         let log = crate::storage::log_dir(data_dir);
-        if holds_segments(&log)? {
+        if crate::storage::holds_segments(&log).with_context(|| format!("cannot read {}", log.display()))? {
             anyhow::bail!(
                 "{} holds both a one-partition log ({}) and the logs of {} partition(s) ({}): a data dir is laid \
                  out one way or the other; move one of them away",
@@ -113,7 +112,7 @@ impl Layout {
     pub(crate) fn dir(self, data_dir: &Path, p: u32) -> PathBuf {
         match self {
             Layout::OneLog => data_dir.to_path_buf(),
-            Layout::Partitions(_) => data_dir.join(PARTITIONS_DIR).join(p.to_string()),
+            Layout::Partitions(_) => crate::storage::partitions_dir(data_dir).join(p.to_string()),
         }
     }
 
@@ -128,48 +127,11 @@ impl Layout {
             ),
             (Layout::Partitions(count), Some(p)) => anyhow::bail!(
                 "--partition {p}: {} holds partitions 0 to {}",
-                data_dir.join(PARTITIONS_DIR).display(),
+                crate::storage::partitions_dir(data_dir).display(),
                 count - 1
             ),
         }
     }
-}
-
-/// The partition numbers `root` has a directory for, in order (none when it does not
-/// exist). Other names are not a node's and are left alone.
-fn partition_numbers(root: &Path) -> anyhow::Result<Vec<u32>> {
-    let cannot_read = || format!("cannot read {}", root.display());
-    let entries = match std::fs::read_dir(root) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(cannot_read),
-    };
-    let mut numbers = Vec::new();
-    for entry in entries {
-        let name = entry.with_context(cannot_read)?.file_name();
-        // Only the names a node writes (`p.to_string()`): "01" would read as partition 1.
-        if let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok().filter(|p| p.to_string() == n)) {
-            numbers.push(p);
-        }
-    }
-    numbers.sort_unstable();
-    Ok(numbers)
-}
-
-/// Whether the log dir `dir` holds segment files.
-fn holds_segments(dir: &Path) -> anyhow::Result<bool> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        if entry.file_name().to_str().is_some_and(|name| name.ends_with(".log")) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Whether a partition's dir holds a log: a node leaves the dir of a partition it holds no

@@ -113,8 +113,10 @@ impl NodeConfig {
     /// forms, and reading one layout as the other would hide every record.
     pub(super) fn partition_dirs(&self) -> Result<Vec<PathBuf>, NodeError> {
         let partitions = self.partitions();
-        let root = self.data_dir.join(PARTITIONS_DIR);
-        let held = partition_dirs_held(&root)?;
+        let root = crate::storage::partitions_dir(&self.data_dir);
+        let cannot_read =
+            |dir: &Path, err: std::io::Error| NodeError::Config(format!("cannot read {}: {err}", dir.display()));
+        let held = crate::storage::partition_numbers(&root).map_err(|err| cannot_read(&root, err))?.len() as u32;
         if partitions == 1 {
             if held > 0 {
                 return Err(NodeError::Config(format!(
@@ -125,7 +127,8 @@ impl NodeConfig {
             }
             return Ok(vec![self.data_dir.clone()]);
         }
-        if holds_segments(&crate::storage::log_dir(&self.data_dir))? {
+        let log = crate::storage::log_dir(&self.data_dir);
+        if crate::storage::holds_segments(&log).map_err(|err| cannot_read(&log, err))? {
             return Err(NodeError::Config(format!(
                 "{} holds a one-partition log: a node of a cluster with --partitions {partitions} keeps one log \
                  per partition under {}; start this data dir without --partitions, or give the node an empty one",
@@ -151,42 +154,6 @@ impl NodeConfig {
             ..Config::default()
         })
     }
-}
-
-/// `<data-dir>/partitions`: one directory per partition, named by its number.
-const PARTITIONS_DIR: &str = "partitions";
-
-/// How many partition directories `root` holds (0 when it does not exist).
-fn partition_dirs_held(root: &Path) -> Result<u32, NodeError> {
-    let entries = match std::fs::read_dir(root) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(err) => return Err(NodeError::Config(format!("cannot read {}: {err}", root.display()))),
-    };
-    let mut held = 0;
-    for entry in entries {
-        let entry = entry.map_err(|err| NodeError::Config(format!("cannot read {}: {err}", root.display())))?;
-        if entry.file_name().to_str().is_some_and(|name| name.parse::<u32>().is_ok()) {
-            held += 1;
-        }
-    }
-    Ok(held)
-}
-
-/// Whether `dir` holds segment files of a log.
-fn holds_segments(dir: &Path) -> Result<bool, NodeError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(err) => return Err(NodeError::Config(format!("cannot read {}: {err}", dir.display()))),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|err| NodeError::Config(format!("cannot read {}: {err}", dir.display())))?;
-        if entry.file_name().to_str().is_some_and(|name| name.ends_with(".log")) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// The engine's record limit must admit the largest SET the server accepts (the record

@@ -189,27 +189,14 @@ pub async fn run_partitioned(
     serve(listener, partitions, config, Forwarding::default(), shutdown).await
 }
 
-/// [`run_partitioned`] for a node in a cluster: each partition with its own replication,
-/// whose routes say where that partition's data commands run (here, or forwarded to its
-/// leader through `forwarding`). What nodes will call once they hold several partitions;
-/// for now only tests do.
-#[doc(hidden)]
-pub async fn run_partitioned_node(
-    listener: TcpListener,
-    partitions: Vec<PartitionLog>,
-    config: ServerConfig,
-    forwarding: Forwarding,
-    shutdown: impl Future,
-) -> std::io::Result<()> {
-    serve(listener, partitions, config, forwarding, shutdown).await
-}
-
 /// A partition to serve: its log, and its replication (`None`: a lone leader).
 pub type PartitionLog = (Arc<Log>, Option<Arc<dyn Cluster>>);
 
 /// Serves `partitions[p]` as partition `p`. Forwarding follows each partition's routes
-/// (every partition has them, or none does).
-pub(crate) async fn serve(
+/// (every partition has them, or none does). A node's entry (public for tests that serve
+/// partitions led apart without the rest of a node).
+#[doc(hidden)]
+pub async fn serve(
     listener: TcpListener,
     partitions: Vec<PartitionLog>,
     config: ServerConfig,

@@ -107,3 +107,44 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 pub fn log_dir(data_dir: &std::path::Path) -> PathBuf {
     data_dir.join("log")
 }
+
+/// With several partitions, where a data directory keeps one directory per partition,
+/// named by its number (docs/FORMAT.md, "Partitions").
+pub fn partitions_dir(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("partitions")
+}
+
+/// The partition numbers `root` (a [`partitions_dir`]) has a directory for, in order; none
+/// when it does not exist. Only the names a node writes count: "01" is not partition 1.
+pub fn partition_numbers(root: &std::path::Path) -> std::io::Result<Vec<u32>> {
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        if let Some(p) = name.to_str().and_then(|n| n.parse::<u32>().ok().filter(|p| p.to_string() == n)) {
+            numbers.push(p);
+        }
+    }
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Whether the log dir `dir` (a [`log_dir`]) holds segment files; false when it does not
+/// exist.
+pub fn holds_segments(dir: &std::path::Path) -> std::io::Result<bool> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        if entry?.file_name().to_str().is_some_and(|name| name.ends_with(".log")) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

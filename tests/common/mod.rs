@@ -577,3 +577,19 @@ pub fn ids_in(partition: u32, partitions: u32, count: usize) -> Vec<Vec<u8>> {
         .take(count)
         .collect()
 }
+
+/// A forwarder that counts the attempts to reach a leader (closing messages aside), passing
+/// them on.
+pub struct CountingForwarder {
+    pub inner: Arc<msglog::replication::ForwardClient>,
+    pub attempts: std::sync::atomic::AtomicUsize,
+}
+
+impl msglog::server::Forwarder for CountingForwarder {
+    fn try_forward(&self, grpc_addr: &str, request: msglog::server::Outgoing) -> Result<(), msglog::server::Outgoing> {
+        if !request.close {
+            self.attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.inner.try_forward(grpc_addr, request)
+    }
+}
