@@ -151,7 +151,6 @@ fn killing_one_of_four_nodes_at_tolerance_one_loses_no_acknowledged_write() {
 }
 
 #[test]
-#[ignore = "known fault, not yet fixed: after two of six nodes die, a GET can answer 'replication timeout (acked 0 of 0)' at 12 partitions; run with --ignored"]
 fn killing_two_of_six_nodes_at_tolerance_two_loses_no_acknowledged_write() {
     kill_nodes_under_load(6, 2, 3, 2, "partitions: kill 2 of 6 at tolerance 2");
 }

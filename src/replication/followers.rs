@@ -277,14 +277,24 @@ impl Followers {
     /// Resolves once `offset` is durable where the rule asks, or fails after `timeout` or
     /// when this node stops leading.
     pub async fn wait(&self, offset: Offset, timeout: Duration) -> Result<(), Refusal> {
+        let leadership_changed = || {
+            Refusal(
+                "leadership changed before the record was replicated; a write may or may not have been applied"
+                    .to_string(),
+            )
+        };
         let mut quorum = self.quorum.subscribe();
         let deposed = quorum.borrow().deposed;
+        // Read after `deposed`: a step-down before it shows here, one after it changes
+        // `deposed`. A wait that began once this node had stepped down would otherwise
+        // last its whole timeout, as nothing it waits for comes any more.
+        if matches!(self.lock().rule, AckRule::NotLeading) && quorum.borrow().replicated <= offset {
+            return Err(leadership_changed());
+        }
         let done = quorum.wait_for(|q| q.replicated > offset || q.deposed != deposed);
         match tokio::time::timeout(timeout, done).await {
             Ok(Ok(q)) if q.replicated > offset => Ok(()),
-            Ok(Ok(_)) => Err(Refusal(
-                "leadership changed before the write was replicated; it may or may not have been applied".to_string(),
-            )),
+            Ok(Ok(_)) => Err(leadership_changed()),
             Ok(Err(_)) => Err(Refusal("replication stopped".to_string())),
             Err(_) => {
                 let table = self.lock();
@@ -513,6 +523,14 @@ mod tests {
         let refused = waiting.await.expect("joined").unwrap_err();
         assert!(refused.0.contains("leadership changed"), "{refused}");
         assert!(followers.admit().is_err(), "no writes once not leading");
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_begins_after_the_lead_was_left_fails_at_once() {
+        let followers = Arc::new(Followers::new(isr(&["b"], 2, 2)));
+        followers.set_rule(AckRule::NotLeading);
+        let refused = followers.wait(3, Duration::from_secs(60)).await.unwrap_err();
+        assert!(refused.0.contains("leadership changed"), "{refused}");
     }
 
     #[test]

@@ -495,11 +495,23 @@ impl Connection {
 
 /// After healing: reads every key a workload with `config` uses from `addr`, as the
 /// history's final reads.
+/// A read refused because the partition's leadership changed under it is asked again
+/// (a client may always retry a read), a bounded number of times.
 pub fn final_reads(history: &History, addr: SocketAddr, config: &WorkloadConfig) {
+    const RETRIES: usize = 100;
     let mut conn = Connection::open(addr).expect("connect for the final reads");
     for k in 0..config.keys {
         let key = format!("{}{k}", config.prefix);
-        let reply = conn.request(&format!("GET {key}")).expect("final GET");
+        let mut reply = conn.request(&format!("GET {key}")).expect("final GET");
+        for _ in 0..RETRIES {
+            if !reply.starts_with("ERR leadership changed") {
+                break;
+            }
+            eprintln!("final GET {key}: {reply}; asking again");
+            // A back-off, not a synchronisation: the next try is routed anew either way.
+            std::thread::sleep(Duration::from_millis(50));
+            reply = conn.request(&format!("GET {key}")).expect("final GET");
+        }
         assert!(!reply.starts_with("ERR"), "final GET {key} failed: {reply}");
         history.final_read(&key, (reply != "NOT_FOUND").then_some(reply));
     }
