@@ -2,10 +2,14 @@
 # Partitioned cluster against a single node, everything on this machine, `--fsync always`
 # on every node, 50 clients, 100-byte values (msglog bench):
 #  - a single node (standalone);
-#  - 3 nodes, 1 partition, tolerance 1 (every node holds everything), via the leader;
-#  - 3 nodes, 3 partitions, --replication-factor 2 --tolerance 1: one client process
-#    through one node (2 partitions in 3 are forwarded), then three client processes at
-#    once, one per node (the figure is their sum).
+#  - 3 nodes, 1 partition, tolerance 1 (every node holds everything): through the leader,
+#    then through all three at once (one client process per node, 2 requests in 3
+#    forwarded; the figure is their sum);
+#  - 3 nodes, 6 partitions, 3 copies (every node still holds everything, each leads 2
+#    partitions): through all three at once. Against the row above it, what spreading the
+#    leaderships gains and what a log (and an fsync) per partition costs;
+#  - 3 nodes, 3 partitions, --replication-factor 2 --tolerance 1 (each node holds 2 in 3
+#    IDs): through all three at once.
 # For each, the CPU every msglog process spent (utime + stime from /proc) per
 # acknowledged SET, the figure that says how a cluster scales when each node has its own
 # cores (docs/BENCHMARKS.md, "Partitions").
@@ -116,12 +120,17 @@ for run in $(seq "$runs"); do
 
   cluster --tolerance 1
   settled 1 3
-  echo "run $run 3 nodes, 1 partition, R=3, via the leader: $(load "$(leader_port)")"
+  echo "run $run 3 nodes, P=1, R=3, via the leader: $(load "$(leader_port)")"
+  echo "run $run 3 nodes, P=1, R=3, via all three: $(load "${ports[@]}")"
+  stop_all
+
+  cluster --partitions 6 --replication-factor 3 --tolerance 1
+  settled 6 3
+  echo "run $run 3 nodes, P=6, R=3, via all three: $(load "${ports[@]}")"
   stop_all
 
   cluster --partitions 3 --replication-factor 2 --tolerance 1
   settled 3 2
-  echo "run $run 3 nodes, 3 partitions, R=2, via one node: $(load "${ports[0]}")"
-  echo "run $run 3 nodes, 3 partitions, R=2, via all three: $(load "${ports[@]}")"
+  echo "run $run 3 nodes, P=3, R=2, via all three: $(load "${ports[@]}")"
   stop_all
 done

@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::quorum::Quorum;
 use crate::replication::{
-    ForwardClient, ForwardConfig, Replicas, Replication, ReplicationConfig, ReplicationStatus, Role, with_forwarding,
+    ForwardClient, ForwardConfig, PeerChannels, Replicas, Replication, ReplicationConfig, ReplicationStatus, Role,
+    with_forwarding,
 };
 use crate::server::metrics::{ClusterFigures, Exporter, Metrics, ReplicationFigures};
 use crate::server::{self, Cluster, ForwardEndpoint, Forwarding, ServerConfig};
@@ -116,6 +117,7 @@ impl Node {
             password: config.password.clone(),
             protected_mode: config.protected_mode,
             tls: grpc_tls.clone(),
+            peers: PeerChannels::default(),
         };
         // One replication per partition, all served on one gRPC port.
         let replications: Vec<Arc<Replication>> = (0u32..)

@@ -24,9 +24,7 @@ use super::proto::replication_client::ReplicationClient;
 use super::proto::{Ack, Diverged, FetchRequest, LastRecord, fetch_response};
 use super::rules::{begins_at_leaders_start, divergence_cut};
 use super::service::with_password;
-use super::{
-    CHUNK_BYTES, CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, Replication, Role, describe_status, root_cause,
-};
+use super::{CHUNK_BYTES, Replication, Role, describe_status, root_cause};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -149,16 +147,13 @@ fn same_partition(theirs: PartitionId, ours: PartitionId) -> Result<(), SessionE
 
 async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd, SessionError> {
     let leader = target.grpc_addr.as_str();
-    let channel = crate::tls::endpoint(leader, node.config.tls.as_ref().map(|tls| &tls.client))
-        .map_err(SessionError::Connect)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .local_address(node.config.bind_source_addr)
-        .connect()
-        .await?;
+    // Shared with the node's other partitions that copy from the same leader; a lost
+    // connection shows as the fetch call's error.
+    let channel = node.config.peers.channel(
+        leader,
+        node.config.tls.as_ref().map(|tls| &tls.client),
+        node.config.bind_source_addr,
+    )?;
     let mut client = client(channel, node.config.max_record_bytes);
     let log = &node.log;
     let last = log.last_record();
@@ -415,13 +410,16 @@ impl Replication {
 mod tests {
     use std::sync::Arc;
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use tokio::sync::{mpsc, watch};
+    use tokio_stream::StreamExt;
     use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
     use tonic::{Request, Response, Status, Streaming};
 
     use super::super::proto::replication_server::{Replication as ReplicationRpc, ReplicationServer};
     use super::super::proto::{Ack, AckSummary, Diverged, FetchRequest, FetchResponse, Hello, fetch_response};
-    use super::super::{Replication, ReplicationConfig, Role};
+    use super::super::{PeerChannels, Replication, ReplicationConfig, Role};
     use super::{SessionError, Target, session};
     use crate::storage::{Config, Log};
 
@@ -448,15 +446,31 @@ mod tests {
 
     /// Starts an [`OlderLeader`] on a loopback port the OS picks and returns its address.
     async fn older_leader(answer: fetch_response::Kind) -> String {
+        older_leader_counting(answer).await.0
+    }
+
+    /// [`older_leader`], and the count of TCP connections it has accepted.
+    async fn older_leader_counting(answer: fetch_response::Kind) -> (String, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        let incoming = TcpListenerStream::new(listener).map(move |accepted| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            accepted
+        });
         let server = tonic::transport::Server::builder().add_service(ReplicationServer::new(OlderLeader { answer }));
-        tokio::spawn(server.serve_with_incoming(TcpListenerStream::new(listener)));
-        addr.to_string()
+        tokio::spawn(server.serve_with_incoming(incoming));
+        (addr.to_string(), accepted)
     }
 
     /// A replica of partition 1 whose log holds two records.
     fn replica_of_partition_1(dir: &std::path::Path, leader: &str) -> Arc<Replication> {
+        replica(1, dir, leader, PeerChannels::default())
+    }
+
+    /// A replica of `partition` whose log holds two records, sharing `peers` with others.
+    fn replica(partition: u32, dir: &std::path::Path, leader: &str, peers: PeerChannels) -> Arc<Replication> {
         let log = Arc::new(Log::open(dir, Config::default()).expect("open"));
         log.append(b"a", b"1").expect("append");
         log.append(b"b", b"2").expect("append");
@@ -470,8 +484,9 @@ mod tests {
             password: None,
             protected_mode: false,
             tls: None,
+            peers,
         };
-        Replication::new(1, log, config, watch::channel(false).1)
+        Replication::new(partition, log, config, watch::channel(false).1)
     }
 
     #[tokio::test]
@@ -502,5 +517,20 @@ mod tests {
         assert!(matches!(ended, Err(SessionError::WrongPartition { theirs: 0, ours: 1 })), "{ended:?}");
         let lineage = node.log.lineage().expect("lineage").map(|lineage| lineage.log_id);
         assert_ne!(lineage.as_deref(), Some("another-log"), "the other partition's log id was not adopted");
+    }
+    #[tokio::test]
+    async fn every_partition_copying_from_one_leader_shares_one_connection_to_it() {
+        let dirs = [tempfile::TempDir::new().expect("temp dir"), tempfile::TempDir::new().expect("temp dir")];
+        let hello = Hello { leader_id: "l".to_string(), epoch: 1, next_offset: 2, ..Hello::default() };
+        let (leader, accepted) = older_leader_counting(fetch_response::Kind::Hello(hello)).await;
+        let peers = PeerChannels::default();
+        for (partition, dir) in [1, 2].into_iter().zip(&dirs) {
+            let node = replica(partition, dir.path(), &leader, peers.clone());
+            // The leader answers for partition 0 whatever is asked: each session makes its
+            // call, then ends.
+            let ended = session(&node, &Target { grpc_addr: leader.clone(), epoch: None }).await;
+            assert!(matches!(ended, Err(SessionError::WrongPartition { theirs: 0, .. })), "{ended:?}");
+        }
+        assert_eq!(accepted.load(Ordering::Relaxed), 1, "both partitions' fetches came over one connection");
     }
 }

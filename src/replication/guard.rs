@@ -92,6 +92,7 @@ mod tests {
             password: password.map(|p| crate::server::Password::new(p).unwrap()),
             protected_mode,
             tls: None,
+            peers: Default::default(),
         }
     }
 

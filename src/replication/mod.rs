@@ -7,6 +7,7 @@
 //! - [`followers`]: the leader's table of followers and the quorum writes wait for.
 //! - [`follower`]: a follower's loop: connect with backoff, truncate a divergent tail,
 //!   append, fsync per its own policy, acknowledge.
+//! - [`peers`]: one HTTP/2 connection per leader, shared by every partition's follower.
 //! - [`tail`]: the client `msglog tail` uses.
 //!
 //! The generated protobuf types stay in this module; the server sees only
@@ -17,6 +18,7 @@ mod followers;
 mod forward;
 mod guard;
 mod leadership;
+mod peers;
 mod replicas;
 mod rules;
 mod service;
@@ -38,6 +40,7 @@ use crate::storage::{Log, Offset, StorageError};
 use followers::{AckRule, Followers};
 pub use forward::{ForwardClient, ForwardConfig, serve_forwarding};
 pub use leadership::{LeaderInfo, Position};
+pub use peers::PeerChannels;
 pub use replicas::Replicas;
 pub use status::{FollowerStatus, KnownLeader, ReplicationStatus};
 
@@ -122,6 +125,8 @@ pub struct ReplicationConfig {
     pub protected_mode: bool,
     /// Mutual TLS on the gRPC port and towards the leader (`--tls-ca`); `None`: plain.
     pub tls: Option<crate::tls::GrpcTls>,
+    /// The connections to leaders, one per node, shared by every partition's follower.
+    pub peers: PeerChannels,
 }
 
 /// One node's replication state, shared by the gRPC service, the follower loop and the
