@@ -20,6 +20,8 @@
 # data in a temp dir removed on exit.
 runs=${1:-3}
 requests=${2:-100000}
+# MSGLOG_FSYNC=never separates the cost of fsyncs from the rest of the per-partition work.
+fsync=${MSGLOG_FSYNC:-always}
 source "$(dirname "$0")/lib.sh"
 
 pids=()
@@ -84,7 +86,7 @@ cluster() { # args...
   voters="c1=127.0.0.1:${grpc[0]},c2=127.0.0.1:${grpc[1]},c3=127.0.0.1:${grpc[2]}"
   for i in 0 1 2; do
     rm -rf "$work/c$((i + 1))"
-    node "c$((i + 1))" "${ports[$i]}" "${grpc[$i]}" --fsync always --node-id "c$((i + 1))" --cluster "$voters" "$@"
+    node "c$((i + 1))" "${ports[$i]}" "${grpc[$i]}" --fsync "$fsync" --node-id "c$((i + 1))" --cluster "$voters" "$@"
   done
 }
 
@@ -114,7 +116,7 @@ leader_port() {
 
 for run in $(seq "$runs"); do
   rm -rf "$work/single"
-  p=$(free_port); node single "$p" "$(free_port)" --fsync always
+  p=$(free_port); node single "$p" "$(free_port)" --fsync "$fsync"
   echo "run $run single node: $(load "$p")"
   stop_all
 
