@@ -17,6 +17,10 @@ use tempfile::TempDir;
 // Metrics
 // ---------------------------------------------------------------------------------------
 
+/// The labels of partition 0's series: a node's only partition unless `--partitions` says
+/// otherwise.
+const PARTITION_0: &[(&str, &str)] = &[("partition", "0")];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_scraped_over_http_move_with_set_and_get() {
     let cluster = TestCluster::start_with(1, 0, |_, config| config.metrics_listen = Some("127.0.0.1:0".into())).await;
@@ -43,6 +47,8 @@ async fn metrics_scraped_over_http_move_with_set_and_get() {
     assert_eq!(observations(&after, "msglog_command_duration_seconds", &[("command", "set")]), Some(1.0));
     assert_eq!(value(&after, "msglog_log_records", &[]), Some(1.0));
     assert_eq!(value(&after, "msglog_log_ids", &[]), Some(1.0));
+    // One partition: the offsets are partition 0's.
+    assert_eq!(value(&after, "msglog_log_next_offset", PARTITION_0), Some(1.0));
     assert!(value(&after, "msglog_log_bytes", &[]) > value(&before, "msglog_log_bytes", &[]));
     assert_eq!(value(&after, "msglog_connections", &[]), Some(1.0), "the client is still connected");
     // The SET waited for an fsync under the default `--fsync always`.
@@ -61,13 +67,14 @@ async fn metrics_show_connected_followers_and_their_lag() {
     assert_eq!(client.request(b"SET a 1").await, b"OK");
 
     let leader = scrape(cluster.node(0).metrics_addr().expect("leader metrics")).await;
-    assert_eq!(value(&leader, "msglog_replication_leader", &[]), Some(1.0));
-    assert_eq!(value(&leader, "msglog_replication_connected_followers", &[]), Some(1.0));
+    assert_eq!(value(&leader, "msglog_replication_leader", PARTITION_0), Some(1.0));
+    assert_eq!(value(&leader, "msglog_replication_connected_followers", PARTITION_0), Some(1.0));
     // Tolerance 1: the OK came after the follower acknowledged, so it lags by nothing.
-    assert_eq!(value(&leader, "msglog_replication_follower_lag_records", &[("follower", "n1")]), Some(0.0));
+    let n1 = &[("partition", "0"), ("follower", "n1")];
+    assert_eq!(value(&leader, "msglog_replication_follower_lag_records", n1), Some(0.0));
     let follower = scrape(cluster.node(1).metrics_addr().expect("follower metrics")).await;
-    assert_eq!(value(&follower, "msglog_replication_leader", &[]), Some(0.0));
-    assert!(value(&follower, "msglog_replication_lag_records", &[]).is_some());
+    assert_eq!(value(&follower, "msglog_replication_leader", PARTITION_0), Some(0.0));
+    assert!(value(&follower, "msglog_replication_lag_records", PARTITION_0).is_some());
     drop(client);
     cluster.shutdown().await;
 }
@@ -113,7 +120,8 @@ async fn cluster_metrics_show_the_isr_the_high_watermark_the_leader_and_leader_c
     let mut client = LineClient::connect(addrs[leader][0]).unwrap();
     assert_eq!(client.request(b"SET a 1").unwrap(), b"OK");
 
-    let gauge = |scrape: &prometheus_parse::Scrape, name: &str| value(scrape, name, &[]);
+    // One partition: the cluster's gauges read here are partition 0's.
+    let gauge = |scrape: &prometheus_parse::Scrape, name: &str| value(scrape, name, PARTITION_0);
     let mut changes_before = Vec::new();
     for (i, [_, _, metrics]) in addrs.iter().enumerate() {
         // A follower learns the high watermark from the leader's next chunk.
@@ -124,6 +132,7 @@ async fn cluster_metrics_show_the_isr_the_high_watermark_the_leader_and_leader_c
         let s = scrape(*metrics).await;
         let leads = if i == leader { 1.0 } else { 0.0 };
         assert_eq!(gauge(&s, "msglog_cluster_partition_leader"), Some(leads), "n{i}");
+        assert_eq!(value(&s, "msglog_cluster_partitions_led", &[]), Some(leads), "n{i}");
         assert_eq!(gauge(&s, "msglog_cluster_isr_size"), Some(3.0), "n{i}");
         let changes = gauge(&s, "msglog_cluster_leader_changes_total").expect("a leader change counter");
         assert!(changes >= 1.0, "n{i} has learnt of a leader: {changes}");
@@ -149,6 +158,80 @@ async fn cluster_metrics_show_the_isr_the_high_watermark_the_leader_and_leader_c
     // The new leader drops the stopped one from the ISR once it is seen to be gone.
     scrape_until(addrs[new_leader][2], "the ISR to shrink to 2", |s| gauge(s, "msglog_cluster_isr_size") == Some(2.0))
         .await;
+}
+
+/// Every series of `metric` in `scrape`, as (its `partition` label, value), in partition
+/// order.
+fn per_partition(scrape: &prometheus_parse::Scrape, metric: &str) -> Vec<(u32, f64)> {
+    let mut series: Vec<(u32, f64)> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .map(|s| {
+            let partition = s.labels.get("partition").unwrap_or_else(|| panic!("{metric} without a partition"));
+            let prometheus_parse::Value::Gauge(v) = s.value else { panic!("{metric} is a gauge") };
+            (partition.parse().expect("a partition number"), v)
+        })
+        .collect();
+    series.sort_by_key(|(partition, _)| *partition);
+    series
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_cluster_metrics_total_every_partition_and_name_each_partitions_leader() {
+    const PARTITIONS: u32 = 3;
+    const IDS: u64 = 30;
+    let dir = TempDir::new().unwrap();
+    // (client, gRPC, metrics) addresses of n0, n1, n2.
+    let addrs: Vec<[SocketAddr; 3]> = (0..3).map(|_| [loopback_addr(), loopback_addr(), loopback_addr()]).collect();
+    let voters: Vec<String> = addrs.iter().enumerate().map(|(i, [_, grpc, _])| format!("n{i}={grpc}")).collect();
+    let voters = voters.join(",");
+    let partitions = PARTITIONS.to_string();
+    let mut nodes: Vec<ServerProcess> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, [client, grpc, metrics])| {
+            let (name, metrics) = (format!("n{i}"), metrics.to_string());
+            let args =
+                ["--node-id", &name, "--cluster", &voters, "--partitions", &partitions, "--metrics-listen", &metrics];
+            ServerProcess::spawn_on(&dir.path().join(&name), *client, *grpc, &args)
+        })
+        .collect();
+    nodes.iter_mut().for_each(ServerProcess::wait_until_ready);
+    // Written once each node leads the one partition placed first on it (a hand-over
+    // answers a write caught in it 'may or may not have been applied').
+    poll_until("each node to lead one partition", || {
+        (0..3).all(|i| common::stats(addrs[i][0]).get("partitions_led").is_some_and(|led| led == "1")).then_some(())
+    });
+    let mut client = LineClient::connect(addrs[0][0]).unwrap();
+    for id in 0..IDS {
+        assert_eq!(client.request(format!("SET id-{id} m").as_bytes()).unwrap(), b"OK", "SET id-{id}");
+    }
+
+    let mut leaders = vec![0.0; PARTITIONS as usize];
+    for (i, [client, _, metrics]) in addrs.iter().enumerate() {
+        // Three copies of each partition: every node ends up holding every ID.
+        scrape_until(*metrics, "every ID to reach the node", |s| value(s, "msglog_log_ids", &[]) == Some(IDS as f64))
+            .await;
+        let s = scrape(*metrics).await;
+        let ids = common::stats(*client)["ids"].parse::<f64>().expect("STATS ids=");
+        assert_eq!(value(&s, "msglog_log_ids", &[]), Some(ids), "n{i}: STATS and metrics count the same IDs");
+        // Nothing is compacted or deleted yet, so each log holds a record per offset.
+        let next_offsets = per_partition(&s, "msglog_log_next_offset");
+        assert_eq!(next_offsets.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [0, 1, 2], "n{i}");
+        let offsets: f64 = next_offsets.iter().map(|(_, offset)| offset).sum();
+        assert_eq!(value(&s, "msglog_log_records", &[]), Some(offsets), "n{i}: records of every partition");
+        let led = per_partition(&s, "msglog_cluster_partition_leader");
+        assert_eq!(led.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [0, 1, 2], "n{i}: a series per partition");
+        assert_eq!(value(&s, "msglog_cluster_partitions_led", &[]), Some(1.0), "n{i}");
+        for (p, leads) in led {
+            leaders[p as usize] += leads;
+        }
+        assert_eq!(per_partition(&s, "msglog_cluster_isr_size").len(), PARTITIONS as usize, "n{i}");
+        let changes = |p: &str| value(&s, "msglog_cluster_leader_changes_total", &[("partition", p)]);
+        assert!((0..PARTITIONS).all(|p| changes(&p.to_string()) >= Some(1.0)), "n{i} learnt every leader");
+    }
+    assert_eq!(leaders, [1.0; PARTITIONS as usize], "one node leads each partition");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

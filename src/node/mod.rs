@@ -214,16 +214,18 @@ impl Node {
         let metrics_addr = metrics_listener.as_ref().map(|(_, addr)| *addr);
         let metrics_task = match (metrics_listener, &server_config.metrics) {
             (Some((listener, addr)), Some(metrics)) => {
+                // Every partition's log and replication: the node's figures cover all it holds.
+                let weak_replications = || replications.iter().map(Arc::downgrade).collect::<Vec<_>>();
                 let exporter = Exporter::new(
                     Arc::clone(metrics),
-                    Arc::downgrade(&log),
-                    replication_figures(Arc::downgrade(&replication)),
+                    logs.iter().map(Arc::downgrade).collect(),
+                    replication_figures(weak_replications()),
                 );
-                let exporter = match (&quorum, Cluster::routes(replication.as_ref())) {
-                    (Some(quorum), Some(routes)) => exporter.with_cluster(
-                        cluster_figures(Arc::downgrade(&replication), quorum.metadata(), node_id.clone()),
-                        routes,
-                    ),
+                let routes: Option<Vec<_>> =
+                    replications.iter().map(|replication| Cluster::routes(replication.as_ref())).collect();
+                let exporter = match (&quorum, routes) {
+                    (Some(quorum), Some(routes)) => exporter
+                        .with_cluster(cluster_figures(weak_replications(), quorum.metadata(), node_id.clone()), routes),
                     _ => exporter,
                 };
                 tracing::info!(%addr, "serving Prometheus metrics at /metrics");
@@ -632,49 +634,69 @@ async fn release(mut log: Arc<Log>) -> Result<Log, NodeError> {
     }
 }
 
-/// Replication's figures for a scrape, read through a weak reference so that metrics never
-/// keep replication (and through it the log) alive at shutdown.
+/// Every partition's replication figures for a scrape, read through weak references so
+/// that metrics never keep replication (and through it the logs) alive at shutdown.
 fn replication_figures(
-    replication: std::sync::Weak<Replication>,
-) -> Box<dyn Fn() -> Option<ReplicationFigures> + Send + Sync> {
+    replications: Vec<std::sync::Weak<Replication>>,
+) -> Box<dyn Fn() -> Vec<ReplicationFigures> + Send + Sync> {
     Box::new(move || {
-        let status = replication.upgrade()?.status();
-        Some(match &status {
-            ReplicationStatus::Leader { followers, .. } => ReplicationFigures {
-                leader: true,
-                connected_followers: status.connected_followers() as u64,
-                follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
-                lag_behind_leader: None,
-            },
-            ReplicationStatus::Member { followers, .. } if status.is_leader() => ReplicationFigures {
-                leader: true,
-                connected_followers: status.connected_followers() as u64,
-                follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
-                lag_behind_leader: None,
-            },
-            ReplicationStatus::Follower { lag, .. } | ReplicationStatus::Member { lag, .. } => {
-                ReplicationFigures { leader: false, lag_behind_leader: Some(*lag), ..ReplicationFigures::default() }
-            }
-        })
+        replications
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|replication| {
+                let (partition, status) = (replication.partition(), replication.status());
+                match &status {
+                    ReplicationStatus::Leader { followers, .. } => ReplicationFigures {
+                        partition,
+                        leader: true,
+                        connected_followers: status.connected_followers() as u64,
+                        follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
+                        lag_behind_leader: None,
+                    },
+                    ReplicationStatus::Member { followers, .. } if status.is_leader() => ReplicationFigures {
+                        partition,
+                        leader: true,
+                        connected_followers: status.connected_followers() as u64,
+                        follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
+                        lag_behind_leader: None,
+                    },
+                    ReplicationStatus::Follower { lag, .. } | ReplicationStatus::Member { lag, .. } => {
+                        ReplicationFigures {
+                            partition,
+                            leader: false,
+                            lag_behind_leader: Some(*lag),
+                            ..ReplicationFigures::default()
+                        }
+                    }
+                }
+            })
+            .collect()
     })
 }
 
-/// Cluster mode's figures for a scrape: the quorum's word on the partition, and this
-/// node's high watermark (read weakly, as [`replication_figures`] does).
+/// Cluster mode's figures for a scrape, one per partition: the quorum's word on it, and
+/// this node's high watermark of it (read weakly, as [`replication_figures`] does).
 fn cluster_figures(
-    replication: std::sync::Weak<Replication>,
+    replications: Vec<std::sync::Weak<Replication>>,
     metadata: watch::Receiver<Arc<crate::cluster::metadata::Metadata>>,
     node_id: String,
-) -> Box<dyn Fn() -> Option<ClusterFigures> + Send + Sync> {
+) -> Box<dyn Fn() -> Vec<ClusterFigures> + Send + Sync> {
     Box::new(move || {
-        let replication = replication.upgrade()?;
-        let (high_watermark, partition) = (replication.high_watermark(), replication.partition());
         let meta = Arc::clone(&metadata.borrow());
-        Some(ClusterFigures {
-            leads_partition: meta.partition_or_empty(partition).leader.as_deref() == Some(node_id.as_str()),
-            isr_size: meta.partition_or_empty(partition).isr.len() as u64,
-            high_watermark,
-        })
+        replications
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .map(|replication| {
+                let partition = replication.partition();
+                let assigned = meta.partition_or_empty(partition);
+                ClusterFigures {
+                    partition,
+                    leads_partition: assigned.leader.as_deref() == Some(node_id.as_str()),
+                    isr_size: assigned.isr.len() as u64,
+                    high_watermark: replication.high_watermark(),
+                }
+            })
+            .collect()
     })
 }
 
