@@ -43,6 +43,7 @@ stat() { # port key
 cpu_seconds() {
   local ticks=0 p
   for p in "${pids[@]}"; do
+    [ -r "/proc/$p/stat" ] || { echo "msglog process $p is gone (see $work/*.err)" >&2; exit 1; }
     ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$p/stat")))
   done
   python3 -c "print($ticks / $(getconf CLK_TCK))"
@@ -62,7 +63,7 @@ load() { # ports...
     bench "$port" $((requests / n)) "$clients" >"$work/bench.$i.json" &
     benches+=($!); i=$((i + 1))
   done
-  for p in "${benches[@]}"; do wait "$p"; done
+  for p in "${benches[@]}"; do wait "$p" || { echo "a bench run failed" >&2; exit 1; }; done
   after=$(cpu_seconds)
   python3 - "$work" "$n" "$before" "$after" <<'EOF'
 import json, sys
@@ -112,6 +113,7 @@ sys.exit(0 if ok else 1)' "$1" "$2"; then return 0; fi
 leader_port() {
   local port
   for port in "${ports[@]}"; do [ "$(stat "$port" leader)" = self ] && { echo "$port"; return; }; done
+  echo "no node says it leads" >&2; exit 1
 }
 
 for run in $(seq "$runs"); do
@@ -122,7 +124,8 @@ for run in $(seq "$runs"); do
 
   cluster --tolerance 1
   settled 1 3
-  echo "run $run 3 nodes, P=1, R=3, via the leader: $(load "$(leader_port)")"
+  lp=$(leader_port)
+  echo "run $run 3 nodes, P=1, R=3, via the leader: $(load "$lp")"
   echo "run $run 3 nodes, P=1, R=3, via all three: $(load "${ports[@]}")"
   stop_all
 

@@ -643,6 +643,11 @@ fn replication_figures(
         replications
             .iter()
             .filter_map(std::sync::Weak::upgrade)
+            // A partition this node holds no copy of (it only forwards to its leader) has
+            // no lag to show: what it last knew of that leader would read as lag for good.
+            .filter(|replication| {
+                !matches!(replication.position(), crate::replication::Position::Following { replicating: false, .. })
+            })
             .map(|replication| {
                 let (partition, status) = (replication.partition(), replication.status());
                 match &status {

@@ -10,9 +10,14 @@ use tonic::transport::{Channel, ClientTlsConfig};
 
 use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
+/// HTTP/2 flow-control windows the leader's records fill before this node reads them.
+const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 8 * STREAM_WINDOW_BYTES;
+
 /// The node's channels to its leaders, by gRPC address, shared by every partition's
 /// follower loop. A channel connects on its first call and again after its connection
 /// is lost (keepalive pings notice a dead peer), so a failed session only asks again.
+/// Channels are kept for the node's life: one per node it has followed, a handful.
 #[derive(Clone, Default)]
 pub struct PeerChannels(Arc<Mutex<HashMap<String, Channel>>>);
 
@@ -43,6 +48,11 @@ impl PeerChannels {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true)
+            // Every partition copied from this leader shares the connection's window: each
+            // stream keeps the 2 MiB it had on a connection of its own, and the connection
+            // takes eight of them at full before one waits for another.
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .local_address(bind_source_addr)
             .connect_lazy();
         channels.insert(grpc_addr.to_string(), channel.clone());
