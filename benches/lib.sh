@@ -6,7 +6,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 msglog=./target/release/msglog
 work=$(mktemp -d)
 pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+# Scripts that run several nodes at once (`node`) keep their PIDs here.
+pids=()
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
+cleanup() { stop_all; [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 
 # The durability pairs compared: msglog --fsync policy : Redis appendfsync (no = no AOF).
@@ -36,6 +39,19 @@ start_redis() { # port appendfsync (no = AOF off)
   redis-server --port "$1" --bind 127.0.0.1 --dir "$work/redis" --save '' \
     --appendonly "$appendonly" --appendfsync "${2/no/always}" >"$work/redis.log" 2>&1 &
   pid=$!; wait_ready "$1"
+}
+
+# One of several nodes: `msglog serve` with data in $work/<name>, stderr in $work/<name>.err.
+node() { # name client-port grpc-port args...
+  local name=$1 port=$2 grpc=$3; shift 3
+  "$msglog" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$grpc" \
+    --stats-interval 0s "$@" 2>"$work/$name.err" &
+  pids+=($!); wait_ready "$port"
+}
+
+# One field of a node's STATS line.
+stats_field() { # port key
+  "$msglog" client --addr "127.0.0.1:$1" STATS | tr ' ' '\n' | sed -n "s/^$2=//p"
 }
 
 stop_server() { kill "$pid"; wait "$pid" || true; pid=""; }

@@ -24,21 +24,6 @@ requests=${2:-100000}
 fsync=${MSGLOG_FSYNC:-always}
 source "$(dirname "$0")/lib.sh"
 
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
-trap 'stop_all; cleanup' EXIT
-
-node() { # name client-port grpc-port args...
-  local name=$1 port=$2 grpc=$3; shift 3
-  "$msglog" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$grpc" \
-    --stats-interval 0s "$@" 2>"$work/$name.err" &
-  pids+=($!); wait_ready "$port"
-}
-
-stat() { # port key
-  "$msglog" client --addr "127.0.0.1:$1" STATS | tr ' ' '\n' | sed -n "s/^$2=//p"
-}
-
 # CPU seconds (user + system) spent so far by every process in $pids.
 cpu_seconds() {
   local ticks=0 p
@@ -112,7 +97,7 @@ sys.exit(0 if ok else 1)' "$1" "$2"; then return 0; fi
 
 leader_port() {
   local port
-  for port in "${ports[@]}"; do [ "$(stat "$port" leader)" = self ] && { echo "$port"; return; }; done
+  for port in "${ports[@]}"; do [ "$(stats_field "$port" leader)" = self ] && { echo "$port"; return; }; done
   echo "no node says it leads" >&2; exit 1
 }
 

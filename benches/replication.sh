@@ -16,23 +16,8 @@ requests=${2:-200000}
 catchup_mib=${3:-1024}
 source "$(dirname "$0")/lib.sh"
 
-pids=()
-stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; pids=(); }
-trap 'stop_all; cleanup' EXIT
-
-node() { # name client-port grpc-port args...
-  local name=$1 port=$2 grpc=$3; shift 3
-  "$msglog" serve --data-dir "$work/$name" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$grpc" \
-    --stats-interval 0s "$@" 2>"$work/$name.err" &
-  pids+=($!); wait_ready "$port"
-}
-
-stat() { # port key
-  "$msglog" client --addr "127.0.0.1:$1" STATS | tr ' ' '\n' | sed -n "s/^$2=//p"
-}
-
 wait_followers() { # leader-port count
-  for _ in $(seq 200); do [ "$(stat "$1" followers)" = "$2" ] && return 0; sleep 0.05; done
+  for _ in $(seq 200); do [ "$(stats_field "$1" followers)" = "$2" ] && return 0; sleep 0.05; done
   echo "followers did not connect" >&2; exit 1
 }
 
@@ -67,7 +52,7 @@ for run in $(seq "$runs"); do
   leader_port=; follower_port=
   for _ in $(seq 400); do
     for port in "${cp[@]}"; do
-      if [ "$(stat "$port" leader)" = self ] && [ "$(stat "$port" isr | tr ',' '\n' | grep -c .)" = 3 ]; then
+      if [ "$(stats_field "$port" leader)" = self ] && [ "$(stats_field "$port" isr | tr ',' '\n' | grep -c .)" = 3 ]; then
         leader_port=$port
       fi
     done
@@ -88,11 +73,11 @@ node leader "$lp" "$lg" --fsync never
 records=$((catchup_mib * 1024 / 4))
 "$msglog" bench --addr "127.0.0.1:$lp" --workload set --clients 16 --value-size 4065 --keys "$records" \
   --requests "$records" --pipeline 16 >/dev/null 2>&1
-last=$(stat "$lp" last_offset); bytes=$(stat "$lp" bytes)
+last=$(stats_field "$lp" last_offset); bytes=$(stats_field "$lp" bytes)
 fp=$(free_port)
 start=$(date +%s.%N)
 node f1 "$fp" "$(free_port)" --fsync always --follow "127.0.0.1:$lg"
-until [ "$(stat "$fp" last_offset)" = "$last" ]; do sleep 0.02; done
+until [ "$(stats_field "$fp" last_offset)" = "$last" ]; do sleep 0.02; done
 end=$(date +%s.%N)
 python3 -c "b=$bytes; s=$end-$start; print('catch-up: %d records, %.0f MiB in %.2f s = %.0f MiB/s (follower --fsync always)' % ($last+1, b/2**20, s, b/2**20/s))"
 stop_all

@@ -28,7 +28,7 @@ use crate::server::{
 };
 
 use super::service::{incoming, with_password};
-use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, describe_status};
+use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, describe_status, peer_endpoint};
 
 #[allow(clippy::all, clippy::pedantic)]
 mod proto {
@@ -90,16 +90,7 @@ impl ForwardClient {
     }
 
     fn channel(&self, grpc_addr: &str) -> Option<Channel> {
-        let endpoint = crate::tls::endpoint(grpc_addr, self.tls.as_ref()).ok()?;
-        let channel = endpoint
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
-            .local_address(self.config.bind_source_addr)
-            .connect_lazy();
-        Some(channel)
+        Some(peer_endpoint(grpc_addr, self.tls.as_ref(), self.config.bind_source_addr).ok()?.connect_lazy())
     }
 }
 

@@ -66,6 +66,23 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How this node reaches another's gRPC address (fetch streams, forwarded requests): with
+/// `tls` if set, leaving from `bind_source_addr`, connect timeout, no Nagle delay, and
+/// keep-alive pings that notice a dead peer while the connection idles.
+fn peer_endpoint(
+    grpc_addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+    bind_source_addr: Option<std::net::IpAddr>,
+) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+    Ok(crate::tls::endpoint(grpc_addr, tls)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .local_address(bind_source_addr))
+}
+
 /// The innermost cause of an error, without the "transport error: " layers around it:
 /// what an operator can act on ("Connection refused (os error 111)").
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {

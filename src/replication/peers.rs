@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tonic::transport::{Channel, ClientTlsConfig};
 
-use super::{CONNECT_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use super::peer_endpoint;
 
 /// HTTP/2 flow-control windows the leader's records fill before this node reads them.
 const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
@@ -42,18 +42,12 @@ impl PeerChannels {
         if let Some(channel) = channels.get(grpc_addr) {
             return Ok(channel.clone());
         }
-        let channel = crate::tls::endpoint(grpc_addr, tls)?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true)
+        let channel = peer_endpoint(grpc_addr, tls, bind_source_addr)?
             // Every partition copied from this leader shares the connection's window: each
             // stream keeps the 2 MiB it had on a connection of its own, and the connection
             // takes eight of them at full before one waits for another.
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .local_address(bind_source_addr)
             .connect_lazy();
         channels.insert(grpc_addr.to_string(), channel.clone());
         Ok(channel)
