@@ -309,7 +309,30 @@ fn open_logs(
             }
         }
     }
+    share_fsyncs(&logs, config);
     Ok(logs)
+}
+
+/// Under `--fsync always`, puts a node's partition logs in one sync group, so that each
+/// round of fsyncs serves all of them (see `storage::SyncGroup`). Shared rounds pay off
+/// only when one call syncs them all (docs/BENCHMARKS.md, "Partitions"): one fdatasync
+/// after another for each log was slower than each log syncing on its own.
+fn share_fsyncs(logs: &[Log], config: &crate::storage::Config) {
+    if logs.len() <= 1
+        || !matches!(config.fsync, crate::storage::FsyncPolicy::Always)
+        || !crate::storage::fs::syncfs_reports_errors()
+    {
+        return;
+    }
+    let group = crate::storage::SyncGroup::new();
+    for (partition, log) in logs.iter().enumerate() {
+        match log.join_sync_group(&group) {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(partition, "this partition's log is on another device: it fsyncs alone"),
+            Err(error) => tracing::warn!(partition, %error, "this partition's log fsyncs alone"),
+        }
+    }
+    tracing::info!(partitions = logs.len(), "the partition logs share their fsyncs (one syncfs a round)");
 }
 
 /// Closes logs after a failed start: closed, not dropped, so what recovery wrote is synced
@@ -651,32 +674,25 @@ fn replication_figures(
             .map(|replication| {
                 let (partition, status) = (replication.partition(), replication.status());
                 match &status {
-                    ReplicationStatus::Leader { followers, .. } => ReplicationFigures {
-                        partition,
-                        leader: true,
-                        connected_followers: status.connected_followers() as u64,
-                        follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
-                        lag_behind_leader: None,
-                    },
-                    ReplicationStatus::Member { followers, .. } if status.is_leader() => ReplicationFigures {
-                        partition,
-                        leader: true,
-                        connected_followers: status.connected_followers() as u64,
-                        follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
-                        lag_behind_leader: None,
-                    },
-                    ReplicationStatus::Follower { lag, .. } | ReplicationStatus::Member { lag, .. } => {
+                    ReplicationStatus::Follower { lag, .. } => follower_figures(partition, *lag),
+                    ReplicationStatus::Member { lag, .. } if !status.is_leader() => follower_figures(partition, *lag),
+                    ReplicationStatus::Leader { followers, .. } | ReplicationStatus::Member { followers, .. } => {
                         ReplicationFigures {
                             partition,
-                            leader: false,
-                            lag_behind_leader: Some(*lag),
-                            ..ReplicationFigures::default()
+                            leader: true,
+                            connected_followers: status.connected_followers() as u64,
+                            follower_lag: followers.iter().map(|f| (f.id.clone(), f.lag)).collect(),
+                            lag_behind_leader: None,
                         }
                     }
                 }
             })
             .collect()
     })
+}
+
+fn follower_figures(partition: u32, lag: u64) -> ReplicationFigures {
+    ReplicationFigures { partition, leader: false, lag_behind_leader: Some(lag), ..ReplicationFigures::default() }
 }
 
 /// Cluster mode's figures for a scrape, one per partition: the quorum's word on it, and

@@ -10,12 +10,15 @@
 //! An fsync error is never retried: the log stops taking writes (after a failed fsync
 //! the kernel may have dropped the dirty pages).
 
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::fs::FileSystem;
 use super::log::{Log, Shared};
 use super::{Offset, Result};
 
@@ -34,6 +37,9 @@ pub(super) struct Commit {
     pub fsync_micros: Buckets,
     /// Records each fsync made durable: how well group commit batches.
     pub records_per_fsync: Buckets,
+    /// Whether the log is in its [`SyncGroup`](super::sync_group::SyncGroup)'s list of
+    /// logs to sync.
+    pub queued: AtomicBool,
 }
 
 /// Upper bounds of the fsync latency buckets, microseconds: from a fast NVMe flush to a
@@ -115,6 +121,7 @@ impl Commit {
             fsyncs: AtomicU64::new(0),
             fsync_micros: Buckets::new(FSYNC_MICROS_BOUNDS),
             records_per_fsync: Buckets::new(RECORDS_BOUNDS),
+            queued: AtomicBool::new(false),
         }
     }
 
@@ -155,7 +162,7 @@ impl Commit {
     }
 }
 
-mod futex {
+pub(super) mod futex {
     //! The two futex calls group commit needs (Linux).
     use std::sync::atomic::AtomicU32;
 
@@ -181,41 +188,76 @@ mod futex {
     }
 }
 
+/// What one sync of a log covers, taken under its lock before the fsync.
+pub(super) struct PendingSync {
+    fs: Arc<dyn FileSystem>,
+    pub file: Arc<File>,
+    pub path: PathBuf,
+    base: Offset,
+    /// Every record below this is written to the OS and is what the fsync makes durable.
+    target: Offset,
+    synced_len: u64,
+    truncations: u64,
+}
+
+impl PendingSync {
+    pub fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+}
+
 impl Shared {
     /// Writes the buffer, then fsyncs the active segment outside the state lock.
     /// (Sealed segments were fsynced when they were sealed.)
+    pub(super) fn sync_now(&self) -> Result<()> {
+        let pending = self.prepare_sync()?;
+        let started = Instant::now();
+        if let Err(e) = pending.fs.sync_data(&pending.file, &pending.path) {
+            return Err(self.write().fail(format!("fsync of {} failed: {e}", pending.path.display())));
+        }
+        self.finish_sync(&pending, started.elapsed())
+    }
+
+    /// The first half of a sync: writes the buffer to the OS and says what an fsync of the
+    /// active segment would make durable.
+    pub(super) fn prepare_sync(&self) -> Result<PendingSync> {
+        let mut st = self.write();
+        let target = st.flush(self)?;
+        let a = &st.active;
+        Ok(PendingSync {
+            fs: a.fs(),
+            file: a.file.clone(),
+            path: a.path.clone(),
+            base: a.base,
+            target,
+            synced_len: a.written,
+            truncations: st.truncations,
+        })
+    }
+
+    /// The second half, once the fsync succeeded: raises the durable mark.
     /// A truncation during the fsync voids it: the records it covered may be gone and
     /// others appended at their offsets, so the durable mark is left where the cut set it
     /// and the caller syncs again.
     /// After the fsync the segment header's watermark is raised to the bytes it covered,
     /// without another fsync: the value is true already, and the next fsync persists it.
-    pub(super) fn sync_now(&self) -> Result<()> {
-        let (fs, file, path, base, target, synced_len, truncations) = {
-            let mut st = self.write();
-            let target = st.flush(self)?;
-            let a = &st.active;
-            (a.fs(), a.file.clone(), a.path.clone(), a.base, target, a.written, st.truncations)
-        };
-        let started = Instant::now();
-        if let Err(e) = fs.sync_data(&file, &path) {
-            return Err(self.write().fail(format!("fsync of {} failed: {e}", path.display())));
-        }
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    pub(super) fn finish_sync(&self, pending: &PendingSync, took: Duration) -> Result<()> {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.commit.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.commit.fsync_micros.record(micros);
         // Under the lock, so that no truncation (which takes it for writing) slips in
         // between the check and the raise, and no roll between the check and the mark.
         let mut st = self.write();
-        if st.truncations == truncations {
-            let before = self.commit.durable.fetch_max(target, Ordering::AcqRel);
+        if st.truncations == pending.truncations {
+            let before = self.commit.durable.fetch_max(pending.target, Ordering::AcqRel);
             // Offsets are dense within a run of appends, so the raise counts the records.
-            self.commit.records_per_fsync.record(target.saturating_sub(before));
+            self.commit.records_per_fsync.record(pending.target.saturating_sub(before));
             if st.failed.is_none()
-                && st.active.base == base
-                && st.active.marked < synced_len
-                && let Err(e) = st.active.mark(synced_len)
+                && st.active.base == pending.base
+                && st.active.marked < pending.synced_len
+                && let Err(e) = st.active.mark(pending.synced_len)
             {
-                return Err(st.fail(format!("write to {} failed: {e}", path.display())));
+                return Err(st.fail(format!("write to {} failed: {e}", pending.path.display())));
             }
         }
         Ok(())

@@ -18,6 +18,7 @@ use super::id_index::IdIndex;
 use super::record::{RECORD_OVERHEAD, RecordKind, Records};
 use super::recovery::{self, Recovered};
 use super::segment::{ActiveSegment, HEADER_LEN, SealedSegment};
+use super::sync_group::SyncGroup;
 use super::{Config, Epoch, FsyncPolicy, Offset, Result, StorageError, log_dir};
 
 /// Counters for STATS and the periodic stats line.
@@ -116,6 +117,8 @@ pub(super) struct Shared {
     pub followers_file: std::sync::Mutex<()>,
     /// `log/HORIZON` as last read or written (`None`: not read yet).
     pub horizon_file: std::sync::Mutex<Option<Offset>>,
+    /// The logs this one shares its fsyncs with, once it has joined them.
+    pub sync_group: std::sync::OnceLock<Arc<SyncGroup>>,
 }
 
 /// An open log. `Send + Sync`: share it with `Arc<Log>`.
@@ -178,6 +181,7 @@ impl Log {
             lineage: RwLock::new(super::lineage::load(data_dir)),
             followers_file: std::sync::Mutex::new(()),
             horizon_file: std::sync::Mutex::new(None),
+            sync_group: std::sync::OnceLock::new(),
         });
         let syncer = match shared.config.fsync {
             FsyncPolicy::Interval(every) => Some(IntervalSyncer::start(shared.clone(), every)?),
@@ -371,7 +375,7 @@ impl Log {
     /// `Always` (concurrent callers share one fsync), written to the OS otherwise.
     pub fn sync_through(&self, offset: Offset) -> Result<()> {
         match self.shared.config.fsync {
-            FsyncPolicy::Always => self.shared.commit.sync_through(&self.shared, offset),
+            FsyncPolicy::Always => self.shared.sync_through(offset),
             _ => self.shared.flush_through(offset),
         }
     }
@@ -380,9 +384,18 @@ impl Log {
     pub fn sync(&self) -> Result<()> {
         let next = self.shared.read().next_offset;
         match next.checked_sub(1) {
-            Some(last) => self.shared.commit.sync_through(&self.shared, last),
+            Some(last) => self.shared.sync_through(last),
             None => Ok(()),
         }
+    }
+
+    /// Shares this log's fsyncs under `--fsync always` with the other logs in `group`
+    /// from now on (see [`SyncGroup`]). A group holds logs of one device (the first to
+    /// join sets it), and a log joins one group, once: `false` if this one stays alone.
+    pub fn join_sync_group(&self, group: &Arc<SyncGroup>) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let device = std::fs::metadata(&self.shared.dir)?.dev();
+        Ok(group.admits(device) && self.shared.sync_group.set(Arc::clone(group)).is_ok())
     }
 
     /// Offset the next appended record gets.
@@ -498,6 +511,14 @@ impl Shared {
     }
 
     /// Writes the buffer to the OS if `offset` is still in it.
+    /// Fsyncs through `offset`: in the log's group if it joined one, on its own otherwise.
+    fn sync_through(self: &Arc<Self>, offset: Offset) -> Result<()> {
+        match self.sync_group.get() {
+            Some(group) => group.sync_through(self, offset),
+            None => self.commit.sync_through(self, offset),
+        }
+    }
+
     fn flush_through(&self, offset: Offset) -> Result<()> {
         if self.commit.flushed.load(Ordering::Acquire) > offset {
             return Ok(());

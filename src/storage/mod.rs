@@ -88,6 +88,7 @@ mod rewrite;
 mod segment;
 mod state;
 mod swap;
+mod sync_group;
 mod tail;
 
 pub use batch::Batch;
@@ -100,6 +101,7 @@ pub use lineage::{Lineage, Origin};
 pub use log::{Chunk, Log, LogStats};
 pub use record::{RecordKind, RecordRef};
 pub use retention::{Retention, RetentionStats, RetentionSummary};
+pub use sync_group::{SyncGroup, SyncGroupStats};
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
