@@ -25,7 +25,6 @@ serve() { # cleanup
     --log-level info 2>>"$work/msglog.err" &
   pid=$!; wait_ready_within "$port" 600
 }
-stat() { "$msglog" client --addr "127.0.0.1:$port" STATS | tr ' ' '\n' | sed -n "s/^$1=//p"; }
 # du fails when a file goes while it walks (a swap, a manifest rewrite), yet its total of
 # the rest is still a sample: without it, samples taken during a swap were dropped.
 log_bytes() { { du -sb "$data/log" 2>/dev/null || true; } | cut -f1; }
@@ -54,7 +53,7 @@ timed_restart() { # cleanup
 serve none
 sample & sampler=$!
 none_rate=$(load)
-none_records=$(stat records); none_bytes=$(log_bytes)
+none_records=$(stats_field "$port" records); none_bytes=$(log_bytes)
 timed_restart none; none_restart=$restart
 stop_server; wait "$sampler" || true; none_high=$(cat "$work/high")
 record_bytes=$((none_bytes / none_records))
@@ -67,7 +66,7 @@ sample & sampler=$!
 compact_rate=$(load)
 runs=-1; quiet=0
 for _ in $(seq 600); do # at most 5 minutes
-  now=$(stat cleaner_runs)
+  now=$(stats_field "$port" cleaner_runs)
   if [ "$now" = "$runs" ]; then quiet=$((quiet + 1)); else quiet=0; runs=$now; fi
   [ "$quiet" -ge 10 ] && break
   sleep 0.5

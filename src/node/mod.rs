@@ -309,30 +309,33 @@ fn open_logs(
             }
         }
     }
-    share_fsyncs(&logs, config);
+    share_fsyncs(&logs, dirs, config, fs.as_ref());
     Ok(logs)
 }
 
 /// Under `--fsync always`, puts a node's partition logs in one sync group, so that each
 /// round of fsyncs serves all of them (see `storage::SyncGroup`). Shared rounds pay off
-/// only when one call syncs them all (docs/BENCHMARKS.md, "Partitions"): one fdatasync
-/// after another for each log was slower than each log syncing on its own.
-fn share_fsyncs(logs: &[Log], config: &crate::storage::Config) {
-    if logs.len() <= 1
-        || !matches!(config.fsync, crate::storage::FsyncPolicy::Always)
-        || !crate::storage::fs::syncfs_reports_errors()
-    {
+/// only when one call syncs them all (docs/BENCHMARKS.md, "Partition logs sharing their
+/// fsyncs"): one fdatasync after another for each log was slower than each log syncing on
+/// its own, so where the file system cannot batch (`FileSystem::batches_syncs`) they do not
+/// share.
+fn share_fsyncs(logs: &[Log], dirs: &[std::path::PathBuf], config: &crate::storage::Config, fs: &dyn FileSystem) {
+    if logs.len() <= 1 || !matches!(config.fsync, crate::storage::FsyncPolicy::Always) || !fs.batches_syncs() {
         return;
     }
-    let group = crate::storage::SyncGroup::new();
+    let group = match crate::storage::SyncGroup::new(&dirs[0]) {
+        Ok(group) => group,
+        Err(error) => return tracing::warn!(%error, "the partition logs fsync each on its own"),
+    };
+    let mut joined = 0;
     for (partition, log) in logs.iter().enumerate() {
         match log.join_sync_group(&group) {
-            Ok(true) => {}
+            Ok(true) => joined += 1,
             Ok(false) => tracing::info!(partition, "this partition's log is on another device: it fsyncs alone"),
             Err(error) => tracing::warn!(partition, %error, "this partition's log fsyncs alone"),
         }
     }
-    tracing::info!(partitions = logs.len(), "the partition logs share their fsyncs (one syncfs a round)");
+    tracing::info!(partitions = joined, "partition logs share their fsyncs (one syncfs a round)");
 }
 
 /// Closes logs after a failed start: closed, not dropped, so what recovery wrote is synced

@@ -223,7 +223,7 @@ impl Log {
         // other is dropped, or a power cut could lose both. Sealed segments already are.
         let upto = opts.upto.min(self.next_offset());
         if upto > 0 && shared.commit.durable.load(std::sync::atomic::Ordering::Acquire) < upto {
-            shared.commit.sync_through(shared, upto - 1)?;
+            shared.sync_through(upto - 1)?;
         }
         let opts = &CleanOptions { upto, ..opts.clone() };
         let Some(snapshot) = self.snapshot(opts.upto)? else { return Ok(None) };

@@ -27,11 +27,17 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
     fn set_len(&self, file: &File, path: &Path, len: u64) -> io::Result<()>;
     /// `fdatasync`: the file's data (and its size) are durable when it returns.
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()>;
-    /// Makes the data of every one of `files`, which are on one device, durable, as
+    /// Makes the data of every one of `files`, which are on `anchor`'s device, durable, as
     /// `sync_data` on each would; a file system may do it in one call (the real one: one
-    /// `syncfs`, see [`RealFs`]).
-    fn sync_files(&self, files: &[(&File, &Path)]) -> io::Result<()> {
+    /// `syncfs` of `anchor`, see [`RealFs`]). `anchor` stays open from before the first
+    /// write of any of `files`.
+    fn sync_files(&self, _anchor: &File, files: &[(&File, &Path)]) -> io::Result<()> {
         files.iter().try_for_each(|(file, path)| self.sync_data(file, path))
+    }
+    /// Whether [`sync_files`](Self::sync_files) costs less than a `sync_data` of each: only
+    /// then do several logs share their syncs.
+    fn batches_syncs(&self) -> bool {
+        false
     }
     /// `fsync`: data and metadata.
     fn sync_all(&self, file: &File, path: &Path) -> io::Result<()>;
@@ -45,8 +51,9 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
 ///
 /// [`FileSystem::sync_files`] on several files is one `syncfs(2)`, which writes out and
 /// flushes their whole file system once instead of one `fdatasync` per file (each its own
-/// journal commit and cache flush). It needs Linux 5.8 or later, where `syncfs` reports
-/// write-back errors; on older kernels each file gets its own `fdatasync`.
+/// journal commit and cache flush). It needs Linux 5.17 or later, where `syncfs` reports
+/// every error; on older kernels each file gets its own `fdatasync`, and logs do not
+/// share their syncs ([`FileSystem::batches_syncs`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFs;
 
@@ -69,19 +76,22 @@ impl FileSystem for RealFs {
     fn sync_data(&self, file: &File, _: &Path) -> io::Result<()> {
         file.sync_data()
     }
-    fn sync_files(&self, files: &[(&File, &Path)]) -> io::Result<()> {
+    fn sync_files(&self, anchor: &File, files: &[(&File, &Path)]) -> io::Result<()> {
         match files {
             [] => Ok(()),
             [(file, path)] => self.sync_data(file, path),
-            [(first, _), ..] if syncfs_reports_errors() => {
-                // SAFETY: syncfs takes a file descriptor, which `first` keeps open.
-                match unsafe { libc::syncfs(first.as_raw_fd()) } {
+            _ if syncfs_reports_errors() => {
+                // SAFETY: syncfs takes a file descriptor, which `anchor` keeps open.
+                match unsafe { libc::syncfs(anchor.as_raw_fd()) } {
                     0 => Ok(()),
                     _ => Err(io::Error::last_os_error()),
                 }
             }
             _ => files.iter().try_for_each(|(file, path)| self.sync_data(file, path)),
         }
+    }
+    fn batches_syncs(&self) -> bool {
+        syncfs_reports_errors()
     }
     fn sync_all(&self, file: &File, _: &Path) -> io::Result<()> {
         file.sync_all()
@@ -97,15 +107,25 @@ impl FileSystem for RealFs {
     }
 }
 
-/// Whether this kernel's `syncfs` reports write-back errors (Linux 5.8 and later): before,
-/// it returned success whatever happened to the pages it wrote.
-pub fn syncfs_reports_errors() -> bool {
+/// Whether this kernel's `syncfs` reports every error of what it wrote: write-back errors
+/// since Linux 5.8, and the file system's own (a failed journal commit) since 5.17. Before,
+/// it could return success over lost pages.
+fn syncfs_reports_errors() -> bool {
     static REPORTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *REPORTS.get_or_init(|| {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().unwrap_or(0));
-        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (5, 8)
+        release_at_least(&release, (5, 17))
     })
+}
+
+/// Whether a kernel release string (`6.1.0-13-amd64`, `5.17-rc1`) is `version` or later;
+/// `false` for one that does not parse.
+fn release_at_least(release: &str, version: (u32, u32)) -> bool {
+    let mut numbers = release.trim().split(|c: char| !c.is_ascii_digit()).map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= version,
+        _ => false,
+    }
 }
 
 /// Replaces `path` with `bytes` atomically and durably: a temporary file beside it is
@@ -128,5 +148,21 @@ pub(crate) fn remove_if_present(fs: &dyn FileSystem, path: &Path) -> io::Result<
     match fs.remove(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_at_least;
+
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        assert!(!release_at_least("5.16.0", (5, 17)));
+        assert!(!release_at_least("4.19.0-21-amd64", (5, 17)));
+        assert!(release_at_least("5.17-rc1", (5, 17)));
+        assert!(release_at_least("6.1.0-13-amd64", (5, 17)));
+        assert!(release_at_least("6.18.44-fc-v1045\n", (5, 17)));
+        assert!(!release_at_least("", (5, 17)));
+        assert!(!release_at_least("garbage", (5, 17)));
     }
 }

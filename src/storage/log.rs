@@ -390,12 +390,15 @@ impl Log {
     }
 
     /// Shares this log's fsyncs under `--fsync always` with the other logs in `group`
-    /// from now on (see [`SyncGroup`]). A group holds logs of one device (the first to
-    /// join sets it), and a log joins one group, once: `false` if this one stays alone.
+    /// from now on (see [`SyncGroup`]). A group holds logs of its own directory's device,
+    /// and a log joins one group, once: `false` if this one stays alone.
     pub fn join_sync_group(&self, group: &Arc<SyncGroup>) -> Result<bool> {
         use std::os::unix::fs::MetadataExt;
         let device = std::fs::metadata(&self.shared.dir)?.dev();
-        Ok(group.admits(device) && self.shared.sync_group.set(Arc::clone(group)).is_ok())
+        Ok(group.admits(device, &self.shared.fs) && self.shared.sync_group.set(Arc::clone(group)).is_ok() && {
+            group.joined(&self.shared);
+            true
+        })
     }
 
     /// Offset the next appended record gets.
@@ -510,15 +513,15 @@ impl Shared {
         self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the buffer to the OS if `offset` is still in it.
     /// Fsyncs through `offset`: in the log's group if it joined one, on its own otherwise.
-    fn sync_through(self: &Arc<Self>, offset: Offset) -> Result<()> {
+    pub(super) fn sync_through(self: &Arc<Self>, offset: Offset) -> Result<()> {
         match self.sync_group.get() {
             Some(group) => group.sync_through(self, offset),
             None => self.commit.sync_through(self, offset),
         }
     }
 
+    /// Writes the buffer to the OS if `offset` is still in it.
     fn flush_through(&self, offset: Offset) -> Result<()> {
         if self.commit.flushed.load(Ordering::Acquire) > offset {
             return Ok(());

@@ -8,37 +8,47 @@
 //! and wakes every waiter; the others sleep on the group's futex word, and what arrives
 //! during a round goes into the next. With one log waiting, the round is that log's
 //! `fdatasync`; with several, the file system decides how ([`FileSystem::sync_files`]:
-//! one `syncfs` on the real one when they share a device).
+//! one `syncfs` on the real one; every member is on one device).
 //!
-//! An error fails every log the round covered (a failed `syncfs` does not say whose pages
-//! were lost), and each log's waiters hear it through that log's own failure.
+//! A failed round fails every log of the group, not only those it covered: a failed
+//! `syncfs` does not say whose pages were lost. Each log's waiters hear it through that
+//! log's own failure.
 //!
 //! [`FileSystem::sync_files`]: super::fs::FileSystem::sync_files
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Instant;
 
-use super::commit::{PendingSync, futex};
+use super::commit::futex;
+use super::fs::FileSystem;
 use super::log::Shared;
 use super::{Offset, Result};
 
 /// The shared commit of several logs; see the module docs.
-#[derive(Default)]
 pub struct SyncGroup {
+    /// Opened with the group, on the device every member's files are on: `syncfs` is
+    /// called on it, so it reports every write-back error on that file system since the
+    /// group began (the kernel reports one to each open file once; a member's segment
+    /// opened later would not hear of an earlier one).
+    anchor: File,
+    anchor_path: PathBuf,
+    device: u64,
+    /// The file system every member does its file operations through (the first sets it).
+    fs: std::sync::OnceLock<Arc<dyn FileSystem>>,
     /// Whether a leader is running a round right now.
     syncing: AtomicBool,
     /// Bumped after every round; waiters sleep while it is unchanged.
     generation: AtomicU32,
-    /// Logs someone waits on that no round has taken yet (each at most once: see
-    /// `Commit::queued`).
+    /// Logs someone waits on that no round has taken yet, each once (`Commit::queued`
+    /// says whether it is here; both change under this lock).
     waiting: Mutex<Vec<Arc<Shared>>>,
+    /// Every log that joined: a failed `syncfs` fails them all.
+    members: Mutex<Vec<Weak<Shared>>>,
     rounds: AtomicU64,
     logs_synced: AtomicU64,
-    /// The device its logs are on.
-    device: std::sync::OnceLock<u64>,
 }
 
 /// How well the logs of a group share their syncs.
@@ -52,13 +62,32 @@ pub struct SyncGroupStats {
 
 impl std::fmt::Debug for SyncGroup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyncGroup").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("SyncGroup").field("anchor", &self.anchor_path).field("stats", &self.stats()).finish()
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl SyncGroup {
-    pub fn new() -> Arc<SyncGroup> {
-        Arc::new(SyncGroup::default())
+    /// A group for logs on the device that holds `dir` (their data directory).
+    pub fn new(dir: &Path) -> std::io::Result<Arc<SyncGroup>> {
+        use std::os::unix::fs::MetadataExt;
+        let anchor = File::open(dir)?;
+        let device = anchor.metadata()?.dev();
+        Ok(Arc::new(SyncGroup {
+            anchor,
+            anchor_path: dir.to_path_buf(),
+            device,
+            fs: std::sync::OnceLock::new(),
+            syncing: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
+            waiting: Mutex::new(Vec::new()),
+            members: Mutex::new(Vec::new()),
+            rounds: AtomicU64::new(0),
+            logs_synced: AtomicU64::new(0),
+        }))
     }
 
     pub fn stats(&self) -> SyncGroupStats {
@@ -68,9 +97,14 @@ impl SyncGroup {
         }
     }
 
-    /// Whether a log on `device` may join: the group's files are synced as one batch.
-    pub(super) fn admits(&self, device: u64) -> bool {
-        *self.device.get_or_init(|| device) == device
+    /// Whether a log on `device`, whose files go through `fs`, may join: the group's
+    /// files are synced as one batch, by one file system.
+    pub(super) fn admits(&self, device: u64, fs: &Arc<dyn FileSystem>) -> bool {
+        self.device == device && Arc::ptr_eq(self.fs.get_or_init(|| Arc::clone(fs)), fs)
+    }
+
+    pub(super) fn joined(&self, shared: &Arc<Shared>) {
+        lock(&self.members).push(Arc::downgrade(shared));
     }
 
     /// Blocks until every record of `shared`'s log up to `offset` is fsynced.
@@ -103,20 +137,21 @@ impl SyncGroup {
     }
 
     fn enqueue(&self, shared: &Arc<Shared>) {
-        // Whoever sets the flag pushes the log; a caller that finds it set is covered by
-        // the round that takes it, or asks again after the round that cleared it.
+        let mut waiting = lock(&self.waiting);
         if !shared.commit.queued.swap(true, Ordering::AcqRel) {
-            self.waiting.lock().unwrap_or_else(|e| e.into_inner()).push(Arc::clone(shared));
+            waiting.push(Arc::clone(shared));
         }
     }
 
-    /// Writes out and syncs every waiting log: one batch per file system (in a node they
-    /// are all the same one).
+    /// Writes out and syncs every waiting log in one call.
     fn round(&self) {
-        let logs = std::mem::take(&mut *self.waiting.lock().unwrap_or_else(|e| e.into_inner()));
+        let logs = {
+            let mut waiting = lock(&self.waiting);
+            waiting.iter().for_each(|shared| shared.commit.queued.store(false, Ordering::Release));
+            std::mem::take(&mut *waiting)
+        };
         let mut prepared = Vec::with_capacity(logs.len());
         for shared in logs {
-            shared.commit.queued.store(false, Ordering::Release);
             // A log that cannot be written out has failed; its waiters read why.
             if let Ok(pending) = shared.prepare_sync() {
                 prepared.push((shared, pending));
@@ -127,39 +162,39 @@ impl SyncGroup {
         }
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.logs_synced.fetch_add(prepared.len() as u64, Ordering::Relaxed);
-        let shared_fs = prepared.iter().all(|(_, p)| Arc::ptr_eq(p.fs(), prepared[0].1.fs()));
-        if shared_fs {
-            sync_batch(&prepared);
-        } else {
-            prepared.chunks(1).for_each(sync_batch);
+        let files: Vec<(&File, &Path)> = prepared.iter().map(|(_, p)| (p.file.as_ref(), p.path.as_path())).collect();
+        let started = Instant::now();
+        let synced = prepared[0].1.fs().sync_files(&self.anchor, &files);
+        let took = started.elapsed();
+        match synced {
+            Ok(()) => {
+                for (shared, pending) in &prepared {
+                    // An error here failed the log (and was logged); its waiters read it.
+                    if let Err(error) = shared.finish_sync(pending, took) {
+                        tracing::debug!(%error, "a shared sync could not complete a log");
+                    }
+                }
+            }
+            Err(e) => self.fail_all(&format!(
+                "syncfs of the file system holding {} (shared by the partition logs) failed: {e}",
+                self.anchor_path.display()
+            )),
+        }
+    }
+
+    /// A failed `syncfs` does not say whose pages were lost: every member stops taking
+    /// writes, as after its own failed fsync, and its waiters hear why.
+    fn fail_all(&self, why: &str) {
+        for member in lock(&self.members).iter().filter_map(Weak::upgrade) {
+            member.write().fail(why.to_string());
         }
     }
 }
-
-/// Syncs logs on one file system at once and raises their durable marks; on an error
-/// every one of them fails.
-fn sync_batch(batch: &[(Arc<Shared>, PendingSync)]) {
-    let files: Vec<(&File, &Path)> = batch.iter().map(|(_, p)| (p.file.as_ref(), p.path.as_path())).collect();
-    let started = Instant::now();
-    let synced = batch[0].1.fs().sync_files(&files);
-    let took = started.elapsed();
-    for (shared, pending) in batch {
-        let failed = match &synced {
-            Ok(()) => shared.finish_sync(pending, took).err(),
-            Err(e) => Some(shared.write().fail(format!("fsync of {} failed: {e}", pending.path.display()))),
-        };
-        // The error is the log's failure now (logged as it was set); its waiters read it.
-        if let Some(error) = failed {
-            tracing::debug!(%error, "a shared sync failed a log");
-        }
-    }
-}
-
 #[cfg(test)]
 impl SyncGroup {
     /// Logs waiting for a round.
     fn waiting(&self) -> usize {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.waiting).len()
     }
 }
 
@@ -231,7 +266,7 @@ mod tests {
         fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
             RealFs.sync_data(file, path)
         }
-        fn sync_files(&self, files: &[(&File, &Path)]) -> io::Result<()> {
+        fn sync_files(&self, anchor: &File, files: &[(&File, &Path)]) -> io::Result<()> {
             let mut state = self.lock();
             let call = state.calls.len();
             state.calls.push(files.len());
@@ -245,7 +280,7 @@ mod tests {
                 return Err(io::Error::other("injected"));
             }
             drop(state);
-            RealFs.sync_files(files)
+            RealFs.sync_files(anchor, files)
         }
         fn sync_all(&self, file: &File, path: &Path) -> io::Result<()> {
             RealFs.sync_all(file, path)
@@ -261,10 +296,10 @@ mod tests {
         }
     }
 
-    /// Two logs in one group on a [`Gate`].
-    fn grouped(gate: &Arc<Gate>) -> (Vec<tempfile::TempDir>, Vec<Arc<Log>>, Arc<SyncGroup>) {
-        let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-        let group = SyncGroup::new();
+    /// `n` logs in one group on a [`Gate`], the group anchored in the first's directory.
+    fn grouped(gate: &Arc<Gate>, n: usize) -> (Vec<tempfile::TempDir>, Vec<Arc<Log>>, Arc<SyncGroup>) {
+        let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let group = SyncGroup::new(dirs[0].path()).unwrap();
         let logs: Vec<_> = dirs
             .iter()
             .map(|dir| {
@@ -308,7 +343,7 @@ mod tests {
     #[test]
     fn a_round_syncs_every_log_that_waits_in_one_call() {
         let gate = Arc::new(Gate::default());
-        let (_dirs, logs, group) = grouped(&gate);
+        let (_dirs, logs, group) = grouped(&gate, 2);
         let waiters = queue_both_behind_a_held_round(&gate, &logs, &group);
         gate.release();
         for waiter in waiters {
@@ -321,31 +356,40 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_round_fails_every_log_it_covered() {
+    fn a_failed_round_fails_every_log_of_the_group() {
         let gate = Arc::new(Gate::default());
-        let (_dirs, logs, group) = grouped(&gate);
+        // The third log waits for nothing: a failed syncfs may have lost its pages too.
+        let (_dirs, logs, group) = grouped(&gate, 3);
         let [first, second, third] = queue_both_behind_a_held_round(&gate, &logs, &group);
         gate.lock().fail_from = Some(1);
         gate.release();
         first.join().unwrap().unwrap();
         for waiter in [second, third] {
             match waiter.join().unwrap() {
-                Err(StorageError::Failure(why)) => assert!(why.contains("injected"), "{why}"),
+                Err(StorageError::Failure(why)) => assert!(why.contains("syncfs") && why.contains("injected"), "{why}"),
                 other => panic!("a waiter of the failed round got {other:?}"),
             }
         }
         for log in &logs {
-            assert!(matches!(log.append(b"c", b"0"), Err(StorageError::Failed(_))), "the log refuses writes");
+            assert!(matches!(log.append(b"c", b"0"), Err(StorageError::Failed(_))), "every log refuses writes");
         }
         assert_eq!(logs[0].durable_offset(), 1, "what the first round synced stays durable");
         assert_eq!(logs[1].durable_offset(), 0);
     }
 
     #[test]
-    fn a_log_of_another_device_is_not_admitted() {
-        let group = SyncGroup::new();
-        assert!(group.admits(7));
-        assert!(group.admits(7));
-        assert!(!group.admits(8));
+    fn a_log_on_another_device_or_file_system_stays_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = SyncGroup::new(dir.path()).unwrap();
+        let (gate, other): (Arc<dyn FileSystem>, Arc<dyn FileSystem>) = (Arc::new(Gate::default()), Arc::new(RealFs));
+        assert!(group.admits(group.device, &gate));
+        assert!(!group.admits(group.device + 1, &gate), "another device");
+        assert!(!group.admits(group.device, &other), "another file system object");
+        let log = Log::open_with(dir.path(), Config::default(), other).unwrap();
+        assert!(!log.join_sync_group(&group).unwrap());
+        let another = tempfile::tempdir().unwrap();
+        let log = Log::open_with(another.path(), Config::default(), gate).unwrap();
+        assert!(log.join_sync_group(&group).unwrap());
+        assert!(!log.join_sync_group(&SyncGroup::new(dir.path()).unwrap()).unwrap(), "a log joins one group");
     }
 }
