@@ -34,6 +34,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 enum SessionError {
     #[error("cannot reach the leader: {}", root_cause(.0))]
     Connect(#[from] tonic::transport::Error),
+    /// The shared channel connects on its first call, so a leader that cannot be reached
+    /// shows as the fetch call's failure.
+    #[error("cannot reach the leader: {0}")]
+    Unreachable(String),
     #[error("the leader refused or broke the stream: {}", describe_status(.0))]
     Stream(#[from] tonic::Status),
     #[error("the leader closed the stream")]
@@ -71,7 +75,10 @@ impl SessionError {
     }
 
     fn is_connection_loss(&self) -> bool {
-        matches!(self, SessionError::Connect(_) | SessionError::Stream(_) | SessionError::Closed)
+        matches!(
+            self,
+            SessionError::Connect(_) | SessionError::Unreachable(_) | SessionError::Stream(_) | SessionError::Closed
+        )
     }
 }
 
@@ -145,6 +152,18 @@ fn same_partition(theirs: PartitionId, ours: PartitionId) -> Result<(), SessionE
     }
 }
 
+/// Why the fetch call itself failed: a connection that could not be made (or broke before
+/// the leader answered) says the leader cannot be reached; the rest is the leader's word.
+fn fetch_failed(status: tonic::Status) -> SessionError {
+    match std::error::Error::source(&status).map(root_cause) {
+        // Not a plain-gRPC peer: `describe_status` says what to give instead.
+        Some(cause) if status.code() == tonic::Code::Unavailable && !cause.contains("frame with invalid size") => {
+            SessionError::Unreachable(cause)
+        }
+        _ => SessionError::Stream(status),
+    }
+}
+
 async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd, SessionError> {
     let leader = target.grpc_addr.as_str();
     // Shared with the node's other partitions that copy from the same leader; a lost
@@ -172,7 +191,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         partition: node.partition,
     };
     let password = node.config.password.as_ref();
-    let mut stream = client.fetch(with_password(request, password)).await?.into_inner();
+    let mut stream = client.fetch(with_password(request, password)).await.map_err(fetch_failed)?.into_inner();
     let hello = match stream.message().await?.and_then(|m| m.kind) {
         Some(fetch_response::Kind::Hello(hello)) => hello,
         Some(fetch_response::Kind::Diverged(diverged)) => {
@@ -532,5 +551,24 @@ mod tests {
             assert!(matches!(ended, Err(SessionError::WrongPartition { theirs: 0, .. })), "{ended:?}");
         }
         assert_eq!(accepted.load(Ordering::Relaxed), 1, "both partitions' fetches came over one connection");
+    }
+
+    #[tokio::test]
+    async fn a_leader_nobody_listens_for_cannot_be_reached() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        // A port that was free a moment ago: nothing listens there now.
+        let leader = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").to_string()
+        };
+        let node = replica_of_partition_1(dir.path(), &leader);
+        let ended = session(&node, &Target { grpc_addr: leader, epoch: None }).await;
+        match ended {
+            Err(err @ SessionError::Unreachable(_)) => {
+                assert!(err.to_string().starts_with("cannot reach the leader: "), "{err}");
+                assert!(err.is_connection_loss());
+            }
+            other => panic!("expected the leader to be unreachable, got {other:?}"),
+        }
     }
 }

@@ -191,6 +191,23 @@ impl Followers {
         self.quorum.send_modify(|q| q.replicated = 0);
     }
 
+    /// A new leadership starts from what this node knew to be committed (the high
+    /// watermark it led or was sent as a follower): those records were held by the whole
+    /// ISR the previous leader counted, so they stay readable while this leadership's own
+    /// count cannot move (its ISR below min-insync until a replica is re-made).
+    pub fn seed_replicated(&self, committed: Offset) {
+        let table = self.lock();
+        if matches!(table.rule, AckRule::Isr { .. }) {
+            self.quorum.send_if_modified(|q| {
+                let raise = committed > q.replicated;
+                if raise {
+                    q.replicated = committed;
+                }
+                raise
+            });
+        }
+    }
+
     pub fn rule(&self) -> AckRule {
         self.lock().rule.clone()
     }
@@ -303,6 +320,12 @@ impl Followers {
                 let table = self.lock();
                 let acked = |id: &String| table.followers.get(id).is_some_and(|e| e.durable > offset);
                 let (acked, of) = match &table.rule {
+                    AckRule::Isr { isr_size, min_insync, .. } if isr_size < min_insync => {
+                        return Err(Refusal(format!(
+                            "replication timeout: the partition has {isr_size} in-sync replicas of the {min_insync} \
+                             it needs to commit more (until a replica is back or re-made)"
+                        )));
+                    }
                     AckRule::Isr { wait, .. } => (wait.iter().filter(|id| acked(id)).count(), wait.len()),
                     AckRule::Count(tolerance) => {
                         (table.followers.values().filter(|e| e.durable > offset).count(), *tolerance)
@@ -465,6 +488,23 @@ mod tests {
         followers.wait(10, timeout).await.expect("both acknowledged offset 10");
         assert_eq!(followers.acknowledge(&[7; 16], "stranger", 100), Err(AckRefusal::UnknownSession));
         assert_eq!(followers.wait(11, timeout).await.unwrap_err().0, "replication timeout (acked 0 of 2)");
+    }
+
+    #[tokio::test]
+    async fn a_new_leadership_below_min_insync_serves_what_was_committed_before_it() {
+        let followers = Arc::new(Followers::new(AckRule::NotLeading));
+        let alone = AckRule::Isr { wait: BTreeSet::new(), isr_size: 1, min_insync: 2 };
+        followers.set_rule(alone);
+        followers.seed_replicated(10);
+        let timeout = Duration::from_millis(20);
+        followers.wait(9, timeout).await.expect("committed under the previous leader");
+        let refused = followers.wait(10, timeout).await.unwrap_err().0;
+        assert!(refused.contains("1 in-sync replicas of the 2"), "{refused}");
+        followers.seed_replicated(4);
+        followers.wait(9, timeout).await.expect("a lower seed takes nothing back");
+        followers.set_rule(AckRule::NotLeading);
+        followers.seed_replicated(10);
+        assert_eq!(followers.replicated(), 0, "not leading, nothing counts as replicated");
     }
 
     #[test]

@@ -139,6 +139,8 @@ impl Replication {
         replicas: Vec<String>,
         min_insync: usize,
     ) -> Result<(), StorageError> {
+        // Before stepping down, which forgets a leadership's count.
+        let committed = self.high_watermark();
         self.step_down();
         self.stop_following().await;
         // The cluster's first leader begins the log its replicas copy.
@@ -150,7 +152,8 @@ impl Replication {
         self.followers.forget_acknowledgements();
         let joining = BTreeMap::new();
         self.followers.set_rule(self.isr_rule(&isr, min_insync, &joining));
-        tracing::info!(epoch, isr = ?isr, "leading the partition");
+        self.followers.seed_replicated(committed.min(self.log.next_offset()));
+        tracing::info!(partition = self.partition(), epoch, isr = ?isr, committed, "leading the partition");
         self.leadership.set(Position::Leading { epoch, isr, replicas, min_insync, joining }, Route::Local);
         self.announce(self.log.next_offset());
         Ok(())
@@ -186,7 +189,7 @@ impl Replication {
         self.step_down();
         self.stop_following().await;
         self.log.observe_epoch(epoch)?;
-        tracing::info!(leader = %leader.id, epoch, "following the partition's leader");
+        tracing::info!(partition = self.partition(), leader = %leader.id, epoch, "following the partition's leader");
         let target = Target { grpc_addr: leader.grpc_addr.clone(), epoch: Some(epoch) };
         let route = Route::Forward { leader_id: leader.id.clone(), grpc_addr: leader.grpc_addr.clone() };
         self.leadership.set(Position::Following { leader, epoch, replicating: replicate }, route);
