@@ -76,6 +76,32 @@ fn three_nodes_form_a_cluster_elect_one_leader_and_replicate_to_all() {
 }
 
 #[test]
+fn a_new_leader_below_min_insync_answers_reads_of_what_its_predecessor_committed() {
+    // Every write on all three nodes (tolerance 2): once the leader dies the ISR stays below
+    // min-insync (no spare to re-make a replica on), so the new leader's own count of what
+    // is replicated cannot move; what the old leader committed must read back all the same.
+    let mut cluster = ProcessCluster::start_cluster(3, 3, 2, Addressing::Shared);
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let mut client = LineClient::connect(cluster.nodes[leader].addr).expect("connect");
+    for k in 0..20 {
+        assert_eq!(client.request(format!("SET id-{k} message-{k}").as_bytes()).expect("SET"), b"OK");
+    }
+    poll_until("every node to know the 20 writes are committed", || {
+        (0..3).all(|i| cluster.stats(i).get("hw").map(String::as_str) == Some("20")).then_some(())
+    });
+    cluster.kill(leader);
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new = cluster.wait_for_leader(&survivors);
+    let mut reader = LineClient::connect(cluster.nodes[new].addr).expect("connect");
+    for k in 0..20 {
+        let reply = reader.request(format!("GET id-{k}").as_bytes()).expect("GET");
+        assert_eq!(String::from_utf8_lossy(&reply), format!("message-{k}"), "GET id-{k} on the new leader");
+    }
+    let refused = reader.request(b"SET more writes").expect("SET");
+    assert!(refused.starts_with(b"ERR not enough replicas"), "{}", String::from_utf8_lossy(&refused));
+}
+
+#[test]
 fn killing_the_leader_under_load_fails_over_by_itself_and_loses_no_acknowledged_write() {
     for_each_seed("kill the leader", |seed| {
         let mut cluster = ProcessCluster::start_cluster(3, 3, 1, Addressing::Shared);
