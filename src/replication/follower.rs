@@ -228,7 +228,12 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         return Err(SessionError::Protocol("a hello that names no log (is the leader an older msglog?)"));
     }
     // Before anything is appended: from now on this data dir is a copy of the leader's log.
+    let another_log = log.lineage()?.map(|lineage| lineage.log_id).as_deref() != Some(hello.log_id.as_str());
     log.adopt_lineage(&hello.log_id)?;
+    if another_log {
+        // What a leader of another log said was committed says nothing of this one.
+        node.upstream.high_watermark.store(0, Ordering::Relaxed);
+    }
     log.observe_epoch(hello.epoch)?;
     record_leaders_horizon(log, hello.tombstones_dropped_below)?;
     // What an earlier session's leader said was about the log as it stood then; this

@@ -139,10 +139,12 @@ impl Replication {
         replicas: Vec<String>,
         min_insync: usize,
     ) -> Result<(), StorageError> {
-        // Before stepping down, which forgets a leadership's count.
+        // Before stepping down, which forgets a leadership's count; and before anything
+        // new is appended (a forwarded write admitted once the rule is set).
         let committed = self.high_watermark();
         self.step_down();
         self.stop_following().await;
+        let committed = committed.min(self.log.next_offset());
         // The cluster's first leader begins the log its replicas copy.
         self.log.begin_lineage()?;
         self.log.observe_epoch(epoch)?;
@@ -152,7 +154,7 @@ impl Replication {
         self.followers.forget_acknowledgements();
         let joining = BTreeMap::new();
         self.followers.set_rule(self.isr_rule(&isr, min_insync, &joining));
-        self.followers.seed_replicated(committed.min(self.log.next_offset()));
+        self.followers.seed_replicated(committed);
         tracing::info!(partition = self.partition(), epoch, isr = ?isr, committed, "leading the partition");
         self.leadership.set(Position::Leading { epoch, isr, replicas, min_insync, joining }, Route::Local);
         self.announce(self.log.next_offset());
@@ -228,6 +230,10 @@ impl Replication {
         if matches!(self.followers.rule(), AckRule::NotLeading) {
             return;
         }
+        // What this leadership committed stays known (as a follower knows its leader's
+        // word): a divergent tail is never cut below it, and a later leadership of this
+        // node starts from it.
+        self.upstream.high_watermark.fetch_max(self.high_watermark(), Ordering::Relaxed);
         self.followers.set_rule(AckRule::NotLeading);
     }
 

@@ -82,17 +82,21 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
                 return Outcome::reply(Reply::error(refusal));
             }
             metrics.sets.fetch_add(1, Ordering::Relaxed);
+            let truncations = slot.log.truncations();
             match slot.log.append(id, message) {
-                Ok(offset) => Outcome::written(Reply::Ok, Mark::new(slot.partition, offset)),
+                Ok(offset) => Outcome::written(Reply::Ok, Mark::new(slot.partition, truncations, offset)),
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
         Command::Get { id } => {
             let slot = shared.partitions.for_key(id);
             metrics.gets.fetch_add(1, Ordering::Relaxed);
+            let truncations = slot.log.truncations();
             match slot.log.get_with_offset(id) {
-                Ok(Some((offset, message))) => Outcome::read(Reply::Value(message), Mark::new(slot.partition, offset)),
-                Ok(None) => shows_absence(slot, Reply::NotFound),
+                Ok(Some((offset, message))) => {
+                    Outcome::read(Reply::Value(message), Mark::new(slot.partition, truncations, offset))
+                }
+                Ok(None) => Outcome { read: newest_of(slot, truncations).into(), ..Outcome::reply(Reply::NotFound) },
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
@@ -102,15 +106,18 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
                 return Outcome::reply(Reply::error(refusal));
             }
             metrics.dels.fetch_add(1, Ordering::Relaxed);
+            let truncations = slot.log.truncations();
             match slot.log.delete(id) {
-                Ok(Some(offset)) => Outcome::written(Reply::Ok, Mark::new(slot.partition, offset)),
+                Ok(Some(offset)) => Outcome::written(Reply::Ok, Mark::new(slot.partition, truncations, offset)),
                 Ok(None) => Outcome::reply(Reply::NotFound),
                 Err(err) => Outcome::reply(storage_failure(&err)),
             }
         }
         Command::Exists { id } => {
             let slot = shared.partitions.for_key(id);
-            shows_absence(slot, if slot.log.contains(id) { Reply::Ok } else { Reply::NotFound })
+            let truncations = slot.log.truncations();
+            let reply = if slot.log.contains(id) { Reply::Ok } else { Reply::NotFound };
+            Outcome { read: newest_of(slot, truncations).into(), ..Outcome::reply(reply) }
         }
         Command::Ping => Outcome::reply(Reply::Pong),
         Command::Help => Outcome::reply(Reply::Info(HELP.to_string())),
@@ -119,17 +126,12 @@ pub(crate) fn execute(shared: &Shared, command: Command<'_>) -> Outcome {
     }
 }
 
-/// A reply that says whether IDs are present, without naming the record that decides it
-/// (an absent ID may be absent because of a tombstone not yet durable): it waits until
-/// everything appended so far is durable, which is usually the case already.
-fn shows_absence(slot: &PartitionServing, reply: Reply) -> Outcome {
-    Outcome { read: newest_of(slot).into(), ..Outcome::reply(reply) }
-}
-
-/// The newest record of `slot`'s log now, if it has any: what a reply about absences (or
-/// the whole key space) waits for.
-pub(crate) fn newest_of(slot: &PartitionServing) -> Option<Mark> {
-    slot.log.next_offset().checked_sub(1).map(|last| Mark::new(slot.partition, last))
+/// The newest record of `slot`'s log now, if it has any: what a reply that says whether
+/// IDs are present, without naming the record that decides it (an absent ID may be absent
+/// because of a tombstone not yet durable), or about the whole key space, waits for.
+/// `truncations` is the log's count read before the reply looked at the log.
+pub(crate) fn newest_of(slot: &PartitionServing, truncations: u64) -> Option<Mark> {
+    slot.log.next_offset().checked_sub(1).map(|last| Mark::new(slot.partition, truncations, last))
 }
 
 /// The one place a storage error becomes a wire reply.

@@ -44,17 +44,20 @@ pub(crate) fn execute_resp(shared: &Shared, command: RespCommand<'_>) -> Outcome
 fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply> {
     if shared.partitions.count() == 1 {
         let slot = shared.first();
+        let truncations = slot.log.truncations();
         let (reply, read) = slot.log.read_at_once(|log| match exists {
             true => (RespReply::Integer(keys.iter().filter(|id| log.contains(id)).count() as i64), log.newest_read()),
             false => (mget(shared, log, keys), log.newest_read()),
         });
-        return Outcome { read: read.map(|offset| Mark::new(slot.partition, offset)).into(), ..Outcome::reply(reply) };
+        let read = read.map(|offset| Mark::new(slot.partition, truncations, offset));
+        return Outcome { read: read.into(), ..Outcome::reply(reply) };
     }
     let ids: Vec<&[u8]> = keys.iter().collect();
     let mut read = Marks::default();
     let mut found = 0i64;
     let mut values = Values::new(shared, ids.len());
     for (slot, indices) in shared.partitions.group(ids.iter().copied()) {
+        let truncations = slot.log.truncations();
         let newest = slot.log.read_at_once(|log| {
             match exists {
                 true => found += indices.iter().filter(|&&i| log.contains(ids[i])).count() as i64,
@@ -63,7 +66,7 @@ fn read_keys(shared: &Shared, keys: Keys<'_>, exists: bool) -> Outcome<RespReply
             Ok(log.newest_read())
         });
         match newest {
-            Ok(newest) => read.merge(&newest.map(|offset| Mark::new(slot.partition, offset)).into()),
+            Ok(newest) => read.merge(&newest.map(|offset| Mark::new(slot.partition, truncations, offset)).into()),
             Err(refusal) => return Outcome::reply(refusal),
         }
     }
@@ -144,6 +147,7 @@ fn scan_step(shared: &Shared, scan: Scan<'_>) -> Outcome<RespReply> {
     let count = u64::from(shared.partitions.count());
     let slot = shared.partitions.get((scan.cursor % count) as u32);
     let mut ids = Vec::new();
+    let truncations = slot.log.truncations();
     let step = slot.log.scan_ids(scan.cursor / count, scan.count.min(MAX_SCAN_STEP), |id| {
         if scan.pattern.is_none_or(|pattern| glob::matches(pattern, id, false)) {
             ids.push(RespReply::Bulk(id.to_vec()));
@@ -158,7 +162,8 @@ fn scan_step(shared: &Shared, scan: Scan<'_>) -> Outcome<RespReply> {
             };
             let cursor = next.map_or_else(|| b"0".to_vec(), |next| next.to_string().into_bytes());
             let reply = RespReply::Array(vec![RespReply::Bulk(cursor), RespReply::Array(ids)]);
-            Outcome { read: newest.map(|offset| Mark::new(slot.partition, offset)).into(), ..Outcome::reply(reply) }
+            let read = newest.map(|offset| Mark::new(slot.partition, truncations, offset));
+            Outcome { read: read.into(), ..Outcome::reply(reply) }
         }
         Err(err) => Outcome::reply(storage_failure(&err).into()),
     }
@@ -173,6 +178,7 @@ fn keys(shared: &Shared, pattern: &[u8]) -> Outcome<RespReply> {
     let mut bytes = 0usize;
     let mut read = Marks::default();
     let listed = shared.partitions.iter().try_for_each(|slot| {
+        let truncations = slot.log.truncations();
         slot.log.for_each_live(|id, _| {
             if glob::matches(pattern, id, false) {
                 bytes = bytes.saturating_add(id.len() + 16);
@@ -185,7 +191,7 @@ fn keys(shared: &Shared, pattern: &[u8]) -> Outcome<RespReply> {
         })?;
         // Every ID listed lies below the log's end now: the reply waits until that is
         // committed.
-        read.merge(&newest_of(slot).into());
+        read.merge(&newest_of(slot, truncations).into());
         Ok(())
     });
     match listed {

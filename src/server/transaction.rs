@@ -132,6 +132,7 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
     // The whole array is bounded like any reply: queued GETs of a large message are cheap
     // to send and would otherwise cost gigabytes to answer.
     let limit = shared.config.max_reply_bytes();
+    let truncations = slot.log.truncations();
     let applied = slot.log.transaction(|batch| {
         let mut parser = RespParser::new(limits);
         let mut at = 0;
@@ -157,7 +158,8 @@ pub(crate) fn exec(shared: &Shared, transaction: Transaction) -> Outcome<RespRep
         }
         (Ok(replies), batch.newest_read())
     });
-    let mark = |offset: Option<crate::storage::Offset>| Marks::from(offset.map(|o| Mark::new(slot.partition, o)));
+    let mark =
+        |offset: Option<crate::storage::Offset>| Marks::from(offset.map(|o| Mark::new(slot.partition, truncations, o)));
     let (replies, mut read, written) = match applied {
         Ok(((Ok(replies), read), written)) => (replies, mark(read), mark(written)),
         Ok(((Err(too_large), _), _)) => return Outcome::reply(too_large),
@@ -189,6 +191,7 @@ pub(crate) fn atomic(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespR
         return Outcome::reply(RespReply::error(refusal));
     }
     let all_or_nothing = matches!(command, RespCommand::MSet(_));
+    let truncations = slot.log.truncations();
     let applied = slot.log.transaction(|batch| {
         let reply = apply(shared, batch, &command).unwrap_or(RespReply::Nil);
         // MSET either sets every key or none of them.
@@ -199,7 +202,8 @@ pub(crate) fn atomic(shared: &Shared, command: RespCommand<'_>) -> Outcome<RespR
     });
     match applied {
         Ok((reply, written)) => {
-            Outcome { written: written.map(|offset| Mark::new(slot.partition, offset)).into(), ..Outcome::reply(reply) }
+            let written = written.map(|offset| Mark::new(slot.partition, truncations, offset));
+            Outcome { written: written.into(), ..Outcome::reply(reply) }
         }
         Err(err) => Outcome::reply(storage_failure(&err).into()),
     }
@@ -224,6 +228,7 @@ fn split_by_partition(shared: &Shared, command: &RespCommand<'_>) -> Outcome<Res
     let (mut applied, mut failed) = (Vec::new(), Vec::new());
     let mut deleted = 0;
     for (slot, indices) in groups {
+        let truncations = slot.log.truncations();
         let part = slot.log.transaction(|batch| match mset {
             true => {
                 let reply = set_all(shared, batch, indices.iter().map(|&i| pairs[i]));
@@ -237,7 +242,7 @@ fn split_by_partition(shared: &Shared, command: &RespCommand<'_>) -> Outcome<Res
         });
         match part {
             Ok((reply, appended)) => {
-                written.merge(&appended.map(|offset| Mark::new(slot.partition, offset)).into());
+                written.merge(&appended.map(|offset| Mark::new(slot.partition, truncations, offset)).into());
                 match reply {
                     RespReply::Error { .. } => failed.push((slot, reply)),
                     RespReply::Integer(n) => {

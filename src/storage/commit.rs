@@ -37,6 +37,9 @@ pub(super) struct Commit {
     pub fsync_micros: Buckets,
     /// Records each fsync made durable: how well group commit batches.
     pub records_per_fsync: Buckets,
+    /// Truncations that cut records, as `State::truncations` counts them, readable without
+    /// the lock (see [`Log::truncations`]).
+    pub truncations: AtomicU64,
     /// Whether the log is in its [`SyncGroup`](super::sync_group::SyncGroup)'s list of
     /// logs to sync.
     pub queued: AtomicBool,
@@ -122,6 +125,7 @@ impl Commit {
             fsync_micros: Buckets::new(FSYNC_MICROS_BOUNDS),
             records_per_fsync: Buckets::new(RECORDS_BOUNDS),
             queued: AtomicBool::new(false),
+            truncations: AtomicU64::new(0),
         }
     }
 

@@ -364,6 +364,7 @@ impl Log {
             return Ok(());
         }
         st.truncations += 1;
+        self.shared.commit.truncations.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = st.truncate_to(&self.shared, offset) {
             return Err(st.fail(format!("truncation failed: {e}")));
         }
@@ -399,6 +400,13 @@ impl Log {
             group.joined(&self.shared);
             true
         })
+    }
+
+    /// Truncations that cut records since the log was opened. A record appended or read
+    /// before this count changed may be gone, another at its offset: whoever waits for it
+    /// to be committed by offset reads the count first and compares it after.
+    pub fn truncations(&self) -> u64 {
+        self.shared.commit.truncations.load(Ordering::Acquire)
     }
 
     /// Offset the next appended record gets.

@@ -248,6 +248,7 @@ impl Log {
         st.last = None;
         // A cleaning pass under way read segments that are gone: it must not swap them in.
         st.truncations += 1;
+        shared.commit.truncations.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         st.compaction.set_clean_point(fs, dir, start);
         shared.commit.reset(start);
         drop(st);

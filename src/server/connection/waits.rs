@@ -6,7 +6,7 @@ use crate::protocol::Reply;
 use crate::storage::{Offset, StorageError};
 
 use crate::server::execute::storage_failure;
-use crate::server::marks::Marks;
+use crate::server::marks::{Mark, Marks};
 use crate::server::partitions::PartitionServing;
 use crate::server::{Refusal, Shared};
 
@@ -40,14 +40,16 @@ impl Failures<Reply> {
         }
         let mut write = None;
         for mark in written.iter() {
-            let failed = committed_reply(shared, shared.partitions.get(mark.partition), mark.offset, true).await.err();
+            let slot = shared.partitions.get(mark.partition);
+            let failed = committed_reply(shared, slot, mark.offset, true).await.err().or_else(|| cut_since(slot, mark));
             write = write.or(failed);
         }
         // Usually already committed by now (an fsync of older writes, or the commit above),
         // and then this costs an atomic load.
         let mut failed_read = None;
         for mark in read.iter() {
-            let failed = commit_read(shared, shared.partitions.get(mark.partition), mark.offset).await.err();
+            let slot = shared.partitions.get(mark.partition);
+            let failed = commit_read(shared, slot, mark.offset).await.err().or_else(|| cut_since(slot, mark));
             failed_read = failed_read.or(failed);
         }
         Failures { write, read: failed_read }
@@ -67,6 +69,17 @@ impl<T> Failures<T> {
             _ => None,
         }
     }
+}
+
+/// A wait by offset vouches for the record the reply is about only if the log was not cut
+/// since the reply touched it: waits run one partition after another, each up to the ack
+/// timeout, and meanwhile a partition may change leaders twice, this node dropping its
+/// record as a divergent tail and leading again with another record at that offset,
+/// committed. Any cut then fails the reply, as a leadership change does.
+fn cut_since(slot: &PartitionServing, mark: Mark) -> Option<Reply> {
+    (slot.log.truncations() != mark.truncations).then(|| {
+        Reply::error("leadership changed before the record was committed; a write may or may not have been applied")
+    })
 }
 
 /// Records up to `offset` are in `slot`'s log: its replication may send them.
@@ -229,6 +242,44 @@ mod tests {
         tokio::time::timeout(deadline, client.read_exact(&mut replies)).await.unwrap().unwrap();
         assert_eq!(&replies, b"OK\r\nOK\r\n");
         assert!(logs[0].get(p0.as_bytes()).unwrap().is_some() && logs[1].get(p1.as_bytes()).unwrap().is_some());
+
+        drop(client);
+        stop.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_record_was_cut_while_it_waited_is_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let log_config = Config { fsync: FsyncPolicy::Never, ..Config::default() };
+        let log = Arc::new(Log::open(dir.path(), log_config).unwrap());
+        let asked = Arc::new(Notify::new());
+        let (release, released) = watch::channel(false);
+        let cluster: Arc<dyn Cluster> = Arc::new(FakeCluster { held: Some((Arc::clone(&asked), released)) });
+        let config = ServerConfig { fsync: FsyncPolicy::Never, stats_interval: None, ..ServerConfig::default() };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let partitions = vec![(Arc::clone(&log), Some(cluster))];
+        let server = tokio::spawn(serve(listener, partitions, config, Forwarding::default(), stopped));
+
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"SET mine a\n").await.unwrap();
+        let deadline = Duration::from_secs(60);
+        tokio::time::timeout(deadline, asked.notified()).await.expect("the write waits for replication");
+        // Meanwhile the partition changed leaders: this node dropped the record as a
+        // divergent tail and holds another at its offset, which replication then commits.
+        log.truncate_to(0).unwrap();
+        assert_eq!(log.append(b"theirs", b"b").unwrap(), 0);
+        release.send(true).unwrap();
+        let mut reply = String::new();
+        let mut buf = [0u8; 256];
+        while !reply.ends_with('\n') {
+            let n = tokio::time::timeout(deadline, client.read(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "closed before replying: {reply:?}");
+            reply.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        assert!(reply.starts_with("ERR leadership changed"), "{reply:?}");
 
         drop(client);
         stop.send(()).unwrap();
