@@ -202,7 +202,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
             // that; a restarted one would not, and would copy afresh all the same).
             let committed = match diverged.copy_afresh {
                 true => 0,
-                false => node.upstream.high_watermark.load(Ordering::Relaxed),
+                false => node.upstream.known_committed.load(Ordering::Relaxed),
             };
             truncate_divergent_tail(log, &diverged, last, committed)?;
             node.truncated(log.next_offset());
@@ -232,7 +232,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
     log.adopt_lineage(&hello.log_id)?;
     if another_log {
         // What a leader of another log said was committed says nothing of this one.
-        node.upstream.high_watermark.store(0, Ordering::Relaxed);
+        node.upstream.known_committed.store(0, Ordering::Relaxed);
     }
     log.observe_epoch(hello.epoch)?;
     record_leaders_horizon(log, hello.tombstones_dropped_below)?;
@@ -283,7 +283,7 @@ async fn session(node: &Arc<Replication>, target: &Target) -> Result<SessionEnd,
         }
         let next = log.next_offset();
         node.upstream.leader_next.store(records.leader_next_offset, Ordering::Relaxed);
-        node.upstream.high_watermark.fetch_max(records.high_watermark, Ordering::Relaxed);
+        node.upstream.known_committed.fetch_max(records.high_watermark, Ordering::Relaxed);
         log.set_leader_clean_points(records.high_watermark, records.tombstone_horizon);
         if records.log_start_offset > log.log_start_offset()
             && let Err(err) = tokio::task::block_in_place(|| log.follow_log_start(records.log_start_offset))

@@ -320,21 +320,22 @@ impl Followers {
                 let table = self.lock();
                 let acked = |id: &String| table.followers.get(id).is_some_and(|e| e.durable > offset);
                 let (acked, of) = match &table.rule {
-                    AckRule::Isr { isr_size, min_insync, wait } if isr_size < min_insync => {
-                        let acked = wait.iter().filter(|id| acked(id)).count();
-                        return Err(Refusal(format!(
-                            "replication timeout (acked {acked} of {}): the partition has {isr_size} in-sync \
-                             replicas of the {min_insync} it needs to commit more, until a replica is back or re-made",
-                            wait.len()
-                        )));
-                    }
                     AckRule::Isr { wait, .. } => (wait.iter().filter(|id| acked(id)).count(), wait.len()),
                     AckRule::Count(tolerance) => {
                         (table.followers.values().filter(|e| e.durable > offset).count(), *tolerance)
                     }
                     AckRule::NotLeading => (0, 0),
                 };
-                Err(Refusal(format!("replication timeout (acked {acked} of {of})")))
+                let mut why = format!("replication timeout (acked {acked} of {of})");
+                if let AckRule::Isr { isr_size, min_insync, .. } = &table.rule
+                    && isr_size < min_insync
+                {
+                    why.push_str(&format!(
+                        ": the partition has {isr_size} in-sync replicas of the {min_insync} it needs to \
+                         commit more, until a replica is back or re-made"
+                    ));
+                }
+                Err(Refusal(why))
             }
         }
     }

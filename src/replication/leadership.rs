@@ -233,7 +233,7 @@ impl Replication {
         // What this leadership committed stays known (as a follower knows its leader's
         // word): a divergent tail is never cut below it, and a later leadership of this
         // node starts from it.
-        self.upstream.high_watermark.fetch_max(self.high_watermark(), Ordering::Relaxed);
+        self.upstream.known_committed.fetch_max(self.high_watermark(), Ordering::Relaxed);
         self.followers.set_rule(AckRule::NotLeading);
     }
 
@@ -293,7 +293,7 @@ impl Replication {
         let watermark = if self.is_leading() {
             self.followers.replicated()
         } else {
-            self.upstream.high_watermark.load(Ordering::Relaxed)
+            self.upstream.known_committed.load(Ordering::Relaxed)
         };
         watermark.min(self.log.next_offset())
     }

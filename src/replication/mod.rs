@@ -173,8 +173,11 @@ struct Upstream {
     leader: Mutex<Option<(String, String)>>,
     /// The leader's next offset as of the last chunk received.
     leader_next: AtomicU64,
-    /// The leader's high watermark as of the last chunk received (cluster mode).
-    high_watermark: AtomicU64,
+    /// Every record below this is known committed (cluster mode): the leader's high
+    /// watermark as of the last chunk received, raised on a step-down to what this node's
+    /// own leadership committed. A divergent tail is never cut below it, and a new
+    /// leadership of this node starts its high watermark from it.
+    known_committed: AtomicU64,
     connected: std::sync::atomic::AtomicBool,
 }
 
