@@ -1,8 +1,14 @@
-//! Replies written by the commit thread under `--fsync always` (docs/BENCHMARKS.md,
-//! "`-P 1`, third look"): a plain-TCP connection hands each batch of replies to the commit
-//! thread, which writes them after the fsync that covers them. These tests hold the
-//! properties that path must keep: OK only after the fsync, replies in request order per
-//! connection, failures in place, and no bytes into a socket the connection gave up.
+//! The two write paths under `--fsync always`.
+//!
+//! Without serving loops (`--serving-loops 0`), a plain-TCP connection hands each batch of
+//! replies to the commit thread, which writes them after the fsync that covers them
+//! (docs/BENCHMARKS.md, "`-P 1`, third look"). These tests hold the properties that path
+//! must keep: OK only after the fsync, replies in request order per connection, failures in
+//! place, and no bytes into a socket the connection gave up.
+//!
+//! On a serving loop (the default), the loop fsyncs before it sleeps and answers from its
+//! own thread: OK still only after the fsync, and a failed fsync answers every write that
+//! waited for it.
 
 mod common;
 
@@ -19,8 +25,13 @@ use tokio::net::TcpStream;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The commit thread's path: connections on the shared runtime.
 fn config() -> ServerConfig {
-    ServerConfig { stats_interval: None, ..ServerConfig::default() }
+    ServerConfig { stats_interval: None, serving_loops: 0, ..ServerConfig::default() }
+}
+
+fn on_one_loop() -> ServerConfig {
+    ServerConfig { stats_interval: None, serving_loops: 1, ..ServerConfig::default() }
 }
 
 /// Waits until the held fsync has started: the commit thread is inside it.
@@ -216,4 +227,91 @@ async fn a_reply_for_a_reset_connection_never_reaches_the_next_one() {
     assert_eq!(next.request(b"SET b 2").await, b"OK", "the first bytes are the reply to this SET");
     assert_eq!(next.request(b"PING").await, b"PONG");
     server.stop().await;
+}
+
+/// The thread that ran the last fsync of `faults`.
+fn syncer(faults: &FaultFs) -> String {
+    faults.last_syncer.lock().unwrap().clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_thread_runs_the_fsync_off_the_serving_loops() {
+    let faults = Arc::new(FaultFs::default());
+    let server = TestServer::start_with_fs(config(), Config::default(), faults.clone()).await;
+    let mut client = server.connect().await;
+    assert_eq!(client.request(b"SET a 1").await, b"OK");
+    assert_eq!(syncer(&faults), "msglog-commit");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_serving_loop_ok_waits_for_the_fsync_the_loop_runs_before_it_sleeps() {
+    let faults = Arc::new(FaultFs::default());
+    let server = TestServer::start_with_fs(on_one_loop(), Config::default(), faults.clone()).await;
+    let held = faults.hold_next_sync();
+    let mut writer = TcpStream::connect(server.addr).await.unwrap();
+    writer.write_all(b"SET a 1\nGET a\n").await.unwrap();
+    started(&held).await;
+    assert_eq!(syncer(&faults), "msglog-loop-0", "the loop itself runs the fsync");
+    assert_eq!(server.log.durable_offset(), 0, "the held fsync is the first");
+    assert!(nothing_arrived(&writer), "a reply went out before the fsync of SET a");
+    held.release.send(()).unwrap();
+    let mut client = BufReader::new(writer);
+    assert_eq!(reply(&mut client).await, b"OK");
+    assert_eq!(reply(&mut client).await, b"1");
+    assert!(server.log.durable_offset() >= 1, "SET a is durable once acknowledged");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_serving_loop_a_failed_fsync_fails_the_writes_that_waited_for_it_and_the_loop_serves_on() {
+    let faults = Arc::new(FaultFs::default());
+    let server = TestServer::start_with_fs(on_one_loop(), Config::default(), faults.clone()).await;
+    // Two connections' writes in one batch each; the fsync that would cover them fails.
+    let mut first = server.connect().await;
+    assert_eq!(first.request(b"SET before 1").await, b"OK");
+    assert_eq!(syncer(&faults), "msglog-loop-0");
+    faults.fail_sync_after(0);
+    let failed = first.request(b"SET lost 1").await;
+    assert!(failed.starts_with(b"ERR storage failure: "), "{}", failed.escape_ascii());
+    assert!(!failed.windows(9).any(|w| w == b"read-only"), "the first failure names itself");
+    let mut second = server.connect().await;
+    let refused = second.request(b"SET later 1").await;
+    assert!(refused.starts_with(b"ERR storage failure: "), "{}", refused.escape_ascii());
+    assert_eq!(second.request(b"PING").await, b"PONG", "the loop still serves");
+    assert_eq!(first.request(b"GET before").await, b"1", "what was durable is still served");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_serving_loop_a_client_that_never_stops_sending_does_not_hold_back_others_writes() {
+    let server = TestServer::start_with_fs(on_one_loop(), Config::default(), Arc::new(FaultFs::default())).await;
+    // The flood: pipelined PINGs sent without pause until the write below is answered,
+    // and their replies drained, so the loop may always have more of it to read.
+    let flood = TcpStream::connect(server.addr).await.unwrap();
+    let (mut flood_replies, mut flood_requests) = flood.into_split();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = Arc::clone(&stop);
+    let sender = tokio::spawn(async move {
+        let chunk = b"PING\r\n".repeat(2000);
+        while !flooding.load(std::sync::atomic::Ordering::Relaxed) {
+            if flood_requests.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let drain = tokio::spawn(async move {
+        let mut sink = vec![0u8; 64 * 1024];
+        while tokio::io::AsyncReadExt::read(&mut flood_replies, &mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let mut writer = BufReader::new(TcpStream::connect(server.addr).await.unwrap());
+    writer.get_mut().write_all(b"SET during flood\n").await.unwrap();
+    // Without a bound on the reads a loop serves before it syncs, this waits for the flood.
+    assert_eq!(reply(&mut writer).await, b"OK");
+    assert!(!sender.is_finished(), "the flood was still being sent when the write was acknowledged");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.await.unwrap();
+    drop(writer);
+    server.stop().await;
+    drain.abort();
 }

@@ -54,6 +54,16 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_MAX_REPLICATION_STREAMS", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_replication_streams: u32,
+    /// Single-threaded event loops that run the client connections, which are spread over
+    /// them in turn. A loop makes durable once for everything its connections wait for,
+    /// just before it sleeps (under `--fsync always` one fsync), and answers them from the
+    /// same thread, as Redis's event loop does; while it syncs it serves no one. 0 runs
+    /// connections on the shared multi-threaded runtime, where a commit thread fsyncs for
+    /// them. Replication and forwarded requests always run on the shared runtime (README,
+    /// "Serving loops").
+    #[arg(long, env = "MSGLOG_SERVING_LOOPS", default_value_t = crate::server::DEFAULT_SERVING_LOOPS as u32,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    serving_loops: u32,
     /// This node's name in STATS and logs [default: the listen address].
     #[arg(long, env = "MSGLOG_NODE_ID", value_parser = parse_node_id)]
     node_id: Option<String>,
@@ -223,6 +233,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_connections,
         max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
         max_replication_streams: args.max_replication_streams as usize,
+        serving_loops: args.serving_loops as usize,
         stats_interval: Some(args.stats_interval),
         role,
         bind_source_addr: args.bind_source_addr,

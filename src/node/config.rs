@@ -29,6 +29,8 @@ pub struct NodeConfig {
     pub max_connections: usize,
     pub max_buffer_bytes: usize,
     pub max_replication_streams: usize,
+    /// Single-threaded loops that run the client connections (`--serving-loops`).
+    pub serving_loops: usize,
     /// How often to log a stats line; `None` logs none.
     pub stats_interval: Option<Duration>,
     pub role: Role,
@@ -65,6 +67,7 @@ impl NodeConfig {
             max_connections: 1024,
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             max_replication_streams: 64,
+            serving_loops: crate::server::DEFAULT_SERVING_LOOPS,
             stats_interval: None,
             role: Role::Leader { tolerance: 0, ack_timeout: Duration::from_secs(5) },
             bind_source_addr: None,

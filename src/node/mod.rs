@@ -101,6 +101,7 @@ impl Node {
             protected_mode: config.protected_mode,
             metrics: metrics_listener.as_ref().map(|_| Arc::new(Metrics::default())),
             tls: tls.map(|tls| tls.client_port),
+            serving_loops: config.serving_loops,
         };
         // Clients stop first and replication only after them: a write waiting for its
         // acknowledgements during shutdown still gets them, instead of waiting out the ack

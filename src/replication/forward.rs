@@ -71,6 +71,10 @@ pub struct ForwardClient {
     /// The node's mutual TLS towards leaders (`--tls-ca`); `None` speaks plain gRPC.
     tls: Option<tonic::transport::ClientTlsConfig>,
     links: Mutex<HashMap<String, Link>>,
+    /// The runtime the client was made on (the node's): links to leaders run there, not on
+    /// the serving loop of the connection that happens to forward first, which would hold
+    /// every loop's forwarded requests during its fsyncs.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 struct Link {
@@ -86,11 +90,15 @@ impl ForwardClient {
 
     /// [`ForwardClient::new`] that presents this node's certificate to leaders.
     pub fn with_tls(config: ForwardConfig, tls: Option<tonic::transport::ClientTlsConfig>) -> Arc<ForwardClient> {
-        Arc::new(ForwardClient { config, tls, links: Mutex::new(HashMap::new()) })
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        Arc::new(ForwardClient { config, tls, links: Mutex::new(HashMap::new()), runtime })
     }
 
     fn channel(&self, grpc_addr: &str) -> Option<Channel> {
-        Some(peer_endpoint(grpc_addr, self.tls.as_ref(), self.config.bind_source_addr).ok()?.connect_lazy())
+        let endpoint = peer_endpoint(grpc_addr, self.tls.as_ref(), self.config.bind_source_addr).ok()?;
+        // The channel's connection task starts on the runtime entered here.
+        let _entered = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
+        Some(endpoint.connect_lazy())
     }
 }
 
@@ -110,7 +118,11 @@ impl Forwarder for ForwardClient {
             None => {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let (channel, config) = (link.channel.clone(), self.config.clone());
-                tokio::spawn(run_link(channel, config, grpc_addr.to_string(), rx));
+                let running = run_link(channel, config, grpc_addr.to_string(), rx);
+                match &self.runtime {
+                    Some(runtime) => drop(runtime.spawn(running)),
+                    None => drop(tokio::spawn(running)),
+                }
                 link.outgoing.insert(tx)
             }
         };

@@ -197,6 +197,13 @@ impl CommitHandle {
         if self.log.durable_offset() > offset {
             return Ok(());
         }
+        if let Some(synced) = super::loops::sync_before_sleep(&self.log, offset) {
+            match synced.await {
+                Ok(super::loops::Synced::Done(result)) => return result,
+                // Cut by a truncation (or the loop is stopping): wait the general way.
+                Ok(super::loops::Synced::Cut) | Err(_) => {}
+            }
+        }
         self.requests.wanted.fetch_max(offset + 1, Ordering::AcqRel);
         self.thread.unpark();
         let mut durable = self.durable.clone();

@@ -11,6 +11,7 @@ mod connection;
 mod descriptors;
 mod execute;
 mod forward;
+mod loops;
 mod marks;
 pub mod metrics;
 mod partitions;
@@ -69,6 +70,9 @@ pub struct ServerConfig {
     pub metrics: Option<Arc<metrics::Metrics>>,
     /// Present: the port speaks TLS only (`--tls-cert`; docs/SECURITY.md).
     pub tls: Option<crate::tls::ClientPortTls>,
+    /// Single-threaded loops that run the client connections (`--serving-loops`); 0 runs
+    /// them on the caller's runtime.
+    pub serving_loops: usize,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             protected_mode: true,
             metrics: None,
             tls: None,
+            serving_loops: DEFAULT_SERVING_LOOPS,
         }
     }
 }
@@ -103,6 +108,11 @@ impl ServerConfig {
 
 /// Default for [`ServerConfig::max_buffer_bytes`].
 pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Default for [`ServerConfig::serving_loops`]: one loop answered `--fsync always` writes
+/// at `-P 1` with less CPU and fewer context switches than the commit thread, and two
+/// loops did worse than one on two cores (docs/BENCHMARKS.md, "Serving loops").
+pub const DEFAULT_SERVING_LOOPS: usize = 1;
 
 /// Over-limit connections being told so at once; beyond this they are closed unanswered,
 /// so refusals cannot hold more than a fixed number of descriptors.
@@ -222,6 +232,16 @@ pub async fn serve(
         slots.push(PartitionServing { partition, log, commits, cluster });
     }
     let partitions = Partitions::new(slots);
+    let loops = match config.serving_loops {
+        0 => None,
+        count => match loops::Loops::start(count) {
+            Ok(loops) => Some(loops),
+            Err(err) => {
+                committers.into_iter().for_each(committer::Committer::stop);
+                return Err(err);
+            }
+        },
+    };
     let (notify_shutdown, _) = broadcast::channel(1);
     let (shutdown_complete_tx, mut shutdown_complete_rx) = mpsc::channel(1);
     let stats_interval = config.stats_interval.filter(|every| !every.is_zero());
@@ -243,6 +263,7 @@ pub async fn serve(
         }),
         notify_shutdown,
         shutdown_complete_tx,
+        loops,
     };
     // Forwarded streams take part in shutdown as connections do.
     let serving = forwarding.endpoint.map(|endpoint| {
@@ -270,13 +291,18 @@ pub async fn serve(
 
     // Dropping the broadcast sender tells every connection; dropping our completion sender
     // leaves only theirs, so `recv` returns `None` once the last connection is gone.
-    let Listener { listener, shared, notify_shutdown, shutdown_complete_tx, .. } = server;
+    let Listener { listener, shared, notify_shutdown, shutdown_complete_tx, loops, .. } = server;
     drop(listener);
     drop(serving);
     drop(shared);
     drop(notify_shutdown);
     drop(shutdown_complete_tx);
     let _ = shutdown_complete_rx.recv().await;
+    if let Some(loops) = loops
+        && tokio::task::spawn_blocking(move || loops.stop()).await.is_err()
+    {
+        tracing::error!("stopping the serving loops failed");
+    }
     for committer in committers {
         committer.stop();
     }
@@ -292,6 +318,8 @@ struct Listener {
     shared: Arc<Shared>,
     notify_shutdown: broadcast::Sender<()>,
     shutdown_complete_tx: mpsc::Sender<()>,
+    /// Where connections run, if not on the runtime that accepts them.
+    loops: Option<loops::Loops>,
 }
 
 impl Listener {
@@ -317,14 +345,21 @@ impl Listener {
             let shutdown_complete = self.shutdown_complete_tx.clone();
             // The TLS handshake runs in the connection's own task: a slow or silent client
             // must not hold up the accept loop.
-            tokio::spawn(async move {
+            let serve = move |stream: TcpStream| async move {
                 let opened = tokio::select! {
                     opened = ClientStream::open(stream, shared.config.tls.as_ref()) => opened,
                     _ = shutdown.recv() => None,
                 };
                 let Some(stream) = opened else { return };
                 Connection::new(shared, stream, permit, shutdown, shutdown_complete).run().await;
-            });
+            };
+            match &self.loops {
+                None => drop(tokio::spawn(serve(stream))),
+                Some(loops) => match stream.into_std() {
+                    Ok(stream) => loops.spawn(stream, serve),
+                    Err(error) => tracing::warn!(%error, "cannot hand a connection to a serving loop"),
+                },
+            }
         }
     }
 

@@ -373,7 +373,9 @@ impl Log {
     }
 
     /// Blocks until every record up to `offset` is durable per the policy: fsynced under
-    /// `Always` (concurrent callers share one fsync), written to the OS otherwise.
+    /// `Always` (concurrent callers share one fsync), written to the OS otherwise. Records
+    /// a truncation cut are not waited for: a caller waiting for its own record compares
+    /// [`Log::durable_offset`] (or [`Log::truncations`]) after.
     pub fn sync_through(&self, offset: Offset) -> Result<()> {
         match self.shared.config.fsync {
             FsyncPolicy::Always => self.shared.sync_through(offset),
@@ -400,6 +402,20 @@ impl Log {
             group.joined(&self.shared);
             true
         })
+    }
+
+    /// Puts this log in its sync group's next round without waiting (a no-op outside a
+    /// group): a caller about to sync several logs one after another queues them all
+    /// first, so that the first sync's round makes them all durable with one call.
+    pub fn queue_for_sync(&self) {
+        if let Some(group) = self.shared.sync_group.get() {
+            group.enqueue(&self.shared);
+        }
+    }
+
+    /// How the sync group this log joined shares its rounds, if it joined one.
+    pub fn sync_group_stats(&self) -> Option<super::SyncGroupStats> {
+        self.shared.sync_group.get().map(|group| group.stats())
     }
 
     /// Truncations that cut records since the log was opened. A record appended or read

@@ -107,7 +107,8 @@ impl SyncGroup {
         lock(&self.members).push(Arc::downgrade(shared));
     }
 
-    /// Blocks until every record of `shared`'s log up to `offset` is fsynced.
+    /// Blocks until every record of `shared`'s log up to `offset` is fsynced; records a
+    /// truncation cut are not waited for, as in `Commit::sync_through`.
     pub(super) fn sync_through(&self, shared: &Arc<Shared>, offset: Offset) -> Result<()> {
         let durable = &shared.commit.durable;
         loop {
@@ -122,6 +123,10 @@ impl SyncGroup {
                 self.syncing.store(false, Ordering::Release);
                 self.generation.fetch_add(1, Ordering::Release);
                 futex::wake_all(&self.generation);
+                if shared.read().next_offset <= offset {
+                    shared.read().failure_for(offset)?;
+                    return Ok(());
+                }
                 continue;
             }
             // Read the generation before re-checking, so a leader finishing in between
@@ -136,7 +141,7 @@ impl SyncGroup {
         }
     }
 
-    fn enqueue(&self, shared: &Arc<Shared>) {
+    pub(super) fn enqueue(&self, shared: &Arc<Shared>) {
         let mut waiting = lock(&self.waiting);
         if !shared.commit.queued.swap(true, Ordering::AcqRel) {
             waiting.push(Arc::clone(shared));

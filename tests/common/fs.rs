@@ -31,6 +31,8 @@ pub struct FaultFs {
     held_sync: Mutex<Option<(Sender<()>, Receiver<()>)>>,
     /// Data fsyncs done (`sync_data`), for tests that watch background syncs.
     pub data_syncs: AtomicU64,
+    /// The name of the thread that ran the last data fsync.
+    pub last_syncer: Mutex<Option<String>>,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,7 @@ impl Default for FaultFs {
             opens: Countdown::never(),
             held_sync: Mutex::new(None),
             data_syncs: AtomicU64::new(0),
+            last_syncer: Mutex::new(None),
         }
     }
 }
@@ -142,6 +145,8 @@ impl FileSystem for FaultFs {
         RealFs.set_len(file, path, len)
     }
     fn sync_data(&self, file: &File, path: &Path) -> io::Result<()> {
+        let thread = std::thread::current().name().map(str::to_string);
+        *self.last_syncer.lock().unwrap_or_else(PoisonError::into_inner) = thread;
         self.check_sync()?;
         self.data_syncs.fetch_add(1, Ordering::SeqCst);
         RealFs.sync_data(file, path)

@@ -148,6 +148,7 @@ impl Connection {
         let handoff = match &stream {
             ClientStream::Plain(tcp)
                 if handoff::max_handed_replies() > 0
+                    && !crate::server::loops::on_loop()
                     && shared.first().commits.is_some()
                     && shared.config.metrics.is_none() =>
             {
@@ -206,6 +207,7 @@ impl Connection {
             if read == 0 {
                 break;
             }
+            crate::server::loops::read_done();
             match self.handle_buffered_requests().await? {
                 Flow::Continue => {}
                 Flow::Close => {

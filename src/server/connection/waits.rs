@@ -131,8 +131,16 @@ async fn sync_through(slot: &PartitionServing, offset: Offset) -> Result<(), Sto
     match &slot.commits {
         // `--fsync always`: the commit thread fsyncs for every waiting connection.
         Some(commits) => commits.wait(offset).await,
-        // Only hands the write buffer to the OS: cheap enough to do inline.
-        None => slot.log.sync_through(offset),
+        // Only hands the write buffer to the OS: a serving loop does it once for all its
+        // connections before it sleeps; elsewhere it is cheap enough to do inline.
+        None if slot.log.durable_offset() > offset => Ok(()),
+        None => match crate::server::loops::sync_before_sleep(&slot.log, offset) {
+            Some(synced) => match synced.await {
+                Ok(crate::server::loops::Synced::Done(result)) => result,
+                Ok(crate::server::loops::Synced::Cut) | Err(_) => slot.log.sync_through(offset),
+            },
+            None => slot.log.sync_through(offset),
+        },
     }
 }
 

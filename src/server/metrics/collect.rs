@@ -143,6 +143,9 @@ struct LogTotals {
     cleaned_bytes: u64,
     cleaner_runs: u64,
     retention_deleted_bytes: u64,
+    /// The sync group the logs share under `--fsync always`, if they joined one (a node's
+    /// logs join one group or none, so the first log's is every log's).
+    sync_group: Option<crate::storage::SyncGroupStats>,
 }
 
 /// A position or state of one partition's log: the logs count offsets and epochs each on
@@ -176,6 +179,7 @@ impl LogTotals {
         self.cleaned_bytes += cleaner.cleaned_bytes;
         self.cleaner_runs += cleaner.runs;
         self.retention_deleted_bytes += retention.deleted_bytes;
+        self.sync_group = self.sync_group.or_else(|| log.sync_group_stats());
         PartitionPositions {
             partition,
             next_offset: stats.next_offset,
@@ -211,6 +215,12 @@ impl NodeCollector {
         let help = "The highest leader epoch this node has begun or seen for the partition.";
         gauge_per_partition(e, "epoch", help, per_partition(|p| p.epoch))?;
         counter(e, "fsyncs", "Fsyncs of the node's logs since they were opened.", totals.fsyncs)?;
+        if let Some(group) = totals.sync_group {
+            let help = "Rounds in which the node's partition logs shared one syncfs (--fsync always).";
+            counter(e, "fsync_rounds", help, group.rounds)?;
+            let help = "Partition logs those shared rounds made durable, summed (divided by the rounds: the sharing).";
+            counter(e, "fsync_round_logs", help, group.logs_synced)?;
+        }
         let help = "Share of the partition's committed sealed bytes not yet cleaned by compaction (0 to 1).";
         gauge_per_partition(e, "cleaner_dirty_ratio", help, positions.iter().map(|p| (p.partition, p.dirty_ratio)))?;
         let help = "Bytes of segments compaction removed from disk since start.";

@@ -92,6 +92,7 @@ fn node_log_figures_are_totals_over_every_partition_and_offsets_are_per_partitio
     assert_eq!(observations(&s, "msglog_fsync_duration_seconds"), sum(|s| s.fsyncs));
     assert_eq!(observations(&s, "msglog_records_per_fsync"), sum(|s| s.fsyncs));
     assert_eq!(total(&s, "msglog_cleaner_runs_total"), 0.0);
+    assert!(series(&s, "msglog_fsync_rounds_total", &[]).is_empty(), "logs in no sync group have no rounds");
 
     let each = |figure: fn(&crate::storage::LogStats) -> u64| partitions(&stats.iter().map(figure).collect::<Vec<_>>());
     assert_eq!(per_partition(&s, "msglog_log_next_offset"), partitions(&[2, 3, 4]));
@@ -108,6 +109,33 @@ fn node_log_figures_are_totals_over_every_partition_and_offsets_are_per_partitio
         Box::new(Vec::new),
     );
     assert_eq!(total(&scrape(&exporter), "msglog_log_records"), 9.0);
+}
+
+#[test]
+fn shared_fsync_rounds_are_exported_where_the_logs_share_them() {
+    let dirs: Vec<TempDir> = (0..3).map(|_| TempDir::new().expect("temp dir")).collect();
+    let fs: Arc<dyn crate::storage::FileSystem> = Arc::new(crate::storage::RealFs);
+    let group = crate::storage::SyncGroup::new(dirs[0].path()).expect("sync group");
+    let logs: Vec<Arc<Log>> = dirs
+        .iter()
+        .map(|dir| {
+            let log = Log::open_with(dir.path(), Config::default(), Arc::clone(&fs)).expect("open log");
+            assert!(log.join_sync_group(&group).expect("join"), "temp dirs share a device");
+            Arc::new(log)
+        })
+        .collect();
+    // One round per sync, each waiting on one log: 3 rounds, 3 logs.
+    for log in &logs {
+        log.append(b"id", b"message").expect("append");
+        log.sync().expect("sync");
+    }
+    let exporter =
+        Exporter::new(Arc::new(Metrics::default()), logs.iter().map(Arc::downgrade).collect(), Box::new(Vec::new));
+    let s = scrape(&exporter);
+    let stats = group.stats();
+    assert_eq!(total(&s, "msglog_fsync_rounds_total"), stats.rounds as f64);
+    assert_eq!(total(&s, "msglog_fsync_round_logs_total"), stats.logs_synced as f64);
+    assert!(stats.rounds >= 3, "one round at least for each sync: {stats:?}");
 }
 
 #[test]
