@@ -52,7 +52,8 @@ pub(crate) enum Synced {
 struct Waiter {
     log: Arc<Log>,
     offset: Offset,
-    done: oneshot::Sender<Synced>,
+    /// `None`: a sync asked ahead, which no one awaits.
+    done: Option<oneshot::Sender<Synced>>,
 }
 
 /// Reads a loop serves while a wait is registered before it syncs without waiting to go
@@ -89,9 +90,23 @@ pub(crate) fn sync_before_sleep(log: &Arc<Log>, offset: Offset) -> Option<onesho
     WAITING.with_borrow_mut(|waiting| {
         let waiting = waiting.as_mut()?;
         let (done, synced) = oneshot::channel();
-        waiting.push(Waiter { log: Arc::clone(log), offset, done });
+        waiting.push(Waiter { log: Arc::clone(log), offset, done: Some(done) });
         Some(synced)
     })
+}
+
+/// On a serving loop, has the loop's next sync cover `log` up to `offset` without waiting
+/// for it: a batch that waits for several partitions one after another asks for all of
+/// them first, so that one round syncs them all and the later waits find them durable.
+pub(crate) fn sync_ahead(log: &Arc<Log>, offset: Offset) {
+    if log.durable_offset() > offset {
+        return;
+    }
+    WAITING.with_borrow_mut(|waiting| {
+        if let Some(waiting) = waiting.as_mut() {
+            waiting.push(Waiter { log: Arc::clone(log), offset, done: None });
+        }
+    });
 }
 
 /// Whether this thread is a serving loop's.
@@ -134,7 +149,9 @@ fn sync_waiting() {
             None => Synced::Cut,
         };
         // A connection that went away no longer listens.
-        let _ = waiter.done.send(synced);
+        if let Some(done) = waiter.done {
+            let _ = done.send(synced);
+        }
     }
 }
 
@@ -253,6 +270,50 @@ mod tests {
         assert_eq!(results, [true, true, true], "every wait resolved by the loop's sync");
         assert_eq!(log.durable_offset(), 3);
         assert_eq!(log.fsync_stats().fsyncs, 1, "one fsync, before the loop slept, for the three waits");
+        loops.stop();
+    }
+
+    #[test]
+    fn a_sync_asked_ahead_joins_the_round_of_the_wait_that_follows() {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let logs: Vec<Arc<Log>> =
+            dirs.iter().map(|dir| Arc::new(Log::open(dir.path(), Config::default()).unwrap())).collect();
+        let loops = Loops::start(1).unwrap();
+        let theirs = logs.clone();
+        let durable_after_first_wait = run_on(&loops, async move {
+            let first = theirs[0].append(b"a", b"message").unwrap();
+            let second = theirs[1].append(b"b", b"message").unwrap();
+            sync_ahead(&theirs[1], second);
+            let wait = sync_before_sleep(&theirs[0], first).expect("registered on a loop");
+            let synced = matches!(tokio::time::timeout(DEADLINE, wait).await, Ok(Ok(Synced::Done(Ok(())))));
+            synced && theirs[1].durable_offset() > second
+        });
+        assert!(durable_after_first_wait, "the second log was synced in the first wait's round");
+        loops.stop();
+    }
+
+    #[test]
+    fn a_loop_that_never_goes_idle_still_syncs_the_waits_of_its_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Arc::new(Log::open(dir.path(), Config::default()).unwrap());
+        let loops = Loops::start(1).unwrap();
+        let theirs = Arc::clone(&log);
+        let synced = run_on(&loops, async move {
+            let offset = theirs.append(b"a", b"message").unwrap();
+            let wait = sync_before_sleep(&theirs, offset).expect("registered on a loop");
+            // A connection that always has more to read: it never lets the loop park.
+            let busy = tokio::spawn(async {
+                loop {
+                    read_done();
+                    tokio::task::yield_now().await;
+                }
+            });
+            let synced = matches!(tokio::time::timeout(DEADLINE, wait).await, Ok(Ok(Synced::Done(Ok(())))));
+            busy.abort();
+            synced
+        });
+        assert!(synced, "the wait was synced while the loop stayed busy");
+        assert_eq!(log.durable_offset(), 1);
         loops.stop();
     }
 

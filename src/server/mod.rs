@@ -88,7 +88,7 @@ impl Default for ServerConfig {
             protected_mode: true,
             metrics: None,
             tls: None,
-            serving_loops: DEFAULT_SERVING_LOOPS,
+            serving_loops: default_serving_loops(FsyncPolicy::Always),
         }
     }
 }
@@ -109,10 +109,17 @@ impl ServerConfig {
 /// Default for [`ServerConfig::max_buffer_bytes`].
 pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
 
-/// Default for [`ServerConfig::serving_loops`]: one loop answered `--fsync always` writes
-/// at `-P 1` with less CPU and fewer context switches than the commit thread, and two
-/// loops did worse than one on two cores (docs/BENCHMARKS.md, "Serving loops").
-pub const DEFAULT_SERVING_LOOPS: usize = 1;
+/// Default for [`ServerConfig::serving_loops`] under `fsync`. One loop was ahead of the
+/// commit thread under `--fsync interval`/`never` in throughput, but not under `always`,
+/// where it spent less CPU and made fewer context switches per write yet was level or
+/// behind in requests per second; two loops did worse than one on two cores
+/// (docs/BENCHMARKS.md, "Serving loops").
+pub fn default_serving_loops(fsync: FsyncPolicy) -> usize {
+    match fsync {
+        FsyncPolicy::Always => 0,
+        _ => 1,
+    }
+}
 
 /// Over-limit connections being told so at once; beyond this they are closed unanswered,
 /// so refusals cannot hold more than a fixed number of descriptors.
@@ -232,6 +239,10 @@ pub async fn serve(
         slots.push(PartitionServing { partition, log, commits, cluster });
     }
     let partitions = Partitions::new(slots);
+    match config.serving_loops {
+        0 => tracing::info!(fsync = ?config.fsync, "client connections run on the shared runtime (--serving-loops 0)"),
+        loops => tracing::info!(loops, fsync = ?config.fsync, "client connections run on serving loops"),
+    }
     let loops = match config.serving_loops {
         0 => None,
         count => match loops::Loops::start(count) {

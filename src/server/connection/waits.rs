@@ -38,6 +38,12 @@ impl Failures<Reply> {
         for mark in written.iter() {
             announce(shared.partitions.get(mark.partition), mark.offset);
         }
+        // On a serving loop, one round syncs every partition the batch waits for.
+        if written.iter().chain(read.iter()).nth(1).is_some() {
+            for mark in written.iter().chain(read.iter()) {
+                crate::server::loops::sync_ahead(&shared.partitions.get(mark.partition).log, mark.offset);
+            }
+        }
         let mut write = None;
         for mark in written.iter() {
             let slot = shared.partitions.get(mark.partition);
