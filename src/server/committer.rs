@@ -32,13 +32,21 @@ struct Durable {
 /// sync that failed itself was writing that record and names the root cause; a sync
 /// refused because the log had failed earlier says it is read-only.
 #[derive(Debug, Clone)]
-enum Stopped {
+pub(super) enum Stopped {
     Failure(Arc<str>),
     ReadOnly(Arc<str>),
 }
 
 impl Stopped {
-    fn error(&self) -> StorageError {
+    /// Why a sync failed, told apart as above.
+    pub(super) fn of(err: &StorageError) -> Stopped {
+        match err {
+            StorageError::Failed(why) => Stopped::ReadOnly(why.as_str().into()),
+            err => Stopped::Failure(err.to_string().into()),
+        }
+    }
+
+    pub(super) fn error(&self) -> StorageError {
         match self {
             Stopped::Failure(why) => StorageError::Failure(why.to_string()),
             Stopped::ReadOnly(why) => StorageError::Failed(why.to_string()),
@@ -160,10 +168,7 @@ fn commit_loop(log: &Log, requests: &Requests, publish: &watch::Sender<Durable>)
             Ok(()) => publish.send_modify(|d| d.syncs += 1),
             // The log refuses writes from now on; every waiter hears why.
             Err(err) => {
-                let stopped = match err {
-                    StorageError::Failed(why) => Stopped::ReadOnly(why.into()),
-                    err => Stopped::Failure(err.to_string().into()),
-                };
+                let stopped = Stopped::of(&err);
                 let error = stopped.error();
                 requests.handed().stopped = Some(stopped.clone());
                 requests.complete(log.durable_offset(), Some(&error), &mut ready);
@@ -197,12 +202,8 @@ impl CommitHandle {
         if self.log.durable_offset() > offset {
             return Ok(());
         }
-        if let Some(synced) = super::loops::sync_before_sleep(&self.log, offset) {
-            match synced.await {
-                Ok(super::loops::Synced::Done(result)) => return result,
-                // Cut by a truncation (or the loop is stopping): wait the general way.
-                Ok(super::loops::Synced::Cut) | Err(_) => {}
-            }
+        if let Some(result) = super::loops::synced(&self.log, offset).await {
+            return result;
         }
         self.requests.wanted.fetch_max(offset + 1, Ordering::AcqRel);
         self.thread.unpark();

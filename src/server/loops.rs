@@ -28,6 +28,7 @@ use std::thread::JoinHandle;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::committer::Stopped;
 use crate::storage::{Log, Offset, StorageError};
 
 /// A connection handed to a loop: started there, in the loop's runtime.
@@ -86,13 +87,23 @@ pub(crate) fn read_done() {
 
 /// Registers a wait for every record of `log` up to `offset` to be durable, when called
 /// on a serving loop: the loop syncs before it next sleeps. `None` elsewhere.
-pub(crate) fn sync_before_sleep(log: &Arc<Log>, offset: Offset) -> Option<oneshot::Receiver<Synced>> {
+fn sync_before_sleep(log: &Arc<Log>, offset: Offset) -> Option<oneshot::Receiver<Synced>> {
     WAITING.with_borrow_mut(|waiting| {
         let waiting = waiting.as_mut()?;
         let (done, synced) = oneshot::channel();
         waiting.push(Waiter { log: Arc::clone(log), offset, done: Some(done) });
         Some(synced)
     })
+}
+
+/// On a serving loop, waits until the loop's sync made `log` durable through `offset` and
+/// returns how it went; `None` off the loops, or when the record was cut by a truncation
+/// (or the loop is stopping), and the caller waits the general way.
+pub(crate) async fn synced(log: &Arc<Log>, offset: Offset) -> Option<Result<(), StorageError>> {
+    match sync_before_sleep(log, offset)?.await {
+        Ok(Synced::Done(result)) => Some(result),
+        Ok(Synced::Cut) | Err(_) => None,
+    }
 }
 
 /// On a serving loop, has the loop's next sync cover `log` up to `offset` without waiting
@@ -145,21 +156,13 @@ fn sync_waiting() {
         let failure = logs.iter().find(|(log, ..)| Arc::ptr_eq(log, &waiter.log)).and_then(|(.., f)| f.as_ref());
         let synced = match failure {
             _ if waiter.log.durable_offset() > waiter.offset => Synced::Done(Ok(())),
-            Some(err) => Synced::Done(Err(shared_error(err))),
+            Some(err) => Synced::Done(Err(Stopped::of(err).error())),
             None => Synced::Cut,
         };
         // A connection that went away no longer listens.
         if let Some(done) = waiter.done {
             let _ = done.send(synced);
         }
-    }
-}
-
-/// The error of a failed sync, for each of the waits it failed.
-fn shared_error(err: &StorageError) -> StorageError {
-    match err {
-        StorageError::Failed(why) => StorageError::Failed(why.clone()),
-        err => StorageError::Failure(err.to_string()),
     }
 }
 

@@ -140,11 +140,8 @@ async fn sync_through(slot: &PartitionServing, offset: Offset) -> Result<(), Sto
         // Only hands the write buffer to the OS: a serving loop does it once for all its
         // connections before it sleeps; elsewhere it is cheap enough to do inline.
         None if slot.log.durable_offset() > offset => Ok(()),
-        None => match crate::server::loops::sync_before_sleep(&slot.log, offset) {
-            Some(synced) => match synced.await {
-                Ok(crate::server::loops::Synced::Done(result)) => result,
-                Ok(crate::server::loops::Synced::Cut) | Err(_) => slot.log.sync_through(offset),
-            },
+        None => match crate::server::loops::synced(&slot.log, offset).await {
+            Some(result) => result,
             None => slot.log.sync_through(offset),
         },
     }
