@@ -72,19 +72,43 @@ fn a_bit_flip_in_the_last_acknowledged_record_is_corruption_not_a_torn_tail() {
         last = log.append(&id(i), &value(i, 0)).unwrap();
         log.sync_through(last).unwrap();
     }
+    // The records end before the file does: zeros preallocated for appends follow.
+    let end = log.stats().bytes as usize;
     drop(log);
     let segment = segments(dir.path()).pop().unwrap();
     let mut bytes = fs::read(&segment).unwrap();
-    let end = bytes.len();
     bytes[end - 2] ^= 0x01;
     fs::write(&segment, &bytes).unwrap();
 
     let (path, _, reason) = corruption(Log::open(dir.path(), config()));
     assert_eq!(path, segment);
     assert_eq!(reason, "CRC mismatch");
-    assert_eq!(fs::metadata(&segment).unwrap().len() as usize, end, "strict open cut nothing");
+    assert_eq!(fs::metadata(&segment).unwrap().len() as usize, bytes.len(), "strict open cut nothing");
     let log = Log::open(dir.path(), Config { recovery: RecoveryMode::Repair, ..config() }).unwrap();
     assert_eq!(log.next_offset(), last, "repair cuts the damaged record");
+}
+
+#[test]
+fn check_takes_the_preallocated_zeros_a_crash_leaves_for_free_space() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    for i in 0..5 {
+        let at = log.append(&id(i), &value(i, 0)).unwrap();
+        log.sync_through(at).unwrap();
+    }
+    let end = log.stats().bytes;
+    drop(log);
+    let segment = segments(dir.path()).pop().unwrap();
+    assert!(fs::metadata(&segment).unwrap().len() > end, "zeros follow the records");
+
+    let crashed = check(dir.path(), &config(), |_| {}).unwrap();
+    assert!(crashed.damage.is_none(), "{:?}", crashed.damage);
+    assert_eq!((crashed.records(), crashed.bytes()), (5, end));
+    // The digest covers the records only: the same once a clean close cut the zeros off.
+    Log::open(dir.path(), config()).unwrap().close().unwrap();
+    assert_eq!(fs::metadata(&segment).unwrap().len(), end);
+    let closed = check(dir.path(), &config(), |_| {}).unwrap();
+    assert_eq!(closed.digest, crashed.digest);
 }
 
 #[test]

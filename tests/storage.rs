@@ -156,6 +156,111 @@ fn garbage_after_the_last_record_is_truncated() {
     assert_eq!(fs::metadata(&segment).unwrap().len(), ends[4]);
 }
 
+fn always() -> Config {
+    Config { fsync: FsyncPolicy::Always, ..config() }
+}
+
+fn header_mark(segment: &Path) -> u64 {
+    let bytes = fs::read(segment).unwrap();
+    u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as u64
+}
+
+#[test]
+fn appends_land_on_preallocated_zeros_so_fsyncs_do_not_grow_the_segment() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let segment = segments(dir.path()).pop().unwrap();
+    let allocated = fs::metadata(&segment).unwrap().len();
+    for i in 0..200 {
+        let at = log.append(&id(i), &message(i)).unwrap();
+        log.sync_through(at).unwrap();
+        assert_eq!(fs::metadata(&segment).unwrap().len(), allocated, "record {i} grew the file");
+    }
+    let end = log.stats().bytes;
+    assert!(allocated > end + 1024 * 1024, "{allocated} bytes allocated for {end} bytes of records");
+    let bytes = fs::read(&segment).unwrap();
+    assert!(bytes[end as usize..].iter().all(|&b| b == 0), "zeros after the records");
+    // Closing cuts the zeros off: the file is its records.
+    log.close().unwrap();
+    assert_eq!(fs::metadata(&segment).unwrap().len(), end);
+}
+
+#[test]
+fn a_crash_leaves_the_preallocated_zeros_which_recovery_keeps_as_free_space() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    for i in 0..20 {
+        let at = log.append(&id(i), &message(i)).unwrap();
+        log.sync_through(at).unwrap();
+    }
+    let end = log.stats().bytes;
+    drop(log);
+    let segment = segments(dir.path()).pop().unwrap();
+    let allocated = fs::metadata(&segment).unwrap().len();
+    assert!(allocated > end, "the zeros are still there after a crash");
+    assert_eq!(header_mark(&segment), end);
+
+    let log = Log::open(dir.path(), always()).unwrap();
+    assert_eq!(log.stats().records, 20);
+    assert_eq!(fs::metadata(&segment).unwrap().len(), allocated, "no torn tail was cut");
+    // Appends go on from the end of the records, over the zeros.
+    let at = log.append(b"after", b"restart").unwrap();
+    log.sync_through(at).unwrap();
+    assert_eq!(at, 20);
+    drop(log);
+    let log = Log::open(dir.path(), always()).unwrap();
+    assert_eq!(log.stats().records, 21);
+    assert_eq!(log.get(b"after").unwrap().as_deref(), Some(&b"restart"[..]));
+    assert_eq!(log.get(&id(19)).unwrap(), Some(message(19)));
+}
+
+#[test]
+fn zeros_below_the_durable_length_are_corruption_not_free_space() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let mut ends = Vec::new();
+    for i in 0..10 {
+        let at = log.append(&id(i), &message(i)).unwrap();
+        log.sync_through(at).unwrap();
+        ends.push(log.stats().bytes);
+    }
+    drop(log);
+    let segment = segments(dir.path()).pop().unwrap();
+    assert_eq!(header_mark(&segment), ends[9]);
+    // The last acknowledged record reads back as zeros, like the free space after it.
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[ends[8] as usize..ends[9] as usize].fill(0);
+    fs::write(&segment, &bytes).unwrap();
+
+    match Log::open(dir.path(), always()) {
+        Err(StorageError::Corruption { segment: path, position, .. }) => {
+            assert_eq!((path, position), (segment, ends[8]));
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(log) => panic!("opened a log that lost an acknowledged record ({} records)", log.stats().records),
+    }
+}
+
+#[test]
+fn sealed_segments_hold_no_preallocated_zeros() {
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), Config { fsync: FsyncPolicy::Always, ..small_segments() }).unwrap();
+    for i in 0..60 {
+        let at = log.append(&id(i), &message(i)).unwrap();
+        log.sync_through(at).unwrap();
+    }
+    let mut files = segments(dir.path());
+    assert!(files.len() > 3);
+    let active = files.pop().unwrap();
+    for sealed in &files {
+        let bytes = fs::read(sealed).unwrap();
+        assert_ne!(bytes.last(), Some(&0), "{} ends in zeros", sealed.display());
+    }
+    // The active one has them, up to the size at which it is sealed.
+    assert_eq!(fs::metadata(&active).unwrap().len(), 1024);
+    log.close().unwrap();
+}
+
 fn flip_byte(path: &Path, at: u64) {
     let mut bytes = fs::read(path).unwrap();
     bytes[at as usize] ^= 0xFF;
@@ -739,12 +844,12 @@ fn an_fsync_in_flight_across_a_truncation_does_not_mark_later_records_durable() 
     assert_eq!(log.get(&id(2)).unwrap().as_deref(), Some(&b"new"[..]));
 }
 
-/// Bytes in the data dir's segment files.
+/// Bytes of records written to the data dir's segment files (the zeros preallocated
+/// after them left out).
 fn segment_bytes(data: &Path) -> u64 {
-    fs::read_dir(data.join("log"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .map(|p| fs::metadata(p).unwrap().len())
+    segments(data)
+        .into_iter()
+        .map(|p| fs::read(p).unwrap())
+        .map(|bytes| bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last as u64 + 1))
         .sum()
 }

@@ -60,9 +60,10 @@ pub(crate) struct ServeArgs {
     /// same thread, as Redis's event loop does; while it syncs it serves no one. 0 runs
     /// connections on the shared multi-threaded runtime, where a commit thread fsyncs for
     /// them. Replication and forwarded requests always run on the shared runtime (README,
-    /// "Serving loops"). At most 1024 [default: 0 under `--fsync always`, else 1].
-    #[arg(long, env = "MSGLOG_SERVING_LOOPS", value_parser = clap::value_parser!(u32).range(0..=1024))]
-    serving_loops: Option<u32>,
+    /// "Serving loops"). At most 1024.
+    #[arg(long, env = "MSGLOG_SERVING_LOOPS", default_value_t = crate::server::DEFAULT_SERVING_LOOPS as u32,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    serving_loops: u32,
     /// This node's name in STATS and logs [default: the listen address].
     #[arg(long, env = "MSGLOG_NODE_ID", value_parser = parse_node_id)]
     node_id: Option<String>,
@@ -232,7 +233,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_connections,
         max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
         max_replication_streams: args.max_replication_streams as usize,
-        serving_loops: args.serving_loops.map_or(crate::server::default_serving_loops(args.fsync), |n| n as usize),
+        serving_loops: args.serving_loops as usize,
         stats_interval: Some(args.stats_interval),
         role,
         bind_source_addr: args.bind_source_addr,

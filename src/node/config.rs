@@ -67,7 +67,7 @@ impl NodeConfig {
             max_connections: 1024,
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES,
             max_replication_streams: 64,
-            serving_loops: crate::server::default_serving_loops(FsyncPolicy::Always),
+            serving_loops: crate::server::DEFAULT_SERVING_LOOPS,
             stats_interval: None,
             role: Role::Leader { tolerance: 0, ack_timeout: Duration::from_secs(5) },
             bind_source_addr: None,

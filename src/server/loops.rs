@@ -17,7 +17,8 @@
 //! it has served [`READS_BEFORE_SYNC`] reads while a wait was registered.
 //!
 //! Everything else (the gRPC service, forwarded streams, timers of the node) stays on the
-//! multi-threaded runtime, whose waits go through the commit thread as before.
+//! multi-threaded runtime, whose waits under `--fsync always` go through the commit thread
+//! (under the other policies they write to the OS inline).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -88,7 +88,7 @@ impl Default for ServerConfig {
             protected_mode: true,
             metrics: None,
             tls: None,
-            serving_loops: default_serving_loops(FsyncPolicy::Always),
+            serving_loops: DEFAULT_SERVING_LOOPS,
         }
     }
 }
@@ -109,17 +109,10 @@ impl ServerConfig {
 /// Default for [`ServerConfig::max_buffer_bytes`].
 pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
 
-/// Default for [`ServerConfig::serving_loops`] under `fsync`. One loop was ahead of the
-/// commit thread under `--fsync interval`/`never` in throughput, but not under `always`,
-/// where it spent less CPU and made fewer context switches per write yet was level or
-/// behind in requests per second; two loops did worse than one on two cores
-/// (docs/BENCHMARKS.md, "Serving loops").
-pub fn default_serving_loops(fsync: FsyncPolicy) -> usize {
-    match fsync {
-        FsyncPolicy::Always => 0,
-        _ => 1,
-    }
-}
+/// Default for [`ServerConfig::serving_loops`]. One loop was ahead of the commit thread
+/// under every fsync policy once segments were preallocated; two loops did worse than one
+/// on two cores (docs/BENCHMARKS.md, "Serving loops").
+pub const DEFAULT_SERVING_LOOPS: usize = 1;
 
 /// Over-limit connections being told so at once; beyond this they are closed unanswered,
 /// so refusals cannot hold more than a fixed number of descriptors.

@@ -18,7 +18,7 @@ use super::id_index::IdIndex;
 use super::manifest;
 use super::offset_index::OffsetIndex;
 use super::record::{RecordKind, RecordRef, Records};
-use super::recovery::{ScanInput, list_segments, scan};
+use super::recovery::{ScanInput, ends_in_preallocated, list_segments, scan};
 use super::segment::{HEADER_LEN, SealedSegment, check_header, durable_len, segment_path};
 use super::{Config, Offset, Result, log_dir};
 
@@ -165,8 +165,14 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
                     let found = scan(input, &mut ids, &mut OffsetIndex::Empty, config, &sealed);
                     (found, hashing.join())
                 });
+                let mut found = found;
+                let preallocated = i + 1 == bases.len() && ends_in_preallocated(bytes, &found, durable_len(bytes));
+                if preallocated {
+                    found.damage = None;
+                    report.bytes = found.end as u64;
+                }
                 match (&found.damage, whole) {
-                    (None, Ok(whole)) => hasher = whole,
+                    (None, Ok(whole)) if !preallocated => hasher = whole,
                     _ => hasher.update(&bytes[HEADER_LEN..found.end]),
                 }
                 report.records = found.records;

@@ -479,9 +479,10 @@ impl Log {
             return Ok(());
         }
         self.sync()?;
-        // Leave the watermark exact, so the next open checks every byte against it.
+        // Leave the watermark exact, so the next open checks every byte against it, and
+        // the file without preallocated zeros.
         let mut st = self.shared.write();
-        if let Err(e) = st.active.sync_exact() {
+        if let Err(e) = st.active.sync_exact().and_then(|()| st.active.trim()) {
             let why = format!("closing {} failed: {e}", st.active.path.display());
             return Err(st.fail(why));
         }

@@ -28,8 +28,8 @@ use super::manifest;
 use super::offset_index::{OffsetIndex, relative};
 use super::record::{Decoded, RecordKind, RecordRef, decode};
 use super::segment::{
-    ActiveSegment, Figures, HEADER_LEN, SealedSegment, check_header, durable_len, header, index_path, segment_path,
-    write_mark,
+    ActiveSegment, Figures, HEADER_LEN, Reserve, SealedSegment, check_header, durable_len, header, index_path,
+    segment_path, write_mark,
 };
 use super::tail;
 use super::{Config, Epoch, Offset, RecoveryMode, Result, StorageError};
@@ -166,6 +166,16 @@ pub(super) fn scan(
     scan
 }
 
+/// Whether `scan` stopped where the space preallocated for appends begins: nothing but
+/// zeros from the end of its records to the end of the file, at or after the durable
+/// length `mark` (see [`segment`](super::segment)). Only a last segment may end so; a
+/// record cut by a crash is not zeros throughout, and zeros below the mark are bytes lost.
+pub(super) fn ends_in_preallocated(bytes: &[u8], scan: &Scan, mark: u64) -> bool {
+    scan.damage.is_some_and(|(position, _)| position == scan.end)
+        && scan.end as u64 >= mark
+        && bytes[scan.end..].iter().all(|&b| b == 0)
+}
+
 pub(super) fn corruption(segment: &Path, position: usize, reason: impl Into<String>) -> StorageError {
     StorageError::Corruption { segment: segment.to_path_buf(), position: position as u64, reason: reason.into() }
 }
@@ -189,9 +199,9 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
     Ok(bases)
 }
 
-/// Size a segment's read mapping is reserved at: it is sealed before growing past it.
-pub(super) fn reserve(config: &Config, len: u64) -> u64 {
-    config.segment_bytes.max(len) + config.max_record_bytes as u64
+/// How far an active segment of `len` bytes may grow before it is sealed.
+pub(super) fn reserve(config: &Config, len: u64) -> Reserve {
+    Reserve { map: config.segment_bytes.max(len) + config.max_record_bytes as u64, fill: config.segment_bytes }
 }
 
 pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> Result<Recovered> {
@@ -245,8 +255,9 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
             ScanInput { bytes: &map, base, segment: i as u32, after: prev, visit: None, hidden_below: log_start };
         let scan = scan(input, &mut ids, &mut index, config, &sealed);
         records += scan.records;
-        let mut end = len;
-        let damage = match (scan.damage, mark > len) {
+        let preallocated = is_last && ends_in_preallocated(&map, &scan, mark);
+        let mut end = if preallocated { scan.end as u64 } else { len };
+        let damage = match (scan.damage.filter(|_| !preallocated), mark > len) {
             (Some(damage), _) => Some(damage),
             (None, true) => Some((len as usize, "file shorter than its durable length")),
             (None, false) => None,

@@ -178,13 +178,15 @@ impl State {
     /// the old segment active and readable.
     ///
     /// Order matters for a crash part way: the old segment is made whole (its watermark
-    /// exact) and the new file created durably before the manifest lists it, so recovery
-    /// finds either the old chain plus a leftover file holding no record, or the new one.
+    /// exact, its preallocated zeros cut off) and the new file created durably before the
+    /// manifest lists it, so recovery finds either the old chain plus a leftover file
+    /// holding no record, or the new one.
     /// Every step can be redone, so a roll refused for want of file descriptors is
     /// retried by the next append.
     pub(super) fn roll(&mut self, shared: &Shared, base: Offset) -> Result<()> {
         self.flush(shared)?;
         self.active.sync_exact()?;
+        self.active.trim()?;
         let fs = shared.fs.as_ref();
         let index_path = super::segment::index_path(&shared.dir, self.active.base);
         // Sealed from a copy, so a failure leaves the active segment's index intact.
