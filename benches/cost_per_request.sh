@@ -6,7 +6,9 @@
 #   benches/cost_per_request.sh [runs=2] [test=set] [requests=200000]
 #
 # PAIRS="always:always" limits the durability pairs (lib.sh's list by default);
-# PIPELINE=16 measures another -P than 1.
+# PIPELINE=16 measures another -P than 1; VARIANTS="before=/path/a after=/path/b" runs
+# several msglog builds (or wrapper scripts that set MSGLOG_* variables) in turn in each
+# run, before Redis, each row labelled with its name instead of "msglog".
 # Reads utime+stime from /proc/<pid>/stat and voluntary+involuntary context switches of
 # every server thread from /proc/<pid>/task/*/status, before and after the measured run
 # (a 20,000-request warm-up fills the key space first). Prints CSV:
@@ -36,7 +38,10 @@ echo "server,durability,test,requests_per_second,cpu_us_per_request,switches_per
 for run in $(seq "$runs"); do
   for pair in "${durability_pairs[@]}"; do
     policy=${pair%%:*}; aof=${pair##*:}
-    port=$(free_port); start_msglog "$port" "$policy"; measure "msglog,$policy"; stop_server
+    for variant in ${VARIANTS:-msglog=$msglog}; do
+      msglog=${variant#*=}
+      port=$(free_port); start_msglog "$port" "$policy"; measure "${variant%%=*},$policy"; stop_server
+    done
     port=$(free_port); start_redis "$port" "$aof"; measure "redis,$aof"; stop_server
   done
 done
