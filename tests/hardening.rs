@@ -112,6 +112,43 @@ fn check_takes_the_preallocated_zeros_a_crash_leaves_for_free_space() {
 }
 
 #[test]
+fn zeros_after_a_sealed_segment_or_below_the_durable_length_are_damage_to_open_and_check() {
+    // A sealed segment never keeps preallocated zeros.
+    let dir = TempDir::new().unwrap();
+    write_rounds(dir.path(), 20, 2);
+    let files = segments(dir.path());
+    assert!(files.len() > 2);
+    let mut bytes = fs::read(&files[0]).unwrap();
+    let end = bytes.len();
+    bytes.extend_from_slice(&[0; 4096]);
+    fs::write(&files[0], &bytes).unwrap();
+    let (path, position, _) = corruption(Log::open(dir.path(), small_segments()));
+    assert_eq!((path, position as usize), (files[0].clone(), end));
+    let damage = check(dir.path(), &small_segments(), |_| {}).unwrap().damage.expect("damage reported");
+    assert_eq!((damage.segment, damage.position as usize), (files[0].clone(), end));
+
+    // The last segment's last acknowledged record read back as zeros.
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), config()).unwrap();
+    let mut ends = Vec::new();
+    for i in 0..5 {
+        let at = log.append(&id(i), &value(i, 0)).unwrap();
+        log.sync_through(at).unwrap();
+        ends.push(log.stats().bytes as usize);
+    }
+    drop(log);
+    let segment = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&segment).unwrap();
+    bytes[ends[3]..ends[4]].fill(0);
+    fs::write(&segment, &bytes).unwrap();
+    let damage = check(dir.path(), &config(), |_| {}).unwrap().damage.expect("damage reported");
+    assert_eq!((damage.segment, damage.position as usize), (segment.clone(), ends[3]));
+    assert_eq!(damage.lost_bytes, 0, "zeros after the damage are not counted as bytes lost");
+    let (path, position, _) = corruption(Log::open(dir.path(), config()));
+    assert_eq!((path, position as usize), (segment, ends[3]));
+}
+
+#[test]
 fn a_segment_shorter_than_its_durable_length_is_corruption() {
     let dir = TempDir::new().unwrap();
     write_rounds(dir.path(), 3, 1);

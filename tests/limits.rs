@@ -256,7 +256,7 @@ async fn a_get_and_an_exec_wait_for_durability_also_after_a_truncation_lowered_t
     let config = ServerConfig { stats_interval: None, ..ServerConfig::default() };
     let server = TestServer::start_with(config, Config::default()).await;
     let mut client = server.connect().await;
-    // Sync a long log through the server's commit thread, then cut most of it away (as a
+    // Sync a long log through the server, then cut most of it away (as a
     // follower does on divergence) and write at the cut offsets again without syncing.
     for i in 0..20 {
         assert_eq!(client.request(format!("SET k{i} old").as_bytes()).await, b"OK");

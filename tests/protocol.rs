@@ -268,7 +268,7 @@ async fn the_write_that_hits_a_full_disk_names_it_and_later_writes_say_read_only
     let faults = Arc::new(FaultFs::default());
     let server = TestServer::start_with_fs(config(), Config::default(), faults.clone()).await;
     // The next segment write fails with ENOSPC; under `--fsync always` that is the group
-    // commit's flush, run by the commit thread for the waiting SET.
+    // commit's flush, run for the waiting SET by its serving loop before it sleeps.
     faults.fail_write_after_with(0, libc::ENOSPC);
     let mut client = server.connect().await;
     let first = String::from_utf8(client.request(b"SET a 1").await).unwrap();

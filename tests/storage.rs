@@ -170,6 +170,9 @@ fn appends_land_on_preallocated_zeros_so_fsyncs_do_not_grow_the_segment() {
     let dir = TempDir::new().unwrap();
     let log = Log::open(dir.path(), always()).unwrap();
     let segment = segments(dir.path()).pop().unwrap();
+    // The first flush writes the zeros after its records.
+    let at = log.append(b"first", b"record").unwrap();
+    log.sync_through(at).unwrap();
     let allocated = fs::metadata(&segment).unwrap().len();
     for i in 0..200 {
         let at = log.append(&id(i), &message(i)).unwrap();
@@ -183,6 +186,54 @@ fn appends_land_on_preallocated_zeros_so_fsyncs_do_not_grow_the_segment() {
     // Closing cuts the zeros off: the file is its records.
     log.close().unwrap();
     assert_eq!(fs::metadata(&segment).unwrap().len(), end);
+}
+
+#[test]
+fn the_preallocated_zeros_are_topped_up_as_the_records_reach_them() {
+    const MIB: u64 = 1024 * 1024;
+    let dir = TempDir::new().unwrap();
+    let log = Log::open(dir.path(), always()).unwrap();
+    let segment = segments(dir.path()).pop().unwrap();
+    let big = vec![b'v'; 60 * 1024];
+    let mut lengths = Vec::new();
+    for i in 0..110 {
+        let at = log.append(&id(i), &big).unwrap();
+        log.sync_through(at).unwrap();
+        let (len, end) = (fs::metadata(&segment).unwrap().len(), log.stats().bytes);
+        assert!(len >= end + 2 * MIB, "record {i}: {len} bytes in the file for {end} of records");
+        if lengths.last() != Some(&len) {
+            lengths.push(len);
+        }
+    }
+    assert!(log.stats().bytes > 6 * MIB);
+    assert!((3..10).contains(&lengths.len()), "the file grew in steps of zeros: {lengths:?}");
+    drop(log);
+    let log = Log::open(dir.path(), always()).unwrap();
+    assert_eq!(log.stats().records, 110);
+    assert_eq!(log.get(&id(109)).unwrap(), Some(big));
+    let end = log.stats().bytes;
+    log.close().unwrap();
+    assert_eq!(fs::metadata(&segment).unwrap().len(), end);
+}
+
+#[test]
+fn a_failed_preallocation_is_not_a_failed_write() {
+    let dir = TempDir::new().unwrap();
+    let faults = Arc::new(FaultFs::default());
+    let log = Log::open_with(dir.path(), always(), faults.clone()).unwrap();
+    // The first flush's record lands; the zeros written after it fail (a full disk).
+    faults.fail_write_after(1);
+    for i in 0..20 {
+        let at = log.append(&id(i), &message(i)).unwrap();
+        log.sync_through(at).unwrap();
+    }
+    let end = log.stats().bytes;
+    log.close().unwrap();
+    let segment = segments(dir.path()).pop().unwrap();
+    assert_eq!(fs::metadata(&segment).unwrap().len(), end, "close cut off what the failed write left");
+    let log = Log::open(dir.path(), always()).unwrap();
+    assert_eq!(log.stats().records, 20);
+    assert_eq!(log.get(&id(19)).unwrap(), Some(message(19)));
 }
 
 #[test]

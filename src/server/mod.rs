@@ -111,7 +111,7 @@ pub const DEFAULT_MAX_BUFFER_BYTES: usize = 1024 * 1024 * 1024;
 
 /// Default for [`ServerConfig::serving_loops`]. One loop was ahead of the commit thread
 /// under every fsync policy once segments were preallocated; two loops did worse than one
-/// on two cores (docs/BENCHMARKS.md, "Serving loops").
+/// on two cores (docs/BENCHMARKS.md, "Preallocated segments with the serving loop").
 pub const DEFAULT_SERVING_LOOPS: usize = 1;
 
 /// Over-limit connections being told so at once; beyond this they are closed unanswered,

@@ -185,6 +185,8 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         if let Some((position, reason)) = found {
             report.bytes = position as u64;
             let cut_from = prev.map_or(base, |last| last + 1);
+            // Zeros preallocated after the records are not bytes a cut loses.
+            let len = before_zeros(bytes, position);
             let cut = Cut { segment: path, position: position as u64, len, from: cut_from };
             let later: Vec<(Offset, PathBuf)> = bases[i + 1..].iter().map(|&b| (b, path_of(b))).collect();
             damage = Some(lost_after(&later, config, cut, reason)?);
@@ -272,6 +274,11 @@ fn chain(
     Ok((files.into_iter().filter(|b| !leftover(b)).collect(), damage, log_start))
 }
 
+/// Length of `bytes` without the zeros they end in, but at least `from`.
+fn before_zeros(bytes: &[u8], from: usize) -> u64 {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1).max(from) as u64
+}
+
 /// Where a repair cuts: byte `position` of `segment` (`len` bytes long), whose first cut
 /// record would have had offset `from`.
 struct Cut {
@@ -299,7 +306,7 @@ fn lost_after(later: &[(Offset, PathBuf)], config: &Config, cut: Cut, reason: St
     let mut ids = std::collections::HashSet::new();
     for (_, path) in later {
         let bytes = std::fs::read(path)?;
-        damage.lost_bytes += bytes.len() as u64;
+        damage.lost_bytes += before_zeros(&bytes, 0);
         let records = bytes.get(super::segment::HEADER_LEN..).unwrap_or(&[]);
         let max = config.max_record_bytes as usize;
         for record in Records::new(records, max).map_while(|r| r.ok()) {

@@ -3,7 +3,9 @@
 //! First the segment files found are checked against the manifest (see
 //! [`manifest`](super::manifest)): a hole in the chain fails `open`. Then segments are
 //! scanned in order and every record's CRC is checked while the ID index and the sparse
-//! offset indexes are rebuilt. Damage is handled by one rule:
+//! offset indexes are rebuilt. Zeros from the last segment's final record to the end of
+//! its file, at or after its durable length, are the space preallocated for appends (see
+//! [`segment`](super::segment)): not damage, and kept. Damage is handled by one rule:
 //! - damage at or after the **last** segment's durable length (the watermark in its
 //!   header) is a torn tail: what a crash leaves of writes that were never fsynced, so
 //!   never acknowledged under `--fsync always`. It is cut off and the cut fsynced, with
@@ -201,7 +203,10 @@ pub(super) fn list_segments(dir: &Path) -> Result<Vec<Offset>> {
 
 /// How far an active segment of `len` bytes may grow before it is sealed.
 pub(super) fn reserve(config: &Config, len: u64) -> Reserve {
-    Reserve { map: config.segment_bytes.max(len) + config.max_record_bytes as u64, fill: config.segment_bytes }
+    Reserve {
+        map: config.segment_bytes.max(len) + config.max_record_bytes as u64,
+        preallocate_to: config.segment_bytes,
+    }
 }
 
 pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> Result<Recovered> {

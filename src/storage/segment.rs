@@ -1,6 +1,6 @@
 //! Segment files: `<base_offset:020>.log`, a 24-byte header then framed records.
 //!
-//! Header (little-endian): `b"MSGLOGSG"` magic, `u16` format version (1), `u16` flags
+//! Header (little-endian): `b"MSGLOGSG"` magic, `u16` format version (2), `u16` flags
 //! (0), `u32` durable length, `u64` base offset (equal to the file name's number).
 //!
 //! The durable length is a watermark: every byte of the segment below it was fsynced
@@ -19,8 +19,9 @@
 //! Appends land on zeros written ahead of them ([`PREALLOCATE_BYTES`] at a time, never
 //! past the size at which the segment is sealed): an `fdatasync` of bytes written over
 //! blocks the file already has need not write the inode too (size and block map
-//! unchanged), which makes each group commit's fsync one write to the disk instead of two. So the active segment
-//! may end in zeros after its records; recovery takes an all-zero tail at or after the
+//! unchanged), which makes most group commits' fsync one write to the disk instead of two
+//! (the one after a top-up also carries the new zeros and the new size). So the active
+//! segment may end in zeros after its records; recovery takes an all-zero tail at or after the
 //! durable length for free space, not damage (see [`recovery`](super::recovery)), and
 //! sealing and closing cut it off.
 
@@ -120,7 +121,7 @@ pub struct Reserve {
     /// The size its read mapping is reserved at: it is sealed before growing past it.
     pub map: u64,
     /// Zeros are preallocated up to here (the size at which it is sealed).
-    pub fill: u64,
+    pub preallocate_to: u64,
 }
 
 /// The segment being appended to.
@@ -142,10 +143,11 @@ pub struct ActiveSegment {
     pub figures: Figures,
     /// The durable length last written to the header.
     pub marked: u64,
-    /// The file's length: `written` plus the zeros preallocated after it.
+    /// The file's length, at least: `written` plus the zeros preallocated after it (an
+    /// upper bound after a failed write, for [`trim`](Self::trim)).
     allocated: u64,
     /// Where preallocation stops.
-    fill: u64,
+    preallocate_to: u64,
     /// Cleared after a preallocation failed, so each flush does not try again.
     preallocating: bool,
     fs: Arc<dyn FileSystem>,
@@ -185,16 +187,16 @@ impl ActiveSegment {
             figures: Figures::default(),
             marked,
             allocated,
-            fill: reserve.fill,
+            preallocate_to: reserve.preallocate_to,
             preallocating: true,
             fs,
         })
     }
 
-    /// Creates a new, empty segment file holding only the header and the first
-    /// preallocated zeros, durably. A file left at that name by an earlier attempt that
-    /// failed (a roll is retried after running out of file descriptors) never held a
-    /// record, and is reused.
+    /// Creates a new, empty segment file holding only the header, durably (its first
+    /// zeros are preallocated by the first flush, and made durable by the fsync after it).
+    /// A file left at that name by an earlier attempt that failed (a roll is retried after
+    /// running out of file descriptors) never held a record, and is reused.
     pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, base: Offset, reserve: Reserve) -> io::Result<ActiveSegment> {
         let path = segment_path(dir, base);
         let file = match fs.create_new(&path) {
@@ -208,7 +210,6 @@ impl ActiveSegment {
         };
         let len = HEADER_LEN as u64;
         fs.write_at(&file, &path, &header(base, len as u32), 0)?;
-        write_zeros(fs.as_ref(), &file, &path, len..(len + PREALLOCATE_BYTES).min(reserve.fill))?;
         fs.sync_all(&file, &path)?;
         fs.sync_dir(dir)?;
         drop(file);
@@ -246,11 +247,14 @@ impl ActiveSegment {
             return Ok(());
         }
         if let Err(e) = self.fs.write_at(&self.file, &self.path, &self.buffer, self.written) {
-            if let Err(cut) = self.fs.set_len(&self.file, &self.path, self.written) {
-                tracing::error!(segment = %self.path.display(), error = %cut, "could not cut back a failed write");
+            match self.fs.set_len(&self.file, &self.path, self.written) {
+                // The cut took the preallocated zeros too.
+                Ok(()) => self.allocated = self.written,
+                Err(cut) => {
+                    tracing::error!(segment = %self.path.display(), error = %cut, "could not cut back a failed write");
+                    self.allocated = self.allocated.max(self.written + self.buffer.len() as u64);
+                }
             }
-            // The cut took the preallocated zeros too (or left an unknown length).
-            self.allocated = self.written;
             return Err(e);
         }
         self.written += self.buffer.len() as u64;
@@ -267,7 +271,7 @@ impl ActiveSegment {
         if !self.preallocating || self.written + PREALLOCATE_BYTES / 2 <= self.allocated {
             return;
         }
-        let to = (self.written + PREALLOCATE_BYTES).min(self.fill);
+        let to = (self.written + PREALLOCATE_BYTES).min(self.preallocate_to);
         if to <= self.allocated {
             return;
         }
@@ -278,7 +282,7 @@ impl ActiveSegment {
                 self.preallocating = false;
                 // A failed write may have left part of the zeros: cutting them off at
                 // sealing or closing needs only an upper bound.
-                self.allocated = self.allocated.max(self.fill);
+                self.allocated = self.allocated.max(self.preallocate_to);
             }
         }
     }
