@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-5 table: redis-benchmark against Redis and against msglog (RESP on its one
+# The RESP comparison table: redis-benchmark against Redis and against msglog (RESP on its one
 # port), same machine, same session, for three durability pairs and -P 1 / -P 16.
 #
 #   benches/redis_benchmark.sh [runs=3]
