@@ -160,6 +160,17 @@ fn always() -> Config {
     Config { fsync: FsyncPolicy::Always, ..config() }
 }
 
+/// Appends and fsyncs records `ids` one by one (as acknowledged SETs); returns where each
+/// ends in the log.
+fn append_synced(log: &Log, ids: std::ops::Range<usize>) -> Vec<u64> {
+    ids.map(|i| {
+        let at = log.append(&id(i), &message(i)).unwrap();
+        log.sync_through(at).unwrap();
+        log.stats().bytes
+    })
+    .collect()
+}
+
 fn header_mark(segment: &Path) -> u64 {
     let bytes = fs::read(segment).unwrap();
     u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as u64
@@ -223,11 +234,7 @@ fn a_failed_preallocation_is_not_a_failed_write() {
     let log = Log::open_with(dir.path(), always(), faults.clone()).unwrap();
     // The first flush's record lands; the zeros written after it fail (a full disk).
     faults.fail_write_after(1);
-    for i in 0..20 {
-        let at = log.append(&id(i), &message(i)).unwrap();
-        log.sync_through(at).unwrap();
-    }
-    let end = log.stats().bytes;
+    let end = append_synced(&log, 0..20)[19];
     log.close().unwrap();
     let segment = segments(dir.path()).pop().unwrap();
     assert_eq!(fs::metadata(&segment).unwrap().len(), end, "close cut off what the failed write left");
@@ -240,11 +247,7 @@ fn a_failed_preallocation_is_not_a_failed_write() {
 fn a_crash_leaves_the_preallocated_zeros_which_recovery_keeps_as_free_space() {
     let dir = TempDir::new().unwrap();
     let log = Log::open(dir.path(), always()).unwrap();
-    for i in 0..20 {
-        let at = log.append(&id(i), &message(i)).unwrap();
-        log.sync_through(at).unwrap();
-    }
-    let end = log.stats().bytes;
+    let end = append_synced(&log, 0..20)[19];
     drop(log);
     let segment = segments(dir.path()).pop().unwrap();
     let allocated = fs::metadata(&segment).unwrap().len();
@@ -269,12 +272,7 @@ fn a_crash_leaves_the_preallocated_zeros_which_recovery_keeps_as_free_space() {
 fn zeros_below_the_durable_length_are_corruption_not_free_space() {
     let dir = TempDir::new().unwrap();
     let log = Log::open(dir.path(), always()).unwrap();
-    let mut ends = Vec::new();
-    for i in 0..10 {
-        let at = log.append(&id(i), &message(i)).unwrap();
-        log.sync_through(at).unwrap();
-        ends.push(log.stats().bytes);
-    }
+    let ends = append_synced(&log, 0..10);
     drop(log);
     let segment = segments(dir.path()).pop().unwrap();
     assert_eq!(header_mark(&segment), ends[9]);
@@ -296,10 +294,7 @@ fn zeros_below_the_durable_length_are_corruption_not_free_space() {
 fn sealed_segments_hold_no_preallocated_zeros() {
     let dir = TempDir::new().unwrap();
     let log = Log::open(dir.path(), Config { fsync: FsyncPolicy::Always, ..small_segments() }).unwrap();
-    for i in 0..60 {
-        let at = log.append(&id(i), &message(i)).unwrap();
-        log.sync_through(at).unwrap();
-    }
+    append_synced(&log, 0..60);
     let mut files = segments(dir.path());
     assert!(files.len() > 3);
     let active = files.pop().unwrap();

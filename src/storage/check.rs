@@ -18,7 +18,7 @@ use super::id_index::IdIndex;
 use super::manifest;
 use super::offset_index::OffsetIndex;
 use super::record::{RecordKind, RecordRef, Records};
-use super::recovery::{ScanInput, ends_in_preallocated, list_segments, scan};
+use super::recovery::{ScanInput, list_segments, scan};
 use super::segment::{HEADER_LEN, SealedSegment, check_header, durable_len, segment_path};
 use super::{Config, Offset, Result, log_dir};
 
@@ -156,7 +156,7 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
                 // is everything after the header: hash that on a second core while this
                 // one scans, and redo only the good prefix if the scan finds damage.
                 let records = &bytes[HEADER_LEN..];
-                let (found, whole) = std::thread::scope(|s| {
+                let (mut found, whole) = std::thread::scope(|s| {
                     let mut ahead = hasher.clone();
                     let hashing = s.spawn(move || {
                         ahead.update(records);
@@ -165,14 +165,13 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
                     let found = scan(input, &mut ids, &mut OffsetIndex::Empty, config, &sealed);
                     (found, hashing.join())
                 });
-                let mut found = found;
-                let preallocated = i + 1 == bases.len() && ends_in_preallocated(bytes, &found, durable_len(bytes));
-                if preallocated {
-                    found.damage = None;
+                if i + 1 == bases.len() && found.accept_preallocated(bytes, durable_len(bytes)) {
                     report.bytes = found.end as u64;
                 }
-                match (&found.damage, whole) {
-                    (None, Ok(whole)) if !preallocated => hasher = whole,
+                // The hash ahead is the digest when the records run to the end of the file
+                // (no damage, no preallocated zeros).
+                match whole {
+                    Ok(whole) if found.end == bytes.len() => hasher = whole,
                     _ => hasher.update(&bytes[HEADER_LEN..found.end]),
                 }
                 report.records = found.records;

@@ -482,7 +482,7 @@ impl Log {
         // Leave the watermark exact, so the next open checks every byte against it, and
         // the file without preallocated zeros.
         let mut st = self.shared.write();
-        if let Err(e) = st.active.sync_exact().and_then(|()| st.active.trim()) {
+        if let Err(e) = st.active.finish() {
             let why = format!("closing {} failed: {e}", st.active.path.display());
             return Err(st.fail(why));
         }

@@ -168,14 +168,21 @@ pub(super) fn scan(
     scan
 }
 
-/// Whether `scan` stopped where the space preallocated for appends begins: nothing but
-/// zeros from the end of its records to the end of the file, at or after the durable
-/// length `mark` (see [`segment`](super::segment)). Only a last segment may end so; a
-/// record cut by a crash is not zeros throughout, and zeros below the mark are bytes lost.
-pub(super) fn ends_in_preallocated(bytes: &[u8], scan: &Scan, mark: u64) -> bool {
-    scan.damage.is_some_and(|(position, _)| position == scan.end)
-        && scan.end as u64 >= mark
-        && bytes[scan.end..].iter().all(|&b| b == 0)
+impl Scan {
+    /// Of a last segment's scan of `bytes`: takes a stop where the space preallocated for
+    /// appends begins for the end of the records, not damage, and says whether it did.
+    /// That is nothing but zeros from the end of the records to the end of the file, at
+    /// or after the durable length `mark` (see [`segment`](super::segment)); a record cut
+    /// by a crash is not zeros throughout, and zeros below the mark are bytes lost.
+    pub(super) fn accept_preallocated(&mut self, bytes: &[u8], mark: u64) -> bool {
+        let free = self.damage.is_some_and(|(position, _)| position == self.end)
+            && self.end as u64 >= mark
+            && bytes[self.end..].iter().all(|&b| b == 0);
+        if free {
+            self.damage = None;
+        }
+        free
+    }
 }
 
 pub(super) fn corruption(segment: &Path, position: usize, reason: impl Into<String>) -> StorageError {
@@ -258,11 +265,14 @@ pub(super) fn recover(fs: &Arc<dyn FileSystem>, dir: &Path, config: &Config) -> 
         let mut index = OffsetIndex::Building(Vec::new());
         let input =
             ScanInput { bytes: &map, base, segment: i as u32, after: prev, visit: None, hidden_below: log_start };
-        let scan = scan(input, &mut ids, &mut index, config, &sealed);
+        let mut scan = scan(input, &mut ids, &mut index, config, &sealed);
         records += scan.records;
-        let preallocated = is_last && ends_in_preallocated(&map, &scan, mark);
-        let mut end = if preallocated { scan.end as u64 } else { len };
-        let damage = match (scan.damage.filter(|_| !preallocated), mark > len) {
+        if is_last {
+            scan.accept_preallocated(&map, mark);
+        }
+        // Without damage the records end where the file does, or where its zeros begin.
+        let mut end = scan.end as u64;
+        let damage = match (scan.damage, mark > len) {
             (Some(damage), _) => Some(damage),
             (None, true) => Some((len as usize, "file shorter than its durable length")),
             (None, false) => None,

@@ -144,7 +144,7 @@ pub struct ActiveSegment {
     /// The durable length last written to the header.
     pub marked: u64,
     /// The file's length, at least: `written` plus the zeros preallocated after it (an
-    /// upper bound after a failed write, for [`trim`](Self::trim)).
+    /// upper bound after a failed write, for [`finish`](Self::finish)).
     allocated: u64,
     /// Where preallocation stops.
     preallocate_to: u64,
@@ -287,17 +287,6 @@ impl ActiveSegment {
         }
     }
 
-    /// Cuts off the preallocated zeros after the records, durably (for sealing and
-    /// closing: a sealed segment's length is exact).
-    pub fn trim(&mut self) -> io::Result<()> {
-        if self.allocated > self.written {
-            self.fs.set_len(&self.file, &self.path, self.written)?;
-            self.fs.sync_all(&self.file, &self.path)?;
-            self.allocated = self.written;
-        }
-        Ok(())
-    }
-
     pub fn sync(&self) -> io::Result<()> {
         self.fs.sync_data(&self.file, &self.path)
     }
@@ -315,8 +304,21 @@ impl ActiveSegment {
         Ok(())
     }
 
+    /// Writes the buffer, cuts off the preallocated zeros after the records and makes the
+    /// segment durable, its header's durable length exact (for sealing and closing: the
+    /// file then ends at its last record). The fsync that makes the records durable also
+    /// makes the cut so: `fdatasync` persists a changed size.
+    pub fn finish(&mut self) -> io::Result<()> {
+        self.flush()?;
+        if self.allocated > self.written {
+            self.fs.set_len(&self.file, &self.path, self.written)?;
+            self.allocated = self.written;
+        }
+        self.sync_exact()
+    }
+
     /// Writes the buffer and makes the whole segment durable, its header's durable length
-    /// exact (for sealing and closing).
+    /// exact.
     pub fn sync_exact(&mut self) -> io::Result<()> {
         self.flush()?;
         self.sync()?;

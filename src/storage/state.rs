@@ -185,8 +185,7 @@ impl State {
     /// retried by the next append.
     pub(super) fn roll(&mut self, shared: &Shared, base: Offset) -> Result<()> {
         self.flush(shared)?;
-        self.active.sync_exact()?;
-        self.active.trim()?;
+        self.active.finish()?;
         let fs = shared.fs.as_ref();
         let index_path = super::segment::index_path(&shared.dir, self.active.base);
         // Sealed from a copy, so a failure leaves the active segment's index intact.
