@@ -16,14 +16,26 @@ use common::rounds::{PHASE_WRITES, await_acked_writes, first_seed, for_each_seed
 use common::scenario::{Addressing, ProcessCluster, Workload, WorkloadConfig, final_reads};
 use common::{LineClient, poll_until};
 
-/// Waits until every running node holds `leader`'s log and the ISR lists all of them.
+/// Waits until every running node holds `leader`'s log and the ISR lists all of them
+/// (the clients have stopped).
 fn wait_all_in_sync(cluster: &ProcessCluster, leader: usize) {
+    wait_all_in_isr(cluster, leader);
+    cluster.wait_converged(leader);
+}
+
+/// Waits until the ISR lists every running node and each holds what `leader` held when
+/// the wait began (the clients are still writing).
+fn wait_all_caught_up(cluster: &ProcessCluster, leader: usize) {
+    wait_all_in_isr(cluster, leader);
+    cluster.wait_caught_up(leader);
+}
+
+fn wait_all_in_isr(cluster: &ProcessCluster, leader: usize) {
     let running: Vec<usize> = (0..cluster.nodes.len()).filter(|&i| cluster.is_running(i)).collect();
     poll_until("every running node back in the ISR", || {
         let isr = cluster.isr(leader);
         running.iter().all(|&i| isr.contains(&cluster.nodes[i].name)).then_some(())
     });
-    cluster.wait_converged(leader);
 }
 
 /// Stops the clients, lets every node catch up, reads every key, checks the history and
@@ -228,7 +240,7 @@ fn a_rolling_restart_under_load_loses_no_acknowledged_write() {
             await_acked_writes(&history, PHASE_WRITES / 3);
             cluster.relaunch(i);
             let leader = cluster.wait_for_leader(&[0, 1, 2]);
-            wait_all_in_sync(&cluster, leader);
+            wait_all_caught_up(&cluster, leader);
         }
         let leader = cluster.wait_for_leader(&[0, 1, 2]);
         finish(history, vec![(load, config)], cluster, leader);

@@ -314,6 +314,17 @@ impl ProcessCluster {
         });
     }
 
+    /// Waits until every running node holds at least the records `leader`'s log held when
+    /// the wait began: the catch-up check for a cluster still under load, where the end
+    /// moves on between one STATS and the next (use [`Self::wait_converged`] once the
+    /// clients have stopped).
+    pub fn wait_caught_up(&self, leader: usize) {
+        let end = self.next_offset(leader);
+        poll_until("every running node to reach the leader's end", || {
+            (0..self.nodes.len()).filter(|&i| self.is_running(i)).all(|i| self.next_offset(i) >= end).then_some(())
+        });
+    }
+
     /// Stops every running node cleanly and returns (name, digest) of each of their logs.
     pub fn stop_all_and_digest(mut self) -> Vec<(String, String)> {
         let running: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.is_running(i)).collect();
