@@ -50,10 +50,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "MSGLOG_MAX_BUFFER_BYTES", default_value = "1G", value_parser = parse_bytes)]
     max_buffer_bytes: u64,
     /// Replication streams (followers and `msglog tail`) served at once; one more is refused
-    /// with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "MSGLOG_MAX_REPLICATION_STREAMS", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    max_replication_streams: u32,
+    /// with RESOURCE_EXHAUSTED [default: 64; in cluster mode 64 more than the followers
+    /// this node serves if it leads every partition, --partitions × (--replication-factor − 1)].
+    #[arg(long, env = "MSGLOG_MAX_REPLICATION_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
+    max_replication_streams: Option<u32>,
     /// Single-threaded event loops that run the client connections, which are spread over
     /// them in turn. A loop makes durable once for everything its connections wait for,
     /// just before it sleeps (under `--fsync always` one fsync), and answers them from the
@@ -215,8 +215,10 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let max_message_bytes =
         usize::try_from(args.max_message_bytes).context("--max-message-bytes does not fit in memory")?;
-    let max_connections = max_connections(&args)?;
     let cluster = cluster_config(&args, tolerance)?;
+    let max_replication_streams =
+        args.max_replication_streams.map_or_else(|| default_replication_streams(cluster.as_ref()), u64::from);
+    let max_connections = max_connections(&args, max_replication_streams)?;
     let role = match (&args.follow, &cluster) {
         (_, Some(_)) => Role::Cluster { ack_timeout: args.ack_timeout },
         (Some(leader), None) => Role::Follower { leader: leader.clone() },
@@ -232,7 +234,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         max_message_bytes,
         max_connections,
         max_buffer_bytes: usize::try_from(args.max_buffer_bytes).unwrap_or(usize::MAX),
-        max_replication_streams: args.max_replication_streams as usize,
+        max_replication_streams: usize::try_from(max_replication_streams).unwrap_or(usize::MAX),
         serving_loops: args.serving_loops as usize,
         stats_interval: Some(args.stats_interval),
         role,
@@ -479,9 +481,8 @@ fn parse_tolerance(text: &str) -> Result<u32, String> {
 /// `--max-connections`, checked against the file descriptor limit before anything is
 /// opened: explicit and too many is an error naming the numbers; the default is lowered to
 /// what fits.
-fn max_connections(args: &ServeArgs) -> anyhow::Result<usize> {
+fn max_connections(args: &ServeArgs, streams: u64) -> anyhow::Result<usize> {
     const DEFAULT: u32 = 10_000;
-    let streams = u64::from(args.max_replication_streams);
     let wanted = args.max_connections.unwrap_or(DEFAULT);
     match server::ensure_descriptors(u64::from(wanted), streams) {
         Ok(_) => Ok(wanted as usize),
@@ -497,6 +498,16 @@ fn max_connections(args: &ServeArgs) -> anyhow::Result<usize> {
         }
         Err(err) => Err(err.into()),
     }
+}
+
+/// `--max-replication-streams` left unset: 64 streams for `msglog tail` and standalone
+/// followers, and in cluster mode as many again as the followers this node serves when it
+/// leads every partition (a node may, after the others failed), so those are never refused.
+fn default_replication_streams(cluster: Option<&ClusterConfig>) -> u64 {
+    const SPARE: u64 = 64;
+    cluster.map_or(SPARE, |cluster| {
+        SPARE + u64::from(cluster.partitions) * (cluster.replication_factor as u64).saturating_sub(1)
+    })
 }
 
 /// Below this a segment holds only a few records and every roll costs two fsyncs.
@@ -621,5 +632,22 @@ mod tests {
         assert!(parse_retention_age("0d").is_err());
         assert!(parse_retention_age("xd").is_err());
         assert!(parse_retention_age("7").is_err());
+    }
+
+    #[test]
+    fn the_default_replication_streams_cover_every_follower_of_a_node_that_leads_every_partition() {
+        let cluster = |partitions, replication_factor| ClusterConfig {
+            voters: Vec::new(),
+            session_timeout: Duration::from_secs(1),
+            replace_dead_after: None,
+            replication_factor,
+            min_insync: 1,
+            partitions,
+        };
+        assert_eq!(default_replication_streams(None), 64);
+        assert_eq!(default_replication_streams(Some(&cluster(1, 3))), 66);
+        // 48 partitions with 2 followers each: 96 streams if one node leads them all.
+        assert_eq!(default_replication_streams(Some(&cluster(48, 3))), 64 + 96);
+        assert_eq!(default_replication_streams(Some(&cluster(8, 1))), 64);
     }
 }
