@@ -480,3 +480,35 @@ fn import_refuses_a_followers_copy_and_a_cluster_members_dir_and_adds_nothing() 
     fs::write(copy.join("log-id"), "log_id=0123456789abcdef0123456789abcdef\norigin=began\n").unwrap();
     assert!(import_ok(&copy, &from).contains("imported 1 file(s)"));
 }
+
+/// Opening a log cuts a torn tail (a crash mid-append), which changes the data dir: the
+/// offline tools that open logs say so on stderr, naming the segment, and go on.
+#[test]
+fn export_and_import_say_when_opening_the_log_cut_a_torn_tail() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, out, from) = (tmp.path().join("data"), tmp.path().join("messages"), tmp.path().join("in"));
+    fs::create_dir_all(&from).unwrap();
+    fs::write(from.join("new.msg"), b"imported").unwrap();
+    set_all(&data, &[b"x", b"y"], b"v");
+    let tear = |data: &Path| {
+        let last = segments(data).pop().unwrap();
+        let mut file = fs::OpenOptions::new().append(true).open(&last).unwrap();
+        std::io::Write::write_all(&mut file, b"\x07torn").unwrap();
+        last
+    };
+    let torn = tear(&data);
+    let export = run(&["export", "--data-dir", path(&data), "--out", path(&out)]);
+    assert!(export.status.success(), "{export:?}");
+    assert!(stdout(&export).contains("exported 2 file(s)"), "{}", stdout(&export));
+    let said = stderr(&export);
+    assert!(said.contains("truncating the log at the first bad record") && said.contains(path(&torn)), "{said}");
+    let torn = tear(&data);
+    let import = run(&["import", "--data-dir", path(&data), "--from", path(&from)]);
+    assert!(import.status.success(), "{import:?}");
+    let said = stderr(&import);
+    assert!(said.contains("truncating the log at the first bad record") && said.contains(path(&torn)), "{said}");
+    let clean = run(&["export", "--data-dir", path(&data), "--out", path(&out)]);
+    assert!(clean.status.success(), "{clean:?}");
+    assert_eq!(stderr(&clean), "", "a log without damage opens without a word");
+}

@@ -55,6 +55,9 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if matches!(cli.command, Command::Export(_) | Command::Import(_) | Command::Check(_)) {
+        offline_logs();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
         Command::Client(args) => client::run(args),
@@ -72,6 +75,21 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The offline tools open logs as the server does, and opening one may change it: a torn
+/// tail is cut, a leftover segment set aside. The storage engine says so in warnings, which
+/// these tools print to stderr (`RUST_LOG` may ask for more, or less).
+fn offline_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .with_target(false)
+        .init();
 }
 
 /// The command line, with `serve --config`'s file settings under the flags and environment.
