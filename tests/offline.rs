@@ -512,3 +512,29 @@ fn export_and_import_say_when_opening_the_log_cut_a_torn_tail() {
     assert!(clean.status.success(), "{clean:?}");
     assert_eq!(stderr(&clean), "", "a log without damage opens without a word");
 }
+
+/// A segment file after the manifest's last segment (an interrupted roll left it) is not
+/// part of the log: `check` names it rather than passing over it in silence, and the next
+/// open deletes it, saying so.
+#[test]
+fn check_names_a_leftover_segment_and_opening_the_log_deletes_it() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let (data, out) = (tmp.path().join("data"), tmp.path().join("messages"));
+    set_all(&data, &[b"x", b"y"], b"v");
+    let last = segments(&data).pop().unwrap();
+    let leftover = data.join("log").join(format!("{:020}.log", 1000));
+    fs::copy(&last, &leftover).unwrap();
+    let check = run(&["check", "--data-dir", path(&data)]);
+    assert!(check.status.success(), "a leftover is not damage: {check:?}");
+    let said = stdout(&check);
+    assert!(said.contains(&format!("leftover: {}: not part of the log", path(&leftover))), "{said}");
+    assert!(said.contains("records=2 "), "the leftover's records are not counted: {said}");
+    assert!(leftover.exists(), "check changes nothing");
+    let export = run(&["export", "--data-dir", path(&data), "--out", path(&out)]);
+    assert!(export.status.success(), "{export:?}");
+    assert!(stderr(&export).contains("deleting segments an interrupted roll"), "{}", stderr(&export));
+    assert!(!leftover.exists(), "opening the log deleted the leftover");
+    let again = run(&["check", "--data-dir", path(&data)]);
+    assert!(!stdout(&again).contains("leftover"), "{}", stdout(&again));
+}

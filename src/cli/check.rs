@@ -279,4 +279,11 @@ fn print(report: &CheckReport) {
     );
     println!("digest: {}", report.digest_hex());
     println!("logical-digest: {}", report.logical_digest_hex());
+    for path in &report.leftover {
+        println!(
+            "leftover: {}: not part of the log (an interrupted roll or truncation, or retention, left it); not \
+             checked, and deleted when the log is next opened",
+            path.display()
+        );
+    }
 }

@@ -78,6 +78,10 @@ pub struct CheckReport {
     /// `u64` offset, `u32` message length, message (little-endian).
     pub logical_digest: [u8; 32],
     pub damage: Option<Damage>,
+    /// Segment files outside the log: after the manifest's last segment (an interrupted
+    /// roll or truncation left them) or before its first (retention dropped them), which
+    /// opening the log deletes.
+    pub leftover: Vec<PathBuf>,
 }
 
 impl CheckReport {
@@ -118,7 +122,7 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         Some((_, _, swap)) => swap.clone(),
         None => segment_path(&dir, base),
     };
-    let (bases, hole, log_start) = chain(&dir, files, &swaps)?;
+    let (bases, hole, log_start, leftover) = chain(&dir, files, &swaps)?;
     let mut hasher = Sha256::new();
     let mut ids = IdIndex::default();
     let mut sealed: Vec<SealedSegment> = Vec::new();
@@ -205,6 +209,7 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
         digest: hasher.finalize().into(),
         logical_digest,
         damage,
+        leftover: leftover.into_iter().map(|base| segment_path(&dir, base)).collect(),
     })
 }
 
@@ -229,16 +234,16 @@ fn logical_digest(ids: &IdIndex, sealed: &[SealedSegment], config: &Config) -> [
     hasher.finalize().into()
 }
 
-/// The segments to check (files after the manifest's last segment, or before its first,
-/// are leftovers recovery deletes), and the first hole in the chain, if any.
-/// Also the log start the manifest records (0 without one): records below it are not part
-/// of the log's contents.
+/// The segments to check, and the first hole in the chain, if any. Also the log start the
+/// manifest records (0 without one): records below it are not part of the log's contents;
+/// and the leftovers recovery deletes (files after the manifest's last segment, or before
+/// its first), which are not checked.
 #[allow(clippy::type_complexity)]
 fn chain(
     dir: &Path,
     files: Vec<Offset>,
     swaps: &[(Offset, Offset, PathBuf)],
-) -> Result<(Vec<Offset>, Option<Damage>, Offset)> {
+) -> Result<(Vec<Offset>, Option<Damage>, Offset, Vec<Offset>)> {
     let hole = |segment, kind, reason: &str| Damage {
         segment,
         position: 0,
@@ -253,7 +258,7 @@ fn chain(
     let Some(listed) = manifest::read(dir)? else {
         let damage = manifest::written_with_manifest(dir, &files)
             .map(|_| hole(manifest::manifest_path(dir), DamageKind::MissingSegment, manifest::MISSING_MANIFEST));
-        return Ok((files, damage, 0));
+        return Ok((files, damage, 0, Vec::new()));
     };
     let log_start = listed.log_start;
     let listed = manifest::Listed {
@@ -269,8 +274,9 @@ fn chain(
         }
         (None, None) => None,
     };
-    let leftover = |b: &Offset| found.leftover.contains(b) || found.below_start.contains(b);
-    Ok((files.into_iter().filter(|b| !leftover(b)).collect(), damage, log_start))
+    let is_leftover = |b: &Offset| found.leftover.contains(b) || found.below_start.contains(b);
+    let (leftover, files): (Vec<Offset>, Vec<Offset>) = files.into_iter().partition(is_leftover);
+    Ok((files, damage, log_start, leftover))
 }
 
 /// Length of `bytes` without the zeros they end in, but at least `from`.
