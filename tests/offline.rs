@@ -13,8 +13,9 @@ use common::msglog;
 use msglog::storage::{Config, FsyncPolicy, Log};
 use tempfile::TempDir;
 
+/// Runs msglog with the default log level (tests read its stderr whole).
 fn run(args: &[&str]) -> Output {
-    msglog().args(args).output().expect("run msglog")
+    msglog().args(args).env_remove("RUST_LOG").output().expect("run msglog")
 }
 
 fn stdout(output: &Output) -> String {
@@ -536,5 +537,6 @@ fn check_names_a_leftover_segment_and_opening_the_log_deletes_it() {
     assert!(stderr(&export).contains("deleting segments an interrupted roll"), "{}", stderr(&export));
     assert!(!leftover.exists(), "opening the log deleted the leftover");
     let again = run(&["check", "--data-dir", path(&data)]);
+    assert!(again.status.success(), "{again:?}");
     assert!(!stdout(&again).contains("leftover"), "{}", stdout(&again));
 }

@@ -78,11 +78,13 @@ pub fn main() -> ExitCode {
 }
 
 /// The offline tools open logs as the server does, and opening one may change it: a torn
-/// tail is cut, a leftover segment set aside. The storage engine says so in warnings, which
-/// these tools print to stderr (`RUST_LOG` may ask for more, or less).
+/// tail is cut, leftover segment files deleted, a manifest written for an older log. The
+/// storage engine says so in warnings (and the manifest's changes at `info`), which these
+/// tools print to stderr; a healthy log opens without a word (`RUST_LOG` may ask for more,
+/// or less).
 fn offline_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,msglog::storage::manifest=info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
