@@ -543,3 +543,20 @@ fn two_followers_sharing_a_node_id_are_a_warning_on_the_leader() {
     });
     assert!(line.contains("WARN") && line.contains("follower=twin") && line.contains("streams=2"), "{line}");
 }
+
+/// More serving loops than CPUs take turns on the cores: the server starts, and says so.
+#[test]
+fn more_serving_loops_than_cpus_start_with_a_warning() {
+    let dir = TempDir::new().expect("temp dir");
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let listen = loopback();
+    let data = dir.path().join("data");
+    let loops = (cpus + 1).to_string();
+    let args = ["--data-dir", data.to_str().expect("utf8"), "--listen", &listen, "--grpc-listen", "127.0.0.1:0"];
+    let mut server = Serve::spawn(dir.path(), &[&args[..], &["--serving-loops", &loops]].concat(), &[]);
+    let mut client = server.client(listen.parse().expect("addr"));
+    assert_eq!(client.request(b"SET k v").expect("SET"), b"OK");
+    // The warning is logged before the loops start, so before any reply.
+    let stderr = server.stderr();
+    assert!(stderr.contains("more serving loops than CPUs") && stderr.contains(&format!("cpus={cpus}")), "{stderr}");
+}

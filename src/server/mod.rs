@@ -236,6 +236,17 @@ pub async fn serve(
         0 => tracing::info!(fsync = ?config.fsync, "client connections run on the shared runtime (--serving-loops 0)"),
         loops => tracing::info!(loops, fsync = ?config.fsync, "client connections run on serving loops"),
     }
+    // Each loop is a thread that runs until it has nothing to do: more of them than CPUs
+    // take turns on the cores, and a loop waiting for the CPU holds its clients' replies.
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if config.serving_loops > cpus {
+        tracing::warn!(
+            loops = config.serving_loops,
+            cpus,
+            "more serving loops than CPUs: they take turns on the cores, and a loop waiting for one delays \
+             every reply it owes (README, \"Serving loops\")"
+        );
+    }
     let loops = match config.serving_loops {
         0 => None,
         count => match loops::Loops::start(count) {
