@@ -60,7 +60,7 @@ pub(crate) struct ServeArgs {
     /// same thread, as Redis's event loop does; while it syncs it serves no one. 0 runs
     /// connections on the shared multi-threaded runtime, where a commit thread fsyncs for
     /// them. Replication and forwarded requests always run on the shared runtime (README,
-    /// "Serving loops"). At most 1024.
+    /// "Serving loops"). At most 1024; more than the CPUs starts with a warning.
     #[arg(long, env = "MSGLOG_SERVING_LOOPS", default_value_t = crate::server::DEFAULT_SERVING_LOOPS as u32,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     serving_loops: u32,
