@@ -540,3 +540,90 @@ fn check_names_a_leftover_segment_and_opening_the_log_deletes_it() {
     assert!(again.status.success(), "{again:?}");
     assert!(!stdout(&again).contains("leftover"), "{}", stdout(&again));
 }
+
+/// The last `logical-digest:` line `check` printed.
+fn logical_digest(output: &Output) -> String {
+    let text = stdout(output);
+    text.lines().filter_map(|l| l.strip_prefix("logical-digest: ")).last().expect("a logical digest").to_string()
+}
+
+/// 300 SETs over 50 IDs in 4 KiB segments, and a DEL: several segments, IDs in each.
+fn write_history(data: &Path) {
+    let log = open(data);
+    for i in 0..300 {
+        log.append(format!("id-{}", i % 50).as_bytes(), format!("message {i}").as_bytes()).unwrap();
+    }
+    log.delete(b"id-7").unwrap();
+    log.close().unwrap();
+}
+
+/// On a damaged log, `check`'s logical digest is that of the live set a repair keeps: with
+/// a torn tail in the only segment (whose good records are all kept) it is the digest the
+/// log had before the tear, not that of nothing.
+#[test]
+fn check_on_a_torn_log_prints_the_logical_digest_a_repair_keeps() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    set_all(&data, &[b"x", b"y", b"z"], b"v");
+    let healthy = run(&["check", "--data-dir", path(&data)]);
+    assert!(healthy.status.success(), "{healthy:?}");
+    let [only] = &segments(&data)[..] else { panic!("one segment") };
+    let mut file = fs::OpenOptions::new().append(true).open(only).unwrap();
+    std::io::Write::write_all(&mut file, b"\x07torn").unwrap();
+    let torn = run(&["check", "--data-dir", path(&data)]);
+    assert_eq!(torn.status.code(), Some(1), "{torn:?}");
+    assert!(stdout(&torn).contains("live_ids=3"), "{}", stdout(&torn));
+    assert_eq!(logical_digest(&torn), logical_digest(&healthy));
+    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
+    assert!(repaired.status.success(), "{repaired:?}");
+    assert_eq!(logical_digest(&repaired), logical_digest(&healthy), "{}", stdout(&repaired));
+}
+
+/// A bit flipped in a sealed segment: the logical digest `check` prints on the damaged log
+/// is the one it prints after the repair, and counts the damaged segment's good records.
+#[test]
+fn check_on_a_damaged_sealed_segment_prints_the_logical_digest_after_repair() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    write_history(&data);
+    let first = segments(&data)[0].clone();
+    let mut bytes = fs::read(&first).unwrap();
+    let at = bytes.len() * 3 / 4;
+    bytes[at] ^= 0x55;
+    fs::write(&first, &bytes).unwrap();
+    let damaged = run(&["check", "--data-dir", path(&data)]);
+    assert_eq!(damaged.status.code(), Some(1), "{damaged:?}");
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    assert_ne!(logical_digest(&damaged), empty, "the good records before the damage count");
+    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
+    assert!(repaired.status.success(), "{repaired:?}");
+    assert_eq!(logical_digest(&repaired), logical_digest(&damaged), "{}", stdout(&repaired));
+}
+
+/// A segment file the manifest does not list, inside the chain: `check` names it and counts
+/// the listed segments (what a repair keeps), not the stray's records in their place.
+#[test]
+fn check_counts_the_listed_segments_around_an_unlisted_one() {
+    let _serial = serial();
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    write_history(&data);
+    let healthy = run(&["check", "--data-dir", path(&data)]);
+    let all = segments(&data);
+    assert!(all.len() >= 3, "{all:?}");
+    let stray = data.join("log").join(format!("{:020}.log", 1));
+    fs::copy(&all[all.len() - 1], &stray).unwrap();
+    let unlisted = run(&["check", "--data-dir", path(&data)]);
+    assert_eq!(unlisted.status.code(), Some(1), "{unlisted:?}");
+    let text = stdout(&unlisted);
+    assert!(text.contains(&format!("problem: {} at byte 0: segment not in the manifest", path(&stray))), "{text}");
+    assert!(text.contains("records=301 live_ids=49 tombstones=1"), "{text}");
+    assert!(!text.contains(&format!("segment {}:", path(&stray))), "{text}");
+    assert_eq!(logical_digest(&unlisted), logical_digest(&healthy));
+    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
+    assert!(repaired.status.success(), "{repaired:?}");
+    assert!(stray.with_extension("log.unlisted").exists(), "set aside");
+    assert_eq!(logical_digest(&repaired), logical_digest(&healthy), "{}", stdout(&repaired));
+}

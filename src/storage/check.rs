@@ -193,6 +193,18 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
             let cut = Cut { segment: path, position: position as u64, len, from: cut_from };
             let later: Vec<(Offset, PathBuf)> = bases[i + 1..].iter().map(|&b| (b, path_of(b))).collect();
             damage = Some(lost_after(&later, config, cut, reason)?);
+            // The good records before the damage are in the ID index: their segment is
+            // mapped for the logical digest too, which is then the live set a repair keeps.
+            if report.records > 0 {
+                sealed.push(SealedSegment::open(
+                    path_of(base),
+                    base,
+                    len,
+                    OffsetIndex::Empty,
+                    prev,
+                    Default::default(),
+                )?);
+            }
             reports.push(report);
             break;
         }
@@ -213,8 +225,9 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
     })
 }
 
-/// The digest of the live set (see [`CheckReport::logical_digest`]). IDs whose record lies
-/// past damage are left out: the report then names the damage anyway.
+/// The digest of the live set (see [`CheckReport::logical_digest`]). Records past damage
+/// are left out, so on a damaged log it is the digest of what a repair would keep; the
+/// report names the damage anyway.
 fn logical_digest(ids: &IdIndex, sealed: &[SealedSegment], config: &Config) -> [u8; 32] {
     let max = config.max_record_bytes as usize;
     let mut live: Vec<RecordRef<'_>> = ids
@@ -234,7 +247,8 @@ fn logical_digest(ids: &IdIndex, sealed: &[SealedSegment], config: &Config) -> [
     hasher.finalize().into()
 }
 
-/// The segments to check, and the first hole in the chain, if any. Also the log start the
+/// The segments to check (the listed ones that are there), and the first hole in the
+/// chain, if any. Also the log start the
 /// manifest records (0 without one): records below it are not part of the log's contents;
 /// and the leftovers recovery deletes (files after the manifest's last segment, or before
 /// its first), which are not checked.
@@ -276,6 +290,9 @@ fn chain(
     };
     let is_leftover = |b: &Offset| found.leftover.contains(b) || found.below_start.contains(b);
     let (leftover, files): (Vec<Offset>, Vec<Offset>) = files.into_iter().partition(is_leftover);
+    // An unlisted segment is the damage named; the counts are of the listed chain, which a
+    // repair keeps (it sets the unlisted one aside).
+    let files = files.into_iter().filter(|b| !found.unlisted.contains(b)).collect();
     Ok((files, damage, log_start, leftover))
 }
 
