@@ -544,7 +544,7 @@ fn check_names_a_leftover_segment_and_opening_the_log_deletes_it() {
 /// The last `logical-digest:` line `check` printed.
 fn logical_digest(output: &Output) -> String {
     let text = stdout(output);
-    text.lines().filter_map(|l| l.strip_prefix("logical-digest: ")).last().expect("a logical digest").to_string()
+    text.lines().filter_map(|l| l.strip_prefix("logical-digest: ")).next_back().expect("a logical digest").to_string()
 }
 
 /// 300 SETs over 50 IDs in 4 KiB segments, and a DEL: several segments, IDs in each.
