@@ -191,16 +191,7 @@ fn check_passes_a_clean_log_flags_a_flipped_byte_and_repair_keeps_the_prefix() {
     let _serial = serial();
     let tmp = TempDir::new().unwrap();
     let data = tmp.path().join("data");
-    let mut ends = Vec::new();
-    {
-        let log = open(&data);
-        for i in 0..300 {
-            log.append(format!("id-{}", i % 50).as_bytes(), format!("message {i}").as_bytes()).unwrap();
-            ends.push(log.stats().bytes);
-        }
-        log.delete(b"id-7").unwrap();
-        log.close().unwrap();
-    }
+    write_history(&data);
     let clean = run(&["check", "--data-dir", path(&data)]);
     assert!(clean.status.success(), "{clean:?}");
     let text = stdout(&clean);
@@ -220,8 +211,7 @@ fn check_passes_a_clean_log_flags_a_flipped_byte_and_repair_keeps_the_prefix() {
     let text = stdout(&damaged);
     assert!(text.contains(&format!("problem: {} at byte", second.display())), "{text}");
 
-    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
-    assert!(repaired.status.success(), "{repaired:?}");
+    let repaired = repair(&data);
     assert!(stdout(&repaired).contains("repair: dropping"), "{}", stdout(&repaired));
     let after = run(&["check", "--data-dir", path(&data)]);
     assert!(after.status.success(), "{after:?}");
@@ -492,12 +482,6 @@ fn export_and_import_say_when_opening_the_log_cut_a_torn_tail() {
     fs::create_dir_all(&from).unwrap();
     fs::write(from.join("new.msg"), b"imported").unwrap();
     set_all(&data, &[b"x", b"y"], b"v");
-    let tear = |data: &Path| {
-        let last = segments(data).pop().unwrap();
-        let mut file = fs::OpenOptions::new().append(true).open(&last).unwrap();
-        std::io::Write::write_all(&mut file, b"\x07torn").unwrap();
-        last
-    };
     let torn = tear(&data);
     let export = run(&["export", "--data-dir", path(&data), "--out", path(&out)]);
     assert!(export.status.success(), "{export:?}");
@@ -547,6 +531,22 @@ fn logical_digest(output: &Output) -> String {
     text.lines().filter_map(|l| l.strip_prefix("logical-digest: ")).next_back().expect("a logical digest").to_string()
 }
 
+/// Appends bytes that are no record to the last segment, as a crash mid-append leaves it;
+/// returns that segment.
+fn tear(data: &Path) -> PathBuf {
+    let last = segments(data).pop().unwrap();
+    let mut file = fs::OpenOptions::new().append(true).open(&last).unwrap();
+    std::io::Write::write_all(&mut file, b"\x07torn").unwrap();
+    last
+}
+
+/// Runs `msglog check --repair`, which must succeed.
+fn repair(data: &Path) -> Output {
+    let repaired = run(&["check", "--data-dir", path(data), "--repair"]);
+    assert!(repaired.status.success(), "{repaired:?}\n{}", stdout(&repaired));
+    repaired
+}
+
 /// 300 SETs over 50 IDs in 4 KiB segments, and a DEL: several segments, IDs in each.
 fn write_history(data: &Path) {
     let log = open(data);
@@ -568,16 +568,13 @@ fn check_on_a_torn_log_prints_the_logical_digest_a_repair_keeps() {
     set_all(&data, &[b"x", b"y", b"z"], b"v");
     let healthy = run(&["check", "--data-dir", path(&data)]);
     assert!(healthy.status.success(), "{healthy:?}");
-    let [only] = &segments(&data)[..] else { panic!("one segment") };
-    let mut file = fs::OpenOptions::new().append(true).open(only).unwrap();
-    std::io::Write::write_all(&mut file, b"\x07torn").unwrap();
+    assert_eq!(segments(&data).len(), 1, "one segment");
+    tear(&data);
     let torn = run(&["check", "--data-dir", path(&data)]);
     assert_eq!(torn.status.code(), Some(1), "{torn:?}");
     assert!(stdout(&torn).contains("live_ids=3"), "{}", stdout(&torn));
     assert_eq!(logical_digest(&torn), logical_digest(&healthy));
-    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
-    assert!(repaired.status.success(), "{repaired:?}");
-    assert_eq!(logical_digest(&repaired), logical_digest(&healthy), "{}", stdout(&repaired));
+    assert_eq!(logical_digest(&repair(&data)), logical_digest(&healthy));
 }
 
 /// A bit flipped in a sealed segment: the logical digest `check` prints on the damaged log
@@ -597,9 +594,7 @@ fn check_on_a_damaged_sealed_segment_prints_the_logical_digest_after_repair() {
     assert_eq!(damaged.status.code(), Some(1), "{damaged:?}");
     let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
     assert_ne!(logical_digest(&damaged), empty, "the good records before the damage count");
-    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
-    assert!(repaired.status.success(), "{repaired:?}");
-    assert_eq!(logical_digest(&repaired), logical_digest(&damaged), "{}", stdout(&repaired));
+    assert_eq!(logical_digest(&repair(&data)), logical_digest(&damaged));
 }
 
 /// A segment file the manifest does not list, inside the chain: `check` names it and counts
@@ -622,8 +617,7 @@ fn check_counts_the_listed_segments_around_an_unlisted_one() {
     assert!(text.contains("records=301 live_ids=49 tombstones=1"), "{text}");
     assert!(!text.contains(&format!("segment {}:", path(&stray))), "{text}");
     assert_eq!(logical_digest(&unlisted), logical_digest(&healthy));
-    let repaired = run(&["check", "--data-dir", path(&data), "--repair"]);
-    assert!(repaired.status.success(), "{repaired:?}");
+    let repaired = repair(&data);
     assert!(stray.with_extension("log.unlisted").exists(), "set aside");
-    assert_eq!(logical_digest(&repaired), logical_digest(&healthy), "{}", stdout(&repaired));
+    assert_eq!(logical_digest(&repaired), logical_digest(&healthy));
 }

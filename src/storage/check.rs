@@ -185,6 +185,13 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
             }
         };
         progress(len);
+        // The ID index points into every segment with good records, a damaged one's too:
+        // mapped for the logical digest, which is then of the live set a repair keeps.
+        if found.is_none() || report.records > 0 {
+            // What retention needs is of no use to a check.
+            let figures = Default::default();
+            sealed.push(SealedSegment::open(path.clone(), base, len, OffsetIndex::Empty, prev, figures)?);
+        }
         if let Some((position, reason)) = found {
             report.bytes = position as u64;
             let cut_from = prev.map_or(base, |last| last + 1);
@@ -193,25 +200,10 @@ pub fn check(data_dir: &Path, config: &Config, mut progress: impl FnMut(u64)) ->
             let cut = Cut { segment: path, position: position as u64, len, from: cut_from };
             let later: Vec<(Offset, PathBuf)> = bases[i + 1..].iter().map(|&b| (b, path_of(b))).collect();
             damage = Some(lost_after(&later, config, cut, reason)?);
-            // The good records before the damage are in the ID index: their segment is
-            // mapped for the logical digest too, which is then the live set a repair keeps.
-            if report.records > 0 {
-                sealed.push(SealedSegment::open(
-                    path_of(base),
-                    base,
-                    len,
-                    OffsetIndex::Empty,
-                    prev,
-                    Default::default(),
-                )?);
-            }
             reports.push(report);
             break;
         }
         reports.push(report);
-        // What retention needs is of no use to a check.
-        let figures = Default::default();
-        sealed.push(SealedSegment::open(path, base, len, OffsetIndex::Empty, prev, figures)?);
     }
     let damage = hole.or(damage);
     let logical_digest = logical_digest(&ids, &sealed, config);
@@ -248,10 +240,9 @@ fn logical_digest(ids: &IdIndex, sealed: &[SealedSegment], config: &Config) -> [
 }
 
 /// The segments to check (the listed ones that are there), and the first hole in the
-/// chain, if any. Also the log start the
-/// manifest records (0 without one): records below it are not part of the log's contents;
-/// and the leftovers recovery deletes (files after the manifest's last segment, or before
-/// its first), which are not checked.
+/// chain, if any. Also the log start the manifest records (0 without one): records below
+/// it are not part of the log's contents; and the leftovers recovery deletes (files after
+/// the manifest's last segment, or before its first), which are not checked.
 #[allow(clippy::type_complexity)]
 fn chain(
     dir: &Path,
@@ -288,11 +279,10 @@ fn chain(
         }
         (None, None) => None,
     };
-    let is_leftover = |b: &Offset| found.leftover.contains(b) || found.below_start.contains(b);
-    let (leftover, files): (Vec<Offset>, Vec<Offset>) = files.into_iter().partition(is_leftover);
     // An unlisted segment is the damage named; the counts are of the listed chain, which a
     // repair keeps (it sets the unlisted one aside).
-    let files = files.into_iter().filter(|b| !found.unlisted.contains(b)).collect();
+    let is_leftover = |b: &Offset| found.leftover.contains(b) || found.below_start.contains(b);
+    let (leftover, files) = files.into_iter().filter(|b| !found.unlisted.contains(b)).partition(is_leftover);
     Ok((files, damage, log_start, leftover))
 }
 
